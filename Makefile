@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv, install the package and fetch Fashion-MNIST (Debian package) when missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DATA   ?= data/fashion-mnist
+
+.PHONY: venv dataset demo test bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+dataset: $(FMNIST)
+$(FMNIST):
+	@echo "Fashion-MNIST missing: installing Debian package dataset-fashion-mnist"
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist
+
+$(DATA)/manifest.json: $(FMNIST) | venv
+	$(BIN)/mkd-pipeline data import fashion-mnist --out $(DATA)
+
+demo: venv $(DATA)/manifest.json
+	$(BIN)/mkd-pipeline run stages/fashion-mnist-demo.yaml
+
+test: venv dataset
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache
