@@ -19,13 +19,27 @@ def _parse_keep(value: str) -> list[int]:
     return keeps
 
 
+def _step(model, images, keep_idx, device: str, amp: bool):
+    import torch
+
+    from maskedkd import masked_forward
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            masked_forward(model, images, keep_idx)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return step
+
+
 def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, device: str, dtype: str) -> dict:
     """Throughput of ``masked_forward`` at each keep count, the first full-width entry as baseline."""
     import timm
     import torch
 
-    from maskedkd import masked_forward, teacher_flops
-    from pipeline.bench.timing import machine_line, median_seconds
+    from maskedkd import teacher_flops
+    from pipeline.bench.timing import interleaved_medians, machine_line
 
     try:
         model = timm.create_model(model_name, pretrained=False)
@@ -39,19 +53,12 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
     size = model.patch_embed.img_size
     images = torch.randn(batch, 3, *size, device=device)
     amp = dtype == "bf16"
-    rows = []
+    steps = {}
     for k in keeps:
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(k))[:k].sort().values
-        keep_idx = idx.expand(batch, k).to(device)
-
-        def step() -> None:
-            with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-                masked_forward(model, images, keep_idx)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-
-        sec = median_seconds(step, warmup=2, repeats=repeats)
-        rows.append({"keep": k, "img_per_s": batch / sec, "gmacs": teacher_flops(model, k) / 2e9})
+        steps[k] = _step(model, images, idx.expand(batch, k).to(device), device, amp)
+    seconds = interleaved_medians(steps, warmup=2, repeats=repeats)
+    rows = [{"keep": k, "img_per_s": batch / seconds[k], "gmacs": teacher_flops(model, k) / 2e9} for k in keeps]
     base = next((r["img_per_s"] for r in rows if r["keep"] == n), rows[0]["img_per_s"])
     for r in rows:
         r["speedup"] = r["img_per_s"] / base
