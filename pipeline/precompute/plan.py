@@ -1,0 +1,94 @@
+"""Plan a segment's precompute: one :class:`PartitionTask` per (shard, view epoch), and say
+for each whether it is cached, partly reusable, or to compute (``--dry-run``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from maskedkd import needs_saliency
+from pipeline.data.manifest import DatasetManifest
+from pipeline.labels import paths
+from pipeline.labels.reader import open_partition
+from pipeline.errors import StoreError
+from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, task_fingerprints
+
+
+def render_spec(cfg, model_info) -> RenderSpec:
+    """How a model of the stage renders views: its input size and the data's normalisation."""
+    return RenderSpec(
+        size=tuple(int(v) for v in model_info.img_size), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+        interpolation=cfg.data.interpolation,
+    )
+
+
+def shard_limits(manifest: DatasetManifest, split: str, subset: int | None) -> list[tuple[Any, int | None]]:
+    """``[(shard entry, limit)]``: the split's shards holding its first ``subset`` samples in shard order."""
+    out = []
+    left = subset
+    for entry in manifest.shards(split):
+        if left is not None and left <= 0:
+            break
+        limit = None if left is None or left >= entry.samples else left
+        out.append((entry, limit))
+        if left is not None:
+            left -= entry.samples
+    return out
+
+
+def segment_view_epochs(cfg, segment: int) -> list[int]:
+    """The distinct view epochs the epochs of ``segment`` train on."""
+    start, end = cfg.schedule.segments()[segment]
+    return sorted({cfg.views.view_epoch(e) for e in range(start, end)})
+
+
+def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,
+                 device: str, num_classes: int) -> list[PartitionTask]:
+    """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
+
+    Args:
+        student: the checkpoint whose saliency picks the masks (ignored by policies that need none).
+    """
+    policy = cfg.masking.policy
+    keep = cfg.keep_for_segment(segment)
+    spec = cfg.views.view_spec()
+    tasks = []
+    for entry, limit in shard_limits(manifest, cfg.data.train, cfg.data.subset):
+        for view_epoch in segment_view_epochs(cfg, segment):
+            t = PartitionTask(
+                shard=entry.name.removesuffix(".tar"), shard_path=str(entry.path), shard_sha256=entry.sha256,
+                limit=limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
+                view_seed=cfg.views.seed, teacher=teacher,
+                student=student if needs_saliency(policy) else None,
+                policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
+                topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
+                store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
+                precision=cfg.compute.precision,
+            )
+            fps = task_fingerprints(t)
+            path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)
+            tasks.append(replace(t, fingerprints=fps, path=path))
+    return tasks
+
+
+def classify(task: PartitionTask) -> dict[str, Any]:
+    """``{"state": cached|reusable|compute, "reason": ..., "candidates": n, "rows": n}`` for ``--dry-run``."""
+    try:
+        with open_partition(task.path, expect={"fingerprints": task.fingerprints}) as part:
+            return {"state": "cached", "reason": "partition for exactly these inputs exists", "rows": part.num_rows}
+    except StoreError as e:
+        missing = "not found" in str(e) or "No such file" in str(e) or "cannot open" in str(e)
+        damaged = None if missing else str(e)
+    related = [p for p in paths.related_partitions(task.store, shard=task.shard, view_epoch=task.view_epoch,
+                                                   fingerprints=task.fingerprints) if p != task.path]
+    if related:
+        rows = 0
+        for p in related:
+            try:
+                with open_partition(p) as part:
+                    rows = max(rows, part.num_rows)
+            except StoreError:
+                continue
+        reason = f"{len(related)} partition(s) of the same teacher, shard and views; rows whose keep set matches are reused"
+        return {"state": "reusable", "reason": reason, "candidates": len(related), "rows": rows}
+    return {"state": "compute", "reason": damaged or "no partition of this teacher, shard and views yet", "rows": 0}

@@ -1,0 +1,317 @@
+"""One precompute task: the labels of one (shard, view epoch) partition (DESIGN §2).
+
+Stream the shard -> derive each sample's View -> the milestone student's saliency on its own
+rendering of the view -> keep set -> reuse stored teacher outputs whose keep set matches (or is
+within ``tolerance``) -> run the masked teacher on the rest -> write the partition atomically.
+Pure and idempotent: a partition that already exists for exactly these inputs is left alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskedkd import TopK, cls_attention, masked_forward, needs_saliency, select_keep, teacher_flops
+from maskedkd.views import ViewSpec, render_batch, shard_views, views_to_columns
+from pipeline import __version__
+from pipeline.data.shards import Sample, read_shard
+from pipeline.errors import StoreError
+from pipeline.fingerprint import sha256_json
+from pipeline.labels import paths
+from pipeline.labels.reader import open_partition
+from pipeline.labels.topk import logsumexp_at, topk_from_logits
+from pipeline.labels.writer import write_partition
+from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, specs_record
+
+def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
+    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
+    from pipeline.cluster_worker import get_cached
+    from pipeline.models import create_model
+
+    def factory() -> torch.nn.Module:
+        return create_model(spec.name, spec.kwargs, weights=spec.weights).eval().to(device)
+
+    return get_cached(f"model:{spec.fingerprint}:{device}", factory)
+
+
+def _exists(path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, fs_path = paths.resolve(path)
+    return fs.get_file_info(fs_path).type == pafs.FileType.File
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "student": 0.0, "teacher": 0.0, "reuse": 0.0, "write": 0.0})
+
+    def add(self, phase: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] += now - t0
+        return now
+
+
+def _autocast(device: str, precision: str):
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _render(samples: list[Sample], views, idx: np.ndarray, r: RenderSpec, by_key: dict) -> torch.Tensor:
+    chosen = [views[i] for i in idx]
+    return render_batch(
+        [samples[i].image for i in idx], chosen, r.size, mean=r.mean, std=r.std,
+        interpolation=r.interpolation, partners=lambda k: by_key[k],
+    )
+
+
+def _saliency_to_grid(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
+    """Resample a student's patch saliency onto the teacher's patch grid (area-weighted)."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return scores
+    b = scores.shape[0]
+    grid = scores.reshape(b, 1, *src_grid)
+    return F.interpolate(grid, size=tuple(dst_grid), mode="bilinear", align_corners=False).reshape(b, -1)
+
+
+def _keep_sets(t: PartitionTask, samples, views, by_key, n_patches: int, grid: tuple[int, int], timer: _Timer) -> tuple[np.ndarray, int]:
+    """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent."""
+    n = len(samples)
+    keep = np.zeros((n, n_patches), dtype=bool)
+    forwards = 0
+    if t.policy == "none":
+        keep[:] = True
+        return keep, 0
+    t0 = time.perf_counter()
+    student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
+    for start in range(0, n, t.batch_size):
+        idx = np.arange(start, min(n, start + t.batch_size))
+        if student is not None:
+            images = _render(samples, views, idx, t.student.render, by_key).to(t.device)
+            with torch.inference_mode(), _autocast(t.device, t.precision):
+                scores = cls_attention(student, images).float().cpu()
+            scores = _saliency_to_grid(scores, student.patch_embed.grid_size, grid)
+            forwards += len(idx)
+            gens = None
+        else:
+            scores = torch.zeros(len(idx), n_patches)
+            # seeded per sample and view, so a row's draw does not depend on its batch
+            gens = [torch.Generator().manual_seed(views[i].seed) for i in idx]
+        kidx = select_keep(scores, t.keep, t.policy, gens)
+        rows = keep[idx]
+        np.put_along_axis(rows, kidx.numpy(), True, axis=1)
+        keep[idx] = rows
+    timer.add("student", t0)
+    return keep, forwards
+
+
+@dataclass
+class _Stored:
+    """Teacher outputs available for reuse: one candidate partition, aligned to this shard's rows."""
+
+    path: str
+    keep: np.ndarray  # bool [N, P]
+    target: Any  # TopK (float32) or logits [N, C]
+    lse_tau: dict[float, torch.Tensor]
+
+
+def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
+    """Existing partitions of the same teacher, shard, view and label spec, readable and aligned."""
+    out = []
+    fp = t.fingerprints
+    for path in paths.related_partitions(t.store, shard=t.shard, view_epoch=t.view_epoch, fingerprints=fp):
+        if path == t.path:
+            continue
+        expect = {"fingerprints": {k: fp[k] for k in ("teacher", "shard", "view", "label")}}
+        try:
+            with open_partition(path, expect=expect, expect_keys=keys) as part:
+                batch = part.read_all(columns=("keep", "target"))
+        except StoreError:
+            continue  # another label spec, or a damaged file: never reuse what we cannot trust
+        out.append(_Stored(path, batch.keep.numpy(), batch.target, batch.lse_tau))
+    return out
+
+
+def _take(target: Any, rows: np.ndarray) -> Any:
+    r = torch.from_numpy(rows)
+    if isinstance(target, TopK):
+        return TopK(target.idx[r], target.logit[r], target.lse[r], target.tau)
+    return target[r]
+
+
+def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
+    """Per-row KL(fresh || stored) over the stored distribution's support (K+1 buckets)."""
+    from maskedkd.losses import _log1mexp
+
+    log_p_fresh = F.log_softmax(fresh.float(), dim=1)
+    if not isinstance(stored, TopK):
+        log_q = F.log_softmax(stored.float(), dim=1)
+        return (log_p_fresh.exp() * (log_p_fresh - log_q)).sum(1)
+    idx = stored.idx.long()
+    log_q = stored.logit.float() - stored.lse.float().unsqueeze(1)
+    log_q_tail = _log1mexp(torch.logsumexp(log_q, 1))
+    log_p = log_p_fresh.gather(1, idx)
+    log_p_tail = log_p_fresh.scatter(1, idx, float("-inf")).logsumexp(1)
+    p, p_tail = log_p.exp(), log_p_tail.exp()
+    return (p * (log_p - log_q)).sum(1) + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+
+
+def run_partition(item: dict) -> dict:
+    """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
+    t: PartitionTask = item["task"]
+    timer = _Timer()
+    result: dict[str, Any] = {
+        "id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "path": t.path, "rows": 0,
+        "rows_computed": 0, "rows_reused": 0, "rows_reused_tolerance": 0, "student_forwards": 0,
+        "teacher_forwards": 0, "teacher_macs": 0, "teacher_macs_saved": 0, "cached": False,
+        "spot_check_rows": 0, "spot_check_kl": 0.0, "skipped": [],
+    }
+    if _exists(t.path):
+        try:
+            with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+                result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
+                return result
+        except StoreError as e:
+            result["replaced_damaged"] = str(e)  # recompute and atomically replace it
+
+    t0 = time.perf_counter()
+    report: list = []
+    samples = []
+    for s in read_shard(t.shard_path, report=report):
+        if t.limit is not None and len(samples) >= t.limit:
+            break
+        samples.append(s)
+    result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
+    keys = [s.key for s in samples]
+    spec = ViewSpec.from_dict(t.view_spec)
+    views = shard_views(spec, t.view_seed, t.view_epoch, keys)
+    by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
+    n = len(samples)
+    t0 = timer.add("read", t0)
+
+    teacher = load_model(t.teacher, t.device)
+    grid = tuple(teacher.patch_embed.grid_size)
+    n_patches = int(teacher.patch_embed.num_patches)
+    keep, result["student_forwards"] = _keep_sets(t, samples, views, by_key, n_patches, grid, timer)
+
+    # reuse stored teacher outputs where the keep set is the same (or within tolerance)
+    t0 = time.perf_counter()
+    source = np.full(n, -1)
+    best = np.full(n, n_patches + 1)
+    cands = _candidates(t, keys) if n else []
+    for c, cand in enumerate(cands):
+        diff = (cand.keep != keep).sum(axis=1)
+        better = diff < best
+        best[better], source[better] = diff[better], c
+    reuse = best <= t.tolerance
+    t0 = timer.add("reuse", t0)
+
+    # teacher on the rest
+    compute = np.flatnonzero(~reuse)
+    macs_per_row = teacher_flops(teacher, None if t.policy == "none" else t.keep) // 2
+    logits_rows = torch.empty(len(compute), t.num_classes)
+    for start in range(0, len(compute), t.batch_size):
+        idx = compute[start:start + t.batch_size]
+        images = _render(samples, views, idx, t.teacher.render, by_key).to(t.device)
+        kidx = None if t.policy == "none" else torch.from_numpy(np.nonzero(keep[idx])[1].reshape(len(idx), t.keep))
+        with torch.inference_mode(), _autocast(t.device, t.precision):
+            logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+    t0 = timer.add("teacher", t0)
+
+    target, extra = _assemble(t, n, compute, logits_rows, reuse, source, cands, keep)
+    inexact = np.flatnonzero(reuse & (best > 0))
+    if len(inexact) and t.spot_check:
+        result.update(_spot_check(t, teacher, samples, views, by_key, keep, inexact, source, cands, macs_per_row))
+    t0 = timer.add("teacher", t0)
+
+    stored_keep = keep.copy()
+    for c, cand in enumerate(cands):  # rows reused under tolerance keep what the teacher really saw
+        rows = np.flatnonzero(reuse & (source == c))
+        stored_keep[rows] = cand.keep[rows]
+    counters = {
+        "rows_computed": int(len(compute)),
+        "rows_reused": int(reuse.sum()),
+        "rows_reused_tolerance": int(len(inexact)),
+        "teacher_macs": int(macs_per_row * len(compute)),
+        "student_forwards": int(result["student_forwards"]),
+    }
+    if result.get("spot_check_rows"):
+        counters["spot_check_rows"] = result["spot_check_rows"]
+        counters["spot_check_kl"] = result["spot_check_kl"]
+    metadata = {
+        "shard": t.shard, "view_epoch": t.view_epoch, "fingerprints": t.fingerprints,
+        "counters": counters, "specs": specs_record(t), "package_version": __version__,
+    }
+    w = write_partition(
+        t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
+        target=target, metadata=metadata, view_columns=_view_columns(views, spec),
+        num_classes=t.num_classes, extra_lse=extra,
+    )
+    timer.add("write", t0)
+    result.update(
+        rows=n, rows_computed=counters["rows_computed"], rows_reused=counters["rows_reused"],
+        rows_reused_tolerance=counters["rows_reused_tolerance"], teacher_forwards=int(len(compute)),
+        teacher_macs=counters["teacher_macs"], teacher_macs_saved=int(macs_per_row * reuse.sum()),
+        sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
+    )
+    return result
+
+
+def _view_columns(views, spec: ViewSpec) -> dict:
+    """The views' columns for the partition (the key is the partition's own ``key`` column)."""
+    cols = views_to_columns(views, spec)
+    cols.pop("key", None)
+    # Parquet has no zero-width fixed-size lists: RandAugment columns are absent when it is off
+    return {k: v for k, v in cols.items() if not (v.ndim == 2 and v.shape[1] == 0)}
+
+
+def _assemble(t, n, compute, logits_rows, reuse, source, cands, keep):
+    """The partition's target (TopK or logits) and extra-temperature lse, from fresh + reused rows."""
+    extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
+    fresh = topk_from_logits(logits_rows, t.topk)
+    fresh_extra = logsumexp_at(logits_rows, extra_taus)
+    if isinstance(fresh, TopK):
+        k = fresh.idx.shape[1]
+        idx = torch.zeros(n, k, dtype=torch.long)
+        logit = torch.zeros(n, k)
+        lse = torch.zeros(n)
+        idx[compute], logit[compute], lse[compute] = fresh.idx, fresh.logit, fresh.lse
+    else:
+        full = torch.zeros(n, t.num_classes)
+        full[compute] = fresh
+    extra = {tau: torch.zeros(n) for tau in fresh_extra}
+    for tau, v in fresh_extra.items():
+        extra[tau][compute] = v
+    for c, cand in enumerate(cands):
+        rows = torch.from_numpy(np.flatnonzero(reuse & (source == c)))
+        if not len(rows):
+            continue
+        got = _take(cand.target, rows.numpy())
+        if isinstance(fresh, TopK):
+            idx[rows], logit[rows], lse[rows] = got.idx.long(), got.logit.float(), got.lse.float()
+        else:
+            full[rows] = got.float()
+        for tau in extra:
+            extra[tau][rows] = cand.lse_tau[float(tau)][rows]
+    target = TopK(idx, logit, lse) if isinstance(fresh, TopK) else full
+    return target, extra
+
+
+def _spot_check(t, teacher, samples, views, by_key, keep, inexact, source, cands, macs_per_row) -> dict:
+    """Re-run the teacher on a seeded sample of rows reused under tolerance; mean KL(fresh || stored)."""
+    rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
+    rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
+    images = _render(samples, views, rows, t.teacher.render, by_key).to(t.device)
+    kidx = torch.from_numpy(np.nonzero(keep[rows])[1].reshape(len(rows), t.keep)).to(t.device)
+    with torch.inference_mode(), _autocast(t.device, t.precision):
+        fresh = masked_forward(teacher, images, kidx).float().cpu()
+    kls = []
+    for c, cand in enumerate(cands):
+        sel = source[rows] == c
+        if sel.any():
+            kls.append(_kl_rows(fresh[torch.from_numpy(sel)], _take(cand.target, rows[sel])))
+    kl = torch.cat(kls)
+    return {"spot_check_rows": int(len(rows)), "spot_check_kl": float(kl.mean()), "spot_check_macs": int(macs_per_row * len(rows))}
