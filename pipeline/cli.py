@@ -21,11 +21,15 @@ COMMANDS: dict[str, dict[str, str]] = {
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",
     },
+    "config": {
+        "check": "pipeline.config:config_check",
+    },
     "data": {},
     "labels": {},
 }
 
 HELP = {
+    "config": "Validate stage configs and print them resolved.",
     "bench": "Benchmarks (results go to BENCHMARKS.md).",
     "data": "Import, verify and inspect WebDataset shards.",
     "labels": "Inspect and verify Parquet label stores.",
