@@ -23,3 +23,30 @@ __all__ = [
     "select_keep",
     "teacher_flops",
 ]
+
+# Deterministic views (sample_view -> View -> render), shared by precompute and trainer.
+from maskedkd.views import (  # noqa: E402
+    View,
+    ViewSpec,
+    mix_target,
+    render,
+    render_batch,
+    sample_view,
+    shard_views,
+    view_columns_layout,
+    views_from_columns,
+    views_to_columns,
+)
+
+__all__ += [
+    "View",
+    "ViewSpec",
+    "mix_target",
+    "render",
+    "render_batch",
+    "sample_view",
+    "shard_views",
+    "view_columns_layout",
+    "views_from_columns",
+    "views_to_columns",
+]
