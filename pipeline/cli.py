@@ -20,11 +20,15 @@ COMMANDS: dict[str, dict[str, str]] = {
     "": {},
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",
+        "data": "pipeline.bench.data:bench_data",
     },
     "config": {
         "check": "pipeline.config:config_check",
     },
-    "data": {},
+    "data": {
+        "import": "pipeline.data.cli:data_import",
+        "verify": "pipeline.data.cli:data_verify",
+    },
     "labels": {},
 }
 
