@@ -20,6 +20,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "": {},
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",
+        "store": "pipeline.bench.store:bench_store",
         "data": "pipeline.bench.data:bench_data",
     },
     "config": {
@@ -29,7 +30,10 @@ COMMANDS: dict[str, dict[str, str]] = {
         "import": "pipeline.data.cli:data_import",
         "verify": "pipeline.data.cli:data_verify",
     },
-    "labels": {},
+    "labels": {
+        "inspect": "pipeline.labels.cli:labels_inspect",
+        "verify": "pipeline.labels.cli:labels_verify",
+    },
 }
 
 HELP = {
