@@ -535,6 +535,10 @@ def _apply_rand_augment(img: Image.Image, op: int, mag: float, fill: Any, resamp
     if args is None:
         level_fn = aa.LEVEL_TO_ARG[name]
         args = level_fn(m, {}) if level_fn is not None else ()
+    if name.startswith("Posterize") and args[0] <= 0:
+        # timm asks for 0 bits at the magnitude extremes; Pillow >= 11 refuses, older Pillow
+        # (what timm was written against) returned black: keep that meaning
+        return Image.new(img.mode, img.size, 0)
     return aa.NAME_TO_OP[name](img, *args, fillcolor=fill, resample=resample)
 
 

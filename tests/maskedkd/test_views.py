@@ -141,6 +141,23 @@ def test_signed_levels_are_timms(name):
     assert {round(v, 12) for v in timm_values} == {round(v, 12) for v in ours}
 
 
+@pytest.mark.parametrize("mode, mean", [("L", (0.5,)), ("RGB", MEAN)])
+def test_every_rand_augment_op_renders_at_every_magnitude(mode, mean):
+    img = image(4, 28, 28).convert(mode)
+    std = (0.5,) * len(mean)
+    plain = render(img, View("k", 0, 1), 28, mean=mean, std=std)
+    changed = 0
+    for op in range(len(RA_OPS)):
+        for mag in (0.0, 4.5, -4.5, 10.0, -10.0):
+            out = render(img, View("k", 0, 1, ra_op=(op,), ra_mag=(mag,)), 28, mean=mean, std=std)
+            assert out.shape == (len(mean), 28, 28) and torch.isfinite(out).all()
+            changed += not torch.equal(out, plain)
+    assert changed > 3 * len(RA_OPS)
+    black = render(img, View("k", 0, 1, ra_op=(RA_OPS.index("PosterizeIncreasing"),), ra_mag=(10.0,)), 28, mean=mean, std=std)
+    expected = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / 0.5
+    assert torch.allclose(black, expected.expand_as(black))  # 0 bits kept: black, as timm meant
+
+
 def test_render_identity_flip_and_shift():
     gray = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
     ident = View("k", 0, 1, crop=(1.0, 0.0, 0.5, 0.5))
