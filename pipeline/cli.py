@@ -17,11 +17,17 @@ from pipeline.errors import PipelineError
 
 # name -> "module:attr" of a click command, per group ("" is the top level).
 COMMANDS: dict[str, dict[str, str]] = {
-    "": {},
+    "": {
+        "run": "pipeline.run_cli:run_cmd",
+        "status": "pipeline.run_cli:status_cmd",
+        "precompute": "pipeline.run_cli:precompute_cmd",
+        "gc": "pipeline.run_cli:gc_cmd",
+    },
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",
         "store": "pipeline.bench.store:bench_store",
         "data": "pipeline.bench.data:bench_data",
+        "train": "pipeline.bench.train:bench_train",
     },
     "config": {
         "check": "pipeline.config:config_check",

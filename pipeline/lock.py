@@ -46,6 +46,8 @@ class RunLock:
             if problem:
                 raise StoreError(f"{self.path}: run lock field {problem}")
             self.data["stages"] = loaded["stages"]
+            if store is None and "store" in loaded:
+                self.data["store"] = loaded["store"]
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:

@@ -57,7 +57,7 @@ class PartitionTask:
     num_classes: int
     store: str
     batch_size: int = 64
-    device: str = "cpu"
+    device: str = "auto"  # "auto": the worker's device (pipeline.cluster_worker.worker_device)
     precision: str = "fp32"
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     path: str = ""
@@ -83,7 +83,8 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         "shard": sha256_json({"sha256": t.shard_sha256, "limit": t.limit}),
         "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed}),
         "mask": sha256_json(mask),
-        "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16"}),
+        "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",
+                              "precision": t.precision}),
     }
 
 

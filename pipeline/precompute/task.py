@@ -9,7 +9,7 @@ Pure and idempotent: a partition that already exists for exactly these inputs is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -162,6 +162,10 @@ def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
 def run_partition(item: dict) -> dict:
     """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
     t: PartitionTask = item["task"]
+    if t.device == "auto":
+        from pipeline.cluster_worker import worker_device
+
+        t = replace(t, device=worker_device())
     timer = _Timer()
     result: dict[str, Any] = {
         "id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "path": t.path, "rows": 0,

@@ -1,0 +1,126 @@
+"""A run's report: ``report.md`` and PNG plots in its run folder, built from the run lock."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import write_atomic
+
+
+def _macs_full(runner) -> int:
+    """Teacher MACs full-teacher KD would have spent on the same rows (every row, all patches)."""
+    import torch
+
+    from maskedkd import teacher_flops
+    from pipeline.models import create_model
+
+    t = runner.cfg.teacher
+    with torch.device("cpu"):
+        model = create_model(t.model, t.kwargs, seed=0).eval()
+    return teacher_flops(model, None) // 2
+
+
+def collect(runner) -> dict[str, Any]:
+    """The numbers of the report, from the run lock."""
+    lock, cfg = runner.lock, runner.cfg
+    segments = []
+    epochs = []
+    full_macs_per_row = _macs_full(runner)
+    for i, (start, end) in enumerate(cfg.schedule.segments()):
+        pre = lock.info(f"precompute-{i}")
+        tr = lock.info(f"train-{i}")
+        rows = int(pre.get("rows", 0))
+        segments.append({
+            "segment": i, "epochs": f"{start}-{end - 1}", "keep": pre.get("keep"), "source": pre.get("source"),
+            "rows": rows, "computed": pre.get("rows_computed", 0), "reused": pre.get("rows_reused", 0),
+            "reused_tolerance": pre.get("rows_reused_tolerance", 0), "spot_check_kl": pre.get("spot_check_kl"),
+            "teacher_top1_masked": pre.get("teacher_top1_masked"), "teacher_macs": pre.get("teacher_macs", 0) or tr.get("teacher_macs", 0),
+            "full_teacher_macs": full_macs_per_row * (rows if rows else 0), "precompute_s": pre.get("seconds"),
+            "train_s": tr.get("seconds"),
+        })
+        for e in tr.get("epochs") or []:
+            epochs.append(e)
+    teacher = lock.info("teacher")
+    return {"segments": segments, "epochs": epochs, "teacher_top1": teacher.get("top1"),
+            "teacher_seconds": teacher.get("seconds"), "full_macs_per_row": full_macs_per_row}
+
+
+def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+
+    def save(f) -> None:
+        fig.savefig(f, format="png")
+
+    write_atomic(path, save)
+    plt.close(fig)
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def write_report(runner) -> Path:
+    """Write ``report.md`` and its plots into the run folder; returns the report's path."""
+    cfg, out = runner.cfg, runner.run_dir
+    data = collect(runner)
+    plots = []
+    ep = [e for e in data["epochs"] if "top1" in e]
+    if ep:
+        _plot(out / "student_accuracy.png", [e["epoch"] for e in ep], {"student": [e["top1"] for e in ep]},
+              "epoch", "val top-1", "Student accuracy")
+        plots.append("student_accuracy.png")
+    seg = [s for s in data["segments"] if s["teacher_top1_masked"] is not None]
+    if seg:
+        _plot(out / "teacher_masked_accuracy.png", [s["segment"] for s in seg],
+              {cfg.masking.policy: [s["teacher_top1_masked"] for s in seg]},
+              "milestone", "teacher top-1 on its views", "Teacher accuracy on masked views")
+        _plot(out / "rows_reused.png", [s["segment"] for s in seg],
+              {"reused": [s["reused"] / max(1, s["rows"]) for s in seg]}, "milestone", "fraction of rows", "Teacher rows reused")
+        plots += ["teacher_masked_accuracy.png", "rows_reused.png"]
+    spent = sum(s["teacher_macs"] for s in data["segments"])
+    full = sum(s["full_teacher_macs"] for s in data["segments"])
+    lines = [
+        f"# Run `{cfg.name}`", "",
+        f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, "
+        f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
+        f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
+        f"Teacher val top-1: {_fmt(data['teacher_top1'])}.", "",
+        "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train loss |", "|---:|---:|---:|---:|",
+    ]
+    for e in data["epochs"]:
+        lines.append(f"| {e.get('epoch')} | {_fmt(e.get('top1'))} | {_fmt(e.get('loss'))} | {_fmt(e.get('train_loss'))} |")
+    lines += ["", "## Milestones", "",
+              "| segment | epochs | keep | masks from | rows | computed | reused | reused (tolerance) | spot-check KL | "
+              "teacher top-1 on masked views | teacher GMACs | full-teacher GMACs | precompute s | train s |",
+              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in data["segments"]:
+        lines.append(
+            f"| {s['segment']} | {s['epochs']} | {_fmt(s['keep'], 'd')} | {_fmt(s['source'])} | {s['rows']} | {s['computed']} | "
+            f"{s['reused']} | {s['reused_tolerance']} | {_fmt(s['spot_check_kl'], '.2e')} | {_fmt(s['teacher_top1_masked'])} | "
+            f"{s['teacher_macs'] / 1e9:.2f} | {s['full_teacher_macs'] / 1e9:.2f} | {_fmt(s['precompute_s'], '.1f')} | "
+            f"{_fmt(s['train_s'], '.1f')} |")
+    ratio = spent / full if full else float("nan")
+    lines += ["", f"Teacher compute: {spent / 1e9:.2f} GMACs spent, {full / 1e9:.2f} GMACs for full-teacher KD on the "
+              f"same rows ({_fmt(ratio, '.2%')}).", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
+    return path

@@ -1,0 +1,427 @@
+"""The staged curriculum: teacher -> c_0 -> per segment [precompute labels from c_i, train to
+c_{i+1}, evaluate] -> report (DESIGN §2, §3).
+
+Every stage is recorded in the run lock with its input fingerprints; a rerun does only what is
+stale, and says why. Checkpoints are plain timm state_dicts in ``<run_dir>/checkpoints``; a
+trained teacher is content-addressed under ``<store>/teachers`` so every run sharing its inputs
+shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from pipeline.data.manifest import DatasetManifest, load_manifest
+from pipeline.errors import PipelineError
+from pipeline.fingerprint import sha256_file, sha256_json
+from pipeline.lock import LOCK_NAME, Freshness, RunLock, file_record
+from pipeline.precompute.plan import plan_segment, render_spec, shard_limits
+from pipeline.precompute.spec import ModelSpec, PartitionTask
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Step:
+    """One planned stage: its name, input fingerprints and whether the lock says it is fresh."""
+
+    name: str
+    inputs: dict[str, Any]
+    freshness: Freshness
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    """What a run did: per stage 'cached' or 'ran', totals, and where the report is."""
+
+    stages: dict[str, str] = field(default_factory=dict)
+    teacher_forwards: int = 0
+    student_forwards: int = 0
+    report: Path | None = None
+    final_accuracy: float | None = None
+
+
+class Runner:
+    """Plans and runs one stage config; ``until`` stops after a named stage (e.g. ``precompute-1``)."""
+
+    def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
+                 echo: Echo = click.echo, progress: bool = True, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.scheduler = scheduler
+        self.workers = workers
+        self.echo = echo
+        self.progress = progress
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.lock = RunLock(self.run_dir / LOCK_NAME, store=cfg.labels.store)
+        self.manifest: DatasetManifest = load_manifest(cfg.data.root)
+        self.device = device or _device(cfg.compute.device)
+        self._cluster_cm = None
+        self._cluster = None
+        self.result = RunResult()
+
+    # ------------------------------------------------------------------ inputs
+
+    def data_inputs(self) -> dict[str, Any]:
+        """Fingerprint of the training data the run sees (shard bytes + subset)."""
+        shards = [(e.name, e.sha256, limit) for e, limit in shard_limits(self.manifest, self.cfg.data.train, self.cfg.data.subset)]
+        return {"train": sha256_json(shards)}
+
+    def teacher_inputs(self) -> dict[str, Any]:
+        t = self.cfg.teacher
+        if t.weights is not None:
+            return {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(t.weights)}
+        views = (t.train.views or self.cfg.views).model_dump(mode="json")
+        return {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(t.train.model_dump(mode="json")),
+                "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
+                "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset])}
+
+    # ------------------------------------------------------------------ cluster
+
+    def cluster(self):
+        """The Dask cluster, opened on first use and kept for the whole run."""
+        if self._cluster is None:
+            from pipeline.precompute.run import cluster_for
+
+            self._cluster_cm = cluster_for(self.cfg, scheduler=self.scheduler, workers=self.workers)
+            self._cluster = self._cluster_cm.__enter__()
+        return self._cluster
+
+    def close(self) -> None:
+        if self._cluster_cm is not None:
+            cm, self._cluster_cm, self._cluster = self._cluster_cm, None, None
+            cm.__exit__(None, None, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _say(self, step: str, what: str) -> None:
+        self.echo(f"[{step}] {what}")
+
+    def _train_cfg(self, recipe, epochs: int, kd: str | None = None):
+        from pipeline.train.config import TrainConfig
+
+        return TrainConfig(
+            epochs=epochs, batch_size=recipe.batch_size, opt=recipe.optimizer, lr=recipe.learning_rate,
+            weight_decay=recipe.weight_decay, sched=recipe.sched, warmup_epochs=recipe.warmup_epochs,
+            warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, kd=kd or recipe.kd, lam=getattr(recipe, "lam", 1.0),
+            tau=getattr(recipe, "tau", 1.0), ce_weight=getattr(recipe, "ce_weight", 1.0), smoothing=recipe.smoothing,
+        )
+
+    def _render(self, model_cfg):
+        from pipeline.train.config import RenderConfig
+
+        info = model_cfg.info()
+        return RenderConfig(size=tuple(info.img_size), mean=tuple(self.cfg.data.mean), std=tuple(self.cfg.data.std),
+                            interpolation=self.cfg.data.interpolation)
+
+    def _shards(self, split: str, subset: int | None):
+        from pipeline.train.stream import shard_refs
+
+        return shard_refs(self.manifest, split, subset)
+
+    def _evaluate(self, model, model_cfg) -> dict[str, Any]:
+        from pipeline.train.evaluate import evaluate
+
+        if self.cfg.data.val is None:
+            return {}
+        shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
+        return evaluate(model, shards, self._render(model_cfg), batch_size=256, device=self.device)
+
+    def _view_pool(self) -> int | None:
+        pool = self.cfg.views.pool
+        return None if pool == "epochs" else int(pool)
+
+    # ------------------------------------------------------------------ stages
+
+    def teacher_stage(self) -> ModelSpec:
+        """The teacher's weights file and fingerprint; trains it first when the config says so."""
+        from pipeline.models import create_model, model_fingerprint, save_checkpoint
+
+        cfg = self.cfg
+        inputs = self.teacher_inputs()
+        fresh = self.lock.check("teacher", inputs)
+        rec = self.lock.output("teacher", "weights")
+        if fresh.fresh and rec:
+            self._say("teacher", f"cached ({rec['path']})")
+            self.result.stages["teacher"] = "cached"
+            return self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
+        if cfg.teacher.weights is not None:
+            model = create_model(cfg.teacher.model, cfg.teacher.kwargs, weights=cfg.teacher.weights)
+            fp = model_fingerprint(model, cfg.teacher.model)
+            path = Path(cfg.teacher.weights)
+            info = {"fingerprint": fp, **self._evaluate(model, cfg.teacher)}
+            self._say("teacher", f"weights {path} (val top-1 {info.get('top1', float('nan')):.4f})")
+        else:
+            # content-addressed: every run with the same teacher inputs shares one trained teacher
+            path = Path(cfg.labels.store) / "teachers" / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
+            sidecar = path.with_suffix(".json")
+            if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
+                info = json.loads(sidecar.read_text())["info"]
+                self._say("teacher", f"trained earlier by a run with the same inputs ({path})")
+            else:
+                info = self._train_teacher(path, inputs)
+        self.lock.record("teacher", inputs, outputs={"weights": file_record(path)}, info=info)
+        self.result.stages["teacher"] = "ran"
+        return self._teacher_spec(str(path), info["fingerprint"])
+
+    def _train_teacher(self, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.atomic import write_atomic
+        from pipeline.models import create_model, model_fingerprint
+        from pipeline.train.loop import train_segment
+
+        cfg, t = self.cfg, self.cfg.teacher
+        recipe = t.train
+        views = recipe.views or cfg.views
+        model = create_model(t.model, t.kwargs, seed=recipe.seed)
+        work = self.run_dir / "teacher-train"
+        self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
+        t0 = time.perf_counter()
+        res = train_segment(
+            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
+            epochs=range(0, recipe.epochs), cfg=self._train_cfg(recipe, recipe.epochs, kd="off"),
+            render=self._render(t), run_dir=work, view_pool=None if views.pool == "epochs" else int(views.pool),
+            device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
+            on_epoch_end=lambda m, e: self._evaluate(m, t),
+        )
+        info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
+                "top1": (res["epochs"][-1] or {}).get("top1"), "seconds": time.perf_counter() - t0}
+        write_atomic(path.with_suffix(".json"), json.dumps({"sha256": sha256_file(path), "inputs": inputs, "info": info}, indent=1).encode())
+        self._say("teacher", f"val top-1 {info['top1']:.4f}")
+        return info
+
+    def _teacher_spec(self, path: str, fingerprint: str) -> ModelSpec:
+        t = self.cfg.teacher
+        return ModelSpec(t.model, dict(t.kwargs), str(path), fingerprint, render_spec(self.cfg, t.info()))
+
+    def init_stage(self) -> Path:
+        """c_0: the student at initialisation (seeded) or from its weights file."""
+        from pipeline.models import create_model, save_checkpoint
+
+        s = self.cfg.student
+        inputs = {"model": s.model, "kwargs": sha256_json(s.kwargs),
+                  "init": sha256_file(s.weights) if s.weights else f"seed:{s.init_seed}"}
+        path = self.ckpt_dir / "c0.pth"
+        if self.lock.check("init", inputs).fresh:
+            self.result.stages["init"] = "cached"
+            return path
+        model = create_model(s.model, s.kwargs, seed=None if s.weights else s.init_seed, weights=s.weights)
+        save_checkpoint(model, path)
+        self.lock.record("init", inputs, outputs={"checkpoint": file_record(path)})
+        self._say("init", f"student {s.model} -> {path}")
+        self.result.stages["init"] = "ran"
+        return path
+
+    def _student_spec(self, ckpt: Path) -> ModelSpec:
+        from pipeline.models import create_model, model_fingerprint
+
+        s = self.cfg.student
+        model = create_model(s.model, s.kwargs, weights=ckpt)
+        return ModelSpec(s.model, dict(s.kwargs), str(ckpt), model_fingerprint(model, s.model),
+                         render_spec(self.cfg, s.info()))
+
+    def plan_precompute(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> list[PartitionTask]:
+        """The tasks of segment ``segment``'s labels, masks chosen by ``source_ckpt``."""
+        from maskedkd import needs_saliency
+
+        student = self._student_spec(source_ckpt) if needs_saliency(self.cfg.masking.policy) else None
+        return plan_segment(self.cfg, segment, manifest=self.manifest, teacher=teacher, student=student,
+                            device="auto", num_classes=self.cfg.data.num_classes)
+
+    def precompute_stage(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> dict[tuple[str, int], Any]:
+        """Labels of one segment; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
+        from pipeline.precompute.run import run_precompute
+        from pipeline.train.config import LabelRef
+
+        name = f"precompute-{segment}"
+        tasks = self.plan_precompute(segment, teacher, source_ckpt)
+        inputs = {"tasks": sha256_json([t.fingerprints for t in tasks])}
+        if self.lock.check(name, inputs).fresh:
+            self.result.stages[name] = "cached"
+            parts = self.lock.stages[name]["partitions"]
+            self._say(name, f"cached ({len(parts)} partitions)")
+        else:
+            self._say(name, f"{len(tasks)} partitions, keep {tasks[0].keep if tasks else '-'} ({self.cfg.masking.policy}) "
+                            f"from {source_ckpt.name}")
+            t0 = time.perf_counter()
+            summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
+                                     progress=self.progress)
+            results = summary.pop("results")
+            parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
+                     for t, r in zip(tasks, results)]
+            summary["seconds"] = time.perf_counter() - t0
+            summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
+            summary["source"] = source_ckpt.name
+            summary["keep"] = tasks[0].keep if tasks else None
+            self.lock.record(name, inputs, partitions=parts, info=summary)
+            self.result.stages[name] = "ran"
+            self.result.teacher_forwards += summary["teacher_forwards"]
+            self.result.student_forwards += summary["student_forwards"]
+            self._say(name, f"rows {summary['rows']}: computed {summary['rows_computed']}, reused {summary['rows_reused']}, "
+                            f"cached partitions {summary['cached']}/{summary['partitions']}; teacher top-1 on masked views "
+                            f"{summary['teacher_top1_masked']:.4f}")
+        return {(t.shard, t.view_epoch): LabelRef(p["path"], p["sha256"], {"fingerprints": t.fingerprints})
+                for t, p in zip(tasks, parts)}
+
+    def train_stage(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec) -> Path:
+        """Train segment ``segment`` from ``start_ckpt``; returns c_{segment+1}."""
+        from pipeline.models import create_model
+        from pipeline.train.loop import train_segment
+
+        cfg = self.cfg
+        start, end = cfg.schedule.segments()[segment]
+        name = f"train-{segment}"
+        out = self.ckpt_dir / f"c{segment + 1}.pth"
+        label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
+        inputs = {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
+                  "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
+                  "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+        if self.lock.check(name, inputs).fresh:
+            self.result.stages[name] = "cached"
+            self._say(name, f"cached ({out})")
+            return out
+        s = cfg.student
+        model = create_model(s.model, s.kwargs, weights=start_ckpt)
+        online = self._online_teacher(segment, teacher) if cfg.online else None
+        self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
+        res = train_segment(
+            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
+            epochs=range(start, end), cfg=self._train_cfg(cfg.train, cfg.schedule.epochs), render=self._render(s),
+            run_dir=self.run_dir / "train", labels=None if cfg.train.kd == "off" or online else labels,
+            view_pool=self._view_pool(), online=online, device=self.device, checkpoint_path=out,
+            on_epoch_end=lambda m, e: self._evaluate(m, s), log=lambda line: self._say(name, line),
+        )
+        if online is not None:
+            self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
+        info = {k: res.get(k) for k in ("epochs", "global_step", "teacher_forwards", "teacher_macs", "resumed", "seconds")}
+        self.lock.record(name, inputs, outputs={"checkpoint": file_record(out)}, info=info)
+        self.result.stages[name] = "ran"
+        last = (res["epochs"] or [{}])[-1]
+        if "top1" in last:
+            self._say(name, f"val top-1 {last['top1']:.4f}")
+        return out
+
+    def _online_inputs(self, segment: int, teacher: ModelSpec) -> Any:
+        if not self.cfg.online:
+            return None
+        return {"teacher": teacher.fingerprint, "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment)}
+
+    def _online_teacher(self, segment: int, teacher: ModelSpec):
+        from pipeline.models import create_model
+        from pipeline.train.config import OnlineTeacher
+
+        t = self.cfg.teacher
+        model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
+        keep = self.cfg.keep_for_segment(segment)
+        policy = self.cfg.masking.policy
+        return OnlineTeacher(model=model, render=self._render(t), policy=policy,
+                             keep=None if policy == "none" else keep)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, *, until: str | None = None) -> RunResult:
+        """Run every stale stage in order (stop after ``until``); returns what was done."""
+        cfg = self.cfg
+        try:
+            teacher = self.teacher_stage()
+            if until == "teacher":
+                return self.result
+            ckpt = self.init_stage()
+            ckpts = [ckpt]
+            needs_labels = not cfg.online and cfg.train.kd != "off"
+            pending: dict[int, Any] = {}
+            for i, _ in enumerate(cfg.schedule.segments()):
+                labels = None
+                if needs_labels:
+                    source = ckpts[max(0, i - cfg.schedule.lag)]
+                    labels = pending.pop(i).result() if i in pending else self.precompute_stage(i, teacher, source)
+                    if until == f"precompute-{i}":
+                        return self.result
+                    if cfg.schedule.lag == 1 and i + 1 < len(cfg.schedule.segments()):
+                        # labels of segment i+1 come from c_i: compute them while segment i trains
+                        pending[i + 1] = _Background(self.precompute_stage, i + 1, teacher, ckpts[i])
+                ckpts.append(self.train_stage(i, ckpts[i], labels, teacher))
+                if until == f"train-{i}":
+                    return self.result
+            from pipeline.report import write_report
+
+            self.result.report = write_report(self)
+            return self.result
+        finally:
+            self.close()
+
+    def status(self) -> list[Step]:
+        """Which stages are fresh and why the others are stale, without running anything heavy."""
+        cfg = self.cfg
+        steps = [Step("teacher", self.teacher_inputs(), self.lock.check("teacher", self.teacher_inputs()))]
+        rec = self.lock.stages.get("init")
+        steps.append(Step("init", rec["inputs"] if rec else {}, Freshness(rec is not None, "up to date" if rec else "never run")))
+        for i, _ in enumerate(cfg.schedule.segments()):
+            for name in ((f"precompute-{i}",) if not cfg.online and cfg.train.kd != "off" else ()) + (f"train-{i}",):
+                rec = self.lock.stages.get(name)
+                if rec is None:
+                    steps.append(Step(name, {}, Freshness(False, "never run")))
+                else:
+                    steps.append(Step(name, rec["inputs"], self.lock.check(name, rec["inputs"])))
+        # a stage is stale when anything before it is: its inputs are outputs of those
+        stale = None
+        for s in steps:
+            if stale and s.freshness.fresh:
+                s.freshness = Freshness(False, f"depends on {stale}, which is stale")
+            if not s.freshness.fresh and stale is None:
+                stale = s.name
+        return steps
+
+
+class _Background:
+    """Run a function in a thread; ``result()`` joins it and re-raises its error."""
+
+    def __init__(self, fn, *args) -> None:
+        self._out: Any = None
+        self._err: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self._out = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller in result()
+            self._err = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out
+
+
+def _teacher_masked_top1(parts: list[dict]) -> float:
+    """The teacher's top-1 on the (masked) views it labelled, over all partitions of a stage."""
+    import numpy as np
+
+    from pipeline.labels.reader import open_partition
+
+    correct = total = 0
+    for p in parts:
+        with open_partition(p["path"]) as part:
+            b = part.read_all(columns=("label", "target"))
+        t = b.target
+        top = t.idx[:, 0] if hasattr(t, "idx") else t.argmax(1)
+        correct += int((top == b.label).sum())
+        total += len(b.label)
+    return correct / max(1, total)
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
