@@ -1,0 +1,46 @@
+"""Run one training segment from a JSON job file (for the subprocess and torchrun tests).
+
+Usage: python run_segment.py JOB.json   (or under torchrun). Prints the result as JSON (rank 0).
+Env SLOW_STEP=<seconds> sleeps before every batch, so a test can kill the run mid-epoch.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import pipeline.train.loop as loop
+from maskedkd.views import ViewSpec
+from pipeline.bench.train import VIT
+from pipeline.models import create_model
+from pipeline.train import LabelRef, RenderConfig, ShardRef, TrainConfig, train_segment
+
+
+def main(job_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    torch.set_num_threads(1)
+    if os.environ.get("SLOW_STEP"):
+        make_batch, pause = loop.make_batch, float(os.environ["SLOW_STEP"])
+
+        def slow(*a, **k):
+            time.sleep(pause)
+            return make_batch(*a, **k)
+
+        loop.make_batch = slow
+    shards = [ShardRef(n, Path(p), r) for n, p, r in job["shards"]]
+    labels = {(n, ve): LabelRef(p) for n, ve, p in job["labels"]} if job.get("labels") else None
+    model = create_model(VIT, job["model"], seed=job["model_seed"])
+    result = train_segment(
+        model, shards=shards, spec=ViewSpec.from_dict(job["spec"]), seed=job["seed"], epochs=range(*job["epochs"]),
+        cfg=TrainConfig(**job["cfg"]), render=RenderConfig(**job["render"]), run_dir=job["run_dir"], labels=labels,
+        view_pool=job.get("view_pool"),
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,115 @@
+"""The training loop: learns with KD from stored labels, segments, mixing, online teacher, evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from maskedkd import teacher_flops
+from pipeline.bench.train import VIT, write_teacher_labels
+from pipeline.errors import ConfigError
+from pipeline.models import create_model
+from pipeline.train import OnlineTeacher, TrainConfig, evaluate, train_segment
+from pipeline.train.stream import EpochStream, load_shard, make_batch
+
+from .conftest import FLIP_SPEC, MIX_SPEC, RENDER, SEED, SPEC, STUDENT, student, teacher
+
+FAST = dict(lr=3e-3, min_lr=1e-5, weight_decay=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_kd_from_stored_labels_learns_fashion_mnist(tmp_path, train_shards, test_shards):
+    val = lambda model, epoch: {"val_top1": evaluate(model, test_shards, RENDER)["top1"]}  # noqa: E731
+    t = teacher()
+    out = train_segment(t, shards=train_shards, spec=FLIP_SPEC, seed=SEED, epochs=range(0, 6), render=RENDER,
+                        cfg=TrainConfig(epochs=6, batch_size=16, kd="off", **FAST), run_dir=tmp_path / "teacher",
+                        on_epoch_end=val)
+    assert out["epochs"][-1]["val_top1"] > 0.35, out["epochs"]
+    labels = write_teacher_labels(tmp_path / "store", t, train_shards, spec=FLIP_SPEC, seed=SEED, view_epochs=[0, 1], render=RENDER)
+    s = student()
+    out = train_segment(s, shards=train_shards, spec=FLIP_SPEC, seed=SEED, epochs=range(0, 6), render=RENDER, labels=labels,
+                        view_pool=2, cfg=TrainConfig(epochs=6, batch_size=16, kd="kl", **FAST), run_dir=tmp_path / "student",
+                        on_epoch_end=val)
+    epochs = out["epochs"]
+    assert epochs[-1]["loss"] < 0.9 * epochs[0]["loss"], epochs
+    assert epochs[-1]["top1"] > 0.3 and epochs[-1]["val_top1"] > 0.3, epochs  # 10 classes: chance is 0.1
+    assert out["global_step"] == 6 * (384 // 16) and out["teacher_forwards"] == 0
+    # the checkpoint is a plain timm state_dict
+    loaded = timm.create_model(VIT, checkpoint_path=out["checkpoint"], **STUDENT).eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), s.eval()(x))
+    assert evaluate(loaded, test_shards, RENDER)["top1"] == epochs[-1]["val_top1"]
+
+
+def test_segments_train_like_one_run(tmp_path, train_shards, labels):
+    """Segment [0,1) then [1,2) from its checkpoint (optimizer state carried) == [0,2) in one go."""
+    cfg = TrainConfig(epochs=2, batch_size=64, kd="kl", tau=2.0, checkpoint_every=4, **FAST)
+    common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, cfg=cfg, labels=labels, view_pool=2)
+    whole = train_segment(student(), epochs=range(0, 2), run_dir=tmp_path / "whole", **common)
+    first = train_segment(student(), epochs=range(0, 1), run_dir=tmp_path / "seg", **common)
+    resumed = create_model(VIT, STUDENT, weights=first["checkpoint"])
+    second = train_segment(resumed, epochs=range(1, 2), run_dir=tmp_path / "seg", **common)
+    assert open(whole["checkpoint"], "rb").read() == open(second["checkpoint"], "rb").read()
+    assert [e["loss"] for e in whole["epochs"]] == [e["loss"] for e in first["epochs"] + second["epochs"]]
+    # a finished segment asked again is not retrained
+    again = train_segment(create_model(VIT, STUDENT, weights=first["checkpoint"]), epochs=range(1, 2),
+                          run_dir=tmp_path / "seg", **common)
+    assert again["sha256"] == second["sha256"] and again["resumed"] == {"epoch": 2, "position": 0}
+
+
+def test_mixup_cutmix_views_with_stored_labels(tmp_path, train_shards):
+    mixed = write_teacher_labels(tmp_path / "store", teacher(), train_shards, spec=MIX_SPEC, seed=SEED, view_epochs=[0],
+                                 render=RENDER)
+    shard = load_shard(train_shards[0], spec=MIX_SPEC, seed=SEED, view_epoch=0)
+    batch = next(iter(EpochStream([train_shards[0]], lambda ref: shard, seed=SEED, epoch=0, batch_size=32)))
+    b = make_batch(batch, RENDER, num_classes=10, soft=True, smoothing=0.1)
+    assert b.targets.shape == (32, 10) and torch.allclose(b.targets.sum(1), torch.ones(32))
+    assert any(shard.views[i].partner for _, rows in batch for i in rows)
+    out = train_segment(student(), shards=train_shards, spec=MIX_SPEC, seed=SEED, epochs=range(0, 1), render=RENDER,
+                        labels=mixed, view_pool=1, run_dir=tmp_path / "run",
+                        cfg=TrainConfig(epochs=1, batch_size=64, smoothing=0.1, **FAST))
+    assert out["global_step"] == 6 and 0 < out["epochs"][0]["loss"] < 10
+
+
+def test_online_masked_teacher_counts_forwards(tmp_path, train_shards):
+    t = teacher()
+    online = OnlineTeacher(t, RENDER, policy="student", keep=8)
+    out = train_segment(student(), shards=train_shards, spec=SPEC, seed=SEED, epochs=range(0, 1), render=RENDER,
+                        online=online, run_dir=tmp_path / "run", cfg=TrainConfig(epochs=1, batch_size=64, **FAST))
+    assert out["teacher_forwards"] == 6 * 64
+    assert out["teacher_macs"] == 6 * 64 * (teacher_flops(t, 8) // 2)
+    assert out["teacher_macs"] < 0.6 * 6 * 64 * teacher_flops(t, None) // 2
+    rand = train_segment(student(), shards=train_shards, spec=SPEC, seed=SEED, epochs=range(0, 1), render=RENDER,
+                         online=OnlineTeacher(t, RENDER, policy="random", keep=8), run_dir=tmp_path / "rand",
+                         cfg=TrainConfig(epochs=1, batch_size=128, **FAST))
+    assert rand["teacher_forwards"] == 3 * 128
+
+
+def test_bad_arguments_are_config_errors(tmp_path, train_shards, labels):
+    common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, run_dir=tmp_path / "r", epochs=range(0, 1))
+    with pytest.raises(ConfigError, match="no label partitions"):
+        train_segment(student(), cfg=TrainConfig(epochs=1), **common)
+    with pytest.raises(ConfigError, match="larger than the 384 training samples"):
+        train_segment(student(), cfg=TrainConfig(epochs=1, batch_size=512, kd="off"), **common)
+    with pytest.raises(ConfigError, match="within 0..1"):
+        train_segment(student(), cfg=TrainConfig(epochs=1, kd="off"), **{**common, "epochs": range(0, 2)})
+    with pytest.raises(ConfigError, match="keep: must be between 1 and 16"):
+        train_segment(student(), cfg=TrainConfig(epochs=1), online=OnlineTeacher(teacher(), RENDER, keep=17), **common)
+    with pytest.raises(ValueError, match="train.kd"):
+        TrainConfig(epochs=1, kd="soft")
+
+
+def test_render_threads_do_not_change_the_result(tmp_path, train_shards, labels):
+    common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, labels=labels, view_pool=2, epochs=range(0, 1))
+    a = train_segment(student(), cfg=TrainConfig(epochs=1, batch_size=64, **FAST), run_dir=tmp_path / "a", **common)
+    b = train_segment(student(), cfg=TrainConfig(epochs=1, batch_size=64, workers=2, **FAST), run_dir=tmp_path / "b", **common)
+    assert a["sha256"] == b["sha256"]
