@@ -82,9 +82,10 @@ def write_report(runner) -> Path:
     cfg, out = runner.cfg, runner.run_dir
     data = collect(runner)
     plots = []
-    ep = [e for e in data["epochs"] if "top1" in e]
+    ep = [e for e in data["epochs"] if "val_top1" in e]
     if ep:
-        _plot(out / "student_accuracy.png", [e["epoch"] for e in ep], {"student": [e["top1"] for e in ep]},
+        _plot(out / "student_accuracy.png", [e["epoch"] for e in ep], {"val": [e["val_top1"] for e in ep],
+                                                                      "train": [e.get("top1") for e in ep]},
               "epoch", "val top-1", "Student accuracy")
         plots.append("student_accuracy.png")
     seg = [s for s in data["segments"] if s["teacher_top1_masked"] is not None]
@@ -103,10 +104,11 @@ def write_report(runner) -> Path:
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
         f"Teacher val top-1: {_fmt(data['teacher_top1'])}.", "",
-        "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train loss |", "|---:|---:|---:|---:|",
+        "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train top-1 | train loss |", "|---:|---:|---:|---:|---:|",
     ]
     for e in data["epochs"]:
-        lines.append(f"| {e.get('epoch')} | {_fmt(e.get('top1'))} | {_fmt(e.get('loss'))} | {_fmt(e.get('train_loss'))} |")
+        lines.append(f"| {e.get('epoch')} | {_fmt(e.get('val_top1'))} | {_fmt(e.get('val_loss'))} | {_fmt(e.get('top1'))} | "
+                     f"{_fmt(e.get('loss'))} |")
     lines += ["", "## Milestones", "",
               "| segment | epochs | keep | masks from | rows | computed | reused | reused (tolerance) | spot-check KL | "
               "teacher top-1 on masked views | teacher GMACs | full-teacher GMACs | precompute s | train s |",

@@ -133,7 +133,8 @@ class Runner:
         if self.cfg.data.val is None:
             return {}
         shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
-        return evaluate(model, shards, self._render(model_cfg), batch_size=256, device=self.device)
+        res = evaluate(model, shards, self._render(model_cfg), batch_size=256, device=self.device)
+        return {f"val_{k}": v for k, v in res.items()}
 
     def _view_pool(self) -> int | None:
         pool = self.cfg.views.pool
@@ -157,8 +158,9 @@ class Runner:
             model = create_model(cfg.teacher.model, cfg.teacher.kwargs, weights=cfg.teacher.weights)
             fp = model_fingerprint(model, cfg.teacher.model)
             path = Path(cfg.teacher.weights)
-            info = {"fingerprint": fp, **self._evaluate(model, cfg.teacher)}
-            self._say("teacher", f"weights {path} (val top-1 {info.get('top1', float('nan')):.4f})")
+            val = self._evaluate(model, cfg.teacher)
+            info = {"fingerprint": fp, "top1": val.get("val_top1")}
+            self._say("teacher", f"weights {path} (val top-1 {_pct(info['top1'])})")
         else:
             # content-addressed: every run with the same teacher inputs shares one trained teacher
             path = Path(cfg.labels.store) / "teachers" / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
@@ -192,9 +194,9 @@ class Runner:
             on_epoch_end=lambda m, e: self._evaluate(m, t),
         )
         info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
-                "top1": (res["epochs"][-1] or {}).get("top1"), "seconds": time.perf_counter() - t0}
+                "top1": (res["epochs"][-1] or {}).get("val_top1"), "seconds": time.perf_counter() - t0}
         write_atomic(path.with_suffix(".json"), json.dumps({"sha256": sha256_file(path), "inputs": inputs, "info": info}, indent=1).encode())
-        self._say("teacher", f"val top-1 {info['top1']:.4f}")
+        self._say("teacher", f"val top-1 {_pct(info['top1'])}")
         return info
 
     def _teacher_spec(self, path: str, fingerprint: str) -> ModelSpec:
@@ -304,8 +306,8 @@ class Runner:
         self.lock.record(name, inputs, outputs={"checkpoint": file_record(out)}, info=info)
         self.result.stages[name] = "ran"
         last = (res["epochs"] or [{}])[-1]
-        if "top1" in last:
-            self._say(name, f"val top-1 {last['top1']:.4f}")
+        if "val_top1" in last:
+            self._say(name, f"val top-1 {last['val_top1']:.4f}")
         return out
 
     def _online_inputs(self, segment: int, teacher: ModelSpec) -> Any:
@@ -417,6 +419,10 @@ def _teacher_masked_top1(parts: list[dict]) -> float:
         correct += int((top == b.label).sum())
         total += len(b.label)
     return correct / max(1, total)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _device(setting: str) -> str:

@@ -23,17 +23,13 @@ def render_spec(cfg, model_info) -> RenderSpec:
 
 
 def shard_limits(manifest: DatasetManifest, split: str, subset: int | None) -> list[tuple[Any, int | None]]:
-    """``[(shard entry, limit)]``: the split's shards holding its first ``subset`` samples in shard order."""
-    out = []
-    left = subset
-    for entry in manifest.shards(split):
-        if left is not None and left <= 0:
-            break
-        limit = None if left is None or left >= entry.samples else left
-        out.append((entry, limit))
-        if left is not None:
-            left -= entry.samples
-    return out
+    """``[(shard entry, limit)]``: the split's shards holding its first ``subset`` samples in shard order
+    (the trainer's :func:`pipeline.train.stream.subset_rows`; ``None`` = the whole shard)."""
+    from pipeline.train.stream import subset_rows
+
+    entries = manifest.shards(split)
+    rows = subset_rows([e.samples for e in entries], subset)
+    return [(e, None if n >= e.samples else n) for e, n in zip(entries, rows) if n > 0]
 
 
 def segment_view_epochs(cfg, segment: int) -> list[int]:

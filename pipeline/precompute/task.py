@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from maskedkd import TopK, cls_attention, masked_forward, needs_saliency, select_keep, teacher_flops
-from maskedkd.views import ViewSpec, render_batch, shard_views, views_to_columns
+from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline.data.shards import Sample, read_shard
 from pipeline.errors import StoreError
@@ -26,6 +26,7 @@ from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
 from pipeline.labels.topk import logsumexp_at, topk_from_logits
 from pipeline.labels.writer import write_partition
+from pipeline.train.stream import store_view_columns
 from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, specs_record
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
@@ -251,7 +252,7 @@ def run_partition(item: dict) -> dict:
     }
     w = write_partition(
         t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
-        target=target, metadata=metadata, view_columns=_view_columns(views, spec),
+        target=target, metadata=metadata, view_columns=store_view_columns(views, spec),
         num_classes=t.num_classes, extra_lse=extra,
     )
     timer.add("write", t0)
@@ -262,14 +263,6 @@ def run_partition(item: dict) -> dict:
         sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
     )
     return result
-
-
-def _view_columns(views, spec: ViewSpec) -> dict:
-    """The views' columns for the partition (the key is the partition's own ``key`` column)."""
-    cols = views_to_columns(views, spec)
-    cols.pop("key", None)
-    # Parquet has no zero-width fixed-size lists: RandAugment columns are absent when it is off
-    return {k: v for k, v in cols.items() if not (v.ndim == 2 and v.shape[1] == 0)}
 
 
 def _assemble(t, n, compute, logits_rows, reuse, source, cands, keep):
