@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +35,7 @@ class RunLock:
 
     def __init__(self, path: str | Path, store: str | None = None) -> None:
         self.path = Path(path)
+        self._mutex = threading.RLock()  # `lag: 1` records a precompute stage from a second thread
         self.data: dict[str, Any] = {"lock_version": 1, "stages": {}}
         if store is not None:
             self.data["store"] = str(store)
@@ -83,17 +85,20 @@ class RunLock:
             rec["partitions"] = [dict(p) for p in partitions]
         if info:
             rec["info"] = dict(info)
-        self.stages[stage] = rec
-        self.save()
+        with self._mutex:
+            self.stages[stage] = rec
+            self.save()
 
     def forget(self, stage: str) -> None:
         """Drop a stage's record (it will run again)."""
-        if self.stages.pop(stage, None) is not None:
-            self.save()
+        with self._mutex:
+            if self.stages.pop(stage, None) is not None:
+                self.save()
 
     def save(self) -> None:
         """Write the lock file atomically."""
-        write_atomic(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
+        with self._mutex:  # a snapshot written after an older one never loses to it
+            write_atomic(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
 
     def output(self, stage: str, name: str) -> dict[str, Any] | None:
         """A recorded output of ``stage`` (path, sha256, ...)."""

@@ -32,12 +32,13 @@ def collect(runner) -> dict[str, Any]:
         pre = lock.info(f"precompute-{i}")
         tr = lock.info(f"train-{i}")
         rows = int(pre.get("rows", 0))
+        taught = rows or int(tr.get("teacher_forwards") or 0)  # online: the teacher ran in the loop
         segments.append({
             "segment": i, "epochs": f"{start}-{end - 1}", "keep": pre.get("keep"), "source": pre.get("source"),
             "rows": rows, "computed": pre.get("rows_computed", 0), "reused": pre.get("rows_reused", 0),
             "reused_tolerance": pre.get("rows_reused_tolerance", 0), "spot_check_kl": pre.get("spot_check_kl"),
             "teacher_top1_masked": pre.get("teacher_top1_masked"), "teacher_macs": pre.get("teacher_macs", 0) or tr.get("teacher_macs", 0),
-            "full_teacher_macs": full_macs_per_row * (rows if rows else 0), "precompute_s": pre.get("seconds"),
+            "full_teacher_macs": full_macs_per_row * taught, "precompute_s": pre.get("seconds"),
             "train_s": tr.get("seconds"),
         })
         for e in tr.get("epochs") or []:

@@ -75,6 +75,28 @@ class Runner:
         shards = [(e.name, e.sha256, limit) for e, limit in shard_limits(self.manifest, self.cfg.data.train, self.cfg.data.subset)]
         return {"train": sha256_json(shards)}
 
+    def init_inputs(self) -> dict[str, Any]:
+        s = self.cfg.student
+        return {"model": s.model, "kwargs": sha256_json(s.kwargs),
+                "init": sha256_file(s.weights) if s.weights else f"seed:{s.init_seed}"}
+
+    def precompute_inputs(self, segment: int, tasks: list[PartitionTask]) -> dict[str, Any]:
+        """The tasks' fingerprints, plus the readable parts of them so `status` can say what changed."""
+        t = tasks[0] if tasks else None
+        return {"tasks": sha256_json([t.fingerprints for t in tasks]),
+                "teacher": t.teacher.fingerprint if t else None,
+                "student": t.student.fingerprint if t and t.student else None,
+                "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment),
+                "tolerance": self.cfg.masking.tolerance}
+
+    def train_inputs(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None) -> dict[str, Any]:
+        cfg = self.cfg
+        start, end = cfg.schedule.segments()[segment]
+        label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
+        return {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
+                "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
+                "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+
     def teacher_inputs(self) -> dict[str, Any]:
         t = self.cfg.teacher
         if t.weights is not None:
@@ -113,6 +135,9 @@ class Runner:
             weight_decay=recipe.weight_decay, sched=recipe.sched, warmup_epochs=recipe.warmup_epochs,
             warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, kd=kd or recipe.kd, lam=getattr(recipe, "lam", 1.0),
             tau=getattr(recipe, "tau", 1.0), ce_weight=getattr(recipe, "ce_weight", 1.0), smoothing=recipe.smoothing,
+            momentum=recipe.momentum, clip_grad=recipe.clip_grad, checkpoint_every=recipe.checkpoint_every,
+            amp=recipe.amp, workers=recipe.num_workers,
+            sched_kwargs={"decay_epochs": recipe.decay_epochs, "decay_rate": recipe.decay_rate} if recipe.sched == "step" else {},
         )
 
     def _render(self, model_cfg):
@@ -208,8 +233,7 @@ class Runner:
         from pipeline.models import create_model, save_checkpoint
 
         s = self.cfg.student
-        inputs = {"model": s.model, "kwargs": sha256_json(s.kwargs),
-                  "init": sha256_file(s.weights) if s.weights else f"seed:{s.init_seed}"}
+        inputs = self.init_inputs()
         path = self.ckpt_dir / "c0.pth"
         if self.lock.check("init", inputs).fresh:
             self.result.stages["init"] = "cached"
@@ -240,11 +264,10 @@ class Runner:
     def precompute_stage(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> dict[tuple[str, int], Any]:
         """Labels of one segment; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
         from pipeline.precompute.run import run_precompute
-        from pipeline.train.config import LabelRef
 
         name = f"precompute-{segment}"
         tasks = self.plan_precompute(segment, teacher, source_ckpt)
-        inputs = {"tasks": sha256_json([t.fingerprints for t in tasks])}
+        inputs = self.precompute_inputs(segment, tasks)
         if self.lock.check(name, inputs).fresh:
             self.result.stages[name] = "cached"
             parts = self.lock.stages[name]["partitions"]
@@ -269,8 +292,7 @@ class Runner:
             self._say(name, f"rows {summary['rows']}: computed {summary['rows_computed']}, reused {summary['rows_reused']}, "
                             f"cached partitions {summary['cached']}/{summary['partitions']}; teacher top-1 on masked views "
                             f"{summary['teacher_top1_masked']:.4f}")
-        return {(t.shard, t.view_epoch): LabelRef(p["path"], p["sha256"], {"fingerprints": t.fingerprints})
-                for t, p in zip(tasks, parts)}
+        return _label_refs(tasks, parts)
 
     def train_stage(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec) -> Path:
         """Train segment ``segment`` from ``start_ckpt``; returns c_{segment+1}."""
@@ -281,10 +303,7 @@ class Runner:
         start, end = cfg.schedule.segments()[segment]
         name = f"train-{segment}"
         out = self.ckpt_dir / f"c{segment + 1}.pth"
-        label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
-        inputs = {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
-                  "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
-                  "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+        inputs = self.train_inputs(segment, start_ckpt, labels, teacher)
         if self.lock.check(name, inputs).fresh:
             self.result.stages[name] = "cached"
             self._say(name, f"cached ({out})")
@@ -302,6 +321,10 @@ class Runner:
         )
         if online is not None:
             self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
+        # student forwards of this call: the updates done now (not those before a resume) x batch
+        spe, resumed = res["steps_per_epoch"], res.get("resumed")
+        done_before = start * spe if resumed is None else resumed["epoch"] * spe + resumed["position"]
+        self.result.student_forwards += max(0, res["global_step"] - done_before) * cfg.train.batch_size
         info = {k: res.get(k) for k in ("epochs", "global_step", "teacher_forwards", "teacher_macs", "resumed", "seconds")}
         self.lock.record(name, inputs, outputs={"checkpoint": file_record(out)}, info=info)
         self.result.stages[name] = "ran"
@@ -331,6 +354,7 @@ class Runner:
     def run(self, *, until: str | None = None) -> RunResult:
         """Run every stale stage in order (stop after ``until``); returns what was done."""
         cfg = self.cfg
+        pending: dict[int, _Background] = {}
         try:
             teacher = self.teacher_stage()
             if until == "teacher":
@@ -338,7 +362,6 @@ class Runner:
             ckpt = self.init_stage()
             ckpts = [ckpt]
             needs_labels = not cfg.online and cfg.train.kd != "off"
-            pending: dict[int, Any] = {}
             for i, _ in enumerate(cfg.schedule.segments()):
                 labels = None
                 if needs_labels:
@@ -351,7 +374,11 @@ class Runner:
                         pending[i + 1] = _Background(self.precompute_stage, i + 1, teacher, ckpts[i])
                 ckpts.append(self.train_stage(i, ckpts[i], labels, teacher))
                 if until == f"train-{i}":
+                    for job in pending.values():  # let the overlapping precompute finish and record itself
+                        job.result()
                     return self.result
+            last = (self.lock.info(f"train-{len(ckpts) - 2}").get("epochs") or [{}])[-1]
+            self.result.final_accuracy = last.get("val_top1")
             from pipeline.report import write_report
 
             self.result.report = write_report(self)
@@ -360,25 +387,59 @@ class Runner:
             self.close()
 
     def status(self) -> list[Step]:
-        """Which stages are fresh and why the others are stale, without running anything heavy."""
+        """Which stages are fresh and why the others are stale, without training or precomputing.
+
+        Each stage's *current* inputs are computed as ``run`` would compute them (from the config
+        and the recorded outputs of the stages it depends on) and compared with the lock. A stage
+        whose dependency is stale is stale too ("depends on X"): its inputs are outputs of X.
+        """
         cfg = self.cfg
-        steps = [Step("teacher", self.teacher_inputs(), self.lock.check("teacher", self.teacher_inputs()))]
-        rec = self.lock.stages.get("init")
-        steps.append(Step("init", rec["inputs"] if rec else {}, Freshness(rec is not None, "up to date" if rec else "never run")))
+        steps: list[Step] = []
+        stale: set[str] = set()
+
+        def add(name: str, deps: list[str], inputs_fn: Callable[[], dict[str, Any]]) -> None:
+            bad = next((d for d in deps if d in stale), None)
+            if bad is not None:
+                step = Step(name, {}, Freshness(False, f"depends on {bad}, which is stale"))
+            elif name not in self.lock.stages:
+                step = Step(name, {}, Freshness(False, "never run"))
+            else:
+                inputs = inputs_fn()
+                step = Step(name, inputs, self.lock.check(name, inputs))
+            if not step.freshness.fresh:
+                stale.add(name)
+            steps.append(step)
+
+        add("teacher", [], self.teacher_inputs)
+        teacher = None
+        if "teacher" not in stale:
+            rec = self.lock.output("teacher", "weights")
+            teacher = self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
+        add("init", [], self.init_inputs)
+        makers = ["init"]  # makers[i]: the stage that writes checkpoint c_i
+        ckpt = [self.ckpt_dir / "c0.pth"]
+        needs_labels = not cfg.online and cfg.train.kd != "off"
         for i, _ in enumerate(cfg.schedule.segments()):
-            for name in ((f"precompute-{i}",) if not cfg.online and cfg.train.kd != "off" else ()) + (f"train-{i}",):
-                rec = self.lock.stages.get(name)
-                if rec is None:
-                    steps.append(Step(name, {}, Freshness(False, "never run")))
-                else:
-                    steps.append(Step(name, rec["inputs"], self.lock.check(name, rec["inputs"])))
-        # a stage is stale when anything before it is: its inputs are outputs of those
-        stale = None
-        for s in steps:
-            if stale and s.freshness.fresh:
-                s.freshness = Freshness(False, f"depends on {stale}, which is stale")
-            if not s.freshness.fresh and stale is None:
-                stale = s.name
+            labels = None
+            deps = [makers[i]]
+            if needs_labels:
+                src = max(0, i - cfg.schedule.lag)
+                pname = f"precompute-{i}"
+                tasks: list[PartitionTask] = []
+
+                def pre_inputs(i=i, src=src) -> dict[str, Any]:
+                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src])
+                    return self.precompute_inputs(i, tasks)
+
+                add(pname, ["teacher", makers[src]], pre_inputs)
+                if pname not in stale:
+                    labels = _label_refs(tasks, self.lock.stages[pname]["partitions"])
+                deps.append(pname)
+            if cfg.online:
+                deps.append("teacher")
+            add(f"train-{i}", deps, lambda i=i, labels=labels: self.train_inputs(i, ckpt[i], labels, teacher))
+            makers.append(f"train-{i}")
+            ckpt.append(self.ckpt_dir / f"c{i + 1}.pth")
         return steps
 
 
@@ -402,6 +463,14 @@ class _Background:
         if self._err is not None:
             raise self._err
         return self._out
+
+
+def _label_refs(tasks: list[PartitionTask], parts: list[dict]) -> dict[tuple[str, int], Any]:
+    """``{(shard, view epoch): LabelRef}`` of a precompute stage's recorded partitions."""
+    from pipeline.train.config import LabelRef
+
+    return {(t.shard, t.view_epoch): LabelRef(p["path"], p["sha256"], {"fingerprints": t.fingerprints})
+            for t, p in zip(tasks, parts)}
 
 
 def _teacher_masked_top1(parts: list[dict]) -> float:

@@ -1,0 +1,320 @@
+"""The staged runner end to end on real Fashion-MNIST (issue 6): a demo-like config with tiny
+ViTs, a 2-worker LocalCluster, 2 segments; reruns, staleness with reasons, ``--dry-run``,
+SIGKILL + resume, ``lag: 1``, ``online: true``, ``gc`` and a bad config.
+
+One full run (``base``, through the CLI in a subprocess) is shared; every other test works on a
+*clone* of its store + run folder (the run lock's absolute paths rewritten), so tests stay
+independent and only pay for the stages they make stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.lock import LOCK_NAME
+from pipeline.runner import Runner
+
+CLI = str(Path(sys.executable).parent / "mkd-pipeline")
+# One intra-op thread in subprocesses too (see the `one_thread` fixture); every run here and the
+# run it is compared with use the same setting, so checkpoint bytes are comparable.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+VIT = "vit_tiny_patch16_224"
+# 7x7 patches: a 4x4 grid of 16 patches; keep 8. Sized so the student (CE + KD) reaches
+# ~0.45 val top-1 after 4 epochs of 768 images (the teacher ~0.5): chance is 0.1.
+BASE_KW = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}
+TRAIN_ROWS, EPOCHS, BATCH = 768, 4, 8
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def stage_doc(root: Path, data: Path) -> dict:
+    """The demo-like config: teacher trained 3 epochs (~0.5 val top-1), student 4 epochs in 2 segments."""
+    return {
+        "name": "t",
+        "run_dir": str(root / "run"),
+        "data": {"root": str(data), "train": "train", "val": "test", "num_classes": 10, "mean": [0.2860],
+                 "std": [0.3530], "interpolation": "bilinear"},
+        "teacher": {"model": VIT, "kwargs": dict(BASE_KW, embed_dim=64, depth=2),
+                    "train": {"epochs": 3, "lr": 2.0e-3, "warmup_epochs": 0, "batch_size": BATCH, "seed": 0}},
+        "student": {"model": VIT, "kwargs": dict(BASE_KW, embed_dim=32, depth=2), "init_seed": 0},
+        "schedule": {"epochs": EPOCHS, "every": 2, "lag": 0},
+        "masking": {"policy": "student", "keep": 8},
+        "views": {"seed": 0, "scale": [0.85, 1.0], "hflip": 0.5},
+        "labels": {"store": str(root / "store"), "topk": 10, "temperatures": [1.0]},
+        "compute": {"scheduler": None, "workers": 2, "threads_per_worker": 1, "batch_size": 256, "device": "cpu",
+                    "timeout_s": 300},
+        "train": {"lr": 1.0e-3, "warmup_epochs": 0, "batch_size": BATCH, "checkpoint_every": 10},
+    }
+
+
+def write_stage(root: Path, doc: dict, name: str = "stages.yaml", **changes) -> Path:
+    """Write ``doc`` with dotted-key ``changes`` (``train__lr=...`` -> ``train.lr``) as YAML."""
+    doc = copy.deepcopy(doc)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = doc
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = root / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def clone(base, dst: Path) -> SimpleNamespace:
+    """A copy of the base run's store + run folder at ``dst`` (lock paths rewritten), and its config."""
+    shutil.copytree(base.root / "store", dst / "store")
+    shutil.copytree(base.root / "run", dst / "run")
+    lock = dst / "run" / LOCK_NAME
+    lock.write_text(lock.read_text().replace(str(base.root), str(dst)))
+    doc = stage_doc(dst, base.data)
+    return SimpleNamespace(root=dst, doc=doc, yaml=write_stage(dst, doc), lock=lock)
+
+
+def cli(*args: str, capsys) -> tuple[int, str]:
+    """Run ``mkd-pipeline ARGS`` in this process; returns (exit code, stdout)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code, capsys.readouterr().out
+
+
+def status_json(path: Path, capsys) -> tuple[int, dict[str, dict]]:
+    code, out = cli("status", str(path), "--json", capsys=capsys)
+    return code, {s["stage"]: s for s in json.loads(out)}
+
+
+def lock_of(root: Path) -> dict:
+    return json.loads((root / "run" / LOCK_NAME).read_text())
+
+
+def run_in_process(path: Path) -> "Runner":
+    runner = Runner(load_config(path), progress=False, echo=lambda _s: None)
+    runner.run()
+    return runner
+
+
+def files_under(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for r in roots if r.exists() for p in r.rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base(fmnist_small, tmp_path_factory):
+    """The demo-like config run once from scratch by ``mkd-pipeline run`` (a 2-worker LocalCluster)."""
+    root = tmp_path_factory.mktemp("base")
+    doc = stage_doc(root, fmnist_small)
+    path = write_stage(root, doc)
+    t0 = time.perf_counter()
+    proc = subprocess.run([CLI, "run", str(path)], capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(root=root, data=fmnist_small, doc=doc, yaml=path, out=proc.stdout,
+                           seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_demo_like_run_learns_reports_and_a_rerun_computes_nothing(base, capsys):
+    lock = lock_of(base.root)
+    assert set(lock["stages"]) == {"teacher", "init", "precompute-0", "train-0", "precompute-1", "train-1"}
+    assert "teacher forwards 3072, student forwards" in base.out  # 2 segments x 2 view epochs x 768 rows
+    student = lock["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    assert student > 0.3, f"student val top-1 {student} is not well above chance (0.1)"
+    for i in (0, 1):
+        info = lock["stages"][f"precompute-{i}"]["info"]
+        assert info["rows"] == 2 * TRAIN_ROWS and info["source"] == f"c{i}.pth" and info["keep"] == 8
+        assert len(lock["stages"][f"precompute-{i}"]["partitions"]) == 3 * 2  # 3 shards x 2 view epochs
+
+    run = base.root / "run"
+    report = run / "report.md"
+    for name in ("report.md", "student_accuracy.png", "teacher_masked_accuracy.png", "rows_reused.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "student_accuracy.png").read_bytes().startswith(b"\x89PNG")
+    text = report.read_text()
+    assert f"| {EPOCHS - 1} | {student:.4f} |" in text
+    assert f"report: {report}" in base.out
+
+    ckpt = (run / "checkpoints" / "c2.pth").read_bytes()
+    runner = Runner(load_config(base.yaml), progress=False, echo=lambda _s: None)
+    res = runner.run()
+    assert res.teacher_forwards == 0 == res.student_forwards
+    assert res.stages == {k: "cached" for k in lock["stages"]}
+    assert res.final_accuracy == student
+    assert (run / "checkpoints" / "c2.pth").read_bytes() == ckpt
+    assert report.read_text() == text
+    assert lock_of(base.root) == lock
+
+    code, steps = status_json(base.yaml, capsys)
+    assert code == 0 and all(s["fresh"] for s in steps.values())
+
+
+@pytest.mark.slow
+def test_changing_one_input_makes_exactly_its_dependents_stale(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    lr = write_stage(c.root, c.doc, "lr.yaml", train__lr=5.0e-4)
+    code, steps = status_json(lr, capsys)
+    assert code == 1
+    assert [s for s, v in steps.items() if v["fresh"]] == ["teacher", "init", "precompute-0"]
+    assert "recipe" in steps["train-0"]["reason"]
+    assert steps["precompute-1"]["reason"] == "depends on train-0, which is stale"  # masks come from c1
+    assert steps["train-1"]["reason"] == "depends on train-0, which is stale"
+
+    keep = write_stage(c.root, c.doc, "keep.yaml", masking__keep=4)
+    code, steps = status_json(keep, capsys)
+    assert code == 1
+    assert [s for s, v in steps.items() if v["fresh"]] == ["teacher", "init"]
+    assert steps["precompute-0"]["reason"] == "input 'keep' changed (8 -> 4)"
+    assert "depends on precompute-0" in steps["train-0"]["reason"]
+
+    seed = write_stage(c.root, c.doc, "seed.yaml", student__init_seed=1)
+    code, steps = status_json(seed, capsys)
+    assert code == 1 and [s for s, v in steps.items() if v["fresh"]] == ["teacher"]
+    assert steps["init"]["reason"] == 'input \'init\' changed ("seed:0" -> "seed:1")'
+    assert steps["precompute-0"]["reason"] == "depends on init, which is stale"
+
+    code, steps = status_json(c.yaml, capsys)  # the unchanged config is still all fresh
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_plan_and_writes_nothing(base, tmp_path, capsys):
+    c = clone(base, tmp_path / "c")
+    lr = write_stage(c.root, c.doc, "lr.yaml", train__lr=5.0e-4)
+    before = files_under(c.root)
+    code, out = cli("run", str(lr), "--dry-run", capsys=capsys)
+    assert code == 0
+    assert "fresh  precompute-0" in out and "stale  train-0" in out and "recipe" in out
+    assert files_under(c.root) == before
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    code, out = cli("run", str(write_stage(fresh, stage_doc(fresh, base.data))), "--dry-run", capsys=capsys)
+    assert code == 0 and "stale  teacher        never run" in out
+    assert sorted(p.name for p in fresh.iterdir()) == ["stages.yaml"]  # no run folder, no store
+
+
+@pytest.mark.slow
+def test_sigkill_mid_segment_then_rerun_gives_the_same_checkpoint_bytes(base, tmp_path):
+    c = clone(base, tmp_path)
+    lock = json.loads(c.lock.read_text())
+    for name in ("train-0", "train-1"):  # train again; teacher, c0 and the labels stay cached
+        del lock["stages"][name]
+    c.lock.write_text(json.dumps(lock))
+    for p in ("checkpoints/c1.pth", "checkpoints/c2.pth", "report.md"):
+        (c.root / "run" / p).unlink()
+    shutil.rmtree(c.root / "run" / "train")
+
+    record = c.root / "run" / "train" / "resume.json"
+    proc = subprocess.Popen([CLI, "run", str(c.yaml)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 180
+        at = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if record.is_file():
+                at = json.loads(record.read_text())
+                if not at["done"] and at["position"] > 0:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not (c.root / "run" / "checkpoints" / "c2.pth").exists()
+
+    done = subprocess.run([CLI, "run", str(c.yaml)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming at epoch" in done.stdout
+    resumed = [lock_of(c.root)["stages"][f"train-{i}"]["info"]["resumed"] for i in (0, 1)]
+    assert any(r is not None for r in resumed)
+    name = "c2.pth"
+    assert (c.root / "run" / "checkpoints" / name).read_bytes() == (base.root / "run" / "checkpoints" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_lag_1_labels_segment_1_from_c0(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    lag = write_stage(c.root, c.doc, "lag.yaml", schedule__lag=1)
+    code, steps = status_json(lag, capsys)
+    assert code == 1 and steps["precompute-0"]["fresh"] and steps["train-0"]["fresh"]
+    assert "input 'student' changed" in steps["precompute-1"]["reason"]  # c0 instead of c1
+
+    runner = run_in_process(lag)
+    assert runner.result.stages == {"teacher": "cached", "init": "cached", "precompute-0": "cached",
+                                    "train-0": "cached", "precompute-1": "ran", "train-1": "ran"}
+    lock = lock_of(c.root)["stages"]
+    assert lock["precompute-1"]["info"]["source"] == "c0.pth"
+    c0 = next(iter(lock["precompute-0"]["partitions"]))["inputs"]["student"]
+    assert {p["inputs"]["student"] for p in lock["precompute-1"]["partitions"]} == {c0}
+    assert "| 1 | 2-3 | 8 | c0.pth |" in (c.root / "run" / "report.md").read_text()
+    assert status_json(lag, capsys)[0] == 0
+
+
+@pytest.mark.slow
+def test_online_runs_without_precompute_and_counts_teacher_forwards(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    online = write_stage(c.root, c.doc, "online.yaml", online=True)
+    runner = run_in_process(online)
+    assert runner.result.stages == {"teacher": "cached", "init": "cached", "train-0": "ran", "train-1": "ran"}
+    assert runner.result.teacher_forwards == EPOCHS * TRAIN_ROWS
+    assert runner.result.student_forwards == EPOCHS * TRAIN_ROWS
+    assert runner.result.final_accuracy > 0.3
+    code, steps = status_json(online, capsys)
+    assert code == 0 and list(steps) == ["teacher", "init", "train-0", "train-1"]
+    assert "online True" in (c.root / "run" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_gc_after_a_config_change_lists_then_removes_only_unreferenced_partitions(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    old = {p["path"] for i in (0, 1) for p in lock_of(c.root)["stages"][f"precompute-{i}"]["partitions"]}
+    keep = write_stage(c.root, c.doc, "keep.yaml", masking__keep=12)
+    runner = run_in_process(keep)
+    assert runner.result.stages["precompute-0"] == runner.result.stages["precompute-1"] == "ran"
+    assert status_json(keep, capsys)[0] == 0
+    new = {p["path"] for i in (0, 1) for p in lock_of(c.root)["stages"][f"precompute-{i}"]["partitions"]}
+    assert len(old) == len(new) == 12 and not old & new
+
+    before = files_under(c.root / "store")
+    code, out = cli("gc", str(keep), capsys=capsys)
+    assert code == 0
+    listed = {line.split()[2] for line in out.splitlines() if line.startswith("would remove")}
+    assert listed == old
+    assert files_under(c.root / "store") == before
+    assert "12 partition(s) kept" in out
+
+    code, out = cli("gc", str(keep), "--yes", capsys=capsys)
+    assert code == 0 and "12 file(s)" in out
+    assert not any(Path(p).exists() for p in old) and all(Path(p).exists() for p in new)
+    assert next((c.root / "store" / "teachers").glob("*.pth")).exists()  # the teacher is referenced
+    code, out = cli("labels", "verify", str(c.root / "store"), "--lock", str(c.lock), capsys=capsys)
+    assert code == 0, out
+    assert run_in_process(keep).result.stages == {k: "cached" for k in runner.result.stages}
+
+
+def test_bad_config_exits_2_and_writes_nothing(fmnist_small, tmp_path, capsys):
+    path = write_stage(tmp_path, stage_doc(tmp_path, fmnist_small), masking__keep=300)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(path)])
+    assert e.value.code == 2
+    assert "masking.keep" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stages.yaml"]
