@@ -22,6 +22,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "status": "pipeline.run_cli:status_cmd",
         "precompute": "pipeline.run_cli:precompute_cmd",
         "gc": "pipeline.run_cli:gc_cmd",
+        "report": "pipeline.results:report_cmd",
     },
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",

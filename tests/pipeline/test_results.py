@@ -1,0 +1,132 @@
+"""``mkd-pipeline report --results``: the RESULTS.md generator on tiny *real* runs (issue 7).
+
+Two tiny configs are run for real on real Fashion-MNIST images (a CE-only student and an
+offline MaskedKD student with a 1-worker LocalCluster, sharing one trained teacher); a third
+config is never run. The report must show the numbers the lock files hold, average seeds, list
+the unrun config as "not run" with its command, and draw the curriculum figure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.config import load_config
+from pipeline.results import collect_run, report_cmd
+from pipeline.runner import Runner
+
+VIT = "vit_tiny_patch16_224"
+KW = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}  # 4x4 = 16 patches
+
+
+def _doc(root: Path, data: Path, name: str, **over) -> dict:
+    doc = {
+        "name": name,
+        "run_dir": str(root / "runs" / name),
+        "data": {"root": str(data), "train": "train", "val": "test", "subset": 256, "val_subset": 128,
+                 "num_classes": 10, "mean": [0.2860], "std": [0.3530], "interpolation": "bilinear"},
+        "teacher": {"model": VIT, "kwargs": dict(KW, embed_dim=32, depth=1),
+                    "train": {"epochs": 1, "lr": 2.0e-3, "warmup_epochs": 0, "batch_size": 32, "seed": 0}},
+        "student": {"model": VIT, "kwargs": dict(KW, embed_dim=16, depth=1), "init_seed": 0},
+        "schedule": {"epochs": 2, "every": 1, "lag": 0},
+        "masking": {"policy": "student", "keep": 8},
+        "views": {"seed": 0, "scale": [0.85, 1.0], "hflip": 0.5},
+        "labels": {"store": str(root / "store"), "topk": 10, "temperatures": [1.0]},
+        "compute": {"scheduler": None, "workers": 1, "threads_per_worker": 1, "device": "cpu", "timeout_s": 300},
+        "train": {"lr": 1.0e-3, "warmup_epochs": 0, "batch_size": 32},
+    }
+    for dotted, value in over.items():
+        *parents, leaf = dotted.split("__")
+        node = doc
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return doc
+
+
+def _write(root: Path, stem: str, row: str, doc: dict) -> Path:
+    path = root / "stages" / f"{stem}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# Row: {row}\n#\n# Run: mkd-pipeline run {path}\n\n" + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fmnist_tiny(tmp_path_factory) -> Path:
+    """The first 256 training / 128 test images of real Fashion-MNIST as shards + manifest."""
+    from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC, import_fashion_mnist, read_idx
+    from tests.pipeline.data.helpers import write_idx
+
+    if any(not (FASHION_MNIST_SRC / n).is_file() for pair in FASHION_MNIST_FILES.values() for n in pair):
+        pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")
+    root = tmp_path_factory.mktemp("results-fmnist")
+    (root / "src").mkdir()
+    for split, n in (("train", 256), ("test", 128)):
+        for name in FASHION_MNIST_FILES[split]:
+            write_idx(root / "src" / name, read_idx(FASHION_MNIST_SRC / name)[:n])
+    import_fashion_mnist(root / "fashion-mnist", src=root / "src", shard_size=128)
+    return root / "fashion-mnist"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ce = _write(tmp_path, "ce-s0", "CE only", _doc(tmp_path, fmnist_tiny, "ce-s0", train__kd="off",
+                                                     masking={"policy": "none"}))
+    mkd = _write(tmp_path, "offline-mkd50-s0", "offline MaskedKD 50%", _doc(tmp_path, fmnist_tiny, "mkd-s0"))
+    unrun = _write(tmp_path, "offline-mkd50-s1", "offline MaskedKD 50%",
+                   _doc(tmp_path, fmnist_tiny, "mkd-s1", student__init_seed=1, train__seed=1))
+    for path in (ce, mkd):
+        Runner(load_config(path), progress=False, echo=lambda _s: None).run()
+
+    out = tmp_path / "RESULTS.md"
+    res = CliRunner().invoke(report_cmd, ["--results", str(ce), str(mkd), str(unrun), "--out", str(out),
+                                          "--logs", str(tmp_path / "logs")])
+    assert res.exit_code == 0, res.output
+    assert "2 of 3 configs finished" in res.output
+    text = out.read_text()
+
+    # the numbers are the lock files' numbers
+    lock = json.loads((tmp_path / "runs" / "mkd-s0" / "run.lock.json").read_text())["stages"]
+    top1 = lock["train-1"]["info"]["epochs"][-1]["val_top1"]
+    macs = sum(lock[f"precompute-{i}"]["info"]["teacher_macs"] for i in (0, 1))
+    r = collect_run(mkd)
+    assert r.finished and r.top1 == top1 and r.teacher_macs == macs
+    assert r.rows == 2 * 256 and r.full_macs > macs > 0
+    assert [m for m, _ in r.masked_top1] == [0, 1]
+    row = next(line for line in text.splitlines() if line.startswith("| offline MaskedKD 50% |"))
+    assert f"{100 * top1:.2f} (1 seed)" in row
+    assert f"{macs / 1e9:.1f}" in row
+    # keep 8 of 16 patches: the masked teacher costs about half of the full one
+    frac = int(re.search(r"\| (\d+)% \|", row).group(1))
+    assert 35 <= frac <= 65, row
+    assert "offline-mkd50-s1.yaml` (not run)" in row
+
+    ce_row = next(line for line in text.splitlines() if line.startswith("| CE only |"))
+    ce_top1 = json.loads((tmp_path / "runs" / "ce-s0" / "run.lock.json").read_text())["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    assert f"{100 * ce_top1:.2f} (1 seed)" in ce_row
+    assert "| 0.0 | - |" in ce_row  # no teacher compute without KD
+
+    assert "**offline MaskedKD 50%** − **CE only**" in text
+    png = tmp_path / "results_curriculum.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![curriculum](results_curriculum.png)" in text
+    # regenerating gives the same table (nothing but the uptime line depends on the moment)
+    again = CliRunner().invoke(report_cmd, ["--results", str(ce), str(mkd), str(unrun), "--out", str(out)])
+    assert again.exit_code == 0
+    strip = lambda s: [x for x in s.splitlines() if not x.startswith("Machine:")]  # noqa: E731
+    assert strip(out.read_text()) == strip(text)
