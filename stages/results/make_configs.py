@@ -8,12 +8,12 @@ BASE = """# Row: {row}
 #
 # Run:      mkd-pipeline run stages/results/teacher.yaml --until teacher   (once: trains the shared teacher)
 #           mkd-pipeline run stages/results/{name}.yaml
-# Hardware: CPU (2 cores, shared); about 2-5 minutes per run.
+# Hardware: CPU (2 cores, shared); about 2-5 minutes per run (online rows the longest).
 # Prints:   per-epoch student test top-1 (first 2,000 test images){prints}; runs/results-{name}/report.md.
 # Table:    mkd-pipeline report --results stages/results/*.yaml --out RESULTS.md
 #
 # Sizes (identical in every row): student ViT dim 48 / depth 3 / 3 heads, 4x4 patches on 28x28 (49
-# patches), trained 6 epochs on the first 2,000 training images; teacher ViT dim 96 / depth 4
+# patches), trained 6 epochs on the first 4,000 training images; teacher ViT dim 96 / depth 4
 # trained by stages/results/teacher.yaml on 12,000 images and loaded from its file.
 
 name: results-{name}
@@ -22,7 +22,7 @@ data:
   root: data/fashion-mnist
   train: train
   val: test
-  subset: 2000
+  subset: 4000
   val_subset: 2000
   num_classes: 10
   mean: [0.2860]
@@ -80,7 +80,7 @@ train:
   sched: cosine
   warmup_epochs: 1
   min_lr: 1.0e-5
-  batch_size: 128
+  batch_size: 64
   lam: 1.0
   ce_weight: 1.0
   tau: 1.0
