@@ -187,10 +187,12 @@ def _tar_members(path: Path) -> Iterator[dict]:
         _check_end_of_archive(path)
 
 
-def _finish(key: str, members: dict[str, bytes], report: list | None) -> RawSample | None:
+def _finish(key: str, members: dict[str, bytes], report: list | None, num_classes: int | None = None) -> RawSample | None:
     images = [ext for ext in members if ext in IMAGE_EXTS]
     problem = None
-    if not images:
+    if key.startswith("/") or ".." in key.split("/"):
+        problem = "unsafe key (an absolute path or a '..' component)"
+    elif not images:
         problem = "no image member (.jpg/.png/.webp)"
     elif len(images) > 1:
         problem = f"several image members ({', '.join(sorted(images))})"
@@ -200,6 +202,8 @@ def _finish(key: str, members: dict[str, bytes], report: list | None) -> RawSamp
         text = members["cls"].strip()
         if not (text.isdigit() and text.isascii()):
             problem = f".cls is not a non-negative ASCII integer ({members['cls'][:20]!r})"
+        elif num_classes is not None and int(text) >= num_classes:
+            problem = f".cls {int(text)} is outside the classes 0..{num_classes - 1}"
     if problem is not None:
         if report is not None:
             report.append(Skipped(key, problem))
@@ -207,10 +211,11 @@ def _finish(key: str, members: dict[str, bytes], report: list | None) -> RawSamp
     return RawSample(key, images[0], members[images[0]], int(members["cls"]))
 
 
-def read_shard_raw(path: str | Path, *, report: list | None = None) -> Iterator[RawSample]:
+def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes: int | None = None) -> Iterator[RawSample]:
     """Stream a shard's samples undecoded, in tar order.
 
-    A sample without exactly one image member, without a valid ``.cls``, or whose key
+    A sample without exactly one image member, without a valid ``.cls`` (below ``num_classes``
+    when given), whose key is an absolute path or has a ``..`` component, or whose key
     repeats an earlier sample's is skipped and appended to ``report`` as :class:`Skipped`.
     A member repeated within one sample is reported and dropped, the first one kept (as
     webdataset does).
@@ -233,7 +238,7 @@ def read_shard_raw(path: str | Path, *, report: list | None = None) -> Iterator[
             if report is not None:
                 report.append(Skipped(key, "duplicate key"))
             return None
-        return _finish(key, members, report)
+        return _finish(key, members, report, num_classes)
 
     for member in _tar_members(path):
         fname = member["fname"]
@@ -276,7 +281,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     return image
 
 
-def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Sample]:
+def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+               num_classes: int | None = None) -> Iterator[Sample]:
     """Stream a shard's samples decoded, in tar order: the one reader everything else uses.
 
     Samples that cannot be used (corrupt or oversized image, missing/invalid ``.cls``,
@@ -286,11 +292,12 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
         path: the shard's tar file.
         report: list collecting skipped samples (for the manifest of the stage reading them).
         max_pixels: decompression-bomb guard.
+        num_classes: when given, samples whose ``.cls`` is not below it are skipped too.
 
     Raises:
         DataError: the tar is missing, truncated or unreadable (the message names the shard).
     """
-    for raw in read_shard_raw(path, report=report):
+    for raw in read_shard_raw(path, report=report, num_classes=num_classes):
         try:
             image = decode_image(raw.image_bytes, max_pixels=max_pixels)
         except ValueError as e:

@@ -267,7 +267,7 @@ def train_segment(
                 label = label_refs.get((ref.name, view_epoch))
                 if label is None:
                     raise StoreError(f"no label partition given for shard {ref.name!r}, view epoch {view_epoch}")
-            return load_shard(ref, spec=spec, seed=seed, view_epoch=view_epoch, label=label, tau=tau)
+            return load_shard(ref, spec=spec, seed=seed, view_epoch=view_epoch, label=label, tau=tau, num_classes=num_classes)
         return load
 
     def render_mine(segments) -> Batch:

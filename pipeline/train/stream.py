@@ -193,8 +193,12 @@ def load_shard(
     view_epoch: int,
     label: LabelRef | None = None,
     tau: float = 1.0,
+    num_classes: int | None = None,
 ) -> LoadedShard:
     """Read one shard (and its label partition, in lockstep) for one view epoch.
+
+    Samples :func:`read_shard` cannot use (and, with ``num_classes``, labels outside the classes)
+    are skipped; a shard left with fewer than ``ref.rows`` samples is refused, naming them.
 
     Raises:
         DataError: the shard is unreadable or has fewer usable samples than ``ref.rows``.
@@ -209,7 +213,8 @@ def load_shard(
         keys: list[str] = []
         images: list[Image.Image] = []
         labels: list[int] = []
-        for i, sample in enumerate(itertools.islice(read_shard(ref.path), ref.rows)):
+        skipped: list = []
+        for i, sample in enumerate(itertools.islice(read_shard(ref.path, report=skipped, num_classes=num_classes), ref.rows)):
             if part_keys is not None and part_keys[i] != sample.key:
                 raise StoreError(
                     f"{label.path}: row {i} is key {part_keys[i]!r}, but shard {ref.path} has {sample.key!r} there: "
@@ -219,7 +224,9 @@ def load_shard(
             images.append(sample.image)
             labels.append(sample.label)
         if len(keys) < ref.rows:
-            raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)")
+            why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+            raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)"
+                            + (f"; skipped {why}" if skipped else ""))
         views = shard_views(spec, seed, view_epoch, keys)
         target = None
         if batch is not None:
