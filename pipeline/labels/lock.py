@@ -27,6 +27,7 @@ class LockEntry:
     path: str
     rows: int
     sha256: str
+    fingerprints: dict | None = None  # the task's input fingerprints, as the lock records them
 
 
 def read_lock(lock_path: str | Path) -> list[LockEntry]:
@@ -51,6 +52,7 @@ def read_lock(lock_path: str | Path) -> list[LockEntry]:
             path=p["path"] if paths.is_uri(p["path"]) or os.path.isabs(p["path"]) else paths.join(base, p["path"]),
             rows=p["rows"],
             sha256=p["sha256"],
+            fingerprints=p.get("inputs"),
         )
         for stage, body in sorted(lock["stages"].items())
         for p in body.get("partitions", [])

@@ -51,7 +51,9 @@ def verify_store(store: str, locks: Sequence[str] = ()) -> VerifyReport:
     for path in report.checked:
         entry = expected.pop(paths.resolve(path)[1], None)
         try:
-            with open_partition(path, sha256=entry.sha256 if entry else None) as partition:
+            # the fingerprints too: a file swapped in together with its checksum is still refused
+            expect = {"fingerprints": entry.fingerprints} if entry and entry.fingerprints else None
+            with open_partition(path, sha256=entry.sha256 if entry else None, expect=expect) as partition:
                 if entry and partition.num_rows != entry.rows:
                     raise StoreError(f"{path}: {partition.num_rows} rows, the run lock {entry.lock} records {entry.rows}")
                 for _ in partition.iter_batches(65536):  # decodes every page: checks every CRC

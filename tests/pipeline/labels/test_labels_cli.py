@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.fingerprint import sha256_json
 
 from .conftest import N
 
@@ -56,7 +55,11 @@ def _lock(store: Path, entries: list[dict], name="run.lock.json") -> Path:
 
 
 def _entry(result, store: Path) -> dict:
-    return {"path": os.path.relpath(result.path, store), "inputs": {"teacher": sha256_json("t")},
+    from pipeline.labels import open_partition
+
+    with open_partition(result.path) as part:  # a run lock records the task's fingerprints as its inputs
+        inputs = part.metadata["fingerprints"]
+    return {"path": os.path.relpath(result.path, store), "inputs": inputs,
             "rows": result.rows, "sha256": result.sha256}
 
 
