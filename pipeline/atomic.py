@@ -16,8 +16,12 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on clean exit fsync it and rename it into place."""
+def atomic_path(path: str | Path, *, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on clean exit fsync it and rename it into place.
+
+    ``exclusive``: publish only if ``path`` does not exist yet (a hard link, atomic), else raise
+    :class:`FileExistsError` and leave the existing file alone: the first of concurrent writers wins.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
@@ -27,16 +31,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        if exclusive:
+            os.link(tmp_path, path)
+        else:
+            os.replace(tmp_path, path)
         fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
 
 
-def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None] | bytes) -> None:
-    """Write ``path`` atomically from bytes or a ``writer(file)`` callback."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None] | bytes, *, exclusive: bool = False) -> None:
+    """Write ``path`` atomically from bytes or a ``writer(file)`` callback (``exclusive``: see :func:`atomic_path`)."""
+    with atomic_path(path, exclusive=exclusive) as tmp, open(tmp, "wb") as f:
         if isinstance(writer, (bytes, bytearray)):
             f.write(writer)
         else:

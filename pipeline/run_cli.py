@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,26 @@ def _runner(stages: str, **kw):
     return Runner(load_config(stages), **kw)
 
 
+@contextlib.contextmanager
+def _exclusive(stages: str, **kw):
+    """A Runner holding ``<run_dir>/.lock`` (flock): one run of a run folder at a time.
+
+    A second ``run`` of the same config waits for the first, then reads its run lock and does
+    only what is still stale (usually nothing). Bad configs fail before anything is created.
+    """
+    import fcntl
+
+    run_dir = _runner(stages, **kw).run_dir  # validates config and dataset first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            click.echo(f"{run_dir}: another run of this config is in progress; waiting for it to finish", err=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield _runner(stages, **kw)  # loads the run lock as the previous holder left it
+
+
 @click.command("run")
 @click.argument("stages", type=click.Path(dir_okay=False))
 @scheduler_opt
@@ -33,11 +54,11 @@ def run_cmd(stages: str, scheduler: str | None, workers: int | None, dry_run: bo
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing.
     """
-    runner = _runner(stages, scheduler=scheduler, workers=workers)
     if dry_run:
-        _print_status(runner.status())
+        _print_status(_runner(stages, scheduler=scheduler, workers=workers).status())
         return
-    res = runner.run(until=until)
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        res = runner.run(until=until)
     ran = [k for k, v in res.stages.items() if v == "ran"]
     click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "
                f"teacher forwards {res.teacher_forwards}, student forwards {res.student_forwards}")
@@ -81,7 +102,8 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: in
     if dry_run:
         _dry_run(runner, segment)
         return
-    runner.run(until=f"precompute-{segment}")
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        runner.run(until=f"precompute-{segment}")
     info = runner.lock.info(f"precompute-{segment}")
     click.echo(f"segment {segment}: {info.get('partitions', 0)} partitions, {info.get('rows', 0)} rows; teacher forwards "
                f"done {runner.result.teacher_forwards}, avoided {info.get('rows_reused', 0) + (info.get('rows', 0) if runner.result.stages.get(f'precompute-{segment}') == 'cached' else 0)}")

@@ -69,6 +69,7 @@ def write_partition(
     view_columns: Mapping[str, np.ndarray | pa.Array] | None = None,
     num_classes: int | None = None,
     extra_lse: Mapping[float, Any] | None = None,
+    exclusive: bool = False,
 ) -> WriteResult:
     """Write a label partition to ``path`` (local path or ``pyarrow.fs`` URI), atomically.
 
@@ -89,6 +90,8 @@ def write_partition(
             index type: uint16 up to 65,536 classes, int32 above).
         extra_lse: ``{tau: logsumexp(logits / tau) [N]}`` for other temperatures
             (:func:`logsumexp_at`); TopK targets only.
+        exclusive: publish only if ``path`` does not exist yet (local stores); else raise
+            :class:`FileExistsError` and keep the existing file (concurrent writers: first wins).
 
     Returns:
         :class:`WriteResult` with the file's sha256, row count and size in bytes.
@@ -105,7 +108,9 @@ def write_partition(
     data = encode(table)
     fs, fs_path = paths.resolve(path)
     try:
-        _publish(fs, fs_path, data)
+        _publish(fs, fs_path, data, exclusive)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise StoreError(f"{path}: cannot write the partition ({e})") from e
     return WriteResult(path=path, sha256=sha256_bytes(data), rows=table.num_rows, bytes=data.size)
@@ -292,9 +297,9 @@ def _view_arrays(view_columns: Mapping[str, np.ndarray | pa.Array], n: int, path
     return out
 
 
-def _publish(fs: pafs.FileSystem, fs_path: str, data: pa.Buffer) -> None:
+def _publish(fs: pafs.FileSystem, fs_path: str, data: pa.Buffer, exclusive: bool = False) -> None:
     if fs.type_name == "local":
-        write_atomic(fs_path, lambda f: f.write(memoryview(data)))
+        write_atomic(fs_path, lambda f: f.write(memoryview(data)), exclusive=exclusive)
         return
     fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
     # Object stores: one upload of the whole buffer; the object becomes visible only when the

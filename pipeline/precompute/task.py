@@ -8,6 +8,8 @@ Pure and idempotent: a partition that already exists for exactly these inputs is
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -160,6 +162,28 @@ def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
     return (p * (log_p - log_q)).sum(1) + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
 
 
+def _fault(t: PartitionTask) -> None:
+    """Test-only fault injection (tests/reliability, RELIABILITY.md); inert unless ``$MKD_FAULT`` is set.
+
+    ``MKD_FAULT=kill:SHARD`` / ``hang:SHARD``: the task of shard SHARD SIGKILLs its worker process /
+    sleeps forever, after reading the shard. ``...:SHARD:DIR``: only once per (shard, view epoch),
+    remembered by a marker file in DIR. Several faults: comma-separated.
+    """
+    for spec in filter(None, os.environ.get("MKD_FAULT", "").split(",")):
+        kind, shard, *marker = spec.split(":", 2)
+        if shard != t.shard:
+            continue
+        if marker:
+            flag = os.path.join(marker[0], f"{kind}-{t.shard}-{t.view_epoch}")
+            if os.path.exists(flag):
+                continue
+            open(flag, "w").close()
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "hang":
+            time.sleep(10**6)
+
+
 def run_partition(item: dict) -> dict:
     """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
     t: PartitionTask = item["task"]
@@ -185,11 +209,12 @@ def run_partition(item: dict) -> dict:
     t0 = time.perf_counter()
     report: list = []
     samples = []
-    for s in read_shard(t.shard_path, report=report):
+    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes):
         if t.limit is not None and len(samples) >= t.limit:
             break
         samples.append(s)
     result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
+    _fault(t)
     keys = [s.key for s in samples]
     spec = ViewSpec.from_dict(t.view_spec)
     views = shard_views(spec, t.view_seed, t.view_epoch, keys)
@@ -250,11 +275,19 @@ def run_partition(item: dict) -> dict:
         "shard": t.shard, "view_epoch": t.view_epoch, "fingerprints": t.fingerprints,
         "counters": counters, "specs": specs_record(t), "package_version": __version__,
     }
-    w = write_partition(
-        t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
-        target=target, metadata=metadata, view_columns=store_view_columns(views, spec),
-        num_classes=t.num_classes, extra_lse=extra,
-    )
+    try:
+        w = write_partition(
+            t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
+            target=target, metadata=metadata, view_columns=store_view_columns(views, spec),
+            num_classes=t.num_classes, extra_lse=extra, exclusive="replaced_damaged" not in result,
+        )
+    except FileExistsError:
+        # another run wrote this partition since we looked: keep its file (same fingerprints), so
+        # every lock naming it records the bytes that are really there
+        with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+            result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes,
+                          teacher_forwards=int(len(compute)))
+        return result
     timer.add("write", t0)
     result.update(
         rows=n, rows_computed=counters["rows_computed"], rows_reused=counters["rows_reused"],

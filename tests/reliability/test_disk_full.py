@@ -1,0 +1,47 @@
+"""A store on a full filesystem: a real tmpfs sized so the trained teacher fits but the first
+label partition does not (skipped, with the reason, where mounting is not permitted). The run
+fails with exit 4 naming the partition and ENOSPC, leaves no partial partition and no temp file;
+after the filesystem grows, a rerun completes with the same bytes as the baseline."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.reliability.conftest import snapshot
+from tests.reliability.helpers import cli, temp_files
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+
+def _mount(path, size: str, remount: bool = False) -> subprocess.CompletedProcess:
+    opts = f"remount,size={size}" if remount else f"size={size}"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+
+
+def test_store_on_full_filesystem(baseline, tally):
+    b = baseline
+    b.clear()
+    store = b.work / "store"
+    store.mkdir()
+    r = _mount(store, "80k")  # teacher (67 KB) + sidecar fit; a 10 KB partition does not
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or r.returncode}); needs root")
+    try:
+        r = cli("run", "a.yaml", cwd=b.work)
+        out = r.stdout + r.stderr
+        assert r.returncode == 4, out
+        assert "cannot write the partition" in out and "No space left on device" in out and str(store) in out, out
+        assert not list(store.rglob("*.parquet")), "a partial partition was left under its final name"
+        assert temp_files(store) == []
+        tally("disk full", "store on an 80 KB tmpfs (ENOSPC writing the first partition)",
+              "exit 4 naming the partition file and ENOSPC; no partial partition, no temp file")
+        assert _mount(store, "20m", remount=True).returncode == 0
+        r = cli("run", "a.yaml", cwd=b.work)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "[teacher] cached" in r.stdout or "trained earlier" in r.stdout, r.stdout
+        assert snapshot(b.work, ("tiny",)) == b.a
+        tally("disk full", "rerun after freeing space", "completed, teacher reused, byte-identical to the baseline")
+    finally:
+        subprocess.run(["umount", str(store)], capture_output=True)
