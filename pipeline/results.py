@@ -18,7 +18,6 @@ average written there by ``stages/results/run_all.sh``.
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 import subprocess
@@ -67,8 +66,12 @@ class RunResult:
     rows: int = 0
     seconds: float = 0.0
     masked_top1: list[tuple[int, float]] = field(default_factory=list)  # (milestone epoch, top-1)
+    spot_kl: list[float] = field(default_factory=list)  # mean KL of tolerance reuse vs a fresh forward, per milestone
+    reused_tolerance: int = 0
+    content: list[dict[str, float]] = field(default_factory=list)  # per milestone: what the kept patches hold
     load: list[float] = field(default_factory=list)  # 1-minute load averages from the run log
     teacher_train: dict[str, Any] | None = None
+    sizes: str = ""
 
     @property
     def command(self) -> str:
@@ -133,6 +136,14 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance,
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
     )
+    def _desc(m) -> str:
+        k = m.kwargs
+        return (f"`{m.model}` dim {k.get('embed_dim', '?')} / depth {k.get('depth', '?')} / {k.get('num_heads', '?')} heads, "
+                f"patch {k.get('patch_size', '?')} ({m.info().num_patches} patches)")
+
+    r.sizes = (f"student {_desc(cfg.student)}; teacher {_desc(cfg.teacher)}; {cfg.schedule.epochs} student epochs on "
+               f"{n_train} training images, batch {cfg.train.batch_size}; test top-1 on the first "
+               f"{cfg.data.val_subset or 'all'} test images")
     r.load = _loads((logs or Path("runs/logs")) / f"{path.stem}.log")
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():
@@ -160,10 +171,58 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         rows = int(pre.get("rows") or 0)
         r.rows += rows
         r.avoided += max(0, rows - int(pre.get("rows_computed") or 0))
+        r.reused_tolerance += int(pre.get("rows_reused_tolerance") or 0)
+        if pre.get("spot_check_kl") is not None:
+            r.spot_kl.append(float(pre["spot_check_kl"]))
         r.seconds += float(pre.get("seconds") or 0) + float(tr.get("seconds") or 0)
         if pre.get("teacher_top1_masked") is not None:
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
+        parts = stages.get(f"precompute-{i}", {}).get("partitions") or []
+        if parts and cfg.masking.policy != "none" and Path(parts[0]["path"]).is_file():
+            r.content.append(kept_content(cfg, parts[0]["path"]))
     return r
+
+
+def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
+    """What the kept patches of the first ``rows`` rows of a label partition hold, against all patches.
+
+    The views are re-derived (they are a pure function of seed, key and view epoch) and rendered
+    in raw pixel units (0..1) at the teacher's size; per patch: mean intensity, whether it is
+    empty (mean < 0.02), and the pixel std inside it (edges / texture).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from maskedkd.views import render, shard_views
+    from pipeline.data.shards import read_shard
+    from pipeline.labels.reader import open_partition
+
+    with open_partition(partition) as part:
+        b = part.read_all(columns=["keys", "keep", "view"])
+    keys = list(b.keys)
+    views = shard_views(cfg.views.view_spec(), cfg.views.seed, int(b.view["view_epoch"][0]), keys)[:rows]
+    want, images = set(keys[:rows]), {}
+    for s in read_shard(Path(cfg.data.root) / f"{Path(partition).parent.name}.tar"):
+        if s.key in want:
+            images[s.key] = s.image
+            if len(images) == len(want):
+                break
+    info = cfg.teacher.info()
+    ps = info.img_size[0] // info.grid_size[0]
+    x = torch.stack([render(images[k], v, tuple(info.img_size), mean=[0.0] * len(cfg.data.mean),
+                            std=[1.0] * len(cfg.data.mean), interpolation=cfg.data.interpolation)
+                     for k, v in zip(keys[:rows], views)]).mean(1, keepdim=True)
+    mean = F.avg_pool2d(x, ps).flatten(1)
+    std = (F.avg_pool2d(x * x, ps).flatten(1) - mean * mean).clamp_min(0).sqrt()
+    keep = b.keep[:rows].bool()
+    empty = mean < 0.02
+    k = int(keep[0].sum())
+    freq = keep.float().mean(0)  # how often each patch position is kept
+    share = float(keep[:, freq.topk(k).indices].float().sum() / keep.float().sum())
+    return {"fixed_share": share, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
+            "kept_empty": float(empty[keep].float().mean()), "all_empty": float(empty.float().mean()),
+            "kept_mean": float(mean[keep].mean()), "all_mean": float(mean.mean()),
+            "kept_std": float(std[keep].mean()), "all_std": float(std.mean())}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -237,6 +296,31 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
     return True
 
 
+def _keepmap(path: Path, runs: list[RunResult]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = max(len(r.content) for r in runs)
+    fig, axes = plt.subplots(len(runs), cols, figsize=(2.0 * cols + 1.8, 2.0 * len(runs) + 0.3), dpi=100, squeeze=False)
+    for i, r in enumerate(runs):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(r.content):
+                ax.axis("off")
+                continue
+            c = r.content[j]
+            im = ax.imshow(np.array(c["freq"]).reshape(c["grid"]), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{r.policy} k{r.keep} @{r.masked_top1[j][0]}", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="fraction of rows keeping the patch")
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
 def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -> str:
     """The markdown of RESULTS.md (and the curriculum PNG beside ``out``)."""
     teachers = [r for r in runs if r.teacher_train is not None or (r.row == r.config.stem == "teacher")]
@@ -271,9 +355,9 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
     if t1 is not None:
         lines += [f"Teacher test top-1 as evaluated by the rows (same test subset): {_pct(t1)}.", ""]
     if finished:
-        f0 = finished[0]
-        lines += [f"Student: {f0.epochs} epochs on {f0.train_samples} training images, test top-1 on the rows' "
-                  "`data.val_subset` test images; see the configs for every setting.", ""]
+        sizes = sorted({r.sizes for r in finished})
+        lines += ([f"Sizes (every row): {sizes[0]}. Every other setting is in the configs.", ""] if len(sizes) == 1 else
+                  ["Sizes differ between rows:"] + [f"- {x}" for x in sizes] + [""])
     lines += ["## Main table", "",
               "Student top-1 (%) on the test subset after the last epoch: mean ± sample std over seeds, with each "
               "seed's value. Teacher GMACs: teacher compute the run spent (precompute + teacher in the loop). "
@@ -325,20 +409,42 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
                          + " | ".join(_pct(v) for _, v in r.masked_top1) + " |")
         lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each policy, "
                   "per milestone (masks from the student checkpoint at that epoch)."]
+        content = [r for r in fig_runs if r.content]
+        if content:
+            lines += ["", "What the kept patches hold (first 400 rows of the first shard per milestone, views re-rendered "
+                      "in pixel units 0..1; a patch is *empty* when its mean is below 0.02; *std* is the pixel std "
+                      "inside a patch, high on edges). All patches, for reference: "
+                      + ", ".join(f"empty {100 * c['all_empty']:.1f}%, mean {c['all_mean']:.3f}, std {c['all_std']:.3f}"
+                                  for c in content[0].content[:1]) + ".", "",
+                      "*Same positions*: the share of kept patches that lie in the `keep` positions kept most often "
+                      "(100% = every image gets the same mask whatever it shows; keep/49 for masks independent of "
+                      "position).", "",
+                      "| run | milestone | same positions % | kept patches empty % | kept mean intensity | kept within-patch std |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for r in content:
+                for (m, _), c in zip(r.masked_top1, r.content):
+                    lines.append(f"| {r.row} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['kept_empty']:.1f} | "
+                                 f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} |")
+            keepmap = out.with_name("results_keepmap.png")
+            _keepmap(keepmap, content)
+            lines += ["", f"![how often each patch position is kept]({keepmap.name})", "",
+                      "How often each of the 7x7 patch positions is kept, per policy and milestone (same rows)."]
     else:
         lines += ["not run (time): needs the offline rows."]
     # milestone spacing / tolerance
     lines += ["", "## Milestone spacing and reuse tolerance (offline MaskedKD 50%)", "",
-              "| run | milestones | tolerance | top-1 % | teacher forwards | avoided by reuse | teacher GMACs | wall min |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| run | milestones | tolerance | top-1 % | teacher forwards | avoided by reuse | of which under tolerance | "
+              "spot-check KL (mean over milestones) | teacher GMACs | wall min |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(students, key=lambda r: (_row_key(r.row), r.seed)):
         if r.online or r.kd == "off" or r.policy != "student" or r.keep != 25 or r.seed != 0 or r.row.startswith("sweep"):
             continue
         if r.finished:
+            kl = f"{statistics.fmean(r.spot_kl):.2e}" if r.spot_kl else "-"
             lines.append(f"| {r.name} | {r.every} | {r.tolerance} | {_pct(r.top1)} | {r.teacher_forwards} | {r.avoided} | "
-                         f"{r.teacher_macs / 1e9:.1f} | {r.seconds / 60:.1f} |")
+                         f"{r.reused_tolerance} | {kl} | {r.teacher_macs / 1e9:.1f} | {r.seconds / 60:.1f} |")
         else:
-            lines.append(f"| {r.name} | {r.every} | {r.tolerance} | not run (time): `{r.command}` | | | | |")
+            lines.append(f"| {r.name} | {r.every} | {r.tolerance} | not run (time): `{r.command}` | | | | | | |")
     # sweep
     sweep = [r for r in students if r.row.startswith("sweep")]
     base = [r for r in rows.get("offline MaskedKD 50%", []) if r.seed == 0]
