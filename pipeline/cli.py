@@ -29,6 +29,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "store": "pipeline.bench.store:bench_store",
         "data": "pipeline.bench.data:bench_data",
         "train": "pipeline.bench.train:bench_train",
+        "precompute": "pipeline.bench.precompute:bench_precompute",
     },
     "config": {
         "check": "pipeline.config:config_check",

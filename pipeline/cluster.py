@@ -163,7 +163,14 @@ def open_cluster(
         with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce) as c:
             yield c
         return
-    config = {"distributed.worker.daemon": bool(daemon_workers)}
+    config = {
+        "distributed.worker.daemon": bool(daemon_workers),
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's
+        # dynamic mmap threshold: every large torch temporary is then mmapped, faulted in and
+        # unmapped again (measured: ~5x the page faults and ~25% slower teacher forwards on CPU
+        # than in a plain process). Workers keep glibc's defaults, like any Python process.
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    }
     if allowed_failures is not None:
         config["distributed.scheduler.allowed-failures"] = int(allowed_failures)
     # Kept for the cluster's whole life: nannies read the daemon flag on every worker restart.

@@ -11,7 +11,7 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
 from pipeline.errors import StoreError
-from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, task_fingerprints
+from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, reuse_expect, task_fingerprints
 
 
 def render_spec(cfg, model_info) -> RenderSpec:
@@ -69,22 +69,29 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
 
 def classify(task: PartitionTask) -> dict[str, Any]:
     """``{"state": cached|reusable|compute, "reason": ..., "candidates": n, "rows": n}`` for ``--dry-run``."""
+    damaged = None
     try:
         with open_partition(task.path, expect={"fingerprints": task.fingerprints}) as part:
             return {"state": "cached", "reason": "partition for exactly these inputs exists", "rows": part.num_rows}
     except StoreError as e:
-        missing = "not found" in str(e) or "No such file" in str(e) or "cannot open" in str(e)
-        damaged = None if missing else str(e)
-    related = [p for p in paths.related_partitions(task.store, shard=task.shard, view_epoch=task.view_epoch,
-                                                   fingerprints=task.fingerprints) if p != task.path]
-    if related:
-        rows = 0
-        for p in related:
-            try:
-                with open_partition(p) as part:
-                    rows = max(rows, part.num_rows)
-            except StoreError:
-                continue
-        reason = f"{len(related)} partition(s) of the same teacher, shard and views; rows whose keep set matches are reused"
-        return {"state": "reusable", "reason": reason, "candidates": len(related), "rows": rows}
-    return {"state": "compute", "reason": damaged or "no partition of this teacher, shard and views yet", "rows": 0}
+        from pipeline.precompute.task import _exists
+
+        if _exists(task.path):
+            damaged = f"the partition exists but cannot be used, it is recomputed ({e})"
+    # the candidates run_partition reuses rows from: same teacher, shard, views and label spec
+    rows, usable = 0, 0
+    for p in paths.related_partitions(task.store, shard=task.shard, view_epoch=task.view_epoch,
+                                      fingerprints=task.fingerprints):
+        if p == task.path:
+            continue
+        try:
+            with open_partition(p, expect=reuse_expect(task.fingerprints)) as part:
+                rows, usable = max(rows, part.num_rows), usable + 1
+        except StoreError:
+            continue
+    if usable:
+        reason = f"{usable} partition(s) of the same teacher, shard, views and label spec; rows whose keep set matches are reused"
+        if damaged:
+            reason = f"{damaged}; {reason}"
+        return {"state": "reusable", "reason": reason, "candidates": usable, "rows": rows}
+    return {"state": "compute", "reason": damaged or "no partition of this teacher, shard, views and label spec yet", "rows": 0}

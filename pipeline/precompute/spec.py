@@ -88,6 +88,16 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
     }
 
 
+REUSE_FINGERPRINTS = ("teacher", "shard", "view", "label")
+
+
+def reuse_expect(fingerprints: dict[str, str | None]) -> dict[str, Any]:
+    """What a stored partition must match for its rows to be reusable by a task with these
+    fingerprints (``open_partition(path, expect=...)``): same teacher, shard, views and label
+    spec; only the mask (student checkpoint, policy, keep) may differ."""
+    return {"fingerprints": {k: fingerprints[k] for k in REUSE_FINGERPRINTS}}
+
+
 def specs_record(t: PartitionTask) -> dict[str, Any]:
     """Human-readable specs behind the fingerprints, stored in the partition's metadata."""
     return {

@@ -8,6 +8,7 @@ Pure and idempotent: a partition that already exists for exactly these inputs is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -29,7 +30,7 @@ from pipeline.labels.reader import open_partition
 from pipeline.labels.topk import logsumexp_at, topk_from_logits
 from pipeline.labels.writer import write_partition
 from pipeline.train.stream import store_view_columns
-from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, specs_record
+from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, reuse_expect, specs_record
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
     """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
@@ -51,12 +52,20 @@ def _exists(path: str) -> bool:
 
 @dataclass
 class _Timer:
-    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "student": 0.0, "teacher": 0.0, "reuse": 0.0, "write": 0.0})
+    seconds: dict[str, float] = field(default_factory=lambda: {
+        "read": 0.0, "render": 0.0, "student": 0.0, "reuse": 0.0, "teacher": 0.0, "write": 0.0})
 
     def add(self, phase: str, t0: float) -> float:
         now = time.perf_counter()
         self.seconds[phase] += now - t0
         return now
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a block as ``name``, less the rendering done inside it (that counts as ``render``)."""
+        t0, rendered = time.perf_counter(), self.seconds["render"]
+        yield
+        self.seconds[name] += time.perf_counter() - t0 - (self.seconds["render"] - rendered)
 
 
 def _autocast(device: str, precision: str):
@@ -71,6 +80,53 @@ def _render(samples: list[Sample], views, idx: np.ndarray, r: RenderSpec, by_key
     )
 
 
+RENDER_CACHE_BYTES = 512 << 20
+
+
+class _Renders:
+    """The shard's views rendered for the student and the teacher, each view rendered once.
+
+    When both models see views alike (same size, normalisation, interpolation, the usual case)
+    the student's renders are kept for the teacher's forward, up to ``RENDER_CACHE_BYTES``.
+    """
+
+    def __init__(self, t: PartitionTask, samples: list[Sample], views, by_key: dict, timer: _Timer) -> None:
+        self.t, self.samples, self.views, self.by_key, self.timer = t, samples, views, by_key, timer
+        r = t.teacher.render
+        shared = t.student is not None and needs_saliency(t.policy) and t.student.render == r
+        nbytes = len(samples) * len(r.mean) * r.size[0] * r.size[1] * 4
+        self.cache = torch.empty(len(samples), len(r.mean), *r.size) if shared and nbytes <= RENDER_CACHE_BYTES else None
+
+    def student(self, idx: np.ndarray) -> torch.Tensor:
+        t0 = time.perf_counter()
+        images = _render(self.samples, self.views, idx, self.t.student.render, self.by_key)
+        if self.cache is not None:
+            self.cache[torch.from_numpy(idx)] = images
+        self.timer.add("render", t0)
+        return images
+
+    def teacher(self, idx: np.ndarray) -> torch.Tensor:
+        t0 = time.perf_counter()
+        if self.cache is not None:
+            images = self.cache[torch.from_numpy(idx)]
+        else:
+            images = _render(self.samples, self.views, idx, self.t.teacher.render, self.by_key)
+        self.timer.add("render", t0)
+        return images
+
+
+_MACS: dict[tuple, int] = {}
+
+
+def _macs_per_row(teacher: torch.nn.Module, t: PartitionTask) -> int:
+    """Teacher MACs per row at this keep count, counted once per worker process (a counted forward)."""
+    keep = None if t.policy == "none" else t.keep
+    key = (t.teacher.fingerprint, keep)
+    if key not in _MACS:
+        _MACS[key] = teacher_flops(teacher, keep) // 2
+    return _MACS[key]
+
+
 def _saliency_to_grid(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
     """Resample a student's patch saliency onto the teacher's patch grid (area-weighted)."""
     if tuple(src_grid) == tuple(dst_grid):
@@ -80,20 +136,20 @@ def _saliency_to_grid(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid:
     return F.interpolate(grid, size=tuple(dst_grid), mode="bilinear", align_corners=False).reshape(b, -1)
 
 
-def _keep_sets(t: PartitionTask, samples, views, by_key, n_patches: int, grid: tuple[int, int], timer: _Timer) -> tuple[np.ndarray, int]:
+def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
     """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent."""
-    n = len(samples)
+    views = renders.views
+    n = len(views)
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
     if t.policy == "none":
         keep[:] = True
         return keep, 0
-    t0 = time.perf_counter()
     student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
     for start in range(0, n, t.batch_size):
         idx = np.arange(start, min(n, start + t.batch_size))
         if student is not None:
-            images = _render(samples, views, idx, t.student.render, by_key).to(t.device)
+            images = renders.student(idx).to(t.device)
             with torch.inference_mode(), _autocast(t.device, t.precision):
                 scores = cls_attention(student, images).float().cpu()
             scores = _saliency_to_grid(scores, student.patch_embed.grid_size, grid)
@@ -107,7 +163,6 @@ def _keep_sets(t: PartitionTask, samples, views, by_key, n_patches: int, grid: t
         rows = keep[idx]
         np.put_along_axis(rows, kidx.numpy(), True, axis=1)
         keep[idx] = rows
-    timer.add("student", t0)
     return keep, forwards
 
 
@@ -128,9 +183,8 @@ def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
     for path in paths.related_partitions(t.store, shard=t.shard, view_epoch=t.view_epoch, fingerprints=fp):
         if path == t.path:
             continue
-        expect = {"fingerprints": {k: fp[k] for k in ("teacher", "shard", "view", "label")}}
         try:
-            with open_partition(path, expect=expect, expect_keys=keys) as part:
+            with open_partition(path, expect=reuse_expect(fp), expect_keys=keys) as part:
                 batch = part.read_all(columns=("keep", "target"))
         except StoreError:
             continue  # another label spec, or a damaged file: never reuse what we cannot trust
@@ -152,14 +206,19 @@ def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
     log_p_fresh = F.log_softmax(fresh.float(), dim=1)
     if not isinstance(stored, TopK):
         log_q = F.log_softmax(stored.float(), dim=1)
-        return (log_p_fresh.exp() * (log_p_fresh - log_q)).sum(1)
+        return (log_p_fresh.exp() * (log_p_fresh - log_q)).sum(1).clamp_min(0.0)
     idx = stored.idx.long()
     log_q = stored.logit.float() - stored.lse.float().unsqueeze(1)
     log_q_tail = _log1mexp(torch.logsumexp(log_q, 1))
+    # float16 logits can make the stored buckets sum to a hair over 1, which biases the KL below
+    # zero by about as much as the KL of a few changed patches: renormalise them first
+    norm = torch.logaddexp(torch.logsumexp(log_q, 1), log_q_tail)
+    log_q, log_q_tail = log_q - norm.unsqueeze(1), log_q_tail - norm
     log_p = log_p_fresh.gather(1, idx)
     log_p_tail = log_p_fresh.scatter(1, idx, float("-inf")).logsumexp(1)
     p, p_tail = log_p.exp(), log_p_tail.exp()
-    return (p * (log_p - log_q)).sum(1) + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+    kl = (p * (log_p - log_q)).sum(1) + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+    return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
 def _fault(t: PartitionTask) -> None:
@@ -225,7 +284,9 @@ def run_partition(item: dict) -> dict:
     teacher = load_model(t.teacher, t.device)
     grid = tuple(teacher.patch_embed.grid_size)
     n_patches = int(teacher.patch_embed.num_patches)
-    keep, result["student_forwards"] = _keep_sets(t, samples, views, by_key, n_patches, grid, timer)
+    renders = _Renders(t, samples, views, by_key, timer)
+    with timer.phase("student"):
+        keep, result["student_forwards"] = _keep_sets(t, renders, n_patches, grid)
 
     # reuse stored teacher outputs where the keep set is the same (or within tolerance)
     t0 = time.perf_counter()
@@ -241,21 +302,21 @@ def run_partition(item: dict) -> dict:
 
     # teacher on the rest
     compute = np.flatnonzero(~reuse)
-    macs_per_row = teacher_flops(teacher, None if t.policy == "none" else t.keep) // 2
-    logits_rows = torch.empty(len(compute), t.num_classes)
-    for start in range(0, len(compute), t.batch_size):
-        idx = compute[start:start + t.batch_size]
-        images = _render(samples, views, idx, t.teacher.render, by_key).to(t.device)
-        kidx = None if t.policy == "none" else torch.from_numpy(np.nonzero(keep[idx])[1].reshape(len(idx), t.keep))
-        with torch.inference_mode(), _autocast(t.device, t.precision):
-            logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
-    t0 = timer.add("teacher", t0)
+    with timer.phase("teacher"):
+        macs_per_row = _macs_per_row(teacher, t)
+        logits_rows = torch.empty(len(compute), t.num_classes)
+        for start in range(0, len(compute), t.batch_size):
+            idx = compute[start:start + t.batch_size]
+            images = renders.teacher(idx).to(t.device)
+            kidx = None if t.policy == "none" else torch.from_numpy(np.nonzero(keep[idx])[1].reshape(len(idx), t.keep))
+            with torch.inference_mode(), _autocast(t.device, t.precision):
+                logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
 
-    target, extra = _assemble(t, n, compute, logits_rows, reuse, source, cands, keep)
-    inexact = np.flatnonzero(reuse & (best > 0))
-    if len(inexact) and t.spot_check:
-        result.update(_spot_check(t, teacher, samples, views, by_key, keep, inexact, source, cands, macs_per_row))
-    t0 = timer.add("teacher", t0)
+        target, extra = _assemble(t, n, compute, logits_rows, reuse, source, cands, keep)
+        inexact = np.flatnonzero(reuse & (best > 0))
+        if len(inexact) and t.spot_check:
+            result.update(_spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row))
+    t0 = time.perf_counter()
 
     stored_keep = keep.copy()
     for c, cand in enumerate(cands):  # rows reused under tolerance keep what the teacher really saw
@@ -330,11 +391,11 @@ def _assemble(t, n, compute, logits_rows, reuse, source, cands, keep):
     return target, extra
 
 
-def _spot_check(t, teacher, samples, views, by_key, keep, inexact, source, cands, macs_per_row) -> dict:
+def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row) -> dict:
     """Re-run the teacher on a seeded sample of rows reused under tolerance; mean KL(fresh || stored)."""
     rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
-    images = _render(samples, views, rows, t.teacher.render, by_key).to(t.device)
+    images = renders.teacher(rows).to(t.device)
     kidx = torch.from_numpy(np.nonzero(keep[rows])[1].reshape(len(rows), t.keep)).to(t.device)
     with torch.inference_mode(), _autocast(t.device, t.precision):
         fresh = masked_forward(teacher, images, kidx).float().cpu()
