@@ -219,7 +219,12 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     k = int(keep[0].sum())
     freq = keep.float().mean(0)  # how often each patch position is kept
     share = float(keep[:, freq.topk(k).indices].float().sum() / keep.float().sum())
-    return {"fixed_share": share, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
+    g = keep.view(-1, 1, *info.grid_size).float()
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    kept_nb = F.conv2d(g, kernel, padding=1)  # kept 4-neighbours of each patch
+    all_nb = F.conv2d(torch.ones_like(g[:1]), kernel, padding=1)  # 4-neighbours inside the grid
+    clump = float((kept_nb * g).sum() / (all_nb * g).sum())
+    return {"fixed_share": share, "clump": clump, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
             "kept_empty": float(empty[keep].float().mean()), "all_empty": float(empty.float().mean()),
             "kept_mean": float(mean[keep].mean()), "all_mean": float(mean.mean()),
             "kept_std": float(std[keep].mean()), "all_std": float(std.mean())}
@@ -418,12 +423,15 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
                                   for c in content[0].content[:1]) + ".", "",
                       "*Same positions*: the share of kept patches that lie in the `keep` positions kept most often "
                       "(100% = every image gets the same mask whatever it shows; keep/49 for masks independent of "
-                      "position).", "",
-                      "| run | milestone | same positions % | kept patches empty % | kept mean intensity | kept within-patch std |",
-                      "|---|---:|---:|---:|---:|---:|"]
+                      "position). *Kept neighbours*: the share of a kept patch's 4-neighbours that are kept too "
+                      "(about (keep-1)/48 for scattered random masks; higher = the kept patches form blobs).", "",
+                      "| run | milestone | same positions % | kept neighbours % | kept patches empty % | kept mean intensity "
+                      "| kept within-patch std |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
             for r in content:
                 for (m, _), c in zip(r.masked_top1, r.content):
-                    lines.append(f"| {r.row} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['kept_empty']:.1f} | "
+                    lines.append(f"| {r.row} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['clump']:.1f} | "
+                                 f"{100 * c['kept_empty']:.1f} | "
                                  f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} |")
             keepmap = out.with_name("results_keepmap.png")
             _keepmap(keepmap, content)
