@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import cli, fashion_mnist, hashes, stage
+from tests.reliability.helpers import fashion_mnist, hashes, stage, timed_run
 
 TALLY: list[dict] = []
 
@@ -65,6 +65,7 @@ class Baseline:
     a: dict[str, str] = field(default_factory=dict)  # after A alone
     ab: dict[str, str] = field(default_factory=dict)  # after A then B
     logs: dict[str, str] = field(default_factory=dict)
+    spans: dict[str, float] = field(default_factory=dict)  # seconds each stage of A took
 
     def clear(self) -> None:
         for d in ("store", "runs"):
@@ -85,9 +86,10 @@ def baseline(tmp_path_factory) -> Baseline:
     stage(work / "b.yaml", name="tiny-b", train__lr=1.0e-3)
     b = Baseline(work)
     for which, cfg, names in (("a", "a.yaml", ("tiny",)), ("ab", "b.yaml", ("tiny", "tiny-b"))):
-        r = cli("run", cfg, cwd=work)
-        assert r.returncode == 0, r.stdout + r.stderr
-        b.logs[which] = r.stdout
+        code, text, spans = timed_run("run", cfg, cwd=work, log=work / f"baseline-{which}.log")
+        assert code == 0, text
+        b.logs[which] = text
+        b.spans = b.spans or spans
         setattr(b, which, snapshot(work, names))
         for d in ("store", "runs"):
             shutil.copytree(work / d, work / f".snap-{which}" / d)

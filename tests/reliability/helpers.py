@@ -91,6 +91,29 @@ def start(*args: str, cwd: Path, log: Path, **extra_env: str) -> subprocess.Pope
                             start_new_session=True)
 
 
+def timed_run(*args: str, cwd: Path, log: Path, timeout: float = 600) -> tuple[int, str, dict[str, float]]:
+    """Run ``mkd-pipeline ARGS`` to the end, noting when each ``[stage]`` first prints; returns
+    (exit code, output, {stage: seconds from its first line to the next stage's, or to the end})."""
+    import re
+
+    proc = start(*args, cwd=cwd, log=log)
+    seen: dict[str, float] = {}
+    t_end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < t_end:
+        for stage in re.findall(r"^\[([a-z0-9-]+)\]", log.read_text(), re.M):
+            seen.setdefault(stage, time.monotonic())
+        time.sleep(0.05)
+    if proc.poll() is None:
+        kill9(proc)
+    end = time.monotonic()
+    text = log.read_text()
+    for stage in re.findall(r"^\[([a-z0-9-]+)\]", text, re.M):
+        seen.setdefault(stage, end)
+    order = sorted(seen, key=seen.get)
+    spans = {s: (seen[order[i + 1]] if i + 1 < len(order) else end) - seen[s] for i, s in enumerate(order)}
+    return proc.returncode, text, spans
+
+
 def kill9(proc: subprocess.Popen) -> None:
     """``kill -9`` the process and everything in its group (the Dask nanny and workers)."""
     try:

@@ -5,8 +5,11 @@ file is rewritten; at the end: the store and checkpoints are byte-identical to a
 run, and no temp file is left after ``gc --yes``.
 
 The kills are chained (the rerun after kill i is itself killed at moment i+1, the run after the
-tenth kill completes): a full uninterrupted rerun after each of 10 independent kills costs ~10 minutes
-on this 2-core machine, mostly process start-up (torch imports) of the CLI and its Dask worker.
+tenth kill completes; a run that ends before its moment starts a new chain after the checks): a
+full uninterrupted rerun after each of 10 independent kills costs ~10 minutes on this 2-core
+machine, mostly process start-up (torch imports) of the CLI and its Dask worker. Each moment: a
+seeded-random stage the lock lacks, then a time uniform over that stage's baseline duration after
+its first log line.
 """
 
 from __future__ import annotations
@@ -26,9 +29,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 KILLS = 10
 SEED = 20261126
 STAGES = ("teacher", "init", "precompute-0", "train-0", "precompute-1", "train-1")
-# seconds a stage of each kind takes here (its first log line to its end), roughly: the kill
-# moment is uniform in [0, SPAN] after the stage's first line
-SPAN = {"teacher": 4.0, "init": 0.5, "precompute": 14.0, "train": 6.0}
 
 
 def _lock(work):
@@ -52,18 +52,32 @@ def _in_flight(log: str) -> str:
     return stages[-1] if stages else "start-up"
 
 
+def _check_complete(b) -> None:
+    g = cli("gc", "a.yaml", "--yes", cwd=b.work)
+    assert g.returncode == 0, g.stdout + g.stderr
+    assert temp_files(b.work / "store", b.work / "runs") == []
+    assert snapshot(b.work, ("tiny",)) == b.a, "store / checkpoints differ from the uninterrupted run"
+
+
 def test_kill9_at_random_moments_then_rerun(baseline, tally):
     b = baseline
     work = b.work
     b.clear()
     rng = random.Random(SEED)
-    moments = []
-    for i in range(KILLS):
+    moments, completed, i = [], 0, 0
+    while len(moments) < KILLS:
         lock_before, files_before = _lock(work), _finals(work)
+        if all(s in lock_before for s in STAGES):  # a chain got to the end: check it, start another
+            _check_complete(b)
+            completed += 1
+            b.clear()
+            continue
+        i += 1
         log = work / f"kill-{i}.log"
-        # the moment: a seeded-random time into the first stage the lock does not have yet
-        target = next(s for s in STAGES if s not in lock_before)
-        delay = rng.uniform(0.0, SPAN[target.split("-")[0]])
+        # the moment: a seeded-random stage the lock does not have yet, and a seeded-random time
+        # into it (uniform over the time the stage took in the uninterrupted baseline run)
+        target = rng.choice([s for s in STAGES if s not in lock_before])
+        delay = rng.uniform(0.0, b.spans.get(target, 1.0))
         proc = start("run", "a.yaml", cwd=work, log=log)
         t0 = time.monotonic()
         while f"[{target}]" not in log.read_text() and proc.poll() is None and time.monotonic() - t0 < 180:
@@ -73,7 +87,9 @@ def test_kill9_at_random_moments_then_rerun(baseline, tally):
         kill9(proc)
         text = log.read_text()
         assert not finished or proc.returncode == 0, text
-        where = "after the run had finished" if finished else _in_flight(text)
+        if finished:  # the run ended before the moment came: not a kill; its result is checked above
+            continue
+        where = _in_flight(text)
         moments.append((target, round(delay, 2), where))
         lock_after, files_after = _lock(work), _finals(work)
         redone = [s for s in lock_before if lock_after.get(s) != lock_before[s]]
@@ -81,18 +97,14 @@ def test_kill9_at_random_moments_then_rerun(baseline, tally):
         rewritten = [p for p, v in files_before.items() if files_after.get(p) != v]
         assert not rewritten, f"kill {i}: finished files rewritten: {rewritten}"
         tally("crash", f"kill -9 of `run` during {where}",
-              "rerun redid no recorded stage and rewrote no finished file")
-        if finished:
-            break
+              "the next run redid no stage the lock had and rewrote no finished file")
     r = cli("run", "a.yaml", cwd=work)
     assert r.returncode == 0, r.stdout + r.stderr
     ran = re.search(r"done: (\d+) stage\(s\) ran \(([^)]*)\)", r.stdout)
     assert ran, r.stdout
-    g = cli("gc", "a.yaml", "--yes", cwd=work)
-    assert g.returncode == 0, g.stdout + g.stderr
-    assert temp_files(work / "store", work / "runs") == []
-    assert snapshot(work, ("tiny",)) == b.a, "store / checkpoints differ from the uninterrupted run"
-    resumed = sum(len(re.findall(r"resuming at epoch", (work / f"kill-{i}.log").read_text())) for i in range(len(moments)))
-    tally("crash", "final rerun after the last kill", f"completed; byte-identical store + checkpoints; "
-          f"{resumed} training resume(s) from a record in the chain; final rerun ran: {ran.group(2)}; gc left no temp file")
+    _check_complete(b)
+    completed += 1
+    resumed = sum(len(re.findall(r"resuming at epoch", (work / f"kill-{j}.log").read_text())) for j in range(1, i + 1))
+    tally("crash", "completed chain of kills + reruns", f"{completed} chain(s), each: byte-identical store + checkpoints, "
+          f"no temp file after `gc --yes`; {resumed} training resume(s) from a resume record", tried=completed, ok=completed)
     print("kill moments (target stage, s after its first line, stage in flight at the kill):", moments)
