@@ -178,7 +178,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         if pre.get("teacher_top1_masked") is not None:
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
         parts = stages.get(f"precompute-{i}", {}).get("partitions") or []
-        if parts and cfg.masking.policy != "none" and Path(parts[0]["path"]).is_file():
+        if parts and Path(parts[0]["path"]).is_file():
             r.content.append(kept_content(cfg, parts[0]["path"]))
     return r
 
@@ -198,7 +198,7 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     from pipeline.labels.reader import open_partition
 
     with open_partition(partition) as part:
-        b = part.read_all(columns=["keys", "keep", "view"])
+        b = part.read_all(columns=["keys", "label", "keep", "view", "target"])
     keys = list(b.keys)
     views = shard_views(cfg.views.view_spec(), cfg.views.seed, int(b.view["view_epoch"][0]), keys)[:rows]
     want, images = set(keys[:rows]), {}
@@ -224,7 +224,13 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     kept_nb = F.conv2d(g, kernel, padding=1)  # kept 4-neighbours of each patch
     all_nb = F.conv2d(torch.ones_like(g[:1]), kernel, padding=1)  # 4-neighbours inside the grid
     clump = float((kept_nb * g).sum() / (all_nb * g).sum())
-    return {"fixed_share": share, "clump": clump, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
+    t = b.target
+    logp = (t.logit - t.lse[:, None]) if hasattr(t, "lse") else torch.log_softmax(t.float(), -1)
+    top_p, top_i = logp.max(-1)
+    top_cls = t.idx.gather(1, top_i[:, None])[:, 0] if hasattr(t, "idx") else top_i
+    wrong = top_cls != b.label
+    conf_wrong = float(top_p.exp()[wrong].mean()) if bool(wrong.any()) else float("nan")
+    return {"fixed_share": share, "clump": clump, "teacher_conf": float(top_p.exp().mean()), "teacher_conf_wrong": conf_wrong, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
             "kept_empty": float(empty[keep].float().mean()), "all_empty": float(empty.float().mean()),
             "kept_mean": float(mean[keep].mean()), "all_mean": float(mean.mean()),
             "kept_std": float(std[keep].mean()), "all_std": float(std.mean())}
@@ -424,15 +430,18 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
                       "*Same positions*: the share of kept patches that lie in the `keep` positions kept most often "
                       "(100% = every image gets the same mask whatever it shows; keep/49 for masks independent of "
                       "position). *Kept neighbours*: the share of a kept patch's 4-neighbours that are kept too "
-                      "(about (keep-1)/48 for scattered random masks; higher = the kept patches form blobs).", "",
+                      "(about (keep-1)/48 for scattered random masks; higher = the kept patches form blobs). *Teacher "
+                      "max-prob*: the mean probability of the teacher's top class in the stored labels (all rows of "
+                      "the partition), overall and on the rows where that class is wrong.", "",
                       "| run | milestone | same positions % | kept neighbours % | kept patches empty % | kept mean intensity "
-                      "| kept within-patch std |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+                      "| kept within-patch std | teacher max-prob (all rows) | teacher max-prob when wrong |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in content:
                 for (m, _), c in zip(r.masked_top1, r.content):
                     lines.append(f"| {r.row} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['clump']:.1f} | "
                                  f"{100 * c['kept_empty']:.1f} | "
-                                 f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} |")
+                                 f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} | {c['teacher_conf']:.3f} | "
+                                 f"{c['teacher_conf_wrong']:.3f} |")
             keepmap = out.with_name("results_keepmap.png")
             _keepmap(keepmap, content)
             lines += ["", f"![how often each patch position is kept]({keepmap.name})", "",
