@@ -292,7 +292,7 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=100)
     for r in curves:
         xs, ys = zip(*r.masked_top1)
-        ax.plot(xs, ys, marker="o", label=f"{r.policy}, keep {r.keep}")
+        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=f"{r.policy}, keep {r.keep}, seed {r.seed}")
     if teacher_top1 is not None:
         ax.axhline(teacher_top1, color="k", ls="--", lw=1, label="teacher, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
@@ -326,7 +326,7 @@ def _keepmap(path: Path, runs: list[RunResult]) -> None:
                 continue
             c = r.content[j]
             im = ax.imshow(np.array(c["freq"]).reshape(c["grid"]), vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(f"{r.policy} k{r.keep} @{r.masked_top1[j][0]}", fontsize=7)
+            ax.set_title(f"{r.policy} k{r.keep} s{r.seed} @{r.masked_top1[j][0]}", fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.6, label="fraction of rows keeping the patch")
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
@@ -399,10 +399,10 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
              ("offline MaskedKD 50%", "offline inverse 50%"), ("offline random 50%", "offline full teacher")]
     got = [c for c in (_compare(rows, a, b) for a, b in pairs) if c]
     lines += got or ["- nothing to compare yet."]
-    # curriculum figure: one curve per offline policy/keep at the default schedule
+    # curriculum figure: one curve per offline policy/keep/seed at the default schedule
     fig_runs, seen = [], set()
     for r in sorted(finished, key=lambda r: (r.seed, _row_key(r.row))):
-        k = (r.policy, r.keep)
+        k = (r.policy, r.keep, r.seed)
         if r.online or r.kd == "off" or not r.masked_top1 or k in seen:
             continue
         if r.row.startswith(("milestone", "reuse", "sweep")):
@@ -438,7 +438,7 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None) -
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in content:
                 for (m, _), c in zip(r.masked_top1, r.content):
-                    lines.append(f"| {r.row} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['clump']:.1f} | "
+                    lines.append(f"| {r.row}, seed {r.seed} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['clump']:.1f} | "
                                  f"{100 * c['kept_empty']:.1f} | "
                                  f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} | {c['teacher_conf']:.3f} | "
                                  f"{c['teacher_conf_wrong']:.3f} |")

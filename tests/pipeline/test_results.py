@@ -127,7 +127,7 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     assert "![curriculum](results_curriculum.png)" in text
     # what the kept patches hold, re-rendered from the stored views: one line per milestone of the MaskedKD run
     assert len(r.content) == 2 and all(0 <= c["kept_empty"] <= 1 and len(c["freq"]) == 16 for c in r.content)
-    assert all(f"| offline MaskedKD 50% | {m} | " in text for m in (0, 1))
+    assert all(f"| offline MaskedKD 50%, seed 0 | {m} | " in text for m in (0, 1))
     assert (tmp_path / "results_keepmap.png").is_file()
     # regenerating gives the same table (nothing but the uptime line depends on the moment)
     again = CliRunner().invoke(report_cmd, ["--results", str(ce), str(mkd), str(unrun), "--out", str(out)])
