@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.data.manifest import ShardEntry, load_manifest
 from pipeline.fingerprint import sha256_file
-from tests.reliability.helpers import TINY, cli, fashion_mnist, stage
+from tests.reliability.helpers import TINY, cli, fashion_mnist, main_in_process, stage
 from tests.reliability.shards import bad_samples, write_tar
 
 pytestmark = pytest.mark.reliability
@@ -65,9 +65,8 @@ def _no_escape(h) -> None:
 
 def test_data_verify_decode_names_shard_and_key(hostile, tally):
     before = _tree(hostile["work"])
-    r = cli("data", "verify", str(hostile["root"]), "--decode", cwd=hostile["work"])
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out
+    code, out = main_in_process("data", "verify", str(hostile["root"]), "--decode", cwd=hostile["work"])
+    assert code == 1, out
     for key, what in _expected_skips(hostile["bad"]).items():
         assert f"{BAD_SHARD}: sample {key} unusable" in out, (key, what, out)
         tally("shards", what, "`data verify --decode`: reported by shard + key, exit 1")
@@ -86,9 +85,8 @@ def test_truncated_tar_is_named(hostile, tmp_path, cut, tally):
         with tarfile.open(shard) as tar:
             keep = tar.getmembers()[len(tar.getmembers()) // 2].offset
     shard.write_bytes(data[:keep])
-    r = cli("data", "verify", str(root), "--decode", cwd=tmp_path)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out
+    code, out = main_in_process("data", "verify", str(root), "--decode", cwd=tmp_path)
+    assert code == 1, out
     assert "train-000000.tar" in out and ("truncated" in out or "bytes, manifest says" in out), out
     tally("shards", f"truncated tar ({cut})", "`data verify`: names the shard (truncated / size differs), exit 1")
 
