@@ -52,13 +52,13 @@ masking:
 
 views:
   seed: 0
-  pool: epochs
+  pool: {pool}
   scale: [0.6, 1.0]
   ratio: [0.75, 1.3333333]
   hflip: 0.5
 
 labels:
-  store: store
+  store: {store}
   topk: 10
   dtype: float16
   temperatures: [1.0]
@@ -96,14 +96,16 @@ online: {online}
 ROWS = []
 
 
-def row(name, row, *, policy="student", keep=25, kd="kl", online="false", every=2, tol=0, lr="2.0e-3", seeds=(0,)):
+def row(name, row, *, policy="student", keep=25, kd="kl", online="false", every=2, tol=0, lr="2.0e-3", seeds=(0,),
+        pool="epochs", store="store"):
     for s in seeds:
         n = f"{name}-s{s}"
         prints = "" if online == "true" or kd == "off" else ", teacher top-1 on its masked views per milestone"
         if online == "true":
             prints += ", teacher forwards in the loop"
         ROWS.append((n, BASE.format(row=row, name=n, prints=prints, teacher=TEACHER, seed=s, every=every,
-                                    policy=policy, keep=keep, tol=tol, lr=lr, kd=kd, online=online)))
+                                    policy=policy, keep=keep, tol=tol, lr=lr, kd=kd, online=online,
+                                    pool=pool, store=store)))
 
 
 S3 = (0, 1, 2)
@@ -119,6 +121,10 @@ row("offline-inverse50", "offline inverse 50%", policy="student_inverse")
 row("spacing1", "milestone spacing 1 epoch (offline MaskedKD 50%)", every=1)
 row("spacing5", "milestone spacing 5 epochs (offline MaskedKD 50%)", every=5)
 row("tol4", "reuse tolerance 4 (offline MaskedKD 50%)", tol=4)
+# Tolerance only has something to reuse when views repeat (views.pool: 2 -> segments 1 and 2 revisit
+# the views labelled at milestone 0) and when no other run's labels are in the store: own stores.
+row("pool2-tol0", "reuse tolerance 0, view pool 2, own store", pool=2, store="runs/stores/pool2-tol0")
+row("pool2-tol4", "reuse tolerance 4, view pool 2, own store", pool=2, store="runs/stores/pool2-tol4", tol=4)
 for lr in ("1.0e-3", "3.0e-3", "5.0e-3"):
     row(f"sweep-lr{lr[0]}e-3", f"sweep: offline MaskedKD 50%, lr {lr}", lr=lr)
 

@@ -11,7 +11,7 @@ ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
   ROWS=(ce-s0 offline-full-s0 offline-mkd50-s0 online-full-s0
         offline-random50-s0 offline-inverse50-s0 offline-mkd75-s0 offline-mkd25-s0 online-mkd50-s0
-        ce-s1 offline-mkd50-s1 online-full-s1 tol4-s0 spacing5-s0 spacing1-s0
+        ce-s1 offline-mkd50-s1 online-full-s1 tol4-s0 pool2-tol0-s0 pool2-tol4-s0 spacing5-s0 spacing1-s0
         ce-s2 offline-mkd50-s2 online-full-s2 online-mkd50-s1 online-mkd50-s2
         sweep-lr1e-3-s0 sweep-lr3e-3-s0 sweep-lr5e-3-s0
         offline-full-s1 offline-random50-s1)
