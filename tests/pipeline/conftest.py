@@ -11,24 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC
 
 
 def make_fashion_mnist_subset(out: Path, n_train: int, n_test: int, shard_size: int) -> Path:
-    """Import the first ``n_train`` / ``n_test`` real Fashion-MNIST images into ``out``; returns ``out``."""
-    from pipeline.data.importers import import_fashion_mnist, read_idx
-    from tests.pipeline.data.helpers import write_idx
+    """The first ``n_train`` / ``n_test`` real Fashion-MNIST images in ``out`` (see the helper)."""
+    from tests.pipeline.data.helpers import real_fashion_mnist_subset
 
-    missing = [n for pair in FASHION_MNIST_FILES.values() for n in pair if not (FASHION_MNIST_SRC / n).is_file()]
-    if missing:
-        pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")
-    src = out.parent / f"{out.name}-src"
-    src.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for name in FASHION_MNIST_FILES[split]:
-            write_idx(src / name, read_idx(FASHION_MNIST_SRC / name)[:n])
-    import_fashion_mnist(out, src=src, shard_size=shard_size)
-    return out
+    return real_fashion_mnist_subset(out, n_train, n_test, shard_size)
 
 
 @pytest.fixture(scope="session")

@@ -26,18 +26,9 @@ BASE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10}  # 7x
 
 def fashion_mnist(out: Path, n_train: int, n_test: int, shard_size: int) -> Path:
     """The first ``n_train`` / ``n_test`` real Fashion-MNIST images as shards + manifest in ``out``."""
-    from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC, import_fashion_mnist, read_idx
-    from tests.pipeline.data.helpers import write_idx
+    from tests.pipeline.data.helpers import real_fashion_mnist_subset
 
-    if not all((FASHION_MNIST_SRC / n).is_file() for pair in FASHION_MNIST_FILES.values() for n in pair):
-        pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")
-    src = out.parent / f"{out.name}-idx"
-    src.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for name in FASHION_MNIST_FILES[split]:
-            write_idx(src / name, read_idx(FASHION_MNIST_SRC / name)[:n])
-    import_fashion_mnist(out, src=src, shard_size=shard_size)
-    return out
+    return real_fashion_mnist_subset(out, n_train, n_test, shard_size)
 
 
 TINY: dict[str, Any] = {

@@ -52,3 +52,24 @@ def make_fake_fashion_mnist(src: Path, n_train: int = 30, n_test: int = 12) -> d
         write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
         data[split] = (images, labels)
     return data
+
+
+def real_fashion_mnist_subset(out: Path, n_train: int, n_test: int, shard_size: int) -> Path:
+    """The first ``n_train`` / ``n_test`` *real* Fashion-MNIST images as shards + manifest in ``out``.
+
+    Written with the pipeline's own importer from the Debian package's files (skips the test
+    when the package is not installed), so tests get real shards without the 70,000-image import.
+    """
+    import pytest
+
+    from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC, import_fashion_mnist, read_idx
+
+    if not all((FASHION_MNIST_SRC / n).is_file() for pair in FASHION_MNIST_FILES.values() for n in pair):
+        pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")
+    src = out.parent / f"{out.name}-src"
+    src.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for name in FASHION_MNIST_FILES[split]:
+            write_idx(src / name, read_idx(FASHION_MNIST_SRC / name)[:n])
+    import_fashion_mnist(out, src=src, shard_size=shard_size)
+    return out
