@@ -53,6 +53,7 @@ class RunResult:
     keep: int | None
     every: list[int]
     tolerance: int
+    pool: str
     lr: float
     epochs: int
     train_samples: int
@@ -133,7 +134,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
     r = RunResult(
         config=path, name=cfg.name, row=row or re.sub(r"-s\d+$", "", path.stem), seed=int(cfg.train.seed), online=bool(cfg.online),
         kd=cfg.train.kd, policy=cfg.masking.policy, keep=cfg.keep_for_segment(0),
-        every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance,
+        every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
     )
     def _desc(m) -> str:
@@ -377,18 +378,17 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
               "Full-KD GMACs: what full-teacher KD costs on the same training samples. Avoided: teacher "
               "forwards the store reused (rows not recomputed). Wall: sum of the stages' seconds (precompute + "
               "train; teacher training excluded), per seed.", "",
-              "| row | top-1 % | teacher GMACs / run | of full-KD | forwards avoided | wall min / run | commands |",
+              "| row | top-1 % | teacher GMACs, per seed | of full-KD, per seed | forwards avoided | wall min / run | commands |",
               "|---|---|---:|---:|---:|---:|---|"]
     for row in order:
         rs = sorted(rows[row], key=lambda r: r.seed)
         done = [r for r in rs if r.finished]
         if done:
-            macs = statistics.fmean(r.teacher_macs for r in done)
-            full = statistics.fmean(r.full_macs for r in done)
-            frac = f"{macs / full:.0%}" if full else "-"
+            macs = " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done)
+            frac = " / ".join(f"{r.teacher_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done)
             avoided = " / ".join(str(r.avoided) for r in done)
             wall = " / ".join(f"{r.seconds / 60:.1f}" for r in done)
-            cells = [f"{macs / 1e9:.1f}", frac, avoided, wall]
+            cells = [macs, frac, avoided, wall]
         else:
             cells = ["-", "-", "-", "-"]
         cmds = "<br>".join(f"`{r.command}`" + ("" if r.finished else " (not run)") for r in rs)
@@ -452,18 +452,18 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
         lines += ["not run (time): needs the offline rows."]
     # milestone spacing / tolerance
     lines += ["", "## Milestone spacing and reuse tolerance (offline MaskedKD 50%)", "",
-              "| run | milestones | tolerance | top-1 % | teacher forwards | avoided by reuse | of which under tolerance | "
+              "| run | milestones | view pool | tolerance | top-1 % | teacher forwards | avoided by reuse | of which under tolerance | "
               "spot-check KL (mean over milestones) | teacher GMACs | wall min |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(students, key=lambda r: (_row_key(r.row), r.seed)):
         if r.online or r.kd == "off" or r.policy != "student" or r.keep != 25 or r.seed != 0 or r.row.startswith("sweep"):
             continue
         if r.finished:
             kl = f"{statistics.fmean(r.spot_kl):.2e}" if r.spot_kl else "-"
-            lines.append(f"| {r.name} | {r.every} | {r.tolerance} | {_pct(r.top1)} | {r.teacher_forwards} | {r.avoided} | "
+            lines.append(f"| {r.name} | {r.every} | {r.pool} | {r.tolerance} | {_pct(r.top1)} | {r.teacher_forwards} | {r.avoided} | "
                          f"{r.reused_tolerance} | {kl} | {r.teacher_macs / 1e9:.1f} | {r.seconds / 60:.1f} |")
         else:
-            lines.append(f"| {r.name} | {r.every} | {r.tolerance} | not run (time): `{r.command}` | | | | | | |")
+            lines.append(f"| {r.name} | {r.every} | {r.pool} | {r.tolerance} | not run (time): `{r.command}` | | | | | | |")
     # sweep
     sweep = [r for r in students if r.row.startswith("sweep")]
     base = [r for r in rows.get("offline MaskedKD 50%", []) if r.seed == 0]
