@@ -7,18 +7,6 @@ import time
 from typing import Callable
 
 
-def median_seconds(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def interleaved_medians(fns: dict, *, warmup: int = 1, repeats: int = 5) -> dict:
     """Median seconds per named callable, timed round-robin so that load spikes on a shared
     machine hit every candidate alike rather than whichever ran during the spike."""

@@ -201,15 +201,14 @@ def _take(target: Any, rows: np.ndarray) -> Any:
 
 def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
     """Per-row KL(fresh || stored) over the stored distribution's support (K+1 buckets)."""
-    from maskedkd.losses import _log1mexp
+    from maskedkd.losses import topk_log_probs
 
     log_p_fresh = F.log_softmax(fresh.float(), dim=1)
     if not isinstance(stored, TopK):
         log_q = F.log_softmax(stored.float(), dim=1)
         return (log_p_fresh.exp() * (log_p_fresh - log_q)).sum(1).clamp_min(0.0)
     idx = stored.idx.long()
-    log_q = stored.logit.float() - stored.lse.float().unsqueeze(1)
-    log_q_tail = _log1mexp(torch.logsumexp(log_q, 1))
+    log_q, log_q_tail = topk_log_probs(stored, stored.tau)
     # float16 logits can make the stored buckets sum to a hair over 1, which biases the KL below
     # zero by about as much as the KL of a few changed patches: renormalise them first
     norm = torch.logaddexp(torch.logsumexp(log_q, 1), log_q_tail)

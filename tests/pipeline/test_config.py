@@ -167,14 +167,18 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
 ]
 
 
+def write_case(ws, change):
+    """The stage file of a MALFORMED case: ``change`` is raw YAML text or an edit of BASE."""
+    if isinstance(change, str):
+        return _write(ws, change)
+    doc = copy.deepcopy(BASE)
+    change(doc)
+    return _write(ws, doc)
+
+
 @pytest.mark.parametrize("case,change,expected", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_config_exits_2_names_field_writes_nothing(case, change, expected, ws, capsys):
-    if isinstance(change, str):
-        path = _write(ws, change)
-    else:
-        doc = copy.deepcopy(BASE)
-        change(doc)
-        path = _write(ws, doc)
+    path = write_case(ws, change)
     before = _tree(ws)
     code, out, err = _cli(["config", "check", str(path)], capsys)
     assert code == 2, (out, err)

@@ -59,28 +59,13 @@ def _write(root: Path, stem: str, row: str, doc: dict) -> Path:
 @pytest.fixture(scope="module")
 def fmnist_tiny(tmp_path_factory) -> Path:
     """The first 256 training / 128 test images of real Fashion-MNIST as shards + manifest."""
-    from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC, import_fashion_mnist, read_idx
-    from tests.pipeline.data.helpers import write_idx
+    from tests.pipeline.data.helpers import real_fashion_mnist_subset
 
-    if any(not (FASHION_MNIST_SRC / n).is_file() for pair in FASHION_MNIST_FILES.values() for n in pair):
-        pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")
     root = tmp_path_factory.mktemp("results-fmnist")
-    (root / "src").mkdir()
-    for split, n in (("train", 256), ("test", 128)):
-        for name in FASHION_MNIST_FILES[split]:
-            write_idx(root / "src" / name, read_idx(FASHION_MNIST_SRC / name)[:n])
-    import_fashion_mnist(root / "fashion-mnist", src=root / "src", shard_size=128)
-    return root / "fashion-mnist"
+    return real_fashion_mnist_subset(root / "fashion-mnist", 256, 128, 128)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/pipeline/conftest.py
 
 
 def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):

@@ -6,11 +6,9 @@ plus cases only ``run`` reaches (compute/train limits, paths that are files)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
-from tests.pipeline.test_config import BASE, MALFORMED, _both, _cli, _drop, _set, _tree, _write, ws  # noqa: F401
+from tests.pipeline.test_config import MALFORMED, _both, _cli, _drop, _set, _tree, write_case, ws  # noqa: F401
 
 pytestmark = pytest.mark.reliability
 
@@ -31,12 +29,7 @@ CASES = MALFORMED + EXTRA
 
 @pytest.mark.parametrize("case,change,expected", CASES, ids=[c[0] for c in CASES])
 def test_run_refuses_bad_config(case, change, expected, ws, capsys, tally):  # noqa: F811
-    if isinstance(change, str):
-        path = _write(ws, change)
-    else:
-        doc = copy.deepcopy(BASE)
-        change(doc)
-        path = _write(ws, doc)
+    path = write_case(ws, change)
     before = _tree(ws)
     code, out, err = _cli(["run", str(path)], capsys)
     assert code == 2, (out, err)

@@ -18,12 +18,7 @@ from .conftest import FLIP_SPEC, MIX_SPEC, RENDER, SEED, SPEC, STUDENT, student,
 FAST = dict(lr=3e-3, min_lr=1e-5, weight_decay=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/pipeline/conftest.py
 
 
 @pytest.mark.slow
