@@ -134,11 +134,11 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
 
     path = Path(path)
     cfg = load_config(path, check_files=False)
-    n_train = cfg.data.subset
-    if n_train is None:
-        from pipeline.data.manifest import load_manifest
+    from pipeline.data.manifest import load_manifest
 
-        n_train = int(load_manifest(cfg.data.root).splits[cfg.data.train].num_samples)
+    manifest = load_manifest(cfg.data.root)
+    n_train = cfg.data.subset or manifest.num_samples(cfg.data.train)
+    n_val = cfg.data.val_subset or manifest.num_samples(cfg.data.val)
     segs = cfg.schedule.segments()
     row = _row_comment(path)
     r = RunResult(
@@ -154,7 +154,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
 
     r.sizes = (f"student {_desc(cfg.student)}; teacher {_desc(cfg.teacher)}; {cfg.schedule.epochs} student epochs on "
                f"{n_train} training images, batch {cfg.train.batch_size}; test top-1 on "
-               + (f"the first {cfg.data.val_subset} test images" if cfg.data.val_subset else "all test images"))
+               + (f"the first {n_val}" if cfg.data.val_subset else f"all {n_val}") + " test images")
     r.load = _loads((logs or Path("runs/logs")) / f"{path.stem}.log")
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():

@@ -119,3 +119,12 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     assert again.exit_code == 0
     strip = lambda s: [x for x in s.splitlines() if not x.startswith("Machine:")]  # noqa: E731
     assert strip(out.read_text()) == strip(text)
+
+
+def test_sizes_of_a_full_split_config(fmnist_tiny, tmp_path):
+    """No ``subset``: the sizes line counts the split from the manifest (the full-scale rows)."""
+    doc = _doc(tmp_path, fmnist_tiny, "full")
+    del doc["data"]["subset"], doc["data"]["val_subset"]
+    r = collect_run(_write(tmp_path, "full-s0", "full split", doc), logs=tmp_path / "logs")
+    assert not r.finished and r.train_samples == 256
+    assert "on 256 training images" in r.sizes and "test top-1 on all 128 test images" in r.sizes
