@@ -123,6 +123,11 @@ row("tol4", "reuse tolerance 4 (offline MaskedKD 50%)", tol=4)
 # the views labelled at milestone 0) and when no other run's labels are in the store: own stores.
 row("pool2-tol0", "reuse tolerance 0, view pool 2, own store", pool=2, store="runs/stores/pool2-tol0")
 row("pool2-tol4", "reuse tolerance 4, view pool 2, own store", pool=2, store="runs/stores/pool2-tol4", tol=4)
+# Not a row of the issue: isolates the first milestone. c0 is a randomly initialised student, so
+# segment 0's masks carry no knowledge; here the teacher sees every patch in the first epoch and
+# MaskedKD 50% masks from c1 and c2 afterwards (milestones every epoch).
+row("warm1-mkd50", "offline MaskedKD 50% after one full-teacher epoch (keep 49, 25, 25)", every=1,
+    keep="null\n  per_milestone: [49, 25, 25]")
 for lr in ("1.0e-3", "3.0e-3", "5.0e-3"):
     row(f"sweep-lr{lr[0]}e-3", f"sweep: offline MaskedKD 50%, lr {lr}", lr=lr)
 

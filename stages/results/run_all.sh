@@ -21,7 +21,7 @@ if [ ${#ROWS[@]} -eq 0 ]; then
         ce-s2 online-full-s2 offline-mkd50-s2 online-mkd50-s2
         spacing1-s0 spacing5-s0 tol4-s0 pool2-tol0-s0 pool2-tol4-s0
         sweep-lr1e-3-s0 sweep-lr3e-3-s0 sweep-lr5e-3-s0
-        offline-full-s1 offline-random50-s1)
+        offline-full-s1 offline-random50-s1 warm1-mkd50-s0)
 fi
 mkdir -p runs/logs
 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $MKD run stages/results/teacher.yaml --until teacher >> runs/logs/teacher.log 2>&1 \
