@@ -57,6 +57,7 @@ class RunResult:
     lr: float
     epochs: int
     train_samples: int
+    keeps: list[int] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
     finished: bool = False
     top1: float | None = None
     teacher_top1: float | None = None
@@ -77,6 +78,15 @@ class RunResult:
     @property
     def command(self) -> str:
         return f"mkd-pipeline run {self.config.as_posix()}"
+
+    @property
+    def keep_label(self) -> str:
+        """``25``, or ``49→25→25`` when the keep changes between milestones."""
+        return "→".join(map(str, self.keeps)) if len(set(self.keeps)) > 1 else str(self.keep)
+
+    def keep_of(self, j: int) -> int | None:
+        """The keep of the ``j``-th milestone."""
+        return self.keeps[j] if j < len(self.keeps) else self.keep
 
 
 def _row_comment(path: Path) -> str | None:
@@ -146,6 +156,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         kd=cfg.train.kd, policy=cfg.masking.policy, keep=cfg.keep_for_segment(0),
         every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
+        keeps=[cfg.keep_for_segment(i) for i in range(len(segs))],
     )
     def _desc(m) -> str:
         k = m.kwargs
@@ -300,10 +311,11 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
     curves = [r for r in runs if r.finished and r.masked_top1]
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     for r in curves:
         xs, ys = zip(*r.masked_top1)
-        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=f"{r.policy}, keep {r.keep}, seed {r.seed}")
+        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--",
+                label=f"{r.policy}, keep {r.keep_label}, seed {r.seed}, milestones {','.join(map(str, xs))}")
     if teacher_top1 is not None:
         ax.axhline(teacher_top1, color="k", ls="--", lw=1, label="teacher, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
@@ -311,7 +323,8 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
     ax.set_title("Teacher accuracy on masked views per milestone")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_xticks(sorted({x for r in curves for x, _ in r.masked_top1}))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
@@ -337,7 +350,7 @@ def _keepmap(path: Path, runs: list[RunResult]) -> None:
                 continue
             c = r.content[j]
             im = ax.imshow(np.array(c["freq"]).reshape(c["grid"]), vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(f"{r.policy} k{r.keep} s{r.seed} @{r.masked_top1[j][0]}", fontsize=7)
+            ax.set_title(f"{r.policy} k{r.keep_of(j)} s{r.seed} @{r.masked_top1[j][0]}", fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.6, label="fraction of rows keeping the patch")
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
@@ -411,25 +424,27 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
              ("offline MaskedKD 50%", "offline inverse 50%"), ("offline random 50%", "offline full teacher")]
     got = [c for c in (_compare(rows, a, b) for a, b in pairs) if c]
     lines += got or ["- nothing to compare yet."]
-    # curriculum figure: one curve per offline policy/keep/seed at the default schedule
+    # curriculum figure: one curve per offline policy/keeps/seed with two milestones or more
     fig_runs, seen = [], set()
     for r in sorted(finished, key=lambda r: (r.seed, _row_key(r.row))):
-        k = (r.policy, r.keep, r.seed)
+        k = (r.policy, tuple(r.keeps), r.seed)
         if r.online or r.kd == "off" or not r.masked_top1 or k in seen:
             continue
-        if r.row.startswith(("milestone", "reuse", "sweep")):
+        if r.row.startswith(("reuse", "sweep")) or len(r.masked_top1) < 2:  # no curve from one point
             continue
         seen.add(k)
         fig_runs.append(r)
     png = out.with_name("results_curriculum.png")
     lines += ["", "## Curriculum: the teacher's accuracy on its masked views", ""]
+    milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
     if _figure(png, fig_runs, t1):
         lines += [f"![curriculum]({png.name})", "",
-                  "| run | " + " | ".join(f"milestone {x}" for x, _ in fig_runs[0].masked_top1) + " |",
-                  "|---|" + "---:|" * len(fig_runs[0].masked_top1)]
+                  "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
+                  "|---|" + "---:|" * len(milestones)]
         for r in fig_runs:
-            lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep}, seed {r.seed}) | "
-                         + " | ".join(_pct(v) for _, v in r.masked_top1) + " |")
+            got = dict(r.masked_top1)
+            lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | "
+                         + " | ".join(_pct(got[x]) if x in got else "-" for x in milestones) + " |")
         lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each policy, "
                   "per milestone (masks from the student checkpoint at that epoch)."]
         content = [r for r in fig_runs if r.content]
