@@ -8,7 +8,7 @@ BASE = """# Row: {row}
 #
 # Run:      mkd-pipeline run stages/results/teacher.yaml --until teacher   (once: trains the shared teacher)
 #           mkd-pipeline run stages/results/{name}.yaml
-# Hardware: CPU (2 cores); about 4-8 minutes per run with OMP_NUM_THREADS=1 (online rows the longest).
+# Hardware: CPU (2 cores); 4-12 minutes per run with OMP_NUM_THREADS=1, two runs at a time (run_all.sh).
 # Prints:   per-epoch student test top-1 (all 10,000 test images){prints}; runs/results-{name}/report.md.
 # Table:    mkd-pipeline report --results stages/results/*.yaml --out RESULTS.md
 #
