@@ -68,6 +68,7 @@ class RunResult:
     rows: int = 0
     seconds: float = 0.0
     masked_top1: list[tuple[int, float]] = field(default_factory=list)  # (milestone epoch, top-1)
+    epoch_top1: list[tuple[int, float]] = field(default_factory=list)  # (epoch, student test top-1)
     spot_kl: list[float] = field(default_factory=list)  # mean KL of tolerance reuse vs a fresh forward, per milestone
     reused_tolerance: int = 0
     content: list[dict[str, float]] = field(default_factory=list)  # per milestone: what the kept patches hold
@@ -188,6 +189,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
     for i, (start, _end) in enumerate(segs):
         pre = stages.get(f"precompute-{i}", {}).get("info", {})
         tr = stages.get(f"train-{i}", {}).get("info", {})
+        r.epoch_top1 += [(int(e["epoch"]), float(e["val_top1"])) for e in tr.get("epochs") or [] if "val_top1" in e]
         r.teacher_macs += int(pre.get("teacher_macs") or 0) + int(tr.get("teacher_macs") or 0)
         r.teacher_forwards += int(pre.get("teacher_forwards") or 0) + int(tr.get("teacher_forwards") or 0)
         rows = int(pre.get("rows") or 0)
@@ -424,6 +426,14 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
              ("offline MaskedKD 50%", "offline inverse 50%"), ("offline random 50%", "offline full teacher")]
     got = [c for c in (_compare(rows, a, b) for a, b in pairs) if c]
     lines += got or ["- nothing to compare yet."]
+    if finished:
+        ep = sorted({e for r in finished for e, _ in r.epoch_top1})
+        lines += ["", "## Student test top-1 per epoch", "",
+                  "Where a row loses its accuracy: the student's test top-1 (%) after each epoch, every finished run.", "",
+                  "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
+        for r in sorted(finished, key=lambda r: (_row_key(r.row), r.seed)):
+            got = dict(r.epoch_top1)
+            lines.append(f"| {r.row}, seed {r.seed} | " + " | ".join(_pct(got[e]) if e in got else "-" for e in ep) + " |")
     # curriculum figure: one curve per offline policy/keeps/seed with two milestones or more
     fig_runs, seen = [], set()
     for r in sorted(finished, key=lambda r: (r.seed, _row_key(r.row))):

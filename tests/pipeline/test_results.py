@@ -93,6 +93,9 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     assert r.finished and r.top1 == top1 and r.teacher_macs == macs
     assert r.rows == 2 * 256 and r.full_macs > macs > 0
     assert [m for m, _ in r.masked_top1] == [0, 1]
+    assert [e for e, _ in r.epoch_top1] == [0, 1] and r.epoch_top1[-1][1] == top1
+    assert "## Student test top-1 per epoch" in text
+    assert f"| offline MaskedKD 50%, seed 0 | {100 * r.epoch_top1[0][1]:.2f} | {100 * top1:.2f} |" in text
     row = next(line for line in text.splitlines() if line.startswith("| offline MaskedKD 50% |"))
     assert f"{100 * top1:.2f} (1 seed)" in row
     assert f"{macs / 1e9:.1f}" in row
