@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
 
 
 def interleaved_medians(fns: dict, *, warmup: int = 1, repeats: int = 5) -> dict:

@@ -136,6 +136,12 @@ def _files(root: str, wanted: Callable[[str], bool], *, recursive: bool = True) 
     return [join(root, *r.split("/")) for r in rel]
 
 
+def file_exists(path: str) -> bool:
+    """True when a regular file is at the local path or URI."""
+    fs, fs_path = resolve(path)
+    return fs.get_file_info(fs_path).type == pafs.FileType.File
+
+
 def file_sha256(path: str) -> str:
     """Hex sha256 of the file at a local path or URI."""
     if not is_uri(path):

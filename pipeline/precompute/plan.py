@@ -74,9 +74,7 @@ def classify(task: PartitionTask) -> dict[str, Any]:
         with open_partition(task.path, expect={"fingerprints": task.fingerprints}) as part:
             return {"state": "cached", "reason": "partition for exactly these inputs exists", "rows": part.num_rows}
     except StoreError as e:
-        from pipeline.precompute.task import _exists
-
-        if _exists(task.path):
+        if paths.file_exists(task.path):
             damaged = f"the partition exists but cannot be used, it is recomputed ({e})"
     # the candidates run_partition reuses rows from: same teacher, shard, views and label spec
     rows, usable = 0, 0

@@ -43,13 +43,6 @@ def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
     return get_cached(f"model:{spec.fingerprint}:{device}", factory)
 
 
-def _exists(path: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, fs_path = paths.resolve(path)
-    return fs.get_file_info(fs_path).type == pafs.FileType.File
-
-
 @dataclass
 class _Timer:
     seconds: dict[str, float] = field(default_factory=lambda: {
@@ -256,7 +249,7 @@ def run_partition(item: dict) -> dict:
         "teacher_forwards": 0, "teacher_macs": 0, "teacher_macs_saved": 0, "cached": False,
         "spot_check_rows": 0, "spot_check_kl": 0.0, "skipped": [],
     }
-    if _exists(t.path):
+    if paths.file_exists(t.path):
         try:
             with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
                 result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
