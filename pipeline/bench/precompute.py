@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import click
 
@@ -144,31 +144,39 @@ def plan(cfg, teacher_weights: str | Path, student_weights: str | Path | None, s
                         student=student, device="auto", num_classes=cfg.data.num_classes)
 
 
+def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """``(task, images)`` per batch: each task's views rendered as the task renders them for its
+    ``who`` ("student" or "teacher"), in tar order and batches of ``batch`` (default: the task's),
+    computed here (read shard, views, render) independently of :mod:`pipeline.precompute.task`."""
+    from maskedkd.views import ViewSpec, render_batch, shard_views
+    from pipeline.data.shards import read_shard
+
+    for t in tasks:
+        samples = list(read_shard(t.shard_path))[: t.limit]
+        views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
+        r, size = getattr(t, who).render, batch or t.batch_size
+        for i in range(0, len(samples), size):
+            yield t, render_batch([s.image for s in samples[i:i + size]], views[i:i + size], r.size,
+                                  mean=r.mean, std=r.std, interpolation=r.interpolation)
+
+
 def student_keep_sets(student, tasks: Sequence):
     """bool [rows, patches]: the keep sets of ``student`` on the views of ``tasks``, computed
-    here (read shard, views, the student's own rendering, ``cls_attention`` + ``select_keep``,
-    in the tasks' batch size), independently of :mod:`pipeline.precompute.task`."""
+    here (the student's own rendering, ``cls_attention`` + ``select_keep``, in the tasks' batch
+    size), independently of :mod:`pipeline.precompute.task`."""
     import numpy as np
     import torch
 
     from maskedkd import cls_attention, select_keep
-    from maskedkd.views import ViewSpec, render_batch, shard_views
-    from pipeline.data.shards import read_shard
 
     out = []
     student = student.eval()
-    for t in tasks:
-        samples = list(read_shard(t.shard_path))[: t.limit]
-        views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
-        r, batch_size = t.student.render, t.batch_size
-        for i in range(0, len(samples), batch_size):
-            images = render_batch([s.image for s in samples[i:i + batch_size]], views[i:i + batch_size], r.size,
-                                  mean=r.mean, std=r.std, interpolation=r.interpolation)
-            with torch.inference_mode():
-                idx = select_keep(cls_attention(student, images), t.keep, t.policy)
-            keep = np.zeros((len(idx), student.patch_embed.num_patches), dtype=bool)
-            np.put_along_axis(keep, idx.numpy(), True, axis=1)
-            out.append(keep)
+    for t, images in rendered_batches(tasks, "student"):
+        with torch.inference_mode():
+            idx = select_keep(cls_attention(student, images), t.keep, t.policy)
+        keep = np.zeros((len(idx), student.patch_embed.num_patches), dtype=bool)
+        np.put_along_axis(keep, idx.numpy(), True, axis=1)
+        out.append(keep)
     return np.concatenate(out)
 
 
@@ -183,19 +191,11 @@ class _Bare:
     def __init__(self, teacher, tasks: Sequence, keep: int, batch: int, rows: int) -> None:
         import torch
 
-        from maskedkd.views import ViewSpec, render_batch, shard_views
-        from pipeline.data.shards import read_shard
-
         self.batches = []
-        for t in tasks:
-            samples = list(read_shard(t.shard_path))[: t.limit]
-            views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
-            r = t.teacher.render
-            for i in range(0, len(samples), batch):
-                if self.rows >= rows:
-                    break
-                self.batches.append(render_batch([s.image for s in samples[i:i + batch]], views[i:i + batch], r.size,
-                                                 mean=r.mean, std=r.std, interpolation=r.interpolation))
+        for _, images in rendered_batches(tasks, "teacher", batch):
+            if self.rows >= rows:
+                break
+            self.batches.append(images)
         n = teacher.patch_embed.num_patches
         gen = torch.Generator().manual_seed(0)
         self.idx = [torch.rand(len(b), n, generator=gen).argsort(1)[:, :keep].sort(1).values for b in self.batches]
