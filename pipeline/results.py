@@ -217,6 +217,7 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
+    from maskedkd.losses import TopK, topk_log_probs
     from maskedkd.views import render, shard_views
     from pipeline.data.shards import read_shard
     from pipeline.labels.reader import open_partition
@@ -249,9 +250,9 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     all_nb = F.conv2d(torch.ones_like(g[:1]), kernel, padding=1)  # 4-neighbours inside the grid
     clump = float((kept_nb * g).sum() / (all_nb * g).sum())
     t = b.target
-    logp = (t.logit - t.lse[:, None]) if hasattr(t, "lse") else torch.log_softmax(t.float(), -1)
+    logp = topk_log_probs(t, t.tau)[0] if isinstance(t, TopK) else torch.log_softmax(t.float(), -1)
     top_p, top_i = logp.max(-1)
-    top_cls = t.idx.gather(1, top_i[:, None])[:, 0] if hasattr(t, "idx") else top_i
+    top_cls = t.idx.gather(1, top_i[:, None])[:, 0] if isinstance(t, TopK) else top_i
     wrong = top_cls != b.label
     conf_wrong = float(top_p.exp()[wrong].mean()) if bool(wrong.any()) else float("nan")
     return {"fixed_share": share, "clump": clump, "teacher_conf": float(top_p.exp().mean()), "teacher_conf_wrong": conf_wrong, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
@@ -358,6 +359,12 @@ def _keepmap(path: Path, runs: list[RunResult]) -> None:
     plt.close(fig)
 
 
+def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
+    """Table cells of ``(x, value)`` points under ``columns`` (percent; ``-`` where a run has no such x)."""
+    got = dict(points)
+    return " | ".join(_pct(got[x]) if x in got else "-" for x in columns)
+
+
 def render_results(runs: list[RunResult], out: Path, notes: str | None = None, notes_path: str | None = None) -> str:
     """The markdown of RESULTS.md (and the curriculum PNG beside ``out``)."""
     teachers = [r for r in runs if r.teacher_train is not None or (r.row == r.config.stem == "teacher")]
@@ -432,8 +439,7 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
                   "Where a row loses its accuracy: the student's test top-1 (%) after each epoch, every finished run.", "",
                   "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
         for r in sorted(finished, key=lambda r: (_row_key(r.row), r.seed)):
-            got = dict(r.epoch_top1)
-            lines.append(f"| {r.row}, seed {r.seed} | " + " | ".join(_pct(got[e]) if e in got else "-" for e in ep) + " |")
+            lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
     # curriculum figure: one curve per offline policy/keeps/seed with two milestones or more
     fig_runs, seen = [], set()
     for r in sorted(finished, key=lambda r: (r.seed, _row_key(r.row))):
@@ -452,9 +458,7 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
                   "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
                   "|---|" + "---:|" * len(milestones)]
         for r in fig_runs:
-            got = dict(r.masked_top1)
-            lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | "
-                         + " | ".join(_pct(got[x]) if x in got else "-" for x in milestones) + " |")
+            lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | {_series_cells(r.masked_top1, milestones)} |")
         lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each policy, "
                   "per milestone (masks from the student checkpoint at that epoch)."]
         content = [r for r in fig_runs if r.content]
