@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
-
-
-def make_fashion_mnist_subset(out: Path, n_train: int, n_test: int, shard_size: int) -> Path:
-    """The first ``n_train`` / ``n_test`` real Fashion-MNIST images in ``out`` (see the helper)."""
-    from tests.pipeline.data.helpers import real_fashion_mnist_subset
-
-    return real_fashion_mnist_subset(out, n_train, n_test, shard_size)
+from tests.pipeline.data.helpers import real_fashion_mnist_subset
 
 
 @pytest.fixture(scope="session")
 def fmnist_small(tmp_path_factory) -> Path:
     """Dataset folder: 768 real training images (3 shards of 256) and 512 test images (2 shards)."""
-    return make_fashion_mnist_subset(tmp_path_factory.mktemp("fmnist-small") / "fashion-mnist", 768, 512, 256)
+    return real_fashion_mnist_subset(tmp_path_factory.mktemp("fmnist-small") / "fashion-mnist", 768, 512, 256)
 
 
 @pytest.fixture

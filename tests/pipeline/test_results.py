@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from pipeline.config import load_config
 from pipeline.results import collect_run, report_cmd
 from pipeline.runner import Runner
+from tests.dotted import apply_dotted
 
 VIT = "vit_tiny_patch16_224"
 KW = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}  # 4x4 = 16 patches
@@ -40,13 +41,7 @@ def _doc(root: Path, data: Path, name: str, **over) -> dict:
         "compute": {"scheduler": None, "workers": 1, "threads_per_worker": 1, "device": "cpu", "timeout_s": 300},
         "train": {"lr": 1.0e-3, "warmup_epochs": 0, "batch_size": 32},
     }
-    for dotted, value in over.items():
-        *parents, leaf = dotted.split("__")
-        node = doc
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return doc
+    return apply_dotted(doc, over)
 
 
 def _write(root: Path, stem: str, row: str, doc: dict) -> Path:

@@ -27,6 +27,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.lock import LOCK_NAME
 from pipeline.runner import Runner
+from tests.dotted import apply_dotted
 
 CLI = str(Path(sys.executable).parent / "mkd-pipeline")
 # One intra-op thread in subprocesses too (see the `one_thread` fixture); every run here and the
@@ -63,13 +64,7 @@ def stage_doc(root: Path, data: Path) -> dict:
 
 def write_stage(root: Path, doc: dict, name: str = "stages.yaml", **changes) -> Path:
     """Write ``doc`` with dotted-key ``changes`` (``train__lr=...`` -> ``train.lr``) as YAML."""
-    doc = copy.deepcopy(doc)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split("__")
-        node = doc
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    doc = apply_dotted(copy.deepcopy(doc), changes)
     path = root / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import fashion_mnist, hashes, stage, timed_run
+from tests.pipeline.data.helpers import real_fashion_mnist_subset
+from tests.reliability.helpers import hashes, stage, timed_run
 
 TALLY: list[dict] = []
 
@@ -81,7 +82,7 @@ class Baseline:
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Baseline:
     work = tmp_path_factory.mktemp("work")
-    fashion_mnist(work / "data", 200, 32, 100)
+    real_fashion_mnist_subset(work / "data", 200, 32, 100)
     stage(work / "a.yaml", name="tiny")
     stage(work / "b.yaml", name="tiny-b", train__lr=1.0e-3)
     b = Baseline(work)

@@ -17,18 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.dotted import apply_dotted
 
 CLI = [str(Path(sys.executable).with_name("mkd-pipeline"))]
 BASE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10}  # 7x7 = 49 patches
-
-
-def fashion_mnist(out: Path, n_train: int, n_test: int, shard_size: int) -> Path:
-    """The first ``n_train`` / ``n_test`` real Fashion-MNIST images as shards + manifest in ``out``."""
-    from tests.pipeline.data.helpers import real_fashion_mnist_subset
-
-    return real_fashion_mnist_subset(out, n_train, n_test, shard_size)
 
 
 TINY: dict[str, Any] = {
@@ -50,13 +44,7 @@ TINY: dict[str, Any] = {
 
 def stage(path: Path, **overrides: Any) -> Path:
     """Write the tiny stage config to ``path``; ``overrides`` are dotted keys (``train__lr=1e-3``)."""
-    doc = copy.deepcopy(TINY)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split("__")
-        node = doc
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    doc = apply_dotted(copy.deepcopy(TINY), overrides, create=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

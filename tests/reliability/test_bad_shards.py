@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.manifest import ShardEntry, load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline.fingerprint import sha256_file
-from tests.reliability.helpers import TINY, cli, fashion_mnist, main_in_process, stage
+from tests.pipeline.data.helpers import real_fashion_mnist_subset
+from tests.reliability.helpers import TINY, cli, main_in_process, stage
 from tests.reliability.shards import bad_samples, write_tar
 
 pytestmark = pytest.mark.reliability
@@ -30,7 +31,7 @@ def _tree(root: Path) -> set[str]:
 def hostile(tmp_path_factory):
     """A real Fashion-MNIST dataset whose second training shard starts with every bad sample."""
     work = tmp_path_factory.mktemp("hostile")
-    root = fashion_mnist(work / "data", 200, 32, 100)
+    root = real_fashion_mnist_subset(work / "data", 200, 32, 100)
     marker = work / "EXECUTED"
     bad = bad_samples(marker)
     shard = root / BAD_SHARD
@@ -95,7 +96,6 @@ def test_truncated_tar_is_named(hostile, tmp_path, cut, tally):
 def test_precompute_skips_and_run_refuses(hostile, tally):
     """precompute writes partitions of the usable samples only and records every skipped key;
     training refuses the shard (fewer usable samples than its manifest), naming shard and keys."""
-    import torch
     from safetensors.torch import save_file
 
     from pipeline.models import create_model

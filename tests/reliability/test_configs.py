@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipeline.test_config import MALFORMED, _both, _cli, _drop, _set, _tree, write_case, ws  # noqa: F401
+from tests.pipeline.test_config import MALFORMED, _cli, _set, _tree, write_case, ws  # noqa: F401
 
 pytestmark = pytest.mark.reliability
 
