@@ -76,10 +76,11 @@ def test_partition_published_meanwhile_is_kept(baseline, monkeypatch, tally):
     teacher = runner._teacher_spec(lock.output("teacher", "weights")["path"], lock.info("teacher")["fingerprint"])
     t = runner.plan_precompute(0, teacher, runner.ckpt_dir / "c0.pth")[0]
     before = Path(t.path).stat()
-    monkeypatch.setattr(task_mod, "_exists", lambda path: False)  # the check ran before the other's rename
+    monkeypatch.setattr(task_mod.paths, "file_exists", lambda path: False)  # the check ran before the other's rename
     res = task_mod.run_partition({"task": t})
     after = Path(t.path).stat()
     assert res["cached"] and res["sha256"] == sha256_file(t.path)
+    assert res["teacher_forwards"] > 0  # it did compute (the race path), not the early "cached" return
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not replaced
     assert not [p for p in Path(t.path).parent.iterdir() if p.name.startswith(".tmp-")]
     tally("concurrency", "two writers of one partition path (race made deterministic)",
