@@ -114,7 +114,7 @@ def distill_loss(
     kind: str = "kl",
     ce_weight: float = 1.0,
 ) -> torch.Tensor:
-    """``ce_weight * CE(student, labels) + lam * kd_loss(student, target)`` (DESIGN §1).
+    """``ce_weight * CE(student, labels) + lam * kd_loss(student, target)`` (docs/design.md §1).
 
     Args:
         labels: LongTensor[B] class indices, or Tensor[B, C] soft targets (mixup/cutmix, smoothing).

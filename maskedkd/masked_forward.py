@@ -1,4 +1,4 @@
-"""The teacher run on the kept patches only (DESIGN §1)."""
+"""The teacher run on the kept patches only (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Masking policies: which patches the teacher keeps. One registry, one decorator (DESIGN §1)."""
+"""Masking policies: which patches the teacher keeps. One registry, one decorator (docs/design.md §1)."""
 
 from __future__ import annotations
 

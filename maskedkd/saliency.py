@@ -1,4 +1,4 @@
-"""Student saliency: the last block's CLS-to-patch attention (DESIGN §1)."""
+"""Student saliency: the last block's CLS-to-patch attention (docs/design.md §1)."""
 
 from __future__ import annotations
 

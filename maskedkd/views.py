@@ -1,4 +1,4 @@
-"""Deterministic training views: what the student trains on and the teacher labels (DESIGN §2).
+"""Deterministic training views: what the student trains on and the teacher labels (docs/design.md §2).
 
 A :class:`View` is a pure function of ``(spec, seed, key, epoch)`` (and, for mixup/cutmix, the
 sample's position among its shard's keys), drawn from a hash-derived RNG with no global state.

@@ -18,11 +18,11 @@ from pipeline.errors import PipelineError
 # name -> "module:attr" of a click command, per group ("" is the top level).
 COMMANDS: dict[str, dict[str, str]] = {
     "": {
-        "run": "pipeline.run_cli:run_cmd",
-        "status": "pipeline.run_cli:status_cmd",
-        "precompute": "pipeline.run_cli:precompute_cmd",
-        "gc": "pipeline.run_cli:gc_cmd",
-        "report": "pipeline.results:report_cmd",
+        "run": "pipeline.run.cli:run_cmd",
+        "status": "pipeline.run.cli:status_cmd",
+        "precompute": "pipeline.run.cli:precompute_cmd",
+        "gc": "pipeline.run.cli:gc_cmd",
+        "report": "pipeline.report.results:report_cmd",
     },
     "bench": {
         "teacher": "pipeline.bench.teacher:bench_teacher",
@@ -32,7 +32,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "precompute": "pipeline.bench.precompute:bench_precompute",
     },
     "config": {
-        "check": "pipeline.config:config_check",
+        "check": "pipeline.config.cli:config_check",
     },
     "data": {
         "import": "pipeline.data.cli:data_import",

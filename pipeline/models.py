@@ -14,9 +14,9 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 from pipeline.errors import ConfigError, DataError
-from pipeline.fingerprint import sha256_bytes, state_dict_fingerprint
+from pipeline._fingerprint import sha256_bytes, state_dict_fingerprint
 
 
 def create_model(name: str, kwargs: Mapping[str, Any] | None = None, *, seed: int | None = None,
@@ -85,5 +85,5 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> str:
 
 
 def model_fingerprint(model: nn.Module, name: str) -> str:
-    """Fingerprint of a model's weights and its timm name (see :mod:`pipeline.fingerprint`)."""
+    """Fingerprint of a model's weights and its timm name (see :mod:`pipeline._fingerprint`)."""
     return state_dict_fingerprint(model.state_dict(), name)

@@ -6,7 +6,7 @@ teacher dominates as it does in practice:
 
 - ``efficiency``: labels/s of a first (from-scratch) run on one worker (one thread), against the
   bare :func:`maskedkd.masked_forward` on pre-rendered tensors of the same teacher, keep count and
-  batch size in one thread (DESIGN §7 target >= 0.8);
+  batch size in one thread (docs/design.md §7 target >= 0.8);
 - ``scaling_2w``: the same first run on two workers (one thread each) against one (target >= 1.7x);
 - ``repeat_fraction``: an identical second run's wall time over the first's (target <= 0.02);
 - ``changed_fraction`` / ``teacher_forward_fraction``: after a small update of the student, the
@@ -263,7 +263,7 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     import torch
 
     from pipeline.bench.timing import machine_line
-    from pipeline.cluster import open_cluster
+    from pipeline.precompute.cluster import open_cluster
     from pipeline.models import create_model
 
     teacher, student = vit_kwargs(img_size)

@@ -51,7 +51,7 @@ def synthetic_labels(n: int, num_classes: int, num_patches: int, *, seed: int = 
 
 def synthetic_metadata(n: int, shard: str = "train-000000") -> dict[str, Any]:
     """A valid metadata record for a partition of ``n`` rows, all computed."""
-    from pipeline.fingerprint import sha256_json
+    from pipeline._fingerprint import sha256_json
 
     fingerprints = {name: sha256_json({"bench": name}) for name in ("teacher", "student", "shard", "view", "mask", "label")}
     return {

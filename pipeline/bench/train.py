@@ -4,7 +4,7 @@ All three run the same trainer (:func:`pipeline.train.train_segment`) for one ep
 Fashion-MNIST shards, timed round-robin in one process:
 
 - ``stored``: KD from stored top-K label partitions streamed in lockstep with the shards;
-- ``off``: plain cross-entropy, no labels read (DESIGN §7 target: stored >= 0.95 x off);
+- ``off``: plain cross-entropy, no labels read (docs/design.md §7 target: stored >= 0.95 x off);
 - ``online``: the teacher in the loop, masked by the current student (MaskedKD 50%).
 
 The helpers that build the shards and an unmasked teacher's label partitions are also used by
@@ -63,7 +63,7 @@ def write_teacher_labels(
     import torch
 
     from maskedkd.views import render_batch
-    from pipeline.fingerprint import sha256_file, sha256_json
+    from pipeline._fingerprint import sha256_file, sha256_json
     from pipeline.labels import logsumexp_at, partition_path, topk_from_logits, write_partition
     from pipeline.models import model_fingerprint
     from pipeline.train.stream import load_shard, store_view_columns

@@ -26,7 +26,7 @@ from PIL import Image
 from pipeline.data.manifest import MANIFEST_NAME, DatasetManifest, load_manifest, size_stats
 from pipeline.data.shards import IMAGE_EXTS, IMAGE_FORMATS, sample_key, write_shards
 from pipeline.errors import ConfigError, DataError
-from pipeline.fingerprint import sha256_file
+from pipeline._fingerprint import sha256_file
 
 FASHION_MNIST_SRC = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {

@@ -1,6 +1,6 @@
 """The dataset manifest: which shards make up each split, and their counts, sizes and sha256.
 
-``manifest.json`` sits next to the shards (schema: ``manifests/dataset.schema.json``); beside it
+``manifest.json`` sits next to the shards (schema: ``pipeline/schemas/dataset.schema.json``); beside it
 ``_info.json`` says the same in the form timm's ``wds/`` reader expects.
 """
 
@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline._schemas import json_problem
 from pipeline.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 TIMM_INFO_NAME = "_info.json"
 FORMAT = "mkd-pipeline/dataset-manifest"
 VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "manifests" / "dataset.schema.json"
 
 
 @dataclass(frozen=True)
@@ -114,27 +113,15 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-@lru_cache(maxsize=1)
-def _schema() -> dict[str, Any]:
-    try:
-        return json.loads(SCHEMA_PATH.read_text())
-    except OSError as e:
-        raise DataError(f"dataset manifest schema not found at {SCHEMA_PATH}: {e}") from e
-
-
 def validate_manifest(doc: Any, where: str | Path) -> None:
     """Check ``doc`` against the schema and for internal consistency.
 
     Raises:
         DataError: naming ``where`` and the offending field.
     """
-    import jsonschema
-
-    try:
-        jsonschema.validate(doc, _schema())
-    except jsonschema.ValidationError as e:
-        field_path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise DataError(f"{where}: invalid dataset manifest at {field_path}: {e.message}") from None
+    problem = json_problem("dataset", doc, sep="/")
+    if problem:
+        raise DataError(f"{where}: invalid dataset manifest at {problem}")
     for split, record in doc["splits"].items():
         counted = sum(s["samples"] for s in record["shards"].values())
         if counted != record["num_samples"]:

@@ -1,4 +1,4 @@
-"""WebDataset shards: a deterministic writer and a safe, streaming reader (DESIGN §5).
+"""WebDataset shards: a deterministic writer and a safe, streaming reader (docs/design.md §5).
 
 A shard is a plain tar of ``KEY.{jpg,png,webp}`` + ``KEY.cls`` (ASCII class index), optionally
 ``KEY.json``. The writer fixes every header field (mtime, owner, mode, member order), so the

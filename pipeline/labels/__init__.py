@@ -1,4 +1,4 @@
-"""The label store: Parquet partitions of teacher soft labels (DESIGN §5).
+"""The label store: Parquet partitions of teacher soft labels (docs/design.md §5).
 
 One file per (shard, view epoch, mask spec), rows in the shard's tar order, at a path derived
 from the inputs' fingerprints. Write with :func:`write_partition` (atomic), read with

@@ -9,7 +9,7 @@ A store root is a local path or a URI ``pyarrow.fs.FileSystem.from_uri`` underst
 inputs give the same path and any other teacher, shard, view, mask or label spec gives another.
 The prefixes only make a store skimmable and let precompute find the partitions of the same
 (teacher, shard, view epoch, view spec) with one directory listing. Temporary files of writes in
-progress (or killed) start with ``.tmp-`` (:mod:`pipeline.atomic`); only
+progress (or killed) start with ``.tmp-`` (:mod:`pipeline._atomic`); only
 :func:`list_temp_files` lists them.
 """
 
@@ -22,9 +22,9 @@ from typing import Callable, Mapping
 
 import pyarrow.fs as pafs
 
-from pipeline.atomic import TMP_PREFIX
+from pipeline._atomic import TMP_PREFIX
 from pipeline.errors import ConfigError, StoreError
-from pipeline.fingerprint import sha256_file, sha256_json
+from pipeline._fingerprint import sha256_file, sha256_json
 
 REQUIRED_FINGERPRINTS = ("teacher", "shard", "view", "mask", "label")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

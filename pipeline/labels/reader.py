@@ -1,4 +1,4 @@
-"""Read a label partition: checked on open, streamed in row order as torch tensors (DESIGN §5).
+"""Read a label partition: checked on open, streamed in row order as torch tensors (docs/design.md §5).
 
 Columns go Arrow buffer -> numpy view -> torch in whole chunks (tens of thousands of rows), so
 there is no per-row Python work except building the key strings; small batches are slices of a
@@ -19,7 +19,7 @@ import torch
 
 from maskedkd.losses import TopK
 from pipeline.errors import StoreError
-from pipeline.fingerprint import sha256_bytes
+from pipeline._fingerprint import sha256_bytes
 from pipeline.labels import paths
 from pipeline.labels.schema import (
     FORMAT,

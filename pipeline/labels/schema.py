@@ -1,20 +1,18 @@
-"""The label partition's Arrow schema, its metadata record, and the keep bitset (DESIGN §5).
+"""The label partition's Arrow schema, its metadata record, and the keep bitset (docs/design.md §5).
 
-The record format is documented as a JSON Schema in ``manifests/label-partition.schema.json``;
+The record format is documented as a JSON Schema in ``pipeline/schemas/label-partition.schema.json``;
 this module builds the Arrow schema a record's ``layout`` implies and checks a file against it.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline._schemas import json_problem
 from pipeline.errors import StoreError
 
 FORMAT = "mkd-label-partition/1"
@@ -22,7 +20,6 @@ FORMAT = "mkd-label-partition/1"
 # the record is caught even where the result is still valid JSON.
 METADATA_KEY = b"mkd.partition"
 RECORD_SHA256_KEY = b"mkd.partition.sha256"
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 # Columns the store owns; a view column may not take one of these names.
 LABEL_COLUMNS = ("key", "label", "keep", "topk_idx", "topk_logit", "lse", "logits")
@@ -127,32 +124,6 @@ def pack_keep(keep: np.ndarray) -> np.ndarray:
 def unpack_keep(packed: np.ndarray, num_patches: int) -> np.ndarray:
     """Inverse of :func:`pack_keep`: uint8 [N, ceil(P/8)] -> bool [N, P]."""
     return np.unpackbits(packed, axis=1, count=num_patches, bitorder="little").view(bool)
-
-
-@functools.cache
-def _validator(name: str):
-    path = MANIFESTS / f"{name}.schema.json"
-    # Absent only in a non-editable install (manifests/ is not package data); the readers' own
-    # checks still apply there.
-    if not path.exists():
-        return None
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(json.loads(path.read_text()))
-
-
-def json_problem(schema: str, obj: Any) -> str | None:
-    """Why ``obj`` fails ``manifests/<schema>.schema.json`` (``"field: message"``), or None."""
-    validator = _validator(schema)
-    if validator is None:
-        return None
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
-    if error is None:
-        return None
-    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"{where}: {error.message}"
 
 
 def record_problem(record: Mapping[str, Any]) -> str | None:

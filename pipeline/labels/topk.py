@@ -1,4 +1,4 @@
-"""Teacher logits -> what the store keeps: top-K records or full logits (DESIGN §5)."""
+"""Teacher logits -> what the store keeps: top-K records or full logits (docs/design.md §5)."""
 
 from __future__ import annotations
 

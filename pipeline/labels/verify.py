@@ -7,7 +7,7 @@ from typing import Sequence
 
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.lock import find_locks, read_lock
+from pipeline._lock import find_locks, lock_partitions
 from pipeline.labels.reader import open_partition
 
 
@@ -44,7 +44,7 @@ def verify_store(store: str, locks: Sequence[str] = ()) -> VerifyReport:
     expected = {}
     _, fs_root = paths.resolve(store)
     for lock in report.locks:
-        for entry in read_lock(lock):
+        for entry in lock_partitions(lock):
             key = paths.resolve(entry.path)[1]
             if key.startswith(fs_root.rstrip("/") + "/"):
                 expected[key] = entry

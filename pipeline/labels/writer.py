@@ -1,7 +1,7 @@
-"""Write one label partition atomically (DESIGN §5, §6).
+"""Write one label partition atomically (docs/design.md §5, §6).
 
 The file is encoded in memory, hashed, then published in one step: on a local filesystem with
-:func:`pipeline.atomic.write_atomic` (temp file in the same directory, fsync, rename, fsync of the
+:func:`pipeline._atomic.write_atomic` (temp file in the same directory, fsync, rename, fsync of the
 directory); on an object store as a single upload (the object appears only when complete). A
 write killed at any moment leaves either nothing or a ``.tmp-*`` file, never a partial file
 under the final name.
@@ -22,9 +22,9 @@ import torch
 
 from maskedkd.losses import TopK
 from pipeline import __version__
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 from pipeline.errors import StoreError
-from pipeline.fingerprint import canonical_json, sha256_bytes
+from pipeline._fingerprint import canonical_json, sha256_bytes
 from pipeline.labels import paths
 from pipeline.labels.schema import (
     FORMAT,

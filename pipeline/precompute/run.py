@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable
 
-from pipeline.cluster import Cluster, check_resources, open_cluster, run_tasks
+from pipeline.precompute.cluster import Cluster, check_resources, open_cluster, run_tasks
 from pipeline.precompute.plan import classify
 from pipeline.precompute.spec import PartitionTask
 from pipeline.precompute.task import run_partition

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import __version__
-from pipeline.fingerprint import sha256_json
+from pipeline._fingerprint import sha256_json
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class PartitionTask:
     num_classes: int
     store: str
     batch_size: int = 64
-    device: str = "auto"  # "auto": the worker's device (pipeline.cluster_worker.worker_device)
+    device: str = "auto"  # "auto": the worker's device (pipeline.precompute.worker.worker_device)
     precision: str = "fp32"
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     path: str = ""
@@ -69,7 +69,7 @@ class PartitionTask:
 
 
 def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
-    """The fingerprint record of a task's output (DESIGN §5)."""
+    """The fingerprint record of a task's output (docs/design.md §5)."""
     teacher = sha256_json({"weights": t.teacher.fingerprint, "render": asdict(t.teacher.render)})
     student = None
     if t.student is not None:

@@ -1,4 +1,4 @@
-"""One precompute task: the labels of one (shard, view epoch) partition (DESIGN §2).
+"""One precompute task: the labels of one (shard, view epoch) partition (docs/design.md §2).
 
 Stream the shard -> derive each sample's View -> the milestone student's saliency on its own
 rendering of the view -> keep set -> reuse stored teacher outputs whose keep set matches (or is
@@ -24,7 +24,7 @@ from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline.data.shards import Sample, read_shard
 from pipeline.errors import StoreError
-from pipeline.fingerprint import sha256_json
+from pipeline._fingerprint import sha256_json
 from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
 from pipeline.labels.topk import logsumexp_at, topk_from_logits
@@ -34,7 +34,7 @@ from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, reuse
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
     """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
-    from pipeline.cluster_worker import get_cached
+    from pipeline.precompute.worker import get_cached
     from pipeline.models import create_model
 
     def factory() -> torch.nn.Module:
@@ -239,7 +239,7 @@ def run_partition(item: dict) -> dict:
     """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
     t: PartitionTask = item["task"]
     if t.device == "auto":
-        from pipeline.cluster_worker import worker_device
+        from pipeline.precompute.worker import worker_device
 
         t = replace(t, device=worker_device())
     timer = _Timer()

@@ -1,4 +1,4 @@
-"""The student trainer: streams shards and label partitions in lockstep (DESIGN §6).
+"""The student trainer: streams shards and label partitions in lockstep (docs/design.md §6).
 
 Entry points: :func:`train_segment` (one curriculum segment, resumable, DDP under ``torchrun``),
 :func:`evaluate` (top-1 on the un-augmented view), :func:`shard_refs` / :func:`subset_rows`

@@ -81,7 +81,7 @@ class TrainConfig:
         clip_grad: gradient-norm clipping (None = off).
         kd: ``kl`` (KL at ``tau``), ``hard`` (CE on the teacher's argmax) or ``off`` (CE alone:
             no labels needed; also the teacher-training stage).
-        lam, tau, ce_weight: loss ``ce_weight * CE + lam * KD`` (DESIGN §1).
+        lam, tau, ce_weight: loss ``ce_weight * CE + lam * KD`` (docs/design.md §1).
         smoothing: label smoothing of the ground-truth targets.
         checkpoint_every: write a resume record every this many updates (and at the end).
         amp: bf16 autocast; used on CUDA only (CPU runs stay in float32, deterministic).

@@ -1,4 +1,4 @@
-"""The student trainer: one segment of epochs, resumable, single-process or DDP (DESIGN §2, §6).
+"""The student trainer: one segment of epochs, resumable, single-process or DDP (docs/design.md §2, §6).
 
 ``train_segment`` trains epochs ``[start, end)`` of a run whose LR schedule spans
 ``TrainConfig.epochs``. The runner calls it once per curriculum segment with that segment's
@@ -28,7 +28,7 @@ from maskedkd import cls_attention, distill_loss, masked_forward, needs_saliency
 from maskedkd.losses import TopK
 from maskedkd.views import ViewSpec
 from pipeline.errors import ConfigError, StoreError
-from pipeline.fingerprint import sha256_json, state_dict_fingerprint
+from pipeline._fingerprint import sha256_json, state_dict_fingerprint
 from pipeline.models import save_checkpoint
 from pipeline.train import dist as tdist
 from pipeline.train.config import LabelRef, OnlineTeacher, RenderConfig, ShardRef, TrainConfig
@@ -242,7 +242,7 @@ def train_segment(
                               global_step=start * steps_per_epoch,
                               counters={"teacher_forwards": 0, "teacher_macs": 0})
     if record.done and checkpoint_path.is_file():
-        from pipeline.fingerprint import sha256_file
+        from pipeline._fingerprint import sha256_file
 
         if sha256_file(checkpoint_path) == record.checkpoint_sha256:
             return _result(record, steps_per_epoch, resumed, t_start)

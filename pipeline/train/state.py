@@ -1,4 +1,4 @@
-"""Resume records: where a killed training segment continues (DESIGN §6).
+"""Resume records: where a killed training segment continues (docs/design.md §6).
 
 Files in the run folder (all written atomically, by rank 0 only):
 
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 from pipeline.errors import StoreError
-from pipeline.fingerprint import sha256_bytes, sha256_file
+from pipeline._fingerprint import sha256_bytes, sha256_file
 from pipeline.models import checkpoint_bytes, read_state_dict
 
 FORMAT = "mkd-train-resume/1"

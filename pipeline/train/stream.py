@@ -1,4 +1,4 @@
-"""The trainer's data stream: shards and label partitions in lockstep, views, batches (DESIGN §2, §6).
+"""The trainer's data stream: shards and label partitions in lockstep, views, batches (docs/design.md §2, §6).
 
 One epoch is a pure function of ``(seed, epoch)`` and the shard list:
 

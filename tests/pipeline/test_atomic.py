@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline.atomic import atomic_path, write_atomic
+from pipeline._atomic import atomic_path, write_atomic
 
 
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):

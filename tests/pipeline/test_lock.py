@@ -7,7 +7,7 @@ import json
 import threading
 
 from pipeline.labels.schema import json_problem
-from pipeline.lock import RunLock, file_record
+from pipeline._lock import RunLock, file_record
 
 
 def test_freshness_says_why(tmp_path):

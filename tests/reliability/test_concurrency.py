@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.fingerprint import sha256_file
+from pipeline._fingerprint import sha256_file
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import main_in_process, start, temp_files
 
@@ -66,7 +66,7 @@ def test_partition_published_meanwhile_is_kept(baseline, monkeypatch, tally):
     that file (first writer wins) and reports its checksum, so both run locks stay true."""
     from pipeline.config import load_config
     from pipeline.precompute import task as task_mod
-    from pipeline.runner import Runner
+    from pipeline.run.runner import Runner
 
     b = baseline
     b.restore("a")

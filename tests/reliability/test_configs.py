@@ -1,14 +1,14 @@
 """Bad stage configs through ``mkd-pipeline run`` (not ``config check``): exit 2, the message
 names the file and the field, and nothing is written (no run folder, no store, no lock).
 
-The malformed cases of ``tests/pipeline/test_config.py`` (all of them) are reused as they are,
+The malformed cases of ``tests/pipeline/config/test_config.py`` (all of them) are reused as they are,
 plus cases only ``run`` reaches (compute/train limits, paths that are files)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.pipeline.test_config import MALFORMED, _cli, _set, _tree, write_case, ws  # noqa: F401
+from tests.pipeline.config.test_config import MALFORMED, _cli, _set, _tree, write_case, ws  # noqa: F401
 
 pytestmark = pytest.mark.reliability
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from pipeline.fingerprint import sha256_file
+from pipeline._fingerprint import sha256_file
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import cli, kill9, main_in_process, start, temp_files
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipeline.test_config import BASE, _write, ws  # noqa: F401
+from tests.pipeline.config.test_config import BASE, _write, ws  # noqa: F401
 from tests.reliability.helpers import main_in_process
 
 pytestmark = pytest.mark.reliability

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.fingerprint import sha256_file
+from pipeline._fingerprint import sha256_file
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import cli, main_in_process
 

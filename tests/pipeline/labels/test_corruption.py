@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.errors import StoreError
-from pipeline.fingerprint import sha256_json
+from pipeline._fingerprint import sha256_json
 from pipeline.labels import open_partition
 from pipeline.labels.schema import METADATA_KEY, RECORD_SHA256_KEY
 
@@ -115,7 +115,7 @@ def test_missing_file_and_not_a_partition(tmp_path):
 
 def _rewrite(path, dest, table=None, record=None):
     """Write ``dest`` like ``path`` but with another table and/or record (sha256 kept valid)."""
-    from pipeline.fingerprint import canonical_json, sha256_bytes
+    from pipeline._fingerprint import canonical_json, sha256_bytes
 
     source = pq.ParquetFile(path)
     kv = source.metadata.metadata

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.bench.precompute import fashion_mnist_dataset, plan, save_vit, stage_doc, write_stage
-from pipeline.cluster import open_cluster
+from pipeline.precompute.cluster import open_cluster
 from tests.pipeline.precompute.helpers import warm
 
 BASE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10}  # 7x7 = 49 patches

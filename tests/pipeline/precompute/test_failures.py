@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cluster import Cluster, run_tasks
+from pipeline.precompute.cluster import Cluster, run_tasks
 from pipeline.errors import ComputeError, DataError
 from pipeline.labels import list_partitions
 from pipeline.precompute.task import run_partition

@@ -17,8 +17,8 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.config import load_config
-from pipeline.results import collect_run, report_cmd
-from pipeline.runner import Runner
+from pipeline.report.results import collect_run, report_cmd
+from pipeline.run.runner import Runner
 from tests.dotted import apply_dotted
 
 VIT = "vit_tiny_patch16_224"

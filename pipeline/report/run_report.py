@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 
 
 def _macs_full(runner) -> int:

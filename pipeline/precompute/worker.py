@@ -1,4 +1,4 @@
-"""Worker-side half of :mod:`pipeline.cluster`: setup plugin, model cache, task watchdog.
+"""Worker-side half of :mod:`pipeline.precompute.cluster`: setup plugin, model cache, task watchdog.
 
 Everything here runs inside Dask worker processes (and also works in a plain process, so a task
 function can be called directly in tests or in-process runs). It does not import torch at module
@@ -6,7 +6,7 @@ level; torch is imported only where it is needed.
 
 Use inside a task::
 
-    from pipeline.cluster_worker import get_cached, worker_device
+    from pipeline.precompute.worker import get_cached, worker_device
 
     def precompute_task(item: dict) -> dict:
         device = worker_device()                      # "cuda:0" on a GPU worker, else "cpu"
@@ -200,7 +200,7 @@ def run_task(fn: Callable[[dict], dict], item: dict, key: str, timeout_s: float 
     be interrupted from Python: it may be stuck in C, CUDA or a deadlock). The nanny restarts
     the worker and the scheduler reschedules the task like any other worker death; after
     ``distributed.scheduler.allowed-failures`` deaths it fails with ``KilledWorker``, which
-    :func:`pipeline.cluster.run_tasks` reports as a timeout.
+    :func:`pipeline.precompute.cluster.run_tasks` reports as a timeout.
     """
     _apply_torch_threads()
     done = threading.Event()

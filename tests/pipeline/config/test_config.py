@@ -15,7 +15,7 @@ from pipeline.cli import main
 from pipeline.config import StageConfig, ViewsConfig, dump_config, load_config
 from pipeline.errors import ConfigError
 
-STAGES = Path(__file__).resolve().parents[2] / "stages"
+STAGES = Path(__file__).resolve().parents[3] / "stages"
 VIT = "vit_tiny_patch16_224"
 TINY = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 24, "depth": 1, "num_heads": 2}
 

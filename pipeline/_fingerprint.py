@@ -1,4 +1,4 @@
-"""Content fingerprints: sha256 over canonical bytes (DESIGN §5).
+"""Content fingerprints: sha256 over canonical bytes (docs/design.md §5).
 
 Every cached artefact (label partition, checkpoint, stage output) is addressed by the
 fingerprints of its inputs, so identical inputs land on the same path and are reused as is.

@@ -1,6 +1,6 @@
 """The run lock (like ``dvc.lock``): per stage, its input fingerprints and what it wrote.
 
-Format: ``manifests/run-lock.schema.json``. Only the client (the runner) writes it, atomically,
+Format: ``pipeline/schemas/run-lock.schema.json``. Only the client (the runner) writes it, atomically,
 after each stage finishes, so a killed run loses at most the stage in flight. ``status`` and
 ``run`` compare it with the current inputs and say *why* each stage is stale.
 """
@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 from pipeline.errors import StoreError
-from pipeline.fingerprint import sha256_file
-from pipeline.labels.schema import json_problem
+from pipeline._fingerprint import sha256_file
+from pipeline._schemas import json_problem
+from pipeline.labels import paths
 
 LOCK_NAME = "run.lock.json"
+LOCK_GLOB = "*.lock.json"
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,7 @@ class RunLock:
         if store is not None:
             self.data["store"] = str(store)
         if self.path.exists():
-            try:
-                loaded = json.loads(self.path.read_text())
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{self.path}: cannot read the run lock ({e}); move it away to start over") from e
-            problem = json_problem("run-lock", loaded)
-            if problem:
-                raise StoreError(f"{self.path}: run lock field {problem}")
+            loaded = load_lock(self.path, hint="; move it away to start over")
             self.data["stages"] = loaded["stages"]
             if store is None and "store" in loaded:
                 self.data["store"] = loaded["store"]
@@ -112,6 +108,64 @@ class RunLock:
         if "://" in path or os.path.isabs(path):
             return path
         return os.path.join(self.data.get("store", str(self.path.parent)), path)
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    """One partition a lock names."""
+
+    lock: str
+    stage: str
+    path: str
+    rows: int
+    sha256: str
+    fingerprints: dict | None = None  # the task's input fingerprints, as the lock records them
+
+
+def load_lock(path: str | Path, hint: str = "") -> dict[str, Any]:
+    """A run lock file, parsed and checked against its schema (the one reader of lock files).
+
+    Raises:
+        StoreError: the file is unreadable or does not fit the schema (naming the field).
+    """
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: cannot read the run lock ({e}){hint}") from e
+    problem = json_problem("run-lock", loaded)
+    if problem:
+        raise StoreError(f"{path}: run lock field {problem}")
+    return loaded
+
+
+def lock_partitions(lock_path: str | Path) -> list[LockEntry]:
+    """The partitions a run lock names, with their paths resolved.
+
+    Raises:
+        StoreError: the lock is unreadable or does not fit its schema (naming the field).
+    """
+    lock_path = str(lock_path)
+    lock = load_lock(lock_path)
+    base = lock.get("store") or os.path.dirname(os.path.abspath(lock_path))
+    return [
+        LockEntry(
+            lock=lock_path,
+            stage=stage,
+            path=p["path"] if paths.is_uri(p["path"]) or os.path.isabs(p["path"]) else paths.join(base, p["path"]),
+            rows=p["rows"],
+            sha256=p["sha256"],
+            fingerprints=p.get("inputs"),
+        )
+        for stage, body in sorted(lock["stages"].items())
+        for p in body.get("partitions", [])
+    ]
+
+
+def find_locks(store: str) -> list[str]:
+    """The run locks kept in a local store's root (``*.lock.json``)."""
+    if paths.is_uri(store):
+        return []
+    return sorted(str(p) for p in Path(store).glob(LOCK_GLOB))
 
 
 def file_record(path: str | Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from pipeline.atomic import write_atomic
+from pipeline._atomic import write_atomic
 
 __all__ = ["RunResult", "collect_run", "render_results", "report_cmd"]
 

@@ -1,5 +1,5 @@
 """The staged curriculum: teacher -> c_0 -> per segment [precompute labels from c_i, train to
-c_{i+1}, evaluate] -> report (DESIGN §2, §3).
+c_{i+1}, evaluate] -> report (docs/design.md §2, §3).
 
 Every stage is recorded in the run lock with its input fingerprints; a rerun does only what is
 stale, and says why. Checkpoints are plain timm state_dicts in ``<run_dir>/checkpoints``; a
@@ -20,8 +20,8 @@ import click
 
 from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline.errors import PipelineError
-from pipeline.fingerprint import sha256_file, sha256_json
-from pipeline.lock import LOCK_NAME, Freshness, RunLock, file_record
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.precompute.plan import plan_segment, render_spec, shard_limits
 from pipeline.precompute.spec import ModelSpec, PartitionTask
 
@@ -200,7 +200,7 @@ class Runner:
         return self._teacher_spec(str(path), info["fingerprint"])
 
     def _train_teacher(self, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.atomic import write_atomic
+        from pipeline._atomic import write_atomic
         from pipeline.models import create_model, model_fingerprint
         from pipeline.train.loop import train_segment
 
@@ -379,7 +379,7 @@ class Runner:
                     return self.result
             last = (self.lock.info(f"train-{len(ckpts) - 2}").get("epochs") or [{}])[-1]
             self.result.final_accuracy = last.get("val_top1")
-            from pipeline.report import write_report
+            from pipeline.report.run_report import write_report
 
             self.result.report = write_report(self)
             return self.result

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.labels import paths
-from pipeline.lock import LOCK_NAME, RunLock
+from pipeline._lock import LOCK_NAME, RunLock
 
 
 def collect_garbage(cfgs, *, delete: bool = False) -> dict[str, Any]:

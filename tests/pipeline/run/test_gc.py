@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.atomic import TMP_PREFIX
-from pipeline.gc import collect_garbage
+from pipeline._atomic import TMP_PREFIX
+from pipeline.run.gc import collect_garbage
 from pipeline.labels.paths import partition_path
-from pipeline.lock import LOCK_NAME, RunLock
+from pipeline._lock import LOCK_NAME, RunLock
 
 
 def _partition(store: Path, n: int) -> str:

@@ -1,4 +1,4 @@
-"""The Dask cluster precompute runs on (DESIGN §6): open it, check it, run tasks on it.
+"""The Dask cluster precompute runs on (docs/design.md §6): open it, check it, run tasks on it.
 
 Client-side API::
 
@@ -10,7 +10,7 @@ Client-side API::
 * :func:`open_cluster` starts an embedded ``LocalCluster`` (worker *processes*; one per visible
   GPU offering ``{"GPU": 1}``, or on a CPU box ``cores // threads_per_worker`` workers offering
   ``{"CPU": 1}``, i.e. one task slot each) or connects to ``scheduler`` (``tcp://host:8786``).
-  It registers :class:`pipeline.cluster_worker.WorkerSetup` (torch threads, GPU pinning, model
+  It registers :class:`pipeline.precompute.worker.WorkerSetup` (torch threads, GPU pinning, model
   cache size) and tears everything down on exit, Ctrl-C included.
 * :func:`check_resources` fails fast (:class:`ComputeError`) when no worker offers what the
   tasks ask for: Dask would otherwise leave such a task pending forever.
@@ -21,7 +21,7 @@ Client-side API::
 Task contract: ``fn(item: dict) -> dict`` is a module-level (picklable, importable on the
 workers) pure, idempotent function; its result is a *small dict of plain values* (counts,
 seconds, paths), never tensors or arrays -- bulk data goes to the store, written atomically by
-the task. Worker-side helpers (model cache, device) live in :mod:`pipeline.cluster_worker`.
+the task. Worker-side helpers (model cache, device) live in :mod:`pipeline.precompute.worker`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Literal
 import dask
 from distributed import Client, KilledWorker, as_completed
 
-from pipeline.cluster_worker import (
+from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
     TIMEOUT_TOPIC,
     WorkerSetup,
@@ -406,7 +406,7 @@ def run_tasks(
     * ``retries``: re-runs of a task that *raised*; worker deaths are counted separately by the
       scheduler (``allowed_failures`` in :func:`open_cluster`).
     * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
-      is rescheduled like a crash; see :func:`pipeline.cluster_worker.run_task`.
+      is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
     * ``on_result(result)`` is called in the client, once per finished task, in completion
       order (the lock writer hooks here). A progress bar on stderr shows tasks and, when results
       carry ``"rows"``, rows/s.

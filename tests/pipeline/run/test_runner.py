@@ -25,8 +25,8 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.lock import LOCK_NAME
-from pipeline.runner import Runner
+from pipeline._lock import LOCK_NAME
+from pipeline.run.runner import Runner
 from tests.dotted import apply_dotted
 
 CLI = str(Path(sys.executable).parent / "mkd-pipeline")

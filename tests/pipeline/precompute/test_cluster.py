@@ -1,4 +1,4 @@
-"""pipeline.cluster on a real embedded LocalCluster: 2 worker processes x 1 thread, CPU only."""
+"""pipeline.precompute.cluster on a real embedded LocalCluster: 2 worker processes x 1 thread, CPU only."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cluster import Cluster, check_resources, open_cluster, run_tasks
-from pipeline.cluster_worker import cache_info, get_cached, worker_device, worker_threads
+from pipeline.precompute.cluster import Cluster, check_resources, open_cluster, run_tasks
+from pipeline.precompute.worker import cache_info, get_cached, worker_device, worker_threads
 from pipeline.errors import ComputeError, DataError
 
 # ---- task functions (module level: the workers import this module to unpickle them) ---------
@@ -254,7 +254,7 @@ def test_connect_to_existing_scheduler(cluster):
 def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
     import torch
 
-    from pipeline import cluster_worker as cw
+    from pipeline.precompute import worker as cw
 
     pinned = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -18,7 +18,7 @@ workers_opt = click.option("--workers", default=None, type=click.IntRange(1), he
 
 def _runner(stages: str, **kw):
     from pipeline.config import load_config
-    from pipeline.runner import Runner
+    from pipeline.run.runner import Runner
 
     return Runner(load_config(stages), **kw)
 
@@ -133,7 +133,7 @@ def _dry_run(runner, segment: int) -> None:
 def gc_cmd(stages: tuple[str, ...], yes: bool) -> None:
     """Remove label partitions (and leftover temp files) that no run lock of STAGES references."""
     from pipeline.config import load_config
-    from pipeline.gc import collect_garbage
+    from pipeline.run.gc import collect_garbage
 
     cfgs = [load_config(s) for s in stages]
     report = collect_garbage(cfgs, delete=yes)
