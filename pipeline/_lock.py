@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline._atomic import write_atomic
-from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_file
 from pipeline._schemas import json_problem
-from pipeline.labels import paths
+from pipeline.errors import StoreError
 
 LOCK_NAME = "run.lock.json"
-LOCK_GLOB = "*.lock.json"
 
 
 @dataclass(frozen=True)
@@ -110,18 +108,6 @@ class RunLock:
         return os.path.join(self.data.get("store", str(self.path.parent)), path)
 
 
-@dataclass(frozen=True)
-class LockEntry:
-    """One partition a lock names."""
-
-    lock: str
-    stage: str
-    path: str
-    rows: int
-    sha256: str
-    fingerprints: dict | None = None  # the task's input fingerprints, as the lock records them
-
-
 def load_lock(path: str | Path, hint: str = "") -> dict[str, Any]:
     """A run lock file, parsed and checked against its schema (the one reader of lock files).
 
@@ -136,36 +122,6 @@ def load_lock(path: str | Path, hint: str = "") -> dict[str, Any]:
     if problem:
         raise StoreError(f"{path}: run lock field {problem}")
     return loaded
-
-
-def lock_partitions(lock_path: str | Path) -> list[LockEntry]:
-    """The partitions a run lock names, with their paths resolved.
-
-    Raises:
-        StoreError: the lock is unreadable or does not fit its schema (naming the field).
-    """
-    lock_path = str(lock_path)
-    lock = load_lock(lock_path)
-    base = lock.get("store") or os.path.dirname(os.path.abspath(lock_path))
-    return [
-        LockEntry(
-            lock=lock_path,
-            stage=stage,
-            path=p["path"] if paths.is_uri(p["path"]) or os.path.isabs(p["path"]) else paths.join(base, p["path"]),
-            rows=p["rows"],
-            sha256=p["sha256"],
-            fingerprints=p.get("inputs"),
-        )
-        for stage, body in sorted(lock["stages"].items())
-        for p in body.get("partitions", [])
-    ]
-
-
-def find_locks(store: str) -> list[str]:
-    """The run locks kept in a local store's root (``*.lock.json``)."""
-    if paths.is_uri(store):
-        return []
-    return sorted(str(p) for p in Path(store).glob(LOCK_GLOB))
 
 
 def file_record(path: str | Path) -> dict[str, Any]:

@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
+from pipeline._lock import load_lock
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline._lock import find_locks, lock_partitions
 from pipeline.labels.reader import open_partition
+
+LOCK_GLOB = "*.lock.json"
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    """One partition a lock names."""
+
+    lock: str
+    stage: str
+    path: str
+    rows: int
+    sha256: str
+    fingerprints: dict | None = None  # the task's input fingerprints, as the lock records them
+
+
+def lock_partitions(lock_path: str | Path) -> list[LockEntry]:
+    """The partitions a run lock names, with their paths resolved.
+
+    Raises:
+        StoreError: the lock is unreadable or does not fit its schema (naming the field).
+    """
+    lock_path = str(lock_path)
+    lock = load_lock(lock_path)
+    base = lock.get("store") or os.path.dirname(os.path.abspath(lock_path))
+    return [
+        LockEntry(
+            lock=lock_path,
+            stage=stage,
+            path=p["path"] if paths.is_uri(p["path"]) or os.path.isabs(p["path"]) else paths.join(base, p["path"]),
+            rows=p["rows"],
+            sha256=p["sha256"],
+            fingerprints=p.get("inputs"),
+        )
+        for stage, body in sorted(lock["stages"].items())
+        for p in body.get("partitions", [])
+    ]
+
+
+def find_locks(store: str) -> list[str]:
+    """The run locks kept in a local store's root (``*.lock.json``)."""
+    if paths.is_uri(store):
+        return []
+    return sorted(str(p) for p in Path(store).glob(LOCK_GLOB))
 
 
 @dataclass
