@@ -12,9 +12,6 @@ teacher dominates as it does in practice:
 - ``changed_fraction`` / ``teacher_forward_fraction``: after a small update of the student, the
   fraction of rows whose keep set changed (computed here, independently, from the student's
   saliency) and the fraction of rows the precompute ran the teacher on (they must be equal).
-
-The helpers that build the dataset, the stage config and the tasks are also used by the tests of
-:mod:`pipeline.precompute`.
 """
 
 from __future__ import annotations
@@ -46,7 +43,7 @@ TEACHER, STUDENT = vit_kwargs(28)
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs: dataset, checkpoints, stage config, tasks (shared with the tests)
+# Inputs: dataset, checkpoints, stage config, tasks
 
 
 def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, offset: int = 0):

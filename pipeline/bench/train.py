@@ -6,9 +6,6 @@ Fashion-MNIST shards, timed round-robin in one process:
 - ``stored``: KD from stored top-K label partitions streamed in lockstep with the shards;
 - ``off``: plain cross-entropy, no labels read (docs/design.md §7 target: stored >= 0.95 x off);
 - ``online``: the teacher in the loop, masked by the current student (MaskedKD 50%).
-
-The helpers that build the shards and an unmasked teacher's label partitions are also used by
-the trainer's tests.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ Pure and idempotent: a partition that already exists for exactly these inputs is
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -213,26 +211,12 @@ def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
-def _fault(t: PartitionTask) -> None:
-    """Test-only fault injection (tests/reliability, RELIABILITY.md); inert unless ``$MKD_FAULT`` is set.
+def after_shard_read(t: PartitionTask) -> None:
+    """Test seam, a no-op: called once the task has read its shard, before any model runs.
 
-    ``MKD_FAULT=kill:SHARD`` / ``hang:SHARD``: the task of shard SHARD SIGKILLs its worker process /
-    sleeps forever, after reading the shard. ``...:SHARD:DIR``: only once per (shard, view epoch),
-    remembered by a marker file in DIR. Several faults: comma-separated.
+    The reliability tests replace it inside each Dask worker (``tests/reliability/faults.py``,
+    installed as a Dask worker preload) to kill or hang the worker at this point.
     """
-    for spec in filter(None, os.environ.get("MKD_FAULT", "").split(",")):
-        kind, shard, *marker = spec.split(":", 2)
-        if shard != t.shard:
-            continue
-        if marker:
-            flag = os.path.join(marker[0], f"{kind}-{t.shard}-{t.view_epoch}")
-            if os.path.exists(flag):
-                continue
-            open(flag, "w").close()
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif kind == "hang":
-            time.sleep(10**6)
 
 
 def run_partition(item: dict) -> dict:
@@ -265,7 +249,7 @@ def run_partition(item: dict) -> dict:
             break
         samples.append(s)
     result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
-    _fault(t)
+    after_shard_read(t)
     keys = [s.key for s in samples]
     spec = ViewSpec.from_dict(t.view_spec)
     views = shard_views(spec, t.view_seed, t.view_epoch, keys)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline.config.cases import ws  # noqa: F401  (the fixture, for test_configs and test_gc)
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 from tests.reliability.helpers import hashes, stage, timed_run
 

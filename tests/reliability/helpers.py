@@ -51,7 +51,7 @@ def stage(path: Path, **overrides: Any) -> Path:
 
 def env(**extra: str) -> dict[str, str]:
     """The child's environment: one thread per process (2 shared cores), no scheduler from outside."""
-    e = {k: v for k, v in os.environ.items() if k not in ("MKD_SCHEDULER", "MKD_FAULT")}
+    e = {k: v for k, v in os.environ.items() if k not in ("MKD_SCHEDULER", "MKD_TEST_FAULT")}
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e.update(extra)
     return e

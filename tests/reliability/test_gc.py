@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipeline.config.test_config import BASE, _write, ws  # noqa: F401
+from tests.pipeline.config.cases import BASE, write_doc
 from tests.reliability.helpers import main_in_process
 
 pytestmark = pytest.mark.reliability
 
 
-def test_gc_removes_temp_files_in_run_folder_and_store(ws, tally):  # noqa: F811
-    cfg = _write(ws, BASE)
+def test_gc_removes_temp_files_in_run_folder_and_store(ws, tally):
+    cfg = write_doc(ws, BASE)
     leftovers = [ws / "runs/t/.tmp-student_accuracy.png.k2j4", ws / "runs/t/checkpoints/.tmp-c1.pth.x8",
                  ws / "runs/t/train/.tmp-resume.json.q1", ws / "store/ab12/train-000000/.tmp-e0000-v1.parquet.z"]
     keep = [ws / "runs/t/checkpoints/c0.pth", ws / "runs/t/train/resume.json"]

@@ -1,7 +1,8 @@
-"""Dask worker faults during a real ``mkd-pipeline precompute`` (fault hook ``$MKD_FAULT``, see
-``pipeline/precompute/task.py:_fault``): a worker SIGKILLed mid-task and a task hanging past
-``compute.timeout_s`` -> the job completes, every row exactly once, the partitions byte-identical
-to a fault-free run; a task that kills its worker every time -> exit 5 naming the shard."""
+"""Dask worker faults during a real ``mkd-pipeline precompute`` (injected into the task's test seam
+``pipeline/precompute/task.py:after_shard_read`` by a worker preload, ``tests/reliability/faults.py``):
+a worker SIGKILLed mid-task and a task hanging past ``compute.timeout_s`` -> the job completes, every
+row exactly once, the partitions byte-identical to a fault-free run; a task that kills its worker
+every time -> exit 5 naming the shard."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 
 import pytest
 
+from tests.reliability.faults import fault_env
 from tests.reliability.helpers import cli, stage
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -38,7 +40,7 @@ def test_killed_and_hanging_workers_job_completes_rows_once(baseline, tmp_path, 
     marks = tmp_path / "marks"
     marks.mkdir()
     fault = f"kill:train-000000:{marks},hang:train-000001:{marks}"
-    r = cli("precompute", "w.yaml", "--segment", "0", cwd=b.work, MKD_FAULT=fault)
+    r = cli("precompute", "w.yaml", "--segment", "0", cwd=b.work, **fault_env(fault))
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in marks.iterdir()) == ["hang-train-000001-0", "kill-train-000000-0"]  # both happened
     lock = json.loads((b.work / "runs/tiny/run.lock.json").read_text())
@@ -58,7 +60,7 @@ def test_task_killing_its_worker_every_time_is_named(baseline, tally):
     b = baseline
     _segment0_undone(b)
     stage(b.work / "w.yaml", name="tiny", **FAULTY)
-    r = cli("precompute", "w.yaml", "--segment", "0", cwd=b.work, MKD_FAULT="kill:train-000000",
+    r = cli("precompute", "w.yaml", "--segment", "0", cwd=b.work, **fault_env("kill:train-000000"),
             DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1")
     out = r.stdout + r.stderr
     assert r.returncode == 5, out

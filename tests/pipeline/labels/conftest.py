@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.store import synthetic_labels, synthetic_metadata
 from pipeline.labels import partition_path, topk_from_logits, write_partition
+from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
 
 N, C, K, P = 300, 50, 5, 49
 
@@ -17,7 +17,7 @@ N, C, K, P = 300, 50, 5, 49
 @pytest.fixture(scope="session")
 def data():
     """keys, labels, keep [N, P], logits [N, C] (torch) and view columns."""
-    d = synthetic_labels(N, C, P, seed=3)
+    d = teacher_outputs(N, C, P, seed=3)
     d["logits"] = torch.from_numpy(d["logits"]) * 0.7
     rng = np.random.default_rng(4)
     d["views"] = {
@@ -30,7 +30,7 @@ def data():
 
 @pytest.fixture
 def metadata():
-    return copy.deepcopy(synthetic_metadata(N))
+    return copy.deepcopy(partition_metadata(N))
 
 
 @pytest.fixture

@@ -13,19 +13,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.errors import StoreError
-from pipeline.labels import list_partitions, open_partition
+from pipeline.labels import list_partitions, open_partition, topk_from_logits, write_partition
 from pipeline.labels.paths import list_temp_files
+from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
+
 
 def _write_small(path: str):
-    import torch
-
-    from pipeline.bench.store import synthetic_labels, synthetic_metadata
-    from pipeline.labels import topk_from_logits, write_partition
-
-    d = synthetic_labels(200, 20, 16)
-    return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=synthetic_metadata(200),
+    d = teacher_outputs(200, 20, 16)
+    return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=partition_metadata(200),
                            target=topk_from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
 
 

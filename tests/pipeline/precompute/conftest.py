@@ -1,16 +1,27 @@
 """Real inputs for the precompute tests: Fashion-MNIST shards with a manifest, tiny random-weight
 timm ViT checkpoints, stage YAMLs loaded with ``load_config``, and a 2-process LocalCluster.
 
-The builders are the benchmark's (:mod:`pipeline.bench.precompute`), so tests and bench share them.
+Built with the pipeline's own API (the importer, ``create_model`` / ``save_checkpoint``,
+``load_config``, ``plan_segment``), as the runner builds them.
 """
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
+from typing import Any
 
-from pipeline.bench.precompute import fashion_mnist_dataset, plan, save_vit, stage_doc, write_stage
+import pytest
+import torch
+import yaml
+
+from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
+from pipeline.models import create_model, model_fingerprint, save_checkpoint
 from pipeline.precompute.cluster import open_cluster
-from tests.pipeline.precompute.helpers import warm
+from pipeline.precompute.plan import plan_segment, render_spec
+from pipeline.precompute.spec import ModelSpec
+from tests.pipeline.data.helpers import real_fashion_mnist_subset
+from tests.pipeline.precompute.helpers import VIT, warm
 
 BASE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10}  # 7x7 = 49 patches
 TEACHER = dict(BASE, embed_dim=64, depth=2, num_heads=2)
@@ -19,12 +30,52 @@ SHARD = 96
 ROWS = 2 * SHARD
 
 
+def stage_doc(*, name: str, data_root: Path, store: Path, teacher_weights: Path, run_dir: Path, policy: str = "student",
+              keep: int = 25, tolerance: int = 0, spot_check: int = 64, topk: int | str = 10,
+              epochs: int = 1) -> dict[str, Any]:
+    """The stage document of a precompute test (batch 32, so a shard spans several batches)."""
+    return {
+        "name": name,
+        "run_dir": str(run_dir),
+        "data": {"root": str(data_root), "train": "train", "val": None, "subset": None, "num_classes": 10,
+                 "mean": [0.2860], "std": [0.3530], "interpolation": "bilinear"},
+        "teacher": {"model": VIT, "kwargs": dict(TEACHER), "weights": str(teacher_weights)},
+        "student": {"model": VIT, "kwargs": dict(STUDENT), "init_seed": 0},
+        "schedule": {"epochs": epochs},
+        "masking": {"policy": policy, "tolerance": tolerance, "spot_check": spot_check,
+                    **({"keep": keep} if policy != "none" else {})},
+        "views": {"seed": 0, "pool": "epochs", "scale": [0.6, 1.0], "hflip": 0.5},
+        "labels": {"store": str(store), "topk": topk, "temperatures": [1.0]},
+        "compute": {"workers": 2, "threads_per_worker": 1, "batch_size": 32, "device": "cpu", "timeout_s": 600,
+                    "retries": 1},
+        "train": {"lr": 1e-3, "warmup_epochs": 0},
+    }
+
+
+def save_vit(kwargs: dict, path: Path, *, seed: int, nudge: float = 0.0) -> Path:
+    """A random-weight ViT checkpoint; ``nudge`` adds N(0, nudge * std) noise to every weight of
+    the last block (a small "student update" that changes some keep sets)."""
+    model = create_model(VIT, kwargs, seed=seed)
+    if nudge:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.blocks[-1].parameters():
+                p.add_(torch.randn(p.shape, generator=g) * nudge * float(p.std() if p.numel() > 1 else 1.0))
+    save_checkpoint(model, path)
+    return path
+
+
+def model_spec(cfg, who: str, weights: Path) -> ModelSpec:
+    """The config's ``teacher`` or ``student`` with these weights, as the runner passes it to the planner."""
+    m = getattr(cfg, who)
+    fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
+    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg, m.info()))
+
+
 @pytest.fixture(scope="session")
-def dataset(tmp_path_factory):
-    """192 real Fashion-MNIST images in two shards of 96, with their manifest."""
-    root = tmp_path_factory.mktemp("fmnist")
-    fashion_mnist_dataset(root, ROWS, SHARD)
-    return root
+def dataset(tmp_path_factory) -> Path:
+    """192 real Fashion-MNIST training images in two shards of 96, with their manifest."""
+    return real_fashion_mnist_subset(tmp_path_factory.mktemp("fmnist") / "fashion-mnist", ROWS, 1, SHARD)
 
 
 @pytest.fixture(scope="session")
@@ -33,19 +84,21 @@ def ckpts(tmp_path_factory):
     block that changes some (not all) keep sets."""
     d = tmp_path_factory.mktemp("ckpt")
     return {"teacher": save_vit(TEACHER, d / "teacher.pth", seed=1), "c0": save_vit(STUDENT, d / "c0.pth", seed=0),
-            "c1": save_vit(STUDENT, d / "c1.pth", seed=0, perturb=0.05)}
+            "c1": save_vit(STUDENT, d / "c1.pth", seed=0, nudge=0.05)}
 
 
 @pytest.fixture
 def stage(tmp_path, dataset, ckpts):
     """stage(name="s", **overrides) -> a StageConfig loaded from a YAML written into tmp_path
-    (store tmp_path/store unless given; batch 32 so a shard spans several batches)."""
+    (store tmp_path/store unless given)."""
 
     def make(name: str = "s", **overrides):
         kw = dict(name=name, data_root=dataset, store=tmp_path / "store", teacher_weights=ckpts["teacher"],
-                  teacher=TEACHER, student=STUDENT, keep=25, batch_size=32, run_dir=tmp_path / "runs" / name)
+                  run_dir=tmp_path / "runs" / name)
         kw.update(overrides)
-        return write_stage(tmp_path / f"{name}.yaml", stage_doc(**kw))
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(stage_doc(**kw), sort_keys=False))
+        return load_config(path)
 
     return make
 
@@ -55,7 +108,10 @@ def tasks(ckpts):
     """tasks(cfg, student="c0") -> the PartitionTasks of segment 0 (plan_segment)."""
 
     def make(cfg, student: str | None = "c0", segment: int = 0):
-        return plan(cfg, ckpts["teacher"], ckpts[student] if student else None, segment)
+        return plan_segment(cfg, segment, manifest=load_manifest(cfg.data.root),
+                            teacher=model_spec(cfg, "teacher", ckpts["teacher"]),
+                            student=model_spec(cfg, "student", ckpts[student]) if student else None,
+                            device="auto", num_classes=cfg.data.num_classes)
 
     return make
 

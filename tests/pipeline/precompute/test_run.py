@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.precompute import VIT, student_keep_sets
 from pipeline.labels import list_partitions
 from pipeline.models import create_model
 from tests.pipeline.precompute.conftest import ROWS, STUDENT
-from tests.pipeline.precompute.helpers import read, run
+from tests.pipeline.precompute.helpers import VIT, keep_sets, read, run
 
 
 def _keep_sets(ckpt, tasks) -> np.ndarray:
-    return student_keep_sets(create_model(VIT, STUDENT, weights=ckpt), tasks)
+    return keep_sets(create_model(VIT, STUDENT, weights=ckpt), tasks)
 
 
 def test_each_row_once_and_repeat_computes_nothing(stage, tasks, cluster):

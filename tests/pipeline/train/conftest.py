@@ -1,4 +1,4 @@
-"""Real Fashion-MNIST shards and real label partitions from a tiny timm ViT teacher."""
+"""Real Fashion-MNIST shards and real label partitions from a tiny timm ViT teacher (builders in helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from maskedkd.views import ViewSpec
-from pipeline.bench.train import GRAY, VIT, fashion_mnist_shards, write_teacher_labels
 from pipeline.models import create_model
 from pipeline.train import RenderConfig
+from tests.pipeline.train.helpers import GRAY, VIT, fashion_mnist_shards, write_teacher_labels
 
 # 16 patches of 7x7: tiny ViTs that learn Fashion-MNIST within a few hundred steps.
 BASE = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}

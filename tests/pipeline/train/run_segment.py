@@ -14,9 +14,9 @@ import torch
 
 import pipeline.train.loop as loop
 from maskedkd.views import ViewSpec
-from pipeline.bench.train import VIT
 from pipeline.models import create_model
 from pipeline.train import LabelRef, RenderConfig, ShardRef, TrainConfig, train_segment
+from tests.pipeline.train.helpers import VIT
 
 
 def main(job_path: str) -> None:

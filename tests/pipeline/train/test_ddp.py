@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.bench.train import VIT
 from pipeline.models import create_model, read_state_dict
+from tests.pipeline.train.helpers import VIT
 
 from .conftest import RENDER, SEED, SPEC, STUDENT
 from .jobs import run, write_job

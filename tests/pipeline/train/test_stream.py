@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from maskedkd.losses import TopK
-from pipeline.bench.train import write_teacher_labels
 from pipeline.errors import StoreError
 from pipeline.labels import open_partition, write_partition
 from pipeline.train import LabelRef, ShardRef, TrainConfig, subset_rows, train_segment, view_epoch_of
 from pipeline.train.stream import EpochStream, load_shard, make_batch, rank_slice
+from tests.pipeline.train.helpers import write_teacher_labels
 
 from .conftest import MIX_SPEC, RENDER, SEED, SPEC, student, teacher
 

@@ -7,11 +7,11 @@ import timm
 import torch
 
 from maskedkd import teacher_flops
-from pipeline.bench.train import VIT, write_teacher_labels
 from pipeline.errors import ConfigError
 from pipeline.models import create_model
 from pipeline.train import OnlineTeacher, TrainConfig, evaluate, train_segment
 from pipeline.train.stream import EpochStream, load_shard, make_batch
+from tests.pipeline.train.helpers import VIT, write_teacher_labels
 
 from .conftest import FLIP_SPEC, MIX_SPEC, RENDER, SEED, SPEC, STUDENT, student, teacher
 

@@ -1,0 +1,52 @@
+"""Worker faults for the reliability suite, installed into the precompute task's test seam.
+
+Dask imports this file in every worker process it starts (a worker preload, given to the
+``mkd-pipeline`` child as ``DASK_DISTRIBUTED__WORKER__PRELOAD``, see :func:`fault_env`); its
+``dask_setup`` replaces ``pipeline.precompute.task.after_shard_read`` with a hook that reads the
+fault spec from ``$MKD_TEST_FAULT``:
+
+``kill:SHARD`` / ``hang:SHARD``: the task of shard SHARD SIGKILLs its worker process / sleeps
+forever, after reading the shard. ``...:SHARD:DIR``: only once per (shard, view epoch),
+remembered by a marker file in DIR (a restarted worker preloads this file again). Several faults:
+comma-separated.
+
+Dask loads the file by path, so it imports nothing from ``tests``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from pipeline.precompute import task
+
+SPEC_VAR = "MKD_TEST_FAULT"
+
+
+def fault_env(spec: str) -> dict[str, str]:
+    """The environment that makes the CLI's Dask workers inject the faults of ``spec``."""
+    return {"DASK_DISTRIBUTED__WORKER__PRELOAD": str(Path(__file__).resolve()), SPEC_VAR: spec}
+
+
+def inject(t: task.PartitionTask) -> None:
+    """Kill or hang this worker if a fault of ``$MKD_TEST_FAULT`` names the task's shard."""
+    for spec in filter(None, os.environ.get(SPEC_VAR, "").split(",")):
+        kind, shard, *marker = spec.split(":", 2)
+        if shard != t.shard:
+            continue
+        if marker:
+            flag = os.path.join(marker[0], f"{kind}-{t.shard}-{t.view_epoch}")
+            if os.path.exists(flag):
+                continue
+            open(flag, "w").close()
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "hang":
+            time.sleep(10**6)
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload entry point, run in each worker process as it starts."""
+    task.after_shard_read = inject
