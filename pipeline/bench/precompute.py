@@ -126,12 +126,12 @@ def write_stage(path: str | Path, doc: dict[str, Any]):
 def model_spec(cfg, who: str, weights: str | Path):
     """The :class:`ModelSpec` of the config's ``teacher`` or ``student`` with these weights."""
     from pipeline.models import create_model, model_fingerprint
-    from pipeline.precompute.plan import render_spec
+    from pipeline.labels.contract import render_spec
     from pipeline.precompute.spec import ModelSpec
 
     m = getattr(cfg, who)
     model = create_model(m.model, m.kwargs, weights=weights)
-    return ModelSpec(m.model, dict(m.kwargs), str(weights), model_fingerprint(model, m.model), render_spec(cfg, m.info()))
+    return ModelSpec(m.model, dict(m.kwargs), str(weights), model_fingerprint(model, m.model), render_spec(cfg.data, m.info()))
 
 
 def plan(cfg, teacher_weights: str | Path, student_weights: str | Path | None, segment: int = 0):

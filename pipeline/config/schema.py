@@ -223,9 +223,11 @@ class ViewsConfig(_Section):
         names = [f.name for f in dataclasses.fields(ViewSpec)]
         return ViewSpec(**{n: getattr(self, n) for n in names if n in type(self).model_fields})
 
-    def view_epoch(self, epoch: int) -> int:
-        """The view epoch that training epoch ``epoch`` uses (``epoch mod pool``, or itself)."""
-        return epoch if self.pool == "epochs" else epoch % int(self.pool)
+    @property
+    def pool_size(self) -> int | None:
+        """``pool`` as a size: None for ``epochs`` (a fresh view every epoch), else P; the view
+        epoch of an epoch is :func:`pipeline.labels.contract.view_epoch_of` of it."""
+        return None if self.pool == "epochs" else int(self.pool)
 
 
 class TrainConfig(_Section):
@@ -255,7 +257,9 @@ class TrainConfig(_Section):
     )
     smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the CE term.")
     seed: int = Field(0, description="Seed of data order and dropout.")
-    num_workers: int = Field(0, ge=0, description="Data-loading worker processes (0: in the training process).")
+    num_workers: int = Field(
+        0, ge=0, description="Threads rendering upcoming batches while the model trains (0: render in the training thread)."
+    )
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and at the end).")
     checkpoint_every: int = Field(200, ge=1, description="Write a resume record every this many updates.")
     amp: bool = Field(True, description="bf16 autocast when training on CUDA (CPU stays float32).")

@@ -11,16 +11,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
-
-
-@dataclass(frozen=True)
-class RenderSpec:
-    """How a model sees a view: output size, normalisation, interpolation."""
-
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
+from pipeline.labels.contract import RenderSpec
 
 
 @dataclass(frozen=True)
