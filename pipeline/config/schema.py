@@ -260,7 +260,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(
         0, ge=0, description="Threads rendering upcoming batches while the model trains (0: render in the training thread)."
     )
-    eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and at the end).")
+    eval_every: int = Field(
+        1, ge=1, description="Evaluate on data.val every this many epochs, and always at the last epoch of a segment."
+    )
     checkpoint_every: int = Field(200, ge=1, description="Write a resume record every this many updates.")
     amp: bool = Field(True, description="bf16 autocast when training on CUDA (CPU stays float32).")
 

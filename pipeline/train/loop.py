@@ -200,7 +200,7 @@ def train_segment(
         spec, seed: the view recipe and seed (the same that precompute used).
         epochs: this segment's epochs, within ``range(total_epochs)``.
         cfg: the validated recipe (``train``, or ``teacher.train``): optimiser, schedule, loss
-            (``cfg.kd``), checkpointing, render threads.
+            (``cfg.kd``), checkpointing, render threads, evaluation interval.
         total_epochs: epochs of the whole run (``schedule.epochs``, or ``teacher.train.epochs``):
             the length of the LR schedule, of which the segment trains a part.
         render: the student's input size and normalisation.
@@ -212,9 +212,10 @@ def train_segment(
         device: ``cpu`` or ``cuda``; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``.
         checkpoint_path: where the final plain timm state_dict goes
             (default ``run_dir/student-e<end>.pth``).
-        evaluate: ``fn(model, epoch) -> metrics`` called on rank 0 after each epoch (e.g.
-            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into the
-            epoch's metrics and kept in the resume record.
+        evaluate: ``fn(model, epoch) -> metrics`` called on rank 0 after every
+            ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
+            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into that
+            epoch's metrics and kept in the resume record. Other epochs have no such metrics.
         log: progress lines (rank 0).
 
     Returns:
@@ -346,7 +347,7 @@ def train_segment(
             "lr": optimizer.param_groups[0]["lr"], "steps": len(stream), "samples": int(samples),
             "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
         }
-        if evaluate is not None and info.is_main:
+        if evaluate is not None and info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
             student.eval()
             metrics.update(evaluate(student, epoch))
             student.train()

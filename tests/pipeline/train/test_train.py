@@ -120,6 +120,23 @@ def test_the_recipe_refuses_what_the_trainer_cannot_use(field, value, message):
         recipe(**{field: value})
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_at_the_segment_end(tmp_path, train_shards):
+    calls = []
+
+    def val(model, epoch):
+        calls.append(epoch)
+        return {"val_top1": float(epoch)}
+
+    common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, cfg=recipe(kd="off", eval_every=2, **FAST),
+                  total_epochs=5, evaluate=val, run_dir=tmp_path / "run")
+    first = train_segment(student(), epochs=range(0, 3), **common)
+    assert calls == [1, 2]  # epoch 1 (every 2nd), epoch 2 (the segment's last)
+    assert ["val_top1" in e for e in first["epochs"]] == [False, True, True]
+    second = train_segment(create_model(VIT, STUDENT, weights=first["checkpoint"]), epochs=range(3, 5), **common)
+    assert calls == [1, 2, 3, 4]  # epoch 3 (every 2nd), epoch 4 (the segment's and the run's last)
+    assert [e["val_top1"] for e in second["epochs"]] == [3.0, 4.0]
+
+
 def test_render_threads_do_not_change_the_result(tmp_path, train_shards, labels):
     common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, labels=labels, view_pool=2, epochs=range(0, 1))
     a = train_segment(student(), cfg=recipe(batch_size=64, **FAST), total_epochs=1, run_dir=tmp_path / "a", **common)
