@@ -494,7 +494,7 @@ class LabelsConfig(_Section):
 
     store: str = Field("store", validate_default=True, description="Label store root: a folder (relative to the working directory) or a URI.")
     topk: Union[int, Literal["all"]] = Field(10, description="Classes kept per row (plus the exact tail bucket), or 'all'.")
-    dtype: Literal["float16", "float32"] = Field("float16", description="Stored logit dtype.")
+    dtype: Literal["float16"] = Field("float16", description="Stored logit dtype; the store writes float16 only.")
     temperatures: list[float] = Field([1.0], min_length=1, description="Temperatures whose log-sum-exp is stored.")
 
     @field_validator("store")
@@ -503,6 +503,13 @@ class LabelsConfig(_Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v if "://" in v else str(_abspath(Path(v)))
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any) -> Any:
+        if v != "float16":
+            raise ValueError(f"only float16 is supported (the store writes float16 logits), got {v!r}")
+        return v
 
     @field_validator("topk", mode="plain")
     @classmethod

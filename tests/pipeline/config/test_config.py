@@ -141,6 +141,7 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
     ("manifest-classes", _set("data.num_classes", 12), ["data.num_classes: is 12 but"]),
     ("topk-too-big", _set("labels.topk", 11), ["labels.topk: must be <= data.num_classes (10)"]),
     ("topk-word", _set("labels.topk", "many"), ["labels.topk: must be an integer >= 1 or 'all'"]),
+    ("labels-dtype-float32", _set("labels.dtype", "float32"), ["labels.dtype: only float16 is supported", "got 'float32'"]),
     ("mean-length", _both(_set("data.mean", [0.5, 0.5, 0.5]), _set("data.std", [0.5, 0.5, 0.5])),
      ["data.mean: has 3 values but the teacher takes 1 channels"]),
     ("std-length", _set("data.std", [0.5, 0.5]), ["data.std: has 2 values but mean has 1"]),
