@@ -126,8 +126,9 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
             def fn() -> None:
                 runs[name] += 1
                 student = create_model(VIT, STUDENT, seed=0)
-                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1), total_epochs=1,
-                                              render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}", view_pool=1, **cases[name])
+                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1),
+                                              total_epochs=1, render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}",
+                                              view_pool=1, **cases[name])
             return fn
 
         seconds = interleaved_medians({name: case(name) for name in cases}, warmup=1, repeats=repeats)
