@@ -120,21 +120,11 @@ def write_stage(path: str | Path, doc: dict[str, Any]):
     return load_config(path)
 
 
-def model_spec(cfg, who: str, weights: str | Path):
-    """The :class:`ModelSpec` of the config's ``teacher`` or ``student`` with these weights."""
-    from pipeline.models import create_model, model_fingerprint
-    from pipeline.precompute.plan import render_spec
-    from pipeline.precompute.spec import ModelSpec
-
-    m = getattr(cfg, who)
-    model = create_model(m.model, m.kwargs, weights=weights)
-    return ModelSpec(m.model, dict(m.kwargs), str(weights), model_fingerprint(model, m.model), render_spec(cfg, m.info()))
-
-
 def plan(cfg, teacher_weights: str | Path, student_weights: str | Path | None, segment: int = 0):
     """``plan_segment`` of ``cfg`` with these checkpoints (what the runner does for a segment)."""
     from pipeline.data.manifest import load_manifest
     from pipeline.precompute.plan import plan_segment
+    from pipeline.precompute.spec import model_spec
 
     student = model_spec(cfg, "student", student_weights) if student_weights is not None else None
     return plan_segment(cfg, segment, manifest=load_manifest(cfg.data.root), teacher=model_spec(cfg, "teacher", teacher_weights),

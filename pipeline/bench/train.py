@@ -27,7 +27,7 @@ def fashion_mnist_shards(out: str | Path, samples: int, shard_size: int, *, spli
     """Write ``samples`` real Fashion-MNIST images (from ``offset``) as WebDataset shards; return ShardRefs."""
     from pipeline.data.importers import FASHION_MNIST_SRC, _fashion_mnist_split, png_gray8
     from pipeline.data.shards import sample_key, write_shards
-    from pipeline.train import ShardRef
+    from pipeline.labels.contract import ShardRef
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,8 @@ def write_teacher_labels(
     from pipeline._fingerprint import sha256_file, sha256_json
     from pipeline.labels import logsumexp_at, partition_path, topk_from_logits, write_partition
     from pipeline.models import model_fingerprint
-    from pipeline.train.stream import load_shard, store_view_columns
+    from pipeline.labels.contract import store_view_columns
+    from pipeline.train.stream import load_shard
 
     teacher = teacher.eval()
     fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": spec.fingerprint(), "seed": seed}),
@@ -99,19 +100,22 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
     from maskedkd.views import ViewSpec
     from pipeline.bench.timing import interleaved_medians, machine_line
     from pipeline.models import create_model
-    from pipeline.train import OnlineTeacher, RenderConfig, TrainConfig, train_segment
+    from pipeline.config import TrainConfig
+    from pipeline.labels.contract import RenderSpec
+    from pipeline.train import OnlineTeacher, train_segment
 
     torch.set_num_threads(threads)
     spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), shift=2, hflip=0.5)
-    render = RenderConfig(28, *GRAY)
+    render = RenderSpec(28, *GRAY)
     teacher = create_model(VIT, TEACHER, seed=1)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         shards = fashion_mnist_shards(Path(tmp) / "data", samples, shard_size)
         labels = write_teacher_labels(Path(tmp) / "store", teacher, shards, spec=spec, seed=0, view_epochs=[0], render=render)
         online = OnlineTeacher(teacher, render, policy="student", keep=keep)
-        cases = {"stored": dict(cfg=TrainConfig(epochs=1, batch_size=batch, kd="kl", checkpoint_every=10**9), labels=labels),
-                 "off": dict(cfg=TrainConfig(epochs=1, batch_size=batch, kd="off", checkpoint_every=10**9)),
-                 "online": dict(cfg=TrainConfig(epochs=1, batch_size=batch, kd="kl", checkpoint_every=10**9), online=online)}
+        recipe = dict(batch_size=batch, lr=1e-3, warmup_epochs=0, checkpoint_every=10**9)
+        cases = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
+                 "off": dict(cfg=TrainConfig(kd="off", **recipe)),
+                 "online": dict(cfg=TrainConfig(kd="kl", **recipe), online=online)}
         runs = {name: 0 for name in cases}
         results: dict[str, dict] = {}
 
@@ -119,8 +123,9 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
             def fn() -> None:
                 runs[name] += 1
                 student = create_model(VIT, STUDENT, seed=0)
-                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1), render=render,
-                                              run_dir=Path(tmp) / f"run-{name}-{runs[name]}", view_pool=1, **cases[name])
+                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1),
+                                              total_epochs=1, render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}",
+                                              view_pool=1, **cases[name])
             return fn
 
         seconds = interleaved_medians({name: case(name) for name in cases}, warmup=1, repeats=repeats)

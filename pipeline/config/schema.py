@@ -223,9 +223,11 @@ class ViewsConfig(_Section):
         names = [f.name for f in dataclasses.fields(ViewSpec)]
         return ViewSpec(**{n: getattr(self, n) for n in names if n in type(self).model_fields})
 
-    def view_epoch(self, epoch: int) -> int:
-        """The view epoch that training epoch ``epoch`` uses (``epoch mod pool``, or itself)."""
-        return epoch if self.pool == "epochs" else epoch % int(self.pool)
+    @property
+    def pool_size(self) -> int | None:
+        """``pool`` as a size: None for ``epochs`` (a fresh view every epoch), else P; the view
+        epoch of an epoch is :func:`pipeline.labels.contract.view_epoch_of` of it."""
+        return None if self.pool == "epochs" else int(self.pool)
 
 
 class TrainConfig(_Section):
@@ -255,8 +257,12 @@ class TrainConfig(_Section):
     )
     smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the CE term.")
     seed: int = Field(0, description="Seed of data order and dropout.")
-    num_workers: int = Field(0, ge=0, description="Data-loading worker processes (0: in the training process).")
-    eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and at the end).")
+    num_workers: int = Field(
+        0, ge=0, description="Threads rendering upcoming batches while the model trains (0: render in the training thread)."
+    )
+    eval_every: int = Field(
+        1, ge=1, description="Evaluate on data.val every this many epochs, and always at the last epoch of a segment."
+    )
     checkpoint_every: int = Field(200, ge=1, description="Write a resume record every this many updates.")
     amp: bool = Field(True, description="bf16 autocast when training on CUDA (CPU stays float32).")
 
@@ -488,7 +494,7 @@ class LabelsConfig(_Section):
 
     store: str = Field("store", validate_default=True, description="Label store root: a folder (relative to the working directory) or a URI.")
     topk: Union[int, Literal["all"]] = Field(10, description="Classes kept per row (plus the exact tail bucket), or 'all'.")
-    dtype: Literal["float16", "float32"] = Field("float16", description="Stored logit dtype.")
+    dtype: Literal["float16"] = Field("float16", description="Stored logit dtype; the store writes float16 only.")
     temperatures: list[float] = Field([1.0], min_length=1, description="Temperatures whose log-sum-exp is stored.")
 
     @field_validator("store")
@@ -497,6 +503,13 @@ class LabelsConfig(_Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v if "://" in v else str(_abspath(Path(v)))
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any) -> Any:
+        if v != "float16":
+            raise ValueError(f"only float16 is supported (the store writes float16 logits), got {v!r}")
+        return v
 
     @field_validator("topk", mode="plain")
     @classmethod

@@ -9,33 +9,10 @@ from typing import Any
 from maskedkd import needs_saliency
 from pipeline.data.manifest import DatasetManifest
 from pipeline.labels import paths
+from pipeline.labels.contract import segment_view_epochs, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.errors import StoreError
-from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, reuse_expect, task_fingerprints
-
-
-def render_spec(cfg, model_info) -> RenderSpec:
-    """How a model of the stage renders views: its input size and the data's normalisation."""
-    return RenderSpec(
-        size=tuple(int(v) for v in model_info.img_size), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-        interpolation=cfg.data.interpolation,
-    )
-
-
-def shard_limits(manifest: DatasetManifest, split: str, subset: int | None) -> list[tuple[Any, int | None]]:
-    """``[(shard entry, limit)]``: the split's shards holding its first ``subset`` samples in shard order
-    (the trainer's :func:`pipeline.train.stream.subset_rows`; ``None`` = the whole shard)."""
-    from pipeline.train.stream import subset_rows
-
-    entries = manifest.shards(split)
-    rows = subset_rows([e.samples for e in entries], subset)
-    return [(e, None if n >= e.samples else n) for e, n in zip(entries, rows) if n > 0]
-
-
-def segment_view_epochs(cfg, segment: int) -> list[int]:
-    """The distinct view epochs the epochs of ``segment`` train on."""
-    start, end = cfg.schedule.segments()[segment]
-    return sorted({cfg.views.view_epoch(e) for e in range(start, end)})
+from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, task_fingerprints
 
 
 def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,
@@ -48,12 +25,13 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
     policy = cfg.masking.policy
     keep = cfg.keep_for_segment(segment)
     spec = cfg.views.view_spec()
+    view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
     tasks = []
-    for entry, limit in shard_limits(manifest, cfg.data.train, cfg.data.subset):
-        for view_epoch in segment_view_epochs(cfg, segment):
+    for ref in shard_refs(manifest, cfg.data.train, cfg.data.subset):
+        for view_epoch in view_epochs:
             t = PartitionTask(
-                shard=entry.name.removesuffix(".tar"), shard_path=str(entry.path), shard_sha256=entry.sha256,
-                limit=limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
+                shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
+                limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
                 view_seed=cfg.views.seed, teacher=teacher,
                 student=student if needs_saliency(policy) else None,
                 policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,

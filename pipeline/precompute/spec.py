@@ -7,20 +7,14 @@ fingerprints, so the same inputs always land on (and are served from) the same p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
-
-
-@dataclass(frozen=True)
-class RenderSpec:
-    """How a model sees a view: output size, normalisation, interpolation."""
-
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
+from pipeline.config import StageConfig
+from pipeline.labels.contract import RenderSpec, render_spec
+from pipeline.models import create_model, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -32,6 +26,19 @@ class ModelSpec:
     weights: str
     fingerprint: str
     render: RenderSpec
+
+
+def model_spec(cfg: StageConfig, who: str, weights: str | Path, fingerprint: str | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of the stage's ``teacher`` or ``student`` with the weights file ``weights``.
+
+    Args:
+        fingerprint: the weights' fingerprint when already known (e.g. from the run lock);
+            otherwise the model is loaded once to compute it.
+    """
+    m = getattr(cfg, who)
+    if fingerprint is None:
+        fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
+    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg.data, m.info()))
 
 
 @dataclass(frozen=True)

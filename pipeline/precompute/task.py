@@ -27,8 +27,8 @@ from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
 from pipeline.labels.topk import logsumexp_at, topk_from_logits
 from pipeline.labels.writer import write_partition
-from pipeline.train.stream import store_view_columns
-from pipeline.precompute.spec import ModelSpec, PartitionTask, RenderSpec, reuse_expect, specs_record
+from pipeline.labels.contract import RenderSpec, store_view_columns
+from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, specs_record
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
     """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""

@@ -19,11 +19,11 @@ from typing import Any, Callable
 import click
 
 from pipeline.data.manifest import DatasetManifest, load_manifest
-from pipeline.errors import PipelineError
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
-from pipeline.precompute.plan import plan_segment, render_spec, shard_limits
-from pipeline.precompute.spec import ModelSpec, PartitionTask
+from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from pipeline.precompute.plan import plan_segment
+from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 
 Echo = Callable[[str], None]
 
@@ -72,7 +72,7 @@ class Runner:
 
     def data_inputs(self) -> dict[str, Any]:
         """Fingerprint of the training data the run sees (shard bytes + subset)."""
-        shards = [(e.name, e.sha256, limit) for e, limit in shard_limits(self.manifest, self.cfg.data.train, self.cfg.data.subset)]
+        shards = [(r.path.name, r.sha256, r.limit) for r in self._shards(self.cfg.data.train, self.cfg.data.subset)]
         return {"train": sha256_json(shards)}
 
     def init_inputs(self) -> dict[str, Any]:
@@ -127,29 +127,7 @@ class Runner:
     def _say(self, step: str, what: str) -> None:
         self.echo(f"[{step}] {what}")
 
-    def _train_cfg(self, recipe, epochs: int, kd: str | None = None):
-        from pipeline.train.config import TrainConfig
-
-        return TrainConfig(
-            epochs=epochs, batch_size=recipe.batch_size, opt=recipe.optimizer, lr=recipe.learning_rate,
-            weight_decay=recipe.weight_decay, sched=recipe.sched, warmup_epochs=recipe.warmup_epochs,
-            warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, kd=kd or recipe.kd, lam=getattr(recipe, "lam", 1.0),
-            tau=getattr(recipe, "tau", 1.0), ce_weight=getattr(recipe, "ce_weight", 1.0), smoothing=recipe.smoothing,
-            momentum=recipe.momentum, clip_grad=recipe.clip_grad, checkpoint_every=recipe.checkpoint_every,
-            amp=recipe.amp, workers=recipe.num_workers,
-            sched_kwargs={"decay_epochs": recipe.decay_epochs, "decay_rate": recipe.decay_rate} if recipe.sched == "step" else {},
-        )
-
-    def _render(self, model_cfg):
-        from pipeline.train.config import RenderConfig
-
-        info = model_cfg.info()
-        return RenderConfig(size=tuple(info.img_size), mean=tuple(self.cfg.data.mean), std=tuple(self.cfg.data.std),
-                            interpolation=self.cfg.data.interpolation)
-
     def _shards(self, split: str, subset: int | None):
-        from pipeline.train.stream import shard_refs
-
         return shard_refs(self.manifest, split, subset)
 
     def _evaluate(self, model, model_cfg) -> dict[str, Any]:
@@ -158,18 +136,14 @@ class Runner:
         if self.cfg.data.val is None:
             return {}
         shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
-        res = evaluate(model, shards, self._render(model_cfg), batch_size=256, device=self.device)
+        res = evaluate(model, shards, render_spec(self.cfg.data, model_cfg.info()), batch_size=256, device=self.device)
         return {f"val_{k}": v for k, v in res.items()}
-
-    def _view_pool(self) -> int | None:
-        pool = self.cfg.views.pool
-        return None if pool == "epochs" else int(pool)
 
     # ------------------------------------------------------------------ stages
 
     def teacher_stage(self) -> ModelSpec:
         """The teacher's weights file and fingerprint; trains it first when the config says so."""
-        from pipeline.models import create_model, model_fingerprint, save_checkpoint
+        from pipeline.models import create_model, model_fingerprint
 
         cfg = self.cfg
         inputs = self.teacher_inputs()
@@ -213,10 +187,10 @@ class Runner:
         t0 = time.perf_counter()
         res = train_segment(
             model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
-            epochs=range(0, recipe.epochs), cfg=self._train_cfg(recipe, recipe.epochs, kd="off"),
-            render=self._render(t), run_dir=work, view_pool=None if views.pool == "epochs" else int(views.pool),
+            epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
+            render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
             device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
-            on_epoch_end=lambda m, e: self._evaluate(m, t),
+            evaluate=lambda m, e: self._evaluate(m, t),
         )
         info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
                 "top1": (res["epochs"][-1] or {}).get("val_top1"), "seconds": time.perf_counter() - t0}
@@ -225,8 +199,7 @@ class Runner:
         return info
 
     def _teacher_spec(self, path: str, fingerprint: str) -> ModelSpec:
-        t = self.cfg.teacher
-        return ModelSpec(t.model, dict(t.kwargs), str(path), fingerprint, render_spec(self.cfg, t.info()))
+        return model_spec(self.cfg, "teacher", path, fingerprint)
 
     def init_stage(self) -> Path:
         """c_0: the student at initialisation (seeded) or from its weights file."""
@@ -245,19 +218,11 @@ class Runner:
         self.result.stages["init"] = "ran"
         return path
 
-    def _student_spec(self, ckpt: Path) -> ModelSpec:
-        from pipeline.models import create_model, model_fingerprint
-
-        s = self.cfg.student
-        model = create_model(s.model, s.kwargs, weights=ckpt)
-        return ModelSpec(s.model, dict(s.kwargs), str(ckpt), model_fingerprint(model, s.model),
-                         render_spec(self.cfg, s.info()))
-
     def plan_precompute(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> list[PartitionTask]:
         """The tasks of segment ``segment``'s labels, masks chosen by ``source_ckpt``."""
         from maskedkd import needs_saliency
 
-        student = self._student_spec(source_ckpt) if needs_saliency(self.cfg.masking.policy) else None
+        student = model_spec(self.cfg, "student", source_ckpt) if needs_saliency(self.cfg.masking.policy) else None
         return plan_segment(self.cfg, segment, manifest=self.manifest, teacher=teacher, student=student,
                             device="auto", num_classes=self.cfg.data.num_classes)
 
@@ -314,10 +279,11 @@ class Runner:
         self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
         res = train_segment(
             model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
-            epochs=range(start, end), cfg=self._train_cfg(cfg.train, cfg.schedule.epochs), render=self._render(s),
-            run_dir=self.run_dir / "train", labels=None if cfg.train.kd == "off" or online else labels,
-            view_pool=self._view_pool(), online=online, device=self.device, checkpoint_path=out,
-            on_epoch_end=lambda m, e: self._evaluate(m, s), log=lambda line: self._say(name, line),
+            epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
+            render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
+            labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
+            device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
+            log=lambda line: self._say(name, line),
         )
         if online is not None:
             self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
@@ -340,13 +306,13 @@ class Runner:
 
     def _online_teacher(self, segment: int, teacher: ModelSpec):
         from pipeline.models import create_model
-        from pipeline.train.config import OnlineTeacher
+        from pipeline.train.loop import OnlineTeacher
 
         t = self.cfg.teacher
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
         keep = self.cfg.keep_for_segment(segment)
         policy = self.cfg.masking.policy
-        return OnlineTeacher(model=model, render=self._render(t), policy=policy,
+        return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t.info()), policy=policy,
                              keep=None if policy == "none" else keep)
 
     # ------------------------------------------------------------------ the run
@@ -467,15 +433,12 @@ class _Background:
 
 def _label_refs(tasks: list[PartitionTask], parts: list[dict]) -> dict[tuple[str, int], Any]:
     """``{(shard, view epoch): LabelRef}`` of a precompute stage's recorded partitions."""
-    from pipeline.train.config import LabelRef
-
     return {(t.shard, t.view_epoch): LabelRef(p["path"], p["sha256"], {"fingerprints": t.fingerprints})
             for t, p in zip(tasks, parts)}
 
 
 def _teacher_masked_top1(parts: list[dict]) -> float:
     """The teacher's top-1 on the (masked) views it labelled, over all partitions of a stage."""
-    import numpy as np
 
     from pipeline.labels.reader import open_partition
 

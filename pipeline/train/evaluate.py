@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from maskedkd.views import View, render_batch
 from pipeline.data.shards import read_shard
-from pipeline.train.config import RenderConfig, ShardRef
+from pipeline.labels.contract import RenderSpec, ShardRef
 
 
 def _chunks(refs: Sequence[ShardRef], batch_size: int):
@@ -25,7 +25,7 @@ def _chunks(refs: Sequence[ShardRef], batch_size: int):
 def evaluate(
     model: nn.Module,
     shards: Sequence[ShardRef],
-    render: RenderConfig,
+    render: RenderSpec,
     *,
     batch_size: int = 256,
     device: str | torch.device = "cpu",

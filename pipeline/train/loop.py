@@ -1,10 +1,11 @@
 """The student trainer: one segment of epochs, resumable, single-process or DDP (docs/design.md §2, §6).
 
 ``train_segment`` trains epochs ``[start, end)`` of a run whose LR schedule spans
-``TrainConfig.epochs``. The runner calls it once per curriculum segment with that segment's
-label partitions; ``kd="off"`` (plain cross-entropy) is the same loop, used for the no-KD
-baseline and for training the teacher; ``online=`` runs the paper's baseline (teacher in the
-loop, masked by the current student at every step).
+``total_epochs``, with the validated ``train`` section of the stage config as its recipe. The
+runner calls it once per curriculum segment with that segment's label partitions;
+``kd="off"`` (plain cross-entropy) is the same loop, used for the no-KD baseline and for
+training the teacher (whose recipe, ``teacher.train``, always has ``kd: off``); ``online=`` runs
+the paper's baseline (teacher in the loop, masked by the current student at every step).
 
 Determinism: the data order and views are pure functions of ``(seed, epoch)`` (see
 :mod:`pipeline.train.stream`), the LR is a pure function of the global update count, and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,11 +29,12 @@ import torch.nn as nn
 from maskedkd import cls_attention, distill_loss, masked_forward, needs_saliency, select_keep, teacher_flops
 from maskedkd.losses import TopK
 from maskedkd.views import ViewSpec
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, StoreError
 from pipeline._fingerprint import sha256_json, state_dict_fingerprint
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
 from pipeline.models import save_checkpoint
 from pipeline.train import dist as tdist
-from pipeline.train.config import LabelRef, OnlineTeacher, RenderConfig, ShardRef, TrainConfig
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import (
     Batch,
@@ -41,22 +44,41 @@ from pipeline.train.stream import (
     make_batch,
     prefetch,
     rank_slice,
-    view_epoch_of,
 )
 
 LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
+# Recipe fields that do not change what a segment computes (resuming under other values is fine).
+_NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    """timm optimizer and per-update scheduler for the whole run (``cfg.epochs`` epochs)."""
+@dataclass(frozen=True)
+class OnlineTeacher:
+    """The paper's baseline: the teacher in the loop, masked by the current student each step.
+
+    Attributes:
+        model: the teacher (a maskable timm ViT, see :func:`maskedkd.masked_forward`).
+        render: how the teacher's view is rendered (its own size and normalisation).
+        policy: masking policy name (:data:`maskedkd.POLICIES`).
+        keep: patches kept (``None`` = all, the full teacher).
+    """
+
+    model: nn.Module
+    render: RenderSpec
+    policy: str = "student"
+    keep: int | None = None
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int):
+    """timm optimizer and per-update scheduler (``step_on_epochs=False``) for a whole run of ``total_epochs``."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, **cfg.opt_kwargs)
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    step = {"decay_epochs": cfg.decay_epochs, "decay_rate": cfg.decay_rate} if cfg.sched == "step" else {}
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
-        min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch, **cfg.sched_kwargs,
+        optimizer, sched=cfg.sched, num_epochs=total_epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch, **step,
     )
     return optimizer, scheduler
 
@@ -66,8 +88,8 @@ def _label_ref(value: str | LabelRef) -> LabelRef:
 
 
 def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec, seed: int, epochs: range,
-                        cfg: TrainConfig, render: RenderConfig, labels: LabelMap | None, view_pool: int | None,
-                        online: OnlineTeacher | None) -> str:
+                        cfg: TrainConfig, total_epochs: int, render: RenderSpec, labels: LabelMap | None,
+                        view_pool: int | None, online: OnlineTeacher | None) -> str:
     """What a segment's result is a pure function of; a resume record is used only when it matches."""
     return sha256_json({
         "init": init,
@@ -75,7 +97,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "view": spec.fingerprint(),
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
-        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint_every", "workers")},
+        "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
         "render": [render.size, render.mean, render.std, render.interpolation],
         "labels": sorted([k[0], k[1], _label_ref(v).path.rsplit("/", 1)[-1], _label_ref(v).sha256]
                          for k, v in (labels or {}).items()),
@@ -159,24 +181,28 @@ def train_segment(
     seed: int,
     epochs: range,
     cfg: TrainConfig,
-    render: RenderConfig,
+    total_epochs: int,
+    render: RenderSpec,
     run_dir: str | Path,
     labels: LabelMap | None = None,
     view_pool: int | None = None,
     online: OnlineTeacher | None = None,
     device: str | torch.device = "cpu",
     checkpoint_path: str | Path | None = None,
-    on_epoch_end: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
+    evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place for ``epochs`` (a ``range(start, end)``), resuming if a record says so.
 
     Args:
         student: the student at the segment's start (checkpoint c_i), a timm ViT; trained in place.
-        shards: the training shards and the rows used of each (:func:`pipeline.train.stream.shard_refs`).
+        shards: the training shards and the rows used of each (:func:`pipeline.labels.contract.shard_refs`).
         spec, seed: the view recipe and seed (the same that precompute used).
-        epochs: this segment's epochs, within ``range(cfg.epochs)``.
-        cfg: optimiser, schedule, loss, checkpointing.
+        epochs: this segment's epochs, within ``range(total_epochs)``.
+        cfg: the validated recipe (``train``, or ``teacher.train``): optimiser, schedule, loss
+            (``cfg.kd``), checkpointing, render threads, evaluation interval.
+        total_epochs: epochs of the whole run (``schedule.epochs``, or ``teacher.train.epochs``):
+            the length of the LR schedule, of which the segment trains a part.
         render: the student's input size and normalisation.
         run_dir: the training run's folder (shared by its segments): resume records and state.
         labels: ``{(shard name, view epoch): partition path or LabelRef}`` for every shard and
@@ -186,9 +212,10 @@ def train_segment(
         device: ``cpu`` or ``cuda``; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``.
         checkpoint_path: where the final plain timm state_dict goes
             (default ``run_dir/student-e<end>.pth``).
-        on_epoch_end: ``fn(model, epoch) -> metrics`` called on rank 0 after each epoch (e.g.
-            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into the
-            epoch's metrics and kept in the resume record.
+        evaluate: ``fn(model, epoch) -> metrics`` called on rank 0 after every
+            ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
+            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into that
+            epoch's metrics and kept in the resume record. Other epochs have no such metrics.
         log: progress lines (rank 0).
 
     Returns:
@@ -203,8 +230,10 @@ def train_segment(
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
     start, end = epochs.start, epochs.stop
-    if epochs.step != 1 or not 0 <= start <= end <= cfg.epochs:
-        raise ConfigError(f"epochs {epochs} must be a range within 0..{cfg.epochs} (train.epochs)")
+    if total_epochs < 1:
+        raise ConfigError(f"the run's epochs must be >= 1, got {total_epochs}")
+    if epochs.step != 1 or not 0 <= start <= end <= total_epochs:
+        raise ConfigError(f"epochs {epochs} must be a range within 0..{total_epochs} (the run's epochs)")
     if cfg.kd == "off":
         if online is not None:
             raise ConfigError("online: true needs train.kd 'kl' or 'hard', got 'off'")
@@ -224,9 +253,10 @@ def train_segment(
 
     init = state_dict_fingerprint(student.state_dict())
     segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
-                                  render=render, labels=labels, view_pool=view_pool, online=online)
+                                  total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
+                                  online=online)
     student.to(device)
-    optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch)
+    optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
     store = ResumeStore(run_dir)
     record = store.load(segment)
     resumed = None
@@ -284,7 +314,7 @@ def train_segment(
         partial = {}
         model.train()
         t_epoch = time.perf_counter()
-        batches = prefetch(stream.batches(position), render_mine, cfg.workers)
+        batches = prefetch(stream.batches(position), render_mine, cfg.num_workers)
         try:
             for position, batch in enumerate(batches, start=position):
                 scheduler.step_update(num_updates=record.global_step)
@@ -317,9 +347,9 @@ def train_segment(
             "lr": optimizer.param_groups[0]["lr"], "steps": len(stream), "samples": int(samples),
             "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
         }
-        if on_epoch_end is not None and info.is_main:
+        if evaluate is not None and info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
             student.eval()
-            metrics.update(on_epoch_end(student, epoch))
+            metrics.update(evaluate(student, epoch))
             student.train()
         say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         record.history.append(metrics)

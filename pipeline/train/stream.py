@@ -7,14 +7,16 @@ One epoch is a pure function of ``(seed, epoch)`` and the shard list:
    samples) and, when KD labels are streamed, its label partition beside it: the partition's
    rows must be the shard's samples in tar order (checked key by key as the samples arrive) and
    its view columns must equal the Views the trainer derives itself with
-   :func:`maskedkd.views.shard_views` (otherwise the labels were computed on other views);
+   :func:`maskedkd.views.shard_views` (:func:`pipeline.labels.contract.check_views`; otherwise
+   the labels were computed on other views);
 3. the shard's rows are shuffled by a permutation seeded by ``(seed, epoch, shard name)``;
 4. the rows of all shards, in that order, are cut into global batches of ``batch_size``
    (the last incomplete batch of the epoch is dropped).
 
-Views depend on the *view epoch* (``epoch mod views.pool``, :func:`view_epoch_of`), the order
-on the epoch itself. A mixing partner is another row of the same shard, which is held in
-memory while its rows are used, so partners are always at hand.
+Views depend on the *view epoch* (``epoch mod views.pool``,
+:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself. A mixing
+partner is another row of the same shard, which is held in memory while its rows are used, so
+partners are always at hand.
 
 Data parallel (DDP): the global batch sequence above does not depend on the world size. Rank
 ``r`` of ``W`` takes the contiguous slice ``[r * B/W, (r+1) * B/W)`` of every global batch
@@ -31,18 +33,17 @@ import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from maskedkd.losses import TopK
-from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views, views_to_columns
+from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
 from pipeline.data.shards import read_shard
 from pipeline.errors import DataError, StoreError
-from pipeline.train.config import LabelRef, RenderConfig, ShardRef
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
 
 Segment = tuple["LoadedShard", np.ndarray]
 T = TypeVar("T")
@@ -53,62 +54,6 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (stable across processes and Python versions)."""
     digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def subset_rows(counts: Sequence[int], subset: int | None) -> list[int]:
-    """Rows used per shard when training on ``subset`` samples: the first ``subset`` of the split in shard order.
-
-    Precompute must label exactly these rows (the first ``rows[i]`` samples of shard ``i``).
-
-    Args:
-        counts: the split's shard sample counts, in shard order.
-        subset: how many samples to use; ``None`` = all.
-
-    Returns:
-        Rows per shard (0 for shards past the subset).
-    """
-    if subset is None:
-        return [int(c) for c in counts]
-    if subset < 1:
-        raise ValueError(f"subset must be >= 1, got {subset}")
-    out, left = [], int(subset)
-    for c in counts:
-        take = min(int(c), left)
-        out.append(take)
-        left -= take
-    return out
-
-
-def shard_refs(manifest, split: str, subset: int | None = None) -> list[ShardRef]:
-    """The shards of ``split`` of a loaded dataset manifest, as the trainer and precompute use them.
-
-    Shards past ``subset`` are left out.
-    """
-    entries = manifest.shards(split)
-    paths = manifest.shard_paths(split)
-    rows = subset_rows([e.samples for e in entries], subset)
-    return [ShardRef(Path(p).name.removesuffix(".tar"), Path(p), n) for p, n in zip(paths, rows) if n > 0]
-
-
-def view_epoch_of(epoch: int, pool: int | None) -> int:
-    """The view epoch of a training epoch: ``epoch mod pool`` with a view pool, else the epoch."""
-    if pool is None:
-        return int(epoch)
-    if pool < 1:
-        raise ValueError(f"views.pool must be >= 1, got {pool}")
-    return int(epoch) % int(pool)
-
-
-def store_view_columns(views: Sequence[View], spec: ViewSpec) -> dict[str, np.ndarray]:
-    """The View columns a label partition stores (``write_partition(view_columns=...)``).
-
-    :func:`maskedkd.views.views_to_columns` without ``key`` (the store's own column) and
-    without zero-width lists (e.g. RandAugment draws when RandAugment is off), which Parquet
-    cannot hold. The trainer compares exactly these columns with the Views it derives.
-    """
-    cols = views_to_columns(views, spec)
-    cols.pop("key")
-    return {k: a for k, a in cols.items() if not (a.ndim == 2 and a.shape[1] == 0)}
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
@@ -159,30 +104,6 @@ def _open_labels(ref: ShardRef, label: LabelRef, view_epoch: int):
             f"samples of shard {ref.name!r}: it was computed for another subset"
         )
     return partition
-
-
-def _first_mismatch(got: np.ndarray, want: np.ndarray) -> int:
-    if got.shape != want.shape:
-        return 0
-    diff = got != want
-    return int(np.nonzero(diff.reshape(len(diff), -1).any(axis=1))[0][0])
-
-
-def check_views(path: str, stored: Mapping[str, np.ndarray], views: Sequence[View], spec: ViewSpec, seed: int) -> None:
-    """Raise :class:`StoreError` unless a partition's view columns equal the derived ``views``."""
-    for name, want in store_view_columns(views, spec).items():
-        got = stored.get(name)
-        if got is None:
-            raise StoreError(f"{path}: no view column {name!r}: cannot check that the labels were computed on the trainer's views")
-        got = np.asarray(got)
-        if got.shape == want.shape and np.array_equal(got, want):
-            continue
-        row = _first_mismatch(got, want)
-        shown = got[row] if row < len(got) else "<missing>"
-        raise StoreError(
-            f"{path}: row {row} (key {views[row].key!r}): stored {name} = {shown!r}, but the trainer derives "
-            f"{want[row]!r} (view seed {seed}, view epoch {views[row].epoch}): the labels were computed on other views"
-        )
 
 
 def load_shard(
@@ -300,7 +221,7 @@ def rank_slice(segments: Sequence[Segment], rank: int, world: int) -> list[Segme
     return out
 
 
-def render_segments(segments: Sequence[Segment], render: RenderConfig) -> torch.Tensor:
+def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Tensor:
     """Render the rows' views (mixing partners from their own shard) into ``[B, C, H, W]``."""
     parts = [
         render_batch([shard.images[i] for i in rows], [shard.views[i] for i in rows], render.size,
@@ -341,8 +262,8 @@ class Batch:
         return len(self.labels)
 
 
-def make_batch(segments: Sequence[Segment], render: RenderConfig, *, num_classes: int, soft: bool,
-               smoothing: float = 0.0, teacher_render: RenderConfig | None = None) -> Batch:
+def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: int, soft: bool,
+               smoothing: float = 0.0, teacher_render: RenderSpec | None = None) -> Batch:
     """Render a list of segments (also for the online teacher with ``teacher_render``) and gather
     their labels and teacher targets."""
     images = render_segments(segments, render)

@@ -146,6 +146,7 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
     ("manifest-classes", set_key("data.num_classes", 12), ["data.num_classes: is 12 but"]),
     ("topk-too-big", set_key("labels.topk", 11), ["labels.topk: must be <= data.num_classes (10)"]),
     ("topk-word", set_key("labels.topk", "many"), ["labels.topk: must be an integer >= 1 or 'all'"]),
+    ("labels-dtype-float32", set_key("labels.dtype", "float32"), ["labels.dtype: only float16 is supported", "got 'float32'"]),
     ("mean-length", both(set_key("data.mean", [0.5, 0.5, 0.5]), set_key("data.std", [0.5, 0.5, 0.5])),
      ["data.mean: has 3 values but the teacher takes 1 channels"]),
     ("std-length", set_key("data.std", [0.5, 0.5]), ["data.std: has 2 values but mean has 1"]),

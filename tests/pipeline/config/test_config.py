@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.config import StageConfig, ViewsConfig, dump_config, load_config
 from pipeline.errors import ConfigError
+from pipeline.labels.contract import view_epoch_of
 from tests.pipeline.config.cases import BASE, MALFORMED, run_cli, tree, write_case, write_doc, write_manifest
 
 STAGES = Path(__file__).resolve().parents[3] / "stages"
@@ -134,8 +135,8 @@ def test_views_block_covers_every_viewspec_field(ws):
     assert ViewsConfig().view_spec() == ViewSpec()
     views = ViewsConfig(pool=3, scale=(0.6, 1.0), shift=2, hflip=0.0)
     assert views.view_spec() == ViewSpec(scale=(0.6, 1.0), shift=2, hflip=0.0)
-    assert [views.view_epoch(e) for e in range(5)] == [0, 1, 2, 0, 1]
-    assert ViewsConfig().view_epoch(7) == 7
+    assert [view_epoch_of(e, views.pool_size) for e in range(5)] == [0, 1, 2, 0, 1]
+    assert view_epoch_of(7, ViewsConfig().pool_size) == 7
 
 
 def test_yaml_12_booleans_and_lr_base(ws):

@@ -16,10 +16,10 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
-from pipeline.models import create_model, model_fingerprint, save_checkpoint
+from pipeline.models import create_model, save_checkpoint
 from pipeline.precompute.cluster import open_cluster
-from pipeline.precompute.plan import plan_segment, render_spec
-from pipeline.precompute.spec import ModelSpec
+from pipeline.precompute.plan import plan_segment
+from pipeline.precompute.spec import model_spec
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 from tests.pipeline.precompute.helpers import VIT, warm
 
@@ -63,13 +63,6 @@ def save_vit(kwargs: dict, path: Path, *, seed: int, nudge: float = 0.0) -> Path
                 p.add_(torch.randn(p.shape, generator=g) * nudge * float(p.std() if p.numel() > 1 else 1.0))
     save_checkpoint(model, path)
     return path
-
-
-def model_spec(cfg, who: str, weights: Path) -> ModelSpec:
-    """The config's ``teacher`` or ``student`` with these weights, as the runner passes it to the planner."""
-    m = getattr(cfg, who)
-    fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
-    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg, m.info()))
 
 
 @pytest.fixture(scope="session")

@@ -279,6 +279,21 @@ def test_online_runs_without_precompute_and_counts_teacher_forwards(base, tmp_pa
 
 
 @pytest.mark.slow
+def test_eval_every_skips_evaluations_but_never_a_segment_end(base, tmp_path):
+    c = clone(base, tmp_path)
+    runner = run_in_process(write_stage(c.root, c.doc, "eval.yaml", train__eval_every=3))
+    # evaluating less often changes no weights: c1 is the same, so segment 1's labels stay cached
+    assert runner.result.stages == {"teacher": "cached", "init": "cached", "precompute-0": "cached", "train-0": "ran",
+                                    "precompute-1": "cached", "train-1": "ran"}
+    stages = lock_of(c.root)["stages"]
+    epochs = [e for i in (0, 1) for e in stages[f"train-{i}"]["info"]["epochs"]]
+    assert [e["epoch"] for e in epochs if "val_top1" in e] == [1, 2, 3]  # 2: every 3rd; 1, 3: segment ends
+    assert runner.result.final_accuracy == lock_of(base.root)["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    report = (c.root / "run" / "report.md").read_text()
+    assert "| 0 | - | - |" in report and f"| 3 | {runner.result.final_accuracy:.4f} |" in report
+
+
+@pytest.mark.slow
 def test_gc_after_a_config_change_lists_then_removes_only_unreferenced_partitions(base, tmp_path, capsys):
     c = clone(base, tmp_path)
     old = {p["path"] for i in (0, 1) for p in lock_of(c.root)["stages"][f"precompute-{i}"]["partitions"]}

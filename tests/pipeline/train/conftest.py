@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from maskedkd.views import ViewSpec
+from pipeline.config import TrainConfig
+from pipeline.labels.contract import RenderSpec
 from pipeline.models import create_model
-from pipeline.train import RenderConfig
 from tests.pipeline.train.helpers import GRAY, VIT, fashion_mnist_shards, write_teacher_labels
 
 # 16 patches of 7x7: tiny ViTs that learn Fashion-MNIST within a few hundred steps.
@@ -17,8 +18,15 @@ STUDENT = dict(BASE, embed_dim=32, depth=2)
 SPEC = ViewSpec(scale=(0.6, 1.0), ratio=(0.8, 1.25), hflip=0.5)
 FLIP_SPEC = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5)  # mild: tiny ViTs learn in a few epochs
 MIX_SPEC = ViewSpec(scale=(0.6, 1.0), hflip=0.5, mixup=0.8, cutmix=1.0, mix_window=16)
-RENDER = RenderConfig(28, *GRAY)
+RENDER = RenderSpec(28, *GRAY)
 SEED = 7
+# The trainer tests' recipe: the schema's defaults, but batch 64, lr 1e-3 and no warm-up.
+RECIPE = {"batch_size": 64, "lr": 1e-3, "warmup_epochs": 0}
+
+
+def recipe(**overrides) -> TrainConfig:
+    """A validated ``train`` section: :data:`RECIPE` with ``overrides``."""
+    return TrainConfig(**{**RECIPE, **overrides})
 
 
 def student(seed: int = 0):

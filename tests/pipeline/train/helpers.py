@@ -17,7 +17,7 @@ from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.data.manifest import load_manifest
 from pipeline.labels import logsumexp_at, partition_path, topk_from_logits, write_partition
 from pipeline.models import model_fingerprint
-from pipeline.train import ShardRef, shard_refs, store_view_columns
+from pipeline.labels.contract import ShardRef, shard_refs, store_view_columns
 from pipeline.train.stream import load_shard
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 

@@ -11,12 +11,13 @@ from pathlib import Path
 RUNNER = Path(__file__).with_name("run_segment.py")
 
 
-def write_job(path: Path, *, shards, labels, spec, seed, cfg, render, run_dir, model, model_seed, epochs, view_pool=None) -> Path:
+def write_job(path: Path, *, shards, labels, spec, seed, cfg, total_epochs, render, run_dir, model, model_seed, epochs,
+              view_pool=None) -> Path:
     job = {
         "shards": [[s.name, str(s.path), s.rows] for s in shards],
         "labels": [[n, ve, p] for (n, ve), p in (labels or {}).items()],
-        "spec": spec.to_dict(), "seed": seed, "cfg": cfg, "render": {"size": render.size, "mean": render.mean,
-                                                                       "std": render.std, "interpolation": render.interpolation},
+        "spec": spec.to_dict(), "seed": seed, "cfg": cfg.model_dump(mode="json"), "total_epochs": total_epochs,
+        "render": {"size": render.size, "mean": render.mean, "std": render.std, "interpolation": render.interpolation},
         "run_dir": str(run_dir), "model": model, "model_seed": model_seed, "epochs": list(epochs), "view_pool": view_pool,
     }
     path.write_text(json.dumps(job))

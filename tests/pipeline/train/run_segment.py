@@ -14,8 +14,10 @@ import torch
 
 import pipeline.train.loop as loop
 from maskedkd.views import ViewSpec
+from pipeline.config import TrainConfig
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import create_model
-from pipeline.train import LabelRef, RenderConfig, ShardRef, TrainConfig, train_segment
+from pipeline.train import train_segment
 from tests.pipeline.train.helpers import VIT
 
 
@@ -35,7 +37,8 @@ def main(job_path: str) -> None:
     model = create_model(VIT, job["model"], seed=job["model_seed"])
     result = train_segment(
         model, shards=shards, spec=ViewSpec.from_dict(job["spec"]), seed=job["seed"], epochs=range(*job["epochs"]),
-        cfg=TrainConfig(**job["cfg"]), render=RenderConfig(**job["render"]), run_dir=job["run_dir"], labels=labels,
+        cfg=TrainConfig.model_validate(job["cfg"]), total_epochs=job["total_epochs"], render=RenderSpec(**job["render"]),
+        run_dir=job["run_dir"], labels=labels,
         view_pool=job.get("view_pool"),
     )
     if int(os.environ.get("RANK", "0")) == 0:

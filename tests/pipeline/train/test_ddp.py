@@ -8,18 +8,18 @@ import torch
 from pipeline.models import create_model, read_state_dict
 from tests.pipeline.train.helpers import VIT
 
-from .conftest import RENDER, SEED, SPEC, STUDENT
+from .conftest import RENDER, SEED, SPEC, STUDENT, recipe
 from .jobs import run, write_job
 
 # SGD: Adam divides by sqrt(v), which turns float noise in gradients that are zero in exact
 # arithmetic (the attention's key bias) into full-size updates of random sign; SGD compares the
 # gradients themselves.
-CFG = {"epochs": 1, "batch_size": 32, "kd": "kl", "opt": "sgd", "lr": 0.05, "weight_decay": 0.0}
+CFG = recipe(batch_size=32, kd="kl", optimizer="sgd", lr=0.05, weight_decay=0.0)
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, train_shards, labels):
-    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=CFG, render=RENDER, model=STUDENT,
+    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=CFG, total_epochs=1, render=RENDER, model=STUDENT,
                   model_seed=0, epochs=(0, 1), view_pool=2)
     one = run(write_job(tmp_path / "one.json", run_dir=tmp_path / "one", **common))
     two = run(write_job(tmp_path / "two.json", run_dir=tmp_path / "two", **common), torchrun=2, timeout=180)

@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from .conftest import RENDER, SEED, SPEC, STUDENT
+from .conftest import RENDER, SEED, SPEC, STUDENT, recipe
 from .jobs import RUNNER, env, run, write_job
 
-CFG = {"epochs": 2, "batch_size": 16, "kd": "kl", "tau": 2.0, "checkpoint_every": 5, "lr": 3e-3}
+CFG = recipe(batch_size=16, kd="kl", tau=2.0, checkpoint_every=5, lr=3e-3)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_gives_the_same_bytes(tmp_path, train_shards, labels):
-    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=CFG, render=RENDER, model=STUDENT,
+    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=CFG, total_epochs=2, render=RENDER, model=STUDENT,
                   model_seed=0, epochs=(0, 2), view_pool=2)
     clean = run(write_job(tmp_path / "clean.json", run_dir=tmp_path / "clean", **common))
     assert clean["resumed"] is None and clean["global_step"] == 2 * 24

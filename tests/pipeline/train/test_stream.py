@@ -9,11 +9,12 @@ import torch
 from maskedkd.losses import TopK
 from pipeline.errors import StoreError
 from pipeline.labels import open_partition, write_partition
-from pipeline.train import LabelRef, ShardRef, TrainConfig, subset_rows, train_segment, view_epoch_of
+from pipeline.labels.contract import LabelRef, ShardRef
+from pipeline.train import train_segment
 from pipeline.train.stream import EpochStream, load_shard, make_batch, rank_slice
 from tests.pipeline.train.helpers import write_teacher_labels
 
-from .conftest import MIX_SPEC, RENDER, SEED, SPEC, student, teacher
+from .conftest import MIX_SPEC, RENDER, SEED, SPEC, recipe, student, teacher
 
 
 def rewrite(src: str, dst: str, *, order=None, metadata=None) -> str:
@@ -31,16 +32,6 @@ def rewrite(src: str, dst: str, *, order=None, metadata=None) -> str:
                     view_columns={k: v[order] for k, v in b.view.items()},
                     extra_lse={tau: v[ix] for tau, v in b.lse_tau.items()})
     return dst
-
-
-def test_subset_rows_takes_the_first_samples_in_shard_order():
-    assert subset_rows([128, 128, 128], None) == [128, 128, 128]
-    assert subset_rows([128, 128, 128], 200) == [128, 72, 0]
-    assert subset_rows([5], 10) == [5]
-    with pytest.raises(ValueError):
-        subset_rows([5], 0)
-    assert [view_epoch_of(e, 3) for e in range(5)] == [0, 1, 2, 0, 1]
-    assert view_epoch_of(7, None) == 7
 
 
 def _loader(calls):
@@ -127,14 +118,14 @@ def test_trainer_refuses_missing_or_mismatched_labels(tmp_path, train_shards, la
     common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER)
     only_ve0 = {k: v for k, v in labels.items() if k[1] == 0}
     with pytest.raises(StoreError, match="no label partition given for shard 'train-00000[0-2]', view epoch 1"):
-        train_segment(student(), **common, cfg=TrainConfig(epochs=2, batch_size=64), run_dir=tmp_path / "a",
+        train_segment(student(), **common, cfg=recipe(), total_epochs=2, run_dir=tmp_path / "a",
                       labels=only_ve0, epochs=range(1, 2))
     swapped = dict(labels)
     a, b = (train_shards[0].name, 0), (train_shards[1].name, 0)
     swapped[a], swapped[b] = labels[b], labels[a]
     with pytest.raises(StoreError, match="expected 'train-00000[01]'"):
-        train_segment(student(), **common, cfg=TrainConfig(epochs=1, batch_size=64), run_dir=tmp_path / "b", labels=swapped,
+        train_segment(student(), **common, cfg=recipe(), total_epochs=1, run_dir=tmp_path / "b", labels=swapped,
                       epochs=range(0, 1))
     with pytest.raises(StoreError, match=r"no logsumexp stored for tau=3\.0"):
-        train_segment(student(), **common, cfg=TrainConfig(epochs=1, batch_size=64, tau=3.0), run_dir=tmp_path / "c", labels=labels,
+        train_segment(student(), **common, cfg=recipe(tau=3.0), total_epochs=1, run_dir=tmp_path / "c", labels=labels,
                       epochs=range(0, 1))

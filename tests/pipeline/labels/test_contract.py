@@ -1,0 +1,70 @@
+"""The rules precompute and trainer share: rows of shards, view epochs, render settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DataConfig, ModelInfo
+from pipeline.data.manifest import DatasetManifest
+from pipeline.labels.contract import (
+    RenderSpec,
+    ShardRef,
+    render_spec,
+    segment_view_epochs,
+    shard_refs,
+    subset_rows,
+    view_epoch_of,
+)
+from pipeline.models import create_model
+
+
+def _manifest(root: Path, counts: list[int]) -> DatasetManifest:
+    shards = {f"train-{i:06d}.tar": {"samples": n, "bytes": 10 * n, "sha256": f"{i:064x}"} for i, n in enumerate(counts)}
+    return DatasetManifest(name="d", classes=["a", "b"], splits={"train": {"num_samples": sum(counts), "shards": shards}},
+                           root=root)
+
+
+def test_subset_rows_takes_the_first_samples_in_shard_order():
+    assert subset_rows([128, 128, 128], None) == [128, 128, 128]
+    assert subset_rows([128, 128, 128], 200) == [128, 72, 0]
+    assert subset_rows([5], 10) == [5]
+    with pytest.raises(ValueError):
+        subset_rows([5], 0)
+
+
+def test_shard_refs_carry_rows_limit_and_sha256(tmp_path):
+    m = _manifest(tmp_path, [128, 128, 128])
+    whole = shard_refs(m, "train")
+    assert [(r.name, r.path, r.rows, r.limit) for r in whole] == [
+        (f"train-{i:06d}", tmp_path / f"train-{i:06d}.tar", 128, None) for i in range(3)]
+    assert [r.sha256 for r in whole] == [f"{i:064x}" for i in range(3)]
+    part = shard_refs(m, "train", 200)  # the third shard holds none of the first 200 samples
+    assert [(r.name, r.rows, r.samples, r.limit) for r in part] == [("train-000000", 128, 128, None),
+                                                                     ("train-000001", 72, 128, 72)]
+    assert ShardRef("x", tmp_path / "x.tar", 5).limit is None  # built by hand: rows is the whole shard
+
+
+def test_view_epochs_of_an_epoch_and_of_a_segment():
+    assert [view_epoch_of(e, 3) for e in range(5)] == [0, 1, 2, 0, 1]
+    assert view_epoch_of(7, None) == 7
+    with pytest.raises(ValueError):
+        view_epoch_of(1, 0)
+    assert segment_view_epochs(range(2, 6), 3) == [0, 1, 2]
+    assert segment_view_epochs(range(2, 4), None) == [2, 3]
+
+
+def test_render_spec_one_shape_for_both_sides():
+    a = RenderSpec(28, [0.5], [0.25])
+    assert a == RenderSpec((28, 28), (0.5,), (0.25,), "bicubic")
+    # precompute fingerprints asdict(render): its fields and their JSON shape are part of the store format
+    assert dataclasses.asdict(a) == {"size": (28, 28), "mean": (0.5,), "std": (0.25,), "interpolation": "bicubic"}
+    vit = create_model("vit_tiny_patch16_224", {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 2,
+                                                "embed_dim": 16, "depth": 1, "num_heads": 2}, seed=0)
+    assert RenderSpec.for_model(vit, [0.5], [0.25]) == a
+    data = DataConfig.model_validate({"root": "d", "num_classes": 2, "mean": [0.5], "std": [0.25],
+                                      "interpolation": "bilinear"}, context={"check_files": False})
+    info = ModelInfo(num_classes=2, in_chans=1, img_size=(28, 32), grid_size=(4, 4), num_patches=16, maskable_error=None)
+    assert render_spec(data, info) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear")
