@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from maskedkd import needs_saliency
+from maskedkd import needs_saliency, resolve_keep
 from pipeline.data.manifest import DatasetManifest
 from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
@@ -43,10 +43,11 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
     """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
 
     Args:
-        student: the checkpoint whose saliency picks the masks (ignored by policies that need none).
+        student: the checkpoint whose saliency picks the masks (ignored by policies that need none,
+            and when all patches are kept).
     """
     policy = cfg.masking.policy
-    keep = cfg.keep_for_segment(segment)
+    keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, policy)  # None: all patches
     spec = cfg.views.view_spec()
     tasks = []
     for entry, limit in shard_limits(manifest, cfg.data.train, cfg.data.subset):
@@ -55,7 +56,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
                 shard=entry.name.removesuffix(".tar"), shard_path=str(entry.path), shard_sha256=entry.sha256,
                 limit=limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
                 view_seed=cfg.views.seed, teacher=teacher,
-                student=student if needs_saliency(policy) else None,
+                student=student if keep is not None and needs_saliency(policy) else None,
                 policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
                 topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
                 store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,

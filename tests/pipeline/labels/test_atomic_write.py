@@ -21,12 +21,13 @@ from pipeline.labels.paths import list_temp_files
 def _write_small(path: str):
     import torch
 
+    from maskedkd import from_logits
     from pipeline.bench.store import synthetic_labels, synthetic_metadata
-    from pipeline.labels import topk_from_logits, write_partition
+    from pipeline.labels import write_partition
 
     d = synthetic_labels(200, 20, 16)
     return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=synthetic_metadata(200),
-                           target=topk_from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
+                           target=from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
 
 
 # A fresh process that SIGKILLs itself between the fsync'd temp file and the rename.
