@@ -89,7 +89,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
 class _Online:
     """The teacher in the loop: saliency of the current student, masked teacher forward, MAC count."""
 
-    def __init__(self, online: OnlineTeacher, student: nn.Module, device: torch.device, autocast) -> None:
+    def __init__(self, online: OnlineTeacher, device: torch.device, autocast) -> None:
         self.cfg, self.autocast = online, autocast
         self.teacher = online.model.to(device).eval()
         for p in self.teacher.parameters():
@@ -243,7 +243,7 @@ def train_segment(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-    teacher = _Online(online, student, device, autocast) if online is not None else None
+    teacher = _Online(online, device, autocast) if online is not None else None
     num_classes = student.num_classes
     soft = spec.mixes or cfg.smoothing > 0
     tau = cfg.tau if cfg.kd == "kl" else 1.0

@@ -38,7 +38,7 @@ def _online(ckpts, policy: str, keep: int, student_kwargs: dict = STUDENT, stude
     teacher = create_model(VIT, TEACHER, weights=ckpts["teacher"])
     weights = ckpts[student_ckpt] if student_ckpt else None
     student = create_model(VIT, student_kwargs, weights=weights, seed=0).train()
-    online = _Online(OnlineTeacher(teacher, TEACHER_RENDER, policy=policy, keep=keep), student, torch.device("cpu"),
+    online = _Online(OnlineTeacher(teacher, TEACHER_RENDER, policy=policy, keep=keep), torch.device("cpu"),
                      contextlib.nullcontext)
     return online, student
 
