@@ -1,27 +1,39 @@
 """maskedkd: the MaskedKD method (Son et al., ECCV 2024) as a small torch + timm library.
 
 Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`POLICIES`
-registry, :func:`masked_forward`, :func:`kd_loss`, :func:`distill_loss`, :class:`TopK`,
-:func:`teacher_flops`. This package does no file I/O and never imports ``pipeline``.
+registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
+sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
+:func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
+:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`.
+This package does no file I/O and never imports ``pipeline``.
 """
 
-from maskedkd.flops import teacher_flops
-from maskedkd.losses import TopK, distill_loss, kd_loss
+from maskedkd.flops import teacher_flops, teacher_macs
+from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
+from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
-from maskedkd.policies import POLICIES, needs_saliency, register_policy, select_keep
+from maskedkd.policies import POLICIES, needs_saliency, register_policy
 from maskedkd.saliency import cls_attention
+from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
 
 __all__ = [
     "POLICIES",
+    "SoftTarget",
     "TopK",
     "cls_attention",
     "distill_loss",
+    "from_logits",
     "kd_loss",
+    "keep_indices",
+    "logsumexp_at",
     "masked_forward",
     "needs_saliency",
     "register_policy",
+    "resolve_keep",
+    "saliency_on_grid",
     "select_keep",
     "teacher_flops",
+    "teacher_macs",
 ]
 
 # Deterministic views (sample_view -> View -> render), shared by precompute and trainer.

@@ -1,4 +1,7 @@
-"""Masking policies: which patches the teacher keeps. One registry, one decorator (docs/design.md §1)."""
+"""Masking policies: which patches the teacher keeps. One registry, one decorator (docs/design.md §1).
+
+:func:`maskedkd.select_keep` (in :mod:`maskedkd.keep`) applies them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["POLICIES", "register_policy", "select_keep", "needs_saliency"]
+__all__ = ["POLICIES", "get_policy", "needs_saliency", "register_policy"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 PolicyFn = Callable[[torch.Tensor, int, Generator], torch.Tensor]
@@ -34,44 +37,16 @@ def register_policy(name: str, *, needs_saliency: bool = True) -> Callable[[Poli
 
 def needs_saliency(policy: str) -> bool:
     """Whether ``policy`` reads the student's saliency scores."""
-    _lookup(policy)
+    get_policy(policy)
     return _NEEDS_SALIENCY[policy]
 
 
-def _lookup(policy: str) -> PolicyFn:
+def get_policy(policy: str) -> PolicyFn:
+    """The function registered as ``policy``; ValueError naming the known ones if there is none."""
     try:
         return POLICIES[policy]
     except KeyError:
         raise ValueError(f"unknown masking policy {policy!r}; known: {', '.join(sorted(POLICIES))}") from None
-
-
-def select_keep(
-    scores: torch.Tensor,
-    keep: int,
-    policy: str = "student",
-    generator: Generator = None,
-) -> torch.Tensor:
-    """Indices of the patches the teacher sees, sorted ascending.
-
-    Args:
-        scores: Tensor[B, N] saliency per patch (:func:`maskedkd.cls_attention`).
-        keep: number of patches to keep, 1 <= keep <= N (ignored by ``none``, which keeps all).
-        policy: a name in :data:`POLICIES`: ``student`` (MaskedKD: highest saliency),
-            ``student_inverse`` (lowest, an ablation), ``random`` (uniform), ``none`` (all).
-        generator: for ``random``: one ``torch.Generator`` for the batch, or one per row so each
-            sample's draw does not depend on the batch it lands in.
-
-    Returns:
-        LongTensor[B, keep] (``[B, N]`` for ``none``).
-    """
-    fn = _lookup(policy)
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [B, N], got shape {tuple(scores.shape)}")
-    n = scores.shape[1]
-    if not 1 <= keep <= n:
-        raise ValueError(f"keep must be between 1 and {n} (patches), got {keep}")
-    idx = fn(scores, keep, generator)
-    return idx.sort(dim=1).values
 
 
 @register_policy("student")

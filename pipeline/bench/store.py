@@ -83,14 +83,15 @@ def _measure(rows: int, classes: int, k: int, patches: int, repeats: int) -> dic
     import torch
 
     from pipeline.bench.timing import interleaved_medians, machine_line
-    from pipeline.labels import open_partition, topk_from_logits, write_partition
+    from maskedkd import from_logits
+    from pipeline.labels import open_partition, write_partition
     from pipeline.labels.summary import column_bytes_per_row
 
     data = synthetic_labels(rows, classes, patches)
     logits = torch.from_numpy(data.pop("logits"))
     rng = np.random.default_rng(1)
     views = {"view_box": rng.random((rows, 4), dtype=np.float32), "view_flip": rng.random(rows) < 0.5}
-    targets = {"topk": topk_from_logits(logits, k), "all": logits}
+    targets = {"topk": from_logits(logits, k), "all": logits}
     result: dict[str, Any] = {"rows": rows, "classes": classes, "k": k, "patches": patches, "threads": 1,
                               "repeats": repeats, "machine": machine_line()}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:

@@ -38,7 +38,7 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
     import timm
     import torch
 
-    from maskedkd import teacher_flops
+    from maskedkd import resolve_keep, teacher_macs
     from pipeline.bench.timing import interleaved_medians, machine_line
 
     try:
@@ -48,8 +48,10 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
     model = model.eval().to(device)
     n = model.patch_embed.num_patches
     for k in keeps:
-        if not 1 <= k <= n:
-            raise ConfigError(f"--keep: {k} is not between 1 and {n} (patches of {model_name})")
+        try:
+            resolve_keep(k, n)
+        except ValueError:
+            raise ConfigError(f"--keep: {k} is not between 1 and {n} (patches of {model_name})") from None
     size = model.patch_embed.img_size
     images = torch.randn(batch, 3, *size, device=device)
     amp = dtype == "bf16"
@@ -58,7 +60,7 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(k))[:k].sort().values
         steps[k] = _step(model, images, idx.expand(batch, k).to(device), device, amp)
     seconds = interleaved_medians(steps, warmup=2, repeats=repeats)
-    rows = [{"keep": k, "img_per_s": batch / seconds[k], "gmacs": teacher_flops(model, k) / 2e9} for k in keeps]
+    rows = [{"keep": k, "img_per_s": batch / seconds[k], "gmacs": teacher_macs(model, k) / 1e9} for k in keeps]
     base = next((r["img_per_s"] for r in rows if r["keep"] == n), rows[0]["img_per_s"])
     for r in rows:
         r["speedup"] = r["img_per_s"] / base

@@ -61,7 +61,8 @@ def write_teacher_labels(
 
     from maskedkd.views import render_batch
     from pipeline._fingerprint import sha256_file, sha256_json
-    from pipeline.labels import logsumexp_at, partition_path, topk_from_logits, write_partition
+    from maskedkd import from_logits, logsumexp_at
+    from pipeline.labels import partition_path, write_partition
     from pipeline.models import model_fingerprint
     from pipeline.labels.contract import store_view_columns
     from pipeline.train.stream import load_shard
@@ -87,7 +88,7 @@ def write_teacher_labels(
             metadata = {"shard": ref.name, "view_epoch": ve, "fingerprints": fingerprints,
                         "counters": {"rows_computed": len(sh.keys), "rows_reused": 0, "teacher_macs": 0}}
             write_partition(path, keys=sh.keys, labels=sh.labels.numpy(), keep=np.ones((len(sh.keys), teacher.patch_embed.num_patches), bool),
-                            target=topk_from_logits(logits, k), metadata=metadata, view_columns=store_view_columns(sh.views, spec),
+                            target=from_logits(logits, k), metadata=metadata, view_columns=store_view_columns(sh.views, spec),
                             num_classes=logits.shape[1], extra_lse=logsumexp_at(logits, taus) if k != "all" else None)
             out[(ref.name, ve)] = path
     return out

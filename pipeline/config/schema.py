@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from maskedkd import resolve_keep
 from pipeline.config.model_info import ModelInfo, model_info
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
@@ -528,6 +529,15 @@ class LabelsConfig(_Section):
         return v
 
 
+def _keep_in_range(keep: int, num_patches: int) -> bool:
+    """maskedkd's keep rule (:func:`maskedkd.resolve_keep`), as a yes/no for the config's own messages."""
+    try:
+        resolve_keep(keep, num_patches)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_address(v: str) -> str:
     if not v.strip() or any(c.isspace() for c in v):
         raise ValueError(f"must be a scheduler address like tcp://host:8786, got {v!r}")
@@ -640,12 +650,12 @@ class StageConfig(_Section):
         if m.policy == "none":
             return []
         rng = f"must be between 1 and {n} (the teacher's patches)"
-        if m.keep is not None and not 1 <= m.keep <= n:
+        if m.keep is not None and not _keep_in_range(m.keep, n):
             return [("masking.keep", f"{rng}, got {m.keep}")]
         if m.ratio is not None and round(m.ratio * n) < 1:
             return [("masking.ratio", f"round({m.ratio} * {n}) = {round(m.ratio * n)} patches; must keep at least 1")]
         return [(f"masking.per_milestone[{i}]", f"{rng}, got {k}")
-                for i, k in enumerate(m.per_milestone or []) if not 1 <= k <= n]
+                for i, k in enumerate(m.per_milestone or []) if not _keep_in_range(k, n)]
 
     @property
     def num_patches(self) -> int | None:

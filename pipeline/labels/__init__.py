@@ -7,7 +7,6 @@ from the inputs' fingerprints. Write with :func:`write_partition` (atomic), read
 
 from pipeline.labels.paths import list_partitions, partition_path, related_partitions
 from pipeline.labels.reader import LabelBatch, Partition, open_partition
-from pipeline.labels.topk import logsumexp_at, topk_from_logits
 from pipeline.labels.writer import WriteResult, write_partition
 
 __all__ = [
@@ -15,10 +14,8 @@ __all__ = [
     "Partition",
     "WriteResult",
     "list_partitions",
-    "logsumexp_at",
     "open_partition",
     "partition_path",
     "related_partitions",
-    "topk_from_logits",
     "write_partition",
 ]

@@ -9,7 +9,7 @@ raises :class:`StoreError` before any row of its page is handed out.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from maskedkd.losses import TopK
+from maskedkd.targets import SoftTarget, TopK
 from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_bytes
 from pipeline.labels import paths
@@ -45,9 +45,9 @@ class LabelBatch:
         keys: the sample keys, in the shard's tar order.
         label: int64 [B] ground-truth classes.
         keep: bool [B, P], the patches the teacher saw (``.numpy()`` is zero-copy).
-        target: ``TopK(idx int64 [B, K], logit float32 [B, K], lse float32 [B], tau=1.0)`` ready for
-            :func:`maskedkd.losses.kd_loss`, or float32 [B, C] log-probabilities (valid logits:
-            ``kd_loss`` normalises them) with ``topk: all``.
+        target: a :class:`maskedkd.SoftTarget` ready for :func:`maskedkd.kd_loss`: top-K
+            (``idx`` int64 [B, K], ``logit`` float32 [B, K], ``lse`` float32 [B], ``tau=1.0``), or
+            dense with ``topk: all`` (``logit`` float32 [B, C] log-probabilities, valid logits).
         lse_tau: ``{tau: float32 [B]}``, logsumexp at the extra stored temperatures.
         view: the View's columns as written: numpy [B] or [B, W] (strings as object arrays).
     """
@@ -55,33 +55,31 @@ class LabelBatch:
     keys: list[str] | None = None
     label: torch.Tensor | None = None
     keep: torch.Tensor | None = None
-    target: TopK | torch.Tensor | None = None
+    target: SoftTarget | None = None
     lse_tau: dict[float, torch.Tensor] = field(default_factory=dict)
     view: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         for value in (self.keys, self.label, self.keep, self.target):
             if value is not None:
-                return len(value.lse if isinstance(value, TopK) else value)
+                return len(value)
         return len(next(iter(self.view.values()), ()))
 
     def slice(self, start: int, stop: int) -> "LabelBatch":
         """Rows ``start:stop`` (views, no copies)."""
         cut = lambda x: None if x is None else x[start:stop]  # noqa: E731
-        t = self.target
-        target = TopK(cut(t.idx), cut(t.logit), cut(t.lse), t.tau) if isinstance(t, TopK) else cut(t)
         return LabelBatch(
-            keys=cut(self.keys), label=cut(self.label), keep=cut(self.keep), target=target,
+            keys=cut(self.keys), label=cut(self.label), keep=cut(self.keep), target=cut(self.target),
             lse_tau={tau: cut(v) for tau, v in self.lse_tau.items()}, view={k: cut(v) for k, v in self.view.items()},
         )
 
-    def target_at(self, tau: float) -> TopK | torch.Tensor:
-        """The target for ``kd_loss(..., tau=tau)``: a TopK with the logsumexp stored for ``tau``."""
-        if not isinstance(self.target, TopK) or float(tau) == 1.0:
-            return self.target
+    def target_at(self, tau: float) -> SoftTarget | None:
+        """The target for ``kd_loss(..., tau=tau)``: top-K with the logsumexp stored for ``tau``."""
+        if self.target is None or self.target.dense or float(tau) == 1.0:
+            return self.target  # a dense target fits any temperature
         if float(tau) not in self.lse_tau:
             raise ValueError(f"no logsumexp stored for tau={tau}; stored: 1.0, {sorted(self.lse_tau)}")
-        return self.target._replace(lse=self.lse_tau[float(tau)], tau=float(tau))
+        return replace(self.target, lse=self.lse_tau[float(tau)], tau=float(tau))
 
 
 class Partition:
@@ -197,7 +195,7 @@ class Partition:
             packed = np.frombuffer(keep.buffers()[1], np.uint8, count=len(keep) * width, offset=keep.offset * width)
             out["keep"] = torch.from_numpy(unpack_keep(packed.reshape(len(keep), width), self.layout.num_patches))
         if "target" in wanted and self.layout.topk == "all":
-            out["target"] = _float32(_matrix(rb.column("logits")))
+            out["target"] = SoftTarget(_float32(_matrix(rb.column("logits"))))
         elif "target" in wanted:
             lse = torch.from_numpy(rb.column("lse").to_numpy().copy())
             idx = torch.from_numpy(_matrix(rb.column("topk_idx")).astype(np.int64))

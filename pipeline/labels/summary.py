@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from maskedkd.losses import TopK
 from pipeline.labels.reader import Partition, open_partition
 
 
@@ -21,12 +20,9 @@ def summarize(path: str) -> dict[str, Any]:
         rows, agree, kept, mass = partition.num_rows, 0, 0.0, 0.0
         for batch in partition.iter_batches(65536, columns=("label", "keep", "target")):
             target = batch.target
-            if isinstance(target, TopK):
-                top1 = target.idx[:, 0]
-                mass += torch.exp(target.logit - target.lse[:, None]).sum(dim=1, dtype=torch.float64).sum().item()
-            else:
-                top1 = target.argmax(dim=1)
-            agree += int((top1 == batch.label).sum())
+            # the K stored classes' mass (1 per row with topk: all, reported as None below)
+            mass += target.log_probs(target.tau)[0].exp().sum(dim=1, dtype=torch.float64).sum().item()
+            agree += int((target.top_class() == batch.label).sum())
             kept += batch.keep.sum(dtype=torch.float64).item()
         column_bytes = column_bytes_per_row(partition)
         schema = partition.schema

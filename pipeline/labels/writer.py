@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from maskedkd.losses import TopK
+from maskedkd.targets import SoftTarget, as_target
 from pipeline import __version__
 from pipeline._atomic import write_atomic
 from pipeline.errors import StoreError
@@ -64,7 +64,7 @@ def write_partition(
     keys: Sequence[str] | pa.Array,
     labels: Any,
     keep: Any,
-    target: TopK | torch.Tensor | np.ndarray,
+    target: SoftTarget | torch.Tensor | np.ndarray,
     metadata: Mapping[str, Any],
     view_columns: Mapping[str, np.ndarray | pa.Array] | None = None,
     num_classes: int | None = None,
@@ -78,18 +78,18 @@ def write_partition(
         keys: the sample keys in the shard's tar order (unique).
         labels: int [N] ground-truth classes.
         keep: bool [N, P] (numpy or torch): the patches the teacher saw.
-        target: a :class:`maskedkd.losses.TopK` at tau = 1 (see :func:`topk_from_logits`), or the
-            full logits [N, C] for ``topk: all``.
+        target: a top-K :class:`maskedkd.SoftTarget` at tau = 1 (see :func:`maskedkd.from_logits`),
+            or a dense one, or the full logits [N, C] (tensor or array), for ``topk: all``.
         metadata: the fingerprint record: ``shard``, ``view_epoch``, ``fingerprints``, ``counters``
             (``rows_computed + rows_reused`` must equal N), optional ``specs`` and
             ``package_version``; see ``manifests/label-partition.schema.json``. The writer adds
             ``format``, ``rows`` and ``layout``.
         view_columns: the View's columns, name -> numpy [N] or [N, W] or a pyarrow array of
             length N; stored as is (2-D as fixed_size_list) and given back by the reader.
-        num_classes: the teacher's class count; required with a TopK target (it sets the
+        num_classes: the teacher's class count; required with a top-K target (it sets the
             index type: uint16 up to 65,536 classes, int32 above).
         extra_lse: ``{tau: logsumexp(logits / tau) [N]}`` for other temperatures
-            (:func:`logsumexp_at`); TopK targets only.
+            (:func:`maskedkd.logsumexp_at`); top-K targets only.
         exclusive: publish only if ``path`` does not exist yet (local stores); else raise
             :class:`FileExistsError` and keep the existing file (concurrent writers: first wins).
 
@@ -121,7 +121,7 @@ def build_table(
     keys: Sequence[str] | pa.Array,
     labels: Any,
     keep: Any,
-    target: TopK | torch.Tensor | np.ndarray,
+    target: SoftTarget | torch.Tensor | np.ndarray,
     metadata: Mapping[str, Any],
     view_columns: Mapping[str, np.ndarray | pa.Array],
     num_classes: int | None,
@@ -138,15 +138,16 @@ def build_table(
     if keep_np.dtype != bool:
         raise ValueError(f"{path}: keep must be a bool array [N, P], got {keep_np.dtype}")
 
-    if isinstance(target, TopK):
+    target = as_target(target)
+    if not target.dense:
         if num_classes is None:
-            raise ValueError(f"{path}: num_classes is required with a TopK target")
+            raise ValueError(f"{path}: num_classes is required with a top-K target")
         columns = _topk_columns(target, n, num_classes, extra_lse, path)
         topk = columns["topk_idx"].type.list_size
     else:
         if extra_lse:
-            raise ValueError(f"{path}: extra_lse needs a TopK target (full logits need no logsumexp)")
-        logits = _rows(target, n, "target logits", ndim=2)
+            raise ValueError(f"{path}: extra_lse needs a top-K target (full logits need no logsumexp)")
+        logits = _rows(target.logit, n, "target logits", ndim=2)
         if num_classes not in (None, logits.shape[1]):
             raise ValueError(f"{path}: num_classes={num_classes} but the logits have {logits.shape[1]} classes")
         num_classes, topk = logits.shape[1], "all"
@@ -223,10 +224,10 @@ def encode(table: pa.Table) -> pa.Buffer:
 
 
 def _topk_columns(
-    target: TopK, n: int, num_classes: int, extra_lse: Mapping[float, Any], path: str
+    target: SoftTarget, n: int, num_classes: int, extra_lse: Mapping[float, Any], path: str
 ) -> dict[str, pa.Array]:
     if abs(float(target.tau) - 1.0) > 1e-9:
-        raise ValueError(f"{path}: TopK target must hold the logsumexp at tau=1, got tau={target.tau}")
+        raise ValueError(f"{path}: top-K target must hold the logsumexp at tau=1, got tau={target.tau}")
     idx = _rows(target.idx, n, "target.idx", ndim=2)
     logit = _rows(target.logit, n, "target.logit", ndim=2).astype(np.float32)
     lse = _finite(_rows(target.lse, n, "target.lse").astype(np.float32), "target.lse", path)

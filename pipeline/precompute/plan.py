@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from maskedkd import needs_saliency
+from maskedkd import needs_saliency, resolve_keep
 from pipeline.data.manifest import DatasetManifest
 from pipeline.labels import paths
 from pipeline.labels.contract import segment_view_epochs, shard_refs
@@ -20,10 +20,11 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
     """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
 
     Args:
-        student: the checkpoint whose saliency picks the masks (ignored by policies that need none).
+        student: the checkpoint whose saliency picks the masks (ignored by policies that need none,
+            and when all patches are kept).
     """
     policy = cfg.masking.policy
-    keep = cfg.keep_for_segment(segment)
+    keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, policy)  # None: all patches
     spec = cfg.views.view_spec()
     view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
     tasks = []
@@ -33,7 +34,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
                 shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
                 limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
                 view_seed=cfg.views.seed, teacher=teacher,
-                student=student if needs_saliency(policy) else None,
+                student=student if keep is not None and needs_saliency(policy) else None,
                 policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
                 topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
                 store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,

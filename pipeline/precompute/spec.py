@@ -56,7 +56,7 @@ class PartitionTask:
     teacher: ModelSpec
     student: ModelSpec | None  # None when the policy reads no saliency
     policy: str
-    keep: int
+    keep: int | None  # None: all patches (policy none, or keep = the teacher's patch count)
     tolerance: int
     spot_check: int
     topk: int | str

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskedkd import TopK, cls_attention, masked_forward, needs_saliency, select_keep, teacher_flops
+from maskedkd import SoftTarget, from_logits, keep_indices, logsumexp_at, masked_forward, needs_saliency, teacher_macs
 from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline.data.shards import Sample, read_shard
@@ -25,7 +25,6 @@ from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_json
 from pipeline.labels import paths
 from pipeline.labels.reader import open_partition
-from pipeline.labels.topk import logsumexp_at, topk_from_logits
 from pipeline.labels.writer import write_partition
 from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, specs_record
@@ -106,55 +105,33 @@ class _Renders:
         return images
 
 
-_MACS: dict[tuple, int] = {}
-
-
-def _macs_per_row(teacher: torch.nn.Module, t: PartitionTask) -> int:
-    """Teacher MACs per row at this keep count, counted once per worker process (a counted forward)."""
-    keep = None if t.policy == "none" else t.keep
-    key = (t.teacher.fingerprint, keep)
-    if key not in _MACS:
-        _MACS[key] = teacher_flops(teacher, keep) // 2
-    return _MACS[key]
-
-
-def _saliency_to_grid(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
-    """Resample a student's patch saliency onto the teacher's patch grid (area-weighted)."""
-    if tuple(src_grid) == tuple(dst_grid):
-        return scores
-    b = scores.shape[0]
-    grid = scores.reshape(b, 1, *src_grid)
-    return F.interpolate(grid, size=tuple(dst_grid), mode="bilinear", align_corners=False).reshape(b, -1)
-
-
 def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
     """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent."""
     views = renders.views
     n = len(views)
+    if t.keep is None:
+        return np.ones((n, n_patches), dtype=bool), 0
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
-    if t.policy == "none":
-        keep[:] = True
-        return keep, 0
     student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
     for start in range(0, n, t.batch_size):
         idx = np.arange(start, min(n, start + t.batch_size))
+        images = None
         if student is not None:
             images = renders.student(idx).to(t.device)
-            with torch.inference_mode(), _autocast(t.device, t.precision):
-                scores = cls_attention(student, images).float().cpu()
-            scores = _saliency_to_grid(scores, student.patch_embed.grid_size, grid)
             forwards += len(idx)
-            gens = None
-        else:
-            scores = torch.zeros(len(idx), n_patches)
-            # seeded per sample and view, so a row's draw does not depend on its batch
-            gens = [torch.Generator().manual_seed(views[i].seed) for i in idx]
-        kidx = select_keep(scores, t.keep, t.policy, gens)
+        with torch.inference_mode(), _autocast(t.device, t.precision):
+            kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
+                                student=student, images=images)
         rows = keep[idx]
         np.put_along_axis(rows, kidx.numpy(), True, axis=1)
         keep[idx] = rows
     return keep, forwards
+
+
+def _kept(keep: np.ndarray, k: int | None) -> torch.Tensor | None:
+    """LongTensor[rows, k] of the True columns of bool keep sets (None: all patches)."""
+    return None if k is None else torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), k))
 
 
 @dataclass
@@ -163,7 +140,7 @@ class _Stored:
 
     path: str
     keep: np.ndarray  # bool [N, P]
-    target: Any  # TopK (float32) or logits [N, C]
+    target: SoftTarget  # float32, top-K or dense
     lse_tau: dict[float, torch.Tensor]
 
 
@@ -183,31 +160,19 @@ def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
     return out
 
 
-def _take(target: Any, rows: np.ndarray) -> Any:
-    r = torch.from_numpy(rows)
-    if isinstance(target, TopK):
-        return TopK(target.idx[r], target.logit[r], target.lse[r], target.tau)
-    return target[r]
-
-
-def _kl_rows(fresh: torch.Tensor, stored: Any) -> torch.Tensor:
-    """Per-row KL(fresh || stored) over the stored distribution's support (K+1 buckets)."""
-    from maskedkd.losses import topk_log_probs
-
-    log_p_fresh = F.log_softmax(fresh.float(), dim=1)
-    if not isinstance(stored, TopK):
-        log_q = F.log_softmax(stored.float(), dim=1)
-        return (log_p_fresh.exp() * (log_p_fresh - log_q)).sum(1).clamp_min(0.0)
-    idx = stored.idx.long()
-    log_q, log_q_tail = topk_log_probs(stored, stored.tau)
-    # float16 logits can make the stored buckets sum to a hair over 1, which biases the KL below
-    # zero by about as much as the KL of a few changed patches: renormalise them first
-    norm = torch.logaddexp(torch.logsumexp(log_q, 1), log_q_tail)
-    log_q, log_q_tail = log_q - norm.unsqueeze(1), log_q_tail - norm
-    log_p = log_p_fresh.gather(1, idx)
-    log_p_tail = log_p_fresh.scatter(1, idx, float("-inf")).logsumexp(1)
-    p, p_tail = log_p.exp(), log_p_tail.exp()
-    kl = (p * (log_p - log_q)).sum(1) + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
+    """Per-row KL(fresh || stored) over the stored distribution's buckets (K+1, or all classes)."""
+    log_q, log_q_tail = stored.log_probs(stored.tau)
+    if log_q_tail is not None:
+        # float16 logits can make the stored buckets sum to a hair over 1, which biases the KL below
+        # zero by about as much as the KL of a few changed patches: renormalise them first
+        norm = torch.logaddexp(torch.logsumexp(log_q, 1), log_q_tail)
+        log_q, log_q_tail = log_q - norm.unsqueeze(1), log_q_tail - norm
+    log_p, log_p_tail = stored.buckets(F.log_softmax(fresh.float(), dim=1))
+    kl = (log_p.exp() * (log_p - log_q)).sum(1)
+    if log_p_tail is not None:
+        p_tail = log_p_tail.exp()
+        kl = kl + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
@@ -279,16 +244,16 @@ def run_partition(item: dict) -> dict:
     # teacher on the rest
     compute = np.flatnonzero(~reuse)
     with timer.phase("teacher"):
-        macs_per_row = _macs_per_row(teacher, t)
+        macs_per_row = teacher_macs(teacher, t.keep)
         logits_rows = torch.empty(len(compute), t.num_classes)
         for start in range(0, len(compute), t.batch_size):
             idx = compute[start:start + t.batch_size]
             images = renders.teacher(idx).to(t.device)
-            kidx = None if t.policy == "none" else torch.from_numpy(np.nonzero(keep[idx])[1].reshape(len(idx), t.keep))
+            kidx = _kept(keep[idx], t.keep)
             with torch.inference_mode(), _autocast(t.device, t.precision):
                 logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
 
-        target, extra = _assemble(t, n, compute, logits_rows, reuse, source, cands, keep)
+        target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
         inexact = np.flatnonzero(reuse & (best > 0))
         if len(inexact) and t.spot_check:
             result.update(_spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row))
@@ -335,35 +300,21 @@ def run_partition(item: dict) -> dict:
     return result
 
 
-def _assemble(t, n, compute, logits_rows, reuse, source, cands, keep):
-    """The partition's target (TopK or logits) and extra-temperature lse, from fresh + reused rows."""
+def _assemble(t, compute, logits_rows, reuse, source, cands):
+    """The partition's target and extra-temperature lse, from fresh + reused rows, in row order."""
     extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
-    fresh = topk_from_logits(logits_rows, t.topk)
-    fresh_extra = logsumexp_at(logits_rows, extra_taus)
-    if isinstance(fresh, TopK):
-        k = fresh.idx.shape[1]
-        idx = torch.zeros(n, k, dtype=torch.long)
-        logit = torch.zeros(n, k)
-        lse = torch.zeros(n)
-        idx[compute], logit[compute], lse[compute] = fresh.idx, fresh.logit, fresh.lse
-    else:
-        full = torch.zeros(n, t.num_classes)
-        full[compute] = fresh
-    extra = {tau: torch.zeros(n) for tau in fresh_extra}
-    for tau, v in fresh_extra.items():
-        extra[tau][compute] = v
+    rows, targets, extras = [compute], [from_logits(logits_rows, t.topk)], [logsumexp_at(logits_rows, extra_taus)]
     for c, cand in enumerate(cands):
-        rows = torch.from_numpy(np.flatnonzero(reuse & (source == c)))
-        if not len(rows):
+        mine = np.flatnonzero(reuse & (source == c))
+        if not len(mine):
             continue
-        got = _take(cand.target, rows.numpy())
-        if isinstance(fresh, TopK):
-            idx[rows], logit[rows], lse[rows] = got.idx.long(), got.logit.float(), got.lse.float()
-        else:
-            full[rows] = got.float()
-        for tau in extra:
-            extra[tau][rows] = cand.lse_tau[float(tau)][rows]
-    target = TopK(idx, logit, lse) if isinstance(fresh, TopK) else full
+        r = torch.from_numpy(mine)
+        rows.append(mine)
+        targets.append(cand.target[r])
+        extras.append({tau: cand.lse_tau[tau][r] for tau in extras[0]})
+    order = torch.from_numpy(np.argsort(np.concatenate(rows), kind="stable"))  # every row exactly once
+    target = SoftTarget.cat(targets)[order]
+    extra = {tau: torch.cat([e[tau] for e in extras])[order] for tau in extras[0]}
     return target, extra
 
 
@@ -372,13 +323,13 @@ def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row)
     rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
     images = renders.teacher(rows).to(t.device)
-    kidx = torch.from_numpy(np.nonzero(keep[rows])[1].reshape(len(rows), t.keep)).to(t.device)
+    kidx = _kept(keep[rows], t.keep)
     with torch.inference_mode(), _autocast(t.device, t.precision):
-        fresh = masked_forward(teacher, images, kidx).float().cpu()
+        fresh = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
     kls = []
     for c, cand in enumerate(cands):
         sel = source[rows] == c
         if sel.any():
-            kls.append(_kl_rows(fresh[torch.from_numpy(sel)], _take(cand.target, rows[sel])))
+            kls.append(_kl_rows(fresh[torch.from_numpy(sel)], cand.target[torch.from_numpy(rows[sel])]))
     kl = torch.cat(kls)
     return {"spot_check_rows": int(len(rows)), "spot_check_kl": float(kl.mean()), "spot_check_macs": int(macs_per_row * len(rows))}

@@ -104,17 +104,17 @@ _FULL_MACS: dict[str, int] = {}
 
 
 def _full_macs_per_image(cfg) -> int:
-    """MACs of one unmasked teacher forward (measured by maskedkd.teacher_flops)."""
+    """MACs of one unmasked teacher forward (measured by maskedkd.teacher_macs), per teacher config."""
     key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
     if key not in _FULL_MACS:
         import torch
 
-        from maskedkd import teacher_flops
+        from maskedkd import teacher_macs
         from pipeline.models import create_model
 
         with torch.device("cpu"):
             model = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
-        _FULL_MACS[key] = teacher_flops(model, None) // 2
+        _FULL_MACS[key] = teacher_macs(model, None)
     return _FULL_MACS[key]
 
 
@@ -217,7 +217,6 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from maskedkd.losses import TopK, topk_log_probs
     from maskedkd.views import render, shard_views
     from pipeline.data.shards import read_shard
     from pipeline.labels.reader import open_partition
@@ -250,10 +249,8 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     all_nb = F.conv2d(torch.ones_like(g[:1]), kernel, padding=1)  # 4-neighbours inside the grid
     clump = float((kept_nb * g).sum() / (all_nb * g).sum())
     t = b.target
-    logp = topk_log_probs(t, t.tau)[0] if isinstance(t, TopK) else torch.log_softmax(t.float(), -1)
-    top_p, top_i = logp.max(-1)
-    top_cls = t.idx.gather(1, top_i[:, None])[:, 0] if isinstance(t, TopK) else top_i
-    wrong = top_cls != b.label
+    top_p = t.log_probs(t.tau)[0].max(-1).values
+    wrong = t.top_class() != b.label
     conf_wrong = float(top_p.exp()[wrong].mean()) if bool(wrong.any()) else float("nan")
     return {"fixed_share": share, "clump": clump, "teacher_conf": float(top_p.exp().mean()), "teacher_conf_wrong": conf_wrong, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
             "kept_empty": float(empty[keep].float().mean()), "all_empty": float(empty.float().mean()),

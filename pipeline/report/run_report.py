@@ -13,13 +13,13 @@ def _macs_full(runner) -> int:
     """Teacher MACs full-teacher KD would have spent on the same rows (every row, all patches)."""
     import torch
 
-    from maskedkd import teacher_flops
+    from maskedkd import teacher_macs
     from pipeline.models import create_model
 
     t = runner.cfg.teacher
     with torch.device("cpu"):
         model = create_model(t.model, t.kwargs, seed=0).eval()
-    return teacher_flops(model, None) // 2
+    return teacher_macs(model, None)
 
 
 def collect(runner) -> dict[str, Any]:

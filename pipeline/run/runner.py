@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import click
 
+from maskedkd import resolve_keep
 from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
@@ -238,7 +239,7 @@ class Runner:
             parts = self.lock.stages[name]["partitions"]
             self._say(name, f"cached ({len(parts)} partitions)")
         else:
-            self._say(name, f"{len(tasks)} partitions, keep {tasks[0].keep if tasks else '-'} ({self.cfg.masking.policy}) "
+            self._say(name, f"{len(tasks)} partitions, keep {self.cfg.keep_for_segment(segment) if tasks else '-'} ({self.cfg.masking.policy}) "
                             f"from {source_ckpt.name}")
             t0 = time.perf_counter()
             summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
@@ -249,7 +250,7 @@ class Runner:
             summary["seconds"] = time.perf_counter() - t0
             summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
             summary["source"] = source_ckpt.name
-            summary["keep"] = tasks[0].keep if tasks else None
+            summary["keep"] = self.cfg.keep_for_segment(segment) if tasks else None  # a count, N for all patches
             self.lock.record(name, inputs, partitions=parts, info=summary)
             self.result.stages[name] = "ran"
             self.result.teacher_forwards += summary["teacher_forwards"]
@@ -310,10 +311,9 @@ class Runner:
 
         t = self.cfg.teacher
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
-        keep = self.cfg.keep_for_segment(segment)
         policy = self.cfg.masking.policy
-        return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t.info()), policy=policy,
-                             keep=None if policy == "none" else keep)
+        keep = resolve_keep(self.cfg.keep_for_segment(segment), self.cfg.num_patches, policy)
+        return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t.info()), policy=policy, keep=keep)
 
     # ------------------------------------------------------------------ the run
 
@@ -439,16 +439,13 @@ def _label_refs(tasks: list[PartitionTask], parts: list[dict]) -> dict[tuple[str
 
 def _teacher_masked_top1(parts: list[dict]) -> float:
     """The teacher's top-1 on the (masked) views it labelled, over all partitions of a stage."""
-
     from pipeline.labels.reader import open_partition
 
     correct = total = 0
     for p in parts:
         with open_partition(p["path"]) as part:
             b = part.read_all(columns=("label", "target"))
-        t = b.target
-        top = t.idx[:, 0] if hasattr(t, "idx") else t.argmax(1)
-        correct += int((top == b.label).sum())
+        correct += int((b.target.top_class() == b.label).sum())
         total += len(b.label)
     return correct / max(1, total)
 

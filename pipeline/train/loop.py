@@ -26,8 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from maskedkd import cls_attention, distill_loss, masked_forward, needs_saliency, select_keep, teacher_flops
-from maskedkd.losses import TopK
+from maskedkd import distill_loss, keep_indices, masked_forward, needs_saliency, resolve_keep, teacher_macs
 from maskedkd.views import ViewSpec
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, StoreError
@@ -112,50 +111,40 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
 class _Online:
     """The teacher in the loop: saliency of the current student, masked teacher forward, MAC count."""
 
-    def __init__(self, online: OnlineTeacher, student: nn.Module, device: torch.device, autocast) -> None:
+    def __init__(self, online: OnlineTeacher, device: torch.device, autocast) -> None:
         self.cfg, self.autocast = online, autocast
         self.teacher = online.model.to(device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.n = self.teacher.patch_embed.num_patches
-        if online.keep is not None and not 1 <= online.keep <= self.n:
-            raise ConfigError(f"masking.keep: must be between 1 and {self.n}, got {online.keep}")
-        self.masked = online.keep is not None and online.keep < self.n and online.policy != "none"
-        self.saliency = self.masked and needs_saliency(online.policy)
-        if self.saliency and student.patch_embed.num_patches != self.n:
-            raise ConfigError(
-                f"masking.policy {online.policy!r}: student has {student.patch_embed.num_patches} patches, "
-                f"teacher {self.n}: the student's saliency cannot choose the teacher's patches"
-            )
-        self.macs_per_image = teacher_flops(self.teacher, online.keep if self.masked else None) // 2
+        n = self.teacher.patch_embed.num_patches
+        try:
+            self.keep = resolve_keep(online.keep, n, online.policy)
+        except ValueError:
+            raise ConfigError(f"masking.keep: must be between 1 and {n}, got {online.keep}") from None
+        self.grid = tuple(self.teacher.patch_embed.grid_size)
+        self.saliency = self.keep is not None and needs_saliency(online.policy)
+        self.macs_per_image = teacher_macs(self.teacher, self.keep)
         self.device = device
 
     @torch.no_grad()
+    def keep_idx(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor | None:
+        """The batch's keep sets, chosen as precompute chooses them (None: all patches)."""
+        seeds = [shard.views[i].seed for shard, rows in batch.segments for i in rows]
+        if not self.saliency:
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds)
+        was = student.training
+        student.eval()
+        try:
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images)
+        finally:
+            student.train(was)
+
+    @torch.no_grad()
     def __call__(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor:
-        keep_idx = None
-        if self.masked:
-            if self.saliency:
-                was = student.training
-                student.eval()
-                scores = cls_attention(student, images)
-                student.train(was)
-                gens = None
-            else:
-                scores = torch.zeros(len(batch), self.n)
-                gens = [torch.Generator().manual_seed(derive_seed("mask", shard.views[i].seed))
-                        for shard, rows in batch.segments for i in rows]
-            keep_idx = select_keep(scores, self.cfg.keep, self.cfg.policy, generator=gens).to(self.device)
+        keep_idx = self.keep_idx(student, batch, images)
         timgs = batch.teacher_images.to(self.device, non_blocking=True)
         with self.autocast():
-            return masked_forward(self.teacher, timgs, keep_idx).float()
-
-
-def _to(target: TopK | torch.Tensor | None, device: torch.device):
-    if target is None:
-        return None
-    if isinstance(target, TopK):
-        return TopK(target.idx.to(device), target.logit.to(device), target.lse.to(device), target.tau)
-    return target.to(device)
+            return masked_forward(self.teacher, timgs, None if keep_idx is None else keep_idx.to(self.device)).float()
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
@@ -284,7 +273,7 @@ def train_segment(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-    teacher = _Online(online, student, device, autocast) if online is not None else None
+    teacher = _Online(online, device, autocast) if online is not None else None
     num_classes = student.num_classes
     soft = spec.mixes or cfg.smoothing > 0
     tau = cfg.tau if cfg.kd == "kl" else 1.0
@@ -320,7 +309,7 @@ def train_segment(
                 scheduler.step_update(num_updates=record.global_step)
                 torch.manual_seed(derive_seed("step", seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
-                target = _to(batch.teacher, device)
+                target = None if batch.teacher is None else batch.teacher.to(device)
                 if teacher is not None:
                     target = teacher(student, batch, images)
                     record.counters["teacher_forwards"] += len(batch) * info.world

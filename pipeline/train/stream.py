@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskedkd.losses import TopK
+from maskedkd.targets import SoftTarget
 from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
 from pipeline.data.shards import read_shard
 from pipeline.errors import DataError, StoreError
@@ -76,7 +76,7 @@ class LoadedShard:
     images: list[Image.Image]
     labels: torch.Tensor  # int64 [n]
     views: list[View]
-    target: TopK | torch.Tensor | None = None  # [n] rows, at the loss temperature
+    target: SoftTarget | None = None  # [n] rows, at the loss temperature
     _index: dict[str, int] | None = field(default=None, repr=False)
 
     def index(self, key: str) -> int:
@@ -231,12 +231,6 @@ def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Te
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _gather_target(targets: list[TopK | torch.Tensor]) -> TopK | torch.Tensor:
-    if isinstance(targets[0], TopK):
-        return TopK(*(torch.cat([getattr(t, f) for t in targets]) for f in ("idx", "logit", "lse")), tau=targets[0].tau)
-    return torch.cat(targets)
-
-
 @dataclass
 class Batch:
     """One rank's part of a global batch, rendered.
@@ -254,7 +248,7 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     targets: torch.Tensor
-    teacher: TopK | torch.Tensor | None
+    teacher: SoftTarget | None
     segments: list[Segment]
     teacher_images: torch.Tensor | None = None
 
@@ -278,12 +272,7 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
         targets = labels
     teacher = None
     if segments and segments[0][0].target is not None:
-        idx = [torch.from_numpy(rows) for _, rows in segments]
-        parts = []
-        for (shard, _), ix in zip(segments, idx):
-            t = shard.target
-            parts.append(TopK(t.idx[ix], t.logit[ix], t.lse[ix], t.tau) if isinstance(t, TopK) else t[ix])
-        teacher = _gather_target(parts)
+        teacher = SoftTarget.cat([shard.target[torch.from_numpy(rows)] for shard, rows in segments])
     teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
     return Batch(images, labels, targets, teacher, list(segments), teacher_images)
 

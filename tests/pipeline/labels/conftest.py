@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.labels import partition_path, topk_from_logits, write_partition
+from maskedkd import from_logits
+from pipeline.labels import partition_path, write_partition
 from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
 
 N, C, K, P = 300, 50, 5, 49
@@ -42,7 +43,7 @@ def write(tmp_path, data, metadata):
         path = path or partition_path(str(tmp_path / "store"), shard=md["shard"], view_epoch=md["view_epoch"],
                                       fingerprints=md["fingerprints"])
         kwargs = dict(keys=data["keys"], labels=data["labels"], keep=data["keep"],
-                      target=topk_from_logits(data["logits"], K), metadata=md, num_classes=C)
+                      target=from_logits(data["logits"], K), metadata=md, num_classes=C)
         kwargs.update(overrides)
         return write_partition(path, **kwargs)
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from pipeline.errors import StoreError
-from pipeline.labels import list_partitions, open_partition, topk_from_logits, write_partition
+from maskedkd import from_logits
+from pipeline.labels import list_partitions, open_partition, write_partition
 from pipeline.labels.paths import list_temp_files
 from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
 
@@ -24,7 +25,7 @@ from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
 def _write_small(path: str):
     d = teacher_outputs(200, 20, 16)
     return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=partition_metadata(200),
-                           target=topk_from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
+                           target=from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
 
 
 # A fresh process that SIGKILLs itself between the fsync'd temp file and the rename.

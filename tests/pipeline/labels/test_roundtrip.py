@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskedkd.losses import TopK, kd_loss
-from pipeline.labels import logsumexp_at, open_partition, topk_from_logits, write_partition
+from maskedkd import TopK, from_logits, kd_loss, logsumexp_at
+from pipeline.labels import open_partition, write_partition
 
 from .conftest import C, K, N, P
 
@@ -21,7 +21,7 @@ def student():
 def test_topk_round_trip_matches_in_memory_loss(write, data, student):
     result = write()
     batch = open_partition(result.path).read_all()
-    expected = topk_from_logits(data["logits"], K)
+    expected = from_logits(data["logits"], K)
     assert torch.equal(batch.target.idx, expected.idx)
     assert batch.target.idx.dtype == torch.int64 and batch.target.logit.dtype == torch.float32
     # logits come back within float16 rounding of the log-probabilities they are stored as
@@ -30,7 +30,7 @@ def test_topk_round_trip_matches_in_memory_loss(write, data, student):
     stored, memory = kd_loss(student, batch.target), kd_loss(student, expected)
     assert stored.item() == pytest.approx(memory.item(), rel=1e-3, abs=1e-4)
     # and the stored K+1 buckets really carry the teacher: a different teacher gives another loss
-    assert kd_loss(student, topk_from_logits(data["logits"].roll(1, 0), K)).item() != pytest.approx(memory.item(), rel=1e-2)
+    assert kd_loss(student, from_logits(data["logits"].roll(1, 0), K)).item() != pytest.approx(memory.item(), rel=1e-2)
 
 
 def test_topk_all_round_trip_is_the_full_kl(write, data, student, tmp_path):
@@ -38,7 +38,7 @@ def test_topk_all_round_trip_is_the_full_kl(write, data, student, tmp_path):
     with open_partition(result.path) as partition:
         assert partition.layout.topk == "all"
         stored = partition.read_all().target
-    assert stored.shape == (N, C) and stored.dtype == torch.float32
+    assert stored.dense and stored.logit.shape == (N, C) and stored.logit.dtype == torch.float32
     full_kl = F.kl_div(F.log_softmax(student, 1), F.log_softmax(data["logits"], 1), log_target=True, reduction="batchmean")
     assert kd_loss(student, stored).item() == pytest.approx(full_kl.item(), rel=1e-3)
     assert kd_loss(student, stored, tau=4.0).item() == pytest.approx(kd_loss(student, data["logits"], tau=4.0).item(), rel=1e-3)
@@ -48,7 +48,7 @@ def test_extra_temperature_gives_the_loss_at_that_tau(write, data, student):
     result = write(extra_lse=logsumexp_at(data["logits"], [2.0, 0.5]))
     batch = open_partition(result.path).read_all()
     assert sorted(batch.lse_tau) == [0.5, 2.0]
-    top = topk_from_logits(data["logits"], K)
+    top = from_logits(data["logits"], K)
     for tau in (2.0, 0.5):
         expected = TopK(top.idx, top.logit, torch.logsumexp(data["logits"] / tau, 1), tau)
         got = kd_loss(student, batch.target_at(tau), tau=tau).item()
@@ -102,7 +102,7 @@ def test_more_than_65536_classes_use_int32_indices(tmp_path, metadata):
     logits[:, classes - 1] += 20  # the top class needs more than 16 bits
     metadata["counters"]["rows_computed"] = n
     result = write_partition(str(tmp_path / "big.parquet"), keys=list("abcd"), labels=np.zeros(n), keep=np.ones((n, 4), bool),
-                             target=topk_from_logits(logits, 3), metadata=metadata, num_classes=classes)
+                             target=from_logits(logits, 3), metadata=metadata, num_classes=classes)
     with open_partition(result.path) as partition:
         assert str(partition.schema.field("topk_idx").type) == "fixed_size_list<element: int32>[3]"
         assert partition.read_all().target.idx[:, 0].tolist() == [classes - 1] * n
@@ -129,7 +129,7 @@ def test_non_finite_teacher_output_is_refused(write, data, tmp_path):
     logits = data["logits"].clone()
     logits[17, 3] = float("nan")
     with pytest.raises(ValueError, match="row 17"):
-        write(path=str(tmp_path / "x.parquet"), target=topk_from_logits(logits, K))
+        write(path=str(tmp_path / "x.parquet"), target=from_logits(logits, K))
 
 
 def test_bad_metadata_is_refused_naming_the_field(write, metadata, tmp_path):

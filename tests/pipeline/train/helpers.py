@@ -12,12 +12,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from maskedkd import from_logits, logsumexp_at
 from maskedkd.views import render_batch
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.data.manifest import load_manifest
-from pipeline.labels import logsumexp_at, partition_path, topk_from_logits, write_partition
-from pipeline.models import model_fingerprint
+from pipeline.labels import partition_path, write_partition
 from pipeline.labels.contract import ShardRef, shard_refs, store_view_columns
+from pipeline.models import model_fingerprint
 from pipeline.train.stream import load_shard
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 
@@ -56,7 +57,7 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
             metadata = {"shard": ref.name, "view_epoch": ve, "fingerprints": fingerprints,
                         "counters": {"rows_computed": len(sh.keys), "rows_reused": 0, "teacher_macs": 0}}
             keep = np.ones((len(sh.keys), teacher.patch_embed.num_patches), bool)
-            write_partition(path, keys=sh.keys, labels=sh.labels.numpy(), keep=keep, target=topk_from_logits(logits, k),
+            write_partition(path, keys=sh.keys, labels=sh.labels.numpy(), keep=keep, target=from_logits(logits, k),
                             metadata=metadata, view_columns=store_view_columns(sh.views, spec),
                             num_classes=logits.shape[1], extra_lse=logsumexp_at(logits, taus) if k != "all" else None)
             out[(ref.name, ve)] = path
