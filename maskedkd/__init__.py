@@ -8,6 +8,7 @@ sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forw
 This package does no file I/O and never imports ``pipeline``.
 """
 
+from maskedkd.fidelity import DEFAULT_LADDER, Budget, Rung, choose_keep, fidelity_curve, ladder_keeps
 from maskedkd.flops import teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss
@@ -17,7 +18,13 @@ from maskedkd.saliency import cls_attention
 from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
 
 __all__ = [
+    "DEFAULT_LADDER",
+    "Budget",
     "POLICIES",
+    "Rung",
+    "choose_keep",
+    "fidelity_curve",
+    "ladder_keeps",
     "SoftTarget",
     "TopK",
     "cls_attention",

@@ -21,6 +21,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "run": "pipeline.run.cli:run_cmd",
         "status": "pipeline.run.cli:status_cmd",
         "precompute": "pipeline.run.cli:precompute_cmd",
+        "probe": "pipeline.run.cli:probe_cmd",
         "gc": "pipeline.run.cli:gc_cmd",
         "report": "pipeline.report.results:report_cmd",
     },

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from maskedkd import resolve_keep
+from maskedkd import DEFAULT_LADDER, Budget, resolve_keep
 from pipeline.config.model_info import ModelInfo, model_info
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
@@ -257,7 +257,7 @@ class TrainConfig(_Section):
         "kl", description="KD kind: kl (soft, tau^2-scaled), hard (CE on the teacher's argmax), off (CE only)."
     )
     smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the CE term.")
-    seed: int = Field(0, description="Seed of data order and dropout.")
+    seed: int = Field(0, description="Seed of the data order and of dropout / drop-path (views: views.seed; the teacher's init: this seed too).")
     num_workers: int = Field(
         0, ge=0, description="Threads rendering upcoming batches while the model trains (0: render in the training thread)."
     )
@@ -306,6 +306,8 @@ class TeacherTrainConfig(TrainConfig):
     epochs: int = Field(ge=1, description="Epochs of teacher training.")
     kd: Literal["off"] = Field("off", description="Always off: the teacher learns from labels only.")
     views: ViewsConfig | None = Field(None, description="Views for teacher training; null: the stage's views block.")
+    patch_drop_rate: float = Field(0.0, ge=0, lt=1, description="timm's patch_drop_rate while training: drop this share of "
+                                   "patch tokens at random, so the teacher learns to tolerate masks (nothing at eval).")
 
     @model_validator(mode="after")
     def _teacher_check(self) -> "TeacherTrainConfig":
@@ -441,13 +443,37 @@ class ScheduleConfig(_Section):
         return list(zip(m, m[1:] + [self.epochs]))
 
 
+class BudgetConfig(_Section):
+    """How much a mask may cost the teacher, measured on a spot-check of the segment's views:
+    exactly one of a minimum top-1 agreement with the unmasked teacher or a maximum mean KL."""
+
+    agreement: float | None = Field(None, ge=0, le=1, description="Masked top-1 equals the unmasked teacher's on at least this share of views.")
+    kl: float | None = Field(None, ge=0, description="Mean KL(unmasked || masked) at most this many nats.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetConfig":
+        if (self.agreement is None) == (self.kl is None):
+            raise _Problems(("", "give exactly one of agreement or kl"))
+        return self
+
+    def budget(self) -> Budget:
+        """The :class:`maskedkd.Budget` this section describes."""
+        return Budget(agreement=self.agreement, kl=self.kl)
+
+
 class MaskingConfig(_Section):
     """Which patches the teacher sees: a policy and how many patches to keep."""
 
     policy: str = Field("student", description="maskedkd.POLICIES name: student, student_inverse, random, none.")
-    keep: int | None = Field(None, ge=1, description="Patches the teacher keeps (98 of 196 = MaskedKD 50%).")
+    keep: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = Field(
+        None, description="Patches the teacher keeps (98 of 196 = MaskedKD 50%), or 'auto': per milestone, the smallest "
+                          "rung of the ladder within the budget, measured on a spot-check of the segment's views.")
     ratio: float | None = Field(None, gt=0, le=1, description="Fraction of patches kept: keep = round(ratio * patches).")
     per_milestone: list[int] | None = Field(None, description="One keep per milestone (a curriculum); instead of keep/ratio.")
+    budget: BudgetConfig | None = Field(None, description="With keep: auto, what a mask may cost (agreement or kl).")
+    ladder: list[float] = Field(list(DEFAULT_LADDER), min_length=1,
+                                description="With keep: auto, the fractions of patches tried (round(f * patches)).")
+    probe_samples: int = Field(512, ge=1, description="With keep: auto, views in the seeded spot-check (across shards).")
     tolerance: int = Field(0, ge=0, description="Reuse stored labels whose keep set differs in at most this many patches.")
     spot_check: int = Field(64, ge=0, description="Reused rows per partition recomputed to report the KL of reuse.")
 
@@ -469,10 +495,26 @@ class MaskingConfig(_Section):
             raise _Problems((given[1], f"give one of keep, ratio or per_milestone, got {' and '.join(given)}"))
         if not given and self.policy != "none":
             raise _Problems(("keep", f"policy {self.policy!r} needs keep (patches), ratio or per_milestone"))
+        if self.keep == "auto":
+            if self.policy == "none":
+                raise _Problems(("keep", "auto chooses how many patches a policy keeps; policy 'none' keeps all of them"))
+            if self.budget is None:
+                raise _Problems(("budget", "keep: auto needs a budget: {agreement: 0.95} or {kl: <nats>}"))
+        elif self.budget is not None:
+            raise _Problems(("budget", "only used with keep: auto"))
+        bad = [f for f in self.ladder if not 0 < f <= 1]
+        if bad:
+            raise _Problems(("ladder", f"fractions of the patches must be in (0, 1], got {bad[0]}"))
         return self
 
-    def keep_for_segment(self, i: int, num_patches: int | None = None) -> int:
-        """Patches the teacher keeps in segment ``i`` (all of them for policy ``none``).
+    @property
+    def auto(self) -> bool:
+        """Whether each milestone's keep is chosen by the fidelity spot-check."""
+        return self.keep == "auto"
+
+    def keep_for_segment(self, i: int, num_patches: int | None = None) -> int | str:
+        """Patches the teacher keeps in segment ``i`` (all of them for policy ``none``; ``"auto"``
+        when the runner chooses it per milestone, see :mod:`pipeline.precompute.probe`).
 
         Args:
             i: segment index (0-based, one per milestone).
@@ -637,6 +679,9 @@ class StageConfig(_Section):
         tr = self.train
         if tr.warmup_epochs and tr.warmup_epochs >= self.schedule.epochs:
             p.append(("train.warmup_epochs", f"must be less than schedule.epochs ({self.schedule.epochs}), got {tr.warmup_epochs}"))
+        if self.online and m.auto:
+            p.append(("masking.keep", "auto is chosen at each milestone before labelling; the online baseline "
+                                      "(online: true) has no such step: give a keep"))
         if (tr.kd == "kl" and not self.online and self.labels.topk != "all"
                 and tr.tau not in self.labels.temperatures):
             p.append(("train.tau", f"{tr.tau} is not in labels.temperatures {self.labels.temperatures}; "
@@ -650,7 +695,7 @@ class StageConfig(_Section):
         if m.policy == "none":
             return []
         rng = f"must be between 1 and {n} (the teacher's patches)"
-        if m.keep is not None and not _keep_in_range(m.keep, n):
+        if isinstance(m.keep, int) and not _keep_in_range(m.keep, n):
             return [("masking.keep", f"{rng}, got {m.keep}")]
         if m.ratio is not None and round(m.ratio * n) < 1:
             return [("masking.ratio", f"round({m.ratio} * {n}) = {round(m.ratio * n)} patches; must keep at least 1")]
@@ -662,7 +707,7 @@ class StageConfig(_Section):
         """Patch tokens of the teacher (what ``keep`` counts), None for non-ViT teachers."""
         return self.teacher.info().num_patches
 
-    def keep_for_segment(self, i: int) -> int:
+    def keep_for_segment(self, i: int) -> int | str:
         """Patches the teacher keeps in segment ``i`` (see :meth:`MaskingConfig.keep_for_segment`)."""
         return self.masking.keep_for_segment(i, self.num_patches)
 

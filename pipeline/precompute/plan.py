@@ -16,15 +16,21 @@ from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, tas
 
 
 def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,
-                 device: str, num_classes: int) -> list[PartitionTask]:
+                 device: str, num_classes: int, keep: int | None | str = "config") -> list[PartitionTask]:
     """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
 
     Args:
         student: the checkpoint whose saliency picks the masks (ignored by policies that need none,
             and when all patches are kept).
+        keep: patches kept (``None``: all); ``"config"`` reads ``masking.keep`` (not ``auto``,
+            whose keep the runner chooses per milestone from a spot-check).
     """
     policy = cfg.masking.policy
-    keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, policy)  # None: all patches
+    if keep == "config":
+        keep = cfg.keep_for_segment(segment)
+        if keep == "auto":
+            raise ValueError("masking.keep is auto: plan_segment needs the keep the spot-check chose")
+    keep = resolve_keep(keep, cfg.num_patches, policy)  # None: all patches
     spec = cfg.views.view_spec()
     view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
     tasks = []

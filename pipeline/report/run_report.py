@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._atomic import write_atomic
+from pipeline.report.fidelity import curve_table, plot_curves
 
 
 def _macs_full(runner) -> int:
@@ -39,7 +40,7 @@ def collect(runner) -> dict[str, Any]:
             "reused_tolerance": pre.get("rows_reused_tolerance", 0), "spot_check_kl": pre.get("spot_check_kl"),
             "teacher_top1_masked": pre.get("teacher_top1_masked"), "teacher_macs": pre.get("teacher_macs", 0) or tr.get("teacher_macs", 0),
             "full_teacher_macs": full_macs_per_row * taught, "precompute_s": pre.get("seconds"),
-            "train_s": tr.get("seconds"),
+            "train_s": tr.get("seconds"), "auto": pre.get("auto"),
         })
         for e in tr.get("epochs") or []:
             epochs.append(e)
@@ -123,6 +124,25 @@ def write_report(runner) -> Path:
     ratio = spent / full if full else float("nan")
     lines += ["", f"Teacher compute: {spent / 1e9:.2f} GMACs spent, {full / 1e9:.2f} GMACs for full-teacher KD on the "
               f"same rows ({_fmt(ratio, '.2%')}).", ""]
+    auto = {f"milestone {s['segment']}": s["auto"] for s in data["segments"] if s.get("auto")}
+    if auto:
+        n = cfg.num_patches
+        first = next(iter(auto.values()))
+        lines += ["## Fidelity spot-check (masking.keep: auto)", "",
+                  f"Before each segment was labelled, {first['samples']} seeded views of it went through the unmasked "
+                  f"teacher and the masked teacher at each keep of the ladder (policy `{cfg.masking.policy}`, masks "
+                  f"from the milestone's checkpoint); the keep marked ← is the smallest within the budget "
+                  f"({first['budget']}), all {n} patches when none is. The spot-checks' own teacher MACs are included "
+                  f"in the GMACs above.", ""]
+        chosen = {label: (None if s["keep"] == n else s["keep"]) for label, s in
+                  ((f"milestone {s['segment']}", s) for s in data["segments"] if s.get("auto"))}
+        lines += curve_table({k: v["curve"] for k, v in auto.items()}, n, chosen) + [""]
+        plot_curves(out / "fidelity_curves.png", {k: v["curve"] for k, v in auto.items()}, n,
+                    f"{cfg.name}: masked teacher vs unmasked, per milestone")
+        plots.append("fidelity_curves.png")
+    else:
+        lines += ["No fidelity spot-check in this run (masking.keep is fixed); `mkd-pipeline probe STAGES.yaml "
+                  "--milestone I` measures what each keep costs the teacher.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
     write_atomic(path, ("\n".join(lines) + "\n").encode())

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 
 import click
+
+from pipeline.report.fidelity import curve_table, plot_curves
 
 from pipeline.errors import ConfigError
 
@@ -121,9 +124,51 @@ def _dry_run(runner, segment: int) -> None:
                    f"(run `mkd-pipeline run` to create it)")
         return
     spec = runner._teacher_spec(teacher["path"], runner.lock.info("teacher")["fingerprint"])
-    for row in dry_run(runner.plan_precompute(segment, spec, ckpt)):
+    keep = "config"
+    if runner.cfg.masking.auto:
+        probe = runner.lock.info(f"probe-{segment}")
+        if not probe:
+            click.echo(f"segment {segment}: masking.keep is auto and the spot-check has not run yet; it chooses the "
+                       f"keep before the labels are planned (run `mkd-pipeline run` or `precompute`)")
+            return
+        keep = runner.chosen_keep(probe)
+        click.echo(f"segment {segment}: keep {keep or runner.cfg.num_patches} chosen by the recorded spot-check "
+                   f"({runner.cfg.masking.budget.budget()})")
+    for row in dry_run(runner.plan_precompute(segment, spec, ckpt, keep)):
         extra = f" ({row['rows']} rows)" if row["state"] != "compute" else ""
         click.echo(f"{row['state']:8} {row['shard']} e{row['view_epoch']}{extra}: {row['reason']}")
+
+
+@click.command("probe")
+@click.argument("stages", type=click.Path(dir_okay=False))
+@click.option("--milestone", default=0, show_default=True, type=click.IntRange(0),
+              help="Masks from checkpoint c_I, on segment I's views.")
+@click.option("--samples", default=None, type=click.IntRange(1), help="Views in the seeded sample (default masking.probe_samples).")
+@click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="The PNG plot (default <run_dir>/probe-m<I>.png).")
+@scheduler_opt
+@workers_opt
+def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, out: str | None,
+              scheduler: str | None, workers: int | None) -> None:
+    """Measure what masks cost the teacher at milestone I of STAGES.
+
+    On a seeded sample of segment I's views: the masked teacher's top-1, its top-1 agreement with
+    the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
+    policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
+    """
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        res = runner.probe(milestone, samples)
+    n = res["num_patches"]
+    png = Path(out) if out else runner.run_dir / f"probe-m{milestone}.png"
+    plot_curves(png, res["curves"], n, f"{runner.cfg.name}: masks from {res['source']}, {res['samples']} views")
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    click.echo(f"{runner.cfg.name} milestone {milestone}: masks from {res['source']} on {res['samples']} views; "
+               f"unmasked teacher top-1 {res['unmasked_top1']:.4f}; spot-check teacher GMACs {res['teacher_macs'] / 1e9:.2f}")
+    for line in curve_table(res["curves"], n):
+        click.echo(line)
+    click.echo(f"plot: {png}")
 
 
 @click.command("gc")

@@ -18,12 +18,15 @@ from typing import Any, Callable
 
 import click
 
-from maskedkd import resolve_keep
+from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
 from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.errors import ConfigError
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from pipeline.precompute.cluster import check_resources, run_tasks
 from pipeline.precompute.plan import plan_segment
+from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 
 Echo = Callable[[str], None]
@@ -87,25 +90,35 @@ class Runner:
         return {"tasks": sha256_json([t.fingerprints for t in tasks]),
                 "teacher": t.teacher.fingerprint if t else None,
                 "student": t.student.fingerprint if t and t.student else None,
-                "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment),
+                "policy": self.cfg.masking.policy, "keep": self._keep_input(segment, t),
                 "tolerance": self.cfg.masking.tolerance}
+
+    def _keep_input(self, segment: int, task: PartitionTask | None) -> int | str:
+        keep = self.cfg.keep_for_segment(segment)
+        if keep == "auto" and task is not None:
+            return f"auto: {_fmt_keep(task.keep, self.cfg.num_patches)}"  # so `status` names the choice that changed
+        return keep
 
     def train_inputs(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None) -> dict[str, Any]:
         cfg = self.cfg
         start, end = cfg.schedule.segments()[segment]
         label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
-        return {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
-                "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
-                "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+        inputs = {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
+                  "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
+                  "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+        return _with_order_seed(inputs, cfg.train.seed, cfg.views.seed)
 
     def teacher_inputs(self) -> dict[str, Any]:
         t = self.cfg.teacher
         if t.weights is not None:
             return {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(t.weights)}
         views = (t.train.views or self.cfg.views).model_dump(mode="json")
-        return {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(t.train.model_dump(mode="json")),
-                "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
-                "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset])}
+        # patch_drop_rate 0 (the default) stays out of the recipe hash: teachers trained before the field existed stay valid
+        recipe = t.train.model_dump(mode="json", exclude=set() if t.train.patch_drop_rate else {"patch_drop_rate"})
+        inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
+                  "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
+                  "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset])}
+        return _with_order_seed(inputs, t.train.seed, views["seed"])
 
     # ------------------------------------------------------------------ cluster
 
@@ -182,7 +195,9 @@ class Runner:
         cfg, t = self.cfg, self.cfg.teacher
         recipe = t.train
         views = recipe.views or cfg.views
-        model = create_model(t.model, t.kwargs, seed=recipe.seed)
+        # token dropping shapes training only: the saved weights load into the plain model
+        kwargs = {**t.kwargs, "patch_drop_rate": recipe.patch_drop_rate} if recipe.patch_drop_rate else t.kwargs
+        model = create_model(t.model, kwargs, seed=recipe.seed)
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
@@ -219,27 +234,121 @@ class Runner:
         self.result.stages["init"] = "ran"
         return path
 
-    def plan_precompute(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> list[PartitionTask]:
-        """The tasks of segment ``segment``'s labels, masks chosen by ``source_ckpt``."""
-        from maskedkd import needs_saliency
+    def plan_precompute(self, segment: int, teacher: ModelSpec, source_ckpt: Path,
+                        keep: int | None | str = "config") -> list[PartitionTask]:
+        """The tasks of segment ``segment``'s labels, masks chosen by ``source_ckpt``.
 
+        Args:
+            keep: the keep count (``None``: all patches); ``"config"`` takes it from the config,
+                which ``masking.keep: auto`` cannot give (see :meth:`keep_count`).
+        """
+        if keep == "config":
+            if self.cfg.masking.auto:
+                raise ValueError("masking.keep is auto: give the keep the spot-check chose (Runner.keep_count)")
+            keep = resolve_keep(self.cfg.keep_for_segment(segment), self.cfg.num_patches, self.cfg.masking.policy)
         student = model_spec(self.cfg, "student", source_ckpt) if needs_saliency(self.cfg.masking.policy) else None
         return plan_segment(self.cfg, segment, manifest=self.manifest, teacher=teacher, student=student,
-                            device="auto", num_classes=self.cfg.data.num_classes)
+                            device="auto", num_classes=self.cfg.data.num_classes, keep=keep)
+
+    # ------------------------------------------------------------------ fidelity spot-check
+
+    def plan_probe(self, segment: int, teacher: ModelSpec, source_ckpt: Path, *, policies: tuple[str, ...],
+                   samples: int | None = None) -> ProbeTask:
+        """The spot-check of segment ``segment``'s views at every rung of ``masking.ladder``."""
+        student = model_spec(self.cfg, "student", source_ckpt) if any(needs_saliency(p) for p in policies) else None
+        keeps = ladder_keeps(self.cfg.masking.ladder, self.cfg.num_patches)
+        return plan_probe(self.cfg, segment, manifest=self.manifest, teacher=teacher, student=student, keeps=keeps,
+                          policies=policies, samples=samples)
+
+    def run_probe(self, task: ProbeTask, name: str) -> dict[str, Any]:
+        """Run one spot-check on the cluster (a GPU worker where the cluster has them)."""
+        cluster = self.cluster()
+        check_resources(cluster, cluster.task_resources)
+        (result,) = run_tasks(cluster, run_probe, [{"id": task.id, "task": task}], resources=cluster.task_resources,
+                              key_prefix=f"{self.cfg.name}-{name}", retries=self.cfg.compute.retries,
+                              timeout_s=self.cfg.compute.timeout_s, progress=False)
+        return result
+
+    @staticmethod
+    def probe_inputs(task: ProbeTask) -> dict[str, Any]:
+        """A spot-check's lock inputs: its fingerprint, plus the readable parts `status` names."""
+        return {"probe": task.fingerprint, "teacher": task.teacher.fingerprint,
+                "student": task.student.fingerprint if task.student else None,
+                "samples": len(task.rows), "keeps": list(task.keeps)}
+
+    def probe_stage(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> dict[str, Any]:
+        """``probe-<segment>``: the fidelity curve of the configured policy on a seeded sample of
+        the segment's views, masks from ``source_ckpt``; recorded in the run lock and reused."""
+        name = f"probe-{segment}"
+        task = self.plan_probe(segment, teacher, source_ckpt, policies=(self.cfg.masking.policy,))
+        inputs = self.probe_inputs(task)
+        if self.lock.check(name, inputs).fresh:
+            self.result.stages[name] = "cached"
+            return self.lock.info(name)
+        t0 = time.perf_counter()
+        result = self.run_probe(task, name)
+        result["seconds"] = time.perf_counter() - t0
+        result["source"] = source_ckpt.name
+        self.lock.record(name, inputs, info=result)
+        self.result.stages[name] = "ran"
+        self.result.teacher_forwards += result["teacher_forwards"]
+        curve = result["curves"][self.cfg.masking.policy]
+        self._say(name, f"{len(task.rows)} views, masks from {source_ckpt.name}: " + ", ".join(
+            f"keep {_fmt_keep(r['keep'], self.cfg.num_patches)} agreement {r['agreement']:.3f} KL {r['kl']:.3f}"
+            for r in curve))
+        return result
+
+    def chosen_keep(self, probe: dict[str, Any]) -> int | None:
+        """The keep ``masking.budget`` takes from a spot-check's curve (``None``: all patches)."""
+        m = self.cfg.masking
+        return choose_keep([Rung(**r) for r in probe["curves"][m.policy]], m.budget.budget())
+
+    def probe(self, milestone: int, samples: int | None = None,
+              policies: tuple[str, ...] = PROBE_POLICIES) -> dict[str, Any]:
+        """``mkd-pipeline probe``: the fidelity curves of several policies at milestone ``milestone``
+        (checkpoint c_I on segment I's views), the teacher and c_0 made first when stale.
+
+        Raises:
+            ConfigError: the milestone is out of range, or its checkpoint was not trained yet.
+        """
+        n = len(self.cfg.schedule.segments())
+        if not 0 <= milestone < n:
+            raise ConfigError(f"--milestone: {milestone} is out of range; {self.cfg.name} has {n} milestone(s) (0..{n - 1})")
+        teacher = self.teacher_stage()
+        ckpt = self.init_stage() if milestone == 0 else self.ckpt_dir / f"c{milestone}.pth"
+        if milestone and not (ckpt.is_file() and self.lock.check(f"train-{milestone - 1}", self.lock.stages.get(
+                f"train-{milestone - 1}", {}).get("inputs", {})).fresh):
+            raise ConfigError(f"--milestone {milestone}: checkpoint {ckpt} is not trained yet; run "
+                              f"`mkd-pipeline run ... --until train-{milestone - 1}` first")
+        task = self.plan_probe(milestone, teacher, ckpt, policies=policies, samples=samples)
+        result = self.run_probe(task, f"probe-m{milestone}")
+        result.update(milestone=milestone, source=ckpt.name, num_patches=self.cfg.num_patches)
+        return result
+
+    def keep_count(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> tuple[int | None, dict | None]:
+        """Segment ``segment``'s keep (``None``: all patches) and, with ``keep: auto``, the
+        spot-check it was chosen from (run first when stale)."""
+        m = self.cfg.masking
+        if not m.auto:
+            return resolve_keep(self.cfg.keep_for_segment(segment), self.cfg.num_patches, m.policy), None
+        probe = self.probe_stage(segment, teacher, source_ckpt)
+        return self.chosen_keep(probe), probe
 
     def precompute_stage(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> dict[tuple[str, int], Any]:
         """Labels of one segment; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
         from pipeline.precompute.run import run_precompute
 
         name = f"precompute-{segment}"
-        tasks = self.plan_precompute(segment, teacher, source_ckpt)
+        keep, probe = self.keep_count(segment, teacher, source_ckpt)
+        tasks = self.plan_precompute(segment, teacher, source_ckpt, keep)
         inputs = self.precompute_inputs(segment, tasks)
         if self.lock.check(name, inputs).fresh:
             self.result.stages[name] = "cached"
             parts = self.lock.stages[name]["partitions"]
             self._say(name, f"cached ({len(parts)} partitions)")
         else:
-            self._say(name, f"{len(tasks)} partitions, keep {self.cfg.keep_for_segment(segment) if tasks else '-'} ({self.cfg.masking.policy}) "
+            shown = _fmt_keep(keep, self.cfg.num_patches) + (f" (auto: {self.cfg.masking.budget.budget()})" if probe else "")
+            self._say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({self.cfg.masking.policy}) "
                             f"from {source_ckpt.name}")
             t0 = time.perf_counter()
             summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
@@ -250,7 +359,13 @@ class Runner:
             summary["seconds"] = time.perf_counter() - t0
             summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
             summary["source"] = source_ckpt.name
-            summary["keep"] = self.cfg.keep_for_segment(segment) if tasks else None  # a count, N for all patches
+            summary["keep"] = (self.cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
+            if probe is not None:
+                # what choosing the keep cost is part of what these labels cost
+                summary["auto"] = {"budget": str(self.cfg.masking.budget.budget()), "curve": probe["curves"][self.cfg.masking.policy],
+                                   "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
+                                   "teacher_forwards": probe["teacher_forwards"]}
+                summary["teacher_macs"] += probe["teacher_macs"]
             self.lock.record(name, inputs, partitions=parts, info=summary)
             self.result.stages[name] = "ran"
             self.result.teacher_forwards += summary["teacher_forwards"]
@@ -392,12 +507,20 @@ class Runner:
                 src = max(0, i - cfg.schedule.lag)
                 pname = f"precompute-{i}"
                 tasks: list[PartitionTask] = []
+                pre_deps = ["teacher", makers[src]]
+                if cfg.masking.auto:
+                    qname = f"probe-{i}"
+
+                    add(qname, ["teacher", makers[src]], lambda i=i, src=src: self.probe_inputs(
+                        self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))
+                    pre_deps.append(qname)
 
                 def pre_inputs(i=i, src=src) -> dict[str, Any]:
-                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src])
+                    keep = self.chosen_keep(self.lock.info(f"probe-{i}")) if cfg.masking.auto else "config"
+                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)
                     return self.precompute_inputs(i, tasks)
 
-                add(pname, ["teacher", makers[src]], pre_inputs)
+                add(pname, pre_deps, pre_inputs)
                 if pname not in stale:
                     labels = _label_refs(tasks, self.lock.stages[pname]["partitions"])
                 deps.append(pname)
@@ -448,6 +571,19 @@ def _teacher_masked_top1(parts: list[dict]) -> float:
         correct += int((b.target.top_class() == b.label).sum())
         total += len(b.label)
     return correct / max(1, total)
+
+
+def _with_order_seed(inputs: dict[str, Any], train_seed: int, views_seed: int) -> dict[str, Any]:
+    """Stage inputs naming the data-order seed where it differs from the view seed.
+
+    Before 0.2 the trainer seeded the data order with ``views.seed`` too; a stage trained where the
+    two differ is stale (``input 'order_seed' changed``), one where they agree keeps its record.
+    """
+    return inputs if train_seed == views_seed else {**inputs, "order_seed": train_seed}
+
+
+def _fmt_keep(keep: int | None, num_patches: int | None) -> str:
+    return f"{num_patches if keep is None else keep}/{num_patches}"
 
 
 def _pct(v: float | None) -> str:

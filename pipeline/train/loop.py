@@ -7,10 +7,10 @@ runner calls it once per curriculum segment with that segment's label partitions
 training the teacher (whose recipe, ``teacher.train``, always has ``kd: off``); ``online=`` runs
 the paper's baseline (teacher in the loop, masked by the current student at every step).
 
-Determinism: the data order and views are pure functions of ``(seed, epoch)`` (see
-:mod:`pipeline.train.stream`), the LR is a pure function of the global update count, and the
-torch RNG (dropout, drop-path) is reseeded before every update from ``(seed, epoch, position,
-rank)``. A killed run therefore resumes from its last record and, on CPU, ends with the same
+Determinism: the views are pure functions of ``(views.seed, key, view epoch)`` and the data order
+of ``(train.seed, epoch)`` (see :mod:`pipeline.train.stream`), the LR is a pure function of the
+global update count, and the torch RNG (dropout, drop-path) is reseeded before every update from
+``(train.seed, epoch, position, rank)``. A killed run therefore resumes from its last record and, on CPU, ends with the same
 checkpoint bytes as an uninterrupted one.
 """
 
@@ -186,7 +186,8 @@ def train_segment(
     Args:
         student: the student at the segment's start (checkpoint c_i), a timm ViT; trained in place.
         shards: the training shards and the rows used of each (:func:`pipeline.labels.contract.shard_refs`).
-        spec, seed: the view recipe and seed (the same that precompute used).
+        spec, seed: the view recipe and seed (``views.seed``, the same that precompute used); the data
+            order and the torch RNG (dropout, drop-path) are seeded by ``cfg.seed`` (``train.seed``).
         epochs: this segment's epochs, within ``range(total_epochs)``.
         cfg: the validated recipe (``train``, or ``teacher.train``): optimiser, schedule, loss
             (``cfg.kd``), checkpointing, render threads, evaluation interval.
@@ -295,7 +296,7 @@ def train_segment(
 
     partial = dict(record.partial) if info.is_main else {}
     for epoch in range(record.epoch, end):
-        stream = EpochStream(shards, loader_for(view_epoch_of(epoch, view_pool)), seed=seed, epoch=epoch,
+        stream = EpochStream(shards, loader_for(view_epoch_of(epoch, view_pool)), seed=cfg.seed, epoch=epoch,
                              batch_size=cfg.batch_size)
         position = record.position if epoch == record.epoch else 0
         acc = [partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)]
@@ -307,7 +308,7 @@ def train_segment(
         try:
             for position, batch in enumerate(batches, start=position):
                 scheduler.step_update(num_updates=record.global_step)
-                torch.manual_seed(derive_seed("step", seed, epoch, position, info.rank))
+                torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
                 target = None if batch.teacher is None else batch.teacher.to(device)
                 if teacher is not None:

@@ -25,6 +25,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.labels import open_partition
 from pipeline._lock import LOCK_NAME
 from pipeline.run.runner import Runner
 from tests.dotted import apply_dotted
@@ -291,6 +292,63 @@ def test_eval_every_skips_evaluations_but_never_a_segment_end(base, tmp_path):
     assert runner.result.final_accuracy == lock_of(base.root)["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
     report = (c.root / "run" / "report.md").read_text()
     assert "| 0 | - | - |" in report and f"| 3 | {runner.result.final_accuracy:.4f} |" in report
+
+
+@pytest.mark.slow
+def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    auto = write_stage(c.root, c.doc, "auto.yaml", masking__keep="auto", masking__budget={"agreement": 0.45},
+                       masking__probe_samples=64)
+    code, steps = status_json(auto, capsys)
+    assert code == 1 and not steps["probe-0"]["fresh"] and "depends on probe-0" in steps["precompute-0"]["reason"]
+    runner = run_in_process(auto)
+    assert runner.result.stages["probe-0"] == "ran" and runner.result.stages["probe-1"] == "ran"
+    stages = lock_of(c.root)["stages"]
+    for i in (0, 1):
+        probe, info = stages[f"probe-{i}"]["info"], stages[f"precompute-{i}"]["info"]
+        curve = probe["curves"]["student"]
+        assert [r["keep"] for r in curve] == [4, 6, 8, 10, 12, 14, None] and probe["samples"] == 64
+        assert curve[-1]["agreement"] == 1.0 and probe["source"] == f"c{i}.pth"
+        # the smallest rung within the budget, all 16 patches when none is
+        want = min((r["keep"] for r in curve if r["keep"] is not None and r["agreement"] >= 0.45), default=16)
+        assert info["keep"] == want < 16 and info["auto"]["curve"] == curve  # this budget masks (the tiny teacher is frail)
+        # the spot-check's MACs count in the segment's teacher MACs
+        assert info["teacher_macs"] == info["rows_computed"] * info["auto"]["curve"][[r["keep"] for r in curve].index(
+            None if want == 16 else want)]["macs"] + probe["teacher_macs"]
+        part = stages[f"precompute-{i}"]["partitions"][0]["path"]
+        with open_partition(part) as pt:
+            assert (pt.read_all(columns=("keep",)).keep.sum(1) == want).all()
+    report = (c.root / "run" / "report.md").read_text()
+    assert "## Fidelity spot-check (masking.keep: auto)" in report and (c.root / "run" / "fidelity_curves.png").is_file()
+    # a rerun measures nothing again and labels nothing again
+    again = run_in_process(auto)
+    assert again.result.teacher_forwards == 0 and set(again.result.stages.values()) == {"cached"}
+    assert status_json(auto, capsys)[0] == 0
+    # a budget no masked rung meets gives the full teacher, from the recorded curves (no new spot-check)
+    strict = write_stage(c.root, c.doc, "strict.yaml", masking__keep="auto", masking__budget={"kl": 0.0},
+                         masking__probe_samples=64)
+    runner = run_in_process(strict)
+    assert runner.result.stages["probe-0"] == "cached" and runner.result.stages["precompute-0"] == "ran"
+    assert lock_of(c.root)["stages"]["precompute-0"]["info"]["keep"] == 16
+
+
+@pytest.mark.slow
+def test_probe_command_measures_three_policies_at_a_milestone(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    code, out = cli("probe", str(c.yaml), "--milestone", "1", "--samples", "48", "--json", capsys=capsys)
+    assert code == 0
+    res = json.loads(out[out.index("{"):])
+    assert res["source"] == "c1.pth" and res["samples"] == 48 and set(res["curves"]) == {"student", "random", "student_inverse"}
+    for curve in res["curves"].values():
+        assert [r["keep"] for r in curve] == [4, 6, 8, 10, 12, 14, None]
+        assert curve[-1]["agreement"] == 1.0 and curve[-1]["top1"] == res["unmasked_top1"]
+        assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in curve)
+    assert (c.root / "run" / "probe-m1.png").is_file()
+    assert "probe-1" not in lock_of(c.root)["stages"]  # measures; records nothing
+    code, out = cli("probe", str(c.yaml), "--milestone", "0", "--samples", "16", capsys=capsys)
+    assert code == 0 and "| student | 8 | 50.0% |" in out and "masks from c0.pth on 16 views" in out
+    code, _ = cli("probe", str(c.yaml), "--milestone", "5", capsys=capsys)
+    assert code == 2
 
 
 @pytest.mark.slow

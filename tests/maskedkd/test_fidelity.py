@@ -1,0 +1,101 @@
+"""The fidelity curve of a masked teacher and the keep a budget chooses (maskedkd/fidelity.py)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from maskedkd import (
+    Budget,
+    Rung,
+    choose_keep,
+    fidelity_curve,
+    keep_indices,
+    ladder_keeps,
+    masked_forward,
+    teacher_macs,
+)
+
+from .conftest import SMALL, make_model
+
+
+def _views(n: int = 24):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g), list(range(100, 100 + n))
+
+
+def test_ladder_keeps_rounds_dedups_and_spells_all_as_none():
+    assert ladder_keeps((0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0), 196) == [49, 74, 98, 122, 147, 172, None]
+    assert ladder_keeps((0.5, 0.5, 0.01, 1.0), 16) == [1, 8, None]
+
+
+@pytest.mark.parametrize("policy", ["student", "random", "student_inverse"])
+def test_curve_against_the_unmasked_teacher(policy):
+    teacher, student = make_model("vit", seed=0), make_model("deit", seed=1)
+    images, labels, seeds = _views()
+    n = teacher.patch_embed.num_patches
+    curve = fidelity_curve(teacher, images, labels, [4, 8, n], policy, seeds=seeds, student=student,
+                           student_images=images, batch_size=10)
+    assert [r.keep for r in curve] == [4, 8, None]
+    full = curve[-1]
+    with torch.no_grad():
+        pred = teacher(images).argmax(1)
+    assert full.agreement == 1.0 and full.kl == 0.0
+    assert full.top1 == pytest.approx(float((pred == labels).float().mean()))
+    assert full.macs == teacher_macs(teacher, None) > curve[1].macs > curve[0].macs
+    for r in curve[:-1]:
+        assert 0.0 <= r.agreement <= 1.0 and r.kl >= 0.0
+    # a masked rung really masks: at 4 of 16 patches the random-weight teacher disagrees somewhere
+    assert curve[0].kl > 0.0
+    # deterministic: same views, seeds and student, same numbers (batching does not matter)
+    again = fidelity_curve(teacher, images, labels, [4], policy, seeds=seeds, student=student,
+                           student_images=images, batch_size=7)
+    assert again[0] == curve[0]
+
+
+def test_rung_kl_and_agreement_match_a_direct_computation():
+    teacher = make_model("vit", seed=0)
+    images, labels, seeds = _views(12)
+    (rung,) = fidelity_curve(teacher, images, labels, [6], "random", seeds=seeds)
+    kidx = keep_indices("random", 6, grid=teacher.patch_embed.grid_size, seeds=seeds)
+    with torch.no_grad():
+        full, masked = teacher(images), masked_forward(teacher, images, kidx)
+    p, q = full.log_softmax(1), masked.log_softmax(1)
+    assert rung.kl == pytest.approx(float((p.exp() * (p - q)).sum(1).mean()), rel=1e-5)
+    assert rung.agreement == pytest.approx(float((full.argmax(1) == masked.argmax(1)).float().mean()))
+
+
+def _rung(keep, agreement, kl):
+    return Rung(keep=keep, top1=0.5, agreement=agreement, kl=kl, macs=1)
+
+
+def test_choose_keep_takes_the_smallest_keep_within_budget():
+    curve = [_rung(4, 0.70, 0.9), _rung(8, 0.96, 0.05), _rung(12, 0.97, 0.02), _rung(None, 1.0, 0.0)]
+    assert choose_keep(curve, Budget(agreement=0.95)) == 8
+    assert choose_keep(curve, Budget(agreement=0.6)) == 4
+    assert choose_keep(curve, Budget(kl=0.03)) == 12
+    assert choose_keep(curve, Budget(agreement=0.99)) is None  # none meets it: all patches
+    assert choose_keep(curve, Budget(kl=0.0)) is None
+
+
+@pytest.mark.parametrize("kw", [{}, {"agreement": 0.9, "kl": 0.1}, {"agreement": 1.5}, {"kl": -1.0}])
+def test_budget_is_one_bound(kw):
+    with pytest.raises(ValueError):
+        Budget(**kw)
+
+
+def test_teacher_trained_with_patch_dropping_is_served_unchanged():
+    """timm's patch_drop_rate drops tokens while training only: in eval the teacher is a plain
+    maskable ViT, and keeping all patches is bit-identical to its own forward."""
+    torch.manual_seed(0)
+    teacher = timm.create_model("vit_tiny_patch16_224", pretrained=False, patch_drop_rate=0.5, **SMALL)
+    teacher.train()
+    x = torch.randn(2, 3, 32, 32)
+    n = teacher.patch_embed.num_patches
+    teacher(x).sum().backward()  # trains with dropped tokens
+    teacher.eval()
+    with torch.no_grad():
+        assert torch.equal(masked_forward(teacher, x, torch.arange(n).expand(2, n)), teacher(x))
+        masked = masked_forward(teacher, x, torch.arange(0, n, 2).expand(2, n // 2))
+    assert masked.shape == (2, 10) and torch.isfinite(masked).all()
