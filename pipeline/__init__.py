@@ -3,4 +3,4 @@
 The CLI (``mkd-pipeline``) is this package's public API; modules here may change between versions.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
