@@ -30,9 +30,9 @@ from maskedkd import distill_loss, keep_indices, masked_forward, needs_saliency,
 from maskedkd.views import ViewSpec
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, StoreError
-from pipeline._fingerprint import sha256_json, state_dict_fingerprint
+from pipeline._fingerprint import sha256_json
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
-from pipeline.models import save_checkpoint
+from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import (
