@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import sys
 
@@ -16,6 +17,7 @@ workers_opt = click.option("--workers", default=None, type=click.IntRange(1), he
 
 
 def _runner(stages: str, **kw):
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.runner import Runner
 
@@ -29,8 +31,6 @@ def _exclusive(stages: str, **kw):
     A second ``run`` of the same config waits for the first, then reads its run lock and does
     only what is still stale (usually nothing). Bad configs fail before anything is created.
     """
-    import fcntl
-
     run_dir = _runner(stages, **kw).run_dir  # validates config and dataset first
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a") as f:
@@ -109,6 +109,7 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: in
 
 
 def _dry_run(runner, segment: int) -> None:
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
 
     lag = runner.cfg.schedule.lag
@@ -131,6 +132,7 @@ def _dry_run(runner, segment: int) -> None:
 @click.option("--yes", is_flag=True, help="Really delete (default: dry run, only list).")
 def gc_cmd(stages: tuple[str, ...], yes: bool) -> None:
     """Remove label partitions (and leftover temp files) that no run lock of STAGES references."""
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.gc import collect_garbage
 
