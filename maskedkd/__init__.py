@@ -8,7 +8,14 @@ sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forw
 This package does no file I/O and never imports ``pipeline``.
 """
 
-from maskedkd.fidelity import DEFAULT_LADDER, Budget, Rung, choose_keep, fidelity_curve, ladder_keeps
+from maskedkd.fidelity import (
+    DEFAULT_LADDER,
+    Budget,
+    Rung,
+    choose_keep,
+    fidelity_curve,
+    ladder_keeps,
+)
 from maskedkd.flops import teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss

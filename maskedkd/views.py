@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import auto_augment as aa
+from timm.data.auto_augment import rand_augment_transform
 
 # Bump when the meaning of any draw changes: it is part of the spec fingerprint.
 VIEWS_ALGORITHM = 1
@@ -345,8 +347,6 @@ class _RAConfig:
 @lru_cache(maxsize=32)
 def _rand_augment_config(config: str) -> _RAConfig:
     """Parse a timm RandAugment string with timm itself and keep what the draws need."""
-    from timm.data.auto_augment import rand_augment_transform
-
     if not config.startswith("rand"):
         raise ValueError(f"auto_augment {config!r}: only timm RandAugment strings ('rand-...') are supported")
     try:
@@ -523,8 +523,6 @@ def _signed_level(name: str, magnitude: float, sign: float) -> tuple | None:
 
 
 def _apply_rand_augment(img: Image.Image, op: int, mag: float, fill: Any, resample: int, size: tuple[int, int]) -> Image.Image:
-    from timm.data import auto_augment as aa
-
     name = RA_OPS[op]
     sign = -1.0 if math.copysign(1.0, mag) < 0 else 1.0
     m = abs(mag)

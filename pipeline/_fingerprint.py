@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -37,28 +35,6 @@ def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def state_dict_fingerprint(state_dict: Mapping[str, Any], name: str = "") -> str:
-    """sha256 over a model's name and its tensors in sorted key order (name, dtype, shape, bytes).
-
-    Independent of how the weights were saved (file format, key order), so the same weights
-    always give the same fingerprint.
-    """
-    import torch
-
-    h = hashlib.sha256(name.encode() + b"\0")
-    for key in sorted(state_dict):
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            continue
-        t = value.detach().cpu().contiguous()
-        h.update(key.encode() + b"\0" + str(t.dtype).encode() + b"\0" + str(tuple(t.shape)).encode())
-        # view as bytes via numpy; bfloat16 has no numpy dtype, so reinterpret as int16 first
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
-        h.update(np.ascontiguousarray(t.numpy()).tobytes())
     return h.hexdigest()
 
 

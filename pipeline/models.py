@@ -6,17 +6,20 @@ Checkpoints are plain timm state_dicts saved with ``torch.save`` (loadable with
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from pipeline._atomic import write_atomic
+from pipeline._fingerprint import sha256_bytes
 from pipeline.errors import ConfigError, DataError
-from pipeline._fingerprint import sha256_bytes, state_dict_fingerprint
 
 
 def create_model(name: str, kwargs: Mapping[str, Any] | None = None, *, seed: int | None = None,
@@ -43,8 +46,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError(f"{path}: weights file not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -84,6 +85,26 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> str:
     return sha256_bytes(data)
 
 
+def state_dict_fingerprint(state_dict: Mapping[str, Any], name: str = "") -> str:
+    """sha256 over a model's name and its tensors in sorted key order (name, dtype, shape, bytes).
+
+    Independent of how the weights were saved (file format, key order), so the same weights
+    always give the same fingerprint.
+    """
+    h = hashlib.sha256(name.encode() + b"\0")
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(key.encode() + b"\0" + str(t.dtype).encode() + b"\0" + str(tuple(t.shape)).encode())
+        # view as bytes via numpy; bfloat16 has no numpy dtype, so reinterpret as int16 first
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(np.ascontiguousarray(t.numpy()).tobytes())
+    return h.hexdigest()
+
+
 def model_fingerprint(model: nn.Module, name: str) -> str:
-    """Fingerprint of a model's weights and its timm name (see :mod:`pipeline._fingerprint`)."""
+    """Fingerprint of a model's weights and its timm name (see :func:`state_dict_fingerprint`)."""
     return state_dict_fingerprint(model.state_dict(), name)

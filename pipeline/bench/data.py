@@ -19,7 +19,11 @@ from typing import Callable
 
 import click
 import numpy as np
+from PIL import Image
 
+from pipeline.bench.timing import interleaved_medians, machine_line
+from pipeline.data.manifest import load_manifest
+from pipeline.data.shards import ShardWriter, read_shard, sample_key
 from pipeline.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,10 +38,6 @@ def make_imagenet_like_shard(path: Path, n: int, *, seed: int = 0) -> Path:
     The content is smooth random colour fields plus sensor-like noise, so the JPEGs cost about
     what photographs cost to decode (pure noise would be far larger, flat colour far smaller).
     """
-    from PIL import Image
-
-    from pipeline.data.shards import ShardWriter, sample_key
-
     rng = np.random.default_rng(seed)
     with ShardWriter(path) as writer:
         for i in range(n):
@@ -53,7 +53,7 @@ def make_imagenet_like_shard(path: Path, n: int, *, seed: int = 0) -> Path:
 
 def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]:
     """The minimal hand-written loop: tarfile, PIL decode, torchvision RRC + flip + ToTensor + Normalize."""
-    from PIL import Image
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from torchvision import transforms
 
     mode = "L" if len(mean) == 1 else "RGB"
@@ -88,8 +88,8 @@ def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], 
 
 def ours_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]:
     """Our path: safe streaming reader, a pure view per sample, deterministic render."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from maskedkd.views import ViewSpec, render, sample_view
-    from pipeline.data.shards import read_shard
 
     spec = ViewSpec()
     epoch = [0]
@@ -110,8 +110,6 @@ def ours_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]
 
 def bench_shard(path: Path, size: int, mean, std, limit: int, repeats: int) -> dict:
     """Samples per second of ours and of the baseline on one shard (interleaved medians)."""
-    from pipeline.bench.timing import interleaved_medians
-
     loops = {"ours": ours_loop(path, size, mean, std, limit), "baseline": baseline_loop(path, size, mean, std, limit)}
     counts = {name: fn() for name, fn in loops.items()}  # also the warm-up
     if counts["ours"] != counts["baseline"]:
@@ -123,8 +121,6 @@ def bench_shard(path: Path, size: int, mean, std, limit: int, repeats: int) -> d
 
 
 def _dataset_case(directory: Path, split: str, size: int | None) -> tuple[str, Path, int, tuple, tuple]:
-    from pipeline.data.manifest import load_manifest
-
     manifest = load_manifest(directory)
     shard = manifest.shard_paths(split)[0]
     image = manifest.split(split)["image"]
@@ -162,9 +158,8 @@ def bench_data(directory: Path | None, split: str, limit: int, size: int | None,
 
     Example: mkd-pipeline bench data data/fashion-mnist --imagenet-like 500
     """
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
-
-    from pipeline.bench.timing import machine_line
 
     if directory is None and not imagenet_like:
         raise click.UsageError("give a dataset DIR, --imagenet-like N, or both")

@@ -17,6 +17,7 @@ teacher dominates as it does in practice:
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -24,7 +25,20 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import click
+import numpy as np
+import yaml
 
+from pipeline.bench.timing import machine_line
+from pipeline.data.importers import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_SRC,
+    SourceImage,
+    _fashion_mnist_split,
+    _write_split,
+    png_gray8,
+)
+from pipeline.data.manifest import DatasetManifest, load_manifest
+from pipeline.data.shards import read_shard
 from pipeline.errors import ConfigError
 
 VIT = "vit_tiny_patch16_224"
@@ -49,11 +63,6 @@ TEACHER, STUDENT = vit_kwargs(28)
 def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, offset: int = 0):
     """A dataset folder (shards + ``manifest.json``) of ``samples`` real Fashion-MNIST training
     images starting at ``offset``, as split ``train``; returns its :class:`DatasetManifest`."""
-    from pipeline.data.importers import (
-        FASHION_MNIST_CLASSES, FASHION_MNIST_SRC, SourceImage, _fashion_mnist_split, _write_split, png_gray8,
-    )
-    from pipeline.data.manifest import DatasetManifest
-
     out = Path(out)
     images, labels = _fashion_mnist_split(FASHION_MNIST_SRC, "train")
     items = (SourceImage(png_gray8(images[i]), "png", int(labels[i]), f"train[{i}]")
@@ -69,6 +78,7 @@ def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, off
 def save_vit(kwargs: dict, path: str | Path, *, seed: int, perturb: float = 0.0, perturb_seed: int = 0) -> Path:
     """Save a random-weight ViT checkpoint; ``perturb`` adds N(0, perturb * std) noise to every
     weight of the last block (a small "student update" that changes some keep sets)."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     from pipeline.models import create_model, save_checkpoint
@@ -112,8 +122,7 @@ def stage_doc(*, name: str, data_root: str | Path, store: str | Path, teacher_we
 
 def write_stage(path: str | Path, doc: dict[str, Any]):
     """Write ``doc`` as a stage YAML at ``path`` and load it with :func:`pipeline.config.load_config`."""
-    import yaml
-
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from pipeline.config import load_config
 
     Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -122,7 +131,7 @@ def write_stage(path: str | Path, doc: dict[str, Any]):
 
 def plan(cfg, teacher_weights: str | Path, student_weights: str | Path | None, segment: int = 0):
     """``plan_segment`` of ``cfg`` with these checkpoints (what the runner does for a segment)."""
-    from pipeline.data.manifest import load_manifest
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from pipeline.precompute.plan import plan_segment
     from pipeline.precompute.spec import model_spec
 
@@ -135,8 +144,8 @@ def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Ite
     """``(task, images)`` per batch: each task's views rendered as the task renders them for its
     ``who`` ("student" or "teacher"), in tar order and batches of ``batch`` (default: the task's),
     computed here (read shard, views, render) independently of :mod:`pipeline.precompute.task`."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from maskedkd.views import ViewSpec, render_batch, shard_views
-    from pipeline.data.shards import read_shard
 
     for t in tasks:
         samples = list(read_shard(t.shard_path))[: t.limit]
@@ -151,7 +160,7 @@ def student_keep_sets(student, tasks: Sequence):
     """bool [rows, patches]: the keep sets of ``student`` on the views of ``tasks``, computed
     here (the student's own rendering, ``cls_attention`` + ``select_keep``, in the tasks' batch
     size), independently of :mod:`pipeline.precompute.task`."""
-    import numpy as np
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     from maskedkd import cls_attention, select_keep
@@ -176,6 +185,7 @@ class _Bare:
     process with one torch thread: the baseline of ``efficiency``."""
 
     def __init__(self, teacher, tasks: Sequence, keep: int, batch: int, rows: int) -> None:
+        # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
         import torch
 
         self.batches = []
@@ -195,6 +205,7 @@ class _Bare:
 
     def run(self) -> tuple[float, float]:
         """(wall seconds, CPU seconds) of one pass."""
+        # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
         import torch
 
         from maskedkd import masked_forward
@@ -213,6 +224,7 @@ def _cpu_seconds(cluster) -> float:
 
 def _timed_run(tasks, cluster, cfg, key: str) -> tuple[float, float, dict]:
     """(wall seconds, workers' CPU seconds, summary) of one ``run_precompute``."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from pipeline.precompute.run import run_precompute
 
     c0 = _cpu_seconds(cluster)
@@ -224,6 +236,7 @@ def _timed_run(tasks, cluster, cfg, key: str) -> tuple[float, float, dict]:
 
 def _fresh(tasks, store: Path) -> list:
     """The same tasks writing into another (empty) store: a first run again."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from pipeline.labels.paths import partition_path
 
     return [replace(t, store=str(store), path=partition_path(str(store), shard=t.shard, view_epoch=t.view_epoch,
@@ -245,13 +258,11 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     machine hits them alike; ratios are medians over the rounds. ``keep`` defaults to half the
     patches (98 of 196 at 56x56, 25 of 49 at 28x28).
     """
-    import statistics
-
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
-    from pipeline.bench.timing import machine_line
-    from pipeline.precompute.cluster import open_cluster
     from pipeline.models import create_model
+    from pipeline.precompute.cluster import open_cluster
 
     teacher, student = vit_kwargs(img_size)
     patches = (img_size // 4) ** 2

@@ -13,6 +13,10 @@ from typing import Any
 
 import click
 import numpy as np
+import pyarrow as pa
+
+from pipeline._fingerprint import sha256_json
+from pipeline.bench.timing import interleaved_medians, machine_line
 
 
 def synthetic_labels(n: int, num_classes: int, num_patches: int, *, seed: int = 0) -> dict[str, Any]:
@@ -51,8 +55,6 @@ def synthetic_labels(n: int, num_classes: int, num_patches: int, *, seed: int = 
 
 def synthetic_metadata(n: int, shard: str = "train-000000") -> dict[str, Any]:
     """A valid metadata record for a partition of ``n`` rows, all computed."""
-    from pipeline._fingerprint import sha256_json
-
     fingerprints = {name: sha256_json({"bench": name}) for name in ("teacher", "student", "shard", "view", "mask", "label")}
     return {
         "shard": shard,
@@ -64,7 +66,7 @@ def synthetic_metadata(n: int, shard: str = "train-000000") -> dict[str, Any]:
 
 def run_bench(rows: int, classes: int, k: int, patches: int, repeats: int) -> dict[str, Any]:
     """Bytes per row, write rows/s and read rows/s for ``topk: k`` and ``topk: all``, one thread."""
-    import pyarrow as pa
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     threads = (pa.cpu_count(), pa.io_thread_count(), torch.get_num_threads())
@@ -80,9 +82,9 @@ def run_bench(rows: int, classes: int, k: int, patches: int, repeats: int) -> di
 
 
 def _measure(rows: int, classes: int, k: int, patches: int, repeats: int) -> dict[str, Any]:
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
-    from pipeline.bench.timing import interleaved_medians, machine_line
     from maskedkd import from_logits
     from pipeline.labels import open_partition, write_partition
     from pipeline.labels.summary import column_bytes_per_row

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from pipeline.bench.timing import interleaved_medians, machine_line
 from pipeline.errors import ConfigError
 
 
@@ -20,6 +21,7 @@ def _parse_keep(value: str) -> list[int]:
 
 
 def _step(model, images, keep_idx, device: str, amp: bool):
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     from maskedkd import masked_forward
@@ -35,11 +37,11 @@ def _step(model, images, keep_idx, device: str, amp: bool):
 
 def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, device: str, dtype: str) -> dict:
     """Throughput of ``masked_forward`` at each keep count, the first full-width entry as baseline."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import timm
     import torch
 
     from maskedkd import resolve_keep, teacher_macs
-    from pipeline.bench.timing import interleaved_medians, machine_line
 
     try:
         model = timm.create_model(model_name, pretrained=False)

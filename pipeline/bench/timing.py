@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -23,9 +25,7 @@ def interleaved_medians(fns: dict, *, warmup: int = 1, repeats: int = 5) -> dict
 
 def machine_line() -> str:
     """One line naming this machine: CPU model, core count, torch threads, GPU if any."""
-    import os
-    import platform
-
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     cpu = platform.processor() or platform.machine()

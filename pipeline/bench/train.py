@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import click
+import numpy as np
+
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.bench.timing import interleaved_medians, machine_line
+from pipeline.data.importers import FASHION_MNIST_SRC, _fashion_mnist_split, png_gray8
+from pipeline.data.shards import sample_key, write_shards
 
 GRAY = ((0.2860,), (0.3530,))  # Fashion-MNIST mean / std
 STUDENT = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 64, "depth": 4, "num_heads": 2}
@@ -25,8 +31,7 @@ VIT = "vit_tiny_patch16_224"
 
 def fashion_mnist_shards(out: str | Path, samples: int, shard_size: int, *, split: str = "train", offset: int = 0):
     """Write ``samples`` real Fashion-MNIST images (from ``offset``) as WebDataset shards; return ShardRefs."""
-    from pipeline.data.importers import FASHION_MNIST_SRC, _fashion_mnist_split, png_gray8
-    from pipeline.data.shards import sample_key, write_shards
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from pipeline.labels.contract import ShardRef
 
     out = Path(out)
@@ -56,15 +61,14 @@ def write_teacher_labels(
     Real fingerprints (teacher weights, shard bytes, view spec + seed) go into each partition's
     metadata; the mask fingerprint says "none". Returns ``{(shard, view_epoch): path}``.
     """
-    import numpy as np
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
-    from maskedkd.views import render_batch
-    from pipeline._fingerprint import sha256_file, sha256_json
     from maskedkd import from_logits, logsumexp_at
+    from maskedkd.views import render_batch
     from pipeline.labels import partition_path, write_partition
-    from pipeline.models import model_fingerprint
     from pipeline.labels.contract import store_view_columns
+    from pipeline.models import model_fingerprint
     from pipeline.train.stream import load_shard
 
     teacher = teacher.eval()
@@ -96,13 +100,13 @@ def write_teacher_labels(
 
 def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int) -> dict[str, Any]:
     """Time one epoch of each trainer mode, round-robin; steps/s and ratios."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
     from maskedkd.views import ViewSpec
-    from pipeline.bench.timing import interleaved_medians, machine_line
-    from pipeline.models import create_model
     from pipeline.config import TrainConfig
     from pipeline.labels.contract import RenderSpec
+    from pipeline.models import create_model
     from pipeline.train import OnlineTeacher, train_segment
 
     torch.set_num_threads(threads)

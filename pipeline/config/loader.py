@@ -11,7 +11,14 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config.schema import _HINTS, SCHEDULER_ENV, StageConfig, _check_address, _closest, _Problems
+from pipeline.config.schema import (
+    _HINTS,
+    SCHEDULER_ENV,
+    StageConfig,
+    _check_address,
+    _closest,
+    _Problems,
+)
 from pipeline.errors import ConfigError
 
 # ----------------------------------------------------------------------------- loading

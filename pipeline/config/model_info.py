@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from maskedkd._vit import check_maskable
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """What the config needs to know about a timm model, read from a ``meta``-device instance.

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import timm
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,8 +24,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from timm.optim import list_optimizers
 
-from maskedkd import DEFAULT_LADDER, Budget, resolve_keep
+from maskedkd import DEFAULT_LADDER, POLICIES, Budget, needs_saliency, resolve_keep
+from maskedkd.views import ViewSpec
 from pipeline.config.model_info import ModelInfo, model_info
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
@@ -204,8 +207,6 @@ class ViewsConfig(_Section):
     @classmethod
     def _auto_augment(cls, v: str | None) -> str | None:
         if v is not None:
-            from maskedkd.views import ViewSpec
-
             ViewSpec(auto_augment=v)  # its ValueError says what is wrong with the string
         return v
 
@@ -217,10 +218,8 @@ class ViewsConfig(_Section):
             raise _Problems(("", str(e))) from None
         return self
 
-    def view_spec(self):  # -> maskedkd.views.ViewSpec (imported lazily: it pulls in torch)
+    def view_spec(self) -> ViewSpec:
         """The :class:`maskedkd.views.ViewSpec` these settings describe."""
-        from maskedkd.views import ViewSpec
-
         names = [f.name for f in dataclasses.fields(ViewSpec)]
         return ViewSpec(**{n: getattr(self, n) for n in names if n in type(self).model_fields})
 
@@ -275,8 +274,6 @@ class TrainConfig(_Section):
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v: str) -> str:
-        from timm.optim import list_optimizers
-
         known = list_optimizers()
         if v.lower() not in known:
             raise ValueError(f"unknown timm optimizer {v!r}{_closest(v.lower(), known)}; see timm.optim.list_optimizers()")
@@ -328,8 +325,6 @@ class _ModelConfig(_Section):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        import timm
-
         if not timm.is_model(v):
             near = difflib.get_close_matches(v, timm.list_models(), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models()"
@@ -482,8 +477,6 @@ class MaskingConfig(_Section):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        from maskedkd import POLICIES
-
         if v not in POLICIES:
             raise ValueError(f"unknown masking policy {v!r}{_closest(v, set(POLICIES))}; known: {', '.join(sorted(POLICIES))}")
         return v
@@ -658,8 +651,6 @@ class StageConfig(_Section):
         m = self.masking
         if m.policy != "none" and t.maskable_error:
             p.append(("teacher.model", t.maskable_error))
-        from maskedkd import needs_saliency
-
         if needs_saliency(m.policy):
             if s.maskable_error:
                 p.append(("student.model", f"policy {m.policy!r} reads the student's attention: {s.maskable_error}"))

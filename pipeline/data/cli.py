@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.data.importers import FASHION_MNIST_SRC
+from pipeline.data.importers import (
+    FASHION_MNIST_SRC,
+    import_fashion_mnist,
+    import_imagefolder,
+)
+from pipeline.data.verify import verify_dataset
 from pipeline.errors import PipelineError
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -36,8 +41,6 @@ def data_import() -> None:
 @click.option("--shard-size", default=5000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
 def import_fashion_mnist_cmd(out: Path, src: Path, shard_size: int) -> None:
     """Fashion-MNIST (60,000 train, 10,000 test) as lossless PNG shards."""
-    from pipeline.data.importers import import_fashion_mnist
-
     click.echo(f"importing Fashion-MNIST from {src} into {out} ...")
     _summary(import_fashion_mnist(out, src=src, shard_size=shard_size), out)
 
@@ -51,8 +54,6 @@ def import_fashion_mnist_cmd(out: Path, src: Path, shard_size: int) -> None:
 @click.option("--name", default=None, help="Dataset name [default: SRC's folder name].")
 def import_imagefolder_cmd(src: Path, out: Path, split: str, shard_size: int, seed: int, name: str | None) -> None:
     """An ImageNet-style folder (SRC/<class>/<image>), image bytes copied as they are."""
-    from pipeline.data.importers import import_imagefolder
-
     click.echo(f"importing {src} as split {split!r} into {out} ...")
     _summary(import_imagefolder(src, out, split, shard_size=shard_size, seed=seed, name=name), out)
 
@@ -66,8 +67,6 @@ def data_verify(directory: Path, decode: bool) -> None:
     Exits 0 when everything matches, 1 listing each problem otherwise, 3 when the manifest
     itself is missing or invalid.
     """
-    from pipeline.data.verify import verify_dataset
-
     problems = verify_dataset(directory, decode=decode, progress=click.echo)
     if problems:
         for p in problems:

@@ -23,10 +23,15 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.data.manifest import MANIFEST_NAME, DatasetManifest, load_manifest, size_stats
+from pipeline._fingerprint import sha256_file
+from pipeline.data.manifest import (
+    MANIFEST_NAME,
+    DatasetManifest,
+    load_manifest,
+    size_stats,
+)
 from pipeline.data.shards import IMAGE_EXTS, IMAGE_FORMATS, sample_key, write_shards
 from pipeline.errors import ConfigError, DataError
-from pipeline._fingerprint import sha256_file
 
 FASHION_MNIST_SRC = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {

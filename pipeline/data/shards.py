@@ -174,6 +174,7 @@ def _check_end_of_archive(path: Path) -> None:
 
 def _tar_members(path: Path) -> Iterator[dict]:
     """``{"fname", "data"}`` per regular member in tar order, via webdataset's tar iterator."""
+    # lazy: webdataset imports torch (+1.8 s), and `--help`, `data import` and `bench --help` import this module
     from webdataset.tariterators import tar_file_iterator
 
     try:
@@ -223,6 +224,7 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
     Raises:
         DataError: the tar is missing, truncated or unreadable (the message names it).
     """
+    # lazy: webdataset imports torch (+1.8 s), and `--help`, `data import` and `bench --help` import this module
     from webdataset.tariterators import base_plus_ext
 
     path = Path(path)

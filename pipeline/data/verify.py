@@ -7,10 +7,15 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from pipeline.data.manifest import TIMM_INFO_NAME, DatasetManifest, ShardEntry, load_manifest
+from pipeline._fingerprint import sha256_file
+from pipeline.data.manifest import (
+    TIMM_INFO_NAME,
+    DatasetManifest,
+    ShardEntry,
+    load_manifest,
+)
 from pipeline.data.shards import read_shard, read_shard_raw
 from pipeline.errors import DataError
-from pipeline._fingerprint import sha256_file
 
 _SHARD_FILE = re.compile(r"^([A-Za-z0-9]+)-[0-9]{6}\.tar$")
 

@@ -9,6 +9,8 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import PipelineError
 from pipeline.labels import paths
+from pipeline.labels.summary import summarize
+from pipeline.labels.verify import verify_store
 
 
 @click.command("inspect")
@@ -20,8 +22,6 @@ def labels_inspect(path: str, as_json: bool) -> None:
     PATH is a partition file (local path or URI such as s3://bucket/store/...parquet). Given a
     store directory, lists its partitions instead.
     """
-    from pipeline.labels.summary import summarize
-
     fs, fs_path = paths.resolve(path)
     if fs.get_file_info(fs_path).type == pafs.FileType.Directory:
         listing = paths.list_partitions(path)
@@ -65,8 +65,6 @@ def labels_inspect(path: str, as_json: bool) -> None:
 def labels_verify(store: str, locks: tuple[str, ...]) -> None:
     """Check every partition under STORE: readable, schema, every page checksum, row count, and
     sha256 against the run lock(s). Exits 1 listing the bad files."""
-    from pipeline.labels.verify import verify_store
-
     report = verify_store(store, locks)
     for path, reason in report.problems:
         click.echo(f"BAD  {path}: {reason}")

@@ -23,8 +23,8 @@ from typing import Callable, Mapping
 import pyarrow.fs as pafs
 
 from pipeline._atomic import TMP_PREFIX
-from pipeline.errors import ConfigError, StoreError
 from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.errors import ConfigError, StoreError
 
 REQUIRED_FINGERPRINTS = ("teacher", "shard", "view", "mask", "label")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

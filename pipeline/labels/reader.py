@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import torch
 
 from maskedkd.targets import SoftTarget, TopK
-from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_bytes
+from pipeline.errors import StoreError
 from pipeline.labels import paths
 from pipeline.labels.schema import (
     FORMAT,

@@ -23,8 +23,8 @@ import torch
 from maskedkd.targets import SoftTarget, as_target
 from pipeline import __version__
 from pipeline._atomic import write_atomic
-from pipeline.errors import StoreError
 from pipeline._fingerprint import canonical_json, sha256_bytes
+from pipeline.errors import StoreError
 from pipeline.labels import paths
 from pipeline.labels.schema import (
     FORMAT,

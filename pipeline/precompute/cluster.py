@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
 import dask
-from distributed import Client, KilledWorker, as_completed
+import torch
+from distributed import Client, KilledWorker, LocalCluster, as_completed
+from tqdm import tqdm
 
+from pipeline.errors import ComputeError, ConfigError, PipelineError
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
     TIMEOUT_TOPIC,
@@ -46,7 +49,11 @@ from pipeline.precompute.worker import (
     run_task,
     worker_device,
 )
-from pipeline.errors import ComputeError, ConfigError, PipelineError
+
+try:
+    import bokeh  # the dashboard needs it; without it Dask only warns
+except ImportError:
+    bokeh = None
 
 __all__ = [
     "Cluster",
@@ -114,10 +121,6 @@ def _cores() -> int:
 
 
 def _cuda_count() -> int:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -217,8 +220,6 @@ def _embedded(
     memory_limit: Any,
     announce: Callable[[str], None] | None,
 ) -> Iterator[Cluster]:
-    from distributed import LocalCluster
-
     if device not in ("auto", "cpu", "cuda", "gpu"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
     gpus = 0 if device == "cpu" else _cuda_count()
@@ -237,6 +238,7 @@ def _embedded(
         resources = {"GPU": 1}
         gpu_index = "name"
         try:
+            # optional, GPU only: importing dask_cuda loads dask.dataframe and patches it, so not at module top
             from dask_cuda import LocalCUDACluster
 
             cls, gpu_index = LocalCUDACluster, "first"
@@ -251,12 +253,9 @@ def _embedded(
             )
         resources, gpu_index = {"CPU": 1}, "first"
 
-    if dashboard:
-        try:
-            import bokeh  # noqa: F401  (the dashboard needs it; without it Dask only warns)
-        except ImportError:
-            log.info("no Dask dashboard: bokeh is not installed")
-            dashboard = False
+    if dashboard and bokeh is None:
+        log.info("no Dask dashboard: bokeh is not installed")
+        dashboard = False
     try:
         local = cls(
             n_workers=n,
@@ -418,8 +417,6 @@ def run_tasks(
     to ``on_result`` stay done. A task already running on a remote worker cannot be stopped and
     finishes on its own (tasks write atomically, so it leaves a whole partition or nothing).
     """
-    from tqdm import tqdm
-
     client = getattr(client, "client", client)
     keys = [_item_key(key_prefix, item) for item in items]
     if len(set(keys)) != len(keys):

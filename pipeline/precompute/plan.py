@@ -8,11 +8,16 @@ from typing import Any
 
 from maskedkd import needs_saliency, resolve_keep
 from pipeline.data.manifest import DatasetManifest
+from pipeline.errors import StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import segment_view_epochs, shard_refs
 from pipeline.labels.reader import open_partition
-from pipeline.errors import StoreError
-from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, task_fingerprints
+from pipeline.precompute.spec import (
+    ModelSpec,
+    PartitionTask,
+    reuse_expect,
+    task_fingerprints,
+)
 
 
 def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable
 
-from pipeline.precompute.cluster import Cluster, check_resources, open_cluster, run_tasks
+from pipeline.precompute.cluster import (
+    Cluster,
+    check_resources,
+    open_cluster,
+    run_tasks,
+)
 from pipeline.precompute.plan import classify
 from pipeline.precompute.spec import PartitionTask
 from pipeline.precompute.task import run_partition
@@ -21,8 +27,6 @@ def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None 
     if cluster is not None:
         yield cluster
         return
-    import os
-
     address = scheduler or cfg.compute.scheduler or os.environ.get("MKD_SCHEDULER") or None
     with open_cluster(address, workers=workers or cfg.compute.workers, threads_per_worker=cfg.compute.threads_per_worker,
                       device=cfg.compute.device) as c:

@@ -17,23 +17,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskedkd import SoftTarget, from_logits, keep_indices, logsumexp_at, masked_forward, needs_saliency, teacher_macs
+from maskedkd import (
+    SoftTarget,
+    from_logits,
+    keep_indices,
+    logsumexp_at,
+    masked_forward,
+    needs_saliency,
+    teacher_macs,
+)
 from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
+from pipeline._fingerprint import sha256_json
 from pipeline.data.shards import Sample, read_shard
 from pipeline.errors import StoreError
-from pipeline._fingerprint import sha256_json
 from pipeline.labels import paths
+from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
-from pipeline.labels.contract import RenderSpec, store_view_columns
-from pipeline.precompute.spec import ModelSpec, PartitionTask, reuse_expect, specs_record
+from pipeline.models import create_model
+from pipeline.precompute.spec import (
+    ModelSpec,
+    PartitionTask,
+    reuse_expect,
+    specs_record,
+)
+from pipeline.precompute.worker import get_cached, worker_device
+
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
     """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
-    from pipeline.precompute.worker import get_cached
-    from pipeline.models import create_model
-
     def factory() -> torch.nn.Module:
         return create_model(spec.name, spec.kwargs, weights=spec.weights).eval().to(device)
 
@@ -188,8 +201,6 @@ def run_partition(item: dict) -> dict:
     """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
     t: PartitionTask = item["task"]
     if t.device == "auto":
-        from pipeline.precompute.worker import worker_device
-
         t = replace(t, device=worker_device())
     timer = _Timer()
     result: dict[str, Any] = {

@@ -2,7 +2,8 @@
 
 Everything here runs inside Dask worker processes (and also works in a plain process, so a task
 function can be called directly in tests or in-process runs). It does not import torch at module
-level; torch is imported only where it is needed.
+level: a worker imports this module when it unpickles :class:`WorkerSetup`, before ``setup``
+sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, and torch would load its thread pools before that.
 
 Use inside a task::
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable, TypeVar
 
-from distributed import WorkerPlugin
+from distributed import WorkerPlugin, get_worker
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def worker_threads() -> int | None:
 def _apply_torch_threads() -> None:
     threads = _state["threads"]
     if threads and not _state["torch_threads_applied"] and "torch" in sys.modules:
-        import torch
+        import torch  # not at module top: see the module docstring
 
         torch.set_num_threads(threads)
         _state["torch_threads_applied"] = True
@@ -157,12 +159,10 @@ class WorkerSetup(WorkerPlugin):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(self.threads)
         if self.ignore_sigint and threading.current_thread() is threading.main_thread():
-            import signal
-
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         device = "cpu"
         if _worker_resources(worker).get("GPU", 0) >= 1:
-            import torch
+            import torch  # not at module top: see the module docstring
 
             count = torch.cuda.device_count()
             if count == 0:
@@ -207,8 +207,6 @@ def run_task(fn: Callable[[dict], dict], item: dict, key: str, timeout_s: float 
     timer = None
     if timeout_s:
         try:
-            from distributed import get_worker
-
             worker = get_worker()
         except ValueError:
             worker = None  # not on a worker: nothing to restart, run without a watchdog

@@ -18,6 +18,7 @@ average written there by ``stages/results/run_all.sh``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -26,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from pipeline._atomic import write_atomic
+from pipeline.data.manifest import load_manifest
+from pipeline.data.shards import read_shard
 
 __all__ = ["RunResult", "collect_run", "render_results", "report_cmd"]
 
@@ -107,6 +111,7 @@ def _full_macs_per_image(cfg) -> int:
     """MACs of one unmasked teacher forward (measured by maskedkd.teacher_macs), per teacher config."""
     key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
     if key not in _FULL_MACS:
+        # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
         import torch
 
         from maskedkd import teacher_macs
@@ -141,12 +146,11 @@ def _cpu_model() -> str:
 
 def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
     """Load one config and read what its run wrote (lock file, run log)."""
+    # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
     from pipeline.config import load_config
 
     path = Path(path)
     cfg = load_config(path, check_files=False)
-    from pipeline.data.manifest import load_manifest
-
     manifest = load_manifest(cfg.data.root)
     n_train = cfg.data.subset or manifest.num_samples(cfg.data.train)
     n_val = cfg.data.val_subset or manifest.num_samples(cfg.data.val)
@@ -214,11 +218,11 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
     in raw pixel units (0..1) at the teacher's size; per patch: mean intensity, whether it is
     empty (mean < 0.02), and the pixel std inside it (edges / texture).
     """
+    # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
     import torch
     import torch.nn.functional as F
 
     from maskedkd.views import render, shard_views
-    from pipeline.data.shards import read_shard
     from pipeline.labels.reader import open_partition
 
     with open_partition(partition) as part:
@@ -303,6 +307,7 @@ def _compare(rows: dict[str, list[RunResult]], a: str, b: str) -> str | None:
 
 
 def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bool:
+    # lazy: `mkd-pipeline --help` imports this module; matplotlib.pyplot would add 0.4 s
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,11 +337,11 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
 
 
 def _keepmap(path: Path, runs: list[RunResult]) -> None:
+    # lazy: `mkd-pipeline --help` imports this module; matplotlib.pyplot would add 0.4 s
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     cols = max(len(r.content) for r in runs)
     fig, axes = plt.subplots(len(runs), cols, figsize=(2.0 * cols + 1.8, 2.0 * len(runs) + 0.3), dpi=100, squeeze=False)
@@ -523,8 +528,6 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
 
 
 def _nproc() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

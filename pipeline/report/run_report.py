@@ -6,17 +6,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+from maskedkd import teacher_macs
 from pipeline._atomic import write_atomic
+from pipeline.models import create_model
 from pipeline.report.fidelity import curve_table, plot_curves
 
 
 def _macs_full(runner) -> int:
     """Teacher MACs full-teacher KD would have spent on the same rows (every row, all patches)."""
-    import torch
-
-    from maskedkd import teacher_macs
-    from pipeline.models import create_model
-
     t = runner.cfg.teacher
     with torch.device("cpu"):
         model = create_model(t.model, t.kwargs, seed=0).eval()
@@ -50,11 +51,7 @@ def collect(runner) -> dict[str, Any]:
 
 
 def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from pipeline.report.fidelity import curve_table, plot_curves
-
 from pipeline.errors import ConfigError
+from pipeline.report.fidelity import curve_table, plot_curves
 
 scheduler_opt = click.option("--scheduler", default=None, metavar="ADDRESS",
                              help="Dask scheduler (tcp://host:8786); default: compute.scheduler, $MKD_SCHEDULER, else a LocalCluster.")
@@ -19,6 +19,7 @@ workers_opt = click.option("--workers", default=None, type=click.IntRange(1), he
 
 
 def _runner(stages: str, **kw):
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.runner import Runner
 
@@ -32,8 +33,6 @@ def _exclusive(stages: str, **kw):
     A second ``run`` of the same config waits for the first, then reads its run lock and does
     only what is still stale (usually nothing). Bad configs fail before anything is created.
     """
-    import fcntl
-
     run_dir = _runner(stages, **kw).run_dir  # validates config and dataset first
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a") as f:
@@ -112,6 +111,7 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: in
 
 
 def _dry_run(runner, segment: int) -> None:
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
 
     lag = runner.cfg.schedule.lag
@@ -176,6 +176,7 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
 @click.option("--yes", is_flag=True, help="Really delete (default: dry run, only list).")
 def gc_cmd(stages: tuple[str, ...], yes: bool) -> None:
     """Remove label partitions (and leftover temp files) that no run lock of STAGES references."""
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.gc import collect_garbage
 

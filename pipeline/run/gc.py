@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.labels import paths
 from pipeline._lock import LOCK_NAME, RunLock
+from pipeline.labels import paths
 
 
 def collect_garbage(cfgs, *, delete: bool = False) -> dict[str, Any]:

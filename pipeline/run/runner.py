@@ -17,17 +17,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+import torch
 
 from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
-from pipeline.data.manifest import DatasetManifest, load_manifest
+from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
-from pipeline.errors import ConfigError
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
+from pipeline.data.manifest import DatasetManifest, load_manifest
+from pipeline.errors import ConfigError
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from pipeline.labels.reader import open_partition
+from pipeline.models import create_model, model_fingerprint, save_checkpoint
 from pipeline.precompute.cluster import check_resources, run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
+from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
+from pipeline.report.run_report import write_report
+from pipeline.train.evaluate import evaluate
+from pipeline.train.loop import OnlineTeacher, train_segment
 
 Echo = Callable[[str], None]
 
@@ -125,8 +133,6 @@ class Runner:
     def cluster(self):
         """The Dask cluster, opened on first use and kept for the whole run."""
         if self._cluster is None:
-            from pipeline.precompute.run import cluster_for
-
             self._cluster_cm = cluster_for(self.cfg, scheduler=self.scheduler, workers=self.workers)
             self._cluster = self._cluster_cm.__enter__()
         return self._cluster
@@ -145,8 +151,6 @@ class Runner:
         return shard_refs(self.manifest, split, subset)
 
     def _evaluate(self, model, model_cfg) -> dict[str, Any]:
-        from pipeline.train.evaluate import evaluate
-
         if self.cfg.data.val is None:
             return {}
         shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
@@ -157,8 +161,6 @@ class Runner:
 
     def teacher_stage(self) -> ModelSpec:
         """The teacher's weights file and fingerprint; trains it first when the config says so."""
-        from pipeline.models import create_model, model_fingerprint
-
         cfg = self.cfg
         inputs = self.teacher_inputs()
         fresh = self.lock.check("teacher", inputs)
@@ -188,10 +190,6 @@ class Runner:
         return self._teacher_spec(str(path), info["fingerprint"])
 
     def _train_teacher(self, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
-        from pipeline._atomic import write_atomic
-        from pipeline.models import create_model, model_fingerprint
-        from pipeline.train.loop import train_segment
-
         cfg, t = self.cfg, self.cfg.teacher
         recipe = t.train
         views = recipe.views or cfg.views
@@ -219,8 +217,6 @@ class Runner:
 
     def init_stage(self) -> Path:
         """c_0: the student at initialisation (seeded) or from its weights file."""
-        from pipeline.models import create_model, save_checkpoint
-
         s = self.cfg.student
         inputs = self.init_inputs()
         path = self.ckpt_dir / "c0.pth"
@@ -336,8 +332,6 @@ class Runner:
 
     def precompute_stage(self, segment: int, teacher: ModelSpec, source_ckpt: Path) -> dict[tuple[str, int], Any]:
         """Labels of one segment; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
-        from pipeline.precompute.run import run_precompute
-
         name = f"precompute-{segment}"
         keep, probe = self.keep_count(segment, teacher, source_ckpt)
         tasks = self.plan_precompute(segment, teacher, source_ckpt, keep)
@@ -377,9 +371,6 @@ class Runner:
 
     def train_stage(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec) -> Path:
         """Train segment ``segment`` from ``start_ckpt``; returns c_{segment+1}."""
-        from pipeline.models import create_model
-        from pipeline.train.loop import train_segment
-
         cfg = self.cfg
         start, end = cfg.schedule.segments()[segment]
         name = f"train-{segment}"
@@ -421,9 +412,6 @@ class Runner:
         return {"teacher": teacher.fingerprint, "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment)}
 
     def _online_teacher(self, segment: int, teacher: ModelSpec):
-        from pipeline.models import create_model
-        from pipeline.train.loop import OnlineTeacher
-
         t = self.cfg.teacher
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
         policy = self.cfg.masking.policy
@@ -460,8 +448,6 @@ class Runner:
                     return self.result
             last = (self.lock.info(f"train-{len(ckpts) - 2}").get("epochs") or [{}])[-1]
             self.result.final_accuracy = last.get("val_top1")
-            from pipeline.report.run_report import write_report
-
             self.result.report = write_report(self)
             return self.result
         finally:
@@ -562,8 +548,6 @@ def _label_refs(tasks: list[PartitionTask], parts: list[dict]) -> dict[tuple[str
 
 def _teacher_masked_top1(parts: list[dict]) -> float:
     """The teacher's top-1 on the (masked) views it labelled, over all partitions of a stage."""
-    from pipeline.labels.reader import open_partition
-
     correct = total = 0
     for p in parts:
         with open_partition(p["path"]) as part:
@@ -593,6 +577,4 @@ def _pct(v: float | None) -> str:
 def _device(setting: str) -> str:
     if setting != "auto":
         return setting
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -24,15 +24,26 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from maskedkd import distill_loss, keep_indices, masked_forward, needs_saliency, resolve_keep, teacher_macs
+from maskedkd import (
+    distill_loss,
+    keep_indices,
+    masked_forward,
+    needs_saliency,
+    resolve_keep,
+    teacher_macs,
+)
 from maskedkd.views import ViewSpec
+from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, StoreError
-from pipeline._fingerprint import sha256_json, state_dict_fingerprint
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
-from pipeline.models import save_checkpoint
+from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import (
@@ -69,9 +80,6 @@ class OnlineTeacher:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int):
     """timm optimizer and per-update scheduler (``step_on_epochs=False``) for a whole run of ``total_epochs``."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
     step = {"decay_epochs": cfg.decay_epochs, "decay_rate": cfg.decay_rate} if cfg.sched == "step" else {}
@@ -262,8 +270,6 @@ def train_segment(
                               global_step=start * steps_per_epoch,
                               counters={"teacher_forwards": 0, "teacher_macs": 0})
     if record.done and checkpoint_path.is_file():
-        from pipeline._fingerprint import sha256_file
-
         if sha256_file(checkpoint_path) == record.checkpoint_sha256:
             return _result(record, steps_per_epoch, resumed, t_start)
 
@@ -271,8 +277,6 @@ def train_segment(
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     model: nn.Module = student
     if info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
     teacher = _Online(online, device, autocast) if online is not None else None
     num_classes = student.num_classes
@@ -354,8 +358,6 @@ def train_segment(
         record.done = True
         store.save(record, student, optimizer)
     if info.world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
     return _result(record, steps_per_epoch, resumed, t_start)
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from pipeline._atomic import write_atomic
-from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_bytes, sha256_file
+from pipeline.errors import StoreError
 from pipeline.models import checkpoint_bytes, read_state_dict
 
 FORMAT = "mkd-train-resume/1"

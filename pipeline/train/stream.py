@@ -43,6 +43,7 @@ from maskedkd.targets import SoftTarget
 from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
 from pipeline.data.shards import read_shard
 from pipeline.errors import DataError, StoreError
+from pipeline.labels import open_partition
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
 
 Segment = tuple["LoadedShard", np.ndarray]
@@ -92,8 +93,6 @@ class LoadedShard:
 
 
 def _open_labels(ref: ShardRef, label: LabelRef, view_epoch: int):
-    from pipeline.labels import open_partition
-
     expect = dict(label.expect or {})
     expect.update({"shard": ref.name, "view_epoch": int(view_epoch)})
     partition = open_partition(label.path, expect=expect, sha256=label.sha256)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import threading
 
-from pipeline.labels.schema import json_problem
 from pipeline._lock import RunLock, file_record
+from pipeline.labels.schema import json_problem
 
 
 def test_freshness_says_why(tmp_path):

@@ -3,7 +3,13 @@ import timm
 import torch
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.models import create_model, load_weights, model_fingerprint, read_state_dict, save_checkpoint
+from pipeline.models import (
+    create_model,
+    load_weights,
+    model_fingerprint,
+    read_state_dict,
+    save_checkpoint,
+)
 
 KW = dict(img_size=32, patch_size=8, depth=1, num_classes=10)
 

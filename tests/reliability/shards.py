@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.pipeline.data.helpers import encode, write_raw_tar as write_tar  # noqa: F401 (re-exported)
+from tests.pipeline.data.helpers import encode  # noqa: F401 (re-exported)
+from tests.pipeline.data.helpers import write_raw_tar as write_tar  # noqa: F401 (re-exported)
 
 
 class _Payload:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.manifest import load_manifest
 from pipeline._fingerprint import sha256_file
+from pipeline.data.manifest import load_manifest
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 from tests.reliability.helpers import TINY, cli, main_in_process, stage
 from tests.reliability.shards import bad_samples, write_tar

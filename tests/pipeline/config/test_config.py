@@ -12,7 +12,15 @@ import yaml
 from pipeline.config import StageConfig, ViewsConfig, dump_config, load_config
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import view_epoch_of
-from tests.pipeline.config.cases import BASE, MALFORMED, run_cli, tree, write_case, write_doc, write_manifest
+from tests.pipeline.config.cases import (
+    BASE,
+    MALFORMED,
+    run_cli,
+    tree,
+    write_case,
+    write_doc,
+    write_manifest,
+)
 
 STAGES = Path(__file__).resolve().parents[3] / "stages"
 

@@ -62,7 +62,12 @@ def real_fashion_mnist_subset(out: Path, n_train: int, n_test: int, shard_size: 
     """
     import pytest
 
-    from pipeline.data.importers import FASHION_MNIST_FILES, FASHION_MNIST_SRC, import_fashion_mnist, read_idx
+    from pipeline.data.importers import (
+        FASHION_MNIST_FILES,
+        FASHION_MNIST_SRC,
+        import_fashion_mnist,
+        read_idx,
+    )
 
     if not all((FASHION_MNIST_SRC / n).is_file() for pair in FASHION_MNIST_FILES.values() for n in pair):
         pytest.skip(f"real Fashion-MNIST is not installed in {FASHION_MNIST_SRC} (make dataset)")

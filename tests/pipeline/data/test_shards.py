@@ -8,7 +8,14 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.data.shards import ShardWriter, Skipped, decode_image, read_shard, read_shard_raw, write_shards
+from pipeline.data.shards import (
+    ShardWriter,
+    Skipped,
+    decode_image,
+    read_shard,
+    read_shard_raw,
+    write_shards,
+)
 from pipeline.errors import DataError
 from tests.pipeline.data.helpers import encode, rgb, write_raw_tar
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.errors import StoreError
 from maskedkd import from_logits
+from pipeline.errors import StoreError
 from pipeline.labels import list_partitions, open_partition, write_partition
 from pipeline.labels.paths import list_temp_files
 from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs

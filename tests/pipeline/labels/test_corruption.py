@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.errors import StoreError
 from pipeline._fingerprint import sha256_json
+from pipeline.errors import StoreError
 from pipeline.labels import open_partition
 from pipeline.labels.schema import METADATA_KEY, RECORD_SHA256_KEY
 

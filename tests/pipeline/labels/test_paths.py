@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError, StoreError
 from pipeline._fingerprint import sha256_json
-from pipeline.labels import list_partitions, open_partition, partition_path, related_partitions
+from pipeline.errors import ConfigError, StoreError
+from pipeline.labels import (
+    list_partitions,
+    open_partition,
+    partition_path,
+    related_partitions,
+)
 
 FPS = {name: sha256_json(name) for name in ("teacher", "student", "shard", "view", "mask", "label")}
 

@@ -10,9 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.precompute.cluster import Cluster, check_resources, open_cluster, run_tasks
-from pipeline.precompute.worker import cache_info, get_cached, worker_device, worker_threads
 from pipeline.errors import ComputeError, DataError
+from pipeline.precompute.cluster import (
+    Cluster,
+    check_resources,
+    open_cluster,
+    run_tasks,
+)
+from pipeline.precompute.worker import (
+    cache_info,
+    get_cached,
+    worker_device,
+    worker_threads,
+)
 
 # ---- task functions (module level: the workers import this module to unpickle them) ---------
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.precompute.cluster import Cluster, run_tasks
 from pipeline.errors import ComputeError, DataError
 from pipeline.labels import list_partitions
+from pipeline.precompute.cluster import Cluster, run_tasks
 from pipeline.precompute.task import run_partition
 from tests.pipeline.data.helpers import write_raw_tar
 from tests.pipeline.precompute.conftest import ROWS, SHARD

@@ -7,9 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from pipeline._atomic import TMP_PREFIX
-from pipeline.run.gc import collect_garbage
-from pipeline.labels.paths import partition_path
 from pipeline._lock import LOCK_NAME, RunLock
+from pipeline.labels.paths import partition_path
+from pipeline.run.gc import collect_garbage
 
 
 def _partition(store: Path, n: int) -> str:

@@ -23,10 +23,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.labels import open_partition
-from pipeline._lock import LOCK_NAME
 from pipeline.run.runner import Runner
 from tests.dotted import apply_dotted
 

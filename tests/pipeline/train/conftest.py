@@ -9,7 +9,12 @@ from maskedkd.views import ViewSpec
 from pipeline.config import TrainConfig
 from pipeline.labels.contract import RenderSpec
 from pipeline.models import create_model
-from tests.pipeline.train.helpers import GRAY, VIT, fashion_mnist_shards, write_teacher_labels
+from tests.pipeline.train.helpers import (
+    GRAY,
+    VIT,
+    fashion_mnist_shards,
+    write_teacher_labels,
+)
 
 # 16 patches of 7x7: tiny ViTs that learn Fashion-MNIST within a few hundred steps.
 BASE = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}

@@ -14,7 +14,17 @@ from pipeline.train import OnlineTeacher, evaluate, train_segment
 from pipeline.train.stream import EpochStream, load_shard, make_batch
 from tests.pipeline.train.helpers import VIT, write_teacher_labels
 
-from .conftest import FLIP_SPEC, MIX_SPEC, RENDER, SEED, SPEC, STUDENT, recipe, student, teacher
+from .conftest import (
+    FLIP_SPEC,
+    MIX_SPEC,
+    RENDER,
+    SEED,
+    SPEC,
+    STUDENT,
+    recipe,
+    student,
+    teacher,
+)
 
 FAST = dict(lr=3e-3, min_lr=1e-5, weight_decay=0.0)
 
