@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DATA   ?= data/fashion-mnist
 
-.PHONY: venv dataset demo test bench clean
+.PHONY: venv dataset demo test smoke bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,10 @@ demo: venv $(DATA)/manifest.json
 
 test: venv dataset
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The package as a user installs it: a wheel in a clean venv outside the checkout (CI runs it too).
+smoke: venv dataset
+	PYTHON=$(PYTHON) bash .ci/wheel-smoke.sh
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -1,0 +1,78 @@
+"""maskedkd: the MaskedKD method (Son et al., ECCV 2024) as a small torch + timm library.
+
+Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`POLICIES`
+registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
+sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
+:func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
+:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`.
+This package does no file I/O and never imports ``pipeline``.
+"""
+
+from maskedkd.fidelity import (
+    DEFAULT_LADDER,
+    Budget,
+    Rung,
+    choose_keep,
+    fidelity_curve,
+    ladder_keeps,
+)
+from maskedkd.flops import teacher_flops, teacher_macs
+from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
+from maskedkd.losses import distill_loss, kd_loss
+from maskedkd.masked_forward import masked_forward
+from maskedkd.policies import POLICIES, needs_saliency, register_policy
+from maskedkd.saliency import cls_attention
+from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
+
+__all__ = [
+    "DEFAULT_LADDER",
+    "Budget",
+    "POLICIES",
+    "Rung",
+    "choose_keep",
+    "fidelity_curve",
+    "ladder_keeps",
+    "SoftTarget",
+    "TopK",
+    "cls_attention",
+    "distill_loss",
+    "from_logits",
+    "kd_loss",
+    "keep_indices",
+    "logsumexp_at",
+    "masked_forward",
+    "needs_saliency",
+    "register_policy",
+    "resolve_keep",
+    "saliency_on_grid",
+    "select_keep",
+    "teacher_flops",
+    "teacher_macs",
+]
+
+# Deterministic views (sample_view -> View -> render), shared by precompute and trainer.
+from maskedkd.views import (  # noqa: E402
+    View,
+    ViewSpec,
+    mix_target,
+    render,
+    render_batch,
+    sample_view,
+    shard_views,
+    view_columns_layout,
+    views_from_columns,
+    views_to_columns,
+)
+
+__all__ += [
+    "View",
+    "ViewSpec",
+    "mix_target",
+    "render",
+    "render_batch",
+    "sample_view",
+    "shard_views",
+    "view_columns_layout",
+    "views_from_columns",
+    "views_to_columns",
+]

@@ -1,0 +1,59 @@
+"""What MaskedKD needs to know about a timm ViT: which models we can mask, and their prefix tokens."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+SUPPORTED = (
+    "timm VisionTransformer (vit_*, deit_*, deit3_*: class token with global_pool='token', "
+    "no_embed_class, register tokens) and VisionTransformerDistilled (deit_*_distilled_*)"
+)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile`` / DDP wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def check_maskable(model: nn.Module) -> VisionTransformer:
+    """Return the ViT inside ``model`` or raise ``TypeError`` saying what is supported.
+
+    Masking drops tokens between the position embedding and the blocks, so the blocks must be
+    plain timm blocks (no RoPE, no relative position bias) and the output must come from the
+    class token (``avg``/``map`` pooling would silently change meaning with fewer tokens).
+    """
+    vit = unwrap(model)
+    name = type(vit).__name__
+    if type(vit) not in (VisionTransformer, VisionTransformerDistilled):
+        raise TypeError(f"cannot mask {name}: MaskedKD supports {SUPPORTED}")
+    if vit.cls_token is None or vit.global_pool != "token" or getattr(vit, "attn_pool", None) is not None:
+        raise TypeError(
+            f"cannot mask {name} with class_token={vit.cls_token is not None}, "
+            f"global_pool={vit.global_pool!r}: MaskedKD supports {SUPPORTED}"
+        )
+    for i, blk in enumerate(vit.blocks):
+        if not isinstance(getattr(blk, "attn", None), Attention):
+            raise TypeError(
+                f"cannot mask {name}: block {i} uses {type(getattr(blk, 'attn', blk)).__name__}, "
+                f"not timm's Attention; MaskedKD supports {SUPPORTED}"
+            )
+    return vit
+
+
+def num_patches(model: nn.Module) -> int:
+    """Patch tokens of a ViT at its configured image size."""
+    return int(unwrap(model).patch_embed.num_patches)
+
+
+def embed_tokens(vit: VisionTransformer, images):
+    """Patch embedding + position embedding on all positions: ``[B, prefix + N, D]``."""
+    return vit._pos_embed(vit.patch_embed(images))

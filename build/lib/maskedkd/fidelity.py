@@ -1,0 +1,161 @@
+"""What a mask costs the teacher: its agreement with the unmasked teacher along a keep ladder.
+
+MaskedKD assumes the teacher tolerates dropped patches; a teacher that never saw shortened token
+sequences may not. :func:`fidelity_curve` measures, on a batch of views, the masked teacher's
+top-1, its top-1 agreement with the unmasked teacher and the mean KL(unmasked || masked) at each
+rung of a keep ladder; :func:`choose_keep` takes the smallest keep whose measurement meets a
+budget (docs/design.md §2, "Fidelity guard").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maskedkd.flops import teacher_macs
+from maskedkd.keep import keep_indices, resolve_keep
+from maskedkd.masked_forward import masked_forward
+
+__all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "ladder_keeps"]
+
+DEFAULT_LADDER = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """The masked teacher at one keep, measured on a sample of views.
+
+    Attributes:
+        keep: patches kept (``None``: all of them, the unmasked teacher).
+        top1: share of views whose masked prediction is the ground-truth class.
+        agreement: share of views whose masked prediction equals the unmasked teacher's.
+        kl: mean KL(unmasked || masked) in nats, at temperature 1.
+        macs: teacher multiply-adds per view at this keep.
+    """
+
+    keep: int | None
+    top1: float
+    agreement: float
+    kl: float
+    macs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (run lock, report)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a mask may cost: a minimum top-1 agreement with the unmasked teacher, or a
+    maximum mean KL(unmasked || masked) in nats (exactly one of the two)."""
+
+    agreement: float | None = None
+    kl: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.agreement is None) == (self.kl is None):
+            raise ValueError("a fidelity budget is either agreement or kl, not both and not neither")
+        if self.agreement is not None and not 0 <= self.agreement <= 1:
+            raise ValueError(f"agreement must be in [0, 1], got {self.agreement}")
+        if self.kl is not None and self.kl < 0:
+            raise ValueError(f"kl must be >= 0, got {self.kl}")
+
+    def met(self, rung: Rung) -> bool:
+        """Whether ``rung`` is within the budget."""
+        if self.agreement is not None:
+            return rung.agreement >= self.agreement
+        return rung.kl <= self.kl  # type: ignore[operator]
+
+    def __str__(self) -> str:
+        return f"agreement >= {self.agreement}" if self.agreement is not None else f"KL <= {self.kl} nats"
+
+
+def ladder_keeps(ladder: Sequence[float], num_patches: int) -> list[int | None]:
+    """Keep counts of a ladder of fractions (``round(f * N)``, at least 1), ascending, without
+    repeats; the full teacher is ``None``."""
+    keeps = {resolve_keep(max(1, round(float(f) * num_patches)), num_patches) for f in ladder}
+    return sorted(keeps, key=lambda k: num_patches if k is None else k)
+
+
+@torch.no_grad()
+def fidelity_curve(
+    teacher: nn.Module,
+    teacher_images: torch.Tensor,
+    labels: torch.Tensor,
+    keeps: Sequence[int | None],
+    policy: str,
+    *,
+    seeds: Sequence[int],
+    student: nn.Module | None = None,
+    student_images: torch.Tensor | None = None,
+    batch_size: int = 256,
+    autocast: Any = None,
+) -> list[Rung]:
+    """The masked teacher at each keep of ``keeps``, against the unmasked teacher on the same views.
+
+    Keep sets come from :func:`maskedkd.keep_indices` (the same path precompute and the online
+    teacher use), so a rung measures exactly the masks that would be stored.
+
+    Args:
+        teacher: the teacher, in eval mode.
+        teacher_images: Tensor[B, C, H, W], the views at the teacher's input size.
+        labels: LongTensor[B], ground-truth classes.
+        keeps: keep counts to measure (``None``: all patches).
+        policy: a masking policy name.
+        seeds: each view's seed (the ``random`` policy draws from it).
+        student, student_images: the student and its own rendering of the views, for policies
+            that read saliency.
+        batch_size: views per forward.
+        autocast: a context-manager factory for the forwards (e.g. bf16 on CUDA); logits are
+            compared in float32.
+
+    Returns:
+        One :class:`Rung` per keep, in the order given. The unmasked forward runs once for all
+        rungs; a rung's ``macs`` is what labelling one view at that keep costs.
+    """
+    device = next(teacher.parameters()).device
+    grid = tuple(teacher.patch_embed.grid_size)
+    ctx = autocast or torch.autocast(device.type, enabled=False)
+    n = len(teacher_images)
+    full = torch.empty(n, dtype=torch.long)
+    full_logp: list[torch.Tensor] = []
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        with ctx:
+            logits = masked_forward(teacher, teacher_images[lo:hi].to(device)).float().cpu()
+        full[lo:hi] = logits.argmax(1)
+        full_logp.append(F.log_softmax(logits, 1))
+    log_p = torch.cat(full_logp)
+    macs_full = teacher_macs(teacher, None)
+    rungs = []
+    for keep in keeps:
+        keep = resolve_keep(keep, grid[0] * grid[1], policy)
+        if keep is None:  # the unmasked teacher itself: measured above
+            rungs.append(Rung(keep=None, top1=float((full == labels).float().mean()), agreement=1.0, kl=0.0,
+                              macs=macs_full))
+            continue
+        pred = torch.empty(n, dtype=torch.long)
+        kl = torch.empty(n)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            s_img = None if student_images is None else student_images[lo:hi].to(device)
+            kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img)
+            with ctx:
+                logits = masked_forward(teacher, teacher_images[lo:hi].to(device), kidx.to(device)).float().cpu()
+            pred[lo:hi] = logits.argmax(1)
+            p = log_p[lo:hi]
+            kl[lo:hi] = (p.exp() * (p - F.log_softmax(logits, 1))).sum(1).clamp_min(0.0)
+        rungs.append(Rung(keep=keep, top1=float((pred == labels).float().mean()),
+                          agreement=float((pred == full).float().mean()), kl=float(kl.mean()),
+                          macs=teacher_macs(teacher, keep)))
+    return rungs
+
+
+def choose_keep(curve: Sequence[Rung], budget: Budget) -> int | None:
+    """The smallest keep of ``curve`` within ``budget``; ``None`` (all patches) when none is."""
+    ok = [r.keep for r in curve if r.keep is not None and budget.met(r)]
+    return min(ok) if ok else None

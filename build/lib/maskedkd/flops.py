@@ -1,0 +1,64 @@
+"""Teacher FLOPs, measured by torch's FlopCounterMode rather than a formula."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from maskedkd._vit import check_maskable
+from maskedkd.keep import resolve_keep
+from maskedkd.masked_forward import masked_forward
+
+__all__ = ["teacher_flops", "teacher_macs"]
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch counts the CUDA SDPA kernels but not the CPU one; attention is ~10% of a ViT's FLOPs.
+_CUSTOM = {}
+if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    _CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
+
+
+@torch.no_grad()
+def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1) -> int:
+    """FLOPs (2 per multiply-add) of one :func:`maskedkd.masked_forward` over ``batch`` images.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real forward at the
+    teacher's input size, keeping the first ``keep`` patches (which ones does not change the
+    count). ``keep=None`` (or all patches) counts the full teacher. :func:`teacher_macs` gives
+    MACs per image.
+    """
+    vit = check_maskable(teacher)
+    param = next(vit.parameters())
+    h, w = vit.patch_embed.img_size
+    images = torch.zeros(batch, vit.patch_embed.proj.in_channels, h, w, device=param.device, dtype=param.dtype)
+    keep = resolve_keep(keep, vit.patch_embed.num_patches)
+    keep_idx = None if keep is None else torch.arange(keep, device=param.device).expand(batch, keep)
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
+    with counter:
+        masked_forward(teacher, images, keep_idx)
+    return int(counter.get_total_flops())
+
+
+# per model object (weights do not change the count; the model's lifetime bounds the entry's)
+_MACS: weakref.WeakKeyDictionary[nn.Module, dict[int | None, int]] = weakref.WeakKeyDictionary()
+
+
+def teacher_macs(teacher: nn.Module, keep: int | None) -> int:
+    """Multiply-adds of one masked teacher forward per image at ``keep`` (``teacher_flops // 2``).
+
+    Counted once per model object and keep (a counted forward costs about one real one).
+    ``keep=None`` or N is the full teacher.
+    """
+    vit = check_maskable(teacher)
+    keep = resolve_keep(keep, vit.patch_embed.num_patches)
+    per_model = _MACS.setdefault(vit, {})
+    if keep not in per_model:
+        per_model[keep] = teacher_flops(teacher, keep) // 2
+    return per_model[keep]

@@ -1,0 +1,48 @@
+"""The teacher run on the kept patches only (docs/design.md §1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from maskedkd._vit import check_maskable, embed_tokens
+
+__all__ = ["masked_forward"]
+
+
+def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher logits computed from the kept patch tokens only.
+
+    patch_embed -> position embedding on *all* positions -> gather the kept patch tokens ->
+    prefix tokens (CLS, distillation, registers) back in front -> blocks -> norm -> head.
+    Dropped tokens cost no FLOPs. ``keep_idx=None`` runs ``teacher(images)`` itself; passing all
+    indices gives the same result bit for bit.
+
+    Supported: timm ``VisionTransformer`` (plain ViT/DeiT, DeiT-III ``no_embed_class=True``,
+    register tokens; class token with ``global_pool='token'``) and ``VisionTransformerDistilled``
+    (mean of both heads in eval mode). Anything else raises ``TypeError``.
+
+    Args:
+        teacher: the teacher model (normally in eval mode).
+        images: Tensor[B, C, H, W] at the teacher's input size.
+        keep_idx: LongTensor[B, K] patch indices to keep (from :func:`maskedkd.select_keep`).
+
+    Returns:
+        Tensor[B, num_classes].
+    """
+    vit = check_maskable(teacher)
+    if keep_idx is None:
+        return teacher(images)
+    x = embed_tokens(vit, images)
+    p = vit.num_prefix_tokens
+    b, t, d = x.shape
+    if keep_idx.dim() != 2 or keep_idx.shape[0] != b:
+        raise ValueError(f"keep_idx must be [B={b}, K], got shape {tuple(keep_idx.shape)}")
+    if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= t - p):
+        raise ValueError(f"keep_idx out of range for {t - p} patches")
+    patches = x[:, p:].gather(1, keep_idx.to(x.device).long().unsqueeze(-1).expand(-1, -1, d))
+    x = torch.cat([x[:, :p], patches], dim=1)
+    x = vit.norm_pre(vit.patch_drop(x))
+    x = vit.blocks(x)
+    x = vit.norm(x)
+    return vit.forward_head(x)

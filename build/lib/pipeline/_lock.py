@@ -1,0 +1,150 @@
+"""The run lock (like ``dvc.lock``): per stage, its input fingerprints and what it wrote.
+
+Format: ``pipeline/schemas/run-lock.schema.json``. Only the client (the runner) writes it, atomically,
+after each stage finishes, so a killed run loses at most the stage in flight. ``status`` and
+``run`` compare it with the current inputs and say *why* each stage is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline._atomic import write_atomic
+from pipeline._fingerprint import sha256_file
+from pipeline._schemas import json_problem
+from pipeline.errors import StoreError
+
+LOCK_NAME = "run.lock.json"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether a stage can be skipped, and why not."""
+
+    fresh: bool
+    reason: str
+
+
+class RunLock:
+    """A run's lock file, loaded into memory; :meth:`record` writes it back atomically."""
+
+    def __init__(self, path: str | Path, store: str | None = None) -> None:
+        self.path = Path(path)
+        self._mutex = threading.RLock()  # `lag: 1` records a precompute stage from a second thread
+        self.data: dict[str, Any] = {"lock_version": 1, "stages": {}}
+        if store is not None:
+            self.data["store"] = str(store)
+        if self.path.exists():
+            loaded = load_lock(self.path, hint="; move it away to start over")
+            self.data["stages"] = loaded["stages"]
+            if store is None and "store" in loaded:
+                self.data["store"] = loaded["store"]
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """stage name -> its record."""
+        return self.data["stages"]
+
+    def check(self, stage: str, inputs: Mapping[str, Any]) -> Freshness:
+        """Fresh when the recorded inputs equal ``inputs`` and every recorded output is intact."""
+        rec = self.stages.get(stage)
+        if rec is None:
+            return Freshness(False, "never run")
+        old = rec.get("inputs", {})
+        for name in sorted(set(old) | set(inputs)):
+            if old.get(name) != inputs.get(name):
+                return Freshness(False, f"input {name!r} changed ({_short(old.get(name))} -> {_short(inputs.get(name))})")
+        for out in rec.get("outputs", {}).values():
+            problem = _file_problem(out["path"], out.get("sha256"))
+            if problem:
+                return Freshness(False, problem)
+        for part in rec.get("partitions", []):
+            problem = _file_problem(self._resolve(part["path"]), None, must_exist=True)
+            if problem:
+                return Freshness(False, problem)
+        return Freshness(True, "up to date")
+
+    def record(self, stage: str, inputs: Mapping[str, Any], *, outputs: Mapping[str, Mapping[str, Any]] | None = None,
+               partitions: list[Mapping[str, Any]] | None = None, info: Mapping[str, Any] | None = None) -> None:
+        """Store a finished stage's record and write the lock file atomically."""
+        rec: dict[str, Any] = {"inputs": dict(inputs)}
+        if outputs:
+            rec["outputs"] = {k: dict(v) for k, v in outputs.items()}
+        if partitions is not None:
+            rec["partitions"] = [dict(p) for p in partitions]
+        if info:
+            rec["info"] = dict(info)
+        with self._mutex:
+            self.stages[stage] = rec
+            self.save()
+
+    def forget(self, stage: str) -> None:
+        """Drop a stage's record (it will run again)."""
+        with self._mutex:
+            if self.stages.pop(stage, None) is not None:
+                self.save()
+
+    def save(self) -> None:
+        """Write the lock file atomically."""
+        with self._mutex:  # a snapshot written after an older one never loses to it
+            write_atomic(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
+
+    def output(self, stage: str, name: str) -> dict[str, Any] | None:
+        """A recorded output of ``stage`` (path, sha256, ...)."""
+        return self.stages.get(stage, {}).get("outputs", {}).get(name)
+
+    def info(self, stage: str) -> dict[str, Any]:
+        """Free-form results recorded with ``stage`` (metrics, counters, seconds)."""
+        return self.stages.get(stage, {}).get("info", {})
+
+    def _resolve(self, path: str) -> str:
+        if "://" in path or os.path.isabs(path):
+            return path
+        return os.path.join(self.data.get("store", str(self.path.parent)), path)
+
+
+def load_lock(path: str | Path, hint: str = "") -> dict[str, Any]:
+    """A run lock file, parsed and checked against its schema (the one reader of lock files).
+
+    Raises:
+        StoreError: the file is unreadable or does not fit the schema (naming the field).
+    """
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: cannot read the run lock ({e}){hint}") from e
+    problem = json_problem("run-lock", loaded)
+    if problem:
+        raise StoreError(f"{path}: run lock field {problem}")
+    return loaded
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """``{"path", "sha256", "bytes"}`` of a written file, for :meth:`RunLock.record`."""
+    p = Path(path)
+    return {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def _file_problem(path: str, sha256: str | None, must_exist: bool = True) -> str | None:
+    if "://" in str(path):
+        return None  # remote partitions are checked by `labels verify`, not on every status
+    p = Path(path)
+    if not p.exists():
+        return f"output {p} is missing" if must_exist else None
+    if sha256 is not None and sha256_file(p) != sha256:
+        return f"output {p} changed since it was written (sha256 differs)"
+    return None
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, str) and len(v) == 64:
+        return v[:10] + "…"
+    if v is None:
+        return "none"
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 40 else s[:37] + "..."

@@ -1,0 +1,166 @@
+"""``mkd-pipeline bench train``: student steps/s streaming stored labels vs ``kd: off`` vs online MaskedKD.
+
+All three run the same trainer (:func:`pipeline.train.train_segment`) for one epoch on the same
+Fashion-MNIST shards, timed round-robin in one process:
+
+- ``stored``: KD from stored top-K label partitions streamed in lockstep with the shards;
+- ``off``: plain cross-entropy, no labels read (docs/design.md §7 target: stored >= 0.95 x off);
+- ``online``: the teacher in the loop, masked by the current student (MaskedKD 50%).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import numpy as np
+
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.bench.timing import interleaved_medians, machine_line
+from pipeline.data.importers import FASHION_MNIST_SRC, _fashion_mnist_split, png_gray8
+from pipeline.data.shards import sample_key, write_shards
+
+GRAY = ((0.2860,), (0.3530,))  # Fashion-MNIST mean / std
+STUDENT = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 64, "depth": 4, "num_heads": 2}
+TEACHER = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 128, "depth": 6, "num_heads": 4}
+VIT = "vit_tiny_patch16_224"
+
+
+def fashion_mnist_shards(out: str | Path, samples: int, shard_size: int, *, split: str = "train", offset: int = 0):
+    """Write ``samples`` real Fashion-MNIST images (from ``offset``) as WebDataset shards; return ShardRefs."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
+    from pipeline.labels.contract import ShardRef
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels = _fashion_mnist_split(FASHION_MNIST_SRC, "train" if split == "train" else "test")
+    items = ((sample_key(split, i), {"png": png_gray8(images[i]), "cls": str(int(labels[i])).encode()})
+             for i in range(offset, offset + samples))
+    written = write_shards(items, out, split, shard_size)
+    return [ShardRef(name.removesuffix(".tar"), out / name, n) for name, n in written]
+
+
+def write_teacher_labels(
+    store: str | Path,
+    teacher,
+    shards: Sequence,
+    *,
+    spec,
+    seed: int,
+    view_epochs: Sequence[int],
+    render,
+    k: int | str = 5,
+    taus: Sequence[float] = (),
+    batch_size: int = 256,
+) -> dict[tuple[str, int], str]:
+    """A minimal precompute: the *unmasked* teacher's labels on every shard's views.
+
+    Real fingerprints (teacher weights, shard bytes, view spec + seed) go into each partition's
+    metadata; the mask fingerprint says "none". Returns ``{(shard, view_epoch): path}``.
+    """
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
+    import torch
+
+    from maskedkd import from_logits, logsumexp_at
+    from maskedkd.views import render_batch
+    from pipeline.labels import partition_path, write_partition
+    from pipeline.labels.contract import store_view_columns
+    from pipeline.models import model_fingerprint
+    from pipeline.train.stream import load_shard
+
+    teacher = teacher.eval()
+    fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": spec.fingerprint(), "seed": seed}),
+           "mask": sha256_json({"policy": "none"}), "label": sha256_json({"k": k, "taus": list(taus)})}
+    out: dict[tuple[str, int], str] = {}
+    for ref in shards:
+        shard_fp = sha256_file(ref.path)
+        for ve in view_epochs:
+            sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve)
+            logits = []
+            with torch.no_grad():
+                for i in range(0, len(sh.keys), batch_size):
+                    images = render_batch(sh.images[i:i + batch_size], sh.views[i:i + batch_size], render.size,
+                                          mean=render.mean, std=render.std, interpolation=render.interpolation,
+                                          partners=sh.partner)
+                    logits.append(teacher(images).float())
+            logits = torch.cat(logits)
+            fingerprints = dict(fps, shard=shard_fp)
+            path = partition_path(str(store), shard=ref.name, view_epoch=ve, fingerprints=fingerprints)
+            metadata = {"shard": ref.name, "view_epoch": ve, "fingerprints": fingerprints,
+                        "counters": {"rows_computed": len(sh.keys), "rows_reused": 0, "teacher_macs": 0}}
+            write_partition(path, keys=sh.keys, labels=sh.labels.numpy(), keep=np.ones((len(sh.keys), teacher.patch_embed.num_patches), bool),
+                            target=from_logits(logits, k), metadata=metadata, view_columns=store_view_columns(sh.views, spec),
+                            num_classes=logits.shape[1], extra_lse=logsumexp_at(logits, taus) if k != "all" else None)
+            out[(ref.name, ve)] = path
+    return out
+
+
+def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int) -> dict[str, Any]:
+    """Time one epoch of each trainer mode, round-robin; steps/s and ratios."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
+    import torch
+
+    from maskedkd.views import ViewSpec
+    from pipeline.config import TrainConfig
+    from pipeline.labels.contract import RenderSpec
+    from pipeline.models import create_model
+    from pipeline.train import OnlineTeacher, train_segment
+
+    torch.set_num_threads(threads)
+    spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), shift=2, hflip=0.5)
+    render = RenderSpec(28, *GRAY)
+    teacher = create_model(VIT, TEACHER, seed=1)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        shards = fashion_mnist_shards(Path(tmp) / "data", samples, shard_size)
+        labels = write_teacher_labels(Path(tmp) / "store", teacher, shards, spec=spec, seed=0, view_epochs=[0], render=render)
+        online = OnlineTeacher(teacher, render, policy="student", keep=keep)
+        recipe = dict(batch_size=batch, lr=1e-3, warmup_epochs=0, checkpoint_every=10**9)
+        cases = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
+                 "off": dict(cfg=TrainConfig(kd="off", **recipe)),
+                 "online": dict(cfg=TrainConfig(kd="kl", **recipe), online=online)}
+        runs = {name: 0 for name in cases}
+        results: dict[str, dict] = {}
+
+        def case(name: str):
+            def fn() -> None:
+                runs[name] += 1
+                student = create_model(VIT, STUDENT, seed=0)
+                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1),
+                                              total_epochs=1, render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}",
+                                              view_pool=1, **cases[name])
+            return fn
+
+        seconds = interleaved_medians({name: case(name) for name in cases}, warmup=1, repeats=repeats)
+    steps = results["off"]["steps_per_epoch"]
+    rows = [{"mode": name, "steps_per_s": steps / seconds[name], "seconds": seconds[name],
+             "vs_off": seconds["off"] / seconds[name], "teacher_forwards": results[name]["teacher_forwards"],
+             "teacher_gmacs": results[name]["teacher_macs"] / 1e9} for name in cases]
+    return {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
+            "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
+            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
+
+
+def _table(result: dict) -> str:
+    lines = [f"{result['steps']} steps of batch {result['batch']} (one epoch), median of {result['repeats']}, "
+             f"{result['threads']} torch thread(s); {result['machine']}", "",
+             "| mode | steps/s | vs kd: off | teacher forwards | teacher GMACs |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['steps_per_s']:.2f} | {r['vs_off']:.3f} | {r['teacher_forwards']} | {r['teacher_gmacs']:.3f} |")
+    return "\n".join(lines)
+
+
+@click.command("train")
+@click.option("--samples", default=1024, show_default=True, type=click.IntRange(1), help="Fashion-MNIST training images.")
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--keep", default=25, show_default=True, type=click.IntRange(1), help="Patches the online teacher keeps (of 49).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch threads.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
+def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, as_json: bool) -> None:
+    """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, one run."""
+    result = run_bench(samples, shard_size, batch, keep, repeats, threads)
+    click.echo(json.dumps(result, indent=1) if as_json else _table(result))

@@ -1,0 +1,1 @@
+"""Datasets as WebDataset shards: import, manifests, the safe streaming reader, verification."""

@@ -1,0 +1,203 @@
+"""What precompute (the writer) and the trainer (the reader) of the label store must agree on
+(docs/design.md §2, §5).
+
+A label partition is only usable if both sides derive the same things independently:
+
+- which rows of which shard (:func:`shard_refs`: the first ``data.subset`` samples of the split,
+  in shard order; :attr:`ShardRef.limit` is what the shard fingerprint records);
+- which view epoch a training epoch uses (:func:`view_epoch_of`, :func:`segment_view_epochs`);
+- which view columns a partition stores and the trainer compares (:func:`store_view_columns`,
+  :func:`check_views`);
+- how a model renders a view (:class:`RenderSpec`, :func:`render_spec`).
+
+Both sides import these rules from here; neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch.nn as nn
+
+from maskedkd.views import View, ViewSpec, views_to_columns
+from pipeline.data.manifest import DatasetManifest
+from pipeline.errors import StoreError
+
+if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
+    from pipeline.config.model_info import ModelInfo
+    from pipeline.config.schema import DataConfig
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard and the rows of it a run uses.
+
+    Attributes:
+        name: the shard's name, its file name without ``.tar`` (what label partitions record).
+        path: the tar file.
+        rows: how many samples of the shard are used: the first ``rows`` that
+            :func:`pipeline.data.shards.read_shard` yields (all of them unless a subset is
+            used, see :func:`subset_rows`).
+        samples: the shard's sample count per the dataset manifest; None: ``rows`` is the whole shard.
+        sha256: the shard file's sha256 per the dataset manifest (None when not from a manifest).
+    """
+
+    name: str
+    path: Path
+    rows: int
+    samples: int | None = None
+    sha256: str | None = None
+
+    @property
+    def limit(self) -> int | None:
+        """``rows`` when only the first rows of the shard are used, else None (the whole shard)."""
+        return None if self.samples is None or self.rows >= self.samples else self.rows
+
+
+@dataclass(frozen=True)
+class LabelRef:
+    """A label partition to stream beside a shard.
+
+    Attributes:
+        path: the partition file (local path or ``pyarrow.fs`` URI).
+        sha256: the file's sha256 as the run lock records it (checked on open when given).
+        expect: metadata the partition must have, e.g. ``{"fingerprints": {...}}``
+            (see :func:`pipeline.labels.open_partition`); ``shard`` and ``view_epoch`` are
+            always checked.
+    """
+
+    path: str
+    sha256: str | None = None
+    expect: Mapping[str, Any] | None = None
+
+
+def subset_rows(counts: Sequence[int], subset: int | None) -> list[int]:
+    """Rows used per shard when training on ``subset`` samples: the first ``subset`` of the split in shard order.
+
+    Precompute must label exactly these rows (the first ``rows[i]`` samples of shard ``i``).
+
+    Args:
+        counts: the split's shard sample counts, in shard order.
+        subset: how many samples to use; ``None`` = all.
+
+    Returns:
+        Rows per shard (0 for shards past the subset).
+    """
+    if subset is None:
+        return [int(c) for c in counts]
+    if subset < 1:
+        raise ValueError(f"subset must be >= 1, got {subset}")
+    out, left = [], int(subset)
+    for c in counts:
+        take = min(int(c), left)
+        out.append(take)
+        left -= take
+    return out
+
+
+def shard_refs(manifest: DatasetManifest, split: str, subset: int | None = None) -> list[ShardRef]:
+    """The shards of ``split`` of a dataset manifest loaded from its folder, and the rows used of each.
+
+    Shards past ``subset`` are left out.
+    """
+    entries = manifest.shards(split)
+    paths = manifest.shard_paths(split)
+    rows = subset_rows([e.samples for e in entries], subset)
+    return [ShardRef(Path(p).name.removesuffix(".tar"), Path(p), n, e.samples, e.sha256)
+            for e, p, n in zip(entries, paths, rows) if n > 0]
+
+
+def view_epoch_of(epoch: int, pool: int | None) -> int:
+    """The view epoch of a training epoch: ``epoch mod pool`` with a view pool, else the epoch.
+
+    Args:
+        epoch: the training epoch.
+        pool: ``views.pool`` as a size (:attr:`pipeline.config.ViewsConfig.pool_size`); None = a
+            fresh view every epoch.
+    """
+    if pool is None:
+        return int(epoch)
+    if pool < 1:
+        raise ValueError(f"views.pool must be >= 1, got {pool}")
+    return int(epoch) % int(pool)
+
+
+def segment_view_epochs(epochs: range, pool: int | None) -> list[int]:
+    """The distinct view epochs that ``epochs`` (one segment's) train on, ascending."""
+    return sorted({view_epoch_of(e, pool) for e in epochs})
+
+
+def store_view_columns(views: Sequence[View], spec: ViewSpec) -> dict[str, np.ndarray]:
+    """The View columns a label partition stores (``write_partition(view_columns=...)``).
+
+    :func:`maskedkd.views.views_to_columns` without ``key`` (the store's own column) and
+    without zero-width lists (e.g. RandAugment draws when RandAugment is off), which Parquet
+    cannot hold. The trainer compares exactly these columns with the Views it derives.
+    """
+    cols = views_to_columns(views, spec)
+    cols.pop("key")
+    return {k: a for k, a in cols.items() if not (a.ndim == 2 and a.shape[1] == 0)}
+
+
+def _first_mismatch(got: np.ndarray, want: np.ndarray) -> int:
+    if got.shape != want.shape:
+        return 0
+    diff = got != want
+    return int(np.nonzero(diff.reshape(len(diff), -1).any(axis=1))[0][0])
+
+
+def check_views(path: str, stored: Mapping[str, np.ndarray], views: Sequence[View], spec: ViewSpec, seed: int) -> None:
+    """Raise :class:`StoreError` unless a partition's view columns equal the derived ``views``."""
+    for name, want in store_view_columns(views, spec).items():
+        got = stored.get(name)
+        if got is None:
+            raise StoreError(f"{path}: no view column {name!r}: cannot check that the labels were computed on the trainer's views")
+        got = np.asarray(got)
+        if got.shape == want.shape and np.array_equal(got, want):
+            continue
+        row = _first_mismatch(got, want)
+        shown = got[row] if row < len(got) else "<missing>"
+        raise StoreError(
+            f"{path}: row {row} (key {views[row].key!r}): stored {name} = {shown!r}, but the trainer derives "
+            f"{want[row]!r} (view seed {seed}, view epoch {views[row].epoch}): the labels were computed on other views"
+        )
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """How a model sees a view: output (height, width), normalisation, interpolation.
+
+    Part of the teacher's and student's fingerprints in precompute (``dataclasses.asdict``), so
+    its fields and their order are part of the store's format.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        size = (self.size, self.size) if isinstance(self.size, int) else self.size
+        object.__setattr__(self, "size", tuple(int(s) for s in size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @classmethod
+    def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                  interpolation: str = "bicubic") -> "RenderSpec":
+        """Render at the model's own input size (``patch_embed.img_size`` of a timm ViT)."""
+        return cls(size=tuple(model.patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
+
+
+def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
+    """How a model of a stage renders views: its input size and the data section's normalisation.
+
+    Args:
+        data: the stage config's ``data`` section (mean, std, interpolation).
+        info: the model's :class:`pipeline.config.ModelInfo` (its ``img_size``).
+    """
+    return RenderSpec(size=tuple(info.img_size), mean=tuple(data.mean), std=tuple(data.std),
+                      interpolation=data.interpolation)

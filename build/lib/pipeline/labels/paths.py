@@ -1,0 +1,154 @@
+"""Where partitions live: paths derived from fingerprints, on any filesystem pyarrow knows.
+
+A store root is a local path or a URI ``pyarrow.fs.FileSystem.from_uri`` understands
+(``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...). Layout under the root::
+
+    <teacher[:12]>/<shard>/e<view_epoch:04d>-v<view[:8]>-<digest[:16]>.parquet
+
+``digest`` is the sha256 of the shard name, view epoch and *all* fingerprints, so identical
+inputs give the same path and any other teacher, shard, view, mask or label spec gives another.
+The prefixes only make a store skimmable and let precompute find the partitions of the same
+(teacher, shard, view epoch, view spec) with one directory listing. Temporary files of writes in
+progress (or killed) start with ``.tmp-`` (:mod:`pipeline._atomic`); only
+:func:`list_temp_files` lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Callable, Mapping
+
+import pyarrow.fs as pafs
+
+from pipeline._atomic import TMP_PREFIX
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.errors import ConfigError, StoreError
+
+REQUIRED_FINGERPRINTS = ("teacher", "shard", "view", "mask", "label")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+SUFFIX = ".parquet"
+
+
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` paths (handled by ``pyarrow.fs``), False for local paths."""
+    return "://" in path
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the filesystem-relative path of a local path or URI."""
+    if is_uri(path):
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except Exception as e:  # pyarrow raises several types for unknown schemes / bad URIs
+            raise StoreError(f"{path}: not a store path pyarrow.fs understands ({e})") from e
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for local roots and URIs alike."""
+    if is_uri(root):
+        return "/".join([root.rstrip("/"), *parts])
+    return os.path.join(root, *parts)
+
+
+def partition_path(root: str, *, shard: str, view_epoch: int, fingerprints: Mapping[str, str | None]) -> str:
+    """The path of the partition of these inputs under the store ``root``.
+
+    Args:
+        root: the store root, a local path or a ``pyarrow.fs`` URI.
+        shard: the shard's name (file name without ``.tar``).
+        view_epoch: the view index (epoch mod views.pool).
+        fingerprints: hex sha256 per input; needs ``teacher``, ``shard``, ``view``, ``mask`` and
+            ``label``; every other entry (e.g. ``student``) also goes into the path's digest.
+
+    Returns:
+        A path (URI when ``root`` is one); the same arguments always give the same path.
+
+    Raises:
+        ConfigError: a fingerprint is missing or not hex sha256, or ``shard`` cannot be a path part.
+    """
+    directory, prefix = _place(root, shard, view_epoch, fingerprints)
+    digest = sha256_json({"shard": shard, "view_epoch": view_epoch, "fingerprints": dict(fingerprints)})
+    return join(directory, f"{prefix}{digest[:16]}{SUFFIX}")
+
+
+def related_partitions(root: str, *, shard: str, view_epoch: int, fingerprints: Mapping[str, str | None]) -> list[str]:
+    """Existing partitions of the same teacher, shard, view epoch and view spec (any mask/label).
+
+    These are the candidates precompute may reuse rows from; open each with
+    ``open_partition(path, expect=...)`` to confirm its fingerprints before trusting it.
+    """
+    directory, prefix = _place(root, shard, view_epoch, fingerprints)
+    return [p for p in _files(directory, _is_partition, recursive=False) if _base(p).startswith(prefix)]
+
+
+def list_partitions(root: str) -> list[str]:
+    """Every partition file under ``root`` (recursively, sorted); temp files are left out.
+
+    Raises:
+        StoreError: ``root`` does not exist or is not a directory.
+    """
+    fs, fs_root = resolve(root)
+    if fs.get_file_info(fs_root).type != pafs.FileType.Directory:
+        raise StoreError(f"{root}: no label store here (not a directory)")
+    return _files(root, _is_partition)
+
+
+def list_temp_files(root: str) -> list[str]:
+    """Temp files left by writes that were killed before their rename (safe to delete)."""
+    return _files(root, lambda name: name.startswith(TMP_PREFIX))
+
+
+def _place(root: str, shard: str, view_epoch: int, fingerprints: Mapping[str, str | None]) -> tuple[str, str]:
+    """Validated inputs -> (directory of the partition, file name prefix before the digest)."""
+    if not root:
+        raise ConfigError("label store root is empty")
+    if not _SHARD_NAME.match(shard):
+        raise ConfigError(f"shard name {shard!r} cannot be part of a path (use letters, digits, '.', '_', '-')")
+    if not isinstance(view_epoch, int) or view_epoch < 0:
+        raise ConfigError(f"view_epoch must be an int >= 0, got {view_epoch!r}")
+    for name in REQUIRED_FINGERPRINTS:
+        if not isinstance(fingerprints.get(name), str) or not _HEX.match(fingerprints[name]):
+            raise ConfigError(f"fingerprints.{name} must be a hex sha256, got {fingerprints.get(name)!r}")
+    return join(root, fingerprints["teacher"][:12], shard), f"e{view_epoch:04d}-v{fingerprints['view'][:8]}-"
+
+
+def _is_partition(name: str) -> bool:
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+def _base(path: str) -> str:
+    return path.rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(path)
+
+
+def _files(root: str, wanted: Callable[[str], bool], *, recursive: bool = True) -> list[str]:
+    """Sorted paths (in ``root``'s own form) of the files under ``root`` whose name is ``wanted``."""
+    fs, fs_root = resolve(root)
+    selector = pafs.FileSelector(fs_root, recursive=recursive, allow_not_found=True)
+    rel = sorted(
+        i.path[len(fs_root):].lstrip("/")
+        for i in fs.get_file_info(selector)
+        if i.type == pafs.FileType.File and wanted(i.base_name)
+    )
+    return [join(root, *r.split("/")) for r in rel]
+
+
+def file_exists(path: str) -> bool:
+    """True when a regular file is at the local path or URI."""
+    fs, fs_path = resolve(path)
+    return fs.get_file_info(fs_path).type == pafs.FileType.File
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of the file at a local path or URI."""
+    if not is_uri(path):
+        return sha256_file(path)
+    fs, fs_path = resolve(path)
+    h = hashlib.sha256()
+    with fs.open_input_stream(fs_path) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

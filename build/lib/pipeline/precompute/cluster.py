@@ -1,0 +1,520 @@
+"""The Dask cluster precompute runs on (docs/design.md §6): open it, check it, run tasks on it.
+
+Client-side API::
+
+    with open_cluster(scheduler=None, workers="auto") as cluster:       # a Cluster
+        results = run_tasks(cluster.client, precompute_task, items,
+                            resources=cluster.task_resources, key_prefix="precompute",
+                            on_result=write_lock_entry)
+
+* :func:`open_cluster` starts an embedded ``LocalCluster`` (worker *processes*; one per visible
+  GPU offering ``{"GPU": 1}``, or on a CPU box ``cores // threads_per_worker`` workers offering
+  ``{"CPU": 1}``, i.e. one task slot each) or connects to ``scheduler`` (``tcp://host:8786``).
+  It registers :class:`pipeline.precompute.worker.WorkerSetup` (torch threads, GPU pinning, model
+  cache size) and tears everything down on exit, Ctrl-C included.
+* :func:`check_resources` fails fast (:class:`ComputeError`) when no worker offers what the
+  tasks ask for: Dask would otherwise leave such a task pending forever.
+* :func:`run_tasks` submits one pure future per item, shows progress, calls ``on_result`` per
+  finished task, returns the results in item order, and turns worker deaths, timeouts and task
+  errors into :class:`ComputeError` naming the item.
+
+Task contract: ``fn(item: dict) -> dict`` is a module-level (picklable, importable on the
+workers) pure, idempotent function; its result is a *small dict of plain values* (counts,
+seconds, paths), never tensors or arrays -- bulk data goes to the store, written atomically by
+the task. Worker-side helpers (model cache, device) live in :mod:`pipeline.precompute.worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal
+
+import dask
+import torch
+from distributed import Client, KilledWorker, LocalCluster, as_completed
+from tqdm import tqdm
+
+from pipeline.errors import ComputeError, ConfigError, PipelineError
+from pipeline.precompute.worker import (
+    DEFAULT_CACHE_SIZE,
+    TIMEOUT_TOPIC,
+    WorkerSetup,
+    cache_info,
+    get_cached,
+    run_task,
+    worker_device,
+)
+
+try:
+    import bokeh  # the dashboard needs it; without it Dask only warns
+except ImportError:
+    bokeh = None
+
+__all__ = [
+    "Cluster",
+    "open_cluster",
+    "check_resources",
+    "run_tasks",
+    "get_cached",
+    "worker_device",
+    "cache_info",
+]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class Cluster:
+    """An open cluster: the client plus what precompute needs to know about it."""
+
+    client: Client
+    gpu: bool  #: workers offer ``{"GPU": 1}`` (tasks should ask for it)
+    embedded: bool  #: we started it (LocalCluster) rather than connected to ``address``
+    address: str
+    dashboard: str | None = None
+    _local: Any = field(default=None, repr=False)
+
+    @property
+    def task_resources(self) -> dict[str, float]:
+        """What one precompute task should ask for on this cluster.
+
+        ``{"GPU": 1}`` when any worker offers a GPU; ``{"CPU": 1}`` when workers offer CPU
+        slots (embedded CPU clusters); ``{}`` (no constraint) on a remote cluster whose workers
+        declare no resources.
+        """
+        offered = {k for w in self.workers().values() for k in w["resources"]}
+        if "GPU" in offered:
+            return {"GPU": 1}
+        if "CPU" in offered:
+            return {"CPU": 1}
+        return {}
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """``{address: {"name", "nthreads", "resources"}}`` of the connected workers."""
+        return _workers(self.client)
+
+    def describe(self) -> str:
+        """One line for logs and ``--dry-run``: where, how many workers, what they offer."""
+        kind = "embedded LocalCluster" if self.embedded else f"scheduler {self.address}"
+        text = f"{kind}: {_summarize(self.workers())}"
+        if self.dashboard:
+            text += f"; dashboard {self.dashboard}"
+        return text
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@contextlib.contextmanager
+def open_cluster(
+    scheduler: str | None = None,
+    *,
+    workers: int | Literal["auto"] = "auto",
+    threads_per_worker: int = 1,
+    device: Device = "auto",
+    dashboard: bool = True,
+    connect_timeout: float = 10.0,
+    allowed_failures: int | None = None,
+    daemon_workers: bool = True,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+    memory_limit: str | float | None = "auto",
+    announce: Callable[[str], None] | None = _stderr,
+) -> Iterator[Cluster]:
+    """Open the compute cluster for the duration of a ``with`` block.
+
+    ``scheduler``: ``None`` starts an embedded ``LocalCluster`` on this machine (bound to
+    127.0.0.1); an address (``tcp://host:8786``, from ``--scheduler`` or ``compute.scheduler``)
+    connects to an existing cluster, raising :class:`ComputeError` naming it when no connection
+    is made within ``connect_timeout`` seconds. ``workers``/``threads_per_worker``/``device``/
+    ``allowed_failures``/``daemon_workers``/``memory_limit`` apply to the embedded cluster only:
+
+    * ``device="auto"`` uses one worker per visible CUDA GPU (``resources={"GPU": 1}``,
+      dask-cuda's ``LocalCUDACluster`` when importable) and CPU workers otherwise; ``"cuda"``
+      requires GPUs; ``"cpu"`` forces CPU workers (``resources={"CPU": 1}``, ``workers="auto"``
+      = cores // threads_per_worker).
+    * ``allowed_failures``: worker deaths a task may cause before it fails with
+      ``KilledWorker`` (Dask's ``distributed.scheduler.allowed-failures``, default 3).
+    * ``daemon_workers=False`` lets tasks start child processes (e.g. a torch DataLoader with
+      ``num_workers > 0``); Dask workers are daemonic by default and cannot.
+
+    ``announce`` receives the human-readable lines (dashboard link); ``None`` silences them.
+    On exit (normal, exception or Ctrl-C) the client is closed and an embedded cluster's worker
+    processes are shut down; on a remote cluster, already-running tasks finish on their own.
+    """
+    if threads_per_worker < 1:
+        raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+    if scheduler:
+        with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce) as c:
+            yield c
+        return
+    config = {
+        "distributed.worker.daemon": bool(daemon_workers),
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's
+        # dynamic mmap threshold: every large torch temporary is then mmapped, faulted in and
+        # unmapped again (measured: ~5x the page faults and ~25% slower teacher forwards on CPU
+        # than in a plain process). Workers keep glibc's defaults, like any Python process.
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    }
+    if allowed_failures is not None:
+        config["distributed.scheduler.allowed-failures"] = int(allowed_failures)
+    # Kept for the cluster's whole life: nannies read the daemon flag on every worker restart.
+    with dask.config.set(config):
+        with _embedded(
+            workers, threads_per_worker, device, dashboard, cache_size, memory_limit, announce
+        ) as c:
+            yield c
+
+
+@contextlib.contextmanager
+def _connect(
+    address: str,
+    timeout: float,
+    threads: int,
+    cache_size: int,
+    announce: Callable[[str], None] | None,
+) -> Iterator[Cluster]:
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except Exception as exc:  # OSError, TimeoutError, ValueError (bad address), ...
+        raise ComputeError(
+            f"cannot connect to the Dask scheduler at {address} within {timeout:g}s: {exc}"
+        ) from exc
+    try:
+        client.register_plugin(WorkerSetup(threads, gpu_index="first", cache_size=cache_size))
+        dash = _dashboard(client)
+        cluster = Cluster(client=client, gpu=False, embedded=False, address=address, dashboard=dash)
+        cluster.gpu = "GPU" in cluster.task_resources
+        if dash and announce:
+            announce(f"Dask dashboard: {dash}")
+        yield cluster
+    finally:
+        _quietly(client.close)
+
+
+@contextlib.contextmanager
+def _embedded(
+    workers: int | str,
+    threads: int,
+    device: str,
+    dashboard: bool,
+    cache_size: int,
+    memory_limit: Any,
+    announce: Callable[[str], None] | None,
+) -> Iterator[Cluster]:
+    if device not in ("auto", "cpu", "cuda", "gpu"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    gpus = 0 if device == "cpu" else _cuda_count()
+    if device in ("cuda", "gpu") and gpus == 0:
+        raise ComputeError("device 'cuda' was requested but no CUDA GPU is visible")
+    cores = _cores()
+    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer or 'auto', got {workers!r}")
+
+    cls: Any = LocalCluster
+    kwargs: dict[str, Any] = {}
+    if gpus:
+        n = gpus if workers == "auto" else int(workers)
+        if n > gpus:
+            raise ConfigError(f"workers={n} but only {gpus} CUDA GPU(s) are visible")
+        resources = {"GPU": 1}
+        gpu_index = "name"
+        try:
+            # optional, GPU only: importing dask_cuda loads dask.dataframe and patches it, so not at module top
+            from dask_cuda import LocalCUDACluster
+
+            cls, gpu_index = LocalCUDACluster, "first"
+            kwargs["CUDA_VISIBLE_DEVICES"] = list(range(n))
+        except ImportError:
+            pass
+    else:
+        n = max(1, cores // threads) if workers == "auto" else int(workers)
+        if n * threads > cores:
+            log.warning(
+                "%d workers x %d threads oversubscribe the %d visible cores", n, threads, cores
+            )
+        resources, gpu_index = {"CPU": 1}, "first"
+
+    if dashboard and bokeh is None:
+        log.info("no Dask dashboard: bokeh is not installed")
+        dashboard = False
+    try:
+        local = cls(
+            n_workers=n,
+            threads_per_worker=threads,
+            processes=True,
+            host="127.0.0.1",
+            # The scheduler's HTTP server always runs (default port 8787, which may be taken);
+            # a random loopback port avoids clashes, and the dashboard itself is optional.
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": dashboard},
+            resources=resources,
+            memory_limit=memory_limit,
+            silence_logs=logging.ERROR,
+            **kwargs,
+        )
+    except Exception as exc:
+        raise ComputeError(f"could not start a local Dask cluster ({n} workers): {exc}") from exc
+    client = None
+    try:
+        client = Client(local, set_as_default=False)
+        client.register_plugin(
+            WorkerSetup(threads, gpu_index=gpu_index, cache_size=cache_size, ignore_sigint=True)
+        )
+        dash = _dashboard(client) if dashboard else None
+        cluster = Cluster(
+            client=client,
+            gpu=bool(gpus),
+            embedded=True,
+            address=local.scheduler_address,
+            dashboard=dash,
+            _local=local,
+        )
+        if dash and announce:
+            announce(f"Dask dashboard: {dash}")
+        yield cluster
+    finally:
+        if client is not None:
+            _quietly(client.close)
+        _quietly(local.close)
+
+
+def _quietly(close: Callable[[], Any]) -> None:
+    """Close something on the way out without masking the exception that got us here."""
+    try:
+        close()
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001
+        log.debug("ignored error while closing: %r", exc)
+
+
+def _dashboard(client: Client) -> str | None:
+    try:
+        services = client.scheduler_info(n_workers=0).get("services", {})
+    except Exception:  # noqa: BLE001
+        return None
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def _workers(client: Client) -> dict[str, dict[str, Any]]:
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return {
+        addr: {
+            "name": w.get("name"),
+            "nthreads": w.get("nthreads"),
+            "resources": dict(w.get("resources") or {}),
+        }
+        for addr, w in info.items()
+    }
+
+
+def _summarize(workers: dict[str, dict[str, Any]]) -> str:
+    if not workers:
+        return "no workers"
+    groups: dict[str, int] = {}
+    for w in workers.values():
+        label = f"resources {w['resources'] or '{}'}, {w['nthreads']} thread(s)"
+        groups[label] = groups.get(label, 0) + 1
+    return "; ".join(f"{n} worker(s) with {label}" for label, n in sorted(groups.items()))
+
+
+def check_resources(
+    client: Client | Cluster, resources: dict[str, float] | None, *, wait_s: float = 10.0
+) -> list[str]:
+    """Fail fast unless some connected worker offers ``resources``; return those workers.
+
+    Waits up to ``wait_s`` for at least one worker to connect (a remote cluster may still be
+    scaling up), then checks the workers connected *now*: a task asking for a resource no worker
+    has would otherwise stay pending forever. The :class:`ComputeError` lists what the workers
+    do offer. Call it (``run_tasks`` does) right before submitting.
+    """
+    client = getattr(client, "client", client)
+    resources = dict(resources or {})
+    deadline = time.monotonic() + wait_s
+    while True:
+        workers = _workers(client)
+        if workers or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if not workers:
+        raise ComputeError(
+            f"no Dask worker is connected to the scheduler at {client.scheduler.address} "
+            f"(waited {wait_s:g}s)"
+        )
+    fit = [
+        addr
+        for addr, w in workers.items()
+        if all(w["resources"].get(k, 0) >= v for k, v in resources.items())
+    ]
+    if not fit:
+        raise ComputeError(
+            f"tasks need resources {resources} but no worker offers them; the workers offer: "
+            f"{_summarize(workers)}. (Start GPU workers with --resources GPU=1, or run on CPU.)"
+        )
+    return fit
+
+
+def _item_key(key_prefix: str, item: dict) -> str:
+    if "id" in item:
+        return f"{key_prefix}-{item['id']}"
+    return f"{key_prefix}-{dask.base.tokenize(item)}"
+
+
+def _item_label(item: dict, key: str) -> str:
+    parts = [f"{k}={item[k]}" for k in ("shard", "view_epoch", "id") if k in item]
+    return ", ".join(parts) if parts else key
+
+
+def run_tasks(
+    client: Client | Cluster,
+    fn: Callable[[dict], dict],
+    items: list[dict],
+    *,
+    resources: dict[str, float] | None,
+    key_prefix: str,
+    retries: int = 2,
+    timeout_s: float | None = None,
+    progress: bool = True,
+    on_result: Callable[[dict], Any] | None = None,
+    check: bool = True,
+) -> list[dict]:
+    """Run ``fn(item)`` for every item on the cluster; return the results in item order.
+
+    * One future per item, key ``f"{key_prefix}-{item['id']}"`` (or a hash of the item when it
+      has no ``"id"``): deterministic, so submitting the same items twice in one session shares
+      the work. Keys must be unique (``ValueError`` otherwise).
+    * ``resources`` (e.g. ``cluster.task_resources``) is checked first with
+      :func:`check_resources` (``check=False`` skips it).
+    * ``retries``: re-runs of a task that *raised*; worker deaths are counted separately by the
+      scheduler (``allowed_failures`` in :func:`open_cluster`).
+    * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
+      is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
+    * ``on_result(result)`` is called in the client, once per finished task, in completion
+      order (the lock writer hooks here). A progress bar on stderr shows tasks and, when results
+      carry ``"rows"``, rows/s.
+
+    Raises :class:`ComputeError` naming the item (its ``shard``/``view_epoch``/``id``) when a
+    task keeps killing its worker (``KilledWorker``), keeps timing out, or fails after its
+    retries (a :class:`PipelineError` raised by the task is re-raised as is). On any error or
+    ``KeyboardInterrupt`` the outstanding futures are cancelled first; results already passed
+    to ``on_result`` stay done. A task already running on a remote worker cannot be stopped and
+    finishes on its own (tasks write atomically, so it leaves a whole partition or nothing).
+    """
+    client = getattr(client, "client", client)
+    keys = [_item_key(key_prefix, item) for item in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[:3]
+        raise ValueError(f"items must have unique ids; duplicate task keys: {dup}")
+    if not items:
+        return []
+    if check:
+        check_resources(client, resources)
+
+    futures = [
+        client.submit(
+            run_task,
+            fn,
+            item,
+            key,
+            timeout_s,
+            key=key,
+            resources=dict(resources) if resources else None,
+            retries=retries,
+            pure=True,
+        )
+        for item, key in zip(items, keys)
+    ]
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[dict | None] = [None] * len(items)
+    bar = tqdm(
+        total=len(items), unit="task", file=sys.stderr, disable=not progress, dynamic_ncols=True
+    )
+    start, rows = time.monotonic(), 0
+    try:
+        for fut in as_completed(futures, loop=client.loop):
+            i = index[fut.key]
+            if fut.status != "finished":
+                raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
+            result = fut.result()
+            results[i] = result
+            fut.release()
+            if isinstance(result.get("rows"), (int, float)):
+                rows += result["rows"]
+                bar.set_postfix_str(
+                    f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
+                )
+            bar.update(1)
+            if on_result is not None:
+                on_result(result)
+    except BaseException:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            with contextlib.suppress(Exception):
+                client.cancel(pending)
+        raise
+    finally:
+        bar.close()
+        for f in futures:
+            with contextlib.suppress(Exception):
+                f.release()
+    return results  # type: ignore[return-value]
+
+
+def _task_error(
+    client: Client, fut: Any, item: dict, key: str, retries: int, timeout_s: float | None
+) -> PipelineError:
+    label = _item_label(item, key)
+    if fut.status == "cancelled":
+        return ComputeError(f"task for {label} was cancelled by the cluster")
+    try:
+        exc = fut.exception()
+    except Exception as other:  # noqa: BLE001 - e.g. the future was lost with the scheduler
+        exc = other
+    if isinstance(exc, KilledWorker):
+        attempts = exc.allowed_failures + 1
+        timeouts = _timeouts_for(client, key)
+        if timeouts:
+            msg = (
+                f"task for {label} timed out after {timeout_s:g}s on {timeouts} attempt(s) "
+                f"(the worker died {attempts} times in all; each timeout restarts its worker)"
+            )
+        else:
+            msg = (
+                f"task for {label} failed: its worker died {attempts} times while running it "
+                f"(out of memory, a segfault or a kill?); see the worker logs"
+            )
+        err = ComputeError(msg)
+    elif isinstance(exc, PipelineError):
+        return exc
+    else:
+        err = ComputeError(
+            f"task for {label} failed after {retries + 1} attempt(s): "
+            f"{type(exc).__name__}: {exc}"
+        )
+    err.__cause__ = exc
+    return err
+
+
+def _timeouts_for(client: Client, key: str) -> int:
+    try:
+        events = client.get_events(TIMEOUT_TOPIC)
+    except Exception:  # noqa: BLE001
+        return 0
+    return sum(1 for _, msg in events if isinstance(msg, dict) and msg.get("key") == key)

@@ -1,0 +1,85 @@
+"""Plan a segment's precompute: one :class:`PartitionTask` per (shard, view epoch), and say
+for each whether it is cached, partly reusable, or to compute (``--dry-run``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from maskedkd import needs_saliency, resolve_keep
+from pipeline.data.manifest import DatasetManifest
+from pipeline.errors import StoreError
+from pipeline.labels import paths
+from pipeline.labels.contract import segment_view_epochs, shard_refs
+from pipeline.labels.reader import open_partition
+from pipeline.precompute.spec import (
+    ModelSpec,
+    PartitionTask,
+    reuse_expect,
+    task_fingerprints,
+)
+
+
+def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,
+                 device: str, num_classes: int, keep: int | None | str = "config") -> list[PartitionTask]:
+    """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
+
+    Args:
+        student: the checkpoint whose saliency picks the masks (ignored by policies that need none,
+            and when all patches are kept).
+        keep: patches kept (``None``: all); ``"config"`` reads ``masking.keep`` (not ``auto``,
+            whose keep the runner chooses per milestone from a spot-check).
+    """
+    policy = cfg.masking.policy
+    if keep == "config":
+        keep = cfg.keep_for_segment(segment)
+        if keep == "auto":
+            raise ValueError("masking.keep is auto: plan_segment needs the keep the spot-check chose")
+    keep = resolve_keep(keep, cfg.num_patches, policy)  # None: all patches
+    spec = cfg.views.view_spec()
+    view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
+    tasks = []
+    for ref in shard_refs(manifest, cfg.data.train, cfg.data.subset):
+        for view_epoch in view_epochs:
+            t = PartitionTask(
+                shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
+                limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
+                view_seed=cfg.views.seed, teacher=teacher,
+                student=student if keep is not None and needs_saliency(policy) else None,
+                policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
+                topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
+                store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
+                precision=cfg.compute.precision,
+            )
+            fps = task_fingerprints(t)
+            path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)
+            tasks.append(replace(t, fingerprints=fps, path=path))
+    return tasks
+
+
+def classify(task: PartitionTask) -> dict[str, Any]:
+    """``{"state": cached|reusable|compute, "reason": ..., "candidates": n, "rows": n}`` for ``--dry-run``."""
+    damaged = None
+    try:
+        with open_partition(task.path, expect={"fingerprints": task.fingerprints}) as part:
+            return {"state": "cached", "reason": "partition for exactly these inputs exists", "rows": part.num_rows}
+    except StoreError as e:
+        if paths.file_exists(task.path):
+            damaged = f"the partition exists but cannot be used, it is recomputed ({e})"
+    # the candidates run_partition reuses rows from: same teacher, shard, views and label spec
+    rows, usable = 0, 0
+    for p in paths.related_partitions(task.store, shard=task.shard, view_epoch=task.view_epoch,
+                                      fingerprints=task.fingerprints):
+        if p == task.path:
+            continue
+        try:
+            with open_partition(p, expect=reuse_expect(task.fingerprints)) as part:
+                rows, usable = max(rows, part.num_rows), usable + 1
+        except StoreError:
+            continue
+    if usable:
+        reason = f"{usable} partition(s) of the same teacher, shard, views and label spec; rows whose keep set matches are reused"
+        if damaged:
+            reason = f"{damaged}; {reason}"
+        return {"state": "reusable", "reason": reason, "candidates": usable, "rows": rows}
+    return {"state": "compute", "reason": damaged or "no partition of this teacher, shard, views and label spec yet", "rows": 0}

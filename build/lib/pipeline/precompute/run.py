@@ -1,0 +1,70 @@
+"""Run a segment's precompute tasks on a Dask cluster and sum up what they did."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable
+
+from pipeline.precompute.cluster import (
+    Cluster,
+    check_resources,
+    open_cluster,
+    run_tasks,
+)
+from pipeline.precompute.plan import classify
+from pipeline.precompute.spec import PartitionTask
+from pipeline.precompute.task import run_partition
+
+SUM_FIELDS = ("rows", "rows_computed", "rows_reused", "rows_reused_tolerance", "student_forwards",
+              "teacher_forwards", "teacher_macs", "teacher_macs_saved", "spot_check_rows")
+
+
+@contextlib.contextmanager
+def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None = None,
+                cluster: Cluster | None = None):
+    """The cluster to use: the one given, or one opened from the config and CLI overrides."""
+    if cluster is not None:
+        yield cluster
+        return
+    address = scheduler or cfg.compute.scheduler or os.environ.get("MKD_SCHEDULER") or None
+    with open_cluster(address, workers=workers or cfg.compute.workers, threads_per_worker=cfg.compute.threads_per_worker,
+                      device=cfg.compute.device) as c:
+        yield c
+
+
+def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_prefix: str, progress: bool = True,
+                   on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Submit one future per task; returns totals and the per-task results (in task order)."""
+    if not tasks:
+        return summarize([])
+    check_resources(cluster, cluster.task_resources)
+    items = [{"id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "task": t} for t in tasks]
+    results = run_tasks(cluster, run_partition, items, resources=cluster.task_resources, key_prefix=key_prefix,
+                        retries=cfg.compute.retries, timeout_s=cfg.compute.timeout_s, progress=progress,
+                        on_result=on_result)
+    return summarize(results)
+
+
+def summarize(results: list[dict]) -> dict[str, Any]:
+    """Totals over task results, plus the results themselves."""
+    out: dict[str, Any] = {k: sum(int(r.get(k, 0)) for r in results) for k in SUM_FIELDS}
+    out["partitions"] = len(results)
+    out["cached"] = sum(1 for r in results if r.get("cached"))
+    checked = [r for r in results if r.get("spot_check_rows")]
+    if checked:
+        n = sum(r["spot_check_rows"] for r in checked)
+        out["spot_check_kl"] = sum(r["spot_check_kl"] * r["spot_check_rows"] for r in checked) / n
+    seconds: dict[str, float] = {}
+    for r in results:
+        for k, v in (r.get("seconds") or {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    out["task_seconds"] = seconds
+    out["skipped_samples"] = [s for r in results for s in r.get("skipped", [])]
+    out["results"] = results
+    return out
+
+
+def dry_run(tasks: list[PartitionTask]) -> list[dict[str, Any]]:
+    """What ``run`` would do for each task: cached / reusable (rows) / compute, and why."""
+    return [{"shard": t.shard, "view_epoch": t.view_epoch, "path": t.path, **classify(t)} for t in tasks]

@@ -1,0 +1,117 @@
+"""The inputs of one precompute task, as plain picklable values, and their fingerprints.
+
+A task is a pure function of these values; its output partition's path is derived from the
+fingerprints, so the same inputs always land on (and are served from) the same path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline._fingerprint import sha256_json
+from pipeline.config import StageConfig
+from pipeline.labels.contract import RenderSpec, render_spec
+from pipeline.models import create_model, model_fingerprint
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model loadable on any worker: timm name + kwargs + weights file, and its fingerprint."""
+
+    name: str
+    kwargs: dict[str, Any]
+    weights: str
+    fingerprint: str
+    render: RenderSpec
+
+
+def model_spec(cfg: StageConfig, who: str, weights: str | Path, fingerprint: str | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of the stage's ``teacher`` or ``student`` with the weights file ``weights``.
+
+    Args:
+        fingerprint: the weights' fingerprint when already known (e.g. from the run lock);
+            otherwise the model is loaded once to compute it.
+    """
+    m = getattr(cfg, who)
+    if fingerprint is None:
+        fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
+    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg.data, m.info()))
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """Everything one (shard, view epoch) task needs; see :func:`pipeline.precompute.task.run_partition`."""
+
+    shard: str  # name without .tar, e.g. train-000000
+    shard_path: str
+    shard_sha256: str
+    limit: int | None  # use only the first `limit` samples of the shard (data.subset)
+    view_epoch: int
+    view_spec: dict[str, Any]
+    view_spec_fingerprint: str
+    view_seed: int
+    teacher: ModelSpec
+    student: ModelSpec | None  # None when the policy reads no saliency
+    policy: str
+    keep: int | None  # None: all patches (policy none, or keep = the teacher's patch count)
+    tolerance: int
+    spot_check: int
+    topk: int | str
+    temperatures: tuple[float, ...]
+    num_classes: int
+    store: str
+    batch_size: int = 64
+    device: str = "auto"  # "auto": the worker's device (pipeline.precompute.worker.worker_device)
+    precision: str = "fp32"
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def id(self) -> str:
+        """A short stable identifier: shard, view epoch and a digest of all inputs."""
+        return f"{self.shard}-e{self.view_epoch:04d}-{sha256_json(self.fingerprints)[:10]}"
+
+
+def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
+    """The fingerprint record of a task's output (docs/design.md §5)."""
+    teacher = sha256_json({"weights": t.teacher.fingerprint, "render": asdict(t.teacher.render)})
+    student = None
+    if t.student is not None:
+        student = sha256_json({"weights": t.student.fingerprint, "render": asdict(t.student.render)})
+    mask: dict[str, Any] = {"policy": t.policy, "keep": t.keep, "student": student}
+    if t.tolerance:
+        mask["tolerance"] = t.tolerance
+    return {
+        "teacher": teacher,
+        "student": student,
+        "shard": sha256_json({"sha256": t.shard_sha256, "limit": t.limit}),
+        "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed}),
+        "mask": sha256_json(mask),
+        "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",
+                              "precision": t.precision}),
+    }
+
+
+REUSE_FINGERPRINTS = ("teacher", "shard", "view", "label")
+
+
+def reuse_expect(fingerprints: dict[str, str | None]) -> dict[str, Any]:
+    """What a stored partition must match for its rows to be reusable by a task with these
+    fingerprints (``open_partition(path, expect=...)``): same teacher, shard, views and label
+    spec; only the mask (student checkpoint, policy, keep) may differ."""
+    return {"fingerprints": {k: fingerprints[k] for k in REUSE_FINGERPRINTS}}
+
+
+def specs_record(t: PartitionTask) -> dict[str, Any]:
+    """Human-readable specs behind the fingerprints, stored in the partition's metadata."""
+    return {
+        "teacher": {"model": t.teacher.name, "kwargs": t.teacher.kwargs, "render": asdict(t.teacher.render)},
+        "student": None if t.student is None else {"model": t.student.name, "weights": t.student.weights},
+        "view": {"spec": t.view_spec, "seed": t.view_seed},
+        "mask": {"policy": t.policy, "keep": t.keep, "tolerance": t.tolerance},
+        "label": {"topk": t.topk, "temperatures": list(t.temperatures)},
+        "package_version": __version__,
+    }

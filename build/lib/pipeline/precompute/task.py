@@ -1,0 +1,346 @@
+"""One precompute task: the labels of one (shard, view epoch) partition (docs/design.md §2).
+
+Stream the shard -> derive each sample's View -> the milestone student's saliency on its own
+rendering of the view -> keep set -> reuse stored teacher outputs whose keep set matches (or is
+within ``tolerance``) -> run the masked teacher on the rest -> write the partition atomically.
+Pure and idempotent: a partition that already exists for exactly these inputs is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskedkd import (
+    SoftTarget,
+    from_logits,
+    keep_indices,
+    logsumexp_at,
+    masked_forward,
+    needs_saliency,
+    teacher_macs,
+)
+from maskedkd.views import ViewSpec, render_batch, shard_views
+from pipeline import __version__
+from pipeline._fingerprint import sha256_json
+from pipeline.data.shards import Sample, read_shard
+from pipeline.errors import StoreError
+from pipeline.labels import paths
+from pipeline.labels.contract import RenderSpec, store_view_columns
+from pipeline.labels.reader import open_partition
+from pipeline.labels.writer import write_partition
+from pipeline.models import create_model
+from pipeline.precompute.spec import (
+    ModelSpec,
+    PartitionTask,
+    reuse_expect,
+    specs_record,
+)
+from pipeline.precompute.worker import get_cached, worker_device
+
+
+def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
+    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
+    def factory() -> torch.nn.Module:
+        return create_model(spec.name, spec.kwargs, weights=spec.weights).eval().to(device)
+
+    return get_cached(f"model:{spec.fingerprint}:{device}", factory)
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=lambda: {
+        "read": 0.0, "render": 0.0, "student": 0.0, "reuse": 0.0, "teacher": 0.0, "write": 0.0})
+
+    def add(self, phase: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] += now - t0
+        return now
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a block as ``name``, less the rendering done inside it (that counts as ``render``)."""
+        t0, rendered = time.perf_counter(), self.seconds["render"]
+        yield
+        self.seconds[name] += time.perf_counter() - t0 - (self.seconds["render"] - rendered)
+
+
+def _autocast(device: str, precision: str):
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _render(samples: list[Sample], views, idx: np.ndarray, r: RenderSpec, by_key: dict) -> torch.Tensor:
+    chosen = [views[i] for i in idx]
+    return render_batch(
+        [samples[i].image for i in idx], chosen, r.size, mean=r.mean, std=r.std,
+        interpolation=r.interpolation, partners=lambda k: by_key[k],
+    )
+
+
+RENDER_CACHE_BYTES = 512 << 20
+
+
+class _Renders:
+    """The shard's views rendered for the student and the teacher, each view rendered once.
+
+    When both models see views alike (same size, normalisation, interpolation, the usual case)
+    the student's renders are kept for the teacher's forward, up to ``RENDER_CACHE_BYTES``.
+    """
+
+    def __init__(self, t: PartitionTask, samples: list[Sample], views, by_key: dict, timer: _Timer) -> None:
+        self.t, self.samples, self.views, self.by_key, self.timer = t, samples, views, by_key, timer
+        r = t.teacher.render
+        shared = t.student is not None and needs_saliency(t.policy) and t.student.render == r
+        nbytes = len(samples) * len(r.mean) * r.size[0] * r.size[1] * 4
+        self.cache = torch.empty(len(samples), len(r.mean), *r.size) if shared and nbytes <= RENDER_CACHE_BYTES else None
+
+    def student(self, idx: np.ndarray) -> torch.Tensor:
+        t0 = time.perf_counter()
+        images = _render(self.samples, self.views, idx, self.t.student.render, self.by_key)
+        if self.cache is not None:
+            self.cache[torch.from_numpy(idx)] = images
+        self.timer.add("render", t0)
+        return images
+
+    def teacher(self, idx: np.ndarray) -> torch.Tensor:
+        t0 = time.perf_counter()
+        if self.cache is not None:
+            images = self.cache[torch.from_numpy(idx)]
+        else:
+            images = _render(self.samples, self.views, idx, self.t.teacher.render, self.by_key)
+        self.timer.add("render", t0)
+        return images
+
+
+def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent."""
+    views = renders.views
+    n = len(views)
+    if t.keep is None:
+        return np.ones((n, n_patches), dtype=bool), 0
+    keep = np.zeros((n, n_patches), dtype=bool)
+    forwards = 0
+    student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
+    for start in range(0, n, t.batch_size):
+        idx = np.arange(start, min(n, start + t.batch_size))
+        images = None
+        if student is not None:
+            images = renders.student(idx).to(t.device)
+            forwards += len(idx)
+        with torch.inference_mode(), _autocast(t.device, t.precision):
+            kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
+                                student=student, images=images)
+        rows = keep[idx]
+        np.put_along_axis(rows, kidx.numpy(), True, axis=1)
+        keep[idx] = rows
+    return keep, forwards
+
+
+def _kept(keep: np.ndarray, k: int | None) -> torch.Tensor | None:
+    """LongTensor[rows, k] of the True columns of bool keep sets (None: all patches)."""
+    return None if k is None else torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), k))
+
+
+@dataclass
+class _Stored:
+    """Teacher outputs available for reuse: one candidate partition, aligned to this shard's rows."""
+
+    path: str
+    keep: np.ndarray  # bool [N, P]
+    target: SoftTarget  # float32, top-K or dense
+    lse_tau: dict[float, torch.Tensor]
+
+
+def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
+    """Existing partitions of the same teacher, shard, view and label spec, readable and aligned."""
+    out = []
+    fp = t.fingerprints
+    for path in paths.related_partitions(t.store, shard=t.shard, view_epoch=t.view_epoch, fingerprints=fp):
+        if path == t.path:
+            continue
+        try:
+            with open_partition(path, expect=reuse_expect(fp), expect_keys=keys) as part:
+                batch = part.read_all(columns=("keep", "target"))
+        except StoreError:
+            continue  # another label spec, or a damaged file: never reuse what we cannot trust
+        out.append(_Stored(path, batch.keep.numpy(), batch.target, batch.lse_tau))
+    return out
+
+
+def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
+    """Per-row KL(fresh || stored) over the stored distribution's buckets (K+1, or all classes)."""
+    log_q, log_q_tail = stored.log_probs(stored.tau)
+    if log_q_tail is not None:
+        # float16 logits can make the stored buckets sum to a hair over 1, which biases the KL below
+        # zero by about as much as the KL of a few changed patches: renormalise them first
+        norm = torch.logaddexp(torch.logsumexp(log_q, 1), log_q_tail)
+        log_q, log_q_tail = log_q - norm.unsqueeze(1), log_q_tail - norm
+    log_p, log_p_tail = stored.buckets(F.log_softmax(fresh.float(), dim=1))
+    kl = (log_p.exp() * (log_p - log_q)).sum(1)
+    if log_p_tail is not None:
+        p_tail = log_p_tail.exp()
+        kl = kl + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+    return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
+
+
+def after_shard_read(t: PartitionTask) -> None:
+    """Test seam, a no-op: called once the task has read its shard, before any model runs.
+
+    The reliability tests replace it inside each Dask worker (``tests/reliability/faults.py``,
+    installed as a Dask worker preload) to kill or hang the worker at this point.
+    """
+
+
+def run_partition(item: dict) -> dict:
+    """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
+    t: PartitionTask = item["task"]
+    if t.device == "auto":
+        t = replace(t, device=worker_device())
+    timer = _Timer()
+    result: dict[str, Any] = {
+        "id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "path": t.path, "rows": 0,
+        "rows_computed": 0, "rows_reused": 0, "rows_reused_tolerance": 0, "student_forwards": 0,
+        "teacher_forwards": 0, "teacher_macs": 0, "teacher_macs_saved": 0, "cached": False,
+        "spot_check_rows": 0, "spot_check_kl": 0.0, "skipped": [],
+    }
+    if paths.file_exists(t.path):
+        try:
+            with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+                result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
+                return result
+        except StoreError as e:
+            result["replaced_damaged"] = str(e)  # recompute and atomically replace it
+
+    t0 = time.perf_counter()
+    report: list = []
+    samples = []
+    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes):
+        if t.limit is not None and len(samples) >= t.limit:
+            break
+        samples.append(s)
+    result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
+    after_shard_read(t)
+    keys = [s.key for s in samples]
+    spec = ViewSpec.from_dict(t.view_spec)
+    views = shard_views(spec, t.view_seed, t.view_epoch, keys)
+    by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
+    n = len(samples)
+    t0 = timer.add("read", t0)
+
+    teacher = load_model(t.teacher, t.device)
+    grid = tuple(teacher.patch_embed.grid_size)
+    n_patches = int(teacher.patch_embed.num_patches)
+    renders = _Renders(t, samples, views, by_key, timer)
+    with timer.phase("student"):
+        keep, result["student_forwards"] = _keep_sets(t, renders, n_patches, grid)
+
+    # reuse stored teacher outputs where the keep set is the same (or within tolerance)
+    t0 = time.perf_counter()
+    source = np.full(n, -1)
+    best = np.full(n, n_patches + 1)
+    cands = _candidates(t, keys) if n else []
+    for c, cand in enumerate(cands):
+        diff = (cand.keep != keep).sum(axis=1)
+        better = diff < best
+        best[better], source[better] = diff[better], c
+    reuse = best <= t.tolerance
+    t0 = timer.add("reuse", t0)
+
+    # teacher on the rest
+    compute = np.flatnonzero(~reuse)
+    with timer.phase("teacher"):
+        macs_per_row = teacher_macs(teacher, t.keep)
+        logits_rows = torch.empty(len(compute), t.num_classes)
+        for start in range(0, len(compute), t.batch_size):
+            idx = compute[start:start + t.batch_size]
+            images = renders.teacher(idx).to(t.device)
+            kidx = _kept(keep[idx], t.keep)
+            with torch.inference_mode(), _autocast(t.device, t.precision):
+                logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+
+        target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
+        inexact = np.flatnonzero(reuse & (best > 0))
+        if len(inexact) and t.spot_check:
+            result.update(_spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row))
+    t0 = time.perf_counter()
+
+    stored_keep = keep.copy()
+    for c, cand in enumerate(cands):  # rows reused under tolerance keep what the teacher really saw
+        rows = np.flatnonzero(reuse & (source == c))
+        stored_keep[rows] = cand.keep[rows]
+    counters = {
+        "rows_computed": int(len(compute)),
+        "rows_reused": int(reuse.sum()),
+        "rows_reused_tolerance": int(len(inexact)),
+        "teacher_macs": int(macs_per_row * len(compute)),
+        "student_forwards": int(result["student_forwards"]),
+    }
+    if result.get("spot_check_rows"):
+        counters["spot_check_rows"] = result["spot_check_rows"]
+        counters["spot_check_kl"] = result["spot_check_kl"]
+    metadata = {
+        "shard": t.shard, "view_epoch": t.view_epoch, "fingerprints": t.fingerprints,
+        "counters": counters, "specs": specs_record(t), "package_version": __version__,
+    }
+    try:
+        w = write_partition(
+            t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
+            target=target, metadata=metadata, view_columns=store_view_columns(views, spec),
+            num_classes=t.num_classes, extra_lse=extra, exclusive="replaced_damaged" not in result,
+        )
+    except FileExistsError:
+        # another run wrote this partition since we looked: keep its file (same fingerprints), so
+        # every lock naming it records the bytes that are really there
+        with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+            result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes,
+                          teacher_forwards=int(len(compute)))
+        return result
+    timer.add("write", t0)
+    result.update(
+        rows=n, rows_computed=counters["rows_computed"], rows_reused=counters["rows_reused"],
+        rows_reused_tolerance=counters["rows_reused_tolerance"], teacher_forwards=int(len(compute)),
+        teacher_macs=counters["teacher_macs"], teacher_macs_saved=int(macs_per_row * reuse.sum()),
+        sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
+    )
+    return result
+
+
+def _assemble(t, compute, logits_rows, reuse, source, cands):
+    """The partition's target and extra-temperature lse, from fresh + reused rows, in row order."""
+    extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
+    rows, targets, extras = [compute], [from_logits(logits_rows, t.topk)], [logsumexp_at(logits_rows, extra_taus)]
+    for c, cand in enumerate(cands):
+        mine = np.flatnonzero(reuse & (source == c))
+        if not len(mine):
+            continue
+        r = torch.from_numpy(mine)
+        rows.append(mine)
+        targets.append(cand.target[r])
+        extras.append({tau: cand.lse_tau[tau][r] for tau in extras[0]})
+    order = torch.from_numpy(np.argsort(np.concatenate(rows), kind="stable"))  # every row exactly once
+    target = SoftTarget.cat(targets)[order]
+    extra = {tau: torch.cat([e[tau] for e in extras])[order] for tau in extras[0]}
+    return target, extra
+
+
+def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row) -> dict:
+    """Re-run the teacher on a seeded sample of rows reused under tolerance; mean KL(fresh || stored)."""
+    rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
+    rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
+    images = renders.teacher(rows).to(t.device)
+    kidx = _kept(keep[rows], t.keep)
+    with torch.inference_mode(), _autocast(t.device, t.precision):
+        fresh = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+    kls = []
+    for c, cand in enumerate(cands):
+        sel = source[rows] == c
+        if sel.any():
+            kls.append(_kl_rows(fresh[torch.from_numpy(sel)], cand.target[torch.from_numpy(rows[sel])]))
+    kl = torch.cat(kls)
+    return {"spot_check_rows": int(len(rows)), "spot_check_kl": float(kl.mean()), "spot_check_macs": int(macs_per_row * len(rows))}

@@ -1,0 +1,188 @@
+"""``mkd-pipeline run | status | precompute | gc``: the staged runner's commands."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import ConfigError
+from pipeline.report.fidelity import curve_table, plot_curves
+
+scheduler_opt = click.option("--scheduler", default=None, metavar="ADDRESS",
+                             help="Dask scheduler (tcp://host:8786); default: compute.scheduler, $MKD_SCHEDULER, else a LocalCluster.")
+workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
+
+
+def _runner(stages: str, **kw):
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
+    from pipeline.config import load_config
+    from pipeline.run.runner import Runner
+
+    return Runner(load_config(stages), **kw)
+
+
+@contextlib.contextmanager
+def _exclusive(stages: str, **kw):
+    """A Runner holding ``<run_dir>/.lock`` (flock): one run of a run folder at a time.
+
+    A second ``run`` of the same config waits for the first, then reads its run lock and does
+    only what is still stale (usually nothing). Bad configs fail before anything is created.
+    """
+    run_dir = _runner(stages, **kw).run_dir  # validates config and dataset first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            click.echo(f"{run_dir}: another run of this config is in progress; waiting for it to finish", err=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield _runner(stages, **kw)  # loads the run lock as the previous holder left it
+
+
+@click.command("run")
+@click.argument("stages", type=click.Path(dir_okay=False))
+@scheduler_opt
+@workers_opt
+@click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
+@click.option("--until", default=None, metavar="STAGE", help="Stop after this stage (teacher, precompute-I, train-I).")
+def run_cmd(stages: str, scheduler: str | None, workers: int | None, dry_run: bool, until: str | None) -> None:
+    """Run the stage config STAGES: teacher -> c_0 -> per segment [precompute, train] -> report.
+
+    Only stale stages run; a repeated run with unchanged inputs computes nothing.
+    """
+    if dry_run:
+        _print_status(_runner(stages, scheduler=scheduler, workers=workers).status())
+        return
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        res = runner.run(until=until)
+    ran = [k for k, v in res.stages.items() if v == "ran"]
+    click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "
+               f"teacher forwards {res.teacher_forwards}, student forwards {res.student_forwards}")
+    if res.report:
+        click.echo(f"report: {res.report}")
+
+
+def _print_status(steps) -> None:
+    for s in steps:
+        click.echo(f"{'fresh' if s.freshness.fresh else 'stale':5}  {s.name:14} {s.freshness.reason}")
+
+
+@click.command("status")
+@click.argument("stages", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print [{stage, fresh, reason}] as JSON.")
+def status_cmd(stages: str, as_json: bool) -> None:
+    """Say which stages of STAGES are up to date and why the others are stale (exit 1 if any is)."""
+    steps = _runner(stages).status()
+    if as_json:
+        click.echo(json.dumps([{"stage": s.name, "fresh": s.freshness.fresh, "reason": s.freshness.reason} for s in steps]))
+    else:
+        _print_status(steps)
+    if not all(s.freshness.fresh for s in steps):
+        sys.exit(1)
+
+
+@click.command("precompute")
+@click.argument("stages", type=click.Path(dir_okay=False))
+@click.option("--segment", "segment", type=click.IntRange(0), required=True, help="Segment index (0 = first milestone).")
+@scheduler_opt
+@workers_opt
+@click.option("--dry-run", is_flag=True, help="List each partition as cached, reusable (rows) or to compute, with the reason.")
+def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: int | None, dry_run: bool) -> None:
+    """Compute the labels segment SEGMENT of STAGES needs (running the stages before it that are stale)."""
+    runner = _runner(stages, scheduler=scheduler, workers=workers)
+    n = len(runner.cfg.schedule.segments())
+    if segment >= n:
+        raise ConfigError(f"--segment: {segment} is out of range; {stages} has {n} segment(s) (0..{n - 1})")
+    if runner.cfg.online or runner.cfg.train.kd == "off":
+        raise ConfigError(f"{stages}: {'online: true' if runner.cfg.online else 'train.kd: off'} uses no stored labels")
+    if dry_run:
+        _dry_run(runner, segment)
+        return
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        runner.run(until=f"precompute-{segment}")
+    info = runner.lock.info(f"precompute-{segment}")
+    click.echo(f"segment {segment}: {info.get('partitions', 0)} partitions, {info.get('rows', 0)} rows; teacher forwards "
+               f"done {runner.result.teacher_forwards}, avoided {info.get('rows_reused', 0) + (info.get('rows', 0) if runner.result.stages.get(f'precompute-{segment}') == 'cached' else 0)}")
+
+
+def _dry_run(runner, segment: int) -> None:
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
+    from pipeline.precompute.run import dry_run
+
+    lag = runner.cfg.schedule.lag
+    src = max(0, segment - lag)
+    ckpt = runner.ckpt_dir / f"c{src}.pth"
+    teacher = runner.lock.output("teacher", "weights")
+    if teacher is None or not ckpt.exists():
+        missing = "the teacher" if teacher is None else f"checkpoint {ckpt}"
+        click.echo(f"segment {segment}: {missing} does not exist yet; everything is to compute "
+                   f"(run `mkd-pipeline run` to create it)")
+        return
+    spec = runner._teacher_spec(teacher["path"], runner.lock.info("teacher")["fingerprint"])
+    keep = "config"
+    if runner.cfg.masking.auto:
+        probe = runner.lock.info(f"probe-{segment}")
+        if not probe:
+            click.echo(f"segment {segment}: masking.keep is auto and the spot-check has not run yet; it chooses the "
+                       f"keep before the labels are planned (run `mkd-pipeline run` or `precompute`)")
+            return
+        keep = runner.chosen_keep(probe)
+        click.echo(f"segment {segment}: keep {keep or runner.cfg.num_patches} chosen by the recorded spot-check "
+                   f"({runner.cfg.masking.budget.budget()})")
+    for row in dry_run(runner.plan_precompute(segment, spec, ckpt, keep)):
+        extra = f" ({row['rows']} rows)" if row["state"] != "compute" else ""
+        click.echo(f"{row['state']:8} {row['shard']} e{row['view_epoch']}{extra}: {row['reason']}")
+
+
+@click.command("probe")
+@click.argument("stages", type=click.Path(dir_okay=False))
+@click.option("--milestone", default=0, show_default=True, type=click.IntRange(0),
+              help="Masks from checkpoint c_I, on segment I's views.")
+@click.option("--samples", default=None, type=click.IntRange(1), help="Views in the seeded sample (default masking.probe_samples).")
+@click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="The PNG plot (default <run_dir>/probe-m<I>.png).")
+@scheduler_opt
+@workers_opt
+def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, out: str | None,
+              scheduler: str | None, workers: int | None) -> None:
+    """Measure what masks cost the teacher at milestone I of STAGES.
+
+    On a seeded sample of segment I's views: the masked teacher's top-1, its top-1 agreement with
+    the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
+    policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
+    """
+    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+        res = runner.probe(milestone, samples)
+    n = res["num_patches"]
+    png = Path(out) if out else runner.run_dir / f"probe-m{milestone}.png"
+    plot_curves(png, res["curves"], n, f"{runner.cfg.name}: masks from {res['source']}, {res['samples']} views")
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    click.echo(f"{runner.cfg.name} milestone {milestone}: masks from {res['source']} on {res['samples']} views; "
+               f"unmasked teacher top-1 {res['unmasked_top1']:.4f}; spot-check teacher GMACs {res['teacher_macs'] / 1e9:.2f}")
+    for line in curve_table(res["curves"], n):
+        click.echo(line)
+    click.echo(f"plot: {png}")
+
+
+@click.command("gc")
+@click.argument("stages", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--yes", is_flag=True, help="Really delete (default: dry run, only list).")
+def gc_cmd(stages: tuple[str, ...], yes: bool) -> None:
+    """Remove label partitions (and leftover temp files) that no run lock of STAGES references."""
+    # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
+    from pipeline.config import load_config
+    from pipeline.run.gc import collect_garbage
+
+    cfgs = [load_config(s) for s in stages]
+    report = collect_garbage(cfgs, delete=yes)
+    for p, size in report["files"]:
+        click.echo(f"{'removed' if yes else 'would remove'} {p} ({size} bytes)")
+    verb = "reclaimed" if yes else "would reclaim (dry run; --yes to delete)"
+    click.echo(f"{len(report['files'])} file(s), {report['bytes']} bytes {verb}; {report['kept']} partition(s) kept")

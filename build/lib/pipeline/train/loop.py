@@ -1,0 +1,376 @@
+"""The student trainer: one segment of epochs, resumable, single-process or DDP (docs/design.md §2, §6).
+
+``train_segment`` trains epochs ``[start, end)`` of a run whose LR schedule spans
+``total_epochs``, with the validated ``train`` section of the stage config as its recipe. The
+runner calls it once per curriculum segment with that segment's label partitions;
+``kd="off"`` (plain cross-entropy) is the same loop, used for the no-KD baseline and for
+training the teacher (whose recipe, ``teacher.train``, always has ``kd: off``); ``online=`` runs
+the paper's baseline (teacher in the loop, masked by the current student at every step).
+
+Determinism: the views are pure functions of ``(views.seed, key, view epoch)`` and the data order
+of ``(train.seed, epoch)`` (see :mod:`pipeline.train.stream`), the LR is a pure function of the
+global update count, and the torch RNG (dropout, drop-path) is reseeded before every update from
+``(train.seed, epoch, position, rank)``. A killed run therefore resumes from its last record and, on CPU, ends with the same
+checkpoint bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from maskedkd import (
+    distill_loss,
+    keep_indices,
+    masked_forward,
+    needs_saliency,
+    resolve_keep,
+    teacher_macs,
+)
+from maskedkd.views import ViewSpec
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError, StoreError
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
+from pipeline.models import save_checkpoint, state_dict_fingerprint
+from pipeline.train import dist as tdist
+from pipeline.train.state import ResumeRecord, ResumeStore
+from pipeline.train.stream import (
+    Batch,
+    EpochStream,
+    derive_seed,
+    load_shard,
+    make_batch,
+    prefetch,
+    rank_slice,
+)
+
+LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
+# Recipe fields that do not change what a segment computes (resuming under other values is fine).
+_NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
+
+
+@dataclass(frozen=True)
+class OnlineTeacher:
+    """The paper's baseline: the teacher in the loop, masked by the current student each step.
+
+    Attributes:
+        model: the teacher (a maskable timm ViT, see :func:`maskedkd.masked_forward`).
+        render: how the teacher's view is rendered (its own size and normalisation).
+        policy: masking policy name (:data:`maskedkd.POLICIES`).
+        keep: patches kept (``None`` = all, the full teacher).
+    """
+
+    model: nn.Module
+    render: RenderSpec
+    policy: str = "student"
+    keep: int | None = None
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int):
+    """timm optimizer and per-update scheduler (``step_on_epochs=False``) for a whole run of ``total_epochs``."""
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    step = {"decay_epochs": cfg.decay_epochs, "decay_rate": cfg.decay_rate} if cfg.sched == "step" else {}
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=total_epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch, **step,
+    )
+    return optimizer, scheduler
+
+
+def _label_ref(value: str | LabelRef) -> LabelRef:
+    return value if isinstance(value, LabelRef) else LabelRef(str(value))
+
+
+def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec, seed: int, epochs: range,
+                        cfg: TrainConfig, total_epochs: int, render: RenderSpec, labels: LabelMap | None,
+                        view_pool: int | None, online: OnlineTeacher | None) -> str:
+    """What a segment's result is a pure function of; a resume record is used only when it matches."""
+    return sha256_json({
+        "init": init,
+        "shards": [[s.name, s.rows] for s in shards],
+        "view": spec.fingerprint(),
+        "seed": seed,
+        "epochs": [epochs.start, epochs.stop],
+        "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
+        "render": [render.size, render.mean, render.std, render.interpolation],
+        "labels": sorted([k[0], k[1], _label_ref(v).path.rsplit("/", 1)[-1], _label_ref(v).sha256]
+                         for k, v in (labels or {}).items()),
+        "view_pool": view_pool,
+        "online": None if online is None else {
+            "teacher": state_dict_fingerprint(online.model.state_dict()), "policy": online.policy, "keep": online.keep,
+            "render": [online.render.size, online.render.mean, online.render.std, online.render.interpolation],
+        },
+    })
+
+
+class _Online:
+    """The teacher in the loop: saliency of the current student, masked teacher forward, MAC count."""
+
+    def __init__(self, online: OnlineTeacher, device: torch.device, autocast) -> None:
+        self.cfg, self.autocast = online, autocast
+        self.teacher = online.model.to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        n = self.teacher.patch_embed.num_patches
+        try:
+            self.keep = resolve_keep(online.keep, n, online.policy)
+        except ValueError:
+            raise ConfigError(f"masking.keep: must be between 1 and {n}, got {online.keep}") from None
+        self.grid = tuple(self.teacher.patch_embed.grid_size)
+        self.saliency = self.keep is not None and needs_saliency(online.policy)
+        self.macs_per_image = teacher_macs(self.teacher, self.keep)
+        self.device = device
+
+    @torch.no_grad()
+    def keep_idx(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor | None:
+        """The batch's keep sets, chosen as precompute chooses them (None: all patches)."""
+        seeds = [shard.views[i].seed for shard, rows in batch.segments for i in rows]
+        if not self.saliency:
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds)
+        was = student.training
+        student.eval()
+        try:
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images)
+        finally:
+            student.train(was)
+
+    @torch.no_grad()
+    def __call__(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor:
+        keep_idx = self.keep_idx(student, batch, images)
+        timgs = batch.teacher_images.to(self.device, non_blocking=True)
+        with self.autocast():
+            return masked_forward(self.teacher, timgs, None if keep_idx is None else keep_idx.to(self.device)).float()
+
+
+def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
+            cfg: TrainConfig, device: torch.device, autocast) -> tuple[float, int]:
+    """One optimiser update on ``images`` (``batch`` on the device); returns (loss, correct predictions)."""
+    with autocast():
+        logits = model(images)
+    loss = distill_loss(logits.float(), batch.targets.to(device), target, lam=cfg.lam, tau=cfg.tau,
+                        kind=cfg.kd if cfg.kd != "off" else "kl", ce_weight=cfg.ce_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+    optimizer.step()
+    return float(loss.detach()), int((logits.detach().argmax(1).cpu() == batch.labels).sum())
+
+
+def train_segment(
+    student: nn.Module,
+    *,
+    shards: Sequence[ShardRef],
+    spec: ViewSpec,
+    seed: int,
+    epochs: range,
+    cfg: TrainConfig,
+    total_epochs: int,
+    render: RenderSpec,
+    run_dir: str | Path,
+    labels: LabelMap | None = None,
+    view_pool: int | None = None,
+    online: OnlineTeacher | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint_path: str | Path | None = None,
+    evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` in place for ``epochs`` (a ``range(start, end)``), resuming if a record says so.
+
+    Args:
+        student: the student at the segment's start (checkpoint c_i), a timm ViT; trained in place.
+        shards: the training shards and the rows used of each (:func:`pipeline.labels.contract.shard_refs`).
+        spec, seed: the view recipe and seed (``views.seed``, the same that precompute used); the data
+            order and the torch RNG (dropout, drop-path) are seeded by ``cfg.seed`` (``train.seed``).
+        epochs: this segment's epochs, within ``range(total_epochs)``.
+        cfg: the validated recipe (``train``, or ``teacher.train``): optimiser, schedule, loss
+            (``cfg.kd``), checkpointing, render threads, evaluation interval.
+        total_epochs: epochs of the whole run (``schedule.epochs``, or ``teacher.train.epochs``):
+            the length of the LR schedule, of which the segment trains a part.
+        render: the student's input size and normalisation.
+        run_dir: the training run's folder (shared by its segments): resume records and state.
+        labels: ``{(shard name, view epoch): partition path or LabelRef}`` for every shard and
+            view epoch of the segment; required with ``kd != "off"`` unless ``online`` is given.
+        view_pool: ``views.pool`` (view epoch = epoch mod pool); None = a fresh view every epoch.
+        online: the teacher in the loop instead of stored labels (the paper's baseline).
+        device: ``cpu`` or ``cuda``; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``.
+        checkpoint_path: where the final plain timm state_dict goes
+            (default ``run_dir/student-e<end>.pth``).
+        evaluate: ``fn(model, epoch) -> metrics`` called on rank 0 after every
+            ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
+            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into that
+            epoch's metrics and kept in the resume record. Other epochs have no such metrics.
+        log: progress lines (rank 0).
+
+    Returns:
+        ``{"checkpoint", "sha256", "epochs": [per-epoch metrics], "global_step", "steps_per_epoch",
+        "teacher_forwards", "teacher_macs", "resumed": {"epoch", "position"} | None, "seconds"}``.
+
+    Raises:
+        ConfigError: inconsistent arguments (no labels for KD, batch size vs world size, ...).
+        StoreError: a label partition is missing or does not match its shard / views.
+        DataError: a shard is unreadable or shorter than expected.
+    """
+    t_start = time.perf_counter()
+    info, device = tdist.setup(device)
+    start, end = epochs.start, epochs.stop
+    if total_epochs < 1:
+        raise ConfigError(f"the run's epochs must be >= 1, got {total_epochs}")
+    if epochs.step != 1 or not 0 <= start <= end <= total_epochs:
+        raise ConfigError(f"epochs {epochs} must be a range within 0..{total_epochs} (the run's epochs)")
+    if cfg.kd == "off":
+        if online is not None:
+            raise ConfigError("online: true needs train.kd 'kl' or 'hard', got 'off'")
+        labels = None
+    elif online is None and labels is None:
+        raise ConfigError(f"train.kd is {cfg.kd!r} but no label partitions (and no online teacher) were given")
+    elif online is not None and labels is not None:
+        raise ConfigError("give either stored labels or an online teacher, not both")
+    if cfg.batch_size % info.world:
+        raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {info.world}")
+    steps_per_epoch = sum(s.rows for s in shards) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} training samples")
+    say = log if (log is not None and info.is_main) else (lambda _m: None)
+    run_dir = Path(run_dir)
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / f"student-e{end:04d}.pth"
+
+    init = state_dict_fingerprint(student.state_dict())
+    segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
+                                  total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
+                                  online=online)
+    student.to(device)
+    optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
+    store = ResumeStore(run_dir)
+    record = store.load(segment)
+    resumed = None
+    if record is not None:
+        store.restore(record, student, optimizer)
+        resumed = {"epoch": record.epoch, "position": record.position}
+        say(f"resuming at epoch {record.epoch}, batch {record.position} ({record.global_step} updates)")
+    else:
+        boundary = store.load_boundary(start, init) if start > 0 else None
+        if boundary is not None:
+            optimizer.load_state_dict(boundary)
+        record = ResumeRecord(segment=segment, epochs=(start, end), epoch=start, position=0,
+                              global_step=start * steps_per_epoch,
+                              counters={"teacher_forwards": 0, "teacher_macs": 0})
+    if record.done and checkpoint_path.is_file():
+        if sha256_file(checkpoint_path) == record.checkpoint_sha256:
+            return _result(record, steps_per_epoch, resumed, t_start)
+
+    amp = cfg.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    model: nn.Module = student
+    if info.world > 1:
+        model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+    teacher = _Online(online, device, autocast) if online is not None else None
+    num_classes = student.num_classes
+    soft = spec.mixes or cfg.smoothing > 0
+    tau = cfg.tau if cfg.kd == "kl" else 1.0
+    label_refs = {k: _label_ref(v) for k, v in (labels or {}).items()}
+
+    def loader_for(view_epoch: int):
+        def load(ref: ShardRef):
+            label = None
+            if labels is not None:
+                label = label_refs.get((ref.name, view_epoch))
+                if label is None:
+                    raise StoreError(f"no label partition given for shard {ref.name!r}, view epoch {view_epoch}")
+            return load_shard(ref, spec=spec, seed=seed, view_epoch=view_epoch, label=label, tau=tau, num_classes=num_classes)
+        return load
+
+    def render_mine(segments) -> Batch:
+        return make_batch(rank_slice(segments, info.rank, info.world), render, num_classes=num_classes,
+                          soft=soft, smoothing=cfg.smoothing, teacher_render=online.render if online else None)
+
+    partial = dict(record.partial) if info.is_main else {}
+    for epoch in range(record.epoch, end):
+        stream = EpochStream(shards, loader_for(view_epoch_of(epoch, view_pool)), seed=cfg.seed, epoch=epoch,
+                             batch_size=cfg.batch_size)
+        position = record.position if epoch == record.epoch else 0
+        acc = [partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)]
+        carried = acc[2]
+        partial = {}
+        model.train()
+        t_epoch = time.perf_counter()
+        batches = prefetch(stream.batches(position), render_mine, cfg.num_workers)
+        try:
+            for position, batch in enumerate(batches, start=position):
+                scheduler.step_update(num_updates=record.global_step)
+                torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
+                images = batch.images.to(device, non_blocking=True)
+                target = None if batch.teacher is None else batch.teacher.to(device)
+                if teacher is not None:
+                    target = teacher(student, batch, images)
+                    record.counters["teacher_forwards"] += len(batch) * info.world
+                    record.counters["teacher_macs"] += teacher.macs_per_image * len(batch) * info.world
+                loss_value, correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
+                record.global_step += 1
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, batch {position}")
+                acc[0] += loss_value * len(batch)
+                acc[1] += correct
+                acc[2] += len(batch)
+                done_in_epoch = position + 1
+                if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < len(stream):
+                    totals = tdist.all_sum(acc, info, device)
+                    if info.is_main:
+                        record.epoch, record.position = epoch, done_in_epoch
+                        record.partial = {"loss_sum": totals[0], "correct": totals[1], "samples": totals[2]}
+                        store.save(record, student, optimizer)
+        finally:
+            batches.close()
+        loss_sum, correct, samples = tdist.all_sum(acc, info, device)
+        metrics: dict[str, Any] = {
+            "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),
+            "lr": optimizer.param_groups[0]["lr"], "steps": len(stream), "samples": int(samples),
+            "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
+        }
+        if evaluate is not None and info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
+            student.eval()
+            metrics.update(evaluate(student, epoch))
+            student.train()
+        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        record.history.append(metrics)
+        record.epoch, record.position, record.partial = epoch + 1, 0, {}
+        if info.is_main and record.global_step % cfg.checkpoint_every == 0 and epoch + 1 < end:
+            store.save(record, student, optimizer)
+
+    if info.is_main:
+        record.checkpoint = str(checkpoint_path)
+        record.checkpoint_sha256 = save_checkpoint(student, checkpoint_path)
+        store.save_boundary(end, state_dict_fingerprint(student.state_dict()), record.global_step, optimizer)
+        record.done = True
+        store.save(record, student, optimizer)
+    if info.world > 1:
+        dist.barrier()
+    return _result(record, steps_per_epoch, resumed, t_start)
+
+
+def _result(record: ResumeRecord, steps_per_epoch: int, resumed: dict | None, t_start: float) -> dict[str, Any]:
+    return {
+        "checkpoint": record.checkpoint,
+        "sha256": record.checkpoint_sha256,
+        "epochs": list(record.history),
+        "global_step": record.global_step,
+        "steps_per_epoch": steps_per_epoch,
+        "teacher_forwards": record.counters.get("teacher_forwards", 0),
+        "teacher_macs": record.counters.get("teacher_macs", 0),
+        "resumed": resumed,
+        "seconds": time.perf_counter() - t_start,
+    }

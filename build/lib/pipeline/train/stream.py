@@ -1,0 +1,295 @@
+"""The trainer's data stream: shards and label partitions in lockstep, views, batches (docs/design.md §2, §6).
+
+One epoch is a pure function of ``(seed, epoch)`` and the shard list:
+
+1. the shards are visited in a permutation seeded by ``(seed, epoch)``;
+2. each shard is read with :func:`pipeline.data.shards.read_shard` (its first ``ShardRef.rows``
+   samples) and, when KD labels are streamed, its label partition beside it: the partition's
+   rows must be the shard's samples in tar order (checked key by key as the samples arrive) and
+   its view columns must equal the Views the trainer derives itself with
+   :func:`maskedkd.views.shard_views` (:func:`pipeline.labels.contract.check_views`; otherwise
+   the labels were computed on other views);
+3. the shard's rows are shuffled by a permutation seeded by ``(seed, epoch, shard name)``;
+4. the rows of all shards, in that order, are cut into global batches of ``batch_size``
+   (the last incomplete batch of the epoch is dropped).
+
+Views depend on the *view epoch* (``epoch mod views.pool``,
+:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself. A mixing
+partner is another row of the same shard, which is held in memory while its rows are used, so
+partners are always at hand.
+
+Data parallel (DDP): the global batch sequence above does not depend on the world size. Rank
+``r`` of ``W`` takes the contiguous slice ``[r * B/W, (r+1) * B/W)`` of every global batch
+(:func:`rank_slice`) and renders and trains on those rows only; with gradients averaged by DDP,
+``W`` processes take the same steps as one (within float tolerance). Every rank reads and
+decodes every shard (rendering, the per-row work, and the model are split); this keeps the
+order exact for any ``W`` at the price of replicated decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskedkd.targets import SoftTarget
+from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
+from pipeline.data.shards import read_shard
+from pipeline.errors import DataError, StoreError
+from pipeline.labels import open_partition
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
+
+Segment = tuple["LoadedShard", np.ndarray]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which an epoch visits the shards."""
+    return np.random.default_rng(derive_seed("shards", seed, epoch)).permutation(num_shards)
+
+
+def row_order(rows: int, seed: int, epoch: int, shard: str) -> np.ndarray:
+    """The order in which an epoch visits one shard's rows."""
+    return np.random.default_rng(derive_seed("rows", seed, epoch, shard)).permutation(rows)
+
+
+@dataclass
+class LoadedShard:
+    """One shard's rows in memory for one epoch: images, labels, views, teacher targets."""
+
+    ref: ShardRef
+    view_epoch: int
+    keys: list[str]
+    images: list[Image.Image]
+    labels: torch.Tensor  # int64 [n]
+    views: list[View]
+    target: SoftTarget | None = None  # [n] rows, at the loss temperature
+    _index: dict[str, int] | None = field(default=None, repr=False)
+
+    def index(self, key: str) -> int:
+        """Row of ``key`` in this shard."""
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.keys)}
+        return self._index[key]
+
+    def partner(self, key: str) -> tuple[Image.Image, View]:
+        """Image and view of a mixing partner (for :func:`maskedkd.views.render_batch`)."""
+        i = self.index(key)
+        return self.images[i], self.views[i]
+
+
+def _open_labels(ref: ShardRef, label: LabelRef, view_epoch: int):
+    expect = dict(label.expect or {})
+    expect.update({"shard": ref.name, "view_epoch": int(view_epoch)})
+    partition = open_partition(label.path, expect=expect, sha256=label.sha256)
+    if partition.num_rows != ref.rows:
+        partition.close()
+        raise StoreError(
+            f"{label.path}: partition has {partition.num_rows} rows, the trainer uses the first {ref.rows} "
+            f"samples of shard {ref.name!r}: it was computed for another subset"
+        )
+    return partition
+
+
+def load_shard(
+    ref: ShardRef,
+    *,
+    spec: ViewSpec,
+    seed: int,
+    view_epoch: int,
+    label: LabelRef | None = None,
+    tau: float = 1.0,
+    num_classes: int | None = None,
+) -> LoadedShard:
+    """Read one shard (and its label partition, in lockstep) for one view epoch.
+
+    Samples :func:`read_shard` cannot use (and, with ``num_classes``, labels outside the classes)
+    are skipped; a shard left with fewer than ``ref.rows`` samples is refused, naming them.
+
+    Raises:
+        DataError: the shard is unreadable or has fewer usable samples than ``ref.rows``.
+        StoreError: the partition is for another shard, view epoch or subset, its rows are not
+            the shard's samples in tar order (names the file and the first mismatching key), or
+            its views differ from the derived ones.
+    """
+    partition = _open_labels(ref, label, view_epoch) if label is not None else None
+    try:
+        batch = partition.read_all(columns=("keys", "target", "view")) if partition is not None else None
+        part_keys = batch.keys if batch is not None else None
+        keys: list[str] = []
+        images: list[Image.Image] = []
+        labels: list[int] = []
+        skipped: list = []
+        for i, sample in enumerate(itertools.islice(read_shard(ref.path, report=skipped, num_classes=num_classes), ref.rows)):
+            if part_keys is not None and part_keys[i] != sample.key:
+                raise StoreError(
+                    f"{label.path}: row {i} is key {part_keys[i]!r}, but shard {ref.path} has {sample.key!r} there: "
+                    f"the partition's rows are not this shard's samples in tar order"
+                )
+            keys.append(sample.key)
+            images.append(sample.image)
+            labels.append(sample.label)
+        if len(keys) < ref.rows:
+            why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+            raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)"
+                            + (f"; skipped {why}" if skipped else ""))
+        views = shard_views(spec, seed, view_epoch, keys)
+        target = None
+        if batch is not None:
+            check_views(label.path, batch.view, views, spec, seed)
+            try:
+                target = batch.target_at(tau)
+            except ValueError as e:
+                raise StoreError(f"{label.path}: {e}") from None
+    finally:
+        if partition is not None:
+            partition.close()
+    return LoadedShard(ref, view_epoch, keys, images, torch.tensor(labels, dtype=torch.int64), views, target)
+
+
+class EpochStream:
+    """The global batches of one epoch, as index plans (nothing rendered yet).
+
+    Each batch is a list of ``(LoadedShard, rows)`` segments whose rows add up to
+    ``batch_size``; shards are loaded lazily through ``loader`` and shards lying wholly before
+    the start batch are not read at all (resume).
+    """
+
+    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], LoadedShard], *,
+                 seed: int, epoch: int, batch_size: int) -> None:
+        self.shards = list(shards)
+        self.loader = loader
+        self.seed, self.epoch, self.batch_size = int(seed), int(epoch), int(batch_size)
+
+    def __len__(self) -> int:
+        return sum(s.rows for s in self.shards) // self.batch_size
+
+    def batches(self, start: int = 0) -> Iterator[list[Segment]]:
+        """Global batches ``start, start + 1, ...`` of the epoch."""
+        skip = start * self.batch_size
+        pending: list[Segment] = []
+        need = self.batch_size
+        for si in shard_order(len(self.shards), self.seed, self.epoch):
+            ref = self.shards[si]
+            if skip >= ref.rows:
+                skip -= ref.rows
+                continue
+            shard = self.loader(ref)
+            rows = row_order(ref.rows, self.seed, self.epoch, ref.name)[skip:]
+            skip = 0
+            pos = 0
+            while pos < len(rows):
+                take = min(need, len(rows) - pos)
+                pending.append((shard, rows[pos:pos + take]))
+                pos += take
+                need -= take
+                if need == 0:
+                    yield pending
+                    pending, need = [], self.batch_size
+
+    __iter__ = batches
+
+
+def rank_slice(segments: Sequence[Segment], rank: int, world: int) -> list[Segment]:
+    """Rank ``rank``'s contiguous ``1/world`` of a global batch."""
+    total = sum(len(rows) for _, rows in segments)
+    if total % world:
+        raise ValueError(f"global batch of {total} rows does not split over {world} ranks")
+    per = total // world
+    lo, hi = rank * per, (rank + 1) * per
+    out, pos = [], 0
+    for shard, rows in segments:
+        a, b = max(lo, pos), min(hi, pos + len(rows))
+        if a < b:
+            out.append((shard, rows[a - pos:b - pos]))
+        pos += len(rows)
+    return out
+
+
+def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Tensor:
+    """Render the rows' views (mixing partners from their own shard) into ``[B, C, H, W]``."""
+    parts = [
+        render_batch([shard.images[i] for i in rows], [shard.views[i] for i in rows], render.size,
+                     mean=render.mean, std=render.std, interpolation=render.interpolation, partners=shard.partner)
+        for shard, rows in segments
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass
+class Batch:
+    """One rank's part of a global batch, rendered.
+
+    Attributes:
+        images: float32 [b, C, H, W] at the student's size.
+        labels: int64 [b], each row's own ground-truth class (for accuracy).
+        targets: what cross-entropy is taken against: ``labels``, or soft targets [b, classes]
+            with mixing or label smoothing (:func:`maskedkd.views.mix_target`).
+        teacher: the stored teacher target of the rows, or None.
+        segments: the rows (for rendering other views of them).
+        teacher_images: the same views rendered for the online teacher, or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    teacher: SoftTarget | None
+    segments: list[Segment]
+    teacher_images: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: int, soft: bool,
+               smoothing: float = 0.0, teacher_render: RenderSpec | None = None) -> Batch:
+    """Render a list of segments (also for the online teacher with ``teacher_render``) and gather
+    their labels and teacher targets."""
+    images = render_segments(segments, render)
+    labels = torch.cat([shard.labels[torch.from_numpy(rows)] for shard, rows in segments])
+    if soft:
+        targets = torch.stack([
+            mix_target(int(shard.labels[i]), int(shard.labels[shard.index(shard.views[i].partner)]) if shard.views[i].partner else None,
+                       shard.views[i], num_classes, smoothing)
+            for shard, rows in segments for i in rows
+        ])
+    else:
+        targets = labels
+    teacher = None
+    if segments and segments[0][0].target is not None:
+        teacher = SoftTarget.cat([shard.target[torch.from_numpy(rows)] for shard, rows in segments])
+    teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
+    return Batch(images, labels, targets, teacher, list(segments), teacher_images)
+
+
+def prefetch(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[R]:
+    """``map(fn, items)`` in order, with up to ``2 * workers`` calls running ahead in threads."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="render") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
