@@ -25,10 +25,9 @@ import yaml
 
 from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import load_config, set_fields
 from pipeline.labels import open_partition
 from pipeline.run.runner import Runner
-from tests.dotted import apply_dotted
 
 CLI = str(Path(sys.executable).parent / "mkd-pipeline")
 # One intra-op thread in subprocesses too (see the `one_thread` fixture); every run here and the
@@ -65,7 +64,7 @@ def stage_doc(root: Path, data: Path) -> dict:
 
 def write_stage(root: Path, doc: dict, name: str = "stages.yaml", **changes) -> Path:
     """Write ``doc`` with dotted-key ``changes`` (``train__lr=...`` -> ``train.lr``) as YAML."""
-    doc = apply_dotted(copy.deepcopy(doc), changes)
+    doc = set_fields(copy.deepcopy(doc), {k.replace("__", "."): v for k, v in changes.items()})
     path = root / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
