@@ -242,3 +242,13 @@ def test_override_of_an_aliased_section_changes_only_that_place(ws):
     assert "&id001" in text and "*id001" in text
     cfg = load_config(write_doc(ws, text), overrides=["teacher.kwargs.embed_dim=48"])
     assert cfg.teacher.kwargs["embed_dim"] == 48 and cfg.student.kwargs["embed_dim"] == 24
+
+
+@pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["status"], ["precompute", "--segment", "0"], ["probe"]])
+def test_every_command_with_set_validates_it_before_anything_else(command, ws, capsys):
+    path = write_doc(ws, BASE)
+    before = tree(ws)
+    code, out, err = run_cli([*command, str(path), "--set", "masking.kep=3"], capsys)
+    assert code == 2, (out, err)
+    assert f"{path} (--set masking.kep=3): masking.kep: unknown key 'kep'" in err
+    assert tree(ws) == before
