@@ -36,12 +36,15 @@ class RunLock:
     def __init__(self, path: str | Path, store: str | None = None) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()  # `lag: 1` records a precompute stage from a second thread
-        self.data: dict[str, Any] = {"lock_version": 1, "stages": {}}
+        self.data: dict[str, Any] = {"lock_version": 1, "overrides": [], "stages": {}}
         if store is not None:
             self.data["store"] = str(store)
+        self._saved_overrides: list[str] | None = None  # as the file has them (None: no file yet)
         if self.path.exists():
             loaded = load_lock(self.path, hint="; move it away to start over")
             self.data["stages"] = loaded["stages"]
+            self._saved_overrides = list(loaded.get("overrides", []))
+            self.data["overrides"] = list(self._saved_overrides)
             if store is None and "store" in loaded:
                 self.data["store"] = loaded["store"]
 
@@ -49,6 +52,16 @@ class RunLock:
     def stages(self) -> dict[str, dict[str, Any]]:
         """stage name -> its record."""
         return self.data["stages"]
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` overrides of the command that writes the lock (saved with its next write)."""
+        return self.data["overrides"]
+
+    @overrides.setter
+    def overrides(self, value: list[str]) -> None:
+        with self._mutex:
+            self.data["overrides"] = list(value)
 
     def check(self, stage: str, inputs: Mapping[str, Any]) -> Freshness:
         """Fresh when the recorded inputs equal ``inputs`` and every recorded output is intact."""
@@ -83,6 +96,13 @@ class RunLock:
             self.stages[stage] = rec
             self.save()
 
+    def save_overrides(self) -> None:
+        """Write the lock if its file holds other overrides than :attr:`overrides` (a rerun that
+        recorded no stage, with other ``--set`` overrides); no file yet: nothing to update."""
+        with self._mutex:
+            if self._saved_overrides is not None and self._saved_overrides != self.overrides:
+                self.save()
+
     def forget(self, stage: str) -> None:
         """Drop a stage's record (it will run again)."""
         with self._mutex:
@@ -93,6 +113,7 @@ class RunLock:
         """Write the lock file atomically."""
         with self._mutex:  # a snapshot written after an older one never loses to it
             write_atomic(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
+            self._saved_overrides = list(self.overrides)
 
     def output(self, stage: str, name: str) -> dict[str, Any] | None:
         """A recorded output of ``stage`` (path, sha256, ...)."""

@@ -19,11 +19,15 @@ Conventions:
 - YAML booleans are only ``true``/``false`` (YAML 1.2): ``kd: off`` is the string ``"off"``.
   Duplicate keys are an error.
 
-``mkd-pipeline config check STAGES.yaml [--no-files]`` validates a file and prints the resolved
-config, which loads again unchanged.
+``--set section.field=value`` (repeatable; ``load_config(path, overrides=[...])``) changes the
+document before validation, so an override is checked like the file and changes the config (and
+so the fingerprints) like an edit of the file would.
+
+``mkd-pipeline config check STAGES.yaml [--no-files] [--set ...]`` validates a file and prints the
+resolved config, which loads again unchanged.
 """
 
-from pipeline.config.loader import dump_config, load_config
+from pipeline.config.loader import dump_config, load_config, parse_override, set_fields
 from pipeline.config.model_info import ModelInfo, model_info
 from pipeline.config.schema import (
     ComputeConfig,
@@ -55,4 +59,6 @@ __all__ = [
     "dump_config",
     "load_config",
     "model_info",
+    "parse_override",
+    "set_fields",
 ]

@@ -1,12 +1,13 @@
-"""Read a stage YAML file into a validated :class:`~pipeline.config.schema.StageConfig`, and
-print one resolved; errors name the file and the dotted field (exit code 2)."""
+"""Read a stage YAML file (plus ``--set section.field=value`` overrides) into a validated
+:class:`~pipeline.config.schema.StageConfig`, and print one resolved; errors name the file, the
+override and the dotted field (exit code 2)."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Mapping, Sequence, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -84,6 +85,65 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     return doc
 
 
+# ----------------------------------------------------------------------------- overrides
+
+_DOTTED = re.compile(r"^[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*$")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.field=value`` -> ``("section.field", value)``, the value read as YAML like the file.
+
+    Scalars and flow collections as in a stage file: ``[0.6, 1.0]`` is a list, ``off`` a string
+    (YAML 1.2 booleans), an empty value null.
+
+    Raises:
+        ValueError: no ``=``, a malformed dotted field, or a value that is not valid YAML.
+    """
+    dotted, sep, raw = text.partition("=")
+    dotted = dotted.strip()
+    if not sep or not _DOTTED.match(dotted):
+        raise ValueError("expected SECTION.FIELD=VALUE, e.g. --set train.lr=5e-4")
+    try:
+        value = yaml.load(raw, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ValueError(f"the value is not valid YAML: {what}") from None
+    return dotted, value
+
+
+def _unshared(node: Any) -> Any:
+    """A copy in which no two places hold the same dict or list: a YAML alias (``*kw``) is one
+    object in several places, and an override of one place must not change the others."""
+    if isinstance(node, dict):
+        return {k: _unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshared(v) for v in node]
+    return node
+
+
+def set_fields(doc: dict, fields: Mapping[str, Any]) -> dict:
+    """Set each dotted field of ``fields`` (``"train.lr"``) in ``doc``, in place; returns ``doc``.
+
+    Missing or null sections on the way are created, so a misspelt section reaches validation
+    and is reported like an unknown key in the file.
+
+    Raises:
+        ValueError: a part of the path holds a value that is not a section (a mapping).
+    """
+    for dotted, value in fields.items():
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for i, key in enumerate(parents):
+            if node.get(key) is None:
+                node[key] = {}
+            elif not isinstance(node[key], dict):
+                where = ".".join(parents[:i + 1])
+                raise ValueError(f"{where} is a {type(node[key]).__name__}, not a section with fields")
+            node = node[key]
+        node[leaf] = value
+    return doc
+
+
 def _model_at(loc: tuple) -> tuple[str, type[BaseModel] | None]:
     """Dotted path of a pydantic error location, and the model class that path ends in."""
     ann: Any = StageConfig
@@ -115,7 +175,15 @@ def _find_model(ann: Any) -> type[BaseModel] | None:
     return None
 
 
-def _format_errors(err: ValidationError, shown: str) -> str:
+def _source(shown: str, path: str, overrides: Sequence[tuple[str, str]]) -> str:
+    """The file, or the file and the last ``--set`` that wrote ``path`` or a section above or below it."""
+    for text, dotted in reversed(overrides):
+        if path == dotted or path.startswith((f"{dotted}.", f"{dotted}[")) or dotted.startswith(f"{path}."):
+            return f"{shown} (--set {text})"
+    return shown
+
+
+def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[str, str]] = ()) -> str:
     lines: list[str] = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -125,7 +193,7 @@ def _format_errors(err: ValidationError, shown: str) -> str:
             base, _ = _model_at(loc)
             for field, msg in cause.problems:
                 full = ".".join(x for x in (base, field) if x).replace(".[", "[")
-                lines.append(f"{shown}: {full or '(top level)'}: {msg}")
+                lines.append(f"{_source(shown, full, overrides)}: {full or '(top level)'}: {msg}")
             continue
         if e["type"] == "extra_forbidden":
             parent, model = _model_at(loc[:-1])
@@ -135,7 +203,8 @@ def _format_errors(err: ValidationError, shown: str) -> str:
             msg = f"unknown key {key!r}" + (f" ({hint})" if hint else _closest(key, allowed))
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
-            lines.append(f"{shown}: {parent + '.' if parent else ''}{key}: {msg}")
+            full = f"{parent + '.' if parent else ''}{key}"
+            lines.append(f"{_source(shown, full, overrides)}: {full}: {msg}")
             continue
         path, _ = _model_at(loc)
         if e["type"] == "missing":
@@ -144,19 +213,21 @@ def _format_errors(err: ValidationError, shown: str) -> str:
             msg = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
             if not isinstance(e.get("input"), dict) and "got" not in msg:
                 msg += f", got {e.get('input')!r}"
-        lines.append(f"{shown}: {path or '(top level)'}: {msg}")
+        lines.append(f"{_source(shown, path, overrides)}: {path or '(top level)'}: {msg}")
     seen: set[str] = set()
     unique = [x for x in lines if not (x in seen or seen.add(x))]
     return "\n".join(unique)
 
 
-def load_config(path: str | Path, *, check_files: bool = True) -> StageConfig:
-    """Read and validate a stage YAML file. Writes nothing.
+def load_config(path: str | Path, *, check_files: bool = True, overrides: Sequence[str] = ()) -> StageConfig:
+    """Read and validate a stage YAML file, with ``--set`` overrides applied first. Writes nothing.
 
     Args:
         path: the YAML file; shown in error messages as given.
         check_files: check that the dataset folder (with manifest.json) and weights files exist;
             False validates a config for another machine (``config check --no-files``).
+        overrides: ``section.field=value`` strings (see :func:`parse_override`), applied in order
+            to the document before validation, so they are validated like the file.
 
     Returns:
         The validated config, with relative paths made absolute (against the working
@@ -164,14 +235,25 @@ def load_config(path: str | Path, *, check_files: bool = True) -> StageConfig:
         filled from ``$MKD_SCHEDULER`` when null.
 
     Raises:
-        ConfigError: naming the file and the dotted field of each problem, one per line.
+        ConfigError: naming the file (and the ``--set`` override, where one wrote the field) and
+            the dotted field of each problem, one per line.
     """
     shown = str(path)
     doc = _read_yaml(Path(path), shown)
+    applied: list[tuple[str, str]] = []
+    if overrides:
+        doc = _unshared(doc)
+    for text in overrides:
+        try:
+            dotted, value = parse_override(text)
+            set_fields(doc, {dotted: value})
+        except ValueError as e:
+            raise ConfigError(f"{shown} (--set {text}): {e}") from None
+        applied.append((text, dotted))
     try:
         cfg = StageConfig.model_validate(doc, context={"check_files": check_files})
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, shown)) from None
+        raise ConfigError(_format_errors(e, shown, applied)) from None
     if cfg.compute.scheduler is None and os.environ.get(SCHEDULER_ENV, "").strip():
         address = os.environ[SCHEDULER_ENV].strip()
         try:
@@ -191,9 +273,11 @@ _Dumper.add_representer(
 )
 
 
-def dump_config(cfg: StageConfig) -> str:
-    """The resolved config as YAML (loads again to the same config), with derived values as comments."""
+def dump_config(cfg: StageConfig, overrides: Sequence[str] = ()) -> str:
+    """The resolved config as YAML (loads again to the same config), with the ``--set`` overrides
+    it was loaded with and derived values as comments."""
     lines = ["# resolved stage config (mkd-pipeline config check)"]
+    lines += [f"# --set {' '.join(text.splitlines())}" for text in overrides]  # one comment line each
     n = cfg.num_patches
     segs = cfg.schedule.segments()
     keeps = [cfg.keep_for_segment(i) for i in range(len(segs))] if n is not None else []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from pipeline._cli_options import set_opt
 from pipeline.errors import ConfigError
 from pipeline.report.fidelity import curve_table, plot_curves
 
@@ -18,22 +19,22 @@ scheduler_opt = click.option("--scheduler", default=None, metavar="ADDRESS",
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
 
 
-def _runner(stages: str, **kw):
+def _runner(stages: str, overrides: tuple[str, ...] = (), **kw):
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.runner import Runner
 
-    return Runner(load_config(stages), **kw)
+    return Runner(load_config(stages, overrides=overrides), overrides=overrides, **kw)
 
 
 @contextlib.contextmanager
-def _exclusive(stages: str, **kw):
+def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
     """A Runner holding ``<run_dir>/.lock`` (flock): one run of a run folder at a time.
 
     A second ``run`` of the same config waits for the first, then reads its run lock and does
     only what is still stale (usually nothing). Bad configs fail before anything is created.
     """
-    run_dir = _runner(stages, **kw).run_dir  # validates config and dataset first
+    run_dir = _runner(stages, overrides, **kw).run_dir  # validates config and dataset first
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a") as f:
         try:
@@ -41,7 +42,7 @@ def _exclusive(stages: str, **kw):
         except BlockingIOError:
             click.echo(f"{run_dir}: another run of this config is in progress; waiting for it to finish", err=True)
             fcntl.flock(f, fcntl.LOCK_EX)
-        yield _runner(stages, **kw)  # loads the run lock as the previous holder left it
+        yield _runner(stages, overrides, **kw)  # loads the run lock as the previous holder left it
 
 
 @click.command("run")
@@ -50,15 +51,18 @@ def _exclusive(stages: str, **kw):
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
 @click.option("--until", default=None, metavar="STAGE", help="Stop after this stage (teacher, precompute-I, train-I).")
-def run_cmd(stages: str, scheduler: str | None, workers: int | None, dry_run: bool, until: str | None) -> None:
+@set_opt
+def run_cmd(stages: str, scheduler: str | None, workers: int | None, dry_run: bool, until: str | None,
+            overrides: tuple[str, ...]) -> None:
     """Run the stage config STAGES: teacher -> c_0 -> per segment [precompute, train] -> report.
 
-    Only stale stages run; a repeated run with unchanged inputs computes nothing.
+    Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
+    keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv).
     """
     if dry_run:
-        _print_status(_runner(stages, scheduler=scheduler, workers=workers).status())
+        _print_status(_runner(stages, overrides, scheduler=scheduler, workers=workers).status())
         return
-    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
         res = runner.run(until=until)
     ran = [k for k, v in res.stages.items() if v == "ran"]
     click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "
@@ -75,9 +79,10 @@ def _print_status(steps) -> None:
 @click.command("status")
 @click.argument("stages", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print [{stage, fresh, reason}] as JSON.")
-def status_cmd(stages: str, as_json: bool) -> None:
+@set_opt
+def status_cmd(stages: str, as_json: bool, overrides: tuple[str, ...]) -> None:
     """Say which stages of STAGES are up to date and why the others are stale (exit 1 if any is)."""
-    steps = _runner(stages).status()
+    steps = _runner(stages, overrides).status()
     if as_json:
         click.echo(json.dumps([{"stage": s.name, "fresh": s.freshness.fresh, "reason": s.freshness.reason} for s in steps]))
     else:
@@ -92,9 +97,11 @@ def status_cmd(stages: str, as_json: bool) -> None:
 @scheduler_opt
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="List each partition as cached, reusable (rows) or to compute, with the reason.")
-def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: int | None, dry_run: bool) -> None:
+@set_opt
+def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: int | None, dry_run: bool,
+                   overrides: tuple[str, ...]) -> None:
     """Compute the labels segment SEGMENT of STAGES needs (running the stages before it that are stale)."""
-    runner = _runner(stages, scheduler=scheduler, workers=workers)
+    runner = _runner(stages, overrides, scheduler=scheduler, workers=workers)
     n = len(runner.cfg.schedule.segments())
     if segment >= n:
         raise ConfigError(f"--segment: {segment} is out of range; {stages} has {n} segment(s) (0..{n - 1})")
@@ -103,7 +110,7 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: in
     if dry_run:
         _dry_run(runner, segment)
         return
-    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
         runner.run(until=f"precompute-{segment}")
     info = runner.lock.info(f"precompute-{segment}")
     click.echo(f"segment {segment}: {info.get('partitions', 0)} partitions, {info.get('rows', 0)} rows; teacher forwards "
@@ -148,15 +155,16 @@ def _dry_run(runner, segment: int) -> None:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="The PNG plot (default <run_dir>/probe-m<I>.png).")
 @scheduler_opt
 @workers_opt
+@set_opt
 def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, out: str | None,
-              scheduler: str | None, workers: int | None) -> None:
+              scheduler: str | None, workers: int | None, overrides: tuple[str, ...]) -> None:
     """Measure what masks cost the teacher at milestone I of STAGES.
 
     On a seeded sample of segment I's views: the masked teacher's top-1, its top-1 agreement with
     the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
     policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
     """
-    with _exclusive(stages, scheduler=scheduler, workers=workers) as runner:
+    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
         res = runner.probe(milestone, samples)
     n = res["num_patches"]
     png = Path(out) if out else runner.run_dir / f"probe-m{milestone}.png"

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 import torch
@@ -23,6 +23,7 @@ from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_ke
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
+from pipeline.config.loader import dump_config
 from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
@@ -33,6 +34,7 @@ from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
 from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
+from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
@@ -62,11 +64,17 @@ class RunResult:
 
 
 class Runner:
-    """Plans and runs one stage config; ``until`` stops after a named stage (e.g. ``precompute-1``)."""
+    """Plans and runs one stage config; ``until`` stops after a named stage (e.g. ``precompute-1``).
+
+    ``overrides``: the ``--set`` strings ``cfg`` was loaded with; recorded in the run lock and in
+    ``<run_dir>/config.yaml`` (their effect is already in ``cfg``).
+    """
 
     def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
-                 echo: Echo = click.echo, progress: bool = True, device: str | None = None) -> None:
+                 echo: Echo = click.echo, progress: bool = True, device: str | None = None,
+                 overrides: Sequence[str] = ()) -> None:
         self.cfg = cfg
+        self.overrides = list(overrides)
         self.scheduler = scheduler
         self.workers = workers
         self.echo = echo
@@ -74,6 +82,7 @@ class Runner:
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.lock = RunLock(self.run_dir / LOCK_NAME, store=cfg.labels.store)
+        self.lock.overrides = self.overrides  # written with whatever this command records
         self.manifest: DatasetManifest = load_manifest(cfg.data.root)
         self.device = device or _device(cfg.compute.device)
         self._cluster_cm = None
@@ -421,7 +430,23 @@ class Runner:
     # ------------------------------------------------------------------ the run
 
     def run(self, *, until: str | None = None) -> RunResult:
-        """Run every stale stage in order (stop after ``until``); returns what was done."""
+        """Run every stale stage in order (stop after ``until``); returns what was done.
+
+        Then writes ``config.yaml`` (the resolved config) and the per-epoch ``metrics.csv`` into
+        the run folder, from the config and the run lock: a cached rerun rewrites the same bytes.
+        """
+        result = self._run_stages(until)
+        self.lock.save_overrides()
+        self.write_run_files()
+        return result
+
+    def write_run_files(self) -> list[Path]:
+        """Write ``config.yaml`` and the metrics CSV files into the run folder; returns their paths."""
+        config = self.run_dir / "config.yaml"
+        write_atomic(config, dump_config(self.cfg, self.overrides).encode())
+        return [config, *write_metrics(self.lock, len(self.cfg.schedule.segments()), self.run_dir)]
+
+    def _run_stages(self, until: str | None) -> RunResult:
         cfg = self.cfg
         pending: dict[int, _Background] = {}
         try:

@@ -48,3 +48,27 @@ def test_records_from_two_threads_all_land(tmp_path):
     doc = json.loads((tmp_path / "run.lock.json").read_text())
     assert json_problem("run-lock", doc) is None
     assert len(doc["stages"]) == 400 and doc["stages"]["train-199"]["info"] == {"rows": 199}
+
+
+def test_overrides_are_kept_with_the_lock(tmp_path):
+    path = tmp_path / "run.lock.json"
+    lock = RunLock(path)
+    lock.overrides = ["train.lr=5e-4"]
+    lock.save_overrides()  # no file yet: nothing to update
+    assert not path.exists()
+    lock.record("init", {"init": "seed:0"})
+    doc = json.loads(path.read_text())
+    assert doc["overrides"] == ["train.lr=5e-4"] and json_problem("run-lock", doc) is None
+
+    again = RunLock(path)
+    assert again.overrides == ["train.lr=5e-4"]
+    before = path.stat().st_mtime_ns
+    again.save_overrides()  # unchanged: not rewritten
+    assert path.stat().st_mtime_ns == before
+    again.overrides = []
+    again.save_overrides()  # a rerun without them that recorded no stage still says so
+    assert json.loads(path.read_text())["overrides"] == [] and RunLock(path).stages == again.stages
+
+    old = {"lock_version": 1, "stages": {}}  # written before overrides existed
+    path.write_text(json.dumps(old))
+    assert RunLock(path).overrides == [] and json_problem("run-lock", old) is None

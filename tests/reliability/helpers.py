@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.dotted import apply_dotted
+from pipeline.config import set_fields
 
 CLI = [str(Path(sys.executable).with_name("mkd-pipeline"))]
 BASE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10}  # 7x7 = 49 patches
@@ -44,7 +44,7 @@ TINY: dict[str, Any] = {
 
 def stage(path: Path, **overrides: Any) -> Path:
     """Write the tiny stage config to ``path``; ``overrides`` are dotted keys (``train__lr=1e-3``)."""
-    doc = apply_dotted(copy.deepcopy(TINY), overrides, create=True)
+    doc = set_fields(copy.deepcopy(TINY), {k.replace("__", "."): v for k, v in overrides.items()})
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.config import set_fields
 
 VIT = "vit_tiny_patch16_224"
 TINY = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 24, "depth": 1, "num_heads": 2}
@@ -70,11 +71,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
 def set_key(path: str, value: Any) -> Callable[[dict], None]:
     """An edit of a stage document: set the dotted key ``path`` (creating sections) to ``value``."""
     def mutate(doc: dict) -> None:
-        *parents, last = path.split(".")
-        node = doc
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_fields(doc, {path: value})
     return mutate
 
 

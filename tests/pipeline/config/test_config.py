@@ -172,3 +172,83 @@ def test_programmatic_construction_validates(ws):
     doc["masking"]["keep"] = 50
     with pytest.raises(ValueError, match="masking.keep"):
         StageConfig.model_validate(doc)
+
+
+# ------------------------------------------------------------------------------ --set overrides
+
+
+def test_overrides_change_the_config_like_the_file(ws, capsys):
+    path = write_doc(ws, BASE)
+    sets = ["views.scale=[0.6, 1.0]", "train.kd=off", "train.lr=5.0e-4", "masking.keep=16", "online=false",
+            "teacher.kwargs.embed_dim=48", "data.val_subset="]
+    cfg = load_config(path, overrides=sets)
+    assert cfg.views.scale == (0.6, 1.0) and cfg.train.kd == "off" and cfg.train.lr == 5.0e-4
+    assert cfg.keep_for_segment(0) == 16 and cfg.online is False and cfg.teacher.kwargs["embed_dim"] == 48
+    assert cfg.data.val_subset is None
+    edited = copy.deepcopy(BASE)
+    edited["views"] = {"scale": [0.6, 1.0]}
+    edited["train"].update(kd="off", lr=5.0e-4)
+    edited["masking"]["keep"] = 16
+    edited["teacher"]["kwargs"] = {**edited["teacher"]["kwargs"], "embed_dim": 48}
+    edited.update(online=False)
+    edited["data"]["val_subset"] = None
+    assert cfg.model_dump() == load_config(write_doc(ws, edited, "edited.yaml")).model_dump()
+    assert load_config(path, overrides=["masking.keep=20", "masking.keep=16"]).keep_for_segment(0) == 16  # last wins
+    assert load_config(path).keep_for_segment(0) == 25  # the file is unchanged
+
+    code, out, err = run_cli(["config", "check", str(path), "--set", "masking.keep=16", "--set", "train.kd=off"], capsys)
+    assert code == 0, err
+    assert "# --set masking.keep=16\n# --set train.kd=off\n" in out and "# teacher keeps 16 in every segment" in out
+    again = load_config(write_doc(ws, out, "resolved.yaml"))  # the dump loads again to the same config
+    assert again.model_dump() == load_config(path, overrides=["masking.keep=16", "train.kd=off"]).model_dump()
+
+
+@pytest.mark.parametrize("sets,expected", [
+    (["masking.keep=0"], "(--set masking.keep=0): masking.keep: must be greater than or equal to 1"),
+    (["masking.kep=3"], "(--set masking.kep=3): masking.kep: unknown key 'kep' (did you mean 'keep'?)"),
+    (["maskin.keep=3"], "(--set maskin.keep=3): maskin: unknown key 'maskin' (did you mean 'masking'?)"),
+    (["train.kd=soft"], "(--set train.kd=soft): train.kd: must be 'kl', 'hard' or 'off'"),
+    (["views.scale=[0.9, 0.1]"], "(--set views.scale=[0.9, 0.1]): views.scale: must be [lo, hi]"),
+    (["online=maybe"], "(--set online=maybe): online: must be a valid boolean"),
+    (["masking.keep"], "(--set masking.keep): expected SECTION.FIELD=VALUE"),
+    ([".keep=3"], "(--set .keep=3): expected SECTION.FIELD=VALUE"),
+    (["name.x=1"], "(--set name.x=1): name is a str, not a section with fields"),
+    (["views.scale=[0.6"], "(--set views.scale=[0.6): the value is not valid YAML"),
+], ids=["value", "unknown-field", "unknown-section", "choice", "list", "bool", "no-equals", "empty-part", "not-a-section",
+        "bad-yaml"])
+def test_bad_override_exits_2_naming_it_and_the_field(sets, expected, ws, capsys):
+    path = write_doc(ws, BASE)
+    before = tree(ws)
+    args = [x for s in sets for x in ("--set", s)]
+    code, out, err = run_cli(["config", "check", str(path), *args], capsys)
+    assert code == 2 and out == "", (out, err)
+    assert err.startswith(f"error: {path} {expected}"), err
+    assert tree(ws) == before
+
+
+def test_a_problem_the_override_did_not_write_names_only_the_file(ws):
+    doc = copy.deepcopy(BASE)
+    doc["masking"]["tolerance"] = -1
+    with pytest.raises(ConfigError) as e:
+        load_config(write_doc(ws, doc), overrides=["masking.keep=0"])
+    lines = str(e.value).splitlines()
+    path = ws / "stage.yaml"
+    assert f"{path}: masking.tolerance: must be greater than or equal to 0, got -1" in lines
+    assert any(x.startswith(f"{path} (--set masking.keep=0): masking.keep:") for x in lines)
+
+
+def test_override_of_an_aliased_section_changes_only_that_place(ws):
+    text = yaml.safe_dump(BASE, sort_keys=False)  # teacher and student share one kwargs dict: an alias
+    assert "&id001" in text and "*id001" in text
+    cfg = load_config(write_doc(ws, text), overrides=["teacher.kwargs.embed_dim=48"])
+    assert cfg.teacher.kwargs["embed_dim"] == 48 and cfg.student.kwargs["embed_dim"] == 24
+
+
+@pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["status"], ["precompute", "--segment", "0"], ["probe"]])
+def test_every_command_with_set_validates_it_before_anything_else(command, ws, capsys):
+    path = write_doc(ws, BASE)
+    before = tree(ws)
+    code, out, err = run_cli([*command, str(path), "--set", "masking.kep=3"], capsys)
+    assert code == 2, (out, err)
+    assert f"{path} (--set masking.kep=3): masking.kep: unknown key 'kep'" in err
+    assert tree(ws) == before

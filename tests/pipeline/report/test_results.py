@@ -16,10 +16,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.config import load_config
+from pipeline.config import load_config, set_fields
 from pipeline.report.results import collect_run, report_cmd
 from pipeline.run.runner import Runner
-from tests.dotted import apply_dotted
 
 VIT = "vit_tiny_patch16_224"
 KW = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}  # 4x4 = 16 patches
@@ -41,7 +40,7 @@ def _doc(root: Path, data: Path, name: str, **over) -> dict:
         "compute": {"scheduler": None, "workers": 1, "threads_per_worker": 1, "device": "cpu", "timeout_s": 300},
         "train": {"lr": 1.0e-3, "warmup_epochs": 0, "batch_size": 32},
     }
-    return apply_dotted(doc, over)
+    return set_fields(doc, {k.replace("__", "."): v for k, v in over.items()})
 
 
 def _write(root: Path, stem: str, row: str, doc: dict) -> Path:

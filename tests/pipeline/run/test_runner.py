@@ -10,6 +10,7 @@ independent and only pay for the stages they make stale.
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import shutil
@@ -25,10 +26,9 @@ import yaml
 
 from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import dump_config, load_config, set_fields
 from pipeline.labels import open_partition
 from pipeline.run.runner import Runner
-from tests.dotted import apply_dotted
 
 CLI = str(Path(sys.executable).parent / "mkd-pipeline")
 # One intra-op thread in subprocesses too (see the `one_thread` fixture); every run here and the
@@ -65,7 +65,7 @@ def stage_doc(root: Path, data: Path) -> dict:
 
 def write_stage(root: Path, doc: dict, name: str = "stages.yaml", **changes) -> Path:
     """Write ``doc`` with dotted-key ``changes`` (``train__lr=...`` -> ``train.lr``) as YAML."""
-    doc = apply_dotted(copy.deepcopy(doc), changes)
+    doc = set_fields(copy.deepcopy(doc), {k.replace("__", "."): v for k, v in changes.items()})
     path = root / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -89,8 +89,8 @@ def cli(*args: str, capsys) -> tuple[int, str]:
     return e.value.code, capsys.readouterr().out
 
 
-def status_json(path: Path, capsys) -> tuple[int, dict[str, dict]]:
-    code, out = cli("status", str(path), "--json", capsys=capsys)
+def status_json(path: Path, capsys, *extra: str) -> tuple[int, dict[str, dict]]:
+    code, out = cli("status", str(path), "--json", *extra, capsys=capsys)
     return code, {s["stage"]: s for s in json.loads(out)}
 
 
@@ -146,6 +146,21 @@ def test_demo_like_run_learns_reports_and_a_rerun_computes_nothing(base, capsys)
     assert f"| {EPOCHS - 1} | {student:.4f} |" in text
     assert f"report: {report}" in base.out
 
+    # the run folder keeps the resolved config and one metrics row per epoch, like timm's summary.csv
+    assert (run / "config.yaml").read_text() == dump_config(load_config(base.yaml))
+    assert lock["overrides"] == []
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert list(rows[0]) == ["epoch", "segment", "train_loss", "train_top1", "val_top1", "val_loss", "lr", "samples_per_s"]
+    assert [(r["epoch"], r["segment"]) for r in rows] == [("0", "0"), ("1", "0"), ("2", "1"), ("3", "1")]
+    epochs = lock["stages"]["train-0"]["info"]["epochs"] + lock["stages"]["train-1"]["info"]["epochs"]
+    assert [float(r["val_top1"]) for r in rows] == [e["val_top1"] for e in epochs] and float(rows[-1]["val_top1"]) == student
+    assert [float(r["train_loss"]) for r in rows] == [e["loss"] for e in epochs]
+    assert all(float(r["lr"]) > 0 and float(r["samples_per_s"]) > 0 for r in rows)
+    teacher_rows = list(csv.DictReader((run / "teacher_metrics.csv").open()))
+    assert [r["epoch"] for r in teacher_rows] == ["0", "1", "2"] and "segment" not in teacher_rows[0]
+    assert float(teacher_rows[-1]["val_top1"]) == lock["stages"]["teacher"]["info"]["top1"]
+    written = {n: (run / n).read_bytes() for n in ("config.yaml", "metrics.csv", "teacher_metrics.csv")}
+
     ckpt = (run / "checkpoints" / "c2.pth").read_bytes()
     runner = Runner(load_config(base.yaml), progress=False, echo=lambda _s: None)
     res = runner.run()
@@ -155,6 +170,7 @@ def test_demo_like_run_learns_reports_and_a_rerun_computes_nothing(base, capsys)
     assert (run / "checkpoints" / "c2.pth").read_bytes() == ckpt
     assert report.read_text() == text
     assert lock_of(base.root) == lock
+    assert {n: (run / n).read_bytes() for n in written} == written  # rewritten from the lock: same bytes
 
     code, steps = status_json(base.yaml, capsys)
     assert code == 0 and all(s["fresh"] for s in steps.values())
@@ -186,6 +202,29 @@ def test_changing_one_input_makes_exactly_its_dependents_stale(base, tmp_path, c
 
     code, steps = status_json(c.yaml, capsys)  # the unchanged config is still all fresh
     assert code == 0
+
+    # --set is the edit without the file: the same stages stale, for the same reasons
+    assert status_json(c.yaml, capsys, "--set", "train.lr=5.0e-4") == status_json(lr, capsys)
+    assert status_json(c.yaml, capsys, "--set", "masking.keep=4") == status_json(keep, capsys)
+
+
+@pytest.mark.slow
+def test_overrides_are_recorded_in_the_lock_and_the_run_folder(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    code, out = cli("run", str(c.yaml), "--set", "compute.timeout_s=600", "--set", "labels.topk=10", capsys=capsys)
+    assert code == 0 and "everything was cached" in out  # neither changes what a stage computes
+    sets = ["compute.timeout_s=600", "labels.topk=10"]
+    assert lock_of(c.root)["overrides"] == sets
+    config = (c.root / "run" / "config.yaml").read_text()
+    assert config == dump_config(load_config(c.yaml, overrides=sets), sets)
+    assert "# --set compute.timeout_s=600\n# --set labels.topk=10\n" in config and "timeout_s: 600" in config
+
+    code, out = cli("run", str(c.yaml), capsys=capsys)  # without them again: the lock says so
+    assert code == 0 and lock_of(c.root)["overrides"] == []
+    assert "--set" not in (c.root / "run" / "config.yaml").read_text()
+
+    code, out = cli("run", str(c.yaml), "--set", "masking.kep=4", capsys=capsys)
+    assert code == 2 and lock_of(c.root)["overrides"] == []
 
 
 @pytest.mark.slow

@@ -1,0 +1,53 @@
+"""Per-epoch metrics of a run as CSV files in its run folder (like timm's ``summary.csv``), built
+from the run lock: ``metrics.csv`` for the student, ``teacher_metrics.csv`` when the run trained
+its teacher."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pipeline._atomic import write_atomic
+
+# CSV column -> key of an epoch record of train_segment (pipeline/train/loop.py)
+_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "train_top1": "top1", "val_top1": "val_top1",
+            "val_loss": "val_loss", "lr": "lr", "samples_per_s": "samples_per_s"}
+
+
+def _student_rows(lock, num_segments: int) -> list[dict[str, Any]]:
+    """One row per student epoch recorded by the stages ``train-0`` .. ``train-{num_segments - 1}``."""
+    rows = []
+    for i in range(num_segments):
+        for e in lock.info(f"train-{i}").get("epochs") or []:
+            rows.append({"segment": i, **_row(e)})
+    return rows
+
+
+def _row(epoch: Mapping[str, Any]) -> dict[str, Any]:
+    return {col: epoch.get(key) for col, key in _COLUMNS.items()}
+
+
+def _csv(columns: list[str], rows: Iterable[Mapping[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    out.writeheader()
+    for row in rows:
+        out.writerow({k: "" if row.get(k) is None else row[k] for k in columns})  # blank: not evaluated
+    return buf.getvalue().encode()
+
+
+def write_metrics(lock, num_segments: int, run_dir: Path) -> list[Path]:
+    """Write ``metrics.csv`` (and ``teacher_metrics.csv``, removed when the teacher was not trained)
+    into ``run_dir`` atomically; returns the files written. Same lock, same bytes."""
+    student = run_dir / "metrics.csv"
+    cols = ["epoch", "segment", *list(_COLUMNS)[1:]]
+    write_atomic(student, _csv(cols, _student_rows(lock, num_segments)))
+    teacher = run_dir / "teacher_metrics.csv"
+    epochs = lock.info("teacher").get("epochs")
+    if not epochs:  # weights from a file: nothing trained, nothing left from an earlier config
+        teacher.unlink(missing_ok=True)
+        return [student]
+    write_atomic(teacher, _csv(list(_COLUMNS), (_row(e) for e in epochs)))
+    return [student, teacher]
