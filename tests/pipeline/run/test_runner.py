@@ -10,8 +10,10 @@ independent and only pay for the stages they make stale.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from PIL import Image
 
+import maskedkd.views as views
+from maskedkd.views import render_digest
 from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -186,6 +191,28 @@ def test_changing_one_input_makes_exactly_its_dependents_stale(base, tmp_path, c
 
     code, steps = status_json(c.yaml, capsys)  # the unchanged config is still all fresh
     assert code == 0
+
+
+@pytest.mark.slow
+def test_an_upgrade_keeps_labels_unless_it_renders_views_differently(base, tmp_path, capsys, monkeypatch):
+    c = clone(base, tmp_path)
+    render_digest.cache_clear()
+    try:
+        # new versions of every library, same rendering: nothing is stale
+        monkeypatch.setattr(importlib.metadata, "version", lambda dist: "99.0")
+        monkeypatch.setattr(platform, "python_version", lambda: "3.99.0")
+        code, steps = status_json(c.yaml, capsys)
+        assert code == 0 and all(s["fresh"] for s in steps.values())
+        # as if Pillow's bilinear filter (the config's interpolation) changed
+        render_digest.cache_clear()
+        monkeypatch.setitem(views._INTERPOLATIONS, "bilinear", Image.Resampling.BICUBIC)
+        code, steps = status_json(c.yaml, capsys)
+        assert code == 1 and [s for s, v in steps.items() if v["fresh"]] == ["teacher", "init"]
+        assert steps["precompute-0"]["reason"].startswith("input 'render' changed (")
+        assert "depends on precompute-0" in steps["train-0"]["reason"]
+    finally:
+        monkeypatch.undo()
+        render_digest.cache_clear()
 
 
 @pytest.mark.slow
