@@ -1,16 +1,20 @@
 """Where partitions live: paths derived from fingerprints, on any filesystem pyarrow knows.
 
 A store root is a local path or a URI ``pyarrow.fs.FileSystem.from_uri`` understands
-(``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...). Layout under the root::
+(``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...). Layout under the root, Hive-style::
 
-    <teacher[:12]>/<shard>/e<view_epoch:04d>-v<view[:8]>-<digest[:16]>.parquet
+    teacher=<teacher[:12]>/shard=<shard>/epoch=<view_epoch>/v<view[:8]>-<digest[:16]>.parquet
 
 ``digest`` is the sha256 of the shard name, view epoch and *all* fingerprints, so identical
 inputs give the same path and any other teacher, shard, view, mask or label spec gives another.
-The prefixes only make a store skimmable and let precompute find the partitions of the same
-(teacher, shard, view epoch, view spec) with one directory listing. Temporary files of writes in
-progress (or killed) start with ``.tmp-`` (:mod:`pipeline._atomic`); only
-:func:`list_temp_files` lists them.
+The ``key=value`` directories make a store skimmable, let precompute find the partitions of the
+same (teacher, shard, view epoch, view spec) with one directory listing, and let any Hive-aware
+reader glob a store with ``teacher``, ``shard`` and ``epoch`` (the view epoch) as columns, e.g.
+DuckDB's ``read_parquet('<store>/**/*.parquet', hive_partitioning = true)``. Those three names
+are not column names of a partition (:data:`HIVE_KEYS`; the writer refuses them as view columns),
+because DuckDB and Polars silently let a Hive value replace a stored column of the same name.
+Temporary files of writes in progress (or killed) start with ``.tmp-`` (:mod:`pipeline._atomic`);
+only :func:`list_temp_files` lists them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ REQUIRED_FINGERPRINTS = ("teacher", "shard", "view", "mask", "label")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".parquet"
+# The Hive partition keys of the path, outermost first (see the module docstring).
+HIVE_KEYS = ("teacher", "shard", "epoch")
 
 
 def is_uri(path: str) -> bool:
@@ -113,7 +119,9 @@ def _place(root: str, shard: str, view_epoch: int, fingerprints: Mapping[str, st
     for name in REQUIRED_FINGERPRINTS:
         if not isinstance(fingerprints.get(name), str) or not _HEX.match(fingerprints[name]):
             raise ConfigError(f"fingerprints.{name} must be a hex sha256, got {fingerprints.get(name)!r}")
-    return join(root, fingerprints["teacher"][:12], shard), f"e{view_epoch:04d}-v{fingerprints['view'][:8]}-"
+    # epoch unpadded: DuckDB reads a zero-padded value as a string, an unpadded one as an integer
+    values = (fingerprints["teacher"][:12], shard, str(view_epoch))
+    return join(root, *(f"{k}={v}" for k, v in zip(HIVE_KEYS, values))), f"v{fingerprints['view'][:8]}-"
 
 
 def _is_partition(name: str) -> bool:

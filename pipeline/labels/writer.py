@@ -188,8 +188,11 @@ def encode(table: pa.Table) -> pa.Buffer:
     everywhere; page checksums so a flipped byte in column data fails the read; no statistics
     (nothing filters on them, and they are bytes a flip could corrupt silently).
     Per column: dictionary where values repeat (label, class indices, integer/bool view
-    columns), byte-stream-split for floats (separates the predictable sign/exponent bytes from
-    the noisy mantissa bytes, ~25% smaller under zstd), delta strings for keys (shared prefixes).
+    columns), byte-stream-split for float32/float64 (separates the predictable sign/exponent
+    bytes from the noisy mantissa bytes, ~25% smaller under zstd), plain for float16, delta
+    strings for keys (shared prefixes). Every encoding here is one that pyarrow, pandas, DuckDB
+    and Polars all decode: DuckDB rejects byte-stream-split on float16 (FIXED_LEN_BYTE_ARRAY),
+    which costs ~3.5 bytes/row on top-10 log-probs (BENCHMARKS.md, bench store).
     """
     dictionary, encoding = [], {"key": "DELTA_BYTE_ARRAY"}
     for field in table.schema:
@@ -199,8 +202,10 @@ def encode(table: pa.Table) -> pa.Buffer:
         column = f"{field.name}.list.element" if pa.types.is_fixed_size_list(field.type) else field.name
         if pa.types.is_integer(leaf) or pa.types.is_boolean(leaf):
             dictionary.append(column)
-        elif pa.types.is_floating(leaf):
+        elif pa.types.is_floating(leaf) and not pa.types.is_float16(leaf):
             encoding[column] = "BYTE_STREAM_SPLIT"
+        elif pa.types.is_floating(leaf):
+            encoding[column] = "PLAIN"
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     groups = -(-table.num_rows * row_bytes // ROW_GROUP_BYTES) or 1
     # The record goes into the footer's key-value metadata only: left in the Arrow schema it
@@ -280,7 +285,7 @@ def _fixed_list(a: np.ndarray) -> pa.FixedSizeListArray:
 def _view_arrays(view_columns: Mapping[str, np.ndarray | pa.Array], n: int, path: str) -> dict[str, pa.Array]:
     out = {}
     for name, value in view_columns.items():
-        if not _VIEW_NAME.match(name) or name in LABEL_COLUMNS or name.startswith(LSE_PREFIX):
+        if not _VIEW_NAME.match(name) or name in LABEL_COLUMNS + paths.HIVE_KEYS or name.startswith(LSE_PREFIX):
             raise ValueError(f"{path}: view column name {name!r} is reserved or not an identifier")
         if isinstance(value, pa.ChunkedArray):
             value = value.combine_chunks()

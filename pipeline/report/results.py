@@ -227,10 +227,11 @@ def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
 
     with open_partition(partition) as part:
         b = part.read_all(columns=["keys", "label", "keep", "view", "target"])
+        shard = part.metadata["shard"]
     keys = list(b.keys)
     views = shard_views(cfg.views.view_spec(), cfg.views.seed, int(b.view["view_epoch"][0]), keys)[:rows]
     want, images = set(keys[:rows]), {}
-    for s in read_shard(Path(cfg.data.root) / f"{Path(partition).parent.name}.tar"):
+    for s in read_shard(Path(cfg.data.root) / f"{shard}.tar"):
         if s.key in want:
             images[s.key] = s.image
             if len(images) == len(want):

@@ -20,6 +20,7 @@ import click
 import torch
 
 from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
+from maskedkd.views import render_digest
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
@@ -102,9 +103,15 @@ class Runner:
                 "init": sha256_file(s.weights) if s.weights else f"seed:{s.init_seed}"}
 
     def precompute_inputs(self, segment: int, tasks: list[PartitionTask]) -> dict[str, Any]:
-        """The tasks' fingerprints, plus the readable parts of them so `status` can say what changed."""
+        """The tasks' fingerprints, plus the readable parts of them so `status` can say what changed.
+
+        ``render`` is the render digest inside the view fingerprint: when an upgrade of Pillow,
+        timm, torch, numpy or Python renders views differently, `status` says
+        ``input 'render' changed`` rather than only that the tasks did.
+        """
         t = tasks[0] if tasks else None
         return {"tasks": sha256_json([t.fingerprints for t in tasks]),
+                "render": render_digest(self.cfg.views.view_spec()),
                 "teacher": t.teacher.fingerprint if t else None,
                 "student": t.student.fingerprint if t and t.student else None,
                 "policy": self.cfg.masking.policy, "keep": self._keep_input(segment, t),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import platform
 import random
 import subprocess
 import sys
@@ -14,14 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
+import maskedkd.views as views_module
 from maskedkd.views import (
     RA_OPS,
     View,
     ViewSpec,
+    _digest_views,
     _signed_level,
     mix_target,
     render,
     render_batch,
+    render_digest,
     sample_view,
     shard_views,
     view_columns_layout,
@@ -108,17 +113,60 @@ def test_columns_round_trip_losslessly():
     assert empty["view_ra_op"].shape == (0, 2) and views_from_columns(empty) == []
 
 
-def test_spec_dict_and_fingerprint(monkeypatch):
+def test_spec_dict_and_fingerprint():
     assert ViewSpec.from_dict(FULL.to_dict()) == FULL
     assert FULL.fingerprint() == ViewSpec.from_dict(FULL.to_dict()).fingerprint()
     assert replace(FULL, reprob=0.3).fingerprint() != FULL.fingerprint()
-    before = FULL.fingerprint()
-    import maskedkd.views as views
-
-    monkeypatch.setattr(views, "render_versions", lambda: {"Pillow": "0.0"})
-    assert FULL.fingerprint() != before
     with pytest.raises(ValueError, match=r"unknown ViewSpec field\(s\) \['flip'\]"):
         ViewSpec.from_dict({"flip": 0.5})
+
+
+@pytest.fixture
+def fresh_digests():
+    """Render digests computed anew inside the test and again after it (they are cached per process)."""
+    render_digest.cache_clear()
+    yield
+    render_digest.cache_clear()
+
+
+def test_render_digest_views_cover_what_the_spec_enables():
+    views = _digest_views(FULL)
+    assert any(v.flip for v in views) and not all(v.flip for v in views)
+    assert any(v.erase != (0.0,) * 4 for v in views) and any(v.shift == (0, 0) for v in views)
+    assert any(v.partner and v.mix_box == (0.0,) * 4 for v in views)  # mixup
+    assert any(v.mix_box != (0.0,) * 4 for v in views)  # cutmix
+    ops = {op for v in views for op in v.ra_op if op >= 0}
+    assert {RA_OPS.index(n) for n in ("Rotate", "ShearX", "SolarizeIncreasing", "Equalize")} <= ops
+    plain = _digest_views(ViewSpec(hflip=0.0, shift=3))
+    assert not any(v.flip or v.partner or v.ra_op or v.erase != (0.0,) * 4 for v in plain)
+    assert any(v.shift != (0, 0) for v in plain)
+
+
+def test_an_upgrade_that_renders_the_same_keeps_the_fingerprint(monkeypatch, fresh_digests):
+    before = {spec: spec.fingerprint() for spec in (FULL, ViewSpec())}
+    render_digest.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "99.0")
+    monkeypatch.setattr(platform, "python_version", lambda: "3.99.0")
+    assert {spec: spec.fingerprint() for spec in before} == before
+
+
+def test_an_upgrade_that_renders_differently_changes_the_fingerprint(monkeypatch, fresh_digests):
+    before, plain = FULL.fingerprint(), ViewSpec().fingerprint()
+    # as if Pillow's bilinear filter changed: every spec renders with it
+    render_digest.cache_clear()
+    monkeypatch.setitem(views_module._INTERPOLATIONS, "bilinear", Image.Resampling.BICUBIC)
+    assert FULL.fingerprint() != before
+    # as if one RandAugment op changed, one that no random view of the digest draws (only its own view)
+    assert RA_OPS.index("Invert") not in {op for v in _digest_views(FULL)[:8] for op in v.ra_op}
+    render_digest.cache_clear()
+    monkeypatch.undo()
+    assert FULL.fingerprint() == before
+    render_digest.cache_clear()
+    original = views_module._apply_rand_augment
+    monkeypatch.setattr(views_module, "_apply_rand_augment",
+                        lambda img, op, *a: original(img, op, *a).point(lambda x: x // 2) if RA_OPS[op] == "Invert" else original(img, op, *a))
+    assert FULL.fingerprint() != before
+    assert ViewSpec().fingerprint() == plain  # a spec without RandAugment: unaffected
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -19,7 +19,7 @@ FPS = {name: sha256_json(name) for name in ("teacher", "student", "shard", "view
 def test_same_inputs_same_path_and_any_other_input_another():
     path = partition_path("/store", shard="train-000001", view_epoch=3, fingerprints=FPS)
     assert path == partition_path("/store", shard="train-000001", view_epoch=3, fingerprints=dict(reversed(FPS.items())))
-    assert path.startswith(f"/store/{FPS['teacher'][:12]}/train-000001/e0003-v{FPS['view'][:8]}-")
+    assert path.startswith(f"/store/teacher={FPS['teacher'][:12]}/shard=train-000001/epoch=3/v{FPS['view'][:8]}-")
     others = {partition_path("/store", shard="train-000002", view_epoch=3, fingerprints=FPS),
               partition_path("/store", shard="train-000001", view_epoch=4, fingerprints=FPS)}
     for name in FPS:
@@ -29,7 +29,7 @@ def test_same_inputs_same_path_and_any_other_input_another():
 
 def test_uri_roots_keep_their_scheme():
     path = partition_path("s3://bucket/labels/", shard="s", view_epoch=0, fingerprints=FPS)
-    assert path.startswith(f"s3://bucket/labels/{FPS['teacher'][:12]}/s/e0000-")
+    assert path.startswith(f"s3://bucket/labels/teacher={FPS['teacher'][:12]}/shard=s/epoch=0/v")
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,10 @@ def test_file_uri_store_round_trip_and_listing(write, metadata, tmp_path):
                   metadata={**metadata, "fingerprints": other_mask})
     write(path=partition_path(root, shard=metadata["shard"], view_epoch=1, fingerprints=fps), metadata={**metadata, "view_epoch": 1})
     assert list_partitions(root) == sorted(list_partitions(root)) and len(list_partitions(root)) == 3
+    other_view = {**fps, "view": sha256_json("other view")}
+    write(path=partition_path(root, shard=metadata["shard"], view_epoch=0, fingerprints=other_view),
+          metadata={**metadata, "fingerprints": other_view})
+    assert len(list_partitions(root)) == 4
     assert related_partitions(root, shard=metadata["shard"], view_epoch=0, fingerprints=fps) == sorted([path, other.path])
     assert related_partitions(root, shard="train-000009", view_epoch=0, fingerprints=fps) == []
 

@@ -116,6 +116,7 @@ def test_more_than_65536_classes_use_int32_indices(tmp_path, metadata):
         (dict(num_classes=None), "num_classes"),
         (dict(num_classes=3), "outside"),
         (dict(view_columns={"lse": np.zeros(N)}), "reserved"),
+        (dict(view_columns={"shard": np.zeros(N)}), "reserved"),  # a Hive key of the path
         (dict(view_columns={"ok": np.zeros(N - 1)}), "rows"),
     ],
 )

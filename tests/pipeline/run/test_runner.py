@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from PIL import Image
 
+import maskedkd.views as views
+from maskedkd.views import render_digest
 from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
 from pipeline.config import dump_config, load_config, set_fields
@@ -225,6 +230,28 @@ def test_overrides_are_recorded_in_the_lock_and_the_run_folder(base, tmp_path, c
 
     code, out = cli("run", str(c.yaml), "--set", "masking.kep=4", capsys=capsys)
     assert code == 2 and lock_of(c.root)["overrides"] == []
+
+
+@pytest.mark.slow
+def test_an_upgrade_keeps_labels_unless_it_renders_views_differently(base, tmp_path, capsys, monkeypatch):
+    c = clone(base, tmp_path)
+    render_digest.cache_clear()
+    try:
+        # new versions of every library, same rendering: nothing is stale
+        monkeypatch.setattr(importlib.metadata, "version", lambda dist: "99.0")
+        monkeypatch.setattr(platform, "python_version", lambda: "3.99.0")
+        code, steps = status_json(c.yaml, capsys)
+        assert code == 0 and all(s["fresh"] for s in steps.values())
+        # as if Pillow's bilinear filter (the config's interpolation) changed
+        render_digest.cache_clear()
+        monkeypatch.setitem(views._INTERPOLATIONS, "bilinear", Image.Resampling.BICUBIC)
+        code, steps = status_json(c.yaml, capsys)
+        assert code == 1 and [s for s, v in steps.items() if v["fresh"]] == ["teacher", "init"]
+        assert steps["precompute-0"]["reason"].startswith("input 'render' changed (")
+        assert "depends on precompute-0" in steps["train-0"]["reason"]
+    finally:
+        monkeypatch.undo()
+        render_digest.cache_clear()
 
 
 @pytest.mark.slow
