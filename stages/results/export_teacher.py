@@ -36,6 +36,7 @@ def export(stages: str) -> Path:
     OUT.mkdir(exist_ok=True)
     path = OUT / f"{cfg.name}.safetensors"
     save_file(sd, str(path))
+    path.chmod(0o644)  # safetensors writes 0600; the file is meant to be committed and shared
     info = lock.info("teacher")
     doc = {
         "model": t.model, "kwargs": t.kwargs, "config": str(Path(stages)), "recipe": t.train.model_dump(mode="json"),
