@@ -1,1 +1,0 @@
-"""Datasets as WebDataset shards: import, manifests, the safe streaming reader, verification."""
