@@ -110,8 +110,8 @@ def fidelity_curve(
         student, student_images: the student and its own rendering of the views, for policies
             that read saliency.
         batch_size: views per forward.
-        autocast: a context-manager factory for the forwards (e.g. bf16 on CUDA); logits are
-            compared in float32.
+        autocast: a reusable context manager entered around each teacher forward (e.g.
+            ``torch.autocast('cuda', torch.bfloat16)``); logits are compared in float32.
 
     Returns:
         One :class:`Rung` per keep, in the order given. The unmasked forward runs once for all

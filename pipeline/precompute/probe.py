@@ -25,7 +25,7 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.data.shards import read_shard
 from pipeline.labels.contract import RenderSpec, segment_view_epochs, shard_refs
 from pipeline.precompute.spec import ModelSpec
-from pipeline.precompute.task import _autocast, load_model
+from pipeline.precompute.task import autocast_for, load_model
 from pipeline.precompute.worker import worker_device
 
 PROBE_POLICIES = ("student", "random", "student_inverse")
@@ -173,7 +173,7 @@ def run_probe(item: dict) -> dict[str, Any]:
             curve = fidelity_curve(teacher, images["teacher"], labels, t.keeps, policy, seeds=seeds,
                                    student=student if needs_saliency(policy) else None,
                                    student_images=images["student"] if needs_saliency(policy) else None,
-                                   batch_size=t.batch_size, autocast=_autocast(t.device, t.precision))
+                                   batch_size=t.batch_size, autocast=autocast_for(t.device, t.precision))
         curves[policy] = [r.to_dict() for r in curve]
         masked = [r for r in curve if r.keep is not None]
         # the unmasked reference forward, then each masked rung

@@ -71,7 +71,8 @@ class _Timer:
         self.seconds[name] += time.perf_counter() - t0 - (self.seconds["render"] - rendered)
 
 
-def _autocast(device: str, precision: str):
+def autocast_for(device: str, precision: str):
+    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else a disabled one (the tasks' forwards)."""
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -133,7 +134,7 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
         if student is not None:
             images = renders.student(idx).to(t.device)
             forwards += len(idx)
-        with torch.inference_mode(), _autocast(t.device, t.precision):
+        with torch.inference_mode(), autocast_for(t.device, t.precision):
             kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
                                 student=student, images=images)
         rows = keep[idx]
@@ -261,7 +262,7 @@ def run_partition(item: dict) -> dict:
             idx = compute[start:start + t.batch_size]
             images = renders.teacher(idx).to(t.device)
             kidx = _kept(keep[idx], t.keep)
-            with torch.inference_mode(), _autocast(t.device, t.precision):
+            with torch.inference_mode(), autocast_for(t.device, t.precision):
                 logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
 
         target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
@@ -335,7 +336,7 @@ def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row)
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
     images = renders.teacher(rows).to(t.device)
     kidx = _kept(keep[rows], t.keep)
-    with torch.inference_mode(), _autocast(t.device, t.precision):
+    with torch.inference_mode(), autocast_for(t.device, t.precision):
         fresh = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
     kls = []
     for c, cand in enumerate(cands):
