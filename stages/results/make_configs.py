@@ -1,20 +1,30 @@
-"""Writes the row configs of RESULTS.md (issue 7). The YAML files are the committed truth;
-this script only keeps them consistent. Run: python stages/results/make_configs.py"""
+"""Writes the row configs of RESULTS.md (results v2, issue 13). The YAML files are the committed
+truth; this script only keeps them consistent. Run: python stages/results/make_configs.py"""
 from pathlib import Path
 
-TEACHER = "store/teachers/vit_tiny_patch16_224-579e6b92846bfd3d.pth"  # written by stages/results/teacher.yaml
+TEACHERS = {  # committed weights (stages/results/teachers/*.json: config, recipe, sha256)
+    "plain": "stages/results/teachers/results-v2-teacher.safetensors",
+    "robust": "stages/results/teachers/results-v2-teacher-robust.safetensors",
+}
+TEACHER_TEXT = {
+    "plain": "the plain teacher (trained on whole token sequences; test top-1 0.8873)",
+    "robust": "the mask-robust teacher (timm patch_drop_rate 0.5 while training; test top-1 0.8882)",
+}
+LR = "2.0e-3"  # from the CE-only sweep (rows sweep-lr*-s0 and ce-s0); see RESULTS.md
 
 BASE = """# Row: {row}
 #
-# Run:      mkd-pipeline run stages/results/teacher.yaml --until teacher   (once: trains the shared teacher)
-#           mkd-pipeline run stages/results/{name}.yaml
-# Hardware: CPU (2 cores); 4-12 minutes per run with OMP_NUM_THREADS=1, two runs at a time (run_all.sh).
-# Prints:   per-epoch student test top-1 (all 10,000 test images){prints}; runs/results-{name}/report.md.
+# Run:      mkd-pipeline run stages/results/{name}.yaml
+#           (the teachers are committed weights: stages/results/teachers/, nothing to train first)
+# Hardware: CPU (2 cores); about 4-6 minutes per run with OMP_NUM_THREADS=1, two runs at a time
+#           (stages/results/run_all.sh runs every row).
+# Prints:   per-milestone student test top-1 (all 10,000 test images){prints};
+#           runs/results-{name}/report.md.
 # Table:    mkd-pipeline report --results stages/results/*.yaml --out RESULTS.md
 #
 # Sizes (identical in every row): student ViT dim 48 / depth 3 / 3 heads, 4x4 patches on 28x28 (49
-# patches), trained 3 epochs on all 60,000 training images, batch 128; teacher ViT dim 96 / depth 4
-# trained by stages/results/teacher.yaml on the same 60,000 images and loaded from its file.
+# patches), trained 8 epochs on the first 20,000 training images (milestones at epochs 0, 1, 2, 4,
+# 6), batch 128; teacher ViT dim 96 / depth 4 trained on all 60,000 training images: {teacher_text}.
 
 name: results-{name}
 
@@ -26,6 +36,7 @@ data:
   mean: [0.2860]
   std: [0.3530]
   interpolation: bilinear
+  subset: 20000
 
 teacher:
   model: vit_tiny_patch16_224
@@ -38,25 +49,25 @@ student:
   init_seed: {seed}
 
 schedule:
-  epochs: 3
-  every: {every}
+  epochs: 8
+  milestones: [0, 1, 2, 4, 6]
   lag: 0
 
 masking:
   policy: {policy}
-  keep: {keep}
-  tolerance: {tol}
+  keep: {keep}{budget}
+  tolerance: 0
   spot_check: 64
 
 views:
-  seed: 0
-  pool: {pool}
+  seed: {seed}
+  pool: epochs
   scale: [0.6, 1.0]
   ratio: [0.75, 1.3333333]
   hflip: 0.5
 
 labels:
-  store: {store}
+  store: store
   topk: 10
   dtype: float16
   temperatures: [1.0]
@@ -86,50 +97,38 @@ train:
   smoothing: 0.0
   seed: {seed}
   num_workers: 0
-  eval_every: 3
+  eval_every: 2
 
-online: {online}
+online: false
 """
 
 ROWS = []
 
 
-def row(name, row, *, policy="student", keep=25, kd="kl", online="false", every=2, tol=0, lr="2.0e-3", seeds=(0,),
-        pool="epochs", store="store"):
+def row(name, row, *, teacher="plain", policy="student", keep="25", budget=None, kd="kl", lr=LR, seeds=(0,)):
     for s in seeds:
         n = f"{name}-s{s}"
-        prints = "" if online == "true" or kd == "off" else ", teacher top-1 on its masked views per milestone"
-        if online == "true":
-            prints += ", teacher forwards in the loop"
-        ROWS.append((n, BASE.format(row=row, name=n, prints=prints, teacher=TEACHER, seed=s, every=every,
-                                    policy=policy, keep=keep, tol=tol, lr=lr, kd=kd, online=online,
-                                    pool=pool, store=store)))
+        prints = "" if kd == "off" else ", teacher top-1 on its masked views per milestone"
+        if budget:
+            prints += ", the keep chosen per milestone and its spot-check curve"
+        b = f"\n  budget: {budget}" if budget else ""
+        ROWS.append((n, BASE.format(row=row, name=n, prints=prints, teacher=TEACHERS[teacher],
+                                    teacher_text=TEACHER_TEXT[teacher], seed=s, policy=policy, keep=keep,
+                                    budget=b, lr=lr, kd=kd)))
 
 
 S3 = (0, 1, 2)
-row("ce", "CE only", policy="none", keep=49, kd="off", seeds=S3)
-row("online-full", "online full-teacher KD", policy="none", keep=49, online="true", seeds=S3)
-row("online-mkd50", "online MaskedKD 50%", online="true", seeds=S3)
-row("offline-full", "offline full teacher", policy="none", keep=49, seeds=(0, 1))
-row("offline-mkd75", "offline MaskedKD 75%", keep=37)
-row("offline-mkd50", "offline MaskedKD 50%", seeds=S3)
-row("offline-mkd25", "offline MaskedKD 25%", keep=12)
-row("offline-random50", "offline random 50%", policy="random", seeds=(0, 1))
-row("offline-inverse50", "offline inverse 50%", policy="student_inverse")
-row("spacing1", "milestone spacing 1 epoch (offline MaskedKD 50%)", every=1)
-row("spacing5", "milestone spacing 5 epochs (offline MaskedKD 50%; in 3 epochs: the c0 masks only)", every=5)
-row("tol4", "reuse tolerance 4 (offline MaskedKD 50%)", tol=4)
-# Tolerance only has something to reuse when views repeat (views.pool: 2 -> segments 1 and 2 revisit
-# the views labelled at milestone 0) and when no other run's labels are in the store: own stores.
-row("pool2-tol0", "reuse tolerance 0, view pool 2, own store", pool=2, store="runs/stores/pool2-tol0")
-row("pool2-tol4", "reuse tolerance 4, view pool 2, own store", pool=2, store="runs/stores/pool2-tol4", tol=4)
-# Not a row of the issue: isolates the first milestone. c0 is a randomly initialised student, so
-# segment 0's masks carry no knowledge; here the teacher sees every patch in the first epoch and
-# MaskedKD 50% masks from c1 and c2 afterwards (milestones every epoch).
-row("warm1-mkd50", "offline MaskedKD 50% after one full-teacher epoch (keep 49, 25, 25)", every=1,
-    keep="null\n  per_milestone: [49, 25, 25]")
-for lr in ("1.0e-3", "3.0e-3", "5.0e-3"):
-    row(f"sweep-lr{lr[0]}e-3", f"sweep: offline MaskedKD 50%, lr {lr}", lr=lr)
+row("ce", "CE only", policy="none", keep="null", kd="off", seeds=S3)
+for lr in ("1.0e-3", "4.0e-3", "8.0e-3"):
+    row(f"sweep-lr{lr[0]}e-3", f"CE-only lr sweep: lr {lr}", policy="none", keep="null", kd="off", lr=lr)
+for t in ("plain", "robust"):
+    row(f"{t}-full", f"{t} teacher: offline full-teacher KD", teacher=t, policy="none", keep="null", seeds=S3)
+    row(f"{t}-mkd50", f"{t} teacher: offline MaskedKD 50%", teacher=t, seeds=S3)
+    row(f"{t}-random50", f"{t} teacher: offline random 50%", teacher=t, policy="random")
+    row(f"{t}-auto95", f"{t} teacher: offline auto keep, agreement 0.95", teacher=t, keep="auto",
+        budget="{agreement: 0.95}", seeds=S3)
+    row(f"{t}-auto90", f"{t} teacher: offline auto keep, agreement 0.90", teacher=t, keep="auto",
+        budget="{agreement: 0.90}")
 
 if __name__ == "__main__":
     here = Path(__file__).parent
