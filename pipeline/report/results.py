@@ -1,18 +1,19 @@
-"""``mkd-pipeline report --results CONFIGS... --out RESULTS.md``: the results table of issue 7.
+"""``mkd-pipeline report --results CONFIGS... --out RESULTS.md``: the results table (issue 13, v2).
 
-Every number in the output comes from the runs' lock files (``runs/<name>/run.lock.json``) and
-their logs; nothing is typed in by hand. A config's *row* is the text after ``# Row:`` in its
-opening comment (default: the file name without a trailing ``-s<seed>``); configs of the same row
-are its seeds. A config with a ``teacher.train`` block and no ``# Row:`` line is the shared
-teacher's config (reported with its training epochs and time). A config whose run has not
-finished is listed as "not run" with its command.
+Every number in the output comes from the runs' lock files (``runs/<name>/run.lock.json``), their
+logs, the committed teachers' metadata (the ``.json`` beside each ``teacher.weights`` file) and
+the probe curves ``stages/results/run_all.sh`` writes (``runs/probes/<teacher>-m<I>.json``);
+nothing is typed in by hand. A config's *row* is the text after ``# Row:`` in its opening comment
+(default: the file name without a trailing ``-s<seed>``); configs of the same row are its seeds.
+A config with a ``teacher.train`` block and no ``# Row:`` line trained a teacher; it is not a row.
+A config whose run has not finished is listed as "not run" with its command.
 
 Per run it reads: the final student test top-1 (``val_top1`` of the last epoch of the last
-``train-i`` stage), teacher MACs spent (precompute ``teacher_macs`` plus online ``teacher_macs``),
-teacher forwards avoided by reuse (precompute ``rows - rows_computed``), wall time (the sum of the
-stages' ``seconds``), the teacher's top-1 on its masked views per milestone (precompute
-``teacher_top1_masked``), and, from ``runs/logs/<config stem>.log`` when present, the load
-average written there by ``stages/results/run_all.sh``.
+``train-i`` stage), teacher MACs spent (precompute ``teacher_macs``, which includes the auto-keep
+spot-checks, plus online ``teacher_macs``), the keep used per milestone and, with ``keep: auto``,
+the spot-check curve it was chosen from, teacher forwards avoided by reuse, wall time (the sum of
+the stages' ``seconds``), the teacher's top-1 on its masked views per milestone, and, from
+``runs/logs/<config stem>.log`` when present, the load average written there by ``run_all.sh``.
 """
 
 from __future__ import annotations
@@ -27,20 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from pipeline._atomic import write_atomic
 from pipeline.data.manifest import load_manifest
-from pipeline.data.shards import read_shard
 
 __all__ = ["RunResult", "collect_run", "render_results", "report_cmd"]
 
-# The issue's order; rows not listed here follow alphabetically.
-ROW_ORDER = [
-    "CE only", "online full-teacher KD", "online MaskedKD 50%", "offline full teacher",
-    "offline MaskedKD 75%", "offline MaskedKD 50%", "offline MaskedKD 25%", "offline random 50%",
-    "offline inverse 50%",
-]
+# Rows in this order (a teacher's rows together); rows not listed here follow alphabetically.
+ROW_ORDER = ["CE only"] + [f"{t} teacher: offline {r}" for t in ("plain", "robust") for r in (
+    "full-teacher KD", "MaskedKD 50%", "random 50%", "auto keep, agreement 0.95", "auto keep, agreement 0.90")]
 
 
 @dataclass
@@ -75,9 +71,12 @@ class RunResult:
     epoch_top1: list[tuple[int, float]] = field(default_factory=list)  # (epoch, student test top-1)
     spot_kl: list[float] = field(default_factory=list)  # mean KL of tolerance reuse vs a fresh forward, per milestone
     reused_tolerance: int = 0
-    content: list[dict[str, float]] = field(default_factory=list)  # per milestone: what the kept patches hold
+    used_keeps: list[int] = field(default_factory=list)  # keep per milestone as labelled (auto: as chosen)
+    auto: list[dict[str, Any]] = field(default_factory=list)  # keep: auto, per milestone: budget, curve, samples, MACs
     load: list[float] = field(default_factory=list)  # 1-minute load averages from the run log
     teacher_train: dict[str, Any] | None = None
+    teacher_file: dict[str, Any] | None = None  # the committed teacher's metadata (the .json beside its weights)
+    num_patches: int = 0
     sizes: str = ""
 
     @property
@@ -86,12 +85,17 @@ class RunResult:
 
     @property
     def keep_label(self) -> str:
-        """``25``, or ``49→25→25`` when the keep changes between milestones."""
-        return "→".join(map(str, self.keeps)) if len(set(self.keeps)) > 1 else str(self.keep)
+        """``25``, ``all``, or ``37→37→25→25→25`` when the keep changes between milestones."""
+        ks = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
+        if not ks:
+            return "-"
+        show = ["all" if k == self.num_patches else str(k) for k in ks]
+        return "→".join(show) if len(set(show)) > 1 else show[0]
 
-    def keep_of(self, j: int) -> int | None:
-        """The keep of the ``j``-th milestone."""
-        return self.keeps[j] if j < len(self.keeps) else self.keep
+    @property
+    def spot_macs(self) -> int:
+        """Teacher MACs of the auto-keep spot-checks (part of ``teacher_macs``)."""
+        return sum(int(a.get("teacher_macs") or 0) for a in self.auto)
 
 
 def _row_comment(path: Path) -> str | None:
@@ -161,7 +165,8 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         kd=cfg.train.kd, policy=cfg.masking.policy, keep=cfg.keep_for_segment(0),
         every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
-        keeps=[cfg.keep_for_segment(i) for i in range(len(segs))],
+        keeps=[] if cfg.masking.auto else [cfg.keep_for_segment(i) for i in range(len(segs))],
+        num_patches=cfg.num_patches,
     )
     def _desc(m) -> str:
         k = m.kwargs
@@ -172,6 +177,9 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
                f"{n_train} training images, batch {cfg.train.batch_size}; test top-1 on "
                + (f"the first {n_val}" if cfg.data.val_subset else f"all {n_val}") + " test images")
     r.load = _loads((logs or Path("runs/logs")) / f"{path.stem}.log")
+    weights = cfg.teacher.weights
+    if weights is not None and Path(weights).with_suffix(".json").is_file():
+        r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=Path(weights).as_posix())
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():
         return r
@@ -205,62 +213,11 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         r.seconds += float(pre.get("seconds") or 0) + float(tr.get("seconds") or 0)
         if pre.get("teacher_top1_masked") is not None:
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
-        parts = stages.get(f"precompute-{i}", {}).get("partitions") or []
-        if parts and Path(parts[0]["path"]).is_file():
-            r.content.append(kept_content(cfg, parts[0]["path"]))
+        if pre.get("keep") is not None:
+            r.used_keeps.append(int(pre["keep"]))
+        if pre.get("auto"):
+            r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
     return r
-
-
-def kept_content(cfg, partition: str, rows: int = 400) -> dict[str, float]:
-    """What the kept patches of the first ``rows`` rows of a label partition hold, against all patches.
-
-    The views are re-derived (they are a pure function of seed, key and view epoch) and rendered
-    in raw pixel units (0..1) at the teacher's size; per patch: mean intensity, whether it is
-    empty (mean < 0.02), and the pixel std inside it (edges / texture).
-    """
-    # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
-    import torch
-    import torch.nn.functional as F
-
-    from maskedkd.views import render, shard_views
-    from pipeline.labels.reader import open_partition
-
-    with open_partition(partition) as part:
-        b = part.read_all(columns=["keys", "label", "keep", "view", "target"])
-        shard = part.metadata["shard"]
-    keys = list(b.keys)
-    views = shard_views(cfg.views.view_spec(), cfg.views.seed, int(b.view["view_epoch"][0]), keys)[:rows]
-    want, images = set(keys[:rows]), {}
-    for s in read_shard(Path(cfg.data.root) / f"{shard}.tar"):
-        if s.key in want:
-            images[s.key] = s.image
-            if len(images) == len(want):
-                break
-    info = cfg.teacher.info()
-    ps = info.img_size[0] // info.grid_size[0]
-    x = torch.stack([render(images[k], v, tuple(info.img_size), mean=[0.0] * len(cfg.data.mean),
-                            std=[1.0] * len(cfg.data.mean), interpolation=cfg.data.interpolation)
-                     for k, v in zip(keys[:rows], views)]).mean(1, keepdim=True)
-    mean = F.avg_pool2d(x, ps).flatten(1)
-    std = (F.avg_pool2d(x * x, ps).flatten(1) - mean * mean).clamp_min(0).sqrt()
-    keep = b.keep[:rows].bool()
-    empty = mean < 0.02
-    k = int(keep[0].sum())
-    freq = keep.float().mean(0)  # how often each patch position is kept
-    share = float(keep[:, freq.topk(k).indices].float().sum() / keep.float().sum())
-    g = keep.view(-1, 1, *info.grid_size).float()
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-    kept_nb = F.conv2d(g, kernel, padding=1)  # kept 4-neighbours of each patch
-    all_nb = F.conv2d(torch.ones_like(g[:1]), kernel, padding=1)  # 4-neighbours inside the grid
-    clump = float((kept_nb * g).sum() / (all_nb * g).sum())
-    t = b.target
-    top_p = t.log_probs(t.tau)[0].max(-1).values
-    wrong = t.top_class() != b.label
-    conf_wrong = float(top_p.exp()[wrong].mean()) if bool(wrong.any()) else float("nan")
-    return {"fixed_share": share, "clump": clump, "teacher_conf": float(top_p.exp().mean()), "teacher_conf_wrong": conf_wrong, "freq": [float(v) for v in freq], "grid": list(info.grid_size),
-            "kept_empty": float(empty[keep].float().mean()), "all_empty": float(empty.float().mean()),
-            "kept_mean": float(mean[keep].mean()), "all_mean": float(mean.mean()),
-            "kept_std": float(std[keep].mean()), "all_std": float(std.mean())}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -337,47 +294,94 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
     return True
 
 
-def _keepmap(path: Path, runs: list[RunResult]) -> None:
-    # lazy: `mkd-pipeline --help` imports this module; matplotlib.pyplot would add 0.4 s
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = max(len(r.content) for r in runs)
-    fig, axes = plt.subplots(len(runs), cols, figsize=(2.0 * cols + 1.8, 2.0 * len(runs) + 0.3), dpi=100, squeeze=False)
-    for i, r in enumerate(runs):
-        for j in range(cols):
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= len(r.content):
-                ax.axis("off")
-                continue
-            c = r.content[j]
-            im = ax.imshow(np.array(c["freq"]).reshape(c["grid"]), vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(f"{r.policy} k{r.keep_of(j)} s{r.seed} @{r.masked_top1[j][0]}", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="fraction of rows keeping the patch")
-    write_atomic(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
-
-
 def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
     """Table cells of ``(x, value)`` points under ``columns`` (percent; ``-`` where a run has no such x)."""
     got = dict(points)
     return " | ".join(_pct(got[x]) if x in got else "-" for x in columns)
 
 
-def render_results(runs: list[RunResult], out: Path, notes: str | None = None, notes_path: str | None = None) -> str:
-    """The markdown of RESULTS.md (and the curriculum PNG beside ``out``)."""
-    teachers = [r for r in runs if r.teacher_train is not None or (r.row == r.config.stem == "teacher")]
-    students = [r for r in runs if r not in teachers]
+def _teachers_section(students: list[RunResult]) -> list[str]:
+    """The committed teachers the rows load, from the metadata beside their weights."""
+    files: dict[str, dict[str, Any]] = {}
+    evaluated: dict[str, set[float]] = {}
+    for r in students:
+        if r.teacher_file is not None and r.kd != "off":
+            files.setdefault(r.teacher_file["weights"], r.teacher_file)
+            if r.teacher_top1 is not None:
+                evaluated.setdefault(r.teacher_file["weights"], set()).add(r.teacher_top1)
+    if not files:
+        return []
+    lines = ["## Teachers", "",
+             "Committed weights (trained once, loaded by every row; retrain with the config named, then "
+             "`python stages/results/export_teacher.py CONFIG`). Test top-1 on all test images.", "",
+             "| weights | trained by | epochs | patch_drop_rate | test top-1 % (at export) | as the rows evaluated it | train min | sha256 |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for w, f in sorted(files.items()):
+        rec = f.get("recipe") or {}
+        seen = ", ".join(_pct(v) for v in sorted(evaluated.get(w, ()))) or "-"
+        lines.append(f"| `{w}` | `{f.get('config', '?')}` | {f.get('epochs', '?')} | {rec.get('patch_drop_rate', 0.0)} | "
+                     f"{_pct(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | `{str(f.get('sha256', ''))[:16]}…` |")
+    return lines + [""]
+
+
+def _target(rows: dict[str, list[RunResult]], row: str, full: str, max_ratio: float, what: str) -> str | None:
+    """One target line: ``row`` within twice full-KD's seed std of ``full`` at <= ``max_ratio`` of its MACs."""
+    ra = [r for r in rows.get(row, []) if r.finished]
+    rb = [r for r in rows.get(full, []) if r.finished]
+    if not ra or not rb:
+        return f"- {what}: **not measured** (rows not run: {row if not ra else full})."
+    ma, _ = _mean_std([r.top1 for r in ra])
+    mb, sb = _mean_std([r.top1 for r in rb])
+    ratio = statistics.fmean(r.teacher_macs / r.full_macs for r in ra if r.full_macs)
+    diff = 100 * (ma - mb)
+    if sb is None:
+        return f"- {what}: {diff:+.2f} points at {ratio:.2f}x MACs; **not decidable** (full-teacher KD has 1 seed, no std)."
+    acc_ok = diff >= -2 * 100 * sb
+    cost_ok = ratio <= max_ratio
+    verdict = "**met**" if acc_ok and cost_ok else "**missed**"
+    why = [] if acc_ok else [f"accuracy {-diff:.2f} points below full-teacher KD, more than twice its seed std ({2 * 100 * sb:.2f})"]
+    why += [] if cost_ok else [f"teacher MACs {ratio:.2f}x of full-teacher KD, above {max_ratio:g}x"]
+    return (f"- {what}: {verdict}. **{row}** − **{full}** = {diff:+.2f} points (n={len(ra)} vs {len(rb)}; twice full-KD's "
+            f"seed std = {2 * 100 * sb:.2f}) at {ratio:.2f}x its teacher MACs (spot-checks included)"
+            + (f"; missed on: {'; '.join(why)}." if why else "."))
+
+
+def _probe_section(out: Path, probes: Path | None) -> list[str]:
+    """The probe curves (``mkd-pipeline probe --json``) written by run_all.sh: a table and a plot each."""
+    from pipeline.report.fidelity import curve_table, plot_curves
+
+    files = sorted(probes.glob("*.json")) if probes is not None and probes.is_dir() else []
+    found = []
+    for f in files:
+        try:
+            found.append((f, json.loads(f.read_text())))
+        except (OSError, ValueError):
+            continue
+    lines = ["## Probe: what each mask costs the teacher, at the first and the last milestone", ""]
+    if not found:
+        return lines + ["not run (time): `stages/results/run_all.sh` writes the probes after the rows."]
+    lines += ["`mkd-pipeline probe stages/results/<teacher>-mkd50-s0.yaml --milestone I --samples 1000` (masks from that "
+              "row's checkpoint c_I on a seeded sample of segment I's views): the masked teacher's top-1, its top-1 agreement "
+              "with the unmasked teacher and the mean KL(unmasked ‖ masked), per policy and keep.", ""]
+    for f, res in found:
+        png = out.with_name(f"results_probe_{f.stem}.png")
+        n = int(res["num_patches"])
+        plot_curves(png, res["curves"], n, f"{f.stem}: masks from {res['source']}, {res['samples']} views")
+        lines += [f"### {f.stem} (masks from {res['source']}, {res['samples']} views; unmasked teacher top-1 "
+                  f"{res['unmasked_top1']:.4f})", "", f"![probe {f.stem}]({png.name})", "", *curve_table(res["curves"], n), ""]
+    return lines
+
+
+def render_results(runs: list[RunResult], out: Path, notes: str | None = None, notes_path: str | None = None,
+                   probes: Path | None = None) -> str:
+    """The markdown of RESULTS.md (and its PNGs beside ``out``)."""
+    students = [r for r in runs if r.teacher_train is None]
     rows: dict[str, list[RunResult]] = {}
     for r in students:
         rows.setdefault(r.row, []).append(r)
     order = sorted(rows, key=_row_key)
     finished = [r for r in students if r.finished]
-    lines = ["# Results: offline MaskedKD on Fashion-MNIST (issue 7)", "",
+    lines = ["# Results v2: fidelity-guarded MaskedKD on Fashion-MNIST (issue 13)", "",
              "Generated by `mkd-pipeline report --results " + " ".join(sorted({str(r.config.parent.as_posix()) + "/*.yaml" for r in runs}))
              + f" --out {out.as_posix()}" + (f" --notes {notes_path}" if notes_path else "")
              + "` from the runs' lock files and logs; do not edit by hand. Run every row first with "
@@ -391,138 +395,127 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
               f"may have been shared, so wall times are noisy. `uptime` when this file was generated: `{uptime}`."
               + (f" 1-minute load average around the runs (from the run logs): min {min(loads):.2f}, "
                  f"max {max(loads):.2f}, mean {statistics.fmean(loads):.2f}." if loads else ""), ""]
-    for t in teachers:
-        info = t.teacher_train or {}
-        ep = info.get("epochs") or []
-        accs = ", ".join(_pct(e.get("val_top1")) for e in ep)
-        lines += ["## The shared teacher", "",
-                  f"`{t.command} --until teacher`: " + (
-                      f"test top-1 {_pct(info.get('top1'))} after {len(ep)} epochs (per epoch: {accs}), "
-                      f"trained in {info.get('seconds', 0) / 60:.1f} min. Every row loads this file."
-                      if t.finished else "not run yet."), ""]
-    t1 = next((r.teacher_top1 for r in finished if r.teacher_top1 is not None), None)
-    if t1 is not None:
-        lines += [f"Teacher test top-1 as evaluated by the rows (same test subset): {_pct(t1)}.", ""]
     if finished:
         sizes = sorted({r.sizes for r in finished})
         lines += ([f"Sizes (every row): {sizes[0]}. Every other setting is in the configs.", ""] if len(sizes) == 1 else
                   ["Sizes differ between rows:"] + [f"- {x}" for x in sizes] + [""])
+    lines += _teachers_section(students)
+    # the lr sweep: CE-only, seed 0, one row per lr
+    sweep = sorted((r for r in students if r.kd == "off" and r.seed == 0), key=lambda r: r.lr)
+    if sweep:
+        chosen = {r.lr for r in students if r.kd != "off"}
+        lines += ["## Learning rate: a CE-only sweep", "",
+                  "The student trained alone (no teacher) at each learning rate, seed 0; every row uses the one marked.", "",
+                  "| lr | top-1 % | run |", "|---:|---:|---|"]
+        for r in sweep:
+            mark = " ← used" if r.lr in chosen else ""
+            lines.append(f"| {r.lr:g}{mark} | " + (_pct(r.top1) if r.finished else "not run") + f" | `{r.command}` |")
+        lines.append("")
     lines += ["## Main table", "",
-              "Student top-1 (%) on the test subset after the last epoch: mean ± sample std over seeds, with each "
-              "seed's value. Teacher GMACs: teacher compute the run spent (precompute + teacher in the loop). "
-              "Full-KD GMACs: what full-teacher KD costs on the same training samples. Avoided: teacher "
-              "forwards the store reused (rows not recomputed). Wall: sum of the stages' seconds (precompute + "
-              "train; teacher training excluded), per seed.", "",
-              "| row | top-1 % | teacher GMACs, per seed | of full-KD, per seed | forwards avoided | wall min / run | commands |",
-              "|---|---|---:|---:|---:|---:|---|"]
+              "Student top-1 (%) on the test images after the last epoch: mean ± sample std over seeds, with each "
+              "seed's value. Keep: patches the teacher saw per milestone (of " + str(max((r.num_patches for r in students), default=0))
+              + "; auto rows: as chosen, seed by seed). Teacher GMACs: teacher compute the run spent, the auto-keep spot-checks "
+              "included. Of full-KD: that against full-teacher KD on the same training samples. Avoided: teacher "
+              "forwards the store reused. Wall: sum of the stages' seconds (precompute + train), per seed.", "",
+              "| row | top-1 % | keep per milestone | teacher GMACs, per seed | of full-KD, per seed | forwards avoided | wall min / run | commands |",
+              "|---|---|---|---:|---:|---:|---:|---|"]
     for row in order:
         rs = sorted(rows[row], key=lambda r: r.seed)
         done = [r for r in rs if r.finished]
         if done:
+            keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
             macs = " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done)
             frac = " / ".join(f"{r.teacher_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done)
             avoided = " / ".join(str(r.avoided) for r in done)
             wall = " / ".join(f"{r.seconds / 60:.1f}" for r in done)
-            cells = [macs, frac, avoided, wall]
+            cells = [keeps, macs, frac, avoided, wall]
         else:
-            cells = ["-", "-", "-", "-"]
+            cells = ["-"] * 5
         cmds = "<br>".join(f"`{r.command}`" + ("" if r.finished else " (not run)") for r in rs)
         lines.append(f"| {row} | {_acc_cell(rs)} | " + " | ".join(cells) + f" | {cmds} |")
+    teacher_names = [t for t in ("plain", "robust") if any(r.startswith(f"{t} teacher:") for r in rows)]
+    lines += ["", "## Targets (computed)", ""]
+    targets = []
+    for t in teacher_names:
+        full = f"{t} teacher: offline full-teacher KD"
+        for row in order:
+            if row.startswith(f"{t} teacher: offline auto keep"):
+                targets.append(_target(rows, row, full, 0.7, f"{t} teacher, {row.split(': ', 1)[1]}: within twice the "
+                                       "seed std of full-teacher KD at <= 0.7x its teacher MACs"))
+    if "robust" in teacher_names:
+        targets.append(_target(rows, "robust teacher: offline MaskedKD 50%", "robust teacher: offline full-teacher KD", 0.55,
+                               "robust teacher, MaskedKD 50% (keep 25 of 49 patches): within twice the seed std of "
+                               "full-teacher KD at about 0.5x its MACs (<= 0.55x: the CLS token is always kept)"))
+    lines += [x for x in targets if x] or ["- nothing to compare yet."]
+    ce = rows.get("CE only", [])
+    if ce and any(r.finished for r in ce):
+        ce_m, _ = _mean_std([r.top1 for r in ce if r.finished])
+        for t in teacher_names:
+            tops = {r.teacher_top1 for r in students if r.row.startswith(f"{t} teacher:") and r.teacher_top1 is not None}
+            if tops:
+                gap = 100 * (max(tops) - ce_m)
+                lines.append(f"- KD matters ({t} teacher at least 3 points above the student trained alone): "
+                             f"{'**met**' if gap >= 3 else '**missed**'}, teacher {_pct(max(tops))} vs CE only {100 * ce_m:.2f} "
+                             f"({gap:+.2f} points).")
     lines += ["", "## Comparisons (computed)", ""]
-    pairs = [("online full-teacher KD", "CE only"), ("offline full teacher", "CE only"),
-             ("offline full teacher", "online full-teacher KD"), ("offline MaskedKD 50%", "offline full teacher"),
-             ("offline MaskedKD 50%", "online MaskedKD 50%"), ("online MaskedKD 50%", "online full-teacher KD"),
-             ("offline MaskedKD 50%", "CE only"), ("offline MaskedKD 50%", "offline random 50%"),
-             ("offline MaskedKD 50%", "offline inverse 50%"), ("offline random 50%", "offline full teacher")]
+    pairs = []
+    for t in teacher_names:
+        p = f"{t} teacher: offline "
+        pairs += [(p + "full-teacher KD", "CE only"), (p + "MaskedKD 50%", p + "full-teacher KD"),
+                  (p + "random 50%", p + "full-teacher KD"), (p + "MaskedKD 50%", p + "random 50%"),
+                  (p + "MaskedKD 50%", "CE only"), (p + "auto keep, agreement 0.95", p + "full-teacher KD"),
+                  (p + "auto keep, agreement 0.90", p + "full-teacher KD")]
+    if len(teacher_names) == 2:
+        pairs += [("robust teacher: offline " + x, "plain teacher: offline " + x) for x in ("full-teacher KD", "MaskedKD 50%")]
     got = [c for c in (_compare(rows, a, b) for a, b in pairs) if c]
     lines += got or ["- nothing to compare yet."]
+    autos = [r for r in finished if r.auto]
+    if autos:
+        ms = sorted({a["milestone"] for r in autos for a in r.auto})
+        lines += ["", "## Auto keep: what the budget chose", "",
+                  "Per milestone: the keep chosen (of all patches) and, in brackets, the spot-check's agreement with the "
+                  "unmasked teacher at that keep, from the spot-check the run recorded in its lock. Spot-check GMACs: "
+                  "the teacher compute of the spot-checks themselves (counted in the main table).", "",
+                  "| run | budget | " + " | ".join(f"milestone {m}" for m in ms) + " | spot-check GMACs | of the run's teacher GMACs |",
+                  "|---|---|" + "---:|" * len(ms) + "---:|---:|"]
+        for r in sorted(autos, key=lambda r: (_row_key(r.row), r.seed)):
+            cells = []
+            by_m = {a["milestone"]: a for a in r.auto}
+            for m in ms:
+                a = by_m.get(m)
+                if a is None:
+                    cells.append("-")
+                    continue
+                keep = a.get("keep")
+                rung = next((x for x in a["curve"] if (x["keep"] or r.num_patches) == keep), None)
+                cells.append(("all" if keep == r.num_patches else str(keep)) + (f" ({rung['agreement']:.3f})" if rung else ""))
+            lines.append(f"| {r.row}, seed {r.seed} | {r.auto[0]['budget']} | " + " | ".join(cells)
+                         + f" | {r.spot_macs / 1e9:.2f} | {r.spot_macs / r.teacher_macs:.1%} |")
+    lines += [""] + _probe_section(out, probes)
     if finished:
         ep = sorted({e for r in finished for e, _ in r.epoch_top1})
-        lines += ["", "## Student test top-1 per epoch", "",
-                  "Where a row loses its accuracy: the student's test top-1 (%) after each epoch, every finished run.", "",
+        lines += ["", "## Student test top-1 per evaluated epoch", "",
+                  "Where a row gains or loses its accuracy: the student's test top-1 (%) at each evaluation, every finished run.", "",
                   "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
         for r in sorted(finished, key=lambda r: (_row_key(r.row), r.seed)):
             lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
-    # curriculum figure: one curve per offline policy/keeps/seed with two milestones or more
-    fig_runs, seen = [], set()
-    for r in sorted(finished, key=lambda r: (r.seed, _row_key(r.row))):
-        k = (r.policy, tuple(r.keeps), r.seed)
-        if r.online or r.kd == "off" or not r.masked_top1 or k in seen:
-            continue
-        if r.row.startswith(("reuse", "sweep")) or len(r.masked_top1) < 2:  # no curve from one point
-            continue
-        seen.add(k)
-        fig_runs.append(r)
+    # curriculum figure: one curve per masked offline row, seed 0
+    fig_runs = [r for r in sorted(finished, key=lambda r: _row_key(r.row))
+                if r.seed == 0 and r.kd != "off" and not r.online and len(r.masked_top1) >= 2]
     png = out.with_name("results_curriculum.png")
-    lines += ["", "## Curriculum: the teacher's accuracy on its masked views", ""]
+    lines += ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
     milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
+    t1 = next((r.teacher_top1 for r in finished if r.teacher_top1 is not None), None)
     if _figure(png, fig_runs, t1):
         lines += [f"![curriculum]({png.name})", "",
                   "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
                   "|---|" + "---:|" * len(milestones)]
         for r in fig_runs:
             lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | {_series_cells(r.masked_top1, milestones)} |")
-        lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each policy, "
-                  "per milestone (masks from the student checkpoint at that epoch)."]
-        content = [r for r in fig_runs if r.content]
-        if content:
-            lines += ["", "What the kept patches hold (first 400 rows of the first shard per milestone, views re-rendered "
-                      "in pixel units 0..1; a patch is *empty* when its mean is below 0.02; *std* is the pixel std "
-                      "inside a patch, high on edges). All patches, for reference: "
-                      + ", ".join(f"empty {100 * c['all_empty']:.1f}%, mean {c['all_mean']:.3f}, std {c['all_std']:.3f}"
-                                  for c in content[0].content[:1]) + ".", "",
-                      "*Same positions*: the share of kept patches that lie in the `keep` positions kept most often "
-                      "(100% = every image gets the same mask whatever it shows; keep/49 for masks independent of "
-                      "position). *Kept neighbours*: the share of a kept patch's 4-neighbours that are kept too "
-                      "(about (keep-1)/48 for scattered random masks; higher = the kept patches form blobs). *Teacher "
-                      "max-prob*: the mean probability of the teacher's top class in the stored labels (all rows of "
-                      "the partition), overall and on the rows where that class is wrong.", "",
-                      "| run | milestone | same positions % | kept neighbours % | kept patches empty % | kept mean intensity "
-                      "| kept within-patch std | teacher max-prob (all rows) | teacher max-prob when wrong |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-            for r in content:
-                for (m, _), c in zip(r.masked_top1, r.content):
-                    lines.append(f"| {r.row}, seed {r.seed} | {m} | {100 * c['fixed_share']:.1f} | {100 * c['clump']:.1f} | "
-                                 f"{100 * c['kept_empty']:.1f} | "
-                                 f"{c['kept_mean']:.3f} | {c['kept_std']:.3f} | {c['teacher_conf']:.3f} | "
-                                 f"{c['teacher_conf_wrong']:.3f} |")
-            keepmap = out.with_name("results_keepmap.png")
-            _keepmap(keepmap, content)
-            lines += ["", f"![how often each patch position is kept]({keepmap.name})", "",
-                      "How often each of the 7x7 patch positions is kept, per policy and milestone (same rows)."]
+        lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each row, per milestone "
+                  "(masks from the student checkpoint at that epoch)."]
     else:
         lines += ["not run (time): needs the offline rows."]
-    # milestone spacing / tolerance
-    lines += ["", "## Milestone spacing and reuse tolerance (offline MaskedKD 50%)", "",
-              "| run | milestones | view pool | tolerance | top-1 % | teacher forwards | avoided by reuse | of which under tolerance | "
-              "spot-check KL (mean over milestones) | teacher GMACs | wall min |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(students, key=lambda r: (_row_key(r.row), r.seed)):
-        if r.online or r.kd == "off" or r.policy != "student" or r.keep != 25 or r.seed != 0 or r.row.startswith("sweep"):
-            continue
-        if r.finished:
-            kl = f"{statistics.fmean(r.spot_kl):.2e}" if r.spot_kl else "-"
-            lines.append(f"| {r.name} | {r.every} | {r.pool} | {r.tolerance} | {_pct(r.top1)} | {r.teacher_forwards} | {r.avoided} | "
-                         f"{r.reused_tolerance} | {kl} | {r.teacher_macs / 1e9:.1f} | {r.seconds / 60:.1f} |")
-        else:
-            lines.append(f"| {r.name} | {r.every} | {r.pool} | {r.tolerance} | not run (time): `{r.command}` | | | | | | |")
-    # sweep
-    sweep = [r for r in students if r.row.startswith("sweep")]
-    base = [r for r in rows.get("offline MaskedKD 50%", []) if r.seed == 0]
-    lines += ["", "## A 4-run learning-rate sweep sharing one label store", ""]
-    members = sorted(base + sweep, key=lambda r: r.lr)
-    if members:
-        lines += ["| run | lr | top-1 % | teacher forwards | avoided by reuse | teacher GMACs |", "|---|---:|---:|---:|---:|---:|"]
-        for r in members:
-            lines.append(f"| {r.name} | {r.lr:g} | " + (
-                f"{_pct(r.top1)} | {r.teacher_forwards} | {r.avoided} | {r.teacher_macs / 1e9:.1f} |" if r.finished
-                else f"not run (time): `{r.command}` | | | |"))
-        done = [r for r in members if r.finished]
-        if len(done) == len(members):
-            spent = sum(r.teacher_macs for r in done)
-            online = sum(r.full_macs for r in done)
-            lines += ["", f"The sweep spent {spent / 1e9:.1f} teacher GMACs; 4 independent online full-teacher runs spend "
-                          f"{online / 1e9:.1f} ({spent / online:.0%}), 4 online MaskedKD 50% runs about half of that."]
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"
@@ -542,12 +535,14 @@ def _nproc() -> int:
               help="Markdown appended verbatim (the hand-written reading of the numbers; no numbers in it).")
 @click.option("--logs", type=click.Path(file_okay=False), default="runs/logs", show_default=True,
               help="Folder of the run logs written by stages/results/run_all.sh (load averages).")
-def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], out: str, notes: str | None, logs: str) -> None:
+@click.option("--probes", type=click.Path(file_okay=False), default="runs/probes", show_default=True,
+              help="Folder of `mkd-pipeline probe --json` outputs (<name>.json) written by stages/results/run_all.sh.")
+def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], out: str, notes: str | None, logs: str, probes: str) -> None:
     """Build RESULTS.md from finished runs: one row per `# Row:` label, seeds averaged."""
     paths = list(dict.fromkeys([*configs, *more]))
     runs = [collect_run(p, Path(logs)) for p in paths if Path(p).suffix in (".yaml", ".yml")]
     outp = Path(out)
-    text = render_results(runs, outp, Path(notes).read_text() if notes else None, notes)
+    text = render_results(runs, outp, Path(notes).read_text() if notes else None, notes, probes=Path(probes))
     write_atomic(outp, text.encode())
     done = sum(r.finished for r in runs)
     click.echo(f"{outp}: {done} of {len(runs)} configs finished")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import json
 import sys
@@ -164,7 +165,9 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
     the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
     policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
     """
-    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
+    # with --json, stdout is the JSON alone: the stages' progress lines go to stderr
+    echo = functools.partial(click.echo, err=True) if as_json else click.echo
+    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers, echo=echo) as runner:
         res = runner.probe(milestone, samples)
     n = res["num_patches"]
     png = Path(out) if out else runner.run_dir / f"probe-m{milestone}.png"

@@ -119,8 +119,9 @@ def row(name, row, *, teacher="plain", policy="student", keep="25", budget=None,
 
 S3 = (0, 1, 2)
 row("ce", "CE only", policy="none", keep="null", kd="off", seeds=S3)
-for lr in ("1.0e-3", "4.0e-3", "8.0e-3"):
-    row(f"sweep-lr{lr[0]}e-3", f"CE-only lr sweep: lr {lr}", policy="none", keep="null", kd="off", lr=lr)
+for lr in ("1.0e-3", "2.0e-3", "4.0e-3", "8.0e-3", "1.6e-2"):
+    if lr != LR:  # the CE row's seed 0 is the sweep's point at LR
+        row(f"sweep-lr{lr}", f"CE-only lr sweep: lr {lr}", policy="none", keep="null", kd="off", lr=lr)
 for t in ("plain", "robust"):
     row(f"{t}-full", f"{t} teacher: offline full-teacher KD", teacher=t, policy="none", keep="null", seeds=S3)
     row(f"{t}-mkd50", f"{t} teacher: offline MaskedKD 50%", teacher=t, seeds=S3)

@@ -40,4 +40,14 @@ for r in "${ROWS[@]}"; do
   run_row "$r" &
 done
 wait
+# the probe curves of both teachers at the first and the last milestone (masks from the MaskedKD
+# 50% row's checkpoints c0 and c4), read by `mkd-pipeline report` from runs/probes/
+mkdir -p runs/probes
+for t in plain robust; do
+  for m in 0 4; do
+    $MKD probe "stages/results/$t-mkd50-s0.yaml" --milestone $m --samples 1000 --json \
+      --out "runs/probes/$t-m$m.png" > "runs/probes/$t-m$m.json" 2>> runs/logs/probes.log \
+      && echo "$(date +%T) probe $t milestone $m" || echo "$(date +%T) probe $t milestone $m failed: see runs/logs/probes.log"
+  done
+done
 $MKD report --results stages/results/*.yaml --out RESULTS.md --notes stages/results/NOTES.md

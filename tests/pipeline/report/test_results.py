@@ -1,9 +1,10 @@
-"""``mkd-pipeline report --results``: the RESULTS.md generator on tiny *real* runs (issue 7).
+"""``mkd-pipeline report --results``: the RESULTS.md generator on tiny *real* runs (issues 7, 13).
 
-Two tiny configs are run for real on real Fashion-MNIST images (a CE-only student and an
-offline MaskedKD student with a 1-worker LocalCluster, sharing one trained teacher); a third
-config is never run. The report must show the numbers the lock files hold, average seeds, list
-the unrun config as "not run" with its command, and draw the curriculum figure.
+Three tiny configs are run for real on real Fashion-MNIST images (a CE-only student, an offline
+MaskedKD student and an auto-keep student with a 1-worker LocalCluster, sharing one trained
+teacher); a fourth config is never run. The report must show the numbers the lock files hold,
+average seeds, list the unrun config as "not run" with its command, show what auto keep chose and
+what its spot-checks cost, embed a probe's curves, and draw the curriculum figure.
 """
 
 from __future__ import annotations
@@ -66,17 +67,27 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ce = _write(tmp_path, "ce-s0", "CE only", _doc(tmp_path, fmnist_tiny, "ce-s0", train__kd="off",
                                                      masking={"policy": "none"}))
-    mkd = _write(tmp_path, "offline-mkd50-s0", "offline MaskedKD 50%", _doc(tmp_path, fmnist_tiny, "mkd-s0"))
-    unrun = _write(tmp_path, "offline-mkd50-s1", "offline MaskedKD 50%",
+    mkd_row = "plain teacher: offline MaskedKD 50%"
+    mkd = _write(tmp_path, "plain-mkd50-s0", mkd_row, _doc(tmp_path, fmnist_tiny, "mkd-s0"))
+    auto_row = "plain teacher: offline auto keep, agreement 0.90"
+    auto = _write(tmp_path, "plain-auto90-s0", auto_row, _doc(
+        tmp_path, fmnist_tiny, "auto-s0", masking={"policy": "student", "keep": "auto", "budget": {"agreement": 0.9},
+                                                   "probe_samples": 32}))
+    unrun = _write(tmp_path, "plain-mkd50-s1", mkd_row,
                    _doc(tmp_path, fmnist_tiny, "mkd-s1", student__init_seed=1, train__seed=1))
-    for path in (ce, mkd):
+    for path in (ce, mkd, auto):
         Runner(load_config(path), progress=False, echo=lambda _s: None).run()
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    res = Runner(load_config(mkd), progress=False, echo=lambda _s: None).probe(1, 32)
+    (probes / "plain-m1.json").write_text(json.dumps(res))
 
     out = tmp_path / "RESULTS.md"
-    res = CliRunner().invoke(report_cmd, ["--results", str(ce), str(mkd), str(unrun), "--out", str(out),
-                                          "--logs", str(tmp_path / "logs")])
+    args = ["--results", str(ce), str(mkd), str(auto), str(unrun), "--out", str(out), "--logs", str(tmp_path / "logs"),
+            "--probes", str(probes)]
+    res = CliRunner().invoke(report_cmd, args)
     assert res.exit_code == 0, res.output
-    assert "2 of 3 configs finished" in res.output
+    assert "3 of 4 configs finished" in res.output
     text = out.read_text()
 
     # the numbers are the lock files' numbers
@@ -86,33 +97,43 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     r = collect_run(mkd)
     assert r.finished and r.top1 == top1 and r.teacher_macs == macs
     assert r.rows == 2 * 256 and r.full_macs > macs > 0
-    assert [m for m, _ in r.masked_top1] == [0, 1]
+    assert [m for m, _ in r.masked_top1] == [0, 1] and r.used_keeps == [8, 8] and r.keep_label == "8"
     assert [e for e, _ in r.epoch_top1] == [0, 1] and r.epoch_top1[-1][1] == top1
-    assert "## Student test top-1 per epoch" in text
-    assert f"| offline MaskedKD 50%, seed 0 | {100 * r.epoch_top1[0][1]:.2f} | {100 * top1:.2f} |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| offline MaskedKD 50% |"))
-    assert f"{100 * top1:.2f} (1 seed)" in row
+    assert f"| {mkd_row}, seed 0 | {100 * r.epoch_top1[0][1]:.2f} | {100 * top1:.2f} |" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {mkd_row} |"))
+    assert f"{100 * top1:.2f} (1 seed)" in row and "| 8 |" in row
     assert f"{macs / 1e9:.1f}" in row
     # keep 8 of 16 patches: the masked teacher costs about half of the full one
     frac = int(re.search(r"\| (\d+)% \|", row).group(1))
     assert 35 <= frac <= 65, row
-    assert "offline-mkd50-s1.yaml` (not run)" in row
+    assert "plain-mkd50-s1.yaml` (not run)" in row
 
     ce_row = next(line for line in text.splitlines() if line.startswith("| CE only |"))
     ce_top1 = json.loads((tmp_path / "runs" / "ce-s0" / "run.lock.json").read_text())["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
     assert f"{100 * ce_top1:.2f} (1 seed)" in ce_row
     assert "| 0.0 | - |" in ce_row  # no teacher compute without KD
+    assert "## Learning rate: a CE-only sweep" in text and "| 0.001 ← used |" in text
 
-    assert "**offline MaskedKD 50%** − **CE only**" in text
+    # auto keep: the chosen keeps and the spot-checks' MACs, which count in the run's teacher MACs
+    a = collect_run(auto)
+    alock = json.loads((tmp_path / "runs" / "auto-s0" / "run.lock.json").read_text())["stages"]
+    assert a.used_keeps == [alock[f"precompute-{i}"]["info"]["keep"] for i in (0, 1)]
+    assert len(a.auto) == 2 and 0 < a.spot_macs < a.teacher_macs
+    assert a.spot_macs == sum(alock[f"precompute-{i}"]["info"]["auto"]["teacher_macs"] for i in (0, 1))
+    assert "## Auto keep: what the budget chose" in text and f"| {auto_row}, seed 0 | agreement >= 0.9 |" in text
+    # the targets name what they could not decide
+    assert "## Targets (computed)" in text
+    assert "plain teacher, offline auto keep, agreement 0.90: within" in text and "**not measured**" in text
+
+    assert f"**{mkd_row}** − **CE only**" in text
     png = tmp_path / "results_curriculum.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![curriculum](results_curriculum.png)" in text
-    # what the kept patches hold, re-rendered from the stored views: one line per milestone of the MaskedKD run
-    assert len(r.content) == 2 and all(0 <= c["kept_empty"] <= 1 and len(c["freq"]) == 16 for c in r.content)
-    assert all(f"| offline MaskedKD 50%, seed 0 | {m} | " in text for m in (0, 1))
-    assert (tmp_path / "results_keepmap.png").is_file()
+    # the probe's curves: a table per policy and a plot
+    assert "### plain-m1 (masks from c1.pth, 32 views" in text and "| student_inverse | 8 | 50.0% |" in text
+    assert (tmp_path / "results_probe_plain-m1.png").is_file()
     # regenerating gives the same table (nothing but the uptime line depends on the moment)
-    again = CliRunner().invoke(report_cmd, ["--results", str(ce), str(mkd), str(unrun), "--out", str(out)])
+    again = CliRunner().invoke(report_cmd, args)
     assert again.exit_code == 0
     strip = lambda s: [x for x in s.splitlines() if not x.startswith("Machine:")]  # noqa: E731
     assert strip(out.read_text()) == strip(text)

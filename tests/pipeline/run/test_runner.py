@@ -403,7 +403,7 @@ def test_probe_command_measures_three_policies_at_a_milestone(base, tmp_path, ca
     c = clone(base, tmp_path)
     code, out = cli("probe", str(c.yaml), "--milestone", "1", "--samples", "48", "--json", capsys=capsys)
     assert code == 0
-    res = json.loads(out[out.index("{"):])
+    res = json.loads(out)  # stdout is the JSON alone (progress lines go to stderr)
     assert res["source"] == "c1.pth" and res["samples"] == 48 and set(res["curves"]) == {"student", "random", "student_inverse"}
     for curve in res["curves"].values():
         assert [r["keep"] for r in curve] == [4, 6, 8, 10, 12, 14, None]
