@@ -156,7 +156,9 @@ def open_cluster(
     * ``daemon_workers=False`` lets tasks start child processes (e.g. a torch DataLoader with
       ``num_workers > 0``); Dask workers are daemonic by default and cannot.
 
-    ``announce`` receives the human-readable lines (dashboard link); ``None`` silences them.
+    ``announce`` receives the human-readable lines (``dashboard: http://...`` when the scheduler
+    serves Dask's dashboard: an embedded cluster with bokeh installed, or a remote scheduler
+    that reports a ``dashboard`` service); ``None`` silences them.
     On exit (normal, exception or Ctrl-C) the client is closed and an embedded cluster's worker
     processes are shut down; on a remote cluster, already-running tasks finish on their own.
     """
@@ -201,10 +203,12 @@ def _connect(
     try:
         client.register_plugin(WorkerSetup(threads, gpu_index="first", cache_size=cache_size))
         dash = _dashboard(client)
+        if dash is None:
+            log.debug("the scheduler at %s serves no dashboard (bokeh missing there, or --no-dashboard)", address)
         cluster = Cluster(client=client, gpu=False, embedded=False, address=address, dashboard=dash)
         cluster.gpu = "GPU" in cluster.task_resources
         if dash and announce:
-            announce(f"Dask dashboard: {dash}")
+            announce(f"dashboard: {dash}")
         yield cluster
     finally:
         _quietly(client.close)
@@ -289,7 +293,7 @@ def _embedded(
             _local=local,
         )
         if dash and announce:
-            announce(f"Dask dashboard: {dash}")
+            announce(f"dashboard: {dash}")
         yield cluster
     finally:
         if client is not None:
