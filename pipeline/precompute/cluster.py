@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator, Literal
 import dask
 import torch
 from distributed import Client, KilledWorker, LocalCluster, as_completed
-from tqdm import tqdm
 
+from pipeline._console import progress_bar
 from pipeline.errors import ComputeError, ConfigError, PipelineError
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
@@ -411,8 +411,9 @@ def run_tasks(
     * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
       is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
     * ``on_result(result)`` is called in the client, once per finished task, in completion
-      order (the lock writer hooks here). A progress bar on stderr shows tasks and, when results
-      carry ``"rows"``, rows/s.
+      order (the lock writer hooks here). A progress bar on stderr (when it is a terminal and
+      not ``-q``; see :mod:`pipeline._console`) shows tasks and, when results carry ``"rows"``,
+      rows/s.
 
     Raises :class:`ComputeError` naming the item (its ``shard``/``view_epoch``/``id``) when a
     task keeps killing its worker (``KilledWorker``), keeps timing out, or fails after its
@@ -447,9 +448,7 @@ def run_tasks(
     ]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[dict | None] = [None] * len(items)
-    bar = tqdm(
-        total=len(items), unit="task", file=sys.stderr, disable=not progress, dynamic_ncols=True
-    )
+    bar = progress_bar(total=len(items), desc=None, unit="task", enabled=progress)
     start, rows = time.monotonic(), 0
     try:
         for fut in as_completed(futures, loop=client.loop):
