@@ -40,6 +40,7 @@ from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
+from pipeline.train.threads import train_threads
 
 Echo = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -225,13 +226,14 @@ class Runner:
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
-        res = train_segment(
-            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
-            epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
-            render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
-            device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
-            evaluate=lambda m, e: self._evaluate(m, t), progress="teacher" if self.progress else None,
-        )
+        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+            res = train_segment(
+                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
+                epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
+                render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
+                device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
+                evaluate=lambda m, e: self._evaluate(m, t), progress="teacher" if self.progress else None,
+            )
         info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
                 "top1": (res["epochs"][-1] or {}).get("val_top1"), "seconds": time.perf_counter() - t0}
         write_atomic(path.with_suffix(".json"), json.dumps({"sha256": sha256_file(path), "inputs": inputs, "info": info}, indent=1).encode())
@@ -410,14 +412,15 @@ class Runner:
         model = create_model(s.model, s.kwargs, weights=start_ckpt)
         online = self._online_teacher(segment, teacher) if cfg.online else None
         self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
-        res = train_segment(
-            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
-            epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
-            render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
-            labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
-            device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
-            log=lambda line: self._say(name, line), progress=name if self.progress else None,
-        )
+        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+            res = train_segment(
+                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
+                epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
+                render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
+                labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
+                device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
+                log=lambda line: self._say(name, line), progress=name if self.progress else None,
+            )
         if online is not None:
             self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
         # student forwards of this call: the updates done now (not those before a resume) x batch
