@@ -13,6 +13,7 @@ import sys
 import click
 
 from pipeline import __version__
+from pipeline._console import configure
 from pipeline.errors import PipelineError
 
 # name -> "module:attr" of a click command, per group ("" is the top level).
@@ -72,8 +73,11 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, lazy=COMMANDS[""])
 @click.version_option(__version__, prog_name="mkd-pipeline")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs of the pipeline's modules on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (they show only when stderr is a terminal anyway).")
+def cli(verbose: bool, quiet: bool) -> None:
     """Offline MaskedKD: precompute saliency-masked teacher soft labels, train students on them."""
+    configure(verbose=verbose, quiet=quiet)  # once per invocation, before any subcommand runs
 
 
 for _group, _table in COMMANDS.items():

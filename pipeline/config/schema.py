@@ -583,10 +583,14 @@ class ComputeConfig(_Section):
     """Where and how the teacher runs (a Dask cluster)."""
 
     scheduler: str | None = Field(
-        None, description="Dask scheduler address (tcp://host:8786); null: $MKD_SCHEDULER, else a LocalCluster."
+        None, description="Dask scheduler address (tcp://host:8786); null: $MKD_SCHEDULER, $DASK_SCHEDULER_ADDRESS, else a LocalCluster."
     )
     workers: Union[int, Literal["auto"]] = Field("auto", description="LocalCluster workers; 'auto': one per GPU, or per core.")
     threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker.")
+    train_threads: int | None = Field(
+        None, ge=1, description="torch threads of the training process (teacher and student); null: $OMP_NUM_THREADS "
+                                "if set, else every core the process may use.",
+    )
     batch_size: int = Field(256, ge=1, description="Teacher / saliency forward batch size.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Teacher forward precision (bf16: autocast).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the workers' models.")

@@ -42,7 +42,7 @@ def data_import() -> None:
 def import_fashion_mnist_cmd(out: Path, src: Path, shard_size: int) -> None:
     """Fashion-MNIST (60,000 train, 10,000 test) as lossless PNG shards."""
     click.echo(f"importing Fashion-MNIST from {src} into {out} ...")
-    _summary(import_fashion_mnist(out, src=src, shard_size=shard_size), out)
+    _summary(import_fashion_mnist(out, src=src, shard_size=shard_size, progress=True), out)
 
 
 @data_import.command("imagefolder")
@@ -55,7 +55,7 @@ def import_fashion_mnist_cmd(out: Path, src: Path, shard_size: int) -> None:
 def import_imagefolder_cmd(src: Path, out: Path, split: str, shard_size: int, seed: int, name: str | None) -> None:
     """An ImageNet-style folder (SRC/<class>/<image>), image bytes copied as they are."""
     click.echo(f"importing {src} as split {split!r} into {out} ...")
-    _summary(import_imagefolder(src, out, split, shard_size=shard_size, seed=seed, name=name), out)
+    _summary(import_imagefolder(src, out, split, shard_size=shard_size, seed=seed, name=name, progress=True), out)
 
 
 @click.command("verify")

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import re
 import struct
 import zlib
@@ -23,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file
 from pipeline.data.manifest import (
     MANIFEST_NAME,
@@ -32,6 +34,8 @@ from pipeline.data.manifest import (
 )
 from pipeline.data.shards import IMAGE_EXTS, IMAGE_FORMATS, sample_key, write_shards
 from pipeline.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_SRC = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -66,9 +70,12 @@ def _check_split(split: str) -> None:
 
 
 def _write_split(
-    out: Path, split: str, images: Iterable[SourceImage], count: int, shard_size: int, skipped: list[dict]
+    out: Path, split: str, images: Iterable[SourceImage], count: int, shard_size: int, skipped: list[dict],
+    progress: bool = False,
 ) -> dict:
-    """Write ``count`` ``images`` as the split's shards; return the split's manifest record."""
+    """Write ``count`` ``images`` as the split's shards; return the split's manifest record.
+
+    ``progress``: a bar over the images on stderr (when it is a terminal and not ``-q``)."""
     widths: list[int] = []
     heights: list[int] = []
     modes: Counter[str] = Counter()
@@ -78,6 +85,7 @@ def _write_split(
     def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
         index = 0
         for img in images:
+            bar.update(1)
             try:  # header only: sizes for the manifest; full decoding is `data verify --decode`'s job
                 with Image.open(io.BytesIO(img.data), formats=IMAGE_FORMATS) as im:
                     size, mode, fmt = im.size, im.mode, im.format
@@ -95,7 +103,10 @@ def _write_split(
             index += 1
 
     out.mkdir(parents=True, exist_ok=True)
-    written = write_shards(samples(), out, split, shard_size)
+    with progress_bar(total=count, desc=split, unit="img", enabled=progress) as bar:
+        written = write_shards(samples(), out, split, shard_size)
+    log.debug("split %s: %d shard(s) of up to %d samples in %s, %d skipped", split, len(written), shard_size, out,
+              sum(1 for s in skipped if s["split"] == split))
     if not written:
         raise DataError(f"split {split!r}: no usable images to import")
     _remove_stale_shards(out, split, {name for name, _ in written})
@@ -181,8 +192,11 @@ def _fashion_mnist_split(src: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, shard_size: int = 5000) -> DatasetManifest:
+def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, shard_size: int = 5000,
+                         progress: bool = False) -> DatasetManifest:
     """Import Fashion-MNIST (60,000 train, 10,000 test) into ``out``; the same input gives the same bytes.
+
+    ``progress``: a bar per split on stderr (when it is a terminal and not ``-q``).
 
     Raises:
         DataError: the source files are missing (the message says how to install them) or corrupt.
@@ -203,7 +217,7 @@ def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, s
             SourceImage(png_gray8(img), "png", int(label), f"{FASHION_MNIST_FILES[split][0]}[{i}]")
             for i, (img, label) in enumerate(zip(images, labels))
         )
-        splits[split] = _write_split(out, split, items, len(images), shard_size, skipped)
+        splits[split] = _write_split(out, split, items, len(images), shard_size, skipped, progress)
     files = {n: sha256_file(src / n) for pair in FASHION_MNIST_FILES.values() for n in pair}
     manifest = DatasetManifest(
         name="fashion-mnist",
@@ -266,12 +280,14 @@ def import_imagefolder(
     shard_size: int = 1000,
     seed: int = 0,
     name: str | None = None,
+    progress: bool = False,
 ) -> DatasetManifest:
     """Import ``src/<class>/**/<image>`` as split ``split`` of the dataset in ``out``.
 
     Class indices follow sorted folder names. Image bytes are copied unchanged; each sample
     also gets ``KEY.json`` naming its source file. Other splits already in ``out`` are kept
-    (their classes must match); an earlier import of the same split is replaced.
+    (their classes must match); an earlier import of the same split is replaced. ``progress``: a
+    bar on stderr (when it is a terminal and not ``-q``).
     """
     src, out = Path(src), Path(out)
     _check_split(split)
@@ -288,7 +304,7 @@ def import_imagefolder(
             meta = json.dumps({"src": rel}, separators=(",", ":")).encode()
             yield SourceImage((src / rel).read_bytes(), "jpg" if ext == "jpeg" else ext, label, rel, meta)
 
-    record = _write_split(out, split, items(), len(ordered), shard_size, skipped)
+    record = _write_split(out, split, items(), len(ordered), shard_size, skipped, progress)
     if existing is not None:
         splits = {**existing.splits, split: record}
         prior = [s for s in existing.skipped if s["split"] != split]

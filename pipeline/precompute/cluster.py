@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator, Literal
 import dask
 import torch
 from distributed import Client, KilledWorker, LocalCluster, as_completed
-from tqdm import tqdm
 
+from pipeline._console import progress_bar
 from pipeline.errors import ComputeError, ConfigError, PipelineError
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
@@ -156,7 +156,9 @@ def open_cluster(
     * ``daemon_workers=False`` lets tasks start child processes (e.g. a torch DataLoader with
       ``num_workers > 0``); Dask workers are daemonic by default and cannot.
 
-    ``announce`` receives the human-readable lines (dashboard link); ``None`` silences them.
+    ``announce`` receives the human-readable lines (``dashboard: http://...`` when the scheduler
+    serves Dask's dashboard: an embedded cluster with bokeh installed, or a remote scheduler
+    that reports a ``dashboard`` service); ``None`` silences them.
     On exit (normal, exception or Ctrl-C) the client is closed and an embedded cluster's worker
     processes are shut down; on a remote cluster, already-running tasks finish on their own.
     """
@@ -201,10 +203,12 @@ def _connect(
     try:
         client.register_plugin(WorkerSetup(threads, gpu_index="first", cache_size=cache_size))
         dash = _dashboard(client)
+        if dash is None:
+            log.debug("the scheduler at %s serves no dashboard (bokeh missing there, or --no-dashboard)", address)
         cluster = Cluster(client=client, gpu=False, embedded=False, address=address, dashboard=dash)
         cluster.gpu = "GPU" in cluster.task_resources
         if dash and announce:
-            announce(f"Dask dashboard: {dash}")
+            announce(f"dashboard: {dash}")
         yield cluster
     finally:
         _quietly(client.close)
@@ -289,7 +293,7 @@ def _embedded(
             _local=local,
         )
         if dash and announce:
-            announce(f"Dask dashboard: {dash}")
+            announce(f"dashboard: {dash}")
         yield cluster
     finally:
         if client is not None:
@@ -407,8 +411,9 @@ def run_tasks(
     * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
       is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
     * ``on_result(result)`` is called in the client, once per finished task, in completion
-      order (the lock writer hooks here). A progress bar on stderr shows tasks and, when results
-      carry ``"rows"``, rows/s.
+      order (the lock writer hooks here). A progress bar on stderr (when it is a terminal and
+      not ``-q``; see :mod:`pipeline._console`) shows tasks and, when results carry ``"rows"``,
+      rows/s.
 
     Raises :class:`ComputeError` naming the item (its ``shard``/``view_epoch``/``id``) when a
     task keeps killing its worker (``KilledWorker``), keeps timing out, or fails after its
@@ -443,9 +448,7 @@ def run_tasks(
     ]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[dict | None] = [None] * len(items)
-    bar = tqdm(
-        total=len(items), unit="task", file=sys.stderr, disable=not progress, dynamic_ncols=True
-    )
+    bar = progress_bar(total=len(items), desc=None, unit="task", enabled=progress)
     start, rows = time.monotonic(), 0
     try:
         for fut in as_completed(futures, loop=client.loop):

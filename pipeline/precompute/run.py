@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Callable
 
+from pipeline.precompute.address import resolve_address
 from pipeline.precompute.cluster import (
     Cluster,
     check_resources,
@@ -23,11 +23,13 @@ SUM_FIELDS = ("rows", "rows_computed", "rows_reused", "rows_reused_tolerance", "
 @contextlib.contextmanager
 def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None = None,
                 cluster: Cluster | None = None):
-    """The cluster to use: the one given, or one opened from the config and CLI overrides."""
+    """The cluster to use: the one given, or one opened from the config and CLI overrides
+    (scheduler precedence: :mod:`pipeline.precompute.address`)."""
     if cluster is not None:
         yield cluster
         return
-    address = scheduler or cfg.compute.scheduler or os.environ.get("MKD_SCHEDULER") or None
+    # the config loader already filled compute.scheduler from $MKD_SCHEDULER
+    address = resolve_address(scheduler, cfg.compute.scheduler)
     with open_cluster(address, workers=workers or cfg.compute.workers, threads_per_worker=cfg.compute.threads_per_worker,
                       device=cfg.compute.device) as c:
         yield c

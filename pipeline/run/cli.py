@@ -11,12 +11,15 @@ from pathlib import Path
 
 import click
 
-from pipeline._cli_options import set_opt
+from pipeline._cli_options import (
+    scheduler_file_opt,
+    scheduler_from_flags,
+    scheduler_opt,
+    set_opt,
+)
 from pipeline.errors import ConfigError
 from pipeline.report.fidelity import curve_table, plot_curves
 
-scheduler_opt = click.option("--scheduler", default=None, metavar="ADDRESS",
-                             help="Dask scheduler (tcp://host:8786); default: compute.scheduler, $MKD_SCHEDULER, else a LocalCluster.")
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
 
 
@@ -49,17 +52,19 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @click.command("run")
 @click.argument("stages", type=click.Path(dir_okay=False))
 @scheduler_opt
+@scheduler_file_opt
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
 @click.option("--until", default=None, metavar="STAGE", help="Stop after this stage (teacher, precompute-I, train-I).")
 @set_opt
-def run_cmd(stages: str, scheduler: str | None, workers: int | None, dry_run: bool, until: str | None,
-            overrides: tuple[str, ...]) -> None:
+def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
+            until: str | None, overrides: tuple[str, ...]) -> None:
     """Run the stage config STAGES: teacher -> c_0 -> per segment [precompute, train] -> report.
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
     keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv).
     """
+    scheduler = scheduler_from_flags(scheduler, scheduler_file)
     if dry_run:
         _print_status(_runner(stages, overrides, scheduler=scheduler, workers=workers).status())
         return
@@ -96,12 +101,14 @@ def status_cmd(stages: str, as_json: bool, overrides: tuple[str, ...]) -> None:
 @click.argument("stages", type=click.Path(dir_okay=False))
 @click.option("--segment", "segment", type=click.IntRange(0), required=True, help="Segment index (0 = first milestone).")
 @scheduler_opt
+@scheduler_file_opt
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="List each partition as cached, reusable (rows) or to compute, with the reason.")
 @set_opt
-def precompute_cmd(stages: str, segment: int, scheduler: str | None, workers: int | None, dry_run: bool,
-                   overrides: tuple[str, ...]) -> None:
+def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_file: str | None, workers: int | None,
+                   dry_run: bool, overrides: tuple[str, ...]) -> None:
     """Compute the labels segment SEGMENT of STAGES needs (running the stages before it that are stale)."""
+    scheduler = scheduler_from_flags(scheduler, scheduler_file)
     runner = _runner(stages, overrides, scheduler=scheduler, workers=workers)
     n = len(runner.cfg.schedule.segments())
     if segment >= n:
@@ -155,16 +162,18 @@ def _dry_run(runner, segment: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="The PNG plot (default <run_dir>/probe-m<I>.png).")
 @scheduler_opt
+@scheduler_file_opt
 @workers_opt
 @set_opt
 def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, out: str | None,
-              scheduler: str | None, workers: int | None, overrides: tuple[str, ...]) -> None:
+              scheduler: str | None, scheduler_file: str | None, workers: int | None, overrides: tuple[str, ...]) -> None:
     """Measure what masks cost the teacher at milestone I of STAGES.
 
     On a seeded sample of segment I's views: the masked teacher's top-1, its top-1 agreement with
     the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
     policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
     """
+    scheduler = scheduler_from_flags(scheduler, scheduler_file)
     # with --json, stdout is the JSON alone: the stages' progress lines go to stderr
     echo = functools.partial(click.echo, err=True) if as_json else click.echo
     with _exclusive(stages, overrides, scheduler=scheduler, workers=workers, echo=echo) as runner:

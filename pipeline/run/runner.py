@@ -10,6 +10,7 @@ shares it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
+from pipeline.train.threads import train_threads
 
 Echo = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,7 +71,9 @@ class Runner:
     """Plans and runs one stage config; ``until`` stops after a named stage (e.g. ``precompute-1``).
 
     ``overrides``: the ``--set`` strings ``cfg`` was loaded with; recorded in the run lock and in
-    ``<run_dir>/config.yaml`` (their effect is already in ``cfg``).
+    ``<run_dir>/config.yaml`` (their effect is already in ``cfg``). ``progress=False`` turns off
+    the progress bars (precompute tasks, training steps), which otherwise show when stderr is a
+    terminal and ``-q`` was not given.
     """
 
     def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
@@ -160,6 +165,12 @@ class Runner:
 
     # ------------------------------------------------------------------ helpers
 
+    def _fresh(self, name: str, inputs: dict[str, Any]) -> bool:
+        """Whether the lock says stage ``name`` is up to date for ``inputs`` (why not: ``-v``)."""
+        f = self.lock.check(name, inputs)
+        log.debug("stage %s: %s", name, "fresh" if f.fresh else f"stale: {f.reason}")
+        return f.fresh
+
     def _say(self, step: str, what: str) -> None:
         self.echo(f"[{step}] {what}")
 
@@ -179,9 +190,9 @@ class Runner:
         """The teacher's weights file and fingerprint; trains it first when the config says so."""
         cfg = self.cfg
         inputs = self.teacher_inputs()
-        fresh = self.lock.check("teacher", inputs)
+        fresh = self._fresh("teacher", inputs)
         rec = self.lock.output("teacher", "weights")
-        if fresh.fresh and rec:
+        if fresh and rec:
             self._say("teacher", f"cached ({rec['path']})")
             self.result.stages["teacher"] = "cached"
             return self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
@@ -215,13 +226,14 @@ class Runner:
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
-        res = train_segment(
-            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
-            epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
-            render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
-            device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
-            evaluate=lambda m, e: self._evaluate(m, t),
-        )
+        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+            res = train_segment(
+                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
+                epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
+                render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
+                device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
+                evaluate=lambda m, e: self._evaluate(m, t), progress="teacher" if self.progress else None,
+            )
         info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
                 "top1": (res["epochs"][-1] or {}).get("val_top1"), "seconds": time.perf_counter() - t0}
         write_atomic(path.with_suffix(".json"), json.dumps({"sha256": sha256_file(path), "inputs": inputs, "info": info}, indent=1).encode())
@@ -236,7 +248,7 @@ class Runner:
         s = self.cfg.student
         inputs = self.init_inputs()
         path = self.ckpt_dir / "c0.pth"
-        if self.lock.check("init", inputs).fresh:
+        if self._fresh("init", inputs):
             self.result.stages["init"] = "cached"
             return path
         model = create_model(s.model, s.kwargs, seed=None if s.weights else s.init_seed, weights=s.weights)
@@ -294,7 +306,7 @@ class Runner:
         name = f"probe-{segment}"
         task = self.plan_probe(segment, teacher, source_ckpt, policies=(self.cfg.masking.policy,))
         inputs = self.probe_inputs(task)
-        if self.lock.check(name, inputs).fresh:
+        if self._fresh(name, inputs):
             self.result.stages[name] = "cached"
             return self.lock.info(name)
         t0 = time.perf_counter()
@@ -352,7 +364,7 @@ class Runner:
         keep, probe = self.keep_count(segment, teacher, source_ckpt)
         tasks = self.plan_precompute(segment, teacher, source_ckpt, keep)
         inputs = self.precompute_inputs(segment, tasks)
-        if self.lock.check(name, inputs).fresh:
+        if self._fresh(name, inputs):
             self.result.stages[name] = "cached"
             parts = self.lock.stages[name]["partitions"]
             self._say(name, f"cached ({len(parts)} partitions)")
@@ -392,7 +404,7 @@ class Runner:
         name = f"train-{segment}"
         out = self.ckpt_dir / f"c{segment + 1}.pth"
         inputs = self.train_inputs(segment, start_ckpt, labels, teacher)
-        if self.lock.check(name, inputs).fresh:
+        if self._fresh(name, inputs):
             self.result.stages[name] = "cached"
             self._say(name, f"cached ({out})")
             return out
@@ -400,14 +412,15 @@ class Runner:
         model = create_model(s.model, s.kwargs, weights=start_ckpt)
         online = self._online_teacher(segment, teacher) if cfg.online else None
         self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
-        res = train_segment(
-            model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
-            epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
-            render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
-            labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
-            device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
-            log=lambda line: self._say(name, line),
-        )
+        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+            res = train_segment(
+                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
+                epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
+                render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
+                labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
+                device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
+                log=lambda line: self._say(name, line), progress=name if self.progress else None,
+            )
         if online is not None:
             self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
         # student forwards of this call: the updates done now (not those before a resume) x batch

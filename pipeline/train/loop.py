@@ -17,6 +17,7 @@ checkpoint bytes as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from maskedkd import (
     teacher_macs,
 )
 from maskedkd.views import ViewSpec
+from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, StoreError
@@ -55,6 +57,8 @@ from pipeline.train.stream import (
     prefetch,
     rank_slice,
 )
+
+log_ = logging.getLogger(__name__)  # `log` is train_segment's line callback
 
 LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
 # Recipe fields that do not change what a segment computes (resuming under other values is fine).
@@ -188,6 +192,7 @@ def train_segment(
     checkpoint_path: str | Path | None = None,
     evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place for ``epochs`` (a ``range(start, end)``), resuming if a record says so.
 
@@ -214,7 +219,9 @@ def train_segment(
             ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
             :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into that
             epoch's metrics and kept in the resume record. Other epochs have no such metrics.
-        log: progress lines (rank 0).
+        log: progress lines (rank 0): one summary line per epoch.
+        progress: the label of a per-step progress bar on stderr (rank 0; e.g. ``"train-0"``), shown
+            only when stderr is a terminal and not ``-q`` (:mod:`pipeline._console`); None: no bar.
 
     Returns:
         ``{"checkpoint", "sha256", "epochs": [per-epoch metrics], "global_step", "steps_per_epoch",
@@ -246,6 +253,9 @@ def train_segment(
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} training samples")
     say = log if (log is not None and info.is_main) else (lambda _m: None)
+    log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
+               start, end - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
+               torch.get_num_threads())
     run_dir = Path(run_dir)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / f"student-e{end:04d}.pth"
 
@@ -264,6 +274,8 @@ def train_segment(
         say(f"resuming at epoch {record.epoch}, batch {record.position} ({record.global_step} updates)")
     else:
         boundary = store.load_boundary(start, init) if start > 0 else None
+        log_.debug("no resume record for this segment in %s; optimizer state from the boundary: %s", run_dir,
+                   boundary is not None)
         if boundary is not None:
             optimizer.load_state_dict(boundary)
         record = ResumeRecord(segment=segment, epochs=(start, end), epoch=start, position=0,
@@ -309,6 +321,8 @@ def train_segment(
         model.train()
         t_epoch = time.perf_counter()
         batches = prefetch(stream.batches(position), render_mine, cfg.num_workers)
+        bar = progress_bar(total=len(stream), initial=position, desc=f"{progress} epoch {epoch}", unit="step",
+                           enabled=progress is not None and info.is_main, leave=False)
         try:
             for position, batch in enumerate(batches, start=position):
                 scheduler.step_update(num_updates=record.global_step)
@@ -326,6 +340,8 @@ def train_segment(
                 acc[0] += loss_value * len(batch)
                 acc[1] += correct
                 acc[2] += len(batch)
+                bar.set_postfix_str(f"loss {acc[0] / max(acc[2], 1):.4f}", refresh=False)
+                bar.update(1)
                 done_in_epoch = position + 1
                 if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < len(stream):
                     totals = tdist.all_sum(acc, info, device)
@@ -334,6 +350,7 @@ def train_segment(
                         record.partial = {"loss_sum": totals[0], "correct": totals[1], "samples": totals[2]}
                         store.save(record, student, optimizer)
         finally:
+            bar.close()  # before the epoch's summary line, which stays
             batches.close()
         loss_sum, correct, samples = tdist.all_sum(acc, info, device)
         metrics: dict[str, Any] = {

@@ -21,11 +21,14 @@ def fmnist_small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """torch with one intra-op thread for the test (restored after): tiny models gain nothing from
-    more, and on a loaded 2-core machine OpenMP spinning made training steps 10-20x slower."""
+    more, and on a loaded 2-core machine OpenMP spinning made training steps 10-20x slower.
+    ``OMP_NUM_THREADS=1`` too, so the runner's training stages keep the one thread
+    (pipeline/train/threads.py) rather than take every core."""
     import torch
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -152,3 +152,24 @@ def test_render_threads_do_not_change_the_result(tmp_path, train_shards, labels)
     a = train_segment(student(), cfg=recipe(batch_size=64, **FAST), total_epochs=1, run_dir=tmp_path / "a", **common)
     b = train_segment(student(), cfg=recipe(batch_size=64, num_workers=2, **FAST), total_epochs=1, run_dir=tmp_path / "b", **common)
     assert a["sha256"] == b["sha256"]
+
+
+def test_a_bar_per_epoch_on_a_terminal_and_the_summary_line_stays(tmp_path, train_shards, monkeypatch):
+    import io
+    import sys
+
+    from pipeline._console import configure
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    configure()
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    lines: list[str] = []
+    train_segment(student(), shards=train_shards, spec=SPEC, seed=SEED, epochs=range(0, 1), render=RENDER,
+                  cfg=recipe(kd="off"), total_epochs=1, run_dir=tmp_path, log=lines.append, progress="train-0")
+    drawn = tty.getvalue()  # the bar is redrawn at most every 0.1 s and cleared at the epoch's end
+    assert "train-0 epoch 0:" in drawn and "/6 [" in drawn and "loss " in drawn  # 384 images / batch 64
+    assert len(lines) == 1 and lines[0].startswith("epoch=0 loss=") and "samples=384" in lines[0]
