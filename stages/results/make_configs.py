@@ -10,7 +10,7 @@ TEACHER_TEXT = {
     "plain": "the plain teacher (trained on whole token sequences; test top-1 0.8873)",
     "robust": "the mask-robust teacher (timm patch_drop_rate 0.5 while training; test top-1 0.8882)",
 }
-LR = "2.0e-3"  # from the CE-only sweep (rows sweep-lr*-s0 and ce-s0); see RESULTS.md
+LR = "8.0e-3"  # from the CE-only sweep (rows sweep-lr*-s0 and ce-s0); see RESULTS.md
 
 BASE = """# Row: {row}
 #

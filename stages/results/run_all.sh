@@ -15,7 +15,7 @@ ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
   # the CE-only lr sweep first (it chose train.lr for every row), then three seeds of the rows that
   # need them, seed by seed, so a table cut short still has comparable rows
-  ROWS=(ce-s0 sweep-lr1e-3-s0 sweep-lr4e-3-s0 sweep-lr8e-3-s0)
+  ROWS=(ce-s0 sweep-lr1.0e-3-s0 sweep-lr2.0e-3-s0 sweep-lr4.0e-3-s0 sweep-lr1.6e-2-s0)
   for s in 0 1 2; do
     [ $s -gt 0 ] && ROWS+=(ce-s$s)
     for t in plain robust; do ROWS+=($t-full-s$s $t-mkd50-s$s $t-auto95-s$s); done
