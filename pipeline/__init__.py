@@ -1,6 +1,20 @@
 """mkd-pipeline: the system around :mod:`maskedkd` (shards, label store, Dask precompute, trainer, CLI).
 
-The CLI (``mkd-pipeline``) is this package's public API; modules here may change between versions.
+Public: the CLI (``mkd-pipeline``) and the dataset that streams a run's stored labels into any
+training loop, :class:`LabeledViews` (with :class:`LabeledView` and :func:`collate`; README
+"Use the labels in your own training loop"). Other modules may change between versions.
 """
 
+from typing import Any
+
 __version__ = "0.2.0"
+__all__ = ["LabeledView", "LabeledViews", "collate", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `mkd-pipeline --help` imports this package; the dataset would pull in torch
+    if name in {"LabeledView", "LabeledViews", "collate"}:
+        from pipeline.train import labeled_views
+
+        return getattr(labeled_views, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -43,20 +43,13 @@ from maskedkd.views import ViewSpec
 from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError, StoreError
-from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
+from pipeline.errors import ConfigError
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
 from pipeline.train.state import ResumeRecord, ResumeStore
-from pipeline.train.stream import (
-    Batch,
-    EpochStream,
-    derive_seed,
-    load_shard,
-    make_batch,
-    prefetch,
-    rank_slice,
-)
+from pipeline.train.labeled_views import LabeledViews
+from pipeline.train.stream import Batch, derive_seed, prefetch
 
 log_ = logging.getLogger(__name__)  # `log` is train_segment's line callback
 
@@ -291,37 +284,22 @@ def train_segment(
     if info.world > 1:
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
     teacher = _Online(online, device, autocast) if online is not None else None
-    num_classes = student.num_classes
-    soft = spec.mixes or cfg.smoothing > 0
-    tau = cfg.tau if cfg.kd == "kl" else 1.0
-    label_refs = {k: _label_ref(v) for k, v in (labels or {}).items()}
-
-    def loader_for(view_epoch: int):
-        def load(ref: ShardRef):
-            label = None
-            if labels is not None:
-                label = label_refs.get((ref.name, view_epoch))
-                if label is None:
-                    raise StoreError(f"no label partition given for shard {ref.name!r}, view epoch {view_epoch}")
-            return load_shard(ref, spec=spec, seed=seed, view_epoch=view_epoch, label=label, tau=tau, num_classes=num_classes)
-        return load
-
-    def render_mine(segments) -> Batch:
-        return make_batch(rank_slice(segments, info.rank, info.world), render, num_classes=num_classes,
-                          soft=soft, smoothing=cfg.smoothing, teacher_render=online.render if online else None)
-
     partial = dict(record.partial) if info.is_main else {}
     for epoch in range(record.epoch, end):
-        stream = EpochStream(shards, loader_for(view_epoch_of(epoch, view_pool)), seed=cfg.seed, epoch=epoch,
-                             batch_size=cfg.batch_size)
+        # the public dataset's own path (pipeline.LabeledViews): pairing, checks, order, rank slices
+        stream = LabeledViews(shards, spec=spec, seed=seed, render=render, epoch=epoch, batch_size=cfg.batch_size,
+                              order_seed=cfg.seed, labels=labels, view_pool=view_pool,
+                              tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=student.num_classes,
+                              smoothing=cfg.smoothing, rank=info.rank, world=info.world,
+                              teacher_render=online.render if online else None)
         position = record.position if epoch == record.epoch else 0
         acc = [partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)]
         carried = acc[2]
         partial = {}
         model.train()
         t_epoch = time.perf_counter()
-        batches = prefetch(stream.batches(position), render_mine, cfg.num_workers)
-        bar = progress_bar(total=len(stream), initial=position, desc=f"{progress} epoch {epoch}", unit="step",
+        batches = prefetch(stream.plans(position), stream.render, cfg.num_workers)
+        bar = progress_bar(total=stream.steps, initial=position, desc=f"{progress} epoch {epoch}", unit="step",
                            enabled=progress is not None and info.is_main, leave=False)
         try:
             for position, batch in enumerate(batches, start=position):
@@ -343,7 +321,7 @@ def train_segment(
                 bar.set_postfix_str(f"loss {acc[0] / max(acc[2], 1):.4f}", refresh=False)
                 bar.update(1)
                 done_in_epoch = position + 1
-                if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < len(stream):
+                if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
                     totals = tdist.all_sum(acc, info, device)
                     if info.is_main:
                         record.epoch, record.position = epoch, done_in_epoch
@@ -355,7 +333,7 @@ def train_segment(
         loss_sum, correct, samples = tdist.all_sum(acc, info, device)
         metrics: dict[str, Any] = {
             "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),
-            "lr": optimizer.param_groups[0]["lr"], "steps": len(stream), "samples": int(samples),
+            "lr": optimizer.param_groups[0]["lr"], "steps": stream.steps, "samples": int(samples),
             "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
         }
         if evaluate is not None and info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):

@@ -1,0 +1,270 @@
+"""The public dataset: a run's training views paired with their stored labels, for any loop
+(docs/design.md §6; README "Use the labels in your own training loop").
+
+:class:`LabeledViews` is a torch ``IterableDataset`` of one epoch. It yields
+:class:`LabeledView` items: the student's rendered view, the teacher's stored soft target (a
+one-row :class:`maskedkd.SoftTarget`, dense or top-K, ready for :func:`maskedkd.kd_loss`), the
+hard label (or the mixed / smoothed label vector) and the key. :func:`collate` batches them.
+
+The order is the trainer's (:mod:`pipeline.train.stream`): global batches of ``batch_size``
+rows, a pure function of ``(order_seed, epoch)``. The unit of work is one rank's slice of one
+global batch:
+
+- under DDP, rank ``r`` of ``W`` yields its contiguous ``batch_size / W`` rows of every global
+  batch, so the global batch sequence does not depend on the world size;
+- with ``DataLoader(num_workers=K)``, worker ``k`` renders batches ``k, k + K, ...``; the
+  DataLoader takes one batch from each worker in turn, so a loader made by :meth:`loader` (or
+  with ``batch_size=local_batch_size`` and :func:`collate`) yields exactly the batches of
+  ``num_workers=0``. A worker (and a rank) reads and decodes only the shards its batches use.
+
+Our trainer (:func:`pipeline.train.train_segment`) streams through :meth:`LabeledViews.plans`
+and :meth:`LabeledViews.render`: the same pairing, checks and order as this dataset's iterator.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from maskedkd.targets import SoftTarget
+from maskedkd.views import ViewSpec
+from pipeline.errors import ConfigError, StoreError
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
+from pipeline.train.stream import Batch, EpochStream, LoadedShard, Segment, load_shard, make_batch, rank_slice
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.config.schema import StageConfig
+
+LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
+
+
+class LabeledView(NamedTuple):
+    """One row (or, after :func:`collate`, one batch) of :class:`LabeledViews`.
+
+    Attributes:
+        image: float32 [C, H, W] (batched: [B, C, H, W]), the student's view, normalised.
+        target: the teacher's stored soft target, one row (batched: B rows); None without labels.
+        label: int64 class (batched: [B]), or float32 [classes] (batched: [B, classes]) when the
+            views mix (mixup/cutmix) or labels are smoothed.
+        key: the sample's key in its shard (batched: a list).
+    """
+
+    image: torch.Tensor
+    target: SoftTarget | None
+    label: torch.Tensor
+    key: Any
+
+
+def collate(items: Sequence[LabeledView]) -> LabeledView:
+    """Batch :class:`LabeledView` rows (the ``collate_fn`` for a ``DataLoader``): top-K or dense
+    targets are concatenated with :meth:`maskedkd.SoftTarget.cat`."""
+    target = None if items[0].target is None else SoftTarget.cat([it.target for it in items])
+    return LabeledView(torch.stack([it.image for it in items]), target, torch.stack([it.label for it in items]),
+                       [it.key for it in items])
+
+
+def _label_ref(value: str | LabelRef) -> LabelRef:
+    return value if isinstance(value, LabelRef) else LabelRef(str(value))
+
+
+def _placement(rank: int | None, world: int | None) -> tuple[int, int]:
+    """``(rank, world)``: as given, else the initialised process group's, else torchrun's env, else (0, 1)."""
+    if rank is not None and world is not None:
+        return int(rank), int(world)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class LabeledViews(IterableDataset):
+    """One epoch of a run's training views with their stored teacher labels.
+
+    Build it from a stage config with :meth:`from_config`, or from its parts (what the trainer
+    does). Missing or mismatched partitions raise :class:`pipeline.errors.StoreError` (exit code
+    4), naming the shard or the partition file and the first mismatching key or view column.
+
+    Args:
+        shards: the training shards and the rows used of each (:func:`pipeline.labels.contract.shard_refs`).
+        spec, seed: the view recipe and ``views.seed`` (those precompute used).
+        render: the student's input size and normalisation.
+        epoch: the training epoch (its view epoch is ``epoch mod view_pool``).
+        batch_size: the *global* batch size (``train.batch_size``); the epoch has
+            ``rows // batch_size`` batches, the last incomplete one is dropped.
+        order_seed: seeds the shard and row order (``train.seed``); default ``seed``.
+        labels: ``{(shard name, view epoch): partition path or LabelRef}``; None: no targets
+            (``target`` is None).
+        view_pool: ``views.pool`` as a size; None: a fresh view every epoch.
+        tau: the temperature the targets are read at (top-K partitions store the logsumexp at each
+            of ``labels.temperatures``).
+        num_classes: the classes (labels outside are skipped by the shard reader; needed for mixing).
+        smoothing: label smoothing of the hard label (makes ``label`` a vector).
+        rank, world: this process's place under DDP; default: the process group's, else 0 of 1.
+        teacher_render: also render each batch for an online teacher (the trainer's baseline).
+    """
+
+    def __init__(self, shards: Sequence[ShardRef], *, spec: ViewSpec, seed: int, render: RenderSpec, epoch: int,
+                 batch_size: int, order_seed: int | None = None, labels: LabelMap | None = None,
+                 view_pool: int | None = None, tau: float = 1.0, num_classes: int | None = None,
+                 smoothing: float = 0.0, rank: int | None = None, world: int | None = None,
+                 teacher_render: RenderSpec | None = None) -> None:
+        super().__init__()
+        self.shards = list(shards)
+        self.spec, self.seed, self.render_spec = spec, int(seed), render
+        self.epoch, self.batch_size = int(epoch), int(batch_size)
+        self.order_seed = self.seed if order_seed is None else int(order_seed)
+        self.view_epoch = view_epoch_of(self.epoch, view_pool)
+        self.tau, self.num_classes, self.smoothing = float(tau), num_classes, float(smoothing)
+        self.teacher_render = teacher_render
+        self.rank, self.world = _placement(rank, world)
+        self.soft = spec.mixes or self.smoothing > 0
+        if self.soft and num_classes is None:
+            raise ConfigError("mixed or smoothed labels need num_classes")
+        if self.batch_size % self.world:
+            raise ConfigError(f"train.batch_size {self.batch_size} must be divisible by the world size {self.world}")
+        rows = sum(s.rows for s in self.shards)
+        self.steps = rows // self.batch_size
+        if self.steps < 1:
+            raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples")
+        self.labels: dict[str, LabelRef] | None = None
+        if labels is not None:
+            refs = {k: _label_ref(v) for k, v in labels.items()}
+            missing = [s.name for s in self.shards if (s.name, self.view_epoch) not in refs]
+            if missing:
+                raise StoreError(f"no label partition given for shard {missing[0]!r}, view epoch {self.view_epoch}"
+                                 + (f" (and {len(missing) - 1} more shards)" if len(missing) > 1 else ""))
+            self.labels = {s.name: refs[(s.name, self.view_epoch)] for s in self.shards}
+        self.config: StageConfig | None = None
+
+    @classmethod
+    def from_config(cls, stages: str | Path | StageConfig, epoch: int, *, overrides: Sequence[str] = (),
+                    rank: int | None = None, world: int | None = None,
+                    batch_size: int | None = None) -> "LabeledViews":
+        """Epoch ``epoch`` of a run, with the labels its run lock records for that epoch's segment.
+
+        Args:
+            stages: a stage YAML (or a finished run's ``runs/<name>/config.yaml``), or a loaded
+                :class:`pipeline.config.StageConfig`. The run lock is ``<run_dir>/run.lock.json``.
+            epoch: a training epoch of the run (``0 .. schedule.epochs - 1``).
+            overrides: ``--set``-style overrides, as the run was given them.
+            batch_size: the global batch size; default ``train.batch_size``.
+
+        The result's ``config`` attribute holds the stage config (model names, ``train.lam`` ...).
+
+        Raises:
+            ConfigError: a bad stage file, an epoch outside the run, an online run (it stores no labels).
+            StoreError: no run lock, or no labels recorded for the epoch's segment yet, or a
+                recorded partition unreadable.
+        """
+        # lazy: config parsing pulls in pydantic and timm's model registry, which the trainer path never needs
+        from pipeline._lock import LOCK_NAME, RunLock
+        from pipeline.config import load_config
+        from pipeline.data.manifest import load_manifest
+        from pipeline.labels import open_partition
+        from pipeline.labels.contract import render_spec, shard_refs
+
+        cfg = load_config(stages, overrides=overrides) if isinstance(stages, (str, Path)) else stages
+        where = str(stages) if isinstance(stages, (str, Path)) else cfg.name
+        segments = cfg.schedule.segments()
+        segment = next((i for i, (a, b) in enumerate(segments) if a <= epoch < b), None)
+        if segment is None:
+            raise ConfigError(f"{where}: epoch {epoch} is not an epoch of the run (0..{cfg.schedule.epochs - 1})")
+        labels = None
+        if cfg.train.kd != "off":
+            if cfg.online:
+                raise ConfigError(f"{where}: online: true: this run keeps no stored labels to stream")
+            run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name
+            lock_path = run_dir / LOCK_NAME
+            if not lock_path.is_file():
+                raise StoreError(f"{lock_path}: no run lock: run `mkd-pipeline run {where} --until precompute-{segment}` first")
+            stage = RunLock(lock_path, store=cfg.labels.store).stages.get(f"precompute-{segment}")
+            if stage is None:
+                a, b = segments[segment]
+                raise StoreError(f"{lock_path}: no labels recorded for epochs {a}..{b - 1} (stage precompute-{segment}): "
+                                 f"run `mkd-pipeline run {where} --until precompute-{segment}` first")
+            labels = {}
+            for p in stage["partitions"]:
+                expect = {"fingerprints": p["inputs"]}
+                with open_partition(p["path"], expect=expect) as part:  # the footer: which shard and view epoch
+                    where_to = (str(part.metadata["shard"]), int(part.metadata["view_epoch"]))
+                labels[where_to] = LabelRef(p["path"], p["sha256"], expect)
+        ds = cls(shard_refs(load_manifest(cfg.data.root), cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(),
+                 seed=cfg.views.seed, render=render_spec(cfg.data, cfg.student.info()), epoch=epoch,
+                 batch_size=batch_size or cfg.train.batch_size, order_seed=cfg.train.seed, labels=labels,
+                 view_pool=cfg.views.pool_size, tau=cfg.train.tau if cfg.train.kd == "kl" else 1.0,
+                 num_classes=cfg.data.num_classes, smoothing=cfg.train.smoothing, rank=rank, world=world)
+        ds.config = cfg
+        return ds
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows per batch on this rank: ``batch_size / world``."""
+        return self.batch_size // self.world
+
+    def __len__(self) -> int:
+        """Rows this rank yields in the epoch (all DataLoader workers together)."""
+        return self.steps * self.local_batch_size
+
+    # ------------------------------------------------------------------ batches
+
+    def load(self, ref: ShardRef) -> LoadedShard:
+        """One shard with its label partition, keys and views checked (:func:`pipeline.train.stream.load_shard`)."""
+        label = None if self.labels is None else self.labels[ref.name]
+        return load_shard(ref, spec=self.spec, seed=self.seed, view_epoch=self.view_epoch, label=label, tau=self.tau,
+                          num_classes=self.num_classes)
+
+    def plans(self, start: int = 0, *, worker: int = 0, workers: int = 1) -> Iterator[list[Segment]]:
+        """This rank's rows of global batches ``start, start + 1, ...`` (every ``workers``-th from
+        ``start + worker``), their shards loaded; nothing rendered yet (see :meth:`render`).
+
+        Only the shards a yielded batch uses are read, each once: an epoch visits shards one after
+        the other, so a shard no longer in the current batch is never needed again.
+        """
+        stream = EpochStream(self.shards, lambda ref: ref, seed=self.order_seed, epoch=self.epoch,
+                             batch_size=self.batch_size)
+        held: dict[str, LoadedShard] = {}
+        for n, segments in enumerate(stream.batches(start)):
+            if n % workers != worker:
+                continue
+            mine = rank_slice(segments, self.rank, self.world)
+            held = {ref.name: held.get(ref.name) or self.load(ref) for ref, _ in mine}
+            yield [(held[ref.name], rows) for ref, rows in mine]
+
+    def render(self, segments: Sequence[Segment]) -> Batch:
+        """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch`."""
+        return make_batch(segments, self.render_spec, num_classes=self.num_classes or 0, soft=self.soft,
+                          smoothing=self.smoothing, teacher_render=self.teacher_render)
+
+    def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """:meth:`plans` rendered, one after the other."""
+        for segments in self.plans(start, worker=worker, workers=workers):
+            yield self.render(segments)
+
+    def __iter__(self) -> Iterator[LabeledView]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for batch in self.batches(worker=worker, workers=workers):
+            for j, key in enumerate(keys_of(batch)):
+                target = None if batch.teacher is None else batch.teacher[j:j + 1]
+                yield LabeledView(batch.images[j], target, batch.targets[j], key)
+
+    def loader(self, num_workers: int = 0, **kwargs: Any) -> DataLoader:
+        """A ``DataLoader`` of this rank's batches in the trainer's order (any ``num_workers``);
+        ``kwargs`` go to ``DataLoader`` (e.g. ``pin_memory=True``)."""
+        return DataLoader(self, batch_size=self.local_batch_size, num_workers=num_workers, collate_fn=collate, **kwargs)
+
+    collate = staticmethod(collate)
+
+
+def keys_of(batch: Batch) -> list[str]:
+    """The keys of a rendered batch's rows, in order."""
+    return [shard.keys[i] for shard, rows in batch.segments for i in rows]
+
+
+__all__ = ["LabeledView", "LabeledViews", "collate", "keys_of"]

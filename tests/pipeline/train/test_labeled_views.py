@@ -1,0 +1,72 @@
+"""The public dataset (pipeline.LabeledViews) on real shards and real label partitions: the
+trainer's order through a DataLoader with workers, DDP rank slices, top-K collation, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskedkd import kd_loss
+from pipeline import LabeledView, LabeledViews, collate
+from pipeline.errors import StoreError
+from pipeline.train.stream import EpochStream, load_shard
+
+from .conftest import MIX_SPEC, RENDER, SEED, SPEC, student
+
+
+def views(shards, labels=None, **kw) -> LabeledViews:
+    args = dict(spec=SPEC, seed=SEED, render=RENDER, epoch=1, batch_size=64, order_seed=3, labels=labels, view_pool=2,
+                tau=2.0, num_classes=10)
+    return LabeledViews(shards, **{**args, **kw})
+
+
+def test_a_dataloader_with_workers_yields_the_trainers_batches(train_shards, labels):
+    ds = views(train_shards, labels)
+    assert ds.steps == 384 // 64 and len(ds) == 384 // 64 * 64
+    trainer = EpochStream(train_shards, lambda ref: load_shard(ref, spec=SPEC, seed=SEED, view_epoch=1), seed=3, epoch=1,
+                          batch_size=64)
+    want_keys = [[s.keys[i] for s, rows in b for i in rows] for b in trainer.batches()]
+    plain = list(ds.loader(num_workers=0))
+    assert [b.key for b in plain] == want_keys
+    two = list(ds.loader(num_workers=2))
+    assert [b.key for b in two] == want_keys, "two workers give the same batches in the same order"
+    for a, b in zip(plain, two):
+        torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
+        torch.testing.assert_close(a.target.logit, b.target.logit, rtol=0, atol=0)
+    first = plain[0]
+    assert first.image.shape == (64, 1, 28, 28) and first.label.dtype == torch.int64 and first.label.shape == (64,)
+    assert first.target.idx.shape == (64, 5) and first.target.tau == 2.0  # top-5 at the stored tau 2 logsumexp
+    loss = kd_loss(student()(first.image), first.target, tau=2.0)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_rank_slices_make_up_the_world_size_one_batches(train_shards, labels):
+    one = list(views(train_shards, labels).batches())
+    ranks = [list(views(train_shards, labels, rank=r, world=2).batches()) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1])
+    for b, r0, r1 in zip(one, *ranks):
+        assert len(r0) == len(r1) == 32
+        torch.testing.assert_close(torch.cat([r0.images, r1.images]), b.images, rtol=0, atol=0)
+        torch.testing.assert_close(torch.cat([r0.teacher.lse, r1.teacher.lse]), b.teacher.lse, rtol=0, atol=0)
+
+
+def test_items_collate_into_batches_and_mixed_labels_are_vectors(train_shards):
+    ds = views(train_shards, spec=MIX_SPEC)
+    items = [it for _, it in zip(range(5), ds)]
+    assert all(isinstance(it, LabeledView) and it.target is None for it in items)
+    batch = collate(items)
+    assert batch.image.shape == (5, 1, 28, 28) and batch.label.shape == (5, 10)
+    torch.testing.assert_close(batch.label.sum(1), torch.ones(5))
+    assert batch.key == [it.key for it in items]
+
+
+def test_missing_or_mismatched_partitions_are_refused_like_the_trainer(train_shards, labels):
+    only_ve0 = {k: v for k, v in labels.items() if k[1] == 0}
+    with pytest.raises(StoreError, match="no label partition given for shard 'train-00000[0-2]', view epoch 1") as e:
+        views(train_shards, only_ve0)
+    assert e.value.exit_code == 4
+    swapped = dict(labels)
+    a, b = (train_shards[0].name, 1), (train_shards[1].name, 1)
+    swapped[a], swapped[b] = labels[b], labels[a]
+    with pytest.raises(StoreError, match="expected 'train-00000[01]'"):
+        list(views(train_shards, swapped).loader(num_workers=0))
