@@ -591,6 +591,10 @@ class ComputeConfig(_Section):
         None, ge=1, description="torch threads of the training process (teacher and student); null: $OMP_NUM_THREADS "
                                 "if set, else every core the process may use.",
     )
+    nproc: int = Field(
+        1, ge=1, description="Processes per student train stage: > 1 runs each under torchrun (DDP: gloo on CPU, nccl "
+                             "with one GPU per process); the batch sequence and the result do not depend on it.",
+    )
     batch_size: int = Field(256, ge=1, description="Teacher / saliency forward batch size.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Teacher forward precision (bf16: autocast).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the workers' models.")

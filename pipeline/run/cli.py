@@ -56,19 +56,22 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
 @click.option("--until", default=None, metavar="STAGE", help="Stop after this stage (teacher, precompute-I, train-I).")
+@click.option("--nproc", default=None, type=click.IntRange(1),
+              help="Processes per student train stage, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @set_opt
 def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
-            until: str | None, overrides: tuple[str, ...]) -> None:
+            until: str | None, nproc: int | None, overrides: tuple[str, ...]) -> None:
     """Run the stage config STAGES: teacher -> c_0 -> per segment [precompute, train] -> report.
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
-    keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv).
+    keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv). With
+    --nproc N (or compute.nproc) each student train stage runs in N torchrun processes (DDP).
     """
     scheduler = scheduler_from_flags(scheduler, scheduler_file)
     if dry_run:
         _print_status(_runner(stages, overrides, scheduler=scheduler, workers=workers).status())
         return
-    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
+    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers, nproc=nproc) as runner:
         res = runner.run(until=until)
     ran = [k for k, v in res.stages.items() if v == "ran"]
     click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "

@@ -37,6 +37,7 @@ from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run
 from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
+from pipeline.run.distributed import train_distributed
 from pipeline.report.run_report import write_report
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
@@ -78,8 +79,9 @@ class Runner:
 
     def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
                  echo: Echo = click.echo, progress: bool = True, device: str | None = None,
-                 overrides: Sequence[str] = ()) -> None:
+                 overrides: Sequence[str] = (), nproc: int | None = None) -> None:
         self.cfg = cfg
+        self.nproc = int(nproc or cfg.compute.nproc)  # processes per student train stage (torchrun when > 1)
         self.overrides = list(overrides)
         self.scheduler = scheduler
         self.workers = workers
@@ -408,20 +410,13 @@ class Runner:
             self.result.stages[name] = "cached"
             self._say(name, f"cached ({out})")
             return out
-        s = cfg.student
-        model = create_model(s.model, s.kwargs, weights=start_ckpt)
-        online = self._online_teacher(segment, teacher) if cfg.online else None
-        self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
-        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
-            res = train_segment(
-                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
-                epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
-                render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
-                labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
-                device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
-                log=lambda line: self._say(name, line), progress=name if self.progress else None,
-            )
-        if online is not None:
+        where = f" ({self.nproc} processes, torchrun)" if self.nproc > 1 else ""
+        self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if cfg.online else "") + where)
+        if self.nproc > 1:
+            res = train_distributed(self, segment, start_ckpt, labels, teacher, out)
+        else:
+            res = self.train_here(segment, start_ckpt, labels, teacher, out)
+        if cfg.online:
             self.result.teacher_forwards += int(res.get("teacher_forwards", 0))
         # student forwards of this call: the updates done now (not those before a resume) x batch
         spe, resumed = res["steps_per_epoch"], res.get("resumed")
@@ -434,6 +429,24 @@ class Runner:
         if "val_top1" in last:
             self._say(name, f"val top-1 {last['val_top1']:.4f}")
         return out
+
+    def train_here(self, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path) -> dict[str, Any]:
+        """Train segment ``segment`` in this process (or in each torchrun process, see
+        :mod:`pipeline.run.distributed`); returns :func:`pipeline.train.train_segment`'s result."""
+        cfg, s = self.cfg, self.cfg.student
+        start, end = cfg.schedule.segments()[segment]
+        name = f"train-{segment}"
+        model = create_model(s.model, s.kwargs, weights=start_ckpt)
+        online = self._online_teacher(segment, teacher) if cfg.online else None
+        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+            return train_segment(
+                model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
+                epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
+                render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
+                labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
+                device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
+                log=lambda line: self._say(name, line), progress=name if self.progress else None,
+            )
 
     def _online_inputs(self, segment: int, teacher: ModelSpec) -> Any:
         if not self.cfg.online:

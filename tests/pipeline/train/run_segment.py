@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-import pipeline.train.loop as loop
 from maskedkd.views import ViewSpec
 from pipeline.config import TrainConfig
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import create_model
+from pipeline.train.labeled_views import LabeledViews
 from pipeline.train import train_segment
 from tests.pipeline.train.helpers import VIT
 
@@ -25,13 +25,13 @@ def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(1)
     if os.environ.get("SLOW_STEP"):
-        make_batch, pause = loop.make_batch, float(os.environ["SLOW_STEP"])
+        render, pause = LabeledViews.render, float(os.environ["SLOW_STEP"])
 
-        def slow(*a, **k):
+        def slow(self, segments):
             time.sleep(pause)
-            return make_batch(*a, **k)
+            return render(self, segments)
 
-        loop.make_batch = slow
+        LabeledViews.render = slow  # the trainer renders every batch through its dataset
     shards = [ShardRef(n, Path(p), r) for n, p, r in job["shards"]]
     labels = {(n, ve): LabelRef(p) for n, ve, p in job["labels"]} if job.get("labels") else None
     model = create_model(VIT, job["model"], seed=job["model_seed"])

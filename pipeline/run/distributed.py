@@ -1,0 +1,93 @@
+"""A student train stage under ``torchrun``: ``compute.nproc`` (or ``run --nproc``) processes (docs/design.md §6).
+
+The runner stays the one process that holds the run folder's flock and writes the run lock; it
+writes a job file (the resolved config, the segment, its labels) into
+``<run_dir>/train-job/train-<i>/`` and starts ``python -m torch.distributed.run --standalone
+--nproc_per_node N -m pipeline.run.train_worker JOB``. Each process trains its slice of every
+global batch (DDP: gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``); rank 0 writes the
+checkpoint, the resume records (the same ``<run_dir>/train`` folder as one process, so a killed
+stage resumes under any process count) and ``result.json``, which the runner records as it
+records an in-process stage. A process that fails with a pipeline error writes
+``error-<rank>.json``, so ``run`` exits with that error's message and exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipeline._atomic import write_atomic
+from pipeline.config.loader import dump_config
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.train.threads import available_cores
+
+if TYPE_CHECKING:  # annotations only: the runner imports this module
+    from pipeline.precompute.spec import ModelSpec
+    from pipeline.run.runner import Runner
+
+JOB_DIR = "train-job"
+
+
+def check_nproc(nproc: int, batch_size: int, device: str) -> None:
+    """Refuse a process count the stage cannot use (exit 2, naming the field)."""
+    if batch_size % nproc:
+        raise ConfigError(f"train.batch_size {batch_size} must be divisible by compute.nproc {nproc} (each process "
+                          f"trains an equal slice of every batch)")
+    if device == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"compute.nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible (one per process)")
+
+
+def job_record(runner: Runner, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,
+               config: Path) -> dict[str, Any]:
+    """What a torchrun process needs to train the segment as :meth:`Runner.train_here` would."""
+    return {
+        "config": str(config), "segment": segment, "start": str(start_ckpt), "out": str(out), "device": runner.device,
+        "progress": runner.progress, "teacher": None if teacher is None else [teacher.weights, teacher.fingerprint],
+        "labels": [[shard, ve, ref.path, ref.sha256, None if ref.expect is None else dict(ref.expect)]
+                   for (shard, ve), ref in (labels or {}).items()],
+    }
+
+
+def train_distributed(runner: Runner, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None,
+                      out: Path) -> dict[str, Any]:
+    """Train segment ``segment`` in ``runner.nproc`` torchrun processes; returns rank 0's
+    :func:`pipeline.train.train_segment` result.
+
+    Raises:
+        ConfigError: the batch does not split over the processes, or too few GPUs.
+        PipelineError: a process failed: its own error (message and exit code) when it wrote one.
+    """
+    cfg, nproc = runner.cfg, runner.nproc
+    check_nproc(nproc, cfg.train.batch_size, runner.device)
+    job_dir = runner.run_dir / JOB_DIR / f"train-{segment}"
+    shutil.rmtree(job_dir, ignore_errors=True)  # no result or error of an earlier attempt is read as this one's
+    job_dir.mkdir(parents=True)
+    config = job_dir / "config.yaml"
+    write_atomic(config, dump_config(cfg, runner.overrides).encode())
+    job = job_dir / "job.json"
+    write_atomic(job, json.dumps(job_record(runner, segment, start_ckpt, labels, teacher, out, config)).encode())
+    env = dict(os.environ)
+    if not env.get("OMP_NUM_THREADS", "").strip():
+        # the processes share the cores (torchrun would pin each to one thread)
+        env["OMP_NUM_THREADS"] = str(cfg.compute.train_threads or max(1, available_cores() // nproc))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pipeline.run.train_worker", str(job)]
+    proc = subprocess.run(cmd, env=env)
+    errors = sorted(job_dir.glob("error-*.json"))
+    if errors:
+        err = json.loads(errors[0].read_text())
+        raise PipelineError(err["message"], exit_code=int(err["exit_code"]))
+    result = job_dir / "result.json"
+    if proc.returncode != 0 or not result.is_file():
+        raise PipelineError(f"train-{segment}: torchrun ({nproc} processes) exited with {proc.returncode}; "
+                            f"its output is above, the job in {job}")
+    res = json.loads(result.read_text())
+    shutil.rmtree(job_dir, ignore_errors=True)  # kept only when a stage failed, to look into
+    return res

@@ -1,0 +1,46 @@
+"""One torchrun process of a student train stage: ``python -m pipeline.run.train_worker JOB.json``.
+
+Started by :func:`pipeline.run.distributed.train_distributed`; trains the job's segment with
+:meth:`pipeline.run.runner.Runner.train_here` (DDP set up by the trainer from torchrun's
+environment). It never writes the run lock: rank 0 leaves ``result.json`` beside the job for the
+runner, and any rank that fails with a pipeline error leaves ``error-<rank>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline._atomic import write_atomic
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.labels.contract import LabelRef
+from pipeline.run.runner import Runner
+
+
+def main(job_path: str) -> int:
+    """Train the job's segment; returns the process exit code."""
+    job_file = Path(job_path)
+    job = json.loads(job_file.read_text())
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        runner = Runner(load_config(job["config"]), echo=click.echo, progress=job["progress"], device=job["device"])
+        labels = {(shard, ve): LabelRef(path, sha, expect) for shard, ve, path, sha, expect in job["labels"]} or None
+        teacher = None if job["teacher"] is None else runner._teacher_spec(*job["teacher"])
+        result = runner.train_here(job["segment"], Path(job["start"]), labels, teacher, Path(job["out"]))
+    except PipelineError as e:
+        write_atomic(job_file.with_name(f"error-{rank}.json"),
+                     json.dumps({"exit_code": e.exit_code, "message": str(e)}).encode())
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    if rank == 0:
+        write_atomic(job_file.with_name("result.json"), json.dumps(result).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,51 @@
+"""``mkd-pipeline run --nproc 2``: a train stage in two torchrun processes (gloo, CPU) inside
+``run`` trains the weights one process trains, and is recorded like one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from pipeline._lock import LOCK_NAME
+from pipeline.models import read_state_dict
+from tests.pipeline.run.tiny import cli_run, tiny_stage
+
+
+def forget_train_0(run) -> None:
+    """Make train-0 stale and gone: its lock entry, its checkpoint and its resume records."""
+    lock = json.loads((run / LOCK_NAME).read_text())
+    del lock["stages"]["train-0"]
+    (run / LOCK_NAME).write_text(json.dumps(lock))
+    (run / "checkpoints" / "c1.pth").unlink()
+    shutil.rmtree(run / "train")
+
+
+@pytest.mark.slow
+def test_two_processes_inside_run_train_like_one(fmnist_small, tmp_path):
+    stages = tiny_stage(tmp_path, fmnist_small)
+    run = tmp_path / "run"
+    one = cli_run("run", str(stages))
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    single = read_state_dict(run / "checkpoints" / "c1.pth")
+    steps = json.loads((run / LOCK_NAME).read_text())["stages"]["train-0"]["info"]["global_step"]
+
+    forget_train_0(run)
+    bad = cli_run("run", str(stages), "--nproc", "3")
+    assert bad.returncode == 2 and "train.batch_size 16 must be divisible by compute.nproc 3" in bad.stderr
+
+    two = cli_run("run", str(stages), "--nproc", "2")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "[train-0] epochs 0..0 from c0.pth (2 processes, torchrun)" in two.stdout
+    assert "precompute-0] cached" in two.stdout, "only the train stage ran again"
+    lock = json.loads((run / LOCK_NAME).read_text())
+    assert lock["stages"]["train-0"]["info"]["global_step"] == steps == 256 // 16
+    double = read_state_dict(run / "checkpoints" / "c1.pth")
+    init = read_state_dict(run / "checkpoints" / "c0.pth")
+    assert max(float((single[k] - init[k]).abs().max()) for k in single) > 1e-2, "training moved the weights"
+    for k in single:
+        torch.testing.assert_close(double[k], single[k], rtol=1e-4, atol=1e-5)
+    assert cli_run("status", str(stages)).returncode == 0, "the stage is recorded as fresh"
+    assert not (run / "train-job").exists() or not any((run / "train-job").iterdir())
