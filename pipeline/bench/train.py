@@ -6,6 +6,11 @@ Fashion-MNIST shards, timed round-robin in one process:
 - ``stored``: KD from stored top-K label partitions streamed in lockstep with the shards;
 - ``off``: plain cross-entropy, no labels read (docs/design.md §7 target: stored >= 0.95 x off);
 - ``online``: the teacher in the loop, masked by the current student (MaskedKD 50%).
+
+With ``--loader`` (the default) two more rows time the public dataset: the same stored labels
+through :class:`pipeline.LabeledViews` and a ``DataLoader`` with 1 and 2 worker processes
+(``dataset-w1``, ``dataset-w2``), feeding a plain loop (the trainer's optimizer and loss, no
+resume records): what a user's own loop gets (README "Use the labels in your own training loop").
 """
 
 from __future__ import annotations
@@ -98,8 +103,34 @@ def write_teacher_labels(
     return out
 
 
-def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int) -> dict[str, Any]:
-    """Time one epoch of each trainer mode, round-robin; steps/s and ratios."""
+TRAINER_MODES = ("stored", "off", "online")
+LOADER_MODES = {"dataset-w1": 1, "dataset-w2": 2}  # mode -> DataLoader worker processes
+
+
+def own_loop_epoch(data, student, cfg, workers: int) -> int:
+    """One epoch of a plain loop over ``data`` (a :class:`pipeline.LabeledViews`) through a
+    ``DataLoader`` with ``workers`` processes; returns the steps taken."""
+    from maskedkd import distill_loss
+    from pipeline.train.loop import build_optimizer
+
+    optimizer, _ = build_optimizer(student, cfg, data.steps, 1)
+    student.train()
+    steps = 0
+    for images, target, labels, _keys in data.loader(num_workers=workers):
+        loss = distill_loss(student(images), labels, target, lam=cfg.lam, tau=cfg.tau, ce_weight=cfg.ce_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    return steps
+
+
+def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int,
+              modes: Sequence[str] = TRAINER_MODES + tuple(LOADER_MODES)) -> dict[str, Any]:
+    """Time one epoch of each mode, round-robin; steps/s and ratios (``vs_off`` needs mode ``off``)."""
+    unknown = [m for m in modes if m not in TRAINER_MODES and m not in LOADER_MODES]
+    if unknown:
+        raise ValueError(f"unknown bench train modes {unknown}; known: {list(TRAINER_MODES) + list(LOADER_MODES)}")
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
@@ -108,6 +139,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
     from pipeline.labels.contract import RenderSpec
     from pipeline.models import create_model
     from pipeline.train import OnlineTeacher, train_segment
+    from pipeline.train.labeled_views import LabeledViews
 
     torch.set_num_threads(threads)
     spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), shift=2, hflip=0.5)
@@ -133,11 +165,25 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
                                               view_pool=1, **cases[name])
             return fn
 
-        seconds = interleaved_medians({name: case(name) for name in cases}, warmup=1, repeats=repeats)
-    steps = results["off"]["steps_per_epoch"]
+        def loader_case(name: str):
+            cfg = TrainConfig(kd="kl", **recipe)
+            data = LabeledViews(shards, spec=spec, seed=0, render=render, epoch=0, batch_size=batch, order_seed=cfg.seed,
+                                labels=labels, view_pool=1, tau=cfg.tau, num_classes=STUDENT["num_classes"], rank=0, world=1)
+
+            def fn() -> None:
+                steps = own_loop_epoch(data, create_model(VIT, STUDENT, seed=0), cfg, LOADER_MODES[name])
+                results[name] = {"steps_per_epoch": steps, "teacher_forwards": 0, "teacher_macs": 0}
+            return fn
+
+        timed = {name: case(name) if name in cases else loader_case(name) for name in modes}
+        seconds = interleaved_medians(timed, warmup=1, repeats=repeats)
+    steps = results[modes[0]]["steps_per_epoch"]
     rows = [{"mode": name, "steps_per_s": steps / seconds[name], "seconds": seconds[name],
-             "vs_off": seconds["off"] / seconds[name], "teacher_forwards": results[name]["teacher_forwards"],
-             "teacher_gmacs": results[name]["teacher_macs"] / 1e9} for name in cases]
+             "steps": results[name]["steps_per_epoch"],
+             "vs_off": seconds["off"] / seconds[name] if "off" in seconds else None,
+             "teacher_forwards": results[name]["teacher_forwards"],
+             "teacher_gmacs": results[name]["teacher_macs"] / 1e9,
+             "loader_workers": LOADER_MODES.get(name)} for name in modes]
     return {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
             "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
             "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
@@ -148,7 +194,8 @@ def _table(result: dict) -> str:
              f"{result['threads']} torch thread(s); {result['machine']}", "",
              "| mode | steps/s | vs kd: off | teacher forwards | teacher GMACs |", "|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['steps_per_s']:.2f} | {r['vs_off']:.3f} | {r['teacher_forwards']} | {r['teacher_gmacs']:.3f} |")
+        vs_off = "-" if r["vs_off"] is None else f"{r['vs_off']:.3f}"
+        lines.append(f"| {r['mode']} | {r['steps_per_s']:.2f} | {vs_off} | {r['teacher_forwards']} | {r['teacher_gmacs']:.3f} |")
     return "\n".join(lines)
 
 
@@ -159,8 +206,13 @@ def _table(result: dict) -> str:
 @click.option("--keep", default=25, show_default=True, type=click.IntRange(1), help="Patches the online teacher keeps (of 49).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch threads.")
+@click.option("--loader/--no-loader", default=True, show_default=True,
+              help="Also time pipeline.LabeledViews through a DataLoader with 1 and 2 workers (dataset-w1, dataset-w2).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
-def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, as_json: bool) -> None:
-    """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, one run."""
-    result = run_bench(samples, shard_size, batch, keep, repeats, threads)
+def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
+                as_json: bool) -> None:
+    """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
+    public dataset through a DataLoader, one run."""
+    modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ())
+    result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes)
     click.echo(json.dumps(result, indent=1) if as_json else _table(result))

@@ -1,18 +1,23 @@
-import json
+"""Smoke test of `mkd-pipeline bench train`'s modes on tiny data (timings are for BENCHMARKS.md, never asserted)."""
+
+from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from pipeline.cli import cli
+from pipeline.bench.train import LOADER_MODES, _table, run_bench
 
 
-@pytest.mark.slow
-def test_bench_train_json_rows():
-    r = CliRunner().invoke(cli, ["bench", "train", "--samples", "128", "--shard-size", "64", "--batch", "32",
-                                 "--repeats", "1", "--json"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
-    rows = {row["mode"]: row for row in out["rows"]}
-    assert set(rows) == {"stored", "off", "online"} and out["steps"] == 4
-    assert rows["off"]["vs_off"] == 1.0 and rows["stored"]["steps_per_s"] > 0
-    assert rows["online"]["teacher_forwards"] == 128 and rows["stored"]["teacher_forwards"] == 0
+def test_the_public_dataset_modes_train_the_trainers_steps(one_thread):
+    result = run_bench(samples=64, shard_size=32, batch=16, keep=25, repeats=1, threads=1,
+                       modes=("off", *LOADER_MODES))
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert list(rows) == ["off", "dataset-w1", "dataset-w2"]
+    assert [r["steps"] for r in rows.values()] == [64 // 16] * 3, "the own loop takes the trainer's steps"
+    assert rows["dataset-w1"]["loader_workers"] == 1 and rows["dataset-w2"]["loader_workers"] == 2
+    assert all(r["steps_per_s"] > 0 and r["vs_off"] > 0 for r in rows.values())
+    assert "| dataset-w2 |" in _table(result)
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown bench train modes \\['fast'\\]"):
+        run_bench(samples=16, shard_size=16, batch=16, keep=25, repeats=1, threads=1, modes=("fast",))
