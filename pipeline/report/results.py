@@ -61,7 +61,8 @@ class RunResult:
     finished: bool = False
     top1: float | None = None
     teacher_top1: float | None = None
-    teacher_macs: int = 0
+    teacher_macs: int = 0  #: spent by this run (rows another run had labelled cost it nothing)
+    label_macs: int = 0  #: what its labels cost, reused or not: rows x MACs at their keep, spot-checks included
     full_macs: int = 0
     teacher_forwards: int = 0
     avoided: int = 0
@@ -108,13 +109,13 @@ def _row_comment(path: Path) -> str | None:
     return None
 
 
-_FULL_MACS: dict[str, int] = {}
+_MACS: dict[str, int] = {}
 
 
-def _full_macs_per_image(cfg) -> int:
-    """MACs of one unmasked teacher forward (measured by maskedkd.teacher_macs), per teacher config."""
-    key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
-    if key not in _FULL_MACS:
+def _macs_per_view(cfg, keep: int | None = None) -> int:
+    """MACs of one teacher forward keeping ``keep`` patches (None: all), by maskedkd.teacher_macs."""
+    key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs, keep], sort_keys=True, default=repr)
+    if key not in _MACS:
         # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
         import torch
 
@@ -123,8 +124,8 @@ def _full_macs_per_image(cfg) -> int:
 
         with torch.device("cpu"):
             model = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
-        _FULL_MACS[key] = teacher_macs(model, None)
-    return _FULL_MACS[key]
+        _MACS[key] = teacher_macs(model, keep)
+    return _MACS[key]
 
 
 def _loads(log: Path) -> list[float]:
@@ -196,7 +197,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         return r
     r.finished = True
     r.top1 = float(epochs[-1]["val_top1"])
-    per_image = _full_macs_per_image(cfg)
+    per_image = _macs_per_view(cfg)
     r.full_macs = 0 if cfg.train.kd == "off" else per_image * r.train_samples * cfg.schedule.epochs
     for i, (start, _end) in enumerate(segs):
         pre = stages.get(f"precompute-{i}", {}).get("info", {})
@@ -215,8 +216,11 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
         if pre.get("keep") is not None:
             r.used_keeps.append(int(pre["keep"]))
+            k = int(pre["keep"])
+            r.label_macs += rows * _macs_per_view(cfg, None if k >= r.num_patches else k)
         if pre.get("auto"):
             r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
+            r.label_macs += int(pre["auto"].get("teacher_macs") or 0)
     return r
 
 
@@ -332,7 +336,7 @@ def _target(rows: dict[str, list[RunResult]], row: str, full: str, max_ratio: fl
         return f"- {what}: **not measured** (rows not run: {row if not ra else full})."
     ma, _ = _mean_std([r.top1 for r in ra])
     mb, sb = _mean_std([r.top1 for r in rb])
-    ratio = statistics.fmean(r.teacher_macs / r.full_macs for r in ra if r.full_macs)
+    ratio = statistics.fmean(r.label_macs / r.full_macs for r in ra if r.full_macs)
     diff = 100 * (ma - mb)
     if sb is None:
         return f"- {what}: {diff:+.2f} points at {ratio:.2f}x MACs; **not decidable** (full-teacher KD has 1 seed, no std)."
@@ -414,23 +418,26 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
     lines += ["## Main table", "",
               "Student top-1 (%) on the test images after the last epoch: mean ± sample std over seeds, with each "
               "seed's value. Keep: patches the teacher saw per milestone (of " + str(max((r.num_patches for r in students), default=0))
-              + "; auto rows: as chosen, seed by seed). Teacher GMACs: teacher compute the run spent, the auto-keep spot-checks "
-              "included. Of full-KD: that against full-teacher KD on the same training samples. Avoided: teacher "
-              "forwards the store reused. Wall: sum of the stages' seconds (precompute + train), per seed.", "",
-              "| row | top-1 % | keep per milestone | teacher GMACs, per seed | of full-KD, per seed | forwards avoided | wall min / run | commands |",
-              "|---|---|---|---:|---:|---:|---:|---|"]
+              + "; auto rows: as chosen, seed by seed). Labels' GMACs: the teacher compute the row's labels cost, reused or "
+              "not (rows x MACs at their keep), the auto-keep spot-checks included. Of full-KD: that against full-teacher "
+              "KD on the same training samples (the targets use this). Spent: what this run computed itself (rows another "
+              "run had already labelled cost it nothing). Avoided: teacher forwards the store reused. Wall: sum of the "
+              "stages' seconds (precompute + train), per seed.", "",
+              "| row | top-1 % | keep per milestone | labels' teacher GMACs, per seed | of full-KD, per seed | GMACs spent | forwards avoided | wall min / run | commands |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for row in order:
         rs = sorted(rows[row], key=lambda r: r.seed)
         done = [r for r in rs if r.finished]
         if done:
             keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
-            macs = " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done)
-            frac = " / ".join(f"{r.teacher_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done)
+            macs = " / ".join(f"{r.label_macs / 1e9:.1f}" for r in done)
+            frac = " / ".join(f"{r.label_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done)
+            spent = " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done)
             avoided = " / ".join(str(r.avoided) for r in done)
             wall = " / ".join(f"{r.seconds / 60:.1f}" for r in done)
-            cells = [keeps, macs, frac, avoided, wall]
+            cells = [keeps, macs, frac, spent, avoided, wall]
         else:
-            cells = ["-"] * 5
+            cells = ["-"] * 6
         cmds = "<br>".join(f"`{r.command}`" + ("" if r.finished else " (not run)") for r in rs)
         lines.append(f"| {row} | {_acc_cell(rs)} | " + " | ".join(cells) + f" | {cmds} |")
     teacher_names = [t for t in ("plain", "robust") if any(r.startswith(f"{t} teacher:") for r in rows)]

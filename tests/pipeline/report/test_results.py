@@ -96,6 +96,7 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     macs = sum(lock[f"precompute-{i}"]["info"]["teacher_macs"] for i in (0, 1))
     r = collect_run(mkd)
     assert r.finished and r.top1 == top1 and r.teacher_macs == macs
+    assert r.label_macs == macs  # it computed every row itself, no spot-checks: what it spent is what its labels cost
     assert r.rows == 2 * 256 and r.full_macs > macs > 0
     assert [m for m, _ in r.masked_top1] == [0, 1] and r.used_keeps == [8, 8] and r.keep_label == "8"
     assert [e for e, _ in r.epoch_top1] == [0, 1] and r.epoch_top1[-1][1] == top1
@@ -118,7 +119,7 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     a = collect_run(auto)
     alock = json.loads((tmp_path / "runs" / "auto-s0" / "run.lock.json").read_text())["stages"]
     assert a.used_keeps == [alock[f"precompute-{i}"]["info"]["keep"] for i in (0, 1)]
-    assert len(a.auto) == 2 and 0 < a.spot_macs < a.teacher_macs
+    assert len(a.auto) == 2 and 0 < a.spot_macs < a.teacher_macs <= a.label_macs
     assert a.spot_macs == sum(alock[f"precompute-{i}"]["info"]["auto"]["teacher_macs"] for i in (0, 1))
     assert "## Auto keep: what the budget chose" in text and f"| {auto_row}, seed 0 | agreement >= 0.9 |" in text
     # the targets name what they could not decide
