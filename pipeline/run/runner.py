@@ -38,6 +38,7 @@ from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
+from pipeline.run.claims import announce, register_run
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
 from pipeline.train.threads import train_threads
@@ -373,22 +374,24 @@ class Runner:
             self._say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({self.cfg.masking.policy}) "
                             f"from {source_ckpt.name}")
             t0 = time.perf_counter()
-            summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
-                                     progress=self.progress)
-            results = summary.pop("results")
-            parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
-                     for t, r in zip(tasks, results)]
-            summary["seconds"] = time.perf_counter() - t0
-            summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
-            summary["source"] = source_ckpt.name
-            summary["keep"] = (self.cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
-            if probe is not None:
-                # what choosing the keep cost is part of what these labels cost
-                summary["auto"] = {"budget": str(self.cfg.masking.budget.budget()), "curve": probe["curves"][self.cfg.masking.policy],
-                                   "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
-                                   "teacher_forwards": probe["teacher_forwards"]}
-                summary["teacher_macs"] += probe["teacher_macs"]
-            self.lock.record(name, inputs, partitions=parts, info=summary)
+            # announced before any task starts and until the lock names them: gc keeps them meanwhile
+            with announce(self.cfg.labels.store, self.lock.path, name, [t.path for t in tasks]):
+                summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
+                                         progress=self.progress)
+                results = summary.pop("results")
+                parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
+                         for t, r in zip(tasks, results)]
+                summary["seconds"] = time.perf_counter() - t0
+                summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
+                summary["source"] = source_ckpt.name
+                summary["keep"] = (self.cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
+                if probe is not None:
+                    # what choosing the keep cost is part of what these labels cost
+                    summary["auto"] = {"budget": str(self.cfg.masking.budget.budget()), "curve": probe["curves"][self.cfg.masking.policy],
+                                       "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
+                                       "teacher_forwards": probe["teacher_forwards"]}
+                    summary["teacher_macs"] += probe["teacher_macs"]
+                self.lock.record(name, inputs, partitions=parts, info=summary)
             self.result.stages[name] = "ran"
             self.result.teacher_forwards += summary["teacher_forwards"]
             self.result.student_forwards += summary["student_forwards"]
@@ -469,6 +472,7 @@ class Runner:
     def _run_stages(self, until: str | None) -> RunResult:
         cfg = self.cfg
         pending: dict[int, _Background] = {}
+        register_run(cfg.labels.store, self.lock.path)  # so gc of any config sharing the store keeps our files
         try:
             teacher = self.teacher_stage()
             if until == "teacher":

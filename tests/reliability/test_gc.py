@@ -20,10 +20,10 @@ def test_gc_removes_temp_files_in_run_folder_and_store(ws, tally):
     for p in leftovers + keep:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
-    code, out = main_in_process("gc", str(cfg), cwd=ws)
+    code, out = main_in_process("gc", str(cfg), "--grace", "0", cwd=ws)
     assert code == 0 and all(str(p.relative_to(ws)) in out for p in leftovers), out  # dry run lists them
     assert all(p.exists() for p in leftovers)
-    code, out = main_in_process("gc", str(cfg), "--yes", cwd=ws)
+    code, out = main_in_process("gc", str(cfg), "--yes", "--grace", "0", cwd=ws)
     assert code == 0, out
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in keep)
     tally("crash", "temp files left by kills in the run folder", "`gc --yes` removes them (store and run folder)")
