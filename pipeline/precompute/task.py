@@ -30,12 +30,12 @@ from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
 from pipeline.data.shards import Sample, read_shard
-from pipeline.errors import StoreError
+from pipeline.errors import DataError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
-from pipeline.models import create_model
+from pipeline.models import create_model, model_fingerprint
 from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
@@ -46,9 +46,21 @@ from pipeline.precompute.worker import get_cached, worker_device
 
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
-    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
+    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint).
+
+    Raises:
+        DataError: the weights file no longer holds the weights ``spec.fingerprint`` names (it
+            was replaced after the client fingerprinted it); the message names the file.
+    """
     def factory() -> torch.nn.Module:
-        return create_model(spec.name, spec.kwargs, weights=spec.weights).eval().to(device)
+        model = create_model(spec.name, spec.kwargs, weights=spec.weights)
+        # the cache key and every partition's path trust the client's fingerprint: check it here
+        found = model_fingerprint(model, spec.name)
+        if found != spec.fingerprint:
+            raise DataError(f"{spec.weights}: these {spec.name} weights have fingerprint {found[:12]}, but the run "
+                            f"planned its labels for {spec.fingerprint[:12]}: the file was replaced after the run "
+                            f"read it; run again so every stage sees the new file")
+        return model.eval().to(device)
 
     return get_cached(f"model:{spec.fingerprint}:{device}", factory)
 
@@ -221,9 +233,8 @@ def run_partition(item: dict) -> dict:
     t0 = time.perf_counter()
     report: list = []
     samples = []
-    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes):
-        if t.limit is not None and len(samples) >= t.limit:
-            break
+    # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
+    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit):
         samples.append(s)
     result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
     after_shard_read(t)
