@@ -138,6 +138,7 @@ def open_cluster(
     cache_size: int = DEFAULT_CACHE_SIZE,
     memory_limit: str | float | None = "auto",
     announce: Callable[[str], None] | None = _stderr,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     """Open the compute cluster for the duration of a ``with`` block.
 
@@ -156,6 +157,9 @@ def open_cluster(
     * ``daemon_workers=False`` lets tasks start child processes (e.g. a torch DataLoader with
       ``num_workers > 0``); Dask workers are daemonic by default and cannot.
 
+    ``security``: a ``distributed.security.Security`` (``compute.security``): TLS to a remote
+    scheduler, and an embedded cluster listening on ``tls://`` with it.
+
     ``announce`` receives the human-readable lines (``dashboard: http://...`` when the scheduler
     serves Dask's dashboard: an embedded cluster with bokeh installed, or a remote scheduler
     that reports a ``dashboard`` service); ``None`` silences them.
@@ -165,7 +169,7 @@ def open_cluster(
     if threads_per_worker < 1:
         raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if scheduler:
-        with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce) as c:
+        with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce, security) as c:
             yield c
         return
     config = {
@@ -181,7 +185,7 @@ def open_cluster(
     # Kept for the cluster's whole life: nannies read the daemon flag on every worker restart.
     with dask.config.set(config):
         with _embedded(
-            workers, threads_per_worker, device, dashboard, cache_size, memory_limit, announce
+            workers, threads_per_worker, device, dashboard, cache_size, memory_limit, announce, security
         ) as c:
             yield c
 
@@ -193,9 +197,10 @@ def _connect(
     threads: int,
     cache_size: int,
     announce: Callable[[str], None] | None,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     try:
-        client = Client(address, timeout=timeout, set_as_default=False)
+        client = Client(address, timeout=timeout, set_as_default=False, security=security)
     except Exception as exc:  # OSError, TimeoutError, ValueError (bad address), ...
         raise ComputeError(
             f"cannot connect to the Dask scheduler at {address} within {timeout:g}s: {exc}"
@@ -223,6 +228,7 @@ def _embedded(
     cache_size: int,
     memory_limit: Any,
     announce: Callable[[str], None] | None,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     if device not in ("auto", "cpu", "cuda", "gpu"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -257,6 +263,8 @@ def _embedded(
             )
         resources, gpu_index = {"CPU": 1}, "first"
 
+    if security is not None:  # scheduler, workers and client all speak TLS with these certificates
+        kwargs.update(security=security, protocol="tls://")
     if dashboard and bokeh is None:
         log.info("no Dask dashboard: bokeh is not installed")
         dashboard = False
@@ -279,7 +287,7 @@ def _embedded(
         raise ComputeError(f"could not start a local Dask cluster ({n} workers): {exc}") from exc
     client = None
     try:
-        client = Client(local, set_as_default=False)
+        client = Client(local, set_as_default=False, security=security)
         client.register_plugin(
             WorkerSetup(threads, gpu_index=gpu_index, cache_size=cache_size, ignore_sigint=True)
         )

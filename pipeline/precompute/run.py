@@ -30,8 +30,9 @@ def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None 
         return
     # the config loader already filled compute.scheduler from $MKD_SCHEDULER
     address = resolve_address(scheduler, cfg.compute.scheduler)
+    security = cfg.compute.security.security() if cfg.compute.security is not None else None
     with open_cluster(address, workers=workers or cfg.compute.workers, threads_per_worker=cfg.compute.threads_per_worker,
-                      device=cfg.compute.device) as c:
+                      device=cfg.compute.device, security=security) as c:
         yield c
 
 
