@@ -30,7 +30,7 @@ from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
 from pipeline.data.shards import Sample, read_shard
-from pipeline.errors import DataError, StoreError
+from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
@@ -202,6 +202,17 @@ def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
+def _check_finite(t: PartitionTask, logits: torch.Tensor, keys: list[str]) -> None:
+    """Refuse NaN/inf teacher logits before they reach a partition, naming where they came from."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise NumericError(
+            f"the teacher's logits are not finite (NaN/inf) for {int(bad.sum())} of {len(keys)} rows of shard {t.shard}, "
+            f"view epoch {t.view_epoch} (first: key {keys[first]}), teacher weights {t.teacher.weights}, precision "
+            f"{t.precision}; no partition was written")
+
+
 def after_shard_read(t: PartitionTask) -> None:
     """Test seam, a no-op: called once the task has read its shard, before any model runs.
 
@@ -275,6 +286,7 @@ def run_partition(item: dict) -> dict:
             kidx = _kept(keep[idx], t.keep)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
                 logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+        _check_finite(t, logits_rows, [keys[i] for i in compute])
 
         target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
         inexact = np.flatnonzero(reuse & (best > 0))

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from pipeline._atomic import TMP_PREFIX, fsync_dir, write_atomic
 from pipeline._fingerprint import sha256_json
+from pipeline.errors import OutputError, StoreError
 from pipeline.labels.paths import is_uri
 
 CLAIMS_DIR = ".mkd"
@@ -40,7 +41,10 @@ def register_run(store: str, lock_path: str | Path) -> None:
     lock = os.path.abspath(lock_path)
     path = _dir(store, "runs") / f"{sha256_json(lock)[:16]}.json"
     if not path.exists():
-        write_atomic(path, json.dumps({"lock": lock, "cwd": os.getcwd()}).encode())
+        try:
+            write_atomic(path, json.dumps({"lock": lock, "cwd": os.getcwd()}).encode())
+        except OutputError as e:
+            raise StoreError(f"{path}: cannot register the run with its label store ({e.__cause__ or e})") from e
 
 
 def registered_runs(store: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -65,18 +69,26 @@ def announce(store: str, lock_path: str | Path, stage: str, partitions: list[str
         yield
         return
     d = _dir(store, "intents")
-    d.mkdir(parents=True, exist_ok=True)
     name = f"{sha256_json([os.path.abspath(lock_path), stage])[:16]}-{os.getpid()}.json"
     tmp = d / f"{TMP_PREFIX}{name}"
     doc = {"lock": os.path.abspath(lock_path), "stage": stage, "created": time.time(),
            "partitions": [os.path.abspath(p) for p in partitions]}
-    with open(tmp, "w") as f:
+    f = None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "w")
         fcntl.flock(f, fcntl.LOCK_SH)
         f.write(json.dumps(doc))
         f.flush()
         os.fsync(f.fileno())
         os.replace(tmp, d / name)
         fsync_dir(d)
+    except OSError as e:
+        if f is not None:
+            f.close()
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"{d / name}: cannot announce the stage's partitions in the label store ({e})") from e
+    with f:
         try:
             yield
         finally:

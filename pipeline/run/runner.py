@@ -9,13 +9,14 @@ shares it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import torch
@@ -27,7 +28,7 @@ from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.config.loader import dump_config
 from pipeline.data.manifest import DatasetManifest, load_manifest
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NumericError
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
@@ -227,7 +228,7 @@ class Runner:
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
-        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+        with train_threads(cfg.compute.train_threads), _naming_stage("teacher"):  # one process trains: all its cores
             res = train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
                 epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
@@ -376,8 +377,9 @@ class Runner:
             t0 = time.perf_counter()
             # announced before any task starts and until the lock names them: gc keeps them meanwhile
             with announce(self.cfg.labels.store, self.lock.path, name, [t.path for t in tasks]):
-                summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
-                                         progress=self.progress)
+                with _naming_stage(name):
+                    summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
+                                             progress=self.progress)
                 results = summary.pop("results")
                 parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
                          for t, r in zip(tasks, results)]
@@ -415,7 +417,7 @@ class Runner:
         model = create_model(s.model, s.kwargs, weights=start_ckpt)
         online = self._online_teacher(segment, teacher) if cfg.online else None
         self._say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if online else ""))
-        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+        with train_threads(cfg.compute.train_threads), _naming_stage(name):  # one process trains: all its cores
             res = train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
                 epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
@@ -565,6 +567,15 @@ class Runner:
             makers.append(f"train-{i}")
             ckpt.append(self.ckpt_dir / f"c{i + 1}.pth")
         return steps
+
+
+@contextlib.contextmanager
+def _naming_stage(stage: str) -> Iterator[None]:
+    """Non-finite numbers say which stage met them (the task or trainer knows only shard or step)."""
+    try:
+        yield
+    except NumericError as e:
+        raise NumericError(f"[{stage}] {e}") from e
 
 
 class _Background:
