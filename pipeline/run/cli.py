@@ -17,6 +17,7 @@ from pipeline._cli_options import (
     set_opt,
 )
 from pipeline.errors import ConfigError
+from pipeline.run.folder_lock import hold_run_folder
 from pipeline.report.fidelity import curve_table, plot_curves
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
@@ -37,8 +38,6 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
     A second ``run`` of the same config waits for the first, then reads its run lock and does
     only what is still stale (usually nothing). Bad configs fail before anything is created.
     """
-    from pipeline.run.folder_lock import hold_run_folder
-
     run_dir = _runner(stages, overrides, **kw).run_dir  # validates config and dataset first
     waiting = f"{run_dir}: another run of this config is in progress; waiting for it to finish"
     with hold_run_folder(run_dir, on_wait=lambda: click.echo(waiting, err=True)):
@@ -190,6 +189,7 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
 @click.command("gc")
 @click.argument("stages", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--yes", is_flag=True, help="Really delete (default: dry run, only list).")
+# the default is pipeline.run.gc.DEFAULT_GRACE_S (not imported here: it pulls in pyarrow for `--help`)
 @click.option("--grace", "grace_s", default=3600.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="Never delete files younger than this.")
 def gc_cmd(stages: tuple[str, ...], yes: bool, grace_s: float) -> None:
