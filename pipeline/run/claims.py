@@ -9,7 +9,7 @@ Under ``<store>/.mkd/``:
   partitions it will write; its writer holds a shared flock on it until the stage is recorded in
   the run lock. An intent whose flock nobody holds is stale (the writer died) and protects nothing.
 
-URI stores (``s3://``...) get neither: ``gc`` only collects local stores.
+Remote stores (``s3://``...) get neither: ``gc`` only collects local ones (a path or ``file://``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from pipeline._atomic import TMP_PREFIX, fsync_dir, write_atomic
 from pipeline._fingerprint import sha256_json
 from pipeline.errors import OutputError, StoreError
-from pipeline.labels.paths import is_uri
+from pipeline.labels.paths import local_root
 
 CLAIMS_DIR = ".mkd"
 
@@ -36,10 +36,11 @@ def _dir(store: str, kind: str) -> Path:
 
 def register_run(store: str, lock_path: str | Path) -> None:
     """Record that the run lock ``lock_path`` uses ``store`` (idempotent; local stores only)."""
-    if is_uri(store):
+    root = local_root(store)
+    if root is None:
         return
     lock = os.path.abspath(lock_path)
-    path = _dir(store, "runs") / f"{sha256_json(lock)[:16]}.json"
+    path = _dir(root, "runs") / f"{sha256_json(lock)[:16]}.json"
     if not path.exists():
         try:
             write_atomic(path, json.dumps({"lock": lock, "cwd": os.getcwd()}).encode())
@@ -50,7 +51,7 @@ def register_run(store: str, lock_path: str | Path) -> None:
 def registered_runs(store: str) -> list[tuple[Path, dict[str, Any]]]:
     """``[(record file, {"lock", "cwd"})]`` of the runs registered with ``store`` (unreadable ones skipped)."""
     out = []
-    for p in sorted(_dir(store, "runs").glob("[!.]*.json")):
+    for p in sorted(_dir(local_root(store) or store, "runs").glob("[!.]*.json")):
         try:
             out.append((p, json.loads(p.read_text())))
         except (OSError, ValueError):
@@ -65,14 +66,15 @@ def announce(store: str, lock_path: str | Path, stage: str, partitions: list[str
     The intent file is flocked (shared) before it appears under its name, and the lock dies
     with this process, so ``gc`` can tell a live intent from one a killed run left behind.
     """
-    if is_uri(store) or not partitions:
+    root = local_root(store)
+    if root is None or not partitions:
         yield
         return
-    d = _dir(store, "intents")
+    d = _dir(root, "intents")
     name = f"{sha256_json([os.path.abspath(lock_path), stage])[:16]}-{os.getpid()}.json"
     tmp = d / f"{TMP_PREFIX}{name}"
     doc = {"lock": os.path.abspath(lock_path), "stage": stage, "created": time.time(),
-           "partitions": [os.path.abspath(p) for p in partitions]}
+           "partitions": [local_root(p) for p in partitions]}
     f = None
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def live_intents(store: str, *, remove_stale: bool = False) -> tuple[set[str], i
     """
     announced: set[str] = set()
     stale = 0
-    for p in sorted(_dir(store, "intents").glob("[!.]*.json")):
+    for p in sorted(_dir(local_root(store) or store, "intents").glob("[!.]*.json")):
         try:
             f = open(p)
         except FileNotFoundError:

@@ -57,7 +57,7 @@ def _collect(stores, locks, run_dirs, live, registry, *, delete: bool, grace_s: 
     referenced: set[str] = set()
     for lock_path, cwd in locks:
         for p in _lock_paths(lock_path):
-            referenced.add(os.path.normpath(os.path.join(cwd, p)))
+            referenced.add(paths.local_root(p) or p if paths.is_uri(p) else os.path.normpath(os.path.join(cwd, p)))
     cutoff = time.time() - grace_s
     files: list[tuple[str, int]] = []
     kept = announced_kept = young = stale_intents = 0
@@ -65,6 +65,7 @@ def _collect(stores, locks, run_dirs, live, registry, *, delete: bool, grace_s: 
         if not _local_store(store):
             continue
         announced, stale = live_intents(store, remove_stale=delete)
+        store = paths.local_root(store)  # a file:// store is listed as the local folder it is
         stale_intents += stale
         for p in paths.list_partitions(store):
             ap = os.path.abspath(p)
@@ -110,7 +111,8 @@ def _lock_paths(lock_path: Path) -> list[str]:
 
 
 def _local_store(store: str) -> bool:
-    return not paths.is_uri(store) and Path(store).is_dir()
+    root = paths.local_root(store)
+    return root is not None and Path(root).is_dir()
 
 
 def _mtime(path: str) -> float:

@@ -29,6 +29,7 @@ from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.config.loader import dump_config
 from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline.errors import ConfigError, NumericError
+from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
@@ -207,7 +208,11 @@ class Runner:
             self._say("teacher", f"weights {path} (val top-1 {_pct(info['top1'])})")
         else:
             # content-addressed: every run with the same teacher inputs shares one trained teacher
-            path = Path(cfg.labels.store) / "teachers" / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
+            # a local (or file://) store shares it with every run; a remote store cannot hold what
+            # torch loads by path, so the run folder keeps it
+            local = paths.local_root(cfg.labels.store)
+            teachers = Path(local) / "teachers" if local is not None else self.run_dir / "teachers"
+            path = teachers / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
             sidecar = path.with_suffix(".json")
             if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
                 info = json.loads(sidecar.read_text())["info"]
