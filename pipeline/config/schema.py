@@ -629,6 +629,10 @@ class ComputeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the workers' models.")
     timeout_s: float | None = Field(3600, gt=0, description="Per-task time limit in seconds; null: none.")
     retries: int = Field(2, ge=0, description="Retries of a failed task.")
+    lost_timeout_s: float = Field(
+        60, gt=0, description="Seconds the cluster may be without any worker, or the client without its scheduler, "
+                              "before the stage fails (exit 5) instead of waiting for ever.",
+    )
     security: SecurityConfig | None = Field(
         None, description="TLS to the Dask cluster (CA, client certificate and key); null: plain tcp://. "
                           "Stage configs are code: see the README's Trust section.",

@@ -68,6 +68,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
+DEFAULT_LOST_AFTER_S = 60.0  # compute.lost_timeout_s: an embedded worker's restart takes seconds, not a minute
+_POLL_S = 0.1
 
 
 @dataclass
@@ -406,6 +408,7 @@ def run_tasks(
     progress: bool = True,
     on_result: Callable[[dict], Any] | None = None,
     check: bool = True,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> list[dict]:
     """Run ``fn(item)`` for every item on the cluster; return the results in item order.
 
@@ -418,6 +421,9 @@ def run_tasks(
       scheduler (``allowed_failures`` in :func:`open_cluster`).
     * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
       is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
+    * ``lost_after_s``: the client's own deadline: when the cluster has had no worker, or the
+      client no scheduler, for this long, it fails with :class:`ComputeError` (exit 5) instead of
+      waiting for ever (a remote cluster whose workers all died, a scheduler that went away).
     * ``on_result(result)`` is called in the client, once per finished task, in completion
       order (the lock writer hooks here). A progress bar on stderr (when it is a terminal and
       not ``-q``; see :mod:`pipeline._console`) shows tasks and, when results carry ``"rows"``,
@@ -458,22 +464,31 @@ def run_tasks(
     results: list[dict | None] = [None] * len(items)
     bar = progress_bar(total=len(items), desc=None, unit="task", enabled=progress)
     start, rows = time.monotonic(), 0
+    health = _Health(client, lost_after_s)
+    finished = as_completed(futures, loop=client.loop)
     try:
-        for fut in as_completed(futures, loop=client.loop):
-            i = index[fut.key]
-            if fut.status != "finished":
-                raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
-            result = fut.result()
-            results[i] = result
-            fut.release()
-            if isinstance(result.get("rows"), (int, float)):
-                rows += result["rows"]
-                bar.set_postfix_str(
-                    f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
-                )
-            bar.update(1)
-            if on_result is not None:
-                on_result(result)
+        while not finished.is_empty():
+            # poll, never block for ever: between polls the client checks the cluster is alive
+            if not finished.has_ready():
+                health.check()
+                time.sleep(_POLL_S)
+                continue
+            health.ok()
+            for fut in finished.next_batch(block=False):
+                i = index[fut.key]
+                if fut.status != "finished":
+                    raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
+                result = fut.result()
+                results[i] = result
+                fut.release()
+                if isinstance(result.get("rows"), (int, float)):
+                    rows += result["rows"]
+                    bar.set_postfix_str(
+                        f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
+                    )
+                bar.update(1)
+                if on_result is not None:
+                    on_result(result)
     except BaseException:
         pending = [f for f in futures if not f.done()]
         if pending:
@@ -488,11 +503,52 @@ def run_tasks(
     return results  # type: ignore[return-value]
 
 
+class _Health:
+    """The client's view of its cluster: fails the run when the scheduler connection or every
+    worker has been gone for ``lost_after_s`` seconds (Dask itself would wait for ever)."""
+
+    def __init__(self, client: Client, lost_after_s: float) -> None:
+        self.client = client
+        self.lost_after_s = lost_after_s
+        self.since: float | None = None  # when the cluster was first seen without scheduler or workers
+
+    def ok(self) -> None:
+        self.since = None
+
+    def check(self) -> None:
+        problem = self._problem()
+        if problem is None:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since >= self.lost_after_s:
+            raise ComputeError(f"{problem} for {self.lost_after_s:g} s (compute.lost_timeout_s); the stage is not "
+                               f"recorded: restart the cluster and run again (finished partitions are reused)")
+
+    def _problem(self) -> str | None:
+        address = getattr(self.client.scheduler, "address", "?")
+        if self.client.status != "running":
+            return f"lost the connection to the Dask scheduler at {address} (client {self.client.status})"
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - the scheduler went away between two checks
+            return f"lost the connection to the Dask scheduler at {address}"
+        if not workers:
+            return f"the Dask cluster at {address} has no worker left"
+        return None
+
+
 def _task_error(
     client: Client, fut: Any, item: dict, key: str, retries: int, timeout_s: float | None
 ) -> PipelineError:
     label = _item_label(item, key)
     if fut.status == "cancelled":
+        if client.status != "running":  # the client cancels its futures when the scheduler goes away
+            address = getattr(client.scheduler, "address", "?")
+            return ComputeError(f"lost the connection to the Dask scheduler at {address} (client {client.status}) while "
+                                f"the task for {label} was pending; the stage is not recorded: restart the cluster and "
+                                f"run again (finished partitions are reused)")
         return ComputeError(f"task for {label} was cancelled by the cluster")
     try:
         exc = fut.exception()

@@ -45,7 +45,7 @@ def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_pre
     items = [{"id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "task": t} for t in tasks]
     results = run_tasks(cluster, run_partition, items, resources=cluster.task_resources, key_prefix=key_prefix,
                         retries=cfg.compute.retries, timeout_s=cfg.compute.timeout_s, progress=progress,
-                        on_result=on_result)
+                        on_result=on_result, lost_after_s=cfg.compute.lost_timeout_s)
     return summarize(results)
 
 

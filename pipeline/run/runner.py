@@ -297,7 +297,8 @@ class Runner:
         check_resources(cluster, cluster.task_resources)
         (result,) = run_tasks(cluster, run_probe, [{"id": task.id, "task": task}], resources=cluster.task_resources,
                               key_prefix=f"{self.cfg.name}-{name}", retries=self.cfg.compute.retries,
-                              timeout_s=self.cfg.compute.timeout_s, progress=False)
+                              timeout_s=self.cfg.compute.timeout_s, progress=False,
+                              lost_after_s=self.cfg.compute.lost_timeout_s)
         return result
 
     @staticmethod
