@@ -39,13 +39,16 @@ def collect_garbage(cfgs, *, delete: bool = False, grace_s: float = DEFAULT_GRAC
         stores.add(cfg.labels.store)
         locks.append((run_dir / LOCK_NAME, os.getcwd()))
     registry: list[Path] = []
+    cutoff = time.time() - grace_s
     for store in sorted(stores):
         if _local_store(store):
             for record, doc in registered_runs(store):
-                if Path(doc["lock"]).exists():
-                    locks.append((Path(doc["lock"]), doc.get("cwd", os.getcwd())))
-                else:
+                lock = Path(doc["lock"])
+                if lock.exists():
+                    locks.append((lock, doc.get("cwd", os.getcwd())))
+                elif not lock.parent.exists() and _mtime(str(record)) <= cutoff:
                     registry.append(record)  # the run folder is gone: its record goes too
+                # else: a run that registered and has recorded nothing yet
     run_dirs = sorted({os.path.abspath(lock.parent) for lock, _ in locks})
     with contextlib.ExitStack() as stack:
         # runs of these folders cannot start while gc decides; a folder already held is a live run

@@ -69,9 +69,13 @@ def test_gc_of_one_config_keeps_every_registered_run_of_the_store(tmp_path):
     assert _listed(done) == [orphan] and done["kept"] == 2
     assert Path(b).exists()
 
-    # a registered run whose folder is gone no longer keeps anything, and its record goes
+    # a registered run that has recorded nothing yet keeps its record
     (cfg_b.run_dir / LOCK_NAME).unlink()
     assert _listed(collect_garbage([cfg_a], delete=True, grace_s=0)) == [b]
+    assert len(list((store / ".mkd" / "runs").glob("*.json"))) == 2
+    # one whose folder is gone no longer keeps anything, and its record goes
+    cfg_b.run_dir.rename(tmp_path / "elsewhere")
+    collect_garbage([cfg_a], delete=True, grace_s=0)
     assert len(list((store / ".mkd" / "runs").glob("*.json"))) == 1
 
 
