@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
+from pipeline.errors import OutputError
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -21,10 +23,17 @@ def atomic_path(path: str | Path, *, exclusive: bool = False) -> Iterator[Path]:
 
     ``exclusive``: publish only if ``path`` does not exist yet (a hard link, atomic), else raise
     :class:`FileExistsError` and leave the existing file alone: the first of concurrent writers wins.
+
+    Raises:
+        OutputError: (exit 6) the file cannot be written (disk full, read-only, permissions),
+            naming it; nothing is left under ``path`` but what was there before.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,9 +45,19 @@ def atomic_path(path: str | Path, *, exclusive: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp_path, path)
         fsync_dir(path.parent)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise _cannot_write(path, e) from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _cannot_write(path: Path, e: OSError) -> OutputError:
+    why = e.strerror or str(e)
+    return OutputError(f"{path}: cannot write ({why}); the previous version of the file, if any, is unchanged "
+                       f"and nothing was recorded half. Free space (or fix permissions) and run again")
 
 
 def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None] | bytes, *, exclusive: bool = False) -> None:

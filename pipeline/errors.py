@@ -2,7 +2,8 @@
 
 Exit codes: 1 = something is stale or failed verification (status/verify), 2 = bad config or
 usage, 3 = bad input data (shards, manifests, images), 4 = bad label store, 5 = compute cluster
-problem, 130 = interrupted.
+problem, 6 = a file of the run cannot be written (disk full, read-only, permissions), 7 =
+numbers went non-finite (NaN/inf teacher logits or training loss), 130 = interrupted.
 """
 
 from __future__ import annotations
@@ -41,3 +42,17 @@ class ComputeError(PipelineError):
     """The Dask cluster cannot run the job (missing resources, workers dying)."""
 
     exit_code = 5
+
+
+class OutputError(PipelineError):
+    """A file the run writes (run lock, checkpoint, resume record, report) cannot be written:
+    disk full, read-only, permissions. Names the file; the previous version of it is intact."""
+
+    exit_code = 6
+
+
+class NumericError(PipelineError):
+    """NaN or inf where numbers must be finite: a teacher's logits (names the shard, view epoch
+    and key) or a training loss (names the stage, epoch and step). Nothing built from them is kept."""
+
+    exit_code = 7

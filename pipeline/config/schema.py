@@ -579,6 +579,39 @@ def _check_address(v: str) -> str:
     return v
 
 
+class SecurityConfig(_Section):
+    """TLS between this client and a shared Dask cluster (``distributed.security.Security``).
+
+    One certificate serves every role here: the client's, and the scheduler's and workers' of an
+    embedded cluster (which then listens on ``tls://``). A remote cluster has its own certificates,
+    signed by a CA in ``tls_ca_file``.
+    """
+
+    tls_ca_file: Path = Field(description="CA certificate(s) (PEM) the scheduler and workers are signed by.")
+    tls_client_cert: Path = Field(description="This client's certificate (PEM; may hold the key too).")
+    tls_client_key: Path | None = Field(None, description="Its private key (PEM), unless tls_client_cert holds it.")
+    require_encryption: bool = Field(True, description="Refuse unencrypted (tcp://) connections.")
+
+    @field_validator("tls_ca_file", "tls_client_cert", "tls_client_key")
+    @classmethod
+    def _pem(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return v
+        v = _abspath(v)
+        if _check_files(info) and not v.is_file():
+            raise ValueError(f"file {v} does not exist")
+        return v
+
+    def security(self) -> Any:
+        """The ``distributed.security.Security`` of these settings."""
+        from distributed.security import Security  # lazy: `config check` needs no distributed import
+
+        cert, key = str(self.tls_client_cert), None if self.tls_client_key is None else str(self.tls_client_key)
+        return Security(tls_ca_file=str(self.tls_ca_file), tls_client_cert=cert, tls_client_key=key,
+                        tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
+                        require_encryption=self.require_encryption)
+
+
 class ComputeConfig(_Section):
     """Where and how the teacher runs (a Dask cluster)."""
 
@@ -600,6 +633,14 @@ class ComputeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the workers' models.")
     timeout_s: float | None = Field(3600, gt=0, description="Per-task time limit in seconds; null: none.")
     retries: int = Field(2, ge=0, description="Retries of a failed task.")
+    lost_timeout_s: float = Field(
+        60, gt=0, description="Seconds the cluster may be without any worker, or the client without its scheduler, "
+                              "before the stage fails (exit 5) instead of waiting for ever.",
+    )
+    security: SecurityConfig | None = Field(
+        None, description="TLS to the Dask cluster (CA, client certificate and key); null: plain tcp://. "
+                          "Stage configs are code: see the README's Trust section.",
+    )
 
     @field_validator("scheduler")
     @classmethod

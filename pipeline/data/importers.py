@@ -28,11 +28,13 @@ from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file
 from pipeline.data.manifest import (
     MANIFEST_NAME,
+    TIMM_INFO_NAME,
     DatasetManifest,
     load_manifest,
     size_stats,
 )
 from pipeline.data.shards import IMAGE_EXTS, IMAGE_FORMATS, sample_key, write_shards
+from pipeline.data.swap import build_beside
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,13 @@ def _write_split(
     }
 
 
+def _dataset_file(name: str, splits: Iterable[str]) -> bool:
+    """Whether ``name`` is a manifest or a shard of one of ``splits`` (what an import rewrites)."""
+    if name in (MANIFEST_NAME, TIMM_INFO_NAME) or name.endswith(".tmp"):
+        return True
+    return any(re.match(_SHARD_RE.format(split=re.escape(split)), name) for split in splits)
+
+
 def _remove_stale_shards(out: Path, split: str, keep: set[str]) -> None:
     """Shards of an earlier import of this split (e.g. with another shard size) would be read as ours."""
     pattern = re.compile(_SHARD_RE.format(split=re.escape(split)))
@@ -211,22 +220,25 @@ def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, s
             f"`sudo apt-get install dataset-fashion-mnist`, or pass --src DIR holding the four IDX .gz files."
         )
     splits, skipped = {}, []
-    for split in FASHION_MNIST_FILES:
-        images, labels = _fashion_mnist_split(src, split)
-        items = (
-            SourceImage(png_gray8(img), "png", int(label), f"{FASHION_MNIST_FILES[split][0]}[{i}]")
-            for i, (img, label) in enumerate(zip(images, labels))
+    # built beside `out` and swapped in whole: a run never sees new shards under an old manifest
+    with build_beside(out, carry=lambda name: not _dataset_file(name, FASHION_MNIST_FILES)) as work:
+        for split in FASHION_MNIST_FILES:
+            images, labels = _fashion_mnist_split(src, split)
+            items = (
+                SourceImage(png_gray8(img), "png", int(label), f"{FASHION_MNIST_FILES[split][0]}[{i}]")
+                for i, (img, label) in enumerate(zip(images, labels))
+            )
+            splits[split] = _write_split(work, split, items, len(images), shard_size, skipped, progress)
+        files = {n: sha256_file(src / n) for pair in FASHION_MNIST_FILES.values() for n in pair}
+        manifest = DatasetManifest(
+            name="fashion-mnist",
+            classes=list(FASHION_MNIST_CLASSES),
+            splits=splits,
+            source={"kind": "fashion-mnist", "encoding": "png (8-bit gray, stored deflate)", "files": files},
+            skipped=skipped,
         )
-        splits[split] = _write_split(out, split, items, len(images), shard_size, skipped, progress)
-    files = {n: sha256_file(src / n) for pair in FASHION_MNIST_FILES.values() for n in pair}
-    manifest = DatasetManifest(
-        name="fashion-mnist",
-        classes=list(FASHION_MNIST_CLASSES),
-        splits=splits,
-        source={"kind": "fashion-mnist", "encoding": "png (8-bit gray, stored deflate)", "files": files},
-        skipped=skipped,
-    )
-    manifest.save(out)
+        manifest.save(work)
+    manifest.root = out
     return manifest
 
 
@@ -295,7 +307,7 @@ def import_imagefolder(
         raise ConfigError(f"--shard-size must be >= 1, got {shard_size}")
     skipped: list[dict] = []
     classes, files = _scan_imagefolder(src, skipped, split)
-    existing = _load_existing(out, classes)
+    _load_existing(out, classes)  # fail early when the classes differ
     ordered = _shuffled(files, seed)
 
     def items() -> Iterable[SourceImage]:
@@ -304,7 +316,19 @@ def import_imagefolder(
             meta = json.dumps({"src": rel}, separators=(",", ":")).encode()
             yield SourceImage((src / rel).read_bytes(), "jpg" if ext == "jpeg" else ext, label, rel, meta)
 
-    record = _write_split(out, split, items(), len(ordered), shard_size, skipped, progress)
+    # built beside `out` (the other splits' files linked in) and swapped in whole
+    with build_beside(out, carry=lambda n: n in (MANIFEST_NAME, TIMM_INFO_NAME) or not _dataset_file(n, [split])) as work:
+        existing = _load_existing(work, classes)  # as the import before this one (if any) left it
+        record = _write_split(work, split, items(), len(ordered), shard_size, skipped, progress)
+        manifest = _imagefolder_manifest(existing, record, src, split, seed, name, classes, skipped)
+        manifest.save(work)
+    manifest.root = out
+    return manifest
+
+
+def _imagefolder_manifest(existing: DatasetManifest | None, record: dict, src: Path, split: str, seed: int,
+                          name: str | None, classes: list[str], skipped: list[dict]) -> DatasetManifest:
+    """The manifest after importing ``split``: the existing one's other splits plus ``record``."""
     if existing is not None:
         splits = {**existing.splits, split: record}
         prior = [s for s in existing.skipped if s["split"] != split]
@@ -314,12 +338,10 @@ def import_imagefolder(
         splits, prior = {split: record}, []
         sources = {split: {"folder": src.resolve().name, "seed": seed}}
         dataset_name = name or src.resolve().name
-    manifest = DatasetManifest(
+    return DatasetManifest(
         name=dataset_name,
         classes=classes,
         splits=dict(sorted(splits.items())),
         source={"kind": "imagefolder", "splits": dict(sorted(sources.items()))},
         skipped=prior + skipped,
     )
-    manifest.save(out)
-    return manifest

@@ -9,6 +9,7 @@ webdataset's tar iterator and only ever decodes images with PIL (PNG/JPEG/WEBP) 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -172,20 +173,55 @@ def _check_end_of_archive(path: Path) -> None:
             raise DataError(f"shard {path}: truncated tar (no end-of-archive marker)")
 
 
-def _tar_members(path: Path) -> Iterator[dict]:
-    """``{"fname", "data"}`` per regular member in tar order, via webdataset's tar iterator."""
+class ShardChangedError(DataError):
+    """A shard's bytes, hashed as they were streamed, differ from the sha256 its manifest records."""
+
+
+class _HashingReader:
+    """A binary file whose bytes are hashed as they are read (what the tar iterator reads)."""
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self._f = f
+        self._h = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._h.update(data)
+        return data
+
+    def hexdigest_of_all(self) -> str:
+        """The sha256 of the whole file: what was read plus the rest (the tar's end padding)."""
+        while chunk := self._f.read(1 << 20):
+            self._h.update(chunk)
+        return self._h.hexdigest()
+
+
+def _tar_members(path: Path, sha256: str | None = None) -> Iterator[dict]:
+    """``{"fname", "data"}`` per regular member in tar order, via webdataset's tar iterator.
+
+    ``sha256``: hash the bytes while streaming them and raise :class:`ShardChangedError` after
+    the last member when they differ (one read of the file, no second pass).
+    """
     # lazy: webdataset imports torch (+1.8 s), and `--help`, `data import` and `bench --help` import this module
     from webdataset.tariterators import tar_file_iterator
 
     try:
-        with open(path, "rb") as stream:
+        with open(path, "rb") as f:
+            stream = _HashingReader(f) if sha256 else f
             yield from tar_file_iterator(stream)
+            got = stream.hexdigest_of_all() if sha256 else None
     except FileNotFoundError:
         raise DataError(f"shard {path} does not exist") from None
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise DataError(f"shard {path}: truncated or unreadable tar ({e})") from e
     if path.suffix == ".tar":
         _check_end_of_archive(path)
+    if sha256 and got != sha256:
+        raise ShardChangedError(
+            f"shard {path}: its bytes do not match the dataset manifest (sha256 {got[:12]}..., manifest "
+            f"{sha256[:12]}...): the shard changed after the run read the manifest (a `data import` into the "
+            f"same folder?); nothing built from it was kept. Check it with `mkd-pipeline data verify`, then rerun"
+        )
 
 
 def _finish(key: str, members: dict[str, bytes], report: list | None, num_classes: int | None = None) -> RawSample | None:
@@ -212,7 +248,8 @@ def _finish(key: str, members: dict[str, bytes], report: list | None, num_classe
     return RawSample(key, images[0], members[images[0]], int(members["cls"]))
 
 
-def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes: int | None = None) -> Iterator[RawSample]:
+def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes: int | None = None,
+                   sha256: str | None = None) -> Iterator[RawSample]:
     """Stream a shard's samples undecoded, in tar order.
 
     A sample without exactly one image member, without a valid ``.cls`` (below ``num_classes``
@@ -221,8 +258,13 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
     A member repeated within one sample is reported and dropped, the first one kept (as
     webdataset does).
 
+    ``sha256``: the shard's sha256 per its manifest; the bytes are hashed as they stream, and
+    :class:`ShardChangedError` is raised once the whole tar is read (before the last sample is
+    yielded) when they differ.
+
     Raises:
         DataError: the tar is missing, truncated or unreadable (the message names it).
+        ShardChangedError: (a DataError) with ``sha256``, the bytes differ from it.
     """
     # lazy: webdataset imports torch (+1.8 s), and `--help`, `data import` and `bench --help` import this module
     from webdataset.tariterators import base_plus_ext
@@ -242,7 +284,7 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
             return None
         return _finish(key, members, report, num_classes)
 
-    for member in _tar_members(path):
+    for member in _tar_members(path, sha256):
         fname = member["fname"]
         base, ext = base_plus_ext(fname)  # webdataset's KEY.EXT convention
         if base is None:
@@ -284,7 +326,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
 
 
 def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-               num_classes: int | None = None) -> Iterator[Sample]:
+               num_classes: int | None = None, sha256: str | None = None, limit: int | None = None) -> Iterator[Sample]:
     """Stream a shard's samples decoded, in tar order: the one reader everything else uses.
 
     Samples that cannot be used (corrupt or oversized image, missing/invalid ``.cls``,
@@ -295,15 +337,33 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
         report: list collecting skipped samples (for the manifest of the stage reading them).
         max_pixels: decompression-bomb guard.
         num_classes: when given, samples whose ``.cls`` is not below it are skipped too.
+        sha256: the shard's sha256 per its manifest: the bytes are hashed while they stream and
+            :class:`ShardChangedError` is raised at the end of the shard (before its last sample
+            is yielded) when they differ, so a consumer that takes every sample before using
+            any never uses a changed shard.
+        limit: yield only the first ``limit`` usable samples (``data.subset``); with ``sha256``
+            the rest of the shard is still read (not decoded) to finish the hash.
 
     Raises:
         DataError: the tar is missing, truncated or unreadable (the message names the shard).
+        ShardChangedError: (a DataError, exit 3) with ``sha256``, the bytes differ from it.
     """
-    for raw in read_shard_raw(path, report=report, num_classes=num_classes):
+    yielded = 0
+    cut = None  # len(report) at the limit: samples past it are not the consumer's to hear about
+    for raw in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256):
+        if limit is not None and yielded >= limit:
+            if sha256 is None:
+                return
+            continue  # only hashing from here on
         try:
             image = decode_image(raw.image_bytes, max_pixels=max_pixels)
         except ValueError as e:
             if report is not None:
                 report.append(Skipped(raw.key, f"{raw.image_ext}: {e}"))
             continue
+        yielded += 1
         yield Sample(raw.key, image, raw.label)
+        if yielded == limit and report is not None:
+            cut = len(report)
+    if cut is not None:
+        del report[cut:]

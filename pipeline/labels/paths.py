@@ -43,6 +43,15 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def local_root(path: str) -> str | None:
+    """The absolute local path of a local path or a ``file://`` URI; None for a remote one (``s3://`` ...)."""
+    if not is_uri(path):
+        return os.path.abspath(path)
+    if not path.startswith("file://"):
+        return None  # without asking pyarrow: an s3:// filesystem object may reach for the network
+    return resolve(path)[1]
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the filesystem-relative path of a local path or URI."""
     if is_uri(path):

@@ -24,7 +24,7 @@ from maskedkd.targets import SoftTarget, as_target
 from pipeline import __version__
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import canonical_json, sha256_bytes
-from pipeline.errors import StoreError
+from pipeline.errors import OutputError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.schema import (
     FORMAT,
@@ -111,8 +111,8 @@ def write_partition(
         _publish(fs, fs_path, data, exclusive)
     except FileExistsError:
         raise
-    except OSError as e:
-        raise StoreError(f"{path}: cannot write the partition ({e})") from e
+    except (OSError, OutputError) as e:
+        raise StoreError(f"{path}: cannot write the partition ({e.__cause__ or e})") from e
     return WriteResult(path=path, sha256=sha256_bytes(data), rows=table.num_rows, bytes=data.size)
 
 

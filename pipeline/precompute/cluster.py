@@ -68,6 +68,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
+DEFAULT_LOST_AFTER_S = 60.0  # compute.lost_timeout_s: an embedded worker's restart takes seconds, not a minute
+_POLL_S = 0.1
 
 
 @dataclass
@@ -138,6 +140,7 @@ def open_cluster(
     cache_size: int = DEFAULT_CACHE_SIZE,
     memory_limit: str | float | None = "auto",
     announce: Callable[[str], None] | None = _stderr,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     """Open the compute cluster for the duration of a ``with`` block.
 
@@ -156,6 +159,9 @@ def open_cluster(
     * ``daemon_workers=False`` lets tasks start child processes (e.g. a torch DataLoader with
       ``num_workers > 0``); Dask workers are daemonic by default and cannot.
 
+    ``security``: a ``distributed.security.Security`` (``compute.security``): TLS to a remote
+    scheduler, and an embedded cluster listening on ``tls://`` with it.
+
     ``announce`` receives the human-readable lines (``dashboard: http://...`` when the scheduler
     serves Dask's dashboard: an embedded cluster with bokeh installed, or a remote scheduler
     that reports a ``dashboard`` service); ``None`` silences them.
@@ -165,7 +171,7 @@ def open_cluster(
     if threads_per_worker < 1:
         raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if scheduler:
-        with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce) as c:
+        with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce, security) as c:
             yield c
         return
     config = {
@@ -181,7 +187,7 @@ def open_cluster(
     # Kept for the cluster's whole life: nannies read the daemon flag on every worker restart.
     with dask.config.set(config):
         with _embedded(
-            workers, threads_per_worker, device, dashboard, cache_size, memory_limit, announce
+            workers, threads_per_worker, device, dashboard, cache_size, memory_limit, announce, security
         ) as c:
             yield c
 
@@ -193,9 +199,10 @@ def _connect(
     threads: int,
     cache_size: int,
     announce: Callable[[str], None] | None,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     try:
-        client = Client(address, timeout=timeout, set_as_default=False)
+        client = Client(address, timeout=timeout, set_as_default=False, security=security)
     except Exception as exc:  # OSError, TimeoutError, ValueError (bad address), ...
         raise ComputeError(
             f"cannot connect to the Dask scheduler at {address} within {timeout:g}s: {exc}"
@@ -223,6 +230,7 @@ def _embedded(
     cache_size: int,
     memory_limit: Any,
     announce: Callable[[str], None] | None,
+    security: Any = None,
 ) -> Iterator[Cluster]:
     if device not in ("auto", "cpu", "cuda", "gpu"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -257,6 +265,8 @@ def _embedded(
             )
         resources, gpu_index = {"CPU": 1}, "first"
 
+    if security is not None:  # scheduler, workers and client all speak TLS with these certificates
+        kwargs.update(security=security, protocol="tls://")
     if dashboard and bokeh is None:
         log.info("no Dask dashboard: bokeh is not installed")
         dashboard = False
@@ -279,7 +289,7 @@ def _embedded(
         raise ComputeError(f"could not start a local Dask cluster ({n} workers): {exc}") from exc
     client = None
     try:
-        client = Client(local, set_as_default=False)
+        client = Client(local, set_as_default=False, security=security)
         client.register_plugin(
             WorkerSetup(threads, gpu_index=gpu_index, cache_size=cache_size, ignore_sigint=True)
         )
@@ -398,6 +408,7 @@ def run_tasks(
     progress: bool = True,
     on_result: Callable[[dict], Any] | None = None,
     check: bool = True,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> list[dict]:
     """Run ``fn(item)`` for every item on the cluster; return the results in item order.
 
@@ -410,6 +421,9 @@ def run_tasks(
       scheduler (``allowed_failures`` in :func:`open_cluster`).
     * ``timeout_s``: a task running longer exits its worker process (the nanny restarts it) and
       is rescheduled like a crash; see :func:`pipeline.precompute.worker.run_task`.
+    * ``lost_after_s``: the client's own deadline: when the cluster has had no worker, or the
+      client no scheduler, for this long, it fails with :class:`ComputeError` (exit 5) instead of
+      waiting for ever (a remote cluster whose workers all died, a scheduler that went away).
     * ``on_result(result)`` is called in the client, once per finished task, in completion
       order (the lock writer hooks here). A progress bar on stderr (when it is a terminal and
       not ``-q``; see :mod:`pipeline._console`) shows tasks and, when results carry ``"rows"``,
@@ -450,22 +464,31 @@ def run_tasks(
     results: list[dict | None] = [None] * len(items)
     bar = progress_bar(total=len(items), desc=None, unit="task", enabled=progress)
     start, rows = time.monotonic(), 0
+    health = _Health(client, lost_after_s)
+    finished = as_completed(futures, loop=client.loop)
     try:
-        for fut in as_completed(futures, loop=client.loop):
-            i = index[fut.key]
-            if fut.status != "finished":
-                raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
-            result = fut.result()
-            results[i] = result
-            fut.release()
-            if isinstance(result.get("rows"), (int, float)):
-                rows += result["rows"]
-                bar.set_postfix_str(
-                    f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
-                )
-            bar.update(1)
-            if on_result is not None:
-                on_result(result)
+        while not finished.is_empty():
+            # poll, never block for ever: between polls the client checks the cluster is alive
+            if not finished.has_ready():
+                health.check()
+                time.sleep(_POLL_S)
+                continue
+            health.ok()
+            for fut in finished.next_batch(block=False):
+                i = index[fut.key]
+                if fut.status != "finished":
+                    raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
+                result = fut.result()
+                results[i] = result
+                fut.release()
+                if isinstance(result.get("rows"), (int, float)):
+                    rows += result["rows"]
+                    bar.set_postfix_str(
+                        f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
+                    )
+                bar.update(1)
+                if on_result is not None:
+                    on_result(result)
     except BaseException:
         pending = [f for f in futures if not f.done()]
         if pending:
@@ -480,11 +503,52 @@ def run_tasks(
     return results  # type: ignore[return-value]
 
 
+class _Health:
+    """The client's view of its cluster: fails the run when the scheduler connection or every
+    worker has been gone for ``lost_after_s`` seconds (Dask itself would wait for ever)."""
+
+    def __init__(self, client: Client, lost_after_s: float) -> None:
+        self.client = client
+        self.lost_after_s = lost_after_s
+        self.since: float | None = None  # when the cluster was first seen without scheduler or workers
+
+    def ok(self) -> None:
+        self.since = None
+
+    def check(self) -> None:
+        problem = self._problem()
+        if problem is None:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since >= self.lost_after_s:
+            raise ComputeError(f"{problem} for {self.lost_after_s:g} s (compute.lost_timeout_s); the stage is not "
+                               f"recorded: restart the cluster and run again (finished partitions are reused)")
+
+    def _problem(self) -> str | None:
+        address = getattr(self.client.scheduler, "address", "?")
+        if self.client.status != "running":
+            return f"lost the connection to the Dask scheduler at {address} (client {self.client.status})"
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - the scheduler went away between two checks
+            return f"lost the connection to the Dask scheduler at {address}"
+        if not workers:
+            return f"the Dask cluster at {address} has no worker left"
+        return None
+
+
 def _task_error(
     client: Client, fut: Any, item: dict, key: str, retries: int, timeout_s: float | None
 ) -> PipelineError:
     label = _item_label(item, key)
     if fut.status == "cancelled":
+        if client.status != "running":  # the client cancels its futures when the scheduler goes away
+            address = getattr(client.scheduler, "address", "?")
+            return ComputeError(f"lost the connection to the Dask scheduler at {address} (client {client.status}) while "
+                                f"the task for {label} was pending; the stage is not recorded: restart the cluster and "
+                                f"run again (finished partitions are reused)")
         return ComputeError(f"task for {label} was cancelled by the cluster")
     try:
         exc = fut.exception()

@@ -30,8 +30,9 @@ def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None 
         return
     # the config loader already filled compute.scheduler from $MKD_SCHEDULER
     address = resolve_address(scheduler, cfg.compute.scheduler)
+    security = cfg.compute.security.security() if cfg.compute.security is not None else None
     with open_cluster(address, workers=workers or cfg.compute.workers, threads_per_worker=cfg.compute.threads_per_worker,
-                      device=cfg.compute.device) as c:
+                      device=cfg.compute.device, security=security) as c:
         yield c
 
 
@@ -44,7 +45,7 @@ def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_pre
     items = [{"id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "task": t} for t in tasks]
     results = run_tasks(cluster, run_partition, items, resources=cluster.task_resources, key_prefix=key_prefix,
                         retries=cfg.compute.retries, timeout_s=cfg.compute.timeout_s, progress=progress,
-                        on_result=on_result)
+                        on_result=on_result, lost_after_s=cfg.compute.lost_timeout_s)
     return summarize(results)
 
 

@@ -30,12 +30,12 @@ from maskedkd.views import ViewSpec, render_batch, shard_views
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
 from pipeline.data.shards import Sample, read_shard
-from pipeline.errors import StoreError
+from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
-from pipeline.models import create_model
+from pipeline.models import create_model, model_fingerprint
 from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
@@ -46,9 +46,21 @@ from pipeline.precompute.worker import get_cached, worker_device
 
 
 def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
-    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint)."""
+    """The model of ``spec`` in eval mode, loaded once per worker process (cached by fingerprint).
+
+    Raises:
+        DataError: the weights file no longer holds the weights ``spec.fingerprint`` names (it
+            was replaced after the client fingerprinted it); the message names the file.
+    """
     def factory() -> torch.nn.Module:
-        return create_model(spec.name, spec.kwargs, weights=spec.weights).eval().to(device)
+        model = create_model(spec.name, spec.kwargs, weights=spec.weights)
+        # the cache key and every partition's path trust the client's fingerprint: check it here
+        found = model_fingerprint(model, spec.name)
+        if found != spec.fingerprint:
+            raise DataError(f"{spec.weights}: these {spec.name} weights have fingerprint {found[:12]}, but the run "
+                            f"planned its labels for {spec.fingerprint[:12]}: the file was replaced after the run "
+                            f"read it; run again so every stage sees the new file")
+        return model.eval().to(device)
 
     return get_cached(f"model:{spec.fingerprint}:{device}", factory)
 
@@ -190,6 +202,17 @@ def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
+def _check_finite(t: PartitionTask, logits: torch.Tensor, keys: list[str]) -> None:
+    """Refuse NaN/inf teacher logits before they reach a partition, naming where they came from."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise NumericError(
+            f"the teacher's logits are not finite (NaN/inf) for {int(bad.sum())} of {len(keys)} rows of shard {t.shard}, "
+            f"view epoch {t.view_epoch} (first: key {keys[first]}), teacher weights {t.teacher.weights}, precision "
+            f"{t.precision}; no partition was written")
+
+
 def after_shard_read(t: PartitionTask) -> None:
     """Test seam, a no-op: called once the task has read its shard, before any model runs.
 
@@ -221,9 +244,8 @@ def run_partition(item: dict) -> dict:
     t0 = time.perf_counter()
     report: list = []
     samples = []
-    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes):
-        if t.limit is not None and len(samples) >= t.limit:
-            break
+    # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
+    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit):
         samples.append(s)
     result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
     after_shard_read(t)
@@ -264,6 +286,7 @@ def run_partition(item: dict) -> dict:
             kidx = _kept(keep[idx], t.keep)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
                 logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+        _check_finite(t, logits_rows, [keys[i] for i in compute])
 
         target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
         inexact = np.flatnonzero(reuse & (best > 0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import fcntl
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline._cli_options import (
     set_opt,
 )
 from pipeline.errors import ConfigError
+from pipeline.run.folder_lock import hold_run_folder
 from pipeline.report.fidelity import curve_table, plot_curves
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
@@ -39,13 +39,8 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
     only what is still stale (usually nothing). Bad configs fail before anything is created.
     """
     run_dir = _runner(stages, overrides, **kw).run_dir  # validates config and dataset first
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            click.echo(f"{run_dir}: another run of this config is in progress; waiting for it to finish", err=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
+    waiting = f"{run_dir}: another run of this config is in progress; waiting for it to finish"
+    with hold_run_folder(run_dir, on_wait=lambda: click.echo(waiting, err=True)):
         yield _runner(stages, overrides, **kw)  # loads the run lock as the previous holder left it
 
 
@@ -197,15 +192,26 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
 @click.command("gc")
 @click.argument("stages", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--yes", is_flag=True, help="Really delete (default: dry run, only list).")
-def gc_cmd(stages: tuple[str, ...], yes: bool) -> None:
-    """Remove label partitions (and leftover temp files) that no run lock of STAGES references."""
+# the default is pipeline.run.gc.DEFAULT_GRACE_S (not imported here: it pulls in pyarrow for `--help`)
+@click.option("--grace", "grace_s", default=3600.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
+              help="Never delete files younger than this.")
+def gc_cmd(stages: tuple[str, ...], yes: bool, grace_s: float) -> None:
+    """Remove label partitions (and leftover temp files) that no run lock using the stores of STAGES references.
+
+    Kept: everything the run locks of STAGES and of every other run registered with the same
+    store reference, the partitions an in-flight precompute announced, and files younger than
+    --grace. Runs of those folders cannot start while gc runs.
+    """
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.config import load_config
     from pipeline.run.gc import collect_garbage
 
     cfgs = [load_config(s) for s in stages]
-    report = collect_garbage(cfgs, delete=yes)
+    report = collect_garbage(cfgs, delete=yes, grace_s=grace_s)
+    for d in report["live_runs"]:
+        click.echo(f"run in progress in {d}: keeping what it announced and its temp files")
     for p, size in report["files"]:
         click.echo(f"{'removed' if yes else 'would remove'} {p} ({size} bytes)")
     verb = "reclaimed" if yes else "would reclaim (dry run; --yes to delete)"
-    click.echo(f"{len(report['files'])} file(s), {report['bytes']} bytes {verb}; {report['kept']} partition(s) kept")
+    click.echo(f"{len(report['files'])} file(s), {report['bytes']} bytes {verb}; {report['kept']} partition(s) kept"
+               f"; {report['announced']} announced by in-flight precomputes; {report['young']} file(s) younger than {grace_s:g} s")

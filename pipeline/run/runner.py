@@ -9,13 +9,14 @@ shares it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import torch
@@ -27,7 +28,8 @@ from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.config.loader import dump_config
 from pipeline.data.manifest import DatasetManifest, load_manifest
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NumericError
+from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
@@ -39,6 +41,7 @@ from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
 from pipeline.run.distributed import train_distributed
 from pipeline.report.run_report import write_report
+from pipeline.run.claims import announce, register_run
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
 from pipeline.train.threads import train_threads
@@ -207,7 +210,11 @@ class Runner:
             self._say("teacher", f"weights {path} (val top-1 {_pct(info['top1'])})")
         else:
             # content-addressed: every run with the same teacher inputs shares one trained teacher
-            path = Path(cfg.labels.store) / "teachers" / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
+            # a local (or file://) store shares it with every run; a remote store cannot hold what
+            # torch loads by path, so the run folder keeps it
+            local = paths.local_root(cfg.labels.store)
+            teachers = Path(local) / "teachers" if local is not None else self.run_dir / "teachers"
+            path = teachers / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
             sidecar = path.with_suffix(".json")
             if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
                 info = json.loads(sidecar.read_text())["info"]
@@ -228,7 +235,7 @@ class Runner:
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
-        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+        with train_threads(cfg.compute.train_threads), _naming_stage("teacher"):  # one process trains: all its cores
             res = train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
                 epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
@@ -292,7 +299,8 @@ class Runner:
         check_resources(cluster, cluster.task_resources)
         (result,) = run_tasks(cluster, run_probe, [{"id": task.id, "task": task}], resources=cluster.task_resources,
                               key_prefix=f"{self.cfg.name}-{name}", retries=self.cfg.compute.retries,
-                              timeout_s=self.cfg.compute.timeout_s, progress=False)
+                              timeout_s=self.cfg.compute.timeout_s, progress=False,
+                              lost_after_s=self.cfg.compute.lost_timeout_s)
         return result
 
     @staticmethod
@@ -375,22 +383,25 @@ class Runner:
             self._say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({self.cfg.masking.policy}) "
                             f"from {source_ckpt.name}")
             t0 = time.perf_counter()
-            summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
-                                     progress=self.progress)
-            results = summary.pop("results")
-            parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
-                     for t, r in zip(tasks, results)]
-            summary["seconds"] = time.perf_counter() - t0
-            summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
-            summary["source"] = source_ckpt.name
-            summary["keep"] = (self.cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
-            if probe is not None:
-                # what choosing the keep cost is part of what these labels cost
-                summary["auto"] = {"budget": str(self.cfg.masking.budget.budget()), "curve": probe["curves"][self.cfg.masking.policy],
-                                   "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
-                                   "teacher_forwards": probe["teacher_forwards"]}
-                summary["teacher_macs"] += probe["teacher_macs"]
-            self.lock.record(name, inputs, partitions=parts, info=summary)
+            # announced before any task starts and until the lock names them: gc keeps them meanwhile
+            with announce(self.cfg.labels.store, self.lock.path, name, [t.path for t in tasks]):
+                with _naming_stage(name):
+                    summary = run_precompute(tasks, self.cluster(), cfg=self.cfg, key_prefix=f"{self.cfg.name}-{name}",
+                                             progress=self.progress)
+                results = summary.pop("results")
+                parts = [{"path": r["path"], "inputs": t.fingerprints, "rows": r["rows"], "sha256": r["sha256"]}
+                         for t, r in zip(tasks, results)]
+                summary["seconds"] = time.perf_counter() - t0
+                summary["teacher_top1_masked"] = _teacher_masked_top1(parts)
+                summary["source"] = source_ckpt.name
+                summary["keep"] = (self.cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
+                if probe is not None:
+                    # what choosing the keep cost is part of what these labels cost
+                    summary["auto"] = {"budget": str(self.cfg.masking.budget.budget()), "curve": probe["curves"][self.cfg.masking.policy],
+                                       "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
+                                       "teacher_forwards": probe["teacher_forwards"]}
+                    summary["teacher_macs"] += probe["teacher_macs"]
+                self.lock.record(name, inputs, partitions=parts, info=summary)
             self.result.stages[name] = "ran"
             self.result.teacher_forwards += summary["teacher_forwards"]
             self.result.student_forwards += summary["student_forwards"]
@@ -438,7 +449,8 @@ class Runner:
         name = f"train-{segment}"
         model = create_model(s.model, s.kwargs, weights=start_ckpt)
         online = self._online_teacher(segment, teacher) if cfg.online else None
-        with train_threads(cfg.compute.train_threads):  # one process trains: all its cores (train/threads.py)
+        # one process trains: all its cores (train/threads.py); a NaN names the stage
+        with train_threads(cfg.compute.train_threads), _naming_stage(name):
             return train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
                 epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
@@ -482,6 +494,7 @@ class Runner:
     def _run_stages(self, until: str | None) -> RunResult:
         cfg = self.cfg
         pending: dict[int, _Background] = {}
+        register_run(cfg.labels.store, self.lock.path)  # so gc of any config sharing the store keeps our files
         try:
             teacher = self.teacher_stage()
             if until == "teacher":
@@ -574,6 +587,15 @@ class Runner:
             makers.append(f"train-{i}")
             ckpt.append(self.ckpt_dir / f"c{i + 1}.pth")
         return steps
+
+
+@contextlib.contextmanager
+def _naming_stage(stage: str) -> Iterator[None]:
+    """Non-finite numbers say which stage met them (the task or trainer knows only shard or step)."""
+    try:
+        yield
+    except NumericError as e:
+        raise NumericError(f"[{stage}] {e}") from e
 
 
 class _Background:

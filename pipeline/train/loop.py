@@ -43,7 +43,7 @@ from maskedkd.views import ViewSpec
 from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NumericError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
@@ -314,7 +314,10 @@ def train_segment(
                 loss_value, correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
                 record.global_step += 1
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, batch {position}")
+                    raise NumericError(
+                        f"the training loss is {loss_value} at epoch {epoch}, batch {position} (step {record.global_step}): "
+                        f"training diverged or a label is broken; the checkpoints and resume records written before it are "
+                        f"intact (lower train.lr, or check the labels with `labels verify`)")
                 acc[0] += loss_value * len(batch)
                 acc[1] += correct
                 acc[2] += len(batch)

@@ -29,7 +29,6 @@ order exact for any ``W`` at the price of replicated decoding.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,7 +133,8 @@ def load_shard(
         images: list[Image.Image] = []
         labels: list[int] = []
         skipped: list = []
-        for i, sample in enumerate(itertools.islice(read_shard(ref.path, report=skipped, num_classes=num_classes), ref.rows)):
+        # hashed as streamed; a shard changed since its manifest raises before any step uses it
+        for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256, limit=ref.rows)):
             if part_keys is not None and part_keys[i] != sample.key:
                 raise StoreError(
                     f"{label.path}: row {i} is key {part_keys[i]!r}, but shard {ref.path} has {sample.key!r} there: "

@@ -7,8 +7,10 @@ fault spec from ``$MKD_TEST_FAULT``:
 
 ``kill:SHARD`` / ``hang:SHARD``: the task of shard SHARD SIGKILLs its worker process / sleeps
 forever, after reading the shard. ``...:SHARD:DIR``: only once per (shard, view epoch),
-remembered by a marker file in DIR (a restarted worker preloads this file again). Several faults:
-comma-separated.
+remembered by a marker file in DIR (a restarted worker preloads this file again).
+``wait:SHARD:DIR``: the task of shard SHARD creates ``DIR/waiting-SHARD-E`` and waits until
+``DIR/release`` exists (a test holds a precompute in flight for as long as it needs). Several
+faults: comma-separated.
 
 Dask loads the file by path, so it imports nothing from ``tests``.
 """
@@ -35,6 +37,11 @@ def inject(t: task.PartitionTask) -> None:
     for spec in filter(None, os.environ.get(SPEC_VAR, "").split(",")):
         kind, shard, *marker = spec.split(":", 2)
         if shard != t.shard:
+            continue
+        if kind == "wait":
+            open(os.path.join(marker[0], f"waiting-{t.shard}-{t.view_epoch}"), "w").close()
+            while not os.path.exists(os.path.join(marker[0], "release")):
+                time.sleep(0.05)
             continue
         if marker:
             flag = os.path.join(marker[0], f"{kind}-{t.shard}-{t.view_epoch}")

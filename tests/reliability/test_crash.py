@@ -62,7 +62,7 @@ def _in_flight(log: str) -> str:
 
 
 def _check_complete(b) -> None:
-    code, out = main_in_process("gc", "a.yaml", "--yes", cwd=b.work)
+    code, out = main_in_process("gc", "a.yaml", "--yes", "--grace", "0", cwd=b.work)
     assert code == 0, out
     assert temp_files(b.work / "store", b.work / "runs") == []
     assert snapshot(b.work, ("tiny",)) == b.a, "store / checkpoints differ from the uninterrupted run"

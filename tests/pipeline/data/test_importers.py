@@ -151,3 +151,40 @@ def test_real_fashion_mnist_matches_checked_in_manifest(tmp_path):
     labels = [t for _, t in timm.data.create_dataset("wds/fashion-mnist", root=str(tmp_path), split="test")]
     ours = [s.label for p in fresh.shard_paths("test") for s in read_shard(p)]
     assert len(labels) == 10_000 and labels == ours
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_failed_reimport_leaves_the_dataset_as_it_was(tmp_path, fake_fashion_mnist):
+    """The train split is rebuilt, then the test split's source turns out corrupt: the folder
+    still holds the old shards and the old manifest, byte for byte (no half-replaced dataset
+    whose manifest lists shards it no longer holds), and no build folder is left beside it."""
+    src, _ = fake_fashion_mnist
+    out = tmp_path / "data"
+    import_fashion_mnist(out, src=src, shard_size=4)
+    before = _files(out)
+    (src / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="t10k-images"):
+        import_fashion_mnist(out, src=src, shard_size=16)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".import.lock")) == ["data", src.name]
+
+
+def test_reimport_swaps_the_folder_whole_and_keeps_other_files(tmp_path, fake_fashion_mnist):
+    src, _ = fake_fashion_mnist
+    out = tmp_path / "data"
+    import_fashion_mnist(out, src=src, shard_size=4)
+    (out / "notes").mkdir()
+    (out / "notes" / "README").write_text("ours")
+    (out / "LICENSE").write_text("kept")
+    old_shard = (out / "train-000000.tar").open("rb")  # a reader in the middle of the old dataset
+    manifest = import_fashion_mnist(out, src=src, shard_size=16)
+    assert manifest.root == out
+    assert (out / "notes" / "README").read_text() == "ours" and (out / "LICENSE").read_text() == "kept"
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(
+        s.name for split in ("train", "test") for s in manifest.shards(split))
+    assert old_shard.read(512)[:12] == b"train_000000"  # the old file is still whole for whoever has it open
+    old_shard.close()
+    assert load_manifest(out).to_dict() == manifest.to_dict()

@@ -147,3 +147,40 @@ def test_pickled_members_are_never_unpickled(tmp_path):
     assert report == [("b", "no image member (.jpg/.png/.webp)")]
     assert not marker.exists()
 
+
+
+def test_verifying_reader_hashes_while_streaming(tmp_path):
+    from pipeline._fingerprint import sha256_file
+    from pipeline.data.shards import ShardChangedError
+
+    (name, _), = write_shards(_samples(4), tmp_path, "train", shard_size=4)
+    path = tmp_path / name
+    digest = sha256_file(path)
+    assert [s.key for s in read_shard(path, sha256=digest)] == [f"train_{i:06d}" for i in range(4)]
+    assert [s.key for s in read_shard(path, sha256=digest, limit=2)] == ["train_000000", "train_000001"]
+
+    # the same keys with other image bytes (an import of other data into the same folder)
+    (tmp_path / "other").mkdir()
+    (other, _), = write_shards(((k, {"png": encode(rgb(100 + i), "PNG"), "cls": b"1"}) for i, (k, _) in
+                                enumerate(_samples(4))), tmp_path / "other", "train", shard_size=4)
+    path.write_bytes((tmp_path / "other" / other).read_bytes())
+    seen = []
+    with pytest.raises(ShardChangedError, match=f"shard {path}: its bytes do not match the dataset manifest") as e:
+        for s in read_shard(path, sha256=digest):
+            seen.append(s.key)
+    # raised once the whole tar is read, before its last sample reaches the consumer
+    assert seen == ["train_000000", "train_000001", "train_000002"] and e.value.exit_code == 3
+    with pytest.raises(ShardChangedError):  # a subset still hashes the whole shard
+        list(read_shard(path, sha256=digest, limit=1))
+    with pytest.raises(ShardChangedError):
+        list(read_shard_raw(path, sha256=digest))
+
+
+def test_limit_reports_only_skips_before_it(tmp_path):
+    from pipeline._fingerprint import sha256_file
+
+    members = [("a.png", encode(rgb(0), "PNG")), ("a.cls", b"1"), ("b.png", encode(rgb(1), "PNG")), ("b.cls", b"x")]
+    path = write_raw_tar(tmp_path / "s.tar", members)
+    report: list = []
+    assert [s.key for s in read_shard(path, report=report, sha256=sha256_file(path), limit=1)] == ["a"]
+    assert report == []  # b's bad .cls lies past the limit: read for the hash, not reported

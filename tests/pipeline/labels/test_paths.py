@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline._fingerprint import sha256_json
@@ -71,3 +73,11 @@ def test_file_uri_store_round_trip_and_listing(write, metadata, tmp_path):
 def test_listing_a_missing_store_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no label store here"):
         list_partitions(str(tmp_path / "missing"))
+
+
+def test_local_root_of_paths_and_file_uris(tmp_path):
+    from pipeline.labels.paths import local_root
+
+    assert local_root(f"file://{tmp_path}/store") == f"{tmp_path}/store"
+    assert local_root("store") == str(Path("store").absolute())
+    assert local_root("s3://bucket/store") is None  # remote: no local folder, and no filesystem object made

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline._fingerprint import sha256_file
 from pipeline.errors import ComputeError, DataError
 from pipeline.labels import list_partitions
 from pipeline.precompute.cluster import Cluster, run_tasks
@@ -80,7 +81,8 @@ def test_corrupt_image_is_skipped_and_reported(stage, tasks, cluster, tmp_path):
     members = _members(Path(t.shard_path))
     bad_key = "train_000005"
     members = [(n, b"\x89PNG\r\n\x1a\n not really" if n == f"{bad_key}.png" else d) for n, d in members]
-    bad = replace(t, shard_path=str(write_raw_tar(tmp_path / "train-000000.tar", members)))
+    path = write_raw_tar(tmp_path / "train-000000.tar", members)
+    bad = replace(t, shard_path=str(path), shard_sha256=sha256_file(path))  # as its manifest would record it
 
     out = run([bad], cluster, cfg, "corrupt")
     (result,) = out["results"]

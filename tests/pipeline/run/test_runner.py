@@ -429,14 +429,14 @@ def test_gc_after_a_config_change_lists_then_removes_only_unreferenced_partition
     assert len(old) == len(new) == 12 and not old & new
 
     before = files_under(c.root / "store")
-    code, out = cli("gc", str(keep), capsys=capsys)
+    code, out = cli("gc", str(keep), "--grace", "0", capsys=capsys)
     assert code == 0
     listed = {line.split()[2] for line in out.splitlines() if line.startswith("would remove")}
     assert listed == old
     assert files_under(c.root / "store") == before
     assert "12 partition(s) kept" in out
 
-    code, out = cli("gc", str(keep), "--yes", capsys=capsys)
+    code, out = cli("gc", str(keep), "--yes", "--grace", "0", capsys=capsys)
     assert code == 0 and "12 file(s)" in out
     assert not any(Path(p).exists() for p in old) and all(Path(p).exists() for p in new)
     assert next((c.root / "store" / "teachers").glob("*.pth")).exists()  # the teacher is referenced

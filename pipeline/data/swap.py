@@ -1,0 +1,84 @@
+"""Replace a dataset folder as a whole: build the new one beside it, swap it in at the end.
+
+An import that is interrupted, fails or races another import never leaves a folder whose
+manifest describes other shards than the ones in it: readers see the old dataset or the new
+one. The swap is one ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with a
+moment where the folder is missing (a reader then fails naming it, it never reads a mix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline._atomic import fsync_dir
+
+BUILD_PREFIX = ".import-"  # build folders are named .<folder>.import-XXXX beside the folder
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@contextlib.contextmanager
+def build_beside(out: str | Path, *, carry: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """Yield an empty folder beside ``out`` to build the new dataset in; on a clean exit swap it
+    in as ``out`` (the old folder is removed), on an error remove it and leave ``out`` alone.
+
+    ``carry(name)``: files of the current ``out`` (top level) to bring into the build folder
+    first (its folders and links always come along), as hard links where possible (e.g. the shards of the splits an import keeps; files
+    rewritten later are replaced by rename, so the old folder's copies stay as they were).
+    Concurrent imports of one folder wait for each other (a flock beside it).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # imports of one folder take turns: each starts from what the previous one swapped in
+    with open(out.parent / f".{out.name}.import.lock", "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}{BUILD_PREFIX}", dir=out.parent))
+        try:
+            if out.is_dir():
+                for src in sorted(out.iterdir()):
+                    if src.is_symlink():
+                        os.symlink(os.readlink(src), work / src.name)
+                    elif src.is_dir():  # never dataset files: kept as they are
+                        shutil.copytree(src, work / src.name, symlinks=True, copy_function=_link_or_copy)
+                    elif carry(src.name):
+                        _link_or_copy(src, work / src.name)
+            yield work
+            swap_in(work, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # after a swap: the old dataset
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Make ``new`` the folder ``out``; what was ``out`` ends up at ``new`` (or is removed)."""
+    if not out.exists():
+        os.rename(new, out)
+    elif not _exchange(new, out):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+        os.rename(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(out.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where that is not available."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)
