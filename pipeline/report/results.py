@@ -180,16 +180,18 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
     r.load = _loads((logs or Path("runs/logs")) / f"{path.stem}.log")
     weights = cfg.teacher.weights
     if weights is not None and Path(weights).with_suffix(".json").is_file():
-        r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=Path(weights).as_posix())
+        shown = Path(os.path.relpath(weights)) if Path(weights).is_absolute() else Path(weights)  # as the configs say it
+        r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=shown.as_posix())
+    if cfg.teacher.train is not None and row is None:  # a config that trained a teacher: not a row
+        r.teacher_train = {}
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():
         return r
     stages = json.loads(lock_path.read_text()).get("stages", {})
     teacher = stages.get("teacher", {}).get("info", {})
     r.teacher_top1 = teacher.get("top1")
-    if cfg.teacher.train is not None and row is None:  # the shared teacher's own config (no `# Row:`)
-        r.teacher_train = teacher or None
-        r.finished = bool(teacher)
+    if r.teacher_train is not None:
+        r.teacher_train, r.finished = teacher, bool(teacher)
         return r
     last = stages.get(f"train-{len(segs) - 1}", {}).get("info", {})
     epochs = last.get("epochs") or []
@@ -406,8 +408,8 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
     lines += _teachers_section(students)
     # the lr sweep: CE-only, seed 0, one row per lr
     sweep = sorted((r for r in students if r.kd == "off" and r.seed == 0), key=lambda r: r.lr)
+    chosen = {r.lr for r in students if r.kd != "off"}
     if sweep:
-        chosen = {r.lr for r in students if r.kd != "off"}
         lines += ["## Learning rate: a CE-only sweep", "",
                   "The student trained alone (no teacher) at each learning rate, seed 0; every row uses the one marked.", "",
                   "| lr | top-1 % | run |", "|---:|---:|---|"]
@@ -427,6 +429,8 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for row in order:
         rs = sorted(rows[row], key=lambda r: r.seed)
+        if sweep and all(r.kd == "off" and r.lr not in chosen for r in rs):
+            continue  # a sweep point at another lr: in the sweep's table above
         done = [r for r in rs if r.finished]
         if done:
             keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
@@ -482,8 +486,8 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
         lines += ["", "## Auto keep: what the budget chose", "",
                   "Per milestone: the keep chosen (of all patches) and, in brackets, the spot-check's agreement with the "
                   "unmasked teacher at that keep, from the spot-check the run recorded in its lock. Spot-check GMACs: "
-                  "the teacher compute of the spot-checks themselves (counted in the main table).", "",
-                  "| run | budget | " + " | ".join(f"milestone {m}" for m in ms) + " | spot-check GMACs | of the run's teacher GMACs |",
+                  "the teacher compute of the spot-checks themselves (counted in the main table's labels' GMACs).", "",
+                  "| run | budget | " + " | ".join(f"milestone {m}" for m in ms) + " | spot-check GMACs | of the labels' GMACs |",
                   "|---|---|" + "---:|" * len(ms) + "---:|---:|"]
         for r in sorted(autos, key=lambda r: (_row_key(r.row), r.seed)):
             cells = []
@@ -497,7 +501,7 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
                 rung = next((x for x in a["curve"] if (x["keep"] or r.num_patches) == keep), None)
                 cells.append(("all" if keep == r.num_patches else str(keep)) + (f" ({rung['agreement']:.3f})" if rung else ""))
             lines.append(f"| {r.row}, seed {r.seed} | {r.auto[0]['budget']} | " + " | ".join(cells)
-                         + f" | {r.spot_macs / 1e9:.2f} | {r.spot_macs / r.teacher_macs:.1%} |")
+                         + f" | {r.spot_macs / 1e9:.2f} | {r.spot_macs / r.label_macs:.1%} |")
     lines += [""] + _probe_section(out, probes)
     if finished:
         ep = sorted({e for r in finished for e, _ in r.epoch_top1})
