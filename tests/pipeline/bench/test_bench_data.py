@@ -22,7 +22,9 @@ def test_bench_data_json(tmp_path, capsys):
     assert results["fashion-mnist"]["samples"] == 20 and results["fashion-mnist"]["size"] == 28
     assert results["imagenet-like"]["samples"] == 3 and results["imagenet-like"]["size"] == 224
     for r in results.values():
-        assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
+        # the rates are printed to 0.1 image/s, the ratio from the unrounded rates: allow that rounding
+        slack = 0.01 + 0.05 / r["ours"] + 0.05 / r["baseline"]
+        assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=slack)
 
 
 def test_bench_data_needs_an_input(capsys):
