@@ -67,13 +67,20 @@ def test_every_problem_is_reported(ws):
 @pytest.mark.parametrize("name", ["fashion-mnist-demo", "fashion-mnist"])
 def test_shipped_fashion_mnist_configs_validate(name, ws, capsys):
     write_manifest(ws / "data" / "fashion-mnist", 60_000, 10_000)
+    if name == "fashion-mnist-demo":  # it loads a committed results teacher, a path relative to the repo root
+        (ws / "stages" / "results").mkdir(parents=True)
+        (ws / "stages" / "results" / "teachers").symlink_to(STAGES / "results" / "teachers")
     before = tree(ws)
     code, out, err = run_cli(["config", "check", str(STAGES / f"{name}.yaml")], capsys)
     assert code == 0, err
     cfg = load_config(STAGES / f"{name}.yaml")
     assert cfg.data.root == ws / "data" / "fashion-mnist"
-    assert cfg.num_patches == 49 and cfg.keep_for_segment(0) == 25
-    assert cfg.teacher.train is not None and cfg.data.num_classes == 10
+    assert cfg.num_patches == 49 and cfg.data.num_classes == 10
+    if name == "fashion-mnist-demo":  # what RESULTS.md recommends: a mask-robust teacher, auto keep under a budget
+        assert cfg.masking.auto and cfg.masking.budget.budget().agreement == 0.9
+        assert cfg.teacher.train is None and cfg.teacher.weights.name == "results-v2-teacher-robust.safetensors"
+    else:
+        assert cfg.keep_for_segment(0) == 25 and cfg.teacher.train is not None
     assert tree(ws) == before
 
 
