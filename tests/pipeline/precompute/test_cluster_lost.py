@@ -22,7 +22,10 @@ DASK = str(Path(sys.executable).with_name("dask"))
 
 
 def _start(*args: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the workers unpickle this module's task function: the repository root must be importable there
+    root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.Popen([DASK, *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
