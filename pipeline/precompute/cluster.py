@@ -474,7 +474,11 @@ def run_tasks(
                 time.sleep(_POLL_S)
                 continue
             health.ok()
-            for fut in finished.next_batch(block=False):
+            # a task's own failure is reported before a neighbour's that only went down with its worker
+            for fut in sorted(finished.next_batch(block=False), key=_report_order):
+                if fut.status not in _FINAL:
+                    finished.add(fut)  # the scheduler took it back (its worker died): wait for its outcome
+                    continue
                 i = index[fut.key]
                 if fut.status != "finished":
                     raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
@@ -501,6 +505,13 @@ def run_tasks(
             with contextlib.suppress(Exception):
                 f.release()
     return results  # type: ignore[return-value]
+
+
+_FINAL = ("finished", "error", "cancelled")
+
+
+def _report_order(fut: Any) -> int:
+    return {"error": 0, "cancelled": 1}.get(fut.status, 2)
 
 
 class _Health:
