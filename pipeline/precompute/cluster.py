@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torch
 from distributed import Client, KilledWorker, LocalCluster, as_completed
 
 from pipeline._console import progress_bar
+from pipeline._cores import available_cores
 from pipeline.errors import ComputeError, ConfigError, PipelineError
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
@@ -113,13 +113,6 @@ class Cluster:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _cuda_count() -> int:
@@ -237,7 +230,7 @@ def _embedded(
     gpus = 0 if device == "cpu" else _cuda_count()
     if device in ("cuda", "gpu") and gpus == 0:
         raise ComputeError("device 'cuda' was requested but no CUDA GPU is visible")
-    cores = _cores()
+    cores = available_cores()
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a positive integer or 'auto', got {workers!r}")
 

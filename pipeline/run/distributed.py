@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipeline._atomic import write_atomic
+from pipeline._cores import available_cores
 from pipeline.config.loader import dump_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.train.threads import available_cores
 
 if TYPE_CHECKING:  # annotations only: the runner imports this module
     from pipeline.precompute.spec import ModelSpec

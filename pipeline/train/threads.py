@@ -20,15 +20,9 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from pipeline._cores import available_cores
+
 log = logging.getLogger(__name__)
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def train_thread_count(configured: int | None, environ: Mapping[str, str] = os.environ) -> int | None:
