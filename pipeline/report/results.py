@@ -109,23 +109,26 @@ def _row_comment(path: Path) -> str | None:
     return None
 
 
-_MACS: dict[str, int] = {}
+_TEACHERS: dict[str, Any] = {}
+_MACS: dict[tuple[str, int | None], int] = {}
 
 
 def _macs_per_view(cfg, keep: int | None = None) -> int:
-    """MACs of one teacher forward keeping ``keep`` patches (None: all), by maskedkd.teacher_macs."""
-    key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs, keep], sort_keys=True, default=repr)
-    if key not in _MACS:
+    """MACs of one teacher forward keeping ``keep`` patches (None or all: the full teacher), by
+    maskedkd.teacher_macs; one model per teacher config, one count per keep."""
+    key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
+    if (key, keep) not in _MACS:
         # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
         import torch
 
         from maskedkd import teacher_macs
         from pipeline.models import create_model
 
-        with torch.device("cpu"):
-            model = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
-        _MACS[key] = teacher_macs(model, keep)
-    return _MACS[key]
+        if key not in _TEACHERS:
+            with torch.device("cpu"):
+                _TEACHERS[key] = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
+        _MACS[key, keep] = teacher_macs(_TEACHERS[key], keep)
+    return _MACS[key, keep]
 
 
 def _loads(log: Path) -> list[float]:
@@ -218,8 +221,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
         if pre.get("keep") is not None:
             r.used_keeps.append(int(pre["keep"]))
-            k = int(pre["keep"])
-            r.label_macs += rows * _macs_per_view(cfg, None if k >= r.num_patches else k)
+            r.label_macs += rows * _macs_per_view(cfg, r.used_keeps[-1])
         if pre.get("auto"):
             r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
             r.label_macs += int(pre["auto"].get("teacher_macs") or 0)
