@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 
 from pipeline.errors import ComputeError
 from pipeline.precompute.cluster import open_cluster, run_tasks
+from tests.reliability.helpers import kill9
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -28,14 +28,6 @@ def _start(*args: str, log: Path) -> subprocess.Popen:
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.Popen([DASK, *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 @pytest.fixture
@@ -53,7 +45,7 @@ def remote(tmp_path):
                              log=tmp_path / "worker.log")
     yield address, procs, tmp_path
     for p in procs.values():
-        _kill(p)
+        kill9(p)
 
 
 def _items(gate: Path, n: int = 2) -> list[dict]:
@@ -97,7 +89,7 @@ def test_all_workers_lost_fails_with_exit_5_then_a_rerun_completes(remote):
         _wait_for_workers(cluster, 1)
         thread, out = _run_in_thread(cluster, _items(tmp / "gate"), lost_after_s=3)
         time.sleep(1)  # let the first task start on the worker (not asserted on)
-        _kill(procs["worker"])
+        kill9(procs["worker"])
         thread.join(timeout=120)
         assert not thread.is_alive(), "run_tasks hung after every worker was lost"
         err = out.get("error")
@@ -117,7 +109,7 @@ def test_scheduler_lost_fails_with_exit_5(remote):
     with open_cluster(address, announce=None) as cluster:
         _wait_for_workers(cluster, 1)
         thread, out = _run_in_thread(cluster, _items(tmp / "gate"), lost_after_s=3)
-        _kill(procs["scheduler"])
+        kill9(procs["scheduler"])
         thread.join(timeout=180)
         assert not thread.is_alive(), "run_tasks hung after the scheduler was lost"
         err = out.get("error")
