@@ -55,9 +55,15 @@ class SoftTarget:
         return replace(first, logit=torch.cat([t.logit for t in targets]), idx=_cat([t.idx for t in targets]),
                        lse=_cat([t.lse for t in targets]))
 
-    def to(self, device: torch.device | str) -> "SoftTarget":
-        """The same target on ``device``."""
-        return replace(self, logit=self.logit.to(device), idx=_to(self.idx, device), lse=_to(self.lse, device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SoftTarget":
+        """The same target on ``device`` (``non_blocking`` as for ``Tensor.to``)."""
+        return replace(self, logit=self.logit.to(device, non_blocking=non_blocking),
+                       idx=_to(self.idx, device, non_blocking), lse=_to(self.lse, device, non_blocking))
+
+    def pin_memory(self) -> "SoftTarget":
+        """The same target in page-locked host memory (for non-blocking copies to a GPU)."""
+        return replace(self, logit=self.logit.pin_memory(), idx=None if self.idx is None else self.idx.pin_memory(),
+                       lse=None if self.lse is None else self.lse.pin_memory())
 
     def detach(self) -> "SoftTarget":
         """The same target outside the autograd graph."""
@@ -159,8 +165,8 @@ def _cat(xs: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if xs[0] is None else torch.cat(xs)
 
 
-def _to(x: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
-    return None if x is None else x.to(device)
+def _to(x: torch.Tensor | None, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor | None:
+    return None if x is None else x.to(device, non_blocking=non_blocking)
 
 
 def _detach(x: torch.Tensor | None) -> torch.Tensor | None:

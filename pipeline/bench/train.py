@@ -208,11 +208,20 @@ def _table(result: dict) -> str:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch threads.")
 @click.option("--loader/--no-loader", default=True, show_default=True,
               help="Also time pipeline.LabeledViews through a DataLoader with 1 and 2 workers (dataset-w1, dataset-w2).")
+@click.option("--input", "input_only", is_flag=True,
+              help="Instead: the input pipeline alone per rank at world size 1 and 2 (gloo) on ImageNet-like "
+                   "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
 def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
-                as_json: bool) -> None:
+                input_only: bool, as_json: bool) -> None:
     """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
-    public dataset through a DataLoader, one run."""
+    public dataset through a DataLoader, one run. With --input: the input pipeline per rank."""
+    if input_only:
+        from pipeline.bench.train_input import input_table, run_input_bench
+
+        result = run_input_bench(samples=samples, batch=batch, repeats=repeats)
+        click.echo(json.dumps(result, indent=1) if as_json else input_table(result))
+        return
     modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ())
     result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes)
     click.echo(json.dumps(result, indent=1) if as_json else _table(result))

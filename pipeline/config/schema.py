@@ -258,7 +258,8 @@ class TrainConfig(_Section):
     smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the CE term.")
     seed: int = Field(0, description="Seed of the data order and of dropout / drop-path (views: views.seed; the teacher's init: this seed too).")
     num_workers: int = Field(
-        0, ge=0, description="Threads rendering upcoming batches while the model trains (0: render in the training thread)."
+        0, ge=0, description="DataLoader worker processes decoding and rendering upcoming batches while the model trains "
+                             "(0: in the training process)."
     )
     eval_every: int = Field(
         1, ge=1, description="Evaluate on data.val every this many epochs, and always at the last epoch of a segment."

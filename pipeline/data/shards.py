@@ -41,10 +41,11 @@ def sample_key(split: str, index: int, width: int = 6) -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """One decoded sample of a shard."""
+    """One sample of a shard: its image decoded, or (``read_shard(decode=False)``) its image's
+    encoded bytes, whose header has been checked (:func:`check_image`)."""
 
     key: str
-    image: Image.Image
+    image: Image.Image | bytes
     label: int
 
 
@@ -325,8 +326,32 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     return image
 
 
+def check_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """What can be checked of PNG/JPEG/WEBP bytes without decoding the pixels: the format, the
+    size (decompression-bomb guard) and, for PNG, every chunk's CRC.
+
+    A JPEG or WEBP whose header reads but whose entropy-coded data is broken passes; decoding it
+    later (:func:`decode_image`) raises.
+
+    Raises:
+        ValueError: not a readable PNG/JPEG/WEBP header, too many pixels, or a PNG chunk corrupt.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"{width}x{height} pixels exceeds the decompression-bomb limit of {max_pixels}")
+            if image.format == "PNG":
+                image.verify()  # chunk CRCs: cheap next to inflating the pixels
+    except ValueError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data: report them all the same way
+        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
+
+
 def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-               num_classes: int | None = None, sha256: str | None = None, limit: int | None = None) -> Iterator[Sample]:
+               num_classes: int | None = None, sha256: str | None = None, limit: int | None = None,
+               decode: bool = True) -> Iterator[Sample]:
     """Stream a shard's samples decoded, in tar order: the one reader everything else uses.
 
     Samples that cannot be used (corrupt or oversized image, missing/invalid ``.cls``,
@@ -343,6 +368,9 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
             any never uses a changed shard.
         limit: yield only the first ``limit`` usable samples (``data.subset``); with ``sha256``
             the rest of the shard is still read (not decoded) to finish the hash.
+        decode: False: yield each image's encoded bytes, its header checked with
+            :func:`check_image` instead of decoded (the trainer decodes only the rows it uses;
+            a sample whose pixels turn out unreadable then fails where it is decoded).
 
     Raises:
         DataError: the tar is missing, truncated or unreadable (the message names the shard).
@@ -356,7 +384,11 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
                 return
             continue  # only hashing from here on
         try:
-            image = decode_image(raw.image_bytes, max_pixels=max_pixels)
+            if decode:
+                image = decode_image(raw.image_bytes, max_pixels=max_pixels)
+            else:
+                check_image(raw.image_bytes, max_pixels=max_pixels)
+                image = raw.image_bytes
         except ValueError as e:
             if report is not None:
                 report.append(Skipped(raw.key, f"{raw.image_ext}: {e}"))

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from maskedkd.views import View, render_batch
-from pipeline.data.shards import read_shard
+from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, ShardRef
+from pipeline.train.stream import decode_row
 
 
-def _chunks(refs: Sequence[ShardRef], batch_size: int):
-    samples = itertools.chain.from_iterable(itertools.islice(read_shard(r.path), r.rows) for r in refs)
-    while chunk := list(itertools.islice(samples, batch_size)):
-        yield chunk
+def _samples(refs: Sequence[ShardRef]) -> Iterator[tuple[ShardRef, Sample]]:
+    # encoded: each rank decodes only its own rows; hashed as streamed like the training shards
+    for ref in refs:
+        for sample in read_shard(ref.path, sha256=ref.sha256, limit=ref.rows, decode=False):
+            yield ref, sample
+
+
+def _chunks(refs: Sequence[ShardRef], batch_size: int, rank: int, world: int):
+    """Rank ``rank``'s rows (every ``world``-th sample), ``batch_size`` at a time, decoded."""
+    mine = itertools.islice(_samples(refs), rank, None, world)
+    while chunk := list(itertools.islice(mine, batch_size)):
+        yield [Sample(s.key, decode_row(ref.path, s.key, s.image), s.label) for ref, s in chunk]
 
 
 @torch.no_grad()
@@ -35,18 +45,23 @@ def evaluate(
 
     Every image is rendered whole (the View's default full crop, no flip, no augmentation)
     at ``render.size``; works for students and teachers alike. Runs in eval mode and restores
-    the model's mode after.
+    the model's mode after. Under an initialised process group every rank must call it: each
+    evaluates every ``world``-th sample and the sums are reduced, so all ranks return the totals.
 
     Returns:
         ``{"top1": float, "loss": float, "samples": int}``.
+
+    Raises:
+        DataError: a shard unreadable, or changed since its manifest (exit 3).
     """
     device = torch.device(device)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
     was = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     try:
-        for chunk in _chunks(shards, batch_size):
+        for chunk in _chunks(shards, batch_size, rank, world):
             views = [View(key=s.key, epoch=0, seed=0) for s in chunk]
             images = render_batch([s.image for s in chunk], views, render.size, mean=render.mean, std=render.std,
                                   interpolation=render.interpolation).to(device)
@@ -59,4 +74,8 @@ def evaluate(
             n += len(chunk)
     finally:
         model.train(was)
+    if world > 1:
+        totals = torch.tensor([correct, loss_sum, n], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        correct, loss_sum, n = int(totals[0]), float(totals[1]), int(totals[2])
     return {"top1": correct / max(n, 1), "loss": loss_sum / max(n, 1), "samples": n}

@@ -15,17 +15,20 @@ global batch:
 - with ``DataLoader(num_workers=K)``, worker ``k`` renders batches ``k, k + K, ...``; the
   DataLoader takes one batch from each worker in turn, so a loader made by :meth:`loader` (or
   with ``batch_size=local_batch_size`` and :func:`collate`) yields exactly the batches of
-  ``num_workers=0``. A worker (and a rank) reads and decodes only the shards its batches use.
+  ``num_workers=0``. A worker (and a rank) reads only the shards its batches use, and decodes
+  only its own rows of them (and their mixing partners), so K workers (or W ranks) share the
+  decoding; the next shard is read (and hashed) in a background thread while the current one
+  is rendered.
 
-Our trainer (:func:`pipeline.train.train_segment`) streams through :meth:`LabeledViews.plans`
-and :meth:`LabeledViews.render`: the same pairing, checks and order as this dataset's iterator.
+Our trainer (:func:`pipeline.train.train_segment`) streams through :meth:`LabeledViews.batch_loader`
+(``train.num_workers`` loader processes): the same pairing, checks and order as this dataset's iterator.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
@@ -35,7 +38,17 @@ from maskedkd.targets import SoftTarget
 from maskedkd.views import ViewSpec
 from pipeline.errors import ConfigError, StoreError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
-from pipeline.train.stream import Batch, EpochStream, LoadedShard, Segment, load_shard, make_batch, rank_slice
+from pipeline.train.stream import (
+    Batch,
+    EpochStream,
+    LoadedShard,
+    Segment,
+    ShardPrefetcher,
+    load_shard,
+    make_batch,
+    rank_slice,
+    shard_order,
+)
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.config.schema import StageConfig
@@ -228,13 +241,15 @@ class LabeledViews(IterableDataset):
         """
         stream = EpochStream(self.shards, lambda ref: ref, seed=self.order_seed, epoch=self.epoch,
                              batch_size=self.batch_size)
+        order = [self.shards[i] for i in shard_order(len(self.shards), self.order_seed, self.epoch)]
         held: dict[str, LoadedShard] = {}
-        for n, segments in enumerate(stream.batches(start)):
-            if n % workers != worker:
-                continue
-            mine = rank_slice(segments, self.rank, self.world)
-            held = {ref.name: held.get(ref.name) or self.load(ref) for ref, _ in mine}
-            yield [(held[ref.name], rows) for ref, rows in mine]
+        with ShardPrefetcher(self.load, order) as load:
+            for n, segments in enumerate(stream.batches(start)):
+                if n % workers != worker:
+                    continue
+                mine = rank_slice(segments, self.rank, self.world)
+                held = {ref.name: held.get(ref.name) or load(ref) for ref, _ in mine}
+                yield [(held[ref.name], rows) for ref, rows in mine]
 
     def render(self, segments: Sequence[Segment]) -> Batch:
         """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch`."""
@@ -254,6 +269,16 @@ class LabeledViews(IterableDataset):
                 target = None if batch.teacher is None else batch.teacher[j:j + 1]
                 yield LabeledView(batch.images[j], target, batch.targets[j], key)
 
+    def batch_loader(self, start: int = 0, *, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+        """This rank's rendered batches from global batch ``start`` on, in order: what the trainer
+        iterates. With ``num_workers > 0`` they are decoded and rendered in that many ``DataLoader``
+        worker processes (each decoding only its own batches' rows) and arrive
+        :meth:`~pipeline.train.stream.Batch.detached`; ``pin_memory`` pins them for non-blocking
+        copies to a GPU."""
+        if num_workers == 0 and not pin_memory:
+            return self.batches(start)
+        return DataLoader(_BatchDataset(self, start), batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+
     def loader(self, num_workers: int = 0, **kwargs: Any) -> DataLoader:
         """A ``DataLoader`` of this rank's batches in the trainer's order (any ``num_workers``);
         ``kwargs`` go to ``DataLoader`` (e.g. ``pin_memory=True``)."""
@@ -262,9 +287,23 @@ class LabeledViews(IterableDataset):
     collate = staticmethod(collate)
 
 
+class _BatchDataset(IterableDataset):
+    """One rank's rendered batches from ``start`` on, split across DataLoader workers like :class:`LabeledViews`."""
+
+    def __init__(self, views: LabeledViews, start: int) -> None:
+        super().__init__()
+        self.views, self.start = views, start
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for batch in self.views.batches(self.start, worker=worker, workers=workers):
+            yield batch.detached() if info is not None else batch
+
+
 def keys_of(batch: Batch) -> list[str]:
     """The keys of a rendered batch's rows, in order."""
-    return [shard.keys[i] for shard, rows in batch.segments for i in rows]
+    return list(batch.keys)
 
 
 __all__ = ["LabeledView", "LabeledViews", "collate", "keys_of"]

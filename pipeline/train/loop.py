@@ -47,15 +47,16 @@ from pipeline.errors import ConfigError, NumericError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
-from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.labeled_views import LabeledViews
-from pipeline.train.stream import Batch, derive_seed, prefetch
+from pipeline.train.state import ResumeRecord, ResumeStore
+from pipeline.train.stream import Batch, derive_seed
 
 log_ = logging.getLogger(__name__)  # `log` is train_segment's line callback
 
 LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
 # Recipe fields that do not change what a segment computes (resuming under other values is fine).
 _NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
+_BAR_EVERY_S = 1.0  # seconds between progress-bar loss readouts (each one waits for the device)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class _Online:
     @torch.no_grad()
     def keep_idx(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor | None:
         """The batch's keep sets, chosen as precompute chooses them (None: all patches)."""
-        seeds = [shard.views[i].seed for shard, rows in batch.segments for i in rows]
+        seeds = batch.seeds
         if not self.saliency:
             return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds)
         was = student.training
@@ -153,18 +154,47 @@ class _Online:
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
-            cfg: TrainConfig, device: torch.device, autocast) -> tuple[float, int]:
-    """One optimiser update on ``images`` (``batch`` on the device); returns (loss, correct predictions)."""
+            cfg: TrainConfig, device: torch.device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser update on ``images`` (``batch`` on the device); returns (loss, correct
+    predictions) as tensors on the device, so the step does not wait for the device."""
     with autocast():
         logits = model(images)
-    loss = distill_loss(logits.float(), batch.targets.to(device), target, lam=cfg.lam, tau=cfg.tau,
+    loss = distill_loss(logits.float(), batch.targets.to(device, non_blocking=True), target, lam=cfg.lam, tau=cfg.tau,
                         kind=cfg.kd if cfg.kd != "off" else "kl", ce_weight=cfg.ce_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
     optimizer.step()
-    return float(loss.detach()), int((logits.detach().argmax(1).cpu() == batch.labels).sum())
+    correct = (logits.detach().argmax(1) == batch.labels.to(device, non_blocking=True)).sum()
+    return loss.detach(), correct
+
+
+class _Tally:
+    """The epoch's loss sum, correct predictions and samples, kept on the device: reading them
+    (a host sync) happens only at resume records, the progress bar's refresh and the epoch's end.
+    Also remembers the first update whose loss was not finite."""
+
+    def __init__(self, start: list[float], device: torch.device) -> None:
+        self.sums = torch.tensor(start, dtype=torch.float64, device=device)
+        self.bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step, or -1
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
+        loss = loss.double()
+        self.sums += torch.stack([loss * n, correct.double(), loss.new_tensor(float(n))])
+        first = (self.bad < 0) & ~torch.isfinite(loss)
+        self.bad = torch.where(first, torch.full_like(self.bad, step), self.bad)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+
+    def read(self) -> list[float]:
+        """``[loss_sum, correct, samples]`` on the host (a sync)."""
+        return self.sums.tolist()
+
+    def first_bad(self) -> tuple[int, float] | None:
+        """The first update (global step) whose loss was not finite and that loss, or None (a sync)."""
+        bad = int(self.bad)
+        return None if bad < 0 else (bad, float(self.bad_loss))
 
 
 def train_segment(
@@ -293,53 +323,66 @@ def train_segment(
                               smoothing=cfg.smoothing, rank=info.rank, world=info.world,
                               teacher_render=online.render if online else None)
         position = record.position if epoch == record.epoch else 0
-        acc = [partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)]
-        carried = acc[2]
+        tally = _Tally([partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)], device)
+        carried = partial.get("samples", 0.0)
         partial = {}
         model.train()
         t_epoch = time.perf_counter()
-        batches = prefetch(stream.plans(position), stream.render, cfg.num_workers)
+        # decoding and rendering in cfg.num_workers loader processes; pinned batches on CUDA
+        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
         bar = progress_bar(total=stream.steps, initial=position, desc=f"{progress} epoch {epoch}", unit="step",
                            enabled=progress is not None and info.is_main, leave=False)
+
+        def synced(tally: _Tally = tally) -> list[float]:
+            """The tally over all ranks, after checking no update so far had a non-finite loss."""
+            totals = tdist.all_sum(tally.read(), info, device)
+            bad = tally.first_bad()
+            if bad is not None:
+                e, b = divmod(bad[0] - 1, steps_per_epoch)
+                raise NumericError(
+                    f"the training loss is {bad[1]} at epoch {e}, batch {b} (step {bad[0]}): training diverged or a "
+                    f"label is broken; the checkpoints and resume records written before it are intact (lower "
+                    f"train.lr, or check the labels with `labels verify`)")
+            return totals
+
+        bar_read = -math.inf
         try:
             for position, batch in enumerate(batches, start=position):
                 scheduler.step_update(num_updates=record.global_step)
                 torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
-                target = None if batch.teacher is None else batch.teacher.to(device)
+                target = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
                 if teacher is not None:
                     target = teacher(student, batch, images)
                     record.counters["teacher_forwards"] += len(batch) * info.world
                     record.counters["teacher_macs"] += teacher.macs_per_image * len(batch) * info.world
-                loss_value, correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
+                loss, correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
                 record.global_step += 1
-                if not math.isfinite(loss_value):
-                    raise NumericError(
-                        f"the training loss is {loss_value} at epoch {epoch}, batch {position} (step {record.global_step}): "
-                        f"training diverged or a label is broken; the checkpoints and resume records written before it are "
-                        f"intact (lower train.lr, or check the labels with `labels verify`)")
-                acc[0] += loss_value * len(batch)
-                acc[1] += correct
-                acc[2] += len(batch)
-                bar.set_postfix_str(f"loss {acc[0] / max(acc[2], 1):.4f}", refresh=False)
+                tally.add(loss, correct, len(batch), record.global_step)
                 bar.update(1)
                 done_in_epoch = position + 1
+                if not bar.disable and time.perf_counter() - bar_read >= _BAR_EVERY_S:
+                    loss_sum, _, samples = tally.read()
+                    bar.set_postfix_str(f"loss {loss_sum / max(samples, 1):.4f}")
+                    bar_read = time.perf_counter()
                 if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
-                    totals = tdist.all_sum(acc, info, device)
+                    totals = synced()
                     if info.is_main:
                         record.epoch, record.position = epoch, done_in_epoch
                         record.partial = {"loss_sum": totals[0], "correct": totals[1], "samples": totals[2]}
                         store.save(record, student, optimizer)
         finally:
             bar.close()  # before the epoch's summary line, which stays
-            batches.close()
-        loss_sum, correct, samples = tdist.all_sum(acc, info, device)
+            if hasattr(batches, "close"):
+                batches.close()
+        loss_sum, correct, samples = synced()
         metrics: dict[str, Any] = {
             "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),
             "lr": optimizer.param_groups[0]["lr"], "steps": stream.steps, "samples": int(samples),
             "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
         }
-        if evaluate is not None and info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
+            # every rank evaluates its share of the split (pipeline.train.evaluate splits by rank)
             student.eval()
             metrics.update(evaluate(student, epoch))
             student.train()

@@ -21,18 +21,20 @@ partners are always at hand.
 Data parallel (DDP): the global batch sequence above does not depend on the world size. Rank
 ``r`` of ``W`` takes the contiguous slice ``[r * B/W, (r+1) * B/W)`` of every global batch
 (:func:`rank_slice`) and renders and trains on those rows only; with gradients averaged by DDP,
-``W`` processes take the same steps as one (within float tolerance). Every rank reads and
-decodes every shard (rendering, the per-row work, and the model are split); this keeps the
-order exact for any ``W`` at the price of replicated decoding.
+``W`` processes take the same steps as one (within float tolerance). Every rank reads (and
+hashes) the bytes of every shard it visits, which keeps the order exact for any ``W``, but a
+shard's images are decoded lazily (:class:`LazyImages`): a rank decodes only its own rows and
+their mixing partners, so decoding, the costly part, is split across ranks (and across a
+``DataLoader``'s workers) like rendering and the model.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+import itertools
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,14 +42,12 @@ from PIL import Image
 
 from maskedkd.targets import SoftTarget
 from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
-from pipeline.data.shards import read_shard
+from pipeline.data.shards import Sample, decode_image, read_shard
 from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
 
 Segment = tuple["LoadedShard", np.ndarray]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def derive_seed(*parts: object) -> int:
@@ -66,14 +66,56 @@ def row_order(rows: int, seed: int, epoch: int, shard: str) -> np.ndarray:
     return np.random.default_rng(derive_seed("rows", seed, epoch, shard)).permutation(rows)
 
 
+def decode_row(where: str | object, key: str, data: bytes) -> Image.Image:
+    """Decode one sample's image whose header :func:`pipeline.data.shards.read_shard` checked.
+
+    Raises:
+        DataError: the pixels do not decode (names the shard ``where`` and the key).
+    """
+    try:
+        return decode_image(data)
+    except ValueError as e:
+        raise DataError(f"shard {where}: sample {key!r}: {e} (its header reads, its pixels do not; "
+                        f"`mkd-pipeline data verify --decode` lists every such sample)") from None
+
+
+class LazyImages(Sequence[Image.Image]):
+    """A shard's images, each decoded from its bytes the first time it is indexed, then kept.
+
+    ``decoded`` counts the decodes (what a rank or a loader worker actually paid for).
+    """
+
+    def __init__(self, where: str | object, keys: Sequence[str], encoded: Sequence[bytes]) -> None:
+        self.where, self.keys = str(where), list(keys)
+        self._encoded: list[bytes | None] = list(encoded)
+        self._images: list[Image.Image | None] = [None] * len(self._encoded)
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _get(self, i: int) -> Image.Image:
+        image = self._images[i]
+        if image is None:
+            image = decode_row(self.where, self.keys[i], self._encoded[i])
+            self._images[i], self._encoded[i] = image, None
+            self.decoded += 1
+        return image
+
+    def __getitem__(self, i):  # int or slice, as a list does
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(len(self)))]
+        return self._get(range(len(self))[i])
+
+
 @dataclass
 class LoadedShard:
-    """One shard's rows in memory for one epoch: images, labels, views, teacher targets."""
+    """One shard's rows for one epoch: images (decoded on first use), labels, views, teacher targets."""
 
     ref: ShardRef
     view_epoch: int
     keys: list[str]
-    images: list[Image.Image]
+    images: LazyImages
     labels: torch.Tensor  # int64 [n]
     views: list[View]
     target: SoftTarget | None = None  # [n] rows, at the loss temperature
@@ -130,18 +172,17 @@ def load_shard(
         batch = partition.read_all(columns=("keys", "target", "view")) if partition is not None else None
         part_keys = batch.keys if batch is not None else None
         keys: list[str] = []
-        images: list[Image.Image] = []
+        encoded: list[bytes] = []
         labels: list[int] = []
         skipped: list = []
-        # hashed as streamed; a shard changed since its manifest raises before any step uses it
-        for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256, limit=ref.rows)):
+        # hashed as streamed (a shard changed since its manifest raises before any step uses it);
+        # only headers are checked here: each row is decoded where it is rendered (LazyImages)
+        for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256,
+                                              limit=ref.rows, decode=False)):
             if part_keys is not None and part_keys[i] != sample.key:
-                raise StoreError(
-                    f"{label.path}: row {i} is key {part_keys[i]!r}, but shard {ref.path} has {sample.key!r} there: "
-                    f"the partition's rows are not this shard's samples in tar order"
-                )
+                _explain_mismatch(ref, label, i, part_keys[i], sample)
             keys.append(sample.key)
-            images.append(sample.image)
+            encoded.append(sample.image)
             labels.append(sample.label)
         if len(keys) < ref.rows:
             why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
@@ -158,7 +199,18 @@ def load_shard(
     finally:
         if partition is not None:
             partition.close()
-    return LoadedShard(ref, view_epoch, keys, images, torch.tensor(labels, dtype=torch.int64), views, target)
+    return LoadedShard(ref, view_epoch, keys, LazyImages(ref.path, keys, encoded), torch.tensor(labels, dtype=torch.int64),
+                       views, target)
+
+
+def _explain_mismatch(ref: ShardRef, label: LabelRef, row: int, expected: str, sample: Sample) -> None:
+    """Raise for a partition row whose key is not the shard's sample there."""
+    # precompute decodes every image and skips those that fail; the trainer only read the header
+    decode_row(ref.path, sample.key, sample.image)
+    raise StoreError(
+        f"{label.path}: row {row} is key {expected!r}, but shard {ref.path} has {sample.key!r} there: "
+        f"the partition's rows are not this shard's samples in tar order"
+    )
 
 
 class EpochStream:
@@ -240,8 +292,10 @@ class Batch:
         targets: what cross-entropy is taken against: ``labels``, or soft targets [b, classes]
             with mixing or label smoothing (:func:`maskedkd.views.mix_target`).
         teacher: the stored teacher target of the rows, or None.
-        segments: the rows (for rendering other views of them).
+        segments: the rows (for rendering other views of them); empty once :meth:`detached`.
         teacher_images: the same views rendered for the online teacher, or None.
+        keys: the rows' sample keys.
+        seeds: the rows' view seeds (the random masking policy's keep sets derive from them).
     """
 
     images: torch.Tensor
@@ -250,9 +304,24 @@ class Batch:
     teacher: SoftTarget | None
     segments: list[Segment]
     teacher_images: torch.Tensor | None = None
+    keys: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def detached(self) -> "Batch":
+        """The batch without its segments (which hold whole shards): what a loader worker
+        process sends to the training process."""
+        return replace(self, segments=[])
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (``DataLoader(pin_memory=True)`` calls this), so that
+        copies to the GPU with ``non_blocking=True`` overlap the step."""
+        teacher = None if self.teacher is None else self.teacher.pin_memory()
+        return replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+                       targets=self.targets.pin_memory(), teacher=teacher,
+                       teacher_images=None if self.teacher_images is None else self.teacher_images.pin_memory())
 
 
 def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: int, soft: bool,
@@ -273,23 +342,36 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
     if segments and segments[0][0].target is not None:
         teacher = SoftTarget.cat([shard.target[torch.from_numpy(rows)] for shard, rows in segments])
     teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
-    return Batch(images, labels, targets, teacher, list(segments), teacher_images)
+    keys = [shard.keys[i] for shard, rows in segments for i in rows]
+    seeds = [shard.views[i].seed for shard, rows in segments for i in rows]
+    return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds)
 
 
-def prefetch(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[R]:
-    """``map(fn, items)`` in order, with up to ``2 * workers`` calls running ahead in threads."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="render") as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+class ShardPrefetcher:
+    """``load(ref)`` with the next shard of ``order`` read in a background thread meanwhile.
+
+    Reading a shard (its bytes, their hash, the image headers, its label partition) then overlaps
+    rendering the current one. A context manager: leaving it drops what was read ahead.
+    """
+
+    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef]) -> None:
+        self.load = load
+        self.after = {a.name: b for a, b in itertools.pairwise(order)}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read")
+        self.ahead: dict[str, Future] = {}
+
+    def __call__(self, ref: ShardRef) -> LoadedShard:
+        future = self.ahead.pop(ref.name, None)
+        nxt = self.after.get(ref.name)
+        if nxt is not None and nxt.name not in self.ahead:
+            self.ahead[nxt.name] = self.pool.submit(self.load, nxt)
+        return future.result() if future is not None else self.load(ref)
+
+    def __enter__(self) -> "ShardPrefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self.ahead.values():
+            future.cancel()
+        self.ahead.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -21,3 +21,16 @@ def test_the_public_dataset_modes_train_the_trainers_steps(one_thread):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown bench train modes \\['fast'\\]"):
         run_bench(samples=16, shard_size=16, batch=16, keep=25, repeats=1, threads=1, modes=("fast",))
+
+
+@pytest.mark.slow
+def test_the_input_bench_halves_each_ranks_decoding_at_world_size_two():
+    from pipeline.bench.train_input import input_table, run_input_bench
+
+    result = run_input_bench(samples=8, shards=2, batch=8)
+    by = {(r["eager"], r["world"], r["rank"]): r for r in result["rows"]}
+    assert len(by) == 6 and all(r["rows"] / r["seconds"] > 0 for r in by.values())
+    assert [by[(False, 2, k)]["rows"] for k in (0, 1)] == [8, 8] and by[(False, 1, 0)]["rows"] == 16
+    assert [by[(False, 2, k)]["decoded"] for k in (0, 1)] == [8, 8], "each rank decodes its own rows only"
+    assert [by[(True, 2, k)]["decoded"] for k in (0, 1)] == [16, 16], "before: every rank decoded everything"
+    assert "| own rows only (now) | 2 |" in input_table(result)

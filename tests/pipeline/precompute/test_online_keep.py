@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,8 +65,8 @@ def test_online_student_on_another_grid_is_resampled(ckpts):
     other = dict(STUDENT, patch_size=7)  # a 4x4 grid; the teacher's is 7x7
     online, student = _online(ckpts, "student", 25, student_kwargs=other, student_ckpt=None)
     images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    views = SimpleNamespace(views=[SimpleNamespace(seed=s) for s in (5, 6, 7)])  # only the seeds are read
-    batch = Batch(images, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), None, [(views, np.arange(3))])
+    batch = Batch(images, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), None, [],
+                  seeds=[5, 6, 7])  # only the seeds are read
     idx = online.keep_idx(student, batch, images)
     with torch.no_grad():
         want = select_keep(saliency_on_grid(student.eval(), images, (7, 7)), 25)

@@ -30,7 +30,8 @@ def test_two_processes_inside_run_train_like_one(fmnist_small, tmp_path):
     one = cli_run("run", str(stages))
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
     single = read_state_dict(run / "checkpoints" / "c1.pth")
-    steps = json.loads((run / LOCK_NAME).read_text())["stages"]["train-0"]["info"]["global_step"]
+    info = json.loads((run / LOCK_NAME).read_text())["stages"]["train-0"]["info"]
+    steps, val = info["global_step"], info["epochs"][-1]
 
     forget_train_0(run)
     bad = cli_run("run", str(stages), "--nproc", "3")
@@ -42,6 +43,10 @@ def test_two_processes_inside_run_train_like_one(fmnist_small, tmp_path):
     assert "precompute-0] cached" in two.stdout, "only the train stage ran again"
     lock = json.loads((run / LOCK_NAME).read_text())
     assert lock["stages"]["train-0"]["info"]["global_step"] == steps == 256 // 16
+    # evaluation split across the two ranks (every other sample each), totals reduced: same as one process
+    val2 = lock["stages"]["train-0"]["info"]["epochs"][-1]
+    assert val2["val_samples"] == val["val_samples"] == 128
+    assert abs(val2["val_top1"] - val["val_top1"]) <= 1 / 128 and val2["val_loss"] == pytest.approx(val["val_loss"], rel=1e-3)
     double = read_state_dict(run / "checkpoints" / "c1.pth")
     init = read_state_dict(run / "checkpoints" / "c0.pth")
     assert max(float((single[k] - init[k]).abs().max()) for k in single) > 1e-2, "training moved the weights"

@@ -70,3 +70,39 @@ def test_missing_or_mismatched_partitions_are_refused_like_the_trainer(train_sha
     swapped[a], swapped[b] = labels[b], labels[a]
     with pytest.raises(StoreError, match="expected 'train-00000[01]'"):
         list(views(train_shards, swapped).loader(num_workers=0))
+
+
+def _decoded(ds: LabeledViews, **kw) -> tuple[int, int]:
+    """(images decoded, rows rendered) when ``ds`` renders its batches (``kw``: worker, workers)."""
+    shards: dict[str, object] = {}
+    rows = 0
+    for plan in ds.plans(**kw):
+        ds.render(plan)
+        for shard, r in plan:
+            shards[shard.ref.name] = shard
+            rows += len(r)
+    return sum(s.images.decoded for s in shards.values()), rows
+
+
+def test_each_rank_and_each_worker_decodes_only_its_own_rows(train_shards, labels):
+    whole, rows = _decoded(views(train_shards, labels))
+    assert whole == rows == 384
+    ranks = [_decoded(views(train_shards, labels, rank=r, world=2)) for r in (0, 1)]
+    assert ranks == [(192, 192), (192, 192)], "world size 2: every rank decodes half the images"
+    workers = [_decoded(views(train_shards, labels), worker=k, workers=2) for k in (0, 1)]
+    assert [d for d, _ in workers] == [r for _, r in workers] and sum(d for d, _ in workers) == 384
+    # mixing partners are decoded too, and only once per rank however many rows mix with them
+    mixed, mixed_rows = _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2))
+    assert mixed_rows == 192 < mixed <= 384
+
+
+def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels):
+    ds = views(train_shards, labels, rank=1, world=2)
+    inline = list(ds.batch_loader(2))
+    pooled = list(ds.batch_loader(2, num_workers=2))
+    assert len(inline) == len(pooled) == ds.steps - 2
+    for a, b in zip(inline, pooled):
+        assert a.keys == b.keys and a.seeds == b.seeds and b.segments == []  # the shards stay in the worker
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+        torch.testing.assert_close(a.teacher.logit, b.teacher.logit, rtol=0, atol=0)
+        torch.testing.assert_close(a.targets, b.targets, rtol=0, atol=0)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from maskedkd import SoftTarget, TopK
-from pipeline.errors import StoreError
+from pipeline.data.shards import write_shards
+from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition, write_partition
 from pipeline.labels.contract import LabelRef, ShardRef
 from pipeline.train import train_segment
@@ -129,3 +133,25 @@ def test_trainer_refuses_missing_or_mismatched_labels(tmp_path, train_shards, la
     with pytest.raises(StoreError, match=r"no logsumexp stored for tau=3\.0"):
         train_segment(student(), **common, cfg=recipe(tau=3.0), total_epochs=1, run_dir=tmp_path / "c", labels=labels,
                       epochs=range(0, 1))
+
+
+def test_pixels_that_do_not_decode_fail_where_the_row_is_rendered(tmp_path):
+    """Loading a shard reads only image headers; a JPEG whose header reads but whose data is cut
+    fails when its row is decoded, naming the shard and the key (exit 3)."""
+    def jpeg(seed: int) -> bytes:
+        noise = np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)  # a long scan
+        out = io.BytesIO()
+        Image.fromarray(noise).save(out, "JPEG")
+        return out.getvalue()
+
+    good, cut = jpeg(0), jpeg(1)
+    cut = cut[: len(cut) * 3 // 4]  # SOI..SOS intact: the header reads, the scan is truncated
+    items = [(f"k{i}", {"jpg": cut if i == 2 else good, "cls": b"1"}) for i in range(4)]
+    (name, n), = write_shards(items, tmp_path, "train", 10)
+    shard = load_shard(ShardRef(name.removesuffix(".tar"), tmp_path / name, n), spec=SPEC, seed=SEED, view_epoch=0)
+    assert shard.keys == ["k0", "k1", "k2", "k3"] and shard.images.decoded == 0
+    make_batch([(shard, np.array([0, 1]))], RENDER, num_classes=10, soft=False)
+    assert shard.images.decoded == 2
+    with pytest.raises(DataError, match=r"train-000000\.tar: sample 'k2': .*its header reads, its pixels do not") as e:
+        make_batch([(shard, np.array([2]))], RENDER, num_classes=10, soft=False)
+    assert e.value.exit_code == 3

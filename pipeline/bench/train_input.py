@@ -1,0 +1,118 @@
+"""``mkd-pipeline bench train --input``: the trainer's input pipeline per rank at world size 1 and 2.
+
+ImageNet-like JPEG shards (``bench data``'s, 500x375, ~110 KB) with stored top-K labels of a tiny
+teacher; each rank is a process in a gloo process group and streams one epoch of its batches
+exactly as the trainer does (:meth:`pipeline.LabeledViews.plans` + ``render``: read and hash
+the shard, check the headers and the partition, decode its own rows, crop, flip, render at
+224 px), with one torch thread and no model. Reported per rank: rows rendered per second and
+images decoded. ``eager`` decodes every image of every shard a rank reads, as the trainer did
+before decoding was lazy (every rank decoded every shard).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TEACHER = {"img_size": 224, "patch_size": 32, "in_chans": 3, "num_classes": 1000, "embed_dim": 32, "depth": 1,
+           "num_heads": 2}
+
+
+def _rank(rank: int, world: int, init: str, job: dict, out) -> None:  # noqa: ANN001 - a multiprocessing queue
+    """One rank: join the group, stream the epoch, report (decoded, rows, seconds) to ``out``."""
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.train.labeled_views import LabeledViews
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        ds = LabeledViews(job["shards"], spec=job["spec"], seed=0, render=job["render"], epoch=0,
+                          batch_size=job["batch"], labels=job["labels"], view_pool=1, num_classes=1000)
+        dist.barrier()
+        t0 = time.perf_counter()
+        shards: dict[str, Any] = {}
+        rows = 0
+        for plan in ds.plans():
+            for shard, r in plan:
+                if job["eager"] and shard.ref.name not in shards:
+                    shard.images[:]  # the old trainer: every image of the shard, whoever's rows they are
+                shards[shard.ref.name] = shard
+                rows += len(r)
+            ds.render(plan)
+        seconds = time.perf_counter() - t0
+        dist.barrier()
+        out.put({"rank": rank, "world": world, "eager": job["eager"], "rows": rows, "seconds": seconds,
+                 "decoded": sum(s.images.decoded for s in shards.values())})
+    finally:
+        dist.destroy_process_group()
+
+
+def _world(world: int, job: dict, tmp: Path) -> list[dict]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a clean interpreter per rank, as torchrun gives
+    out = ctx.Queue()
+    init = "file://" + str(tmp / f"init-{world}-{int(job['eager'])}-{time.monotonic_ns()}")
+    procs = [ctx.Process(target=_rank, args=(r, world, init, job, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"bench rank process exited with {p.exitcode}")
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeats: int = 1) -> dict[str, Any]:
+    """Rows/s and images decoded per rank, world size 1 and 2, lazy (now) and eager (before)."""
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
+    from maskedkd.views import ViewSpec
+    from pipeline.bench.data import make_imagenet_like_shard
+    from pipeline.bench.train import write_teacher_labels
+    from pipeline.labels.contract import RenderSpec, ShardRef
+    from pipeline.models import create_model
+
+    spec = ViewSpec()  # RandomResizedCrop (0.08, 1) + flip: the DeiT recipe's geometry
+    render = RenderSpec(224, *IMAGENET)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-input-") as tmp:
+        tmp_path = Path(tmp)
+        refs = []
+        for i in range(shards):
+            path = make_imagenet_like_shard(tmp_path / f"train-{i:06d}.tar", samples, seed=i)
+            refs.append(ShardRef(path.name.removesuffix(".tar"), path, samples))
+        teacher = create_model("vit_tiny_patch16_224", TEACHER, seed=1)
+        labels = write_teacher_labels(tmp_path / "store", teacher, refs, spec=spec, seed=0, view_epochs=[0],
+                                      render=render, batch_size=64)
+        for _ in range(repeats):
+            for eager in (True, False):
+                for world in (1, 2):
+                    job = {"shards": refs, "spec": spec, "render": render, "batch": batch, "labels": labels,
+                           "eager": eager}
+                    rows += _world(world, job, tmp_path)
+    return {"samples": samples * shards, "shards": shards, "batch": batch, "rows": rows, "cpus": os.cpu_count()}
+
+
+def input_table(result: dict) -> str:
+    """Markdown: one line per (path, world size), medians over repeats and ranks."""
+    import statistics
+
+    lines = [f"{result['samples']} ImageNet-like JPEGs (500x375) in {result['shards']} shards, global batch "
+             f"{result['batch']}, one epoch at 224 px; one process per rank (gloo), 1 torch thread each", "",
+             "| decoding | world size | rows/s per rank | images decoded per rank | rows per rank |", "|---|---|---|---|---|"]
+    for eager in (True, False):
+        for world in (1, 2):
+            rs = [r for r in result["rows"] if r["eager"] == eager and r["world"] == world]
+            rate = statistics.median(r["rows"] / r["seconds"] for r in rs)
+            decoded = statistics.median(r["decoded"] for r in rs)
+            per_rank = statistics.median(r["rows"] for r in rs)
+            what = "every image of every shard (before)" if eager else "own rows only (now)"
+            lines.append(f"| {what} | {world} | {rate:.1f} | {decoded:.0f} | {per_rank:.0f} |")
+    return "\n".join(lines)
