@@ -21,9 +21,9 @@ It is refused where CUDA is absent and has not been run on a GPU in this project
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import torch
