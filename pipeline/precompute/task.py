@@ -279,14 +279,15 @@ def _compute(t: PartitionTask, samples: list[Sample], result: dict[str, Any], po
                          pin=t.device.startswith("cuda"))
     t0 = timer.add("read", t0)
     try:
-        return _labels(t, samples, views, spec, pixels, result, timer)
+        return _labels(t, samples, keys, spec, pixels, result, timer)
     finally:
-        pixels.close()
+        pixels.close()  # a task that failed half-way leaves no renders queued on the shared pool
 
 
-def _labels(t: PartitionTask, samples: list[Sample], views, spec: ViewSpec, pixels: EpochPixels, result: dict[str, Any],
-            timer: _Timer) -> dict:
-    keys = [s.key for s in samples]
+def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: ViewSpec, pixels: EpochPixels,
+            result: dict[str, Any], timer: _Timer) -> dict:
+    """Keep sets, reuse, teacher and write of one partition, its views rendered by ``pixels``."""
+    views = pixels.views
     n = len(samples)
     teacher = load_model(t.teacher, t.device)
     grid = tuple(teacher.patch_embed.grid_size)

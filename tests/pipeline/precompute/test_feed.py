@@ -161,3 +161,20 @@ def test_student_and_teacher_at_one_size_share_their_pixels():
     assert feed.pixel_spec(a, randaugment=False) == feed.pixel_spec(b, randaugment=False)
     assert feed.pixel_spec(a) != feed.pixel_spec(b)  # RandAugment fills with the mean
     assert feed.pixel_spec(a, False) != feed.pixel_spec(RenderSpec(32, (0.5,), (0.5,), "bilinear"), False)
+
+
+def test_cuda_decoding_gets_its_own_view_fingerprint_and_needs_a_gpu_device(tmp_path, dataset, ckpts, tasks):
+    from pipeline.errors import ConfigError
+    from pipeline.precompute.spec import task_fingerprints
+
+    cfg = _mixed_stage(tmp_path, dataset, ckpts, "fp", feed_workers=1)
+    t = tasks(cfg)[0]
+    assert task_fingerprints(replace(t, feed_workers=2)) == t.fingerprints
+    cuda = task_fingerprints(replace(t, decode="cuda"))
+    assert cuda["view"] != t.fingerprints["view"] and {k: v for k, v in cuda.items() if k != "view"} == {
+        k: v for k, v in t.fingerprints.items() if k != "view"}
+    doc = yaml.safe_load((tmp_path / "fp.yaml").read_text())
+    doc["compute"]["decode"] = "cuda"  # with device: cpu
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="decode"):
+        load_config(tmp_path / "bad.yaml")
