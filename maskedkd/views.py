@@ -590,9 +590,10 @@ def _erase_fill(view: View, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.empty(shape).normal_(generator=gen)
 
 
-def _render_base(image: Image.Image, view: View, hw: tuple[int, int], norm: _Normalise, resample: int, out: torch.Tensor) -> None:
-    """Crop, flip, RandAugment, to tensor, normalise, erase (timm's per-sample train transform) into ``out``."""
-    img = image if image.mode == norm.mode else image.convert(norm.mode)
+def _render_pixels(image: Image.Image, view: View, hw: tuple[int, int], mode: str, fill: Any, resample: int,
+                   out: torch.Tensor) -> None:
+    """Crop, flip, RandAugment (timm's per-sample train transform up to ``ToTensor``) into uint8 ``out`` [C, H, W]."""
+    img = image if image.mode == mode else image.convert(mode)
     width, height = img.size
     h, w = hw
     x0, y0, x1, y1 = view.crop_box(width, height)
@@ -607,14 +608,80 @@ def _render_base(image: Image.Image, view: View, hw: tuple[int, int], norm: _Nor
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for op, mag in zip(view.ra_op, view.ra_mag):
         if op >= 0:
-            img = _apply_rand_augment(img, op, mag, norm.fill, resample, hw)
+            img = _apply_rand_augment(img, op, mag, fill, resample, hw)
     out.copy_(torch.from_numpy(np.array(img, dtype=np.uint8)).view(h, w, -1).permute(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """What a view's uint8 pixels depend on: output size, colour mode, resampling, RandAugment's fill.
+
+    Two render specs with equal pixel specs (e.g. student and teacher at one size with other
+    normalisations) share their uint8 renders: only :func:`finish_views` differs.
+    """
+
+    size: tuple[int, int]
+    mode: str
+    interpolation: str
+    fill: int | tuple[int, ...]
+
+    @classmethod
+    def create(cls, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float],
+               interpolation: str = "bicubic") -> "PixelSpec":
+        """The pixel spec of a render at ``size`` with ``mean``/``std`` and ``interpolation``."""
+        norm = _Normalise.create(mean, std)
+        _resample(interpolation)  # fails early on a bad name
+        return cls(_hw(size), norm.mode, interpolation, norm.fill)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+
+def render_pixels(image: Image.Image, view: View, spec: PixelSpec, out: torch.Tensor) -> None:
+    """Render ``view`` of ``image`` to uint8 ``out`` [C, H, W]: all of :func:`render` but the float
+    steps (normalise, erase, mix), which :func:`finish_views` applies to a batch on any device."""
+    _render_pixels(image, view, spec.size, spec.mode, spec.fill, _resample(spec.interpolation), out)
+
+
+def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[float], std: Sequence[float],
+                 rows: int | None = None) -> torch.Tensor:
+    """Normalise, erase and mix uint8 renders into what :func:`render_batch` returns, on ``pixels``' device.
+
+    Args:
+        pixels: uint8 [R, C, H, W], :func:`render_pixels` of ``views`` (any device).
+        views: the R views; the first ``rows`` are the batch, the rest may be mixing partners.
+        rows: how many leading views to return (default all); each mixes with its partner,
+            which must be among ``views``.
+
+    Returns:
+        float32 [rows, C, H, W]: bit-identical on CPU to :func:`render_batch` of the same views
+        (elementwise IEEE ops only, in the same order).
+    """
+    norm = _Normalise.create(mean, std)
+    device = pixels.device
+    base = pixels.float()
     # two separate IEEE ops (no fused multiply-add), so every machine gives the same bytes
-    out.mul_(norm.scale).add_(norm.offset)
-    if view.erase != _NO_BOX:
-        ex0, ey0, ex1, ey1 = _pixel_box(view.erase, h, w)
-        if ex1 > ex0 and ey1 > ey0:
-            out[:, ey0:ey1, ex0:ex1] = _erase_fill(view, (out.shape[0], ey1 - ey0, ex1 - ex0))
+    base.mul_(norm.scale.to(device)).add_(norm.offset.to(device))
+    h, w = base.shape[-2:]
+    for i, view in enumerate(views):
+        if view.erase != _NO_BOX:
+            ex0, ey0, ex1, ey1 = _pixel_box(view.erase, h, w)
+            if ex1 > ex0 and ey1 > ey0:
+                base[i, :, ey0:ey1, ex0:ex1] = _erase_fill(view, (base.shape[1], ey1 - ey0, ex1 - ex0)).to(device)
+    n = len(views) if rows is None else rows
+    if not any(v.partner for v in views[:n]):
+        return base if n == len(views) else base[:n]
+    index = {v.key: i for i, v in enumerate(views[:n])}
+    for i in range(n, len(views)):  # partners outside the batch: batch rows win on a repeated key
+        index.setdefault(views[i].key, i)
+    out = base[:n].clone()
+    for i, view in enumerate(views[:n]):
+        if view.partner:
+            if view.partner not in index:
+                raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}, which is not among the views")
+            _mix_into(out[i], base[index[view.partner]], view)
+    return out
 
 
 def _mix_into(out: torch.Tensor, partner: torch.Tensor, view: View) -> None:
@@ -653,18 +720,10 @@ def render(
     Returns:
         float32 tensor ``[C, H, W]``.
     """
-    hw = _hw(size)
-    norm = _Normalise.create(mean, std)
-    resample = _resample(interpolation)
-    out = torch.empty(len(norm.mean), *hw)
-    _render_base(image, view, hw, norm, resample, out)
-    if view.partner:
-        if partner is None or partner_view is None or partner_view.key != view.partner:
-            raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}: pass its image and view as partner=, partner_view=")
-        other = torch.empty_like(out)
-        _render_base(partner, partner_view, hw, norm, resample, other)
-        _mix_into(out, other, view)
-    return out
+    if view.partner and (partner is None or partner_view is None or partner_view.key != view.partner):
+        raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}: pass its image and view as partner=, partner_view=")
+    images, views = ([image, partner], [view, partner_view]) if view.partner else ([image], [view])
+    return _render_views(images, views, size, mean, std, interpolation, rows=1)[0]
 
 
 def render_batch(
@@ -685,29 +744,28 @@ def render_batch(
     """
     if len(images) != len(views):
         raise ValueError(f"render_batch: {len(images)} images but {len(views)} views")
-    hw = _hw(size)
-    norm = _Normalise.create(mean, std)
-    resample = _resample(interpolation)
-    base = torch.empty(len(views), len(norm.mean), *hw)
-    for i, (image, view) in enumerate(zip(images, views)):
-        _render_base(image, view, hw, norm, resample, base[i])
-    if not any(v.partner for v in views):
-        return base
-    index = {v.key: i for i, v in enumerate(views)}
-    out = base.clone()
-    for i, view in enumerate(views):
-        if not view.partner:
-            continue
-        if view.partner in index:
-            other = base[index[view.partner]]
-        else:
+    batch = len(views)
+    images, views = list(images), list(views)
+    inside = {v.key for v in views}
+    for view in list(views):
+        if view.partner and view.partner not in inside:
             if partners is None:
                 raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}, which is not in the batch: pass partners=")
             p_image, p_view = partners(view.partner) if callable(partners) else partners[view.partner]
-            other = torch.empty_like(out[i])
-            _render_base(p_image, p_view, hw, norm, resample, other)
-        _mix_into(out[i], other, view)
-    return out
+            images.append(p_image)
+            views.append(p_view)
+            inside.add(view.partner)
+    return _render_views(images, views, size, mean, std, interpolation, rows=batch)
+
+
+def _render_views(images: Sequence[Image.Image], views: Sequence[View], size: int | tuple[int, int],
+                  mean: Sequence[float], std: Sequence[float], interpolation: str, rows: int) -> torch.Tensor:
+    """:func:`render_pixels` of every view, then :func:`finish_views` of the first ``rows``."""
+    spec = PixelSpec.create(size, mean, std, interpolation)
+    pixels = torch.empty(len(views), spec.channels, *spec.size, dtype=torch.uint8)
+    for i, (image, view) in enumerate(zip(images, views)):
+        render_pixels(image, view, spec, pixels[i])
+    return finish_views(pixels, views, mean=mean, std=std, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -390,10 +390,24 @@ def _list(values: list[float]) -> str:
 @click.option("--keep", default=None, type=click.IntRange(1), help="Patches kept [default: half of them].")
 @click.option("--perturb", default=0.01, show_default=True, type=click.FloatRange(0), help="Student update size (last block noise).")
 @click.option("--repeats", default=2, show_default=True, type=click.IntRange(1), help="Interleaved rounds (median).")
+@click.option("--feed", is_flag=True, help="Instead: labels/s of the task's data path alone (no forward), before "
+              "and after issue 17, on ImageNet-like JPEGs at 224 px.")
+@click.option("--feed-images", default=256, show_default=True, type=click.IntRange(1), help="--feed: JPEGs in the shard.")
+@click.option("--feed-epochs", default=2, show_default=True, type=click.IntRange(1), help="--feed: view epochs per segment.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
 def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, as_json: bool) -> None:
-    """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental."""
+                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, as_json: bool) -> None:
+    """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental.
+
+    With --feed: the data path alone (read, hash, decode, render student + teacher views, collate,
+    normalise), today's against the pre-issue-17 path, per core and with 1 and 2 render threads.
+    """
+    if feed:
+        from pipeline.bench.feed import feed_table, run_feed_bench
+
+        result = run_feed_bench(feed_images, feed_epochs, min(batch, 64), repeats=repeats)
+        click.echo(json.dumps(result, indent=1) if as_json else feed_table(result))
+        return
     if samples <= shard_size:
         raise ConfigError("--samples must exceed --shard-size: two workers need two shards or more")
     result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats)

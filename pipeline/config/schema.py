@@ -642,11 +642,25 @@ class ComputeConfig(_Section):
         None, description="TLS to the Dask cluster (CA, client certificate and key); null: plain tcp://. "
                           "Stage configs are code: see the README's Trust section.",
     )
+    feed_workers: int | None = Field(
+        None, ge=1, description="Decode/render threads of each precompute task (they work while the task's own thread "
+                                "drives the device); null: the threads its worker was given (threads_per_worker).",
+    )
+    decode: Literal["pil", "cuda"] = Field(
+        "pil", description="JPEG decoder of precompute tasks: pil (libjpeg, on the CPU), or cuda (nvJPEG on the "
+                           "task's GPU; other pixels than pil, so part of the view fingerprint; needs CUDA workers).",
+    )
 
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str | None) -> str | None:
         return None if v is None else _check_address(v)
+
+    @model_validator(mode="after")
+    def _decode(self) -> "ComputeConfig":
+        if self.decode == "cuda" and self.device == "cpu":
+            raise _Problems(("decode", "is cuda (nvJPEG on the GPU) but device is cpu; use decode: pil"))
+        return self
 
     @field_validator("workers", mode="plain")
     @classmethod

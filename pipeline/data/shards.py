@@ -9,13 +9,16 @@ webdataset's tar iterator and only ever decodes images with PIL (PNG/JPEG/WEBP) 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import tarfile
+from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
@@ -349,9 +352,42 @@ def check_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
+def _checked(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """``data`` itself once :func:`check_image` passes it (``read_shard(decode=False)``)."""
+    check_image(data, max_pixels=max_pixels)
+    return data
+
+
+def _decode_ahead(raws: Iterator[RawSample], decode: Callable[..., Image.Image | bytes], max_pixels: int,
+                  pool: Executor | None, ahead: dict,
+                  skipped: list) -> Iterator[tuple[RawSample, Callable[[], Image.Image | bytes], int]]:
+    """``(raw, decode, mark)`` per raw sample, ``mark`` = ``len(skipped)`` when it was read (the raw
+    reader's skips before it); with ``pool`` the decodes run up to ``2 x`` its threads ahead while
+    ``ahead["on"]`` (a reader past its ``limit`` turns it off: nothing more to decode)."""
+    if pool is None:
+        for raw in raws:
+            yield raw, functools.partial(decode, raw.image_bytes, max_pixels=max_pixels), len(skipped)
+        return
+    window = 2 * max(1, getattr(pool, "_max_workers", 1))
+    pending: deque = deque()
+    for raw in raws:
+        job = pool.submit(decode, raw.image_bytes, max_pixels=max_pixels) if ahead["on"] else None
+        pending.append((raw, job, len(skipped)))
+        if len(pending) > window:
+            first, job, mark = pending.popleft()
+            yield first, job.result if job is not None else _not_decoded, mark
+    while pending:
+        first, job, mark = pending.popleft()
+        yield first, job.result if job is not None else _not_decoded, mark
+
+
+def _not_decoded() -> Image.Image:
+    raise AssertionError("a sample past the reader's limit was not decoded")  # the reader never asks
+
+
 def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
                num_classes: int | None = None, sha256: str | None = None, limit: int | None = None,
-               decode: bool = True) -> Iterator[Sample]:
+               pool: Executor | None = None, decode: bool = True) -> Iterator[Sample]:
     """Stream a shard's samples decoded, in tar order: the one reader everything else uses.
 
     Samples that cannot be used (corrupt or oversized image, missing/invalid ``.cls``,
@@ -368,6 +404,8 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
             any never uses a changed shard.
         limit: yield only the first ``limit`` usable samples (``data.subset``); with ``sha256``
             the rest of the shard is still read (not decoded) to finish the hash.
+        pool: decode on these threads (PIL releases the GIL while decoding), a few samples
+            ahead of the consumer; same samples, order and reports as without.
         decode: False: yield each image's encoded bytes, its header checked with
             :func:`check_image` instead of decoded (the trainer decodes only the rows it uses;
             a sample whose pixels turn out unreadable then fails where it is decoded).
@@ -378,17 +416,23 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
     """
     yielded = 0
     cut = None  # len(report) at the limit: samples past it are not the consumer's to hear about
-    for raw in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256):
+    ahead = {"on": True}
+    # the raw reader's skips go to `report` in tar order with the decode failures, however far ahead it reads
+    skipped: list = []
+    flushed = 0
+    raws = read_shard_raw(path, report=skipped, num_classes=num_classes, sha256=sha256)
+    for raw, decoded, mark in _decode_ahead(raws, decode_image if decode else _checked, max_pixels, pool, ahead,
+                                            skipped):
+        if report is not None:
+            report.extend(skipped[flushed:mark])
+        flushed = mark
         if limit is not None and yielded >= limit:
             if sha256 is None:
                 return
+            ahead["on"] = False
             continue  # only hashing from here on
         try:
-            if decode:
-                image = decode_image(raw.image_bytes, max_pixels=max_pixels)
-            else:
-                check_image(raw.image_bytes, max_pixels=max_pixels)
-                image = raw.image_bytes
+            image = decoded()
         except ValueError as e:
             if report is not None:
                 report.append(Skipped(raw.key, f"{raw.image_ext}: {e}"))
@@ -397,5 +441,7 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
         yield Sample(raw.key, image, raw.label)
         if yielded == limit and report is not None:
             cut = len(report)
+    if report is not None:
+        report.extend(skipped[flushed:])
     if cut is not None:
         del report[cut:]

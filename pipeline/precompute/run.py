@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable
 
+from pipeline._fingerprint import sha256_json
 from pipeline.precompute.address import resolve_address
 from pipeline.precompute.cluster import (
     Cluster,
@@ -14,7 +15,7 @@ from pipeline.precompute.cluster import (
 )
 from pipeline.precompute.plan import classify
 from pipeline.precompute.spec import PartitionTask
-from pipeline.precompute.task import run_partition
+from pipeline.precompute.task import run_shard
 
 SUM_FIELDS = ("rows", "rows_computed", "rows_reused", "rows_reused_tolerance", "student_forwards",
               "teacher_forwards", "teacher_macs", "teacher_macs_saved", "spot_check_rows")
@@ -36,16 +37,41 @@ def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None 
         yield c
 
 
+def group_by_shard(tasks: list[PartitionTask]) -> list[dict[str, Any]]:
+    """One Dask item per shard: its tasks of every view epoch (decoded once, see :func:`run_shard`), in plan order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault((t.shard, t.shard_path), []).append(i)
+    items = []
+    for (shard, _), rows in groups.items():
+        group = [tasks[i] for i in rows]
+        items.append({"id": f"{shard}-{sha256_json([t.id for t in group])[:10]}", "shard": shard,
+                      "view_epoch": ",".join(str(t.view_epoch) for t in group), "tasks": group, "index": rows})
+    return items
+
+
 def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_prefix: str, progress: bool = True,
                    on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Submit one future per task; returns totals and the per-task results (in task order)."""
+    """Submit one future per shard (all its view epochs); returns totals and the per-task results (in task order).
+
+    ``on_result`` is called once per partition, as its shard's task finishes.
+    """
     if not tasks:
         return summarize([])
     check_resources(cluster, cluster.task_resources)
-    items = [{"id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "task": t} for t in tasks]
-    results = run_tasks(cluster, run_partition, items, resources=cluster.task_resources, key_prefix=key_prefix,
-                        retries=cfg.compute.retries, timeout_s=cfg.compute.timeout_s, progress=progress,
-                        on_result=on_result, lost_after_s=cfg.compute.lost_timeout_s)
+    items = group_by_shard(tasks)
+
+    def per_partition(result: dict) -> None:
+        for r in result["partitions"]:
+            on_result(r)
+
+    done = run_tasks(cluster, run_shard, items, resources=cluster.task_resources, key_prefix=key_prefix,
+                     retries=cfg.compute.retries, timeout_s=cfg.compute.timeout_s, progress=progress,
+                     on_result=per_partition if on_result is not None else None, lost_after_s=cfg.compute.lost_timeout_s)
+    results: list[dict] = [{}] * len(tasks)
+    for item, result in zip(items, done):
+        for i, r in zip(item["index"], result["partitions"]):
+            results[i] = r
     return summarize(results)
 
 

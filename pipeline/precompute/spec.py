@@ -43,7 +43,8 @@ def model_spec(cfg: StageConfig, who: str, weights: str | Path, fingerprint: str
 
 @dataclass(frozen=True)
 class PartitionTask:
-    """Everything one (shard, view epoch) task needs; see :func:`pipeline.precompute.task.run_partition`."""
+    """Everything one (shard, view epoch) partition needs; :func:`pipeline.precompute.task.run_shard`
+    computes a shard's partitions of several view epochs in one Dask task."""
 
     shard: str  # name without .tar, e.g. train-000000
     shard_path: str
@@ -66,6 +67,8 @@ class PartitionTask:
     batch_size: int = 64
     device: str = "auto"  # "auto": the worker's device (pipeline.precompute.worker.worker_device)
     precision: str = "fp32"
+    feed_workers: int | None = None  # decode/render threads (None: the worker's threads)
+    decode: str = "pil"  # JPEG decoder: pil, or cuda (nvJPEG: other pixels, part of the view fingerprint)
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     path: str = ""
 
@@ -88,7 +91,9 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         "teacher": teacher,
         "student": student,
         "shard": sha256_json({"sha256": t.shard_sha256, "limit": t.limit}),
-        "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed}),
+        # nvJPEG decodes other pixels than libjpeg: recorded only when used, so PIL-decoded stores keep their paths
+        "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed,
+                             **({"decode": t.decode} if t.decode != "pil" else {})}),
         "mask": sha256_json(mask),
         "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",
                               "precision": t.precision}),

@@ -1,9 +1,13 @@
-"""One precompute task: the labels of one (shard, view epoch) partition (docs/design.md §2).
+"""One precompute task: the labels of one shard for every view epoch of its segment (docs/design.md §2).
 
-Stream the shard -> derive each sample's View -> the milestone student's saliency on its own
-rendering of the view -> keep set -> reuse stored teacher outputs whose keep set matches (or is
-within ``tolerance``) -> run the masked teacher on the rest -> write the partition atomically.
-Pure and idempotent: a partition that already exists for exactly these inputs is left alone.
+Decode the shard once (:mod:`pipeline.precompute.feed`), then per view epoch, one partition each:
+derive each sample's View -> the milestone student's saliency on its own rendering of the view
+-> keep set -> reuse stored teacher outputs whose keep set matches (or is within ``tolerance``)
+-> run the masked teacher on the rest -> write the partition atomically. Views are rendered to
+uint8 once (student and teacher share them) by a thread pool ahead of the device, which
+normalises them and reduces the teacher's logits to top-K and logsumexp.
+Pure and idempotent: a partition that already exists for exactly these inputs is left alone,
+so a retried task computes only the partitions it had not written yet.
 """
 
 from __future__ import annotations
@@ -26,16 +30,22 @@ from maskedkd import (
     needs_saliency,
     teacher_macs,
 )
-from maskedkd.views import ViewSpec, render_batch, shard_views
+from maskedkd.views import ViewSpec, shard_views
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
-from pipeline.data.shards import Sample, read_shard
+from pipeline.data.shards import Sample
 from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
 from pipeline.models import create_model, model_fingerprint
+from pipeline.precompute.feed import (
+    EpochPixels,
+    decode_shard,
+    feed_threads,
+    render_pool,
+)
 from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
@@ -88,47 +98,23 @@ def autocast_for(device: str, precision: str):
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _render(samples: list[Sample], views, idx: np.ndarray, r: RenderSpec, by_key: dict) -> torch.Tensor:
-    chosen = [views[i] for i in idx]
-    return render_batch(
-        [samples[i].image for i in idx], chosen, r.size, mean=r.mean, std=r.std,
-        interpolation=r.interpolation, partners=lambda k: by_key[k],
-    )
-
-
-RENDER_CACHE_BYTES = 512 << 20
-
-
 class _Renders:
-    """The shard's views rendered for the student and the teacher, each view rendered once.
+    """One view epoch's views, rendered once to uint8 by the feed and finished on the device per model."""
 
-    When both models see views alike (same size, normalisation, interpolation, the usual case)
-    the student's renders are kept for the teacher's forward, up to ``RENDER_CACHE_BYTES``.
-    """
+    def __init__(self, pixels: EpochPixels, t: PartitionTask, timer: _Timer) -> None:
+        self.pixels, self.t, self.timer, self.views = pixels, t, timer, pixels.views
 
-    def __init__(self, t: PartitionTask, samples: list[Sample], views, by_key: dict, timer: _Timer) -> None:
-        self.t, self.samples, self.views, self.by_key, self.timer = t, samples, views, by_key, timer
-        r = t.teacher.render
-        shared = t.student is not None and needs_saliency(t.policy) and t.student.render == r
-        nbytes = len(samples) * len(r.mean) * r.size[0] * r.size[1] * 4
-        self.cache = torch.empty(len(samples), len(r.mean), *r.size) if shared and nbytes <= RENDER_CACHE_BYTES else None
+    def _images(self, idx: np.ndarray, r: RenderSpec) -> torch.Tensor:
+        t0 = time.perf_counter()  # waiting for the feed, and finishing on the device, count as render
+        images = self.pixels.batch(idx, r, self.t.device)
+        self.timer.add("render", t0)
+        return images
 
     def student(self, idx: np.ndarray) -> torch.Tensor:
-        t0 = time.perf_counter()
-        images = _render(self.samples, self.views, idx, self.t.student.render, self.by_key)
-        if self.cache is not None:
-            self.cache[torch.from_numpy(idx)] = images
-        self.timer.add("render", t0)
-        return images
+        return self._images(idx, self.t.student.render)
 
     def teacher(self, idx: np.ndarray) -> torch.Tensor:
-        t0 = time.perf_counter()
-        if self.cache is not None:
-            images = self.cache[torch.from_numpy(idx)]
-        else:
-            images = _render(self.samples, self.views, idx, self.t.teacher.render, self.by_key)
-        self.timer.add("render", t0)
-        return images
+        return self._images(idx, self.t.teacher.render)
 
 
 def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -144,7 +130,7 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
         idx = np.arange(start, min(n, start + t.batch_size))
         images = None
         if student is not None:
-            images = renders.student(idx).to(t.device)
+            images = renders.student(idx)
             forwards += len(idx)
         with torch.inference_mode(), autocast_for(t.device, t.precision):
             kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
@@ -202,9 +188,8 @@ def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
 
 
-def _check_finite(t: PartitionTask, logits: torch.Tensor, keys: list[str]) -> None:
-    """Refuse NaN/inf teacher logits before they reach a partition, naming where they came from."""
-    bad = ~torch.isfinite(logits).all(dim=1)
+def _check_finite(t: PartitionTask, bad: torch.Tensor, keys: list[str]) -> None:
+    """Refuse NaN/inf teacher logits (``bad``: bool per row) before they reach a partition, naming where they came from."""
     if bool(bad.any()):
         first = int(bad.nonzero()[0])
         raise NumericError(
@@ -216,17 +201,14 @@ def _check_finite(t: PartitionTask, logits: torch.Tensor, keys: list[str]) -> No
 def after_shard_read(t: PartitionTask) -> None:
     """Test seam, a no-op: called once the task has read its shard, before any model runs.
 
-    The reliability tests replace it inside each Dask worker (``tests/reliability/faults.py``,
-    installed as a Dask worker preload) to kill or hang the worker at this point.
+    Called once per partition to compute (its view epoch's models run next). The reliability
+    tests replace it inside each Dask worker (``tests/reliability/faults.py``, installed as a
+    Dask worker preload) to kill or hang the worker at this point.
     """
 
 
-def run_partition(item: dict) -> dict:
-    """Dask task body: compute (or find) the partition of ``item["task"]``; returns a small dict."""
-    t: PartitionTask = item["task"]
-    if t.device == "auto":
-        t = replace(t, device=worker_device())
-    timer = _Timer()
+def _cached(t: PartitionTask) -> dict[str, Any]:
+    """The result of ``t`` with ``cached`` set when its partition already exists for exactly its inputs."""
     result: dict[str, Any] = {
         "id": t.id, "shard": t.shard, "view_epoch": t.view_epoch, "path": t.path, "rows": 0,
         "rows_computed": 0, "rows_reused": 0, "rows_reused_tolerance": 0, "student_forwards": 0,
@@ -237,29 +219,80 @@ def run_partition(item: dict) -> dict:
         try:
             with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
                 result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
-                return result
         except StoreError as e:
             result["replaced_damaged"] = str(e)  # recompute and atomically replace it
+    return result
 
-    t0 = time.perf_counter()
-    report: list = []
-    samples = []
-    # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
-    for s in read_shard(t.shard_path, report=report, num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit):
-        samples.append(s)
-    result["skipped"] = [{"key": r[0], "reason": r[1]} for r in report][:100]
+
+def run_shard(item: dict) -> dict:
+    """Dask task body: the partitions of one shard for the view epochs of ``item["tasks"]``.
+
+    The tasks differ in their view epoch only. The shard is read and decoded once for all of
+    them; each partition is written (atomically) as soon as it is computed, so a retry skips it.
+
+    Returns:
+        ``{"id", "shard", "rows", "partitions": [one result per task, in order]}``.
+    """
+    tasks: list[PartitionTask] = list(item["tasks"])
+    if tasks[0].device == "auto":
+        device = worker_device()
+        tasks = [replace(t, device=device) for t in tasks]
+    results = [_cached(t) for t in tasks]
+    todo = [i for i, r in enumerate(results) if not r["cached"]]
+    if todo:
+        t = tasks[todo[0]]
+        pool = render_pool(feed_threads(t.feed_workers))
+        try:
+            t0 = time.perf_counter()
+            report: list = []
+            # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
+            samples = decode_shard(t.shard_path, pool=pool, decode=t.decode, device=t.device, report=report,
+                                   num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit)
+            skipped = [{"key": r[0], "reason": r[1]} for r in report][:100]
+            read_s = time.perf_counter() - t0
+            for i in todo:
+                timer = _Timer()
+                timer.seconds["read"] = read_s if i == todo[0] else 0.0  # the shard is read once, for all
+                results[i].update(skipped=skipped)
+                results[i] = _compute(tasks[i], samples, results[i], pool, timer)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return {"id": item.get("id"), "shard": tasks[0].shard, "rows": sum(int(r["rows"]) for r in results),
+            "partitions": results}
+
+
+def run_partition(item: dict) -> dict:
+    """The partition of ``item["task"]`` alone (:func:`run_shard` of one view epoch); returns its result."""
+    t: PartitionTask = item["task"]
+    return run_shard({"id": t.id, "tasks": [t]})["partitions"][0]
+
+
+def _compute(t: PartitionTask, samples: list[Sample], result: dict[str, Any], pool, timer: _Timer) -> dict:
+    """Compute and write the partition of ``t`` from the decoded ``samples``; returns ``result`` filled in."""
     after_shard_read(t)
+    t0 = time.perf_counter()
     keys = [s.key for s in samples]
     spec = ViewSpec.from_dict(t.view_spec)
     views = shard_views(spec, t.view_seed, t.view_epoch, keys)
-    by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
-    n = len(samples)
+    renders_of = [t.teacher.render] + ([t.student.render] if t.student is not None and needs_saliency(t.policy) else [])
+    pixels = EpochPixels([s.image for s in samples], views, renders_of, pool, ahead=2 * t.batch_size,
+                         pin=t.device.startswith("cuda"))
     t0 = timer.add("read", t0)
+    try:
+        return _labels(t, samples, keys, spec, pixels, result, timer)
+    finally:
+        pixels.close()  # a task that failed half-way leaves no renders queued on the shared pool
 
+
+def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: ViewSpec, pixels: EpochPixels,
+            result: dict[str, Any], timer: _Timer) -> dict:
+    """Keep sets, reuse, teacher and write of one partition, its views rendered by ``pixels``."""
+    views = pixels.views
+    n = len(samples)
     teacher = load_model(t.teacher, t.device)
     grid = tuple(teacher.patch_embed.grid_size)
     n_patches = int(teacher.patch_embed.num_patches)
-    renders = _Renders(t, samples, views, by_key, timer)
+    renders = _Renders(pixels, t, timer)
     with timer.phase("student"):
         keep, result["student_forwards"] = _keep_sets(t, renders, n_patches, grid)
 
@@ -275,25 +308,32 @@ def run_partition(item: dict) -> dict:
     reuse = best <= t.tolerance
     t0 = timer.add("reuse", t0)
 
-    # teacher on the rest
+    # teacher on the rest: top-K and logsumexp on the device, only those come back
     compute = np.flatnonzero(~reuse)
+    extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
     with timer.phase("teacher"):
         macs_per_row = teacher_macs(teacher, t.keep)
-        logits_rows = torch.empty(len(compute), t.num_classes)
+        fresh, fresh_lse, bad = [], [], []
         for start in range(0, len(compute), t.batch_size):
             idx = compute[start:start + t.batch_size]
-            images = renders.teacher(idx).to(t.device)
+            images = renders.teacher(idx)
             kidx = _kept(keep[idx], t.keep)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
-                logits_rows[start:start + len(idx)] = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
-        _check_finite(t, logits_rows, [keys[i] for i in compute])
+                logits = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float()
+                bad.append((~torch.isfinite(logits).all(dim=1)).cpu())
+                fresh.append(from_logits(logits, t.topk).to("cpu"))
+                fresh_lse.append({tau: v.cpu() for tau, v in logsumexp_at(logits, extra_taus).items()})
+        if not fresh:
+            empty = torch.empty(0, t.num_classes)
+            bad, fresh, fresh_lse = [torch.zeros(0, dtype=torch.bool)], [from_logits(empty, t.topk)], [logsumexp_at(empty, extra_taus)]
+        _check_finite(t, torch.cat(bad), [keys[i] for i in compute])
 
-        target, extra = _assemble(t, compute, logits_rows, reuse, source, cands)
+        target, extra = _assemble(compute, SoftTarget.cat(fresh), {tau: torch.cat([e[tau] for e in fresh_lse]) for tau in extra_taus},
+                                  reuse, source, cands)
         inexact = np.flatnonzero(reuse & (best > 0))
         if len(inexact) and t.spot_check:
             result.update(_spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row))
     t0 = time.perf_counter()
-
     stored_keep = keep.copy()
     for c, cand in enumerate(cands):  # rows reused under tolerance keep what the teacher really saw
         rows = np.flatnonzero(reuse & (source == c))
@@ -335,10 +375,9 @@ def run_partition(item: dict) -> dict:
     return result
 
 
-def _assemble(t, compute, logits_rows, reuse, source, cands):
+def _assemble(compute, fresh: SoftTarget, fresh_lse: dict, reuse, source, cands):
     """The partition's target and extra-temperature lse, from fresh + reused rows, in row order."""
-    extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
-    rows, targets, extras = [compute], [from_logits(logits_rows, t.topk)], [logsumexp_at(logits_rows, extra_taus)]
+    rows, targets, extras = [compute], [fresh], [fresh_lse]
     for c, cand in enumerate(cands):
         mine = np.flatnonzero(reuse & (source == c))
         if not len(mine):
@@ -357,7 +396,7 @@ def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row)
     """Re-run the teacher on a seeded sample of rows reused under tolerance; mean KL(fresh || stored)."""
     rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
-    images = renders.teacher(rows).to(t.device)
+    images = renders.teacher(rows)
     kidx = _kept(keep[rows], t.keep)
     with torch.inference_mode(), autocast_for(t.device, t.precision):
         fresh = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()

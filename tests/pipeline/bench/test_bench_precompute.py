@@ -26,3 +26,16 @@ def test_bench_precompute_json_smoke():
 def test_bench_precompute_needs_two_shards():
     r = CliRunner().invoke(cli, ["bench", "precompute", "--samples", "64", "--shard-size", "64"])
     assert r.exit_code != 0 and "two shards" in str(r.exception or r.output)
+
+
+def test_bench_precompute_feed_smoke():
+    args = ["bench", "precompute", "--feed", "--feed-images", "6", "--feed-epochs", "2", "--batch", "4",
+            "--repeats", "1", "--json"]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert set(out["cases"]) == {"before", "after-w1", "after-host-w1", "after-w2", "after-host-w2"}
+    assert {c["rows"] for c in out["cases"].values()} == {12}  # 6 images x 2 view epochs, every path
+    for c in out["cases"].values():
+        assert c["labels_per_cpu_s"] > 0 and set(c["cores_per_gpu"]) == {"DeiT-B", "DeiT-S"}
+    assert out["cases"]["before"]["per_core_vs_before"] == 1.0

@@ -1,0 +1,149 @@
+"""``mkd-pipeline bench precompute --feed``: labels/s of the precompute task's data path alone.
+
+Everything a precompute task does for a label but the teacher's (and student's) forward: read
+and hash the shard, decode the JPEGs, render the student's and the teacher's views, collate,
+normalise. On a temporary shard of ImageNet-like JPEGs (``bench data --imagenet-like``) at
+224 px, for a segment of ``epochs`` view epochs:
+
+- ``before``: today's path until issue 17, kept here as :func:`before_path`: each view epoch is
+  its own task that reads and decodes the whole shard, then renders every view twice (student,
+  then teacher: ImageNet-sized shards overflow the task's render cache) to float32, one thread;
+- ``after``: :mod:`pipeline.precompute.feed` as the task runs it: the shard decoded once on a
+  pool of ``w`` threads, each view rendered once to uint8 ahead of the consumer, normalised per
+  model (on the CPU here: the device is the CPU);
+- ``after, host part``: the same without the normalisation, i.e. what a GPU worker's CPUs do
+  (there it runs on the GPU).
+
+Per core = labels per CPU second of the whole process (all its threads); the machine is shared,
+so CPU seconds are the fair measure, wall seconds are shown too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.bench.data import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard
+from pipeline.bench.timing import machine_line
+
+# the paper's teacher throughput at keep 50% (images/s on one GPU), which the data path must feed
+TEACHER_RATES = {"DeiT-B": 1536.0, "DeiT-S": 3702.0}
+
+
+def _setup(size: int):
+    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
+    from maskedkd.views import ViewSpec
+    from pipeline.labels.contract import RenderSpec
+
+    r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    return ViewSpec(), r, r  # DeiT's student and teacher see the same 224 px views
+
+
+def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int = 224) -> int:
+    """Today's per-view-epoch task (before issue 17), data path only: rows labelled."""
+    from maskedkd.views import render_batch, shard_views
+    from pipeline.data.shards import read_shard
+
+    spec, student, teacher = _setup(size)
+    rows = 0
+    for epoch in epochs:  # one task per (shard, view epoch): the shard decoded every time
+        samples = list(read_shard(shard, report=[], sha256=sha256))
+        views = shard_views(spec, 0, epoch, [s.key for s in samples])
+        partners = {s.key: (s.image, v) for s, v in zip(samples, views)}.__getitem__
+        for start in range(0, len(samples), batch):
+            idx = range(start, min(len(samples), start + batch))
+            for r in (student, teacher):  # rendered twice: the render cache is over its limit
+                render_batch([samples[i].image for i in idx], [views[i] for i in idx], r.size, mean=r.mean,
+                             std=r.std, interpolation=r.interpolation, partners=partners)
+            rows += len(idx)
+    return rows
+
+
+def after_path(shard: Path, sha256: str, epochs: range, batch: int, workers: int, *, normalise: bool = True,
+               size: int = 224) -> int:
+    """The task's data path now (:mod:`pipeline.precompute.feed`): rows labelled."""
+    from maskedkd.views import shard_views
+    from pipeline.precompute.feed import EpochPixels, decode_shard, render_pool
+
+    spec, student, teacher = _setup(size)
+    rows = 0
+    pool = render_pool(workers)
+    try:
+        samples = decode_shard(str(shard), pool=pool, report=[], sha256=sha256)
+        images = [s.image for s in samples]
+        for epoch in epochs:
+            views = shard_views(spec, 0, epoch, [s.key for s in samples])
+            pixels = EpochPixels(images, views, [teacher, student], pool, ahead=2 * batch)
+            for start in range(0, len(samples), batch):
+                idx = np.arange(start, min(len(samples), start + batch))
+                if normalise:
+                    for r in (student, teacher):
+                        pixels.batch(idx, r, "cpu")
+                else:  # uint8 rows ready in the (pinned) buffer: the device would take them from here
+                    pixels.wait(int(idx[-1]) + 1)
+                rows += len(idx)
+    finally:
+        pool.shutdown(wait=True)
+    return rows
+
+
+def _measure(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """(rows, wall seconds, CPU seconds of the whole process) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = fn()
+    return rows, time.perf_counter() - t0, time.process_time() - c0
+
+
+def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers: tuple[int, ...] = (1, 2),
+                   repeats: int = 3) -> dict[str, Any]:
+    """Labels/s (wall and per CPU second) of ``before`` and ``after`` (per worker count), interleaved rounds."""
+    import torch
+
+    from pipeline._fingerprint import sha256_file
+
+    torch.set_num_threads(1)  # the render threads are the parallelism measured; torch ops stay single-threaded
+    with tempfile.TemporaryDirectory(prefix="mkd-bench-feed-") as tmp:
+        shard = make_imagenet_like_shard(Path(tmp) / "bench-000000.tar", images)
+        sha = sha256_file(shard)
+        views = range(epochs)
+        cases: dict[str, Callable[[], int]] = {"before": lambda: before_path(shard, sha, views, batch)}
+        for w in workers:
+            cases[f"after-w{w}"] = lambda w=w: after_path(shard, sha, views, batch, w)
+            cases[f"after-host-w{w}"] = lambda w=w: after_path(shard, sha, views, batch, w, normalise=False)
+        after_path(shard, sha, range(1), batch, 1)  # warm-up: imports, PIL and torch first calls
+        runs: dict[str, list] = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, fn in cases.items():
+                runs[name].append(_measure(fn))
+    out: dict[str, Any] = {"images": images, "epochs": epochs, "batch": batch, "repeats": repeats, "size": 224,
+                           "machine": machine_line(), "cases": {}}
+    for name, rs in runs.items():
+        rows = rs[0][0]
+        out["cases"][name] = {"rows": rows, "labels_per_s": rows / statistics.median(r[1] for r in rs),
+                              "labels_per_cpu_s": rows / statistics.median(r[2] for r in rs),
+                              "cores_used": statistics.median(r[2] / r[1] for r in rs)}
+    base = out["cases"]["before"]["labels_per_cpu_s"]
+    for c in out["cases"].values():
+        c["per_core_vs_before"] = c["labels_per_cpu_s"] / base
+        c["cores_per_gpu"] = {model: rate / c["labels_per_cpu_s"] for model, rate in TEACHER_RATES.items()}
+    return out
+
+
+def feed_table(r: dict) -> str:
+    """Markdown table of :func:`run_feed_bench`'s result."""
+    lines = [(f"{r['images']} ImageNet-like JPEGs (500x375) at {r['size']} px, {r['epochs']}-view-epoch segment, "
+              f"batch {r['batch']}, median of {r['repeats']} interleaved rounds; {r['machine']}"), "",
+             ("| path | labels/s (wall) | labels per CPU s (per core) | x before, per core | cores used "
+              "| cores per GPU, DeiT-B keep 50% (1,536/s) | DeiT-S (3,702/s) |"),
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in r["cases"].items():
+        g = c["cores_per_gpu"]
+        lines.append(f"| {name} | {c['labels_per_s']:.1f} | {c['labels_per_cpu_s']:.1f} | {c['per_core_vs_before']:.2f}x "
+                     f"| {c['cores_used']:.2f} | {g['DeiT-B']:.1f} | {g['DeiT-S']:.1f} |")
+    return "\n".join(lines)

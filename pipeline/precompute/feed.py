@@ -1,0 +1,207 @@
+"""The precompute task's data path: decode a shard once, render each view once, ahead of the device.
+
+A task covers one shard for every view epoch of its segment (:mod:`pipeline.precompute.task`):
+
+- :func:`decode_shard` streams and hashes the tar in the task's thread while a pool of threads
+  decodes the images (PIL releases the GIL while decoding and resizing), once per segment;
+- :class:`EpochPixels` renders one view epoch's views to uint8 (crop, flip, RandAugment: the PIL
+  part of :func:`maskedkd.views.render`) on the same pool, in row order and a few batches ahead
+  of the consumer, once per distinct :class:`~maskedkd.views.PixelSpec` (student and teacher at
+  one size share them), into pinned memory when the device is CUDA;
+- :meth:`EpochPixels.batch` copies a batch's pixels to the device and finishes them there
+  (normalise, erase, mix: :func:`maskedkd.views.finish_views`), bit-identical on CPU to
+  :func:`maskedkd.views.render_batch`.
+
+``compute.decode: cuda`` decodes the JPEGs with ``torchvision.io.decode_jpeg`` on the device
+(nvJPEG) in batches, then renders them with PIL like any other image. nvJPEG's pixels differ from
+libjpeg's, so it enters the view fingerprint (:func:`pipeline.precompute.spec.task_fingerprints`).
+It is refused where CUDA is absent and has not been run on a GPU in this project's tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskedkd.views import PixelSpec, View, finish_views, render_pixels
+from pipeline.data.shards import (
+    MAX_IMAGE_PIXELS,
+    Sample,
+    Skipped,
+    decode_image,
+    read_shard,
+    read_shard_raw,
+)
+from pipeline.errors import ConfigError
+from pipeline.labels.contract import RenderSpec
+
+DECODERS = ("pil", "cuda")
+CHUNK_ROWS = 8  # rows per render job: big enough to amortise a job's overhead, small enough to balance threads
+
+
+def feed_threads(requested: int | None) -> int:
+    """The render/decode threads of a task: ``requested``, else the threads its worker was given."""
+    if requested:
+        return int(requested)
+    from pipeline.precompute.worker import worker_threads
+
+    return worker_threads() or torch.get_num_threads() or os.cpu_count() or 1
+
+
+def decode_shard(path: str, *, pool: Executor | None, decode: str = "pil", device: str = "cpu",
+                 report: list | None = None, num_classes: int | None = None, sha256: str | None = None,
+                 limit: int | None = None) -> list[Sample]:
+    """Every usable sample of the shard, decoded (``read_shard`` with decodes on ``pool``).
+
+    Raises:
+        ConfigError: ``decode="cuda"`` without a CUDA device.
+        DataError: as :func:`pipeline.data.shards.read_shard`.
+    """
+    if decode == "pil":
+        return list(read_shard(path, report=report, num_classes=num_classes, sha256=sha256, limit=limit, pool=pool))
+    if decode != "cuda":
+        raise ConfigError(f"compute.decode: {decode!r} is not one of {', '.join(DECODERS)}")
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise ConfigError(f"compute.decode: cuda decodes JPEGs with nvJPEG on the task's GPU, but this task runs on "
+                          f"{device!r} (CUDA available: {torch.cuda.is_available()}); use compute.decode: pil")
+    return _decode_cuda(path, device=device, report=report, num_classes=num_classes, sha256=sha256, limit=limit)
+
+
+def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: int | None, sha256: str | None,
+                 limit: int | None, batch: int = 64) -> list[Sample]:
+    """JPEGs decoded by nvJPEG in batches (others by PIL); a batch that fails is retried image by image,
+    so a corrupt image is skipped and reported as the PIL reader reports it. Not run without a GPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    raws = [r for r in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256)]
+    out: list[Sample] = []
+
+    def one(raw) -> Image.Image:
+        if raw.image_ext not in ("jpg", "jpeg"):
+            return _pil(raw.image_bytes)
+        data = torch.frombuffer(bytearray(raw.image_bytes), dtype=torch.uint8)
+        return _to_pil(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+    for start in range(0, len(raws), batch):
+        chunk = raws[start:start + batch]
+        try:
+            jpeg = [r for r in chunk if r.image_ext in ("jpg", "jpeg")]
+            decoded = decode_jpeg([torch.frombuffer(bytearray(r.image_bytes), dtype=torch.uint8) for r in jpeg],
+                                  mode=ImageReadMode.RGB, device=device)
+            by_key = {r.key: _to_pil(d) for r, d in zip(jpeg, decoded)}
+            images = [by_key.get(r.key) or _pil(r.image_bytes) for r in chunk]
+        except Exception:  # noqa: BLE001 - find the bad image(s) one by one
+            images = []
+            for r in chunk:
+                try:
+                    images.append(one(r))
+                except Exception as e:  # noqa: BLE001 - nvJPEG raises RuntimeError on corrupt data
+                    images.append(None)
+                    if report is not None:
+                        report.append(Skipped(r.key, f"{r.image_ext}: cannot decode image: {type(e).__name__}: {e}"))
+        for r, image in zip(chunk, images):
+            if image is not None and (limit is None or len(out) < limit):
+                out.append(Sample(r.key, image, r.label))
+    return out
+
+
+def _pil(data: bytes) -> Image.Image:
+    return decode_image(data, max_pixels=MAX_IMAGE_PIXELS)
+
+
+def _to_pil(chw: torch.Tensor) -> Image.Image:
+    return Image.fromarray(chw.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
+
+
+def pixel_spec(r: RenderSpec, randaugment: bool = True) -> PixelSpec:
+    """The uint8 pixels a model with render spec ``r`` sees (before normalisation).
+
+    RandAugment fills with the mean; without it the mean does not touch the pixels, so models
+    that differ in normalisation only share them.
+    """
+    spec = PixelSpec.create(r.size, r.mean, r.std, r.interpolation)
+    return spec if randaugment else replace(spec, fill=0)
+
+
+class EpochPixels:
+    """One view epoch's views of a shard rendered to uint8, per pixel spec, by a pool, in row order.
+
+    Rendering runs ``ahead`` rows beyond the last row asked for, so the pool works while the
+    consumer's batch is on the device. Every row is rendered once per pixel spec, whoever asks.
+    An exception raised in a render thread is re-raised, as is, by the call that needs its rows.
+    """
+
+    def __init__(self, images: Sequence[Image.Image], views: Sequence[View], renders: Sequence[RenderSpec],
+                 pool: Executor | None, *, ahead: int, pin: bool = False) -> None:
+        self.images, self.views, self.pool = images, list(views), pool
+        self.randaugment = any(op >= 0 for v in self.views for op in v.ra_op)
+        self.specs = list(dict.fromkeys(pixel_spec(r, self.randaugment) for r in renders))
+        n = len(self.views)
+        self.pixels = {}
+        for s in self.specs:
+            buf = torch.empty(n, s.channels, *s.size, dtype=torch.uint8)
+            self.pixels[s] = buf.pin_memory() if pin and n else buf
+        self.index = {v.key: i for i, v in enumerate(self.views)}
+        self.ahead = max(ahead, CHUNK_ROWS)
+        self.jobs: list[Future | None] = []  # one per CHUNK_ROWS rows, in order
+        self.done = 0  # rows rendered and checked
+
+    def _render(self, start: int, stop: int) -> None:
+        for i in range(start, stop):
+            for s in self.specs:
+                render_pixels(self.images[i], self.views[i], s, self.pixels[s][i])
+
+    def _submit(self, stop: int) -> None:
+        n = len(self.views)
+        while len(self.jobs) * CHUNK_ROWS < min(n, stop):
+            start = len(self.jobs) * CHUNK_ROWS
+            end = min(n, start + CHUNK_ROWS)
+            self.jobs.append(self.pool.submit(self._render, start, end) if self.pool is not None else None)
+
+    def wait(self, stop: int) -> None:
+        """Return once rows ``[0, stop)`` are rendered (rendering more ahead meanwhile)."""
+        if stop <= self.done:
+            return
+        self._submit(stop + self.ahead)
+        for c in range(self.done // CHUNK_ROWS, -(-stop // CHUNK_ROWS)):
+            job = self.jobs[c]
+            if job is None:
+                self._render(c * CHUNK_ROWS, min(len(self.views), (c + 1) * CHUNK_ROWS))
+            else:
+                job.result()
+            self.done = min(len(self.views), (c + 1) * CHUNK_ROWS)
+
+    def batch(self, rows: np.ndarray, r: RenderSpec, device: str) -> torch.Tensor:
+        """float32 [len(rows), C, H, W] on ``device``: the views of ``rows`` as ``r`` renders them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        partners = sorted({self.index[self.views[i].partner] for i in rows if self.views[i].partner} - set(rows.tolist()))
+        every = np.concatenate([rows, np.asarray(partners, dtype=np.int64)]) if partners else rows
+        if len(every):
+            self.wait(int(every.max()) + 1)
+        buf = self.pixels[pixel_spec(r, self.randaugment)]
+        if len(every) and not partners and np.array_equal(every, np.arange(every[0], every[0] + len(every))):
+            pixels = buf[int(every[0]):int(every[0]) + len(every)]  # a slice of pinned memory stays pinned
+        else:
+            pixels = buf.index_select(0, torch.from_numpy(every))
+        pixels = pixels.to(device, non_blocking=True)
+        return finish_views(pixels, [self.views[i] for i in every], mean=r.mean, std=r.std, rows=len(rows))
+
+    def close(self) -> None:
+        """Cancel renders nobody will ask for (a task that failed half-way)."""
+        for job in self.jobs:
+            if job is not None:
+                job.cancel()
+
+
+def render_pool(threads: int) -> Executor:
+    """The task's pool of decode and render threads (they work while its own thread drives the device)."""
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mkd-feed")
+
+
+__all__ = ["DECODERS", "EpochPixels", "decode_shard", "feed_threads", "pixel_spec", "render_pool"]
