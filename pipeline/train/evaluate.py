@@ -16,7 +16,10 @@ from pipeline.labels.contract import RenderSpec, ShardRef
 
 
 def _chunks(refs: Sequence[ShardRef], batch_size: int):
-    samples = itertools.chain.from_iterable(itertools.islice(read_shard(r.path), r.rows) for r in refs)
+    # each shard is hashed while it streams, as the trainer does (limit: the rest is still read for
+    # the hash): one whose bytes differ from its manifest raises ShardChangedError (exit 3) at its
+    # end, so no accuracy is reported from it
+    samples = itertools.chain.from_iterable(read_shard(r.path, sha256=r.sha256, limit=r.rows) for r in refs)
     while chunk := list(itertools.islice(samples, batch_size)):
         yield chunk
 
@@ -39,6 +42,9 @@ def evaluate(
 
     Returns:
         ``{"top1": float, "loss": float, "samples": int}``.
+
+    Raises:
+        ShardChangedError: (exit 3) a shard's bytes differ from its ``sha256``, naming the shard.
     """
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
