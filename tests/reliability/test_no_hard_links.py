@@ -31,7 +31,7 @@ def test_run_on_a_store_without_hard_links_is_byte_identical(baseline, tmp_path,
     assert parts and len(refused) >= len(parts)  # every partition went through the fallback
     assert snapshot(b.work, ("tiny",)) == b.a
     assert temp_files(b.work / "store", b.work / "runs") == []  # no temp file, no claim left
-    tally("stores", "store on a filesystem without hard links (link(2) -> EPERM in every worker)",
+    tally("store", "store on a filesystem without hard links (link(2) -> EPERM in every worker)",
           "`run` publishes through the flocked-claim fallback; store and checkpoints byte-identical to the "
           "baseline, no temp or claim file left")
 
@@ -64,6 +64,6 @@ def test_second_writer_without_hard_links_keeps_the_first_file(baseline, monkeyp
     assert res["cached"] and res["sha256"] == sha256_file(t.path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not replaced
     assert not [p for p in Path(t.path).parent.iterdir() if p.name.startswith(".tmp-")]
-    tally("stores", "two writers of one partition path without hard links (race made deterministic)",
+    tally("store", "two writers of one partition path without hard links (race made deterministic)",
           "the partition is rewritten byte-identical through the fallback; the second writer keeps the first "
           "file and reports its checksum")
