@@ -390,11 +390,18 @@ def _list(values: list[float]) -> str:
 @click.option("--keep", default=None, type=click.IntRange(1), help="Patches kept [default: half of them].")
 @click.option("--perturb", default=0.01, show_default=True, type=click.FloatRange(0), help="Student update size (last block noise).")
 @click.option("--repeats", default=2, show_default=True, type=click.IntRange(1), help="Interleaved rounds (median).")
+@click.option("--hash-cost", is_flag=True, help="Also time first runs with and without shard hashing (interleaved) "
+              "and print the ratio.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
 def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, as_json: bool) -> None:
+                     repeats: int, hash_cost: bool, as_json: bool) -> None:
     """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental."""
+    from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost
+
     if samples <= shard_size:
         raise ConfigError("--samples must exceed --shard-size: two workers need two shards or more")
     result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats)
-    click.echo(json.dumps(result, indent=1) if as_json else _table(result))
+    if hash_cost:
+        result["hash_cost"] = precompute_hash_cost(samples, shard_size, batch, int(img_size), keep, repeats)
+    table = _table(result) + (hash_cost_table(result["hash_cost"], "first run, 1 worker") if hash_cost else "")
+    click.echo(json.dumps(result, indent=1) if as_json else table)

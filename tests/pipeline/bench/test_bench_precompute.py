@@ -26,3 +26,13 @@ def test_bench_precompute_json_smoke():
 def test_bench_precompute_needs_two_shards():
     r = CliRunner().invoke(cli, ["bench", "precompute", "--samples", "64", "--shard-size", "64"])
     assert r.exit_code != 0 and "two shards" in str(r.exception or r.output)
+
+
+@pytest.mark.slow
+def test_bench_precompute_hash_cost_smoke():
+    from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost
+
+    cost = precompute_hash_cost(samples=96, shard_size=48, batch=32, img_size=28, keep=None, repeats=1)
+    assert [len(v) for v in cost["seconds"].values()] == [1, 1]
+    assert cost["ratio_on_off"] > 0 and cost["unit"] == "labels" and cost["per_s_on"] > 0
+    assert "| first run | " in hash_cost_table(cost, "first run")

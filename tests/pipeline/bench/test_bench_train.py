@@ -21,3 +21,26 @@ def test_the_public_dataset_modes_train_the_trainers_steps(one_thread):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown bench train modes \\['fast'\\]"):
         run_bench(samples=16, shard_size=16, batch=16, keep=25, repeats=1, threads=1, modes=("fast",))
+
+
+def test_hash_cost_times_stored_again_with_every_shard_hashed(one_thread, monkeypatch):
+    from pipeline.train import stream
+
+    hashed: dict[bool, int] = {True: 0, False: 0}
+    real = stream.read_shard
+
+    def spy(*a, sha256=None, **kw):
+        hashed[sha256 is not None] += 1
+        return real(*a, sha256=sha256, **kw)
+
+    monkeypatch.setattr(stream, "read_shard", spy)
+    result = run_bench(samples=64, shard_size=32, batch=16, keep=25, repeats=1, threads=1,
+                       modes=("stored", "stored+hash"))
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert rows["stored+hash"]["steps"] == rows["stored"]["steps"] == 64 // 16
+    # warm-up + 1 repeat, 2 shards each: stored+hash reads them hashed, stored (and the bench's
+    # own label writing, once per shard) unhashed
+    assert hashed == {True: 4, False: 4 + 2}
+    cost = result["hash_cost"]
+    assert cost["ratio_on_off"] == cost["median_on_s"] / cost["median_off_s"] > 0 and cost["unit"] == "steps"
+    assert "| stored labels, one epoch | " in _table(result)
