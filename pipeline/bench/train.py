@@ -186,6 +186,9 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
 
         timed = {name: case(name) if name in cases or name in HASH_MODES else loader_case(name) for name in modes}
         seconds = interleaved_medians(timed, warmup=1, repeats=repeats)
+        hashing = {name: hash_cost_record(seconds[name], seconds[base], rows=results[name]["steps_per_epoch"],
+                                          unit="steps", shards=[r.path for r in shards])
+                   for name, base in HASH_MODES.items() if name in seconds and base in seconds}
     steps = results[modes[0]]["steps_per_epoch"]
     rows = [{"mode": name, "steps_per_s": steps / seconds[name], "seconds": seconds[name],
              "steps": results[name]["steps_per_epoch"],
@@ -196,9 +199,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
     out = {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
            "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
-    for name, base in HASH_MODES.items():
-        if name in seconds and base in seconds:
-            out["hash_cost"] = hash_cost_record(seconds[name], seconds[base], rows=steps, unit="steps")
+    out.update(("hash_cost", h) for h in hashing.values())
     return out
 
 

@@ -43,4 +43,5 @@ def test_hash_cost_times_stored_again_with_every_shard_hashed(one_thread, monkey
     assert hashed == {True: 4, False: 4 + 2}
     cost = result["hash_cost"]
     assert cost["ratio_on_off"] == cost["median_on_s"] / cost["median_off_s"] > 0 and cost["unit"] == "steps"
-    assert "| stored labels, one epoch | " in _table(result)
+    assert cost["sha256_s"] > 0 and cost["shard_bytes"] > 0
+    assert "| stored labels, one epoch | " in _table(result) and "sha256 of the shards alone" in _table(result)
