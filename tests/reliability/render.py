@@ -19,7 +19,8 @@ BEGIN, END = "<!-- tally:begin -->", "<!-- tally:end -->"
 
 
 def rows(tally: list[dict]) -> list[dict]:
-    """The tally's entries merged by kind (area, fault), in the order the kinds were first tried."""
+    """The tally's entries merged by kind (area, fault): areas in the order first tried, kinds
+    within an area likewise."""
     out: dict[tuple[str, str], dict] = {}
     for t in tally:
         r = out.setdefault((t["area"], t["fault"]), {"area": t["area"], "fault": t["fault"], "tried": 0, "ok": 0,
@@ -29,7 +30,8 @@ def rows(tally: list[dict]) -> list[dict]:
         for k, v in (("outcomes", t["outcome"]), ("tests", t.get("test", "?"))):
             if v not in r[k]:
                 r[k].append(v)
-    return list(out.values())
+    areas = list(dict.fromkeys(area for area, _ in out))
+    return sorted(out.values(), key=lambda r: areas.index(r["area"]))  # stable: first-tried order within an area
 
 
 def table(tally: list[dict]) -> str:
