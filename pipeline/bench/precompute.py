@@ -394,9 +394,11 @@ def _list(values: list[float]) -> str:
               "and after issue 17, on ImageNet-like JPEGs at 224 px.")
 @click.option("--feed-images", default=256, show_default=True, type=click.IntRange(1), help="--feed: JPEGs in the shard.")
 @click.option("--feed-epochs", default=2, show_default=True, type=click.IntRange(1), help="--feed: view epochs per segment.")
+@click.option("--hash-cost", is_flag=True, help="Also time first runs with and without shard hashing (interleaved) "
+              "and print the ratio.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
 def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, as_json: bool) -> None:
+                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, hash_cost: bool, as_json: bool) -> None:
     """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental.
 
     With --feed: the data path alone (read, hash, decode, render student + teacher views, collate,
@@ -408,7 +410,12 @@ def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, k
         result = run_feed_bench(feed_images, feed_epochs, min(batch, 64), repeats=repeats)
         click.echo(json.dumps(result, indent=1) if as_json else feed_table(result))
         return
+    from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost
+
     if samples <= shard_size:
         raise ConfigError("--samples must exceed --shard-size: two workers need two shards or more")
     result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats)
-    click.echo(json.dumps(result, indent=1) if as_json else _table(result))
+    if hash_cost:
+        result["hash_cost"] = precompute_hash_cost(samples, shard_size, batch, int(img_size), keep, repeats)
+    table = _table(result) + (hash_cost_table(result["hash_cost"], "first run, 1 worker") if hash_cost else "")
+    click.echo(json.dumps(result, indent=1) if as_json else table)

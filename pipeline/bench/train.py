@@ -24,6 +24,11 @@ import click
 import numpy as np
 
 from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.bench.hashing import (
+    hash_cost_record,
+    hash_cost_table,
+    train_shards_hashed,
+)
 from pipeline.bench.timing import interleaved_medians, machine_line
 from pipeline.data.importers import FASHION_MNIST_SRC, _fashion_mnist_split, png_gray8
 from pipeline.data.shards import sample_key, write_shards
@@ -104,6 +109,7 @@ def write_teacher_labels(
 
 
 TRAINER_MODES = ("stored", "off", "online")
+HASH_MODES = {"stored+hash": "stored"}  # a trainer mode again, each shard hashed while streamed (as runs do)
 LOADER_MODES = {"dataset-w1": 1, "dataset-w2": 2}  # mode -> DataLoader worker processes
 
 
@@ -128,9 +134,10 @@ def own_loop_epoch(data, student, cfg, workers: int) -> int:
 def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int,
               modes: Sequence[str] = TRAINER_MODES + tuple(LOADER_MODES)) -> dict[str, Any]:
     """Time one epoch of each mode, round-robin; steps/s and ratios (``vs_off`` needs mode ``off``)."""
-    unknown = [m for m in modes if m not in TRAINER_MODES and m not in LOADER_MODES]
+    known = list(TRAINER_MODES) + list(LOADER_MODES) + list(HASH_MODES)
+    unknown = [m for m in modes if m not in known]
     if unknown:
-        raise ValueError(f"unknown bench train modes {unknown}; known: {list(TRAINER_MODES) + list(LOADER_MODES)}")
+        raise ValueError(f"unknown bench train modes {unknown}; known: {known}")
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
@@ -157,12 +164,14 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
         results: dict[str, dict] = {}
 
         def case(name: str):
+            refs = train_shards_hashed(shards) if name in HASH_MODES else shards
+
             def fn() -> None:
-                runs[name] += 1
+                runs[name] = runs.get(name, 0) + 1
                 student = create_model(VIT, STUDENT, seed=0)
-                results[name] = train_segment(student, shards=shards, spec=spec, seed=0, epochs=range(0, 1),
+                results[name] = train_segment(student, shards=refs, spec=spec, seed=0, epochs=range(0, 1),
                                               total_epochs=1, render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}",
-                                              view_pool=1, **cases[name])
+                                              view_pool=1, **cases[HASH_MODES.get(name, name)])
             return fn
 
         def loader_case(name: str):
@@ -175,8 +184,11 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
                 results[name] = {"steps_per_epoch": steps, "teacher_forwards": 0, "teacher_macs": 0}
             return fn
 
-        timed = {name: case(name) if name in cases else loader_case(name) for name in modes}
+        timed = {name: case(name) if name in cases or name in HASH_MODES else loader_case(name) for name in modes}
         seconds = interleaved_medians(timed, warmup=1, repeats=repeats)
+        hashing = {name: hash_cost_record(seconds[name], seconds[base], rows=results[name]["steps_per_epoch"],
+                                          unit="steps", shards=[r.path for r in shards])
+                   for name, base in HASH_MODES.items() if name in seconds and base in seconds}
     steps = results[modes[0]]["steps_per_epoch"]
     rows = [{"mode": name, "steps_per_s": steps / seconds[name], "seconds": seconds[name],
              "steps": results[name]["steps_per_epoch"],
@@ -184,9 +196,11 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
              "teacher_forwards": results[name]["teacher_forwards"],
              "teacher_gmacs": results[name]["teacher_macs"] / 1e9,
              "loader_workers": LOADER_MODES.get(name)} for name in modes]
-    return {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
-            "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
-            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
+    out = {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
+           "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
+           "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
+    out.update(("hash_cost", h) for h in hashing.values())
+    return out
 
 
 def _table(result: dict) -> str:
@@ -196,6 +210,8 @@ def _table(result: dict) -> str:
     for r in result["rows"]:
         vs_off = "-" if r["vs_off"] is None else f"{r['vs_off']:.3f}"
         lines.append(f"| {r['mode']} | {r['steps_per_s']:.2f} | {vs_off} | {r['teacher_forwards']} | {r['teacher_gmacs']:.3f} |")
+    if "hash_cost" in result:
+        lines.append(hash_cost_table(result["hash_cost"], "stored labels, one epoch"))
     return "\n".join(lines)
 
 
@@ -208,12 +224,14 @@ def _table(result: dict) -> str:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch threads.")
 @click.option("--loader/--no-loader", default=True, show_default=True,
               help="Also time pipeline.LabeledViews through a DataLoader with 1 and 2 workers (dataset-w1, dataset-w2).")
+@click.option("--hash-cost", is_flag=True, help="Also time stored with each shard hashed while streamed (stored+hash, "
+              "as runs do) and print the ratio to stored.")
 @click.option("--input", "input_only", is_flag=True,
               help="Instead: the input pipeline alone per rank at world size 1 and 2 (gloo) on ImageNet-like "
                    "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
 def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
-                input_only: bool, as_json: bool) -> None:
+                hash_cost: bool, input_only: bool, as_json: bool) -> None:
     """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
     public dataset through a DataLoader, one run. With --input: the input pipeline per rank."""
     if input_only:
@@ -222,6 +240,6 @@ def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: i
         result = run_input_bench(samples=samples, batch=batch, repeats=repeats)
         click.echo(json.dumps(result, indent=1) if as_json else input_table(result))
         return
-    modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ())
+    modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ()) + (tuple(HASH_MODES) if hash_cost else ())
     result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes)
     click.echo(json.dumps(result, indent=1) if as_json else _table(result))

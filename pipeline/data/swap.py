@@ -4,6 +4,7 @@ An import that is interrupted, fails or races another import never leaves a fold
 manifest describes other shards than the ones in it: readers see the old dataset or the new
 one. The swap is one ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with a
 moment where the folder is missing (a reader then fails naming it, it never reads a mix).
+A build folder left by an import killed mid-way is removed by the next import of that folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +22,8 @@ from typing import Callable, Iterator
 from pipeline._atomic import fsync_dir
 
 BUILD_PREFIX = ".import-"  # build folders are named .<folder>.import-XXXX beside the folder
+OLD_PREFIX = ".old-"  # the old folder, between the two renames of a swap without renameat2
+log = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -32,13 +36,15 @@ def build_beside(out: str | Path, *, carry: Callable[[str], bool] = lambda name:
     ``carry(name)``: files of the current ``out`` (top level) to bring into the build folder
     first (its folders and links always come along), as hard links where possible (e.g. the shards of the splits an import keeps; files
     rewritten later are replaced by rename, so the old folder's copies stay as they were).
-    Concurrent imports of one folder wait for each other (a flock beside it).
+    Concurrent imports of one folder wait for each other (a flock beside it). Build folders an
+    interrupted import left beside ``out`` are removed first.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # imports of one folder take turns: each starts from what the previous one swapped in
     with open(out.parent / f".{out.name}.import.lock", "a") as turn:
         fcntl.flock(turn, fcntl.LOCK_EX)
+        remove_stale_builds(out)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}{BUILD_PREFIX}", dir=out.parent))
         try:
             if out.is_dir():
@@ -55,12 +61,33 @@ def build_beside(out: str | Path, *, carry: Callable[[str], bool] = lambda name:
             shutil.rmtree(work, ignore_errors=True)  # after a swap: the old dataset
 
 
+def remove_stale_builds(out: Path) -> list[Path]:
+    """Remove the build (and half-swapped old) folders of ``out`` that killed imports left; returns them.
+
+    Call it holding the import turn of ``out``: build folders are only made under it, so every
+    one found then belongs to an import that is gone, whatever its age or process (no grace
+    period or pid check needed, and none would be right across hosts sharing the folder). An
+    import killed between the two renames of a swap without ``renameat2`` left ``out`` missing
+    and the old dataset in its ``.old-`` folder: that dataset is put back first.
+    """
+    stale = sorted(p for p in out.parent.iterdir() if p.is_dir() and not p.is_symlink()
+                   and p.name.startswith((f".{out.name}{BUILD_PREFIX}", f".{out.name}{OLD_PREFIX}")))
+    for p in stale:
+        if p.name.startswith(f".{out.name}{OLD_PREFIX}") and not out.exists() and (p / out.name).is_dir():
+            os.rename(p / out.name, out)
+            log.warning("%s: put back from %s, where an interrupted import left it", out, p.name)
+    for p in stale:
+        log.warning("%s: removing %s, left by an interrupted import", out, p.name)
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def swap_in(new: Path, out: Path) -> None:
     """Make ``new`` the folder ``out``; what was ``out`` ends up at ``new`` (or is removed)."""
     if not out.exists():
         os.rename(new, out)
     elif not _exchange(new, out):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}{OLD_PREFIX}", dir=out.parent))
         os.rename(out, old / out.name)
         os.rename(new, out)
         shutil.rmtree(old, ignore_errors=True)

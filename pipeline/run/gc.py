@@ -29,8 +29,11 @@ def collect_garbage(cfgs, *, delete: bool = False, grace_s: float = DEFAULT_GRAC
     """List (and with ``delete`` remove) unreferenced partitions of the configs' local stores.
 
     Returns ``{"files": [(path, bytes)], "bytes", "kept", "announced", "young", "live_runs",
-    "stale_intents"}``: ``announced`` partitions kept for in-flight precomputes, ``young`` files
-    kept for being younger than ``grace_s``, ``live_runs`` the run folders with a run in progress.
+    "stale_intents", "not_collected"}``: ``announced`` partitions kept for in-flight precomputes,
+    ``young`` files kept for being younger than ``grace_s``, ``live_runs`` the run folders with a
+    run in progress, ``not_collected`` the stores left alone: remote URIs (``s3://`` ...), whose
+    run registry and intent records this module cannot lock or list safely (an object store has
+    no flock), so nothing of them is deleted.
     """
     stores: set[str] = set()
     locks: list[tuple[Path, str]] = []  # (run lock file, directory its relative paths are relative to)
@@ -53,7 +56,9 @@ def collect_garbage(cfgs, *, delete: bool = False, grace_s: float = DEFAULT_GRAC
     with contextlib.ExitStack() as stack:
         # runs of these folders cannot start while gc decides; a folder already held is a live run
         live = [d for d in run_dirs if Path(d).is_dir() and not stack.enter_context(hold_run_folder(d, wait=False))]
-        return _collect(stores, locks, run_dirs, set(live), registry, delete=delete, grace_s=grace_s)
+        report = _collect(stores, locks, run_dirs, set(live), registry, delete=delete, grace_s=grace_s)
+    report["not_collected"] = sorted(s for s in stores if paths.local_root(s) is None)
+    return report
 
 
 def _collect(stores, locks, run_dirs, live, registry, *, delete: bool, grace_s: float) -> dict[str, Any]:

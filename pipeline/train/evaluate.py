@@ -52,7 +52,8 @@ def evaluate(
         ``{"top1": float, "loss": float, "samples": int}``.
 
     Raises:
-        DataError: a shard unreadable, or changed since its manifest (exit 3).
+        DataError: a shard unreadable; ShardChangedError (exit 3) a shard's bytes differ from its
+            ``sha256`` (no accuracy is reported from it), naming the shard.
     """
     device = torch.device(device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)

@@ -22,30 +22,26 @@ TALLY: list[dict] = []
 def pytest_terminal_summary(terminalreporter):
     if not TALLY:
         return
-    rows = {}
-    for t in TALLY:
-        key = (t["area"], t["fault"])
-        r = rows.setdefault(key, {"tried": 0, "ok": 0, "outcomes": []})
-        r["tried"] += t["tried"]
-        r["ok"] += t["ok"]
-        if t["outcome"] not in r["outcomes"]:
-            r["outcomes"].append(t["outcome"])
-    terminalreporter.write_sep("-", "reliability tally (RELIABILITY.md)")
-    terminalreporter.write_line("| area | fault / bad input | tried | as expected | what happened |")
-    terminalreporter.write_line("|---|---|---|---|---|")
-    for (area, fault), r in rows.items():
-        terminalreporter.write_line(f"| {area} | {fault} | {r['tried']} | {r['ok']} | {'; '.join(r['outcomes'])} |")
+    from tests.reliability.render import table
+
+    terminalreporter.write_sep("-", "reliability tally (RELIABILITY.md: python -m tests.reliability.render)")
+    terminalreporter.write(table(TALLY))
     out = os.environ.get("MKD_RELIABILITY_TALLY")
     if out:
         Path(out).write_text(json.dumps(TALLY, indent=1))
 
 
 @pytest.fixture
-def tally():
-    """tally(area, fault, outcome, tried=1, ok=1): count one fault tried and what happened."""
+def tally(request):
+    """tally(area, fault, outcome, tried=1, ok=1): count one fault tried and what happened.
+
+    ``fault`` names a kind: try it as often as you like under the same name (the table counts
+    kinds and tries apart). The entry records the test that tried it (``file::function``).
+    """
+    test = request.node.nodeid.split("[", 1)[0]
 
     def add(area: str, fault: str, outcome: str, tried: int = 1, ok: int = 1) -> None:
-        TALLY.append({"area": area, "fault": fault, "outcome": outcome, "tried": tried, "ok": ok})
+        TALLY.append({"area": area, "fault": fault, "outcome": outcome, "tried": tried, "ok": ok, "test": test})
 
     return add
 

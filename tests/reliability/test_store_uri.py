@@ -40,6 +40,6 @@ def test_file_uri_store_end_to_end(baseline, tally):
         assert code == 0 and f"{len(parts)} partition(s) kept" in out and "0 file(s)" in out, out
     finally:
         shutil.rmtree(b.work / "store-uri", ignore_errors=True)
-    tally("stores", "label store given as a file:// URI (pyarrow.fs), end to end",
+    tally("store", "label store given as a file:// URI (pyarrow.fs), end to end",
           "run, verify, cached rerun and gc work; teacher and partitions in that folder; checkpoints byte-identical "
           "to the plain-path run")

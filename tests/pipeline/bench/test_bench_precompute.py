@@ -39,3 +39,15 @@ def test_bench_precompute_feed_smoke():
     for c in out["cases"].values():
         assert c["labels_per_cpu_s"] > 0 and set(c["cores_per_gpu"]) == {"DeiT-B", "DeiT-S"}
     assert out["cases"]["before"]["per_core_vs_before"] == 1.0
+
+
+@pytest.mark.slow
+def test_bench_precompute_hash_cost_smoke():
+    from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost
+
+    cost = precompute_hash_cost(samples=96, shard_size=48, batch=32, img_size=28, keep=None, repeats=1)
+    assert [len(v) for v in cost["seconds"].values()] == [len(v) for v in cost["cpu_seconds"].values()] == [1, 1]
+    assert cost["ratio_on_off_cpu"] > 0
+    assert cost["ratio_on_off"] > 0 and cost["unit"] == "labels" and cost["per_s_on"] > 0
+    assert cost["sha256_s"] > 0 and cost["shard_bytes"] > 0
+    assert "| first run | " in hash_cost_table(cost, "first run")

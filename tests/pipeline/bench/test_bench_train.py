@@ -34,3 +34,27 @@ def test_the_input_bench_halves_each_ranks_decoding_at_world_size_two():
     assert [by[(False, 2, k)]["decoded"] for k in (0, 1)] == [8, 8], "each rank decodes its own rows only"
     assert [by[(True, 2, k)]["decoded"] for k in (0, 1)] == [16, 16], "before: every rank decoded everything"
     assert "| own rows only (now) | 2 |" in input_table(result)
+
+
+def test_hash_cost_times_stored_again_with_every_shard_hashed(one_thread, monkeypatch):
+    from pipeline.train import stream
+
+    hashed: dict[bool, int] = {True: 0, False: 0}
+    real = stream.read_shard
+
+    def spy(*a, sha256=None, **kw):
+        hashed[sha256 is not None] += 1
+        return real(*a, sha256=sha256, **kw)
+
+    monkeypatch.setattr(stream, "read_shard", spy)
+    result = run_bench(samples=64, shard_size=32, batch=16, keep=25, repeats=1, threads=1,
+                       modes=("stored", "stored+hash"))
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert rows["stored+hash"]["steps"] == rows["stored"]["steps"] == 64 // 16
+    # warm-up + 1 repeat, 2 shards each: stored+hash reads them hashed, stored (and the bench's
+    # own label writing, once per shard) unhashed
+    assert hashed == {True: 4, False: 4 + 2}
+    cost = result["hash_cost"]
+    assert cost["ratio_on_off"] == cost["median_on_s"] / cost["median_off_s"] > 0 and cost["unit"] == "steps"
+    assert cost["sha256_s"] > 0 and cost["shard_bytes"] > 0
+    assert "| stored labels, one epoch | " in _table(result) and "sha256 of the shards alone" in _table(result)

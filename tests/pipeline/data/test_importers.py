@@ -188,3 +188,28 @@ def test_reimport_swaps_the_folder_whole_and_keeps_other_files(tmp_path, fake_fa
     assert old_shard.read(512)[:12] == b"train_000000"  # the old file is still whole for whoever has it open
     old_shard.close()
     assert load_manifest(out).to_dict() == manifest.to_dict()
+
+
+def test_next_import_removes_what_an_interrupted_one_left(tmp_path, fake_fashion_mnist, caplog):
+    """An import killed mid-build leaves ``.data.import-*``; one killed between the two renames
+    of a swap without renameat2 leaves ``data`` missing and the old dataset in ``.data.old-*``.
+    The next import (holding the import turn, so no other import can own them) puts the old
+    dataset back, then removes both, and builds as usual."""
+    src, _ = fake_fashion_mnist
+    out = tmp_path / "data"
+    import_fashion_mnist(out, src=src, shard_size=4)
+    (out / "LICENSE").write_text("kept")  # a file only the old dataset has: it must survive
+    build = tmp_path / ".data.import-killed"
+    (build / "half").mkdir(parents=True)
+    (build / "train-000000.tar").write_bytes(b"half a shard")
+    old = tmp_path / ".data.old-killed"
+    old.mkdir()
+    out.rename(old / "data")
+    other = tmp_path / ".other.import-x"  # another folder's build: not ours to remove
+    other.mkdir()
+    with caplog.at_level("WARNING", logger="pipeline.data.swap"):
+        manifest = import_fashion_mnist(out, src=src, shard_size=16)
+    assert not build.exists() and not old.exists() and other.exists()
+    assert (out / "LICENSE").read_text() == "kept"
+    assert load_manifest(out).to_dict() == manifest.to_dict()
+    assert ".data.import-killed" in caplog.text and "put back from .data.old-killed" in caplog.text

@@ -130,3 +130,44 @@ def test_gc_leaves_the_temp_files_of_a_run_in_progress(tmp_path):
         assert report["live_runs"] == [os.path.abspath(cfg.run_dir)] and ckpt_tmp.exists()
     assert _listed(collect_garbage([cfg], delete=True, grace_s=0)) == [str(ckpt_tmp)]
     assert not ckpt_tmp.exists()
+
+
+def test_gc_collects_a_file_uri_store_like_its_folder(tmp_path):
+    store = tmp_path / "store"
+    kept, orphan = _partition(store, 1), _partition(store, 2)
+    cfg = _config(tmp_path, "a", store, [kept], register=True)
+    cfg.labels.store = f"file://{store}"  # the same folder named by URI (pyarrow.fs)
+    report = collect_garbage([cfg], delete=True, grace_s=0)
+    assert _listed(report) == [orphan] and report["kept"] == 1 and report["not_collected"] == []
+    assert Path(kept).exists() and not Path(orphan).exists()
+
+
+def test_gc_names_a_remote_store_it_does_not_collect(tmp_path, monkeypatch):
+    """An s3:// store is left alone, said so, and never touched (no filesystem object is built:
+    that could reach for the network)."""
+    from pipeline.labels import paths
+
+    real = paths.resolve
+
+    def local_only(path, *a, **kw):
+        assert not path.startswith("s3://"), "gc built a filesystem for a remote store"
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(paths, "resolve", local_only)
+    local = tmp_path / "store"
+    orphan = _partition(local, 1)
+    remote = SimpleNamespace(name="r", run_dir=tmp_path / "runs" / "r", labels=SimpleNamespace(store="s3://bucket/labels"))
+    report = collect_garbage([remote, _config(tmp_path, "a", local, [])], grace_s=0)
+    assert report["not_collected"] == ["s3://bucket/labels"]
+    assert _listed(report) == [orphan]  # the local store beside it is still collected
+
+
+def test_gc_cli_says_a_remote_store_is_not_collected(tmp_path):
+    from tests.pipeline.config.cases import write_manifest
+    from tests.reliability.helpers import main_in_process, stage
+
+    write_manifest(tmp_path / "data")
+    stage(tmp_path / "s3.yaml", labels__store="s3://bucket/labels")
+    code, out = main_in_process("gc", "s3.yaml", "--yes", cwd=tmp_path)
+    assert code == 0, out
+    assert "not collected: s3://bucket/labels: gc collects local and file:// stores only" in out
