@@ -62,7 +62,7 @@ def _child_env(visible: str) -> dict[str, str]:
 
 def _run_child(args: list[str], visible: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], env=_child_env(visible), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, check=False)
 
 
 # ---------------------------------------------------------------------------------------------- children

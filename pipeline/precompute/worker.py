@@ -191,7 +191,7 @@ class WorkerSetup(WorkerPlugin):
         _apply_torch_threads()
 
 
-def placement_report(dask_worker=None, probe_cuda: bool = False) -> dict[str, Any]:  # noqa: ANN001
+def placement_report(dask_worker: Any = None, probe_cuda: bool = False) -> dict[str, Any]:
     """Where this worker runs its tasks, for the client's placement check (``client.run``, which
     passes ``dask_worker``; in a task or a plain process the worker is looked up, if any).
 

@@ -261,15 +261,20 @@ def test_connect_to_existing_scheduler(cluster):
         assert results == [{"id": "r", "rows": 1}]
 
 
-def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices as torch would report them (none are touched); returns (the worker
+    module, the devices set, a fake Dask worker class offering GPU=1 named 3)."""
     import torch
 
     from pipeline.precompute import worker as cw
 
     pinned = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(cw, "enable_tf32", lambda: None)  # the real one sets process-wide flags
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
     monkeypatch.setattr(cw, "_state", dict(cw._state))
@@ -280,6 +285,11 @@ def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
         address = "tcp://fake:1"
         state = type("S", (), {"total_resources": {"GPU": 1}})()
 
+    return cw, pinned, FakeWorker
+
+
+def test_setup_plugin_pins_gpu_by_worker_name(fake_gpus):
+    cw, pinned, FakeWorker = fake_gpus
     cw.WorkerSetup(2, gpu_index="name").setup(FakeWorker())
     assert pinned == [1] and cw.worker_device() == "cuda:1" and cw.worker_threads() == 2
     cw.WorkerSetup(1, gpu_index="first").setup(FakeWorker())
@@ -289,30 +299,14 @@ def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
     assert cw.worker_device() == "cpu"
 
 
-def test_setup_plugin_reports_the_parents_gpu_ids(monkeypatch):
+def test_setup_plugin_reports_the_parents_gpu_ids(fake_gpus, monkeypatch):
     # plain LocalCluster: workers inherit CUDA_VISIBLE_DEVICES=4,5; worker 1 takes cuda:1 = physical GPU 5
-    import torch
-
-    from pipeline.precompute import worker as cw
-
+    cw, pinned, FakeWorker = fake_gpus
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.setattr(cw, "_state", dict(cw._state))
-    monkeypatch.setattr(cw, "_cache_size", cw._cache_size)
-
-    class FakeWorker:
-        name = 1
-        address = "tcp://fake:1"
-        state = type("S", (), {"total_resources": {"GPU": 1}})()
-
+    FakeWorker.name = 1
     cw.WorkerSetup(1, gpu_index="name").setup(FakeWorker())
     report = cw.placement_report()
-    assert report["device"] == "cuda:1" and report["gpu"] == "5" and report["visible"] == "4,5"
+    assert pinned == [1] and report["device"] == "cuda:1" and report["gpu"] == "5" and report["visible"] == "4,5"
     FakeWorker.name = 0
     cw.WorkerSetup(1, gpu_index="name").setup(FakeWorker())
     assert cw.placement_report()["gpu"] == "4"
@@ -338,19 +332,19 @@ def test_dask_cuda_cluster_gets_the_parents_visible_devices(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeLocalCUDACluster))
     monkeypatch.setattr(cl, "_cuda_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    with pytest.raises(ComputeError, match="stop here"):
-        with open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
-            pass
+    with pytest.raises(ComputeError, match="stop here"), \
+            open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
+        pass
     assert seen["CUDA_VISIBLE_DEVICES"] == ["4", "5"] and seen["n_workers"] == 2 and seen["resources"] == {"GPU": 1}
     seen.clear()
-    with pytest.raises(ComputeError, match="stop here"):
-        with open_cluster(workers=1, device="cuda", dashboard=False, announce=None):
-            pass
+    with pytest.raises(ComputeError, match="stop here"), \
+            open_cluster(workers=1, device="cuda", dashboard=False, announce=None):
+        pass
     assert seen["CUDA_VISIBLE_DEVICES"] == ["4"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")  # torch would count 1, but say the parent lists fewer
-    with pytest.raises(ConfigError, match="lists 1 device"):
-        with open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
-            pass
+    with pytest.raises(ConfigError, match="lists 1 device"), \
+            open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
+        pass
 
 
 def test_placement_check_on_a_cpu_cluster(cluster):
