@@ -36,6 +36,12 @@ def visible_ids(env: Mapping[str, str] | None = None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def visible_note(env: Mapping[str, str] | None = None) -> str:
+    """`` (CUDA_VISIBLE_DEVICES=4,5)`` for messages about visible devices; empty when it is unset."""
+    ids = visible_ids(env)
+    return "" if ids is None else f" ({ENV}={','.join(ids)})"
+
+
 def local_device_ids(n: int, env: Mapping[str, str] | None = None) -> list[str]:
     """The physical ids of ``n`` local GPU workers/ranks: the first ``n`` of the parent's
     ``CUDA_VISIBLE_DEVICES`` (``"0".."n-1"`` when unset).
@@ -68,10 +74,8 @@ def local_rank_device(local_rank: int, count: int) -> int:
         ConfigError: fewer visible devices than local ranks (two ranks would share a GPU).
     """
     if local_rank >= count:
-        ids = visible_ids()
-        where = f" ({ENV}={','.join(ids)})" if ids is not None else ""
-        raise ConfigError(f"local rank {local_rank} has no GPU of its own: {count} CUDA device(s) visible{where}; "
-                          f"use compute.nproc <= {count}")
+        raise ConfigError(f"local rank {local_rank} has no GPU of its own: {count} CUDA device(s) visible"
+                          f"{visible_note()}; use compute.nproc <= {count}")
     return local_rank
 
 

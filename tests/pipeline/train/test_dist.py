@@ -47,3 +47,4 @@ def test_cpu_ranks_touch_no_gpu(monkeypatch, two_ranks):
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     _, device = tdist.setup("cpu")
     assert device == torch.device("cpu") and two_ranks == []
+
