@@ -352,6 +352,7 @@ def test_placement_check_on_a_cpu_cluster(cluster):
 
     from pipeline.precompute.cluster import check_placement
 
+    _wait_workers(cluster, timeout=60)  # a worker an earlier test timed out may still be restarting
     reports = check_placement(cluster, {"CPU": 1})
     assert len(reports) == 2 and {r["device"] for r in reports.values()} == {"cpu"}
     assert {r["gpu"] for r in reports.values()} == {None}
