@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import torch.nn as nn
 from timm.layers import Attention
 from timm.models.deit import VisionTransformerDistilled
@@ -57,3 +60,16 @@ def num_patches(model: nn.Module) -> int:
 def embed_tokens(vit: VisionTransformer, images):
     """Patch embedding + position embedding on all positions: ``[B, prefix + N, D]``."""
     return vit._pos_embed(vit.patch_embed(images))
+
+
+def fp32_region(x: torch.Tensor) -> tuple[contextlib.AbstractContextManager, torch.Tensor]:
+    """``(context, x)`` for a step that must run in float32 even under autocast.
+
+    Under an active autocast on ``x``'s device the context switches autocast off and ``x`` comes
+    back as float32; otherwise the context does nothing and ``x`` is returned as is, so a
+    float32 run without autocast executes exactly the same operations as before (bit for bit).
+    """
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext(), x
+    return torch.autocast(device_type=device_type, enabled=False), x.float()

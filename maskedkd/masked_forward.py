@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from maskedkd._vit import check_maskable, embed_tokens
+from maskedkd._vit import check_maskable, embed_tokens, fp32_region
 
 __all__ = ["masked_forward"]
 
@@ -17,6 +17,11 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
     prefix tokens (CLS, distillation, registers) back in front -> blocks -> norm -> head.
     Dropped tokens cost no FLOPs. ``keep_idx=None`` runs ``teacher(images)`` itself; passing all
     indices gives the same result bit for bit.
+
+    Under autocast the final norm and the head (``forward_head``: pooling, ``fc_norm``, the
+    classifier) run in float32, so the logits are float32 and not coarser
+    than the float16 the label store keeps; the blocks stay in the autocast dtype. Without
+    autocast nothing changes.
 
     Supported: timm ``VisionTransformer`` (plain ViT/DeiT, DeiT-III ``no_embed_class=True``,
     register tokens; class token with ``global_pool='token'``) and ``VisionTransformerDistilled``
@@ -31,18 +36,20 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
         Tensor[B, num_classes].
     """
     vit = check_maskable(teacher)
-    if keep_idx is None:
+    if keep_idx is None and not torch.is_autocast_enabled(images.device.type):
         return teacher(images)
     x = embed_tokens(vit, images)
-    p = vit.num_prefix_tokens
-    b, t, d = x.shape
-    if keep_idx.dim() != 2 or keep_idx.shape[0] != b:
-        raise ValueError(f"keep_idx must be [B={b}, K], got shape {tuple(keep_idx.shape)}")
-    if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= t - p):
-        raise ValueError(f"keep_idx out of range for {t - p} patches")
-    patches = x[:, p:].gather(1, keep_idx.to(x.device).long().unsqueeze(-1).expand(-1, -1, d))
-    x = torch.cat([x[:, :p], patches], dim=1)
+    if keep_idx is not None:
+        p = vit.num_prefix_tokens
+        b, t, d = x.shape
+        if keep_idx.dim() != 2 or keep_idx.shape[0] != b:
+            raise ValueError(f"keep_idx must be [B={b}, K], got shape {tuple(keep_idx.shape)}")
+        if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= t - p):
+            raise ValueError(f"keep_idx out of range for {t - p} patches")
+        patches = x[:, p:].gather(1, keep_idx.to(x.device).long().unsqueeze(-1).expand(-1, -1, d))
+        x = torch.cat([x[:, :p], patches], dim=1)
     x = vit.norm_pre(vit.patch_drop(x))
     x = vit.blocks(x)
-    x = vit.norm(x)
-    return vit.forward_head(x)
+    fp32, x = fp32_region(x)  # under autocast: the final norm and the head in float32
+    with fp32:
+        return vit.forward_head(vit.norm(x))

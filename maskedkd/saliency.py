@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from maskedkd._vit import check_maskable, embed_tokens
+from maskedkd._vit import check_maskable, embed_tokens, fp32_region
 
 __all__ = ["cls_attention"]
 
@@ -21,6 +21,11 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     The last block's q/k are computed explicitly (honouring ``q_norm``/``k_norm``), so timm's
     fused attention may stay on for the rest of the model.
 
+    Under autocast (bf16/fp16) the earlier blocks run in the autocast dtype, but the last block's
+    ``norm1``/``qkv`` and the ``q . k`` product run in float32: in bf16 (8 significant bits) two
+    patches whose scores nearly tie would swap places and flip the keep set, which a tiny cost
+    (one linear layer and a [B, heads, 1, T] product) avoids. Without autocast nothing changes.
+
     Args:
         model: a timm ViT (see :func:`maskedkd.masked_forward` for the supported variants).
         images: Tensor[B, C, H, W] at the model's input size.
@@ -35,10 +40,12 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         x = blk(x)
     last = vit.blocks[-1]
     attn = last.attn
-    y = last.norm1(x)
-    B, T, _ = y.shape
-    qkv = attn.qkv(y).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, heads, 1, T]
+    fp32, x = fp32_region(x)
+    with fp32:
+        y = last.norm1(x)
+        B, T, _ = y.shape
+        qkv = attn.qkv(y).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, heads, 1, T]
     probs = logits.float().softmax(dim=-1)
     return probs[:, :, 0, vit.num_prefix_tokens:].mean(dim=1)

@@ -16,6 +16,7 @@ teacher dominates as it does in practice:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import tempfile
@@ -98,7 +99,8 @@ def stage_doc(*, name: str, data_root: str | Path, store: str | Path, teacher_we
               tolerance: int = 0, spot_check: int = 64, topk: int | str = 10, batch_size: int = 256,
               subset: int | None = None,
               workers: int = 2, retries: int = 1, timeout_s: float = 600, view_pool: int | str = "epochs",
-              epochs: int = 1, every: int | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+              epochs: int = 1, every: int | None = None, run_dir: str | Path | None = None,
+              device: str = "cpu") -> dict[str, Any]:
     """A stage config (the YAML document) for a precompute on the dataset at ``data_root``."""
     doc: dict[str, Any] = {
         "name": name,
@@ -111,7 +113,7 @@ def stage_doc(*, name: str, data_root: str | Path, store: str | Path, teacher_we
                     **({"keep": keep} if policy != "none" else {})},
         "views": {"seed": 0, "pool": view_pool, "scale": [0.6, 1.0], "hflip": 0.5},
         "labels": {"store": str(store), "topk": topk, "temperatures": [1.0]},
-        "compute": {"workers": workers, "threads_per_worker": 1, "batch_size": batch_size, "device": "cpu",
+        "compute": {"workers": workers, "threads_per_worker": 1, "batch_size": batch_size, "device": device,
                     "timeout_s": timeout_s, "retries": retries},
         "train": {"lr": 1e-3, "warmup_epochs": 0},
     }
@@ -184,7 +186,8 @@ class _Bare:
     """``masked_forward`` alone on ``rows`` rows of ``tasks``, rendered beforehand, in this
     process with one torch thread: the baseline of ``efficiency``."""
 
-    def __init__(self, teacher, tasks: Sequence, keep: int, batch: int, rows: int) -> None:
+    def __init__(self, teacher, tasks: Sequence, keep: int, batch: int, rows: int, device: str = "cpu",
+                 precision: str = "fp32") -> None:
         # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
         import torch
 
@@ -196,7 +199,11 @@ class _Bare:
         n = teacher.patch_embed.num_patches
         gen = torch.Generator().manual_seed(0)
         self.idx = [torch.rand(len(b), n, generator=gen).argsort(1)[:, :keep].sort(1).values for b in self.batches]
-        self.teacher = teacher.eval()
+        self.device, self.precision = device, precision
+        if device.startswith("cuda"):  # the tasks' copies: pinned host memory, copied without blocking
+            self.batches = [b.pin_memory().to(device, non_blocking=True) for b in self.batches]
+            self.idx = [i.to(device) for i in self.idx]
+        self.teacher = teacher.eval().to(device)
         self.run()  # warm-up
 
     @property
@@ -209,11 +216,14 @@ class _Bare:
         import torch
 
         from maskedkd import masked_forward
+        from pipeline.precompute.task import autocast_for
 
         t0, c0 = time.perf_counter(), time.thread_time()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(self.device, self.precision):
             for b, k in zip(self.batches, self.idx):
                 masked_forward(self.teacher, b, k)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
         return time.perf_counter() - t0, time.thread_time() - c0
 
 
@@ -250,8 +260,12 @@ def _warm(cluster, cfg, tasks, scratch: Path, key: str) -> None:
 
 
 def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_size: int = 56, keep: int | None = None,
-              perturb: float = 0.01, repeats: int = 2) -> dict[str, Any]:
+              perturb: float = 0.01, repeats: int = 2, device: str = "cpu") -> dict[str, Any]:
     """Run every measurement of the benchmark; returns the numbers (see the module doc).
+
+    ``device="cuda"``: one GPU worker per GPU (``compute.precision: auto``, i.e. bf16), the bare
+    baseline on the first GPU; with a single GPU the two-worker run is skipped (``scaling_2w``
+    and the other two-worker numbers are None).
 
     The first runs on one and two workers and the bare baseline are repeated ``repeats`` times,
     interleaved (both clusters stay open), so that load from other processes on a shared
@@ -264,6 +278,11 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     from pipeline.models import create_model
     from pipeline.precompute.cluster import open_cluster
 
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: cpu or cuda, got {device!r} (GPU workers each take their own GPU)")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda: torch sees no CUDA device")
     teacher, student = vit_kwargs(img_size)
     patches = (img_size // 4) ** 2
     keep = keep or (patches + 1) // 2
@@ -279,7 +298,8 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
 
         def cfg_for(name: str, workers: int):
             doc = stage_doc(name=name, data_root=root / "data", store=root / name, teacher_weights=t_path,
-                            teacher=teacher, student=student, keep=keep, batch_size=batch, workers=workers)
+                            teacher=teacher, student=student, keep=keep, batch_size=batch, workers=workers,
+                            device=device)
             return write_stage(root / f"{name}.yaml", doc)
 
         cfg1, cfg2 = cfg_for("one", 1), cfg_for("two", 2)
@@ -287,43 +307,55 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         keep0 = student_keep_sets(create_model(VIT, student, weights=s0), tasks)
         keep1 = student_keep_sets(create_model(VIT, student, weights=s1), changed_tasks)
         changed = int((keep0 != keep1).any(axis=1).sum())
-        bare = _Bare(create_model(VIT, teacher, weights=t_path), tasks, keep, batch, rows=2 * batch)
+        bare = _Bare(create_model(VIT, teacher, weights=t_path), tasks, keep, batch, rows=2 * batch,
+                      device=device, precision=cfg1.compute.task_precision())
 
-        kw = dict(threads_per_worker=1, device="cpu", dashboard=False, announce=None)
-        with open_cluster(workers=1, **kw) as c1, open_cluster(workers=2, **kw) as c2:
+        kw = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
+        two_workers = device == "cpu" or gpus >= 2
+        with contextlib.ExitStack() as stack:
+            c1 = stack.enter_context(open_cluster(workers=1, **kw))
+            c2 = stack.enter_context(open_cluster(workers=2, **kw)) if two_workers else None
             _warm(c1, cfg1, tasks, root / "warm", "warm1")
-            _warm(c2, cfg2, tasks, root / "warm", "warm2")
+            if c2 is not None:
+                _warm(c2, cfg2, tasks, root / "warm", "warm2")
             rounds = []
             for r in range(repeats):
                 one = _timed_run(_fresh(tasks, root / f"one-{r}"), c1, cfg1, f"first1-{r}")
-                two = _timed_run(_fresh(tasks, root / f"two-{r}"), c2, cfg2, f"first2-{r}")
+                two = _timed_run(_fresh(tasks, root / f"two-{r}"), c2, cfg2, f"first2-{r}") if c2 else None
                 rounds.append((one, two, bare.run()))
             last = _fresh(tasks, root / f"one-{repeats - 1}")
             wall_repeat, _, repeat = _timed_run(last, c1, cfg1, "repeat")
             wall_changed, _, update = _timed_run(_fresh(changed_tasks, root / f"one-{repeats - 1}"), c1, cfg1, "changed")
 
     rows = rounds[0][0][2]["rows"]
-    med = statistics.median
-    wall1, wall2 = med(o[0] for o, _, _ in rounds), med(t[0] for _, t, _ in rounds)
+
+    def med(values):  # None (the two-worker numbers of a one-GPU run) when a round has none
+        values = list(values)
+        return None if any(v is None for v in values) else statistics.median(values)
+
+    def two(fn):
+        return med(None if t is None else fn(o, t) for o, t, _ in rounds)
+
+    wall1, wall2 = med(o[0] for o, _, _ in rounds), two(lambda o, t: t[0])
     bare_wall, bare_cpu = med(b[0] for *_, b in rounds), med(b[1] for *_, b in rounds)
     first = rounds[-1][0][2]
     return {
         "efficiency": med((rows / o[0]) / (bare.rows / b[0]) for o, _, b in rounds),
-        "scaling_2w": med(o[0] / t[0] for o, t, _ in rounds),
+        "scaling_2w": two(lambda o, t: o[0] / t[0]),
         "repeat_fraction": wall_repeat / rounds[-1][0][0],
         "changed_fraction": changed / rows,
         "teacher_forward_fraction": update["teacher_forwards"] / rows,
         "efficiency_cpu": med((rows / o[1]) / (bare.rows / b[1]) for o, _, b in rounds),
         "labels_per_s_1w": rows / wall1,
-        "labels_per_s_2w": rows / wall2,
+        "labels_per_s_2w": None if wall2 is None else rows / wall2,
         "labels_per_s_bare": bare.rows / bare_wall,
         "labels_per_cpu_s_1w": med(rows / o[1] for o, _, _ in rounds),
         "labels_per_cpu_s_bare": bare.rows / bare_cpu,
         # what the OS gave the workers: CPU seconds per wall second (a busy shared machine gives
         # a session's processes one share however many they are: see BENCHMARKS.md)
         "cores_used_1w": med(o[1] / o[0] for o, _, _ in rounds),
-        "cores_used_2w": med(t[1] / t[0] for _, t, _ in rounds),
-        "labels_per_cpu_s_2w": med(rows / t[1] for _, t, _ in rounds),
+        "cores_used_2w": two(lambda o, t: t[1] / t[0]),
+        "labels_per_cpu_s_2w": two(lambda o, t: rows / t[1]),
         "rows": rows,
         "bare_rows": bare.rows,
         "shards": len(manifest.shards("train")),
@@ -332,7 +364,7 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         "img_size": img_size,
         "patches": patches,
         "repeats": repeats,
-        "seconds": {"first_1w": [o[0] for o, _, _ in rounds], "first_2w": [t[0] for _, t, _ in rounds],
+        "seconds": {"first_1w": [o[0] for o, _, _ in rounds], "first_2w": [t[0] for _, t, _ in rounds if t],
                     "bare": [b[0] for *_, b in rounds], "repeat_1w": wall_repeat, "changed_1w": wall_changed},
         "phase_seconds_1w": first["task_seconds"],
         "changed_rows": changed,
@@ -343,6 +375,8 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         "repeat_student_forwards": repeat["student_forwards"],
         "teacher": teacher,
         "student": student,
+        "device": device,
+        "precision": cfg1.compute.task_precision(),
         "machine": machine_line(),
     }
 
@@ -353,7 +387,7 @@ def _table(r: dict) -> str:
         f"{r['rows']} Fashion-MNIST rows in {r['shards']} shards at {r['img_size']}x{r['img_size']}, batch {r['batch']}, "
         f"keep {r['keep']} of {r['patches']}; "
         f"teacher {r['teacher']['embed_dim']}d x {r['teacher']['depth']}, student {r['student']['embed_dim']}d x "
-        f"{r['student']['depth']}; {r['machine']}",
+        f"{r['student']['depth']}; {r.get('device', 'cpu')} {r.get('precision', 'fp32')}; {r['machine']}",
         "",
         "| measure | value | target |",
         "|---|---:|---:|",
@@ -361,10 +395,10 @@ def _table(r: dict) -> str:
         f"({r['labels_per_s_1w']:.1f} / {r['labels_per_s_bare']:.1f}) | >= 0.8 |",
         f"| efficiency per CPU second (worker process vs bare loop) | {r['efficiency_cpu']:.3f} "
         f"({r['labels_per_cpu_s_1w']:.1f} / {r['labels_per_cpu_s_bare']:.1f}) | |",
-        f"| scaling_2w (2 workers / 1 worker) | {r['scaling_2w']:.2f}x ({r['labels_per_s_2w']:.1f} labels/s) | >= 1.7x |",
-        f"| cores the workers got (CPU s / wall s), 1 worker / 2 workers | {r['cores_used_1w']:.2f} / {r['cores_used_2w']:.2f} "
+        f"| scaling_2w (2 workers / 1 worker) | {_f(r['scaling_2w'], '.2f')}x ({_f(r['labels_per_s_2w'], '.1f')} labels/s) | >= 1.7x |",
+        f"| cores the workers got (CPU s / wall s), 1 worker / 2 workers | {r['cores_used_1w']:.2f} / {_f(r['cores_used_2w'], '.2f')} "
         f"| 1 / 2 |",
-        f"| labels per CPU second, 1 worker / 2 workers | {r['labels_per_cpu_s_1w']:.1f} / {r['labels_per_cpu_s_2w']:.1f} "
+        f"| labels per CPU second, 1 worker / 2 workers | {r['labels_per_cpu_s_1w']:.1f} / {_f(r['labels_per_cpu_s_2w'], '.1f')} "
         f"| equal |",
         f"| repeat_fraction (identical rerun wall / first) | {r['repeat_fraction']:.4f} "
         f"({r['seconds']['repeat_1w']:.3f} s / {r['seconds']['first_1w'][-1]:.2f} s) | <= 0.02 |",
@@ -376,6 +410,11 @@ def _table(r: dict) -> str:
         "task seconds per phase (1 worker, last first run): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()),
     ]
     return "\n".join(lines)
+
+
+def _f(value: float | None, fmt: str) -> str:
+    """``value`` formatted, ``-`` when it was not measured (two workers on a one-GPU machine)."""
+    return "-" if value is None else format(value, fmt)
 
 
 def _list(values: list[float]) -> str:
@@ -396,9 +435,12 @@ def _list(values: list[float]) -> str:
 @click.option("--feed-epochs", default=2, show_default=True, type=click.IntRange(1), help="--feed: view epochs per segment.")
 @click.option("--hash-cost", is_flag=True, help="Also time first runs with and without shard hashing (interleaved) "
               "and print the ratio.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Worker device: cuda runs one GPU worker per GPU at compute.precision auto (bf16).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
 def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, hash_cost: bool, as_json: bool) -> None:
+                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, hash_cost: bool, device: str,
+                     as_json: bool) -> None:
     """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental.
 
     With --feed: the data path alone (read, hash, decode, render student + teacher views, collate,
@@ -414,7 +456,7 @@ def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, k
 
     if samples <= shard_size:
         raise ConfigError("--samples must exceed --shard-size: two workers need two shards or more")
-    result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats)
+    result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats, device)
     if hash_cost:
         result["hash_cost"] = precompute_hash_cost(samples, shard_size, batch, int(img_size), keep, repeats)
     table = _table(result) + (hash_cost_table(result["hash_cost"], "first run, 1 worker") if hash_cost else "")

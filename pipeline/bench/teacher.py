@@ -48,6 +48,10 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
     except RuntimeError as e:
         raise ConfigError(f"--model: {e}") from None
     model = model.eval().to(device)
+    if device.startswith("cuda"):
+        from pipeline._gpu import enable_tf32
+
+        enable_tf32()  # as the workers do: fp32 matmuls on tensor cores
     n = model.patch_embed.num_patches
     for k in keeps:
         try:

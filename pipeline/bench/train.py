@@ -113,27 +113,45 @@ HASH_MODES = {"stored+hash": "stored"}  # a trainer mode again, each shard hashe
 LOADER_MODES = {"dataset-w1": 1, "dataset-w2": 2}  # mode -> DataLoader worker processes
 
 
-def own_loop_epoch(data, student, cfg, workers: int) -> int:
+def own_loop_epoch(data, student, cfg, workers: int, device: str = "cpu") -> int:
     """One epoch of a plain loop over ``data`` (a :class:`pipeline.LabeledViews`) through a
-    ``DataLoader`` with ``workers`` processes; returns the steps taken."""
+    ``DataLoader`` with ``workers`` processes; returns the steps taken. On CUDA the batches are
+    pinned and copied without blocking, and the forward runs under bf16 autocast (``cfg.amp``)."""
+    import contextlib
+
+    import torch
+
     from maskedkd import distill_loss
     from pipeline.train.loop import build_optimizer
 
+    cuda = device.startswith("cuda")
+    student = student.to(device)
     optimizer, _ = build_optimizer(student, cfg, data.steps, 1)
     student.train()
     steps = 0
-    for images, target, labels, _keys in data.loader(num_workers=workers):
-        loss = distill_loss(student(images), labels, target, lam=cfg.lam, tau=cfg.tau, ce_weight=cfg.ce_weight)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.amp else contextlib.nullcontext
+    for images, target, labels, _keys in data.loader(num_workers=workers, pin_memory=cuda):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with autocast():
+            logits = student(images)
+        loss = distill_loss(logits.float(), labels, target, lam=cfg.lam, tau=cfg.tau, ce_weight=cfg.ce_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         steps += 1
+    if cuda:
+        torch.cuda.synchronize()  # the epoch's time includes its last kernels
     return steps
 
 
 def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int,
-              modes: Sequence[str] = TRAINER_MODES + tuple(LOADER_MODES)) -> dict[str, Any]:
-    """Time one epoch of each mode, round-robin; steps/s and ratios (``vs_off`` needs mode ``off``)."""
+              modes: Sequence[str] = TRAINER_MODES + tuple(LOADER_MODES), device: str = "cpu") -> dict[str, Any]:
+    """Time one epoch of each mode, round-robin; steps/s and ratios (``vs_off`` needs mode ``off``).
+
+    ``device``: where the student (and the online teacher) train; the stored labels are written
+    on the CPU beforehand either way.
+    """
     known = list(TRAINER_MODES) + list(LOADER_MODES) + list(HASH_MODES)
     unknown = [m for m in modes if m not in known]
     if unknown:
@@ -171,7 +189,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
                 student = create_model(VIT, STUDENT, seed=0)
                 results[name] = train_segment(student, shards=refs, spec=spec, seed=0, epochs=range(0, 1),
                                               total_epochs=1, render=render, run_dir=Path(tmp) / f"run-{name}-{runs[name]}",
-                                              view_pool=1, **cases[HASH_MODES.get(name, name)])
+                                              view_pool=1, device=device, **cases[HASH_MODES.get(name, name)])
             return fn
 
         def loader_case(name: str):
@@ -180,7 +198,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
                                 labels=labels, view_pool=1, tau=cfg.tau, num_classes=STUDENT["num_classes"], rank=0, world=1)
 
             def fn() -> None:
-                steps = own_loop_epoch(data, create_model(VIT, STUDENT, seed=0), cfg, LOADER_MODES[name])
+                steps = own_loop_epoch(data, create_model(VIT, STUDENT, seed=0), cfg, LOADER_MODES[name], device)
                 results[name] = {"steps_per_epoch": steps, "teacher_forwards": 0, "teacher_macs": 0}
             return fn
 
@@ -197,7 +215,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
              "teacher_gmacs": results[name]["teacher_macs"] / 1e9,
              "loader_workers": LOADER_MODES.get(name)} for name in modes]
     out = {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
-           "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats,
+           "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats, "device": device,
            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
     out.update(("hash_cost", h) for h in hashing.values())
     return out
@@ -205,7 +223,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
 
 def _table(result: dict) -> str:
     lines = [f"{result['steps']} steps of batch {result['batch']} (one epoch), median of {result['repeats']}, "
-             f"{result['threads']} torch thread(s); {result['machine']}", "",
+             f"{result['threads']} torch thread(s), {result.get('device', 'cpu')}; {result['machine']}", "",
              "| mode | steps/s | vs kd: off | teacher forwards | teacher GMACs |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         vs_off = "-" if r["vs_off"] is None else f"{r['vs_off']:.3f}"
@@ -229,9 +247,10 @@ def _table(result: dict) -> str:
 @click.option("--input", "input_only", is_flag=True,
               help="Instead: the input pipeline alone per rank at world size 1 and 2 (gloo) on ImageNet-like "
                    "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (CUDA: bf16 autocast, train.amp).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
 def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
-                hash_cost: bool, input_only: bool, as_json: bool) -> None:
+                hash_cost: bool, input_only: bool, device: str, as_json: bool) -> None:
     """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
     public dataset through a DataLoader, one run. With --input: the input pipeline per rank."""
     if input_only:
@@ -241,5 +260,5 @@ def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: i
         click.echo(json.dumps(result, indent=1) if as_json else input_table(result))
         return
     modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ()) + (tuple(HASH_MODES) if hash_cost else ())
-    result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes)
+    result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes, device)
     click.echo(json.dumps(result, indent=1) if as_json else _table(result))

@@ -28,6 +28,7 @@ from timm.optim import list_optimizers
 
 from maskedkd import DEFAULT_LADDER, POLICIES, Budget, needs_saliency, resolve_keep
 from maskedkd.views import ViewSpec
+from pipeline._gpu import resolve_precision
 from pipeline.config.model_info import ModelInfo, model_info
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
@@ -630,7 +631,11 @@ class ComputeConfig(_Section):
                              "with one GPU per process); the batch sequence and the result do not depend on it.",
     )
     batch_size: int = Field(256, ge=1, description="Teacher / saliency forward batch size.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Teacher forward precision (bf16: autocast).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Teacher and saliency forward precision (bf16: autocast, with q.k and the teacher head in "
+                            "fp32); auto: bf16 when compute.device is (or, for auto, this machine has) cuda, else fp32. "
+                            "Part of the label fingerprint.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the workers' models.")
     timeout_s: float | None = Field(3600, gt=0, description="Per-task time limit in seconds; null: none.")
     retries: int = Field(2, ge=0, description="Retries of a failed task.")
@@ -661,6 +666,10 @@ class ComputeConfig(_Section):
         if self.decode == "cuda" and self.device == "cpu":
             raise _Problems(("decode", "is cuda (nvJPEG on the GPU) but device is cpu; use decode: pil"))
         return self
+
+    def task_precision(self) -> str:
+        """The precision precompute tasks run at, ``auto`` resolved (:func:`pipeline._gpu.resolve_precision`)."""
+        return resolve_precision(self.precision, self.device)
 
     @field_validator("workers", mode="plain")
     @classmethod

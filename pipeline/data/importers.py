@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import struct
 import zlib
@@ -39,7 +40,8 @@ from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FASHION_MNIST_SRC = Path("/usr/share/datasets/fashion-mnist")
+# the system copy; $MKD_FASHION_MNIST points elsewhere (a GPU machine without it: scripts/gpu_check.sh)
+FASHION_MNIST_SRC = Path(os.environ.get("MKD_FASHION_MNIST") or "/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -13,7 +13,10 @@ Client-side API::
   It registers :class:`pipeline.precompute.worker.WorkerSetup` (torch threads, GPU pinning, model
   cache size) and tears everything down on exit, Ctrl-C included.
 * :func:`check_resources` fails fast (:class:`ComputeError`) when no worker offers what the
-  tasks ask for: Dask would otherwise leave such a task pending forever.
+  tasks ask for: Dask would otherwise leave such a task pending forever. Given a
+  :class:`Cluster` it also checks GPU placement (:func:`check_placement`): two tasks that could
+  share one GPU are refused (:class:`ConfigError`), and so is a worker that would run a
+  ``compute.device: cuda`` run's tasks on the CPU (:class:`ComputeError` naming it).
 * :func:`run_tasks` submits one pure future per item, shows progress, calls ``on_result`` per
   finished task, returns the results in item order, and turns worker deaths, timeouts and task
   errors into :class:`ComputeError` naming the item.
@@ -39,6 +42,8 @@ from distributed import Client, KilledWorker, LocalCluster, as_completed
 
 from pipeline._console import progress_bar
 from pipeline._cores import available_cores
+from pipeline._gpu import check_placement as _check_placement
+from pipeline._gpu import local_device_ids
 from pipeline.errors import ComputeError, ConfigError, PipelineError
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
@@ -46,6 +51,7 @@ from pipeline.precompute.worker import (
     WorkerSetup,
     cache_info,
     get_cached,
+    placement_report,
     run_task,
     worker_device,
 )
@@ -59,6 +65,7 @@ __all__ = [
     "Cluster",
     "open_cluster",
     "check_resources",
+    "check_placement",
     "run_tasks",
     "get_cached",
     "worker_device",
@@ -81,6 +88,7 @@ class Cluster:
     embedded: bool  #: we started it (LocalCluster) rather than connected to ``address``
     address: str
     dashboard: str | None = None
+    device: str = "auto"  #: what the tasks must run on (``compute.device``): checked by :func:`check_placement`
     _local: Any = field(default=None, repr=False)
 
     @property
@@ -165,6 +173,7 @@ def open_cluster(
         raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if scheduler:
         with _connect(scheduler, connect_timeout, threads_per_worker, cache_size, announce, security) as c:
+            c.device = device
             yield c
         return
     config = {
@@ -247,7 +256,8 @@ def _embedded(
             from dask_cuda import LocalCUDACluster
 
             cls, gpu_index = LocalCUDACluster, "first"
-            kwargs["CUDA_VISIBLE_DEVICES"] = list(range(n))
+            # worker i gets the i-th GPU the parent may use (dask-cuda rotates this list per worker)
+            kwargs["CUDA_VISIBLE_DEVICES"] = local_device_ids(n)
         except ImportError:
             pass
     else:
@@ -293,6 +303,7 @@ def _embedded(
             embedded=True,
             address=local.scheduler_address,
             dashboard=dash,
+            device="cuda" if gpus else "cpu",
             _local=local,
         )
         if dash and announce:
@@ -352,7 +363,7 @@ def check_resources(
     has would otherwise stay pending forever. The :class:`ComputeError` lists what the workers
     do offer. Call it (``run_tasks`` does) right before submitting.
     """
-    client = getattr(client, "client", client)
+    cluster, client = client, getattr(client, "client", client)
     resources = dict(resources or {})
     deadline = time.monotonic() + wait_s
     while True:
@@ -375,7 +386,26 @@ def check_resources(
             f"tasks need resources {resources} but no worker offers them; the workers offer: "
             f"{_summarize(workers)}. (Start GPU workers with --resources GPU=1, or run on CPU.)"
         )
+    if isinstance(cluster, Cluster):
+        check_placement(cluster, resources)
     return fit
+
+
+def check_placement(cluster: Cluster, resources: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """Ask every worker where it runs tasks; refuse unsound GPU placement; return the reports.
+
+    Raises :class:`ConfigError` when two tasks could share one GPU (a worker offering ``GPU=8``
+    with several threads; workers on the same physical GPU) and :class:`ComputeError` naming
+    each worker that would run tasks asking for ``resources`` on the CPU although
+    ``cluster.device`` is ``cuda`` (see :func:`pipeline._gpu.placement_problems`).
+    """
+    try:
+        reports = cluster.client.run(placement_report, probe_cuda=cluster.device == "cuda")
+    except Exception as exc:  # noqa: BLE001 - a worker left between two calls: the check cannot be made now
+        log.warning("GPU placement not checked: %r", exc)
+        return {}
+    _check_placement(reports, cluster.device, resources)
+    return reports
 
 
 def _item_key(key_prefix: str, item: dict) -> str:

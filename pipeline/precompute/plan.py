@@ -49,7 +49,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
                 policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
                 topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
                 store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
-                precision=cfg.compute.precision, feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
+                precision=cfg.compute.task_precision(), feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
             )
             fps = task_fingerprints(t)
             path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)

@@ -114,7 +114,7 @@ def plan_probe(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSp
         segment=segment, rows=tuple(rows), view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
         view_seed=cfg.views.seed, teacher=teacher, student=student if saliency else None, policies=tuple(policies),
         keeps=tuple(keeps), num_classes=cfg.data.num_classes, batch_size=cfg.compute.batch_size, device=device,
-        precision=cfg.compute.precision,
+        precision=cfg.compute.task_precision(),
     )
 
 

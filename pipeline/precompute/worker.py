@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,6 +29,9 @@ from collections import OrderedDict
 from typing import Any, Callable, TypeVar
 
 from distributed import WorkerPlugin, get_worker
+
+from pipeline._gpu import ENV, device_uuid, enable_tf32, physical_id
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ DEFAULT_CACHE_SIZE = 4
 # ---------------------------------------------------------------------------------------------
 # Per-process state (one Dask worker process = one copy of it)
 
-_state: dict[str, Any] = {"device": None, "threads": None, "torch_threads_applied": False}
+_state: dict[str, Any] = {"device": None, "threads": None, "torch_threads_applied": False, "gpu": None, "gpu_uuid": None}
 _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
@@ -128,9 +132,13 @@ class WorkerSetup(WorkerPlugin):
     * torch intra-op threads = ``threads`` (env ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for a
       later import, ``torch.set_num_threads`` if torch is already loaded or a GPU is used);
     * a worker whose resources include ``GPU`` pins its CUDA device: ``gpu_index="name"`` uses
-      ``int(worker.name) % device_count`` (plain LocalCluster: all workers see all GPUs, names
-      are 0..N-1); ``"first"`` uses device 0 (dask-cuda rotates CUDA_VISIBLE_DEVICES, and
-      ``dask cuda worker`` processes on remote clusters see their own GPU first);
+      ``int(worker.name) % device_count`` (plain LocalCluster: all workers inherit the parent's
+      ``CUDA_VISIBLE_DEVICES``, names are 0..N-1, so worker i takes the i-th listed GPU);
+      ``"first"`` uses device 0 (dask-cuda rotates CUDA_VISIBLE_DEVICES, and ``dask cuda worker``
+      processes on remote clusters see their own GPU first). Plain remote workers that all see
+      the same GPUs would all take device 0: the client refuses that
+      (:func:`pipeline.precompute.cluster.check_placement`). TF32 is switched on for float32
+      matmuls (:func:`pipeline._gpu.enable_tf32`);
     * the model cache capacity;
     * ``ignore_sigint``: embedded clusters only, so that Ctrl-C in the terminal reaches the
       client (which cancels and tears the cluster down) instead of killing workers mid-task.
@@ -161,6 +169,7 @@ class WorkerSetup(WorkerPlugin):
         if self.ignore_sigint and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         device = "cpu"
+        _state["gpu"] = _state["gpu_uuid"] = None
         if _worker_resources(worker).get("GPU", 0) >= 1:
             import torch  # not at module top: see the module docstring
 
@@ -175,9 +184,53 @@ class WorkerSetup(WorkerPlugin):
                     except (TypeError, ValueError):
                         index = 0
                 torch.cuda.set_device(index)
+                enable_tf32()
                 device = f"cuda:{index}"
+                _state["gpu"], _state["gpu_uuid"] = _physical(index), device_uuid(index)
         _state["device"] = device
         _apply_torch_threads()
+
+
+def placement_report(dask_worker: Any = None, probe_cuda: bool = False) -> dict[str, Any]:
+    """Where this worker runs its tasks, for the client's placement check (``client.run``, which
+    passes ``dask_worker``; in a task or a plain process the worker is looked up, if any).
+
+    ``{"name", "host", "pid", "device", "gpu", "gpu_uuid", "visible", "resources", "nthreads",
+    "cuda_devices"}``: ``gpu`` is the device's id as ``CUDA_VISIBLE_DEVICES`` names it,
+    ``gpu_uuid`` its UUID; ``cuda_devices`` (how many CUDA devices torch sees) is asked only on
+    GPU workers or with ``probe_cuda`` (it imports torch).
+    """
+    worker = dask_worker
+    if worker is None:
+        try:
+            worker = get_worker()
+        except ValueError:
+            worker = None
+    resources = _worker_resources(worker) if worker is not None else {}
+    cuda_devices = None
+    if probe_cuda or resources.get("GPU", 0) >= 1 or "torch" in sys.modules:
+        import torch  # not at module top: see the module docstring
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {
+        "name": None if worker is None else worker.name,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": _state["device"] or "cpu",
+        "gpu": _state["gpu"],
+        "gpu_uuid": _state["gpu_uuid"],
+        "visible": os.environ.get(ENV),
+        "resources": resources,
+        "nthreads": getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", None),
+        "cuda_devices": cuda_devices,
+    }
+
+
+def _physical(index: int) -> str:
+    try:
+        return physical_id(index)
+    except ConfigError:  # CUDA_VISIBLE_DEVICES lists ids torch did not count: report the index
+        return str(index)
 
 
 def _worker_resources(worker) -> dict[str, float]:  # noqa: ANN001

@@ -25,6 +25,7 @@ import torch
 
 from pipeline._atomic import write_atomic
 from pipeline._cores import available_cores
+from pipeline._gpu import visible_note
 from pipeline.config.loader import dump_config
 from pipeline.errors import ConfigError, PipelineError
 
@@ -41,7 +42,9 @@ def check_nproc(nproc: int, batch_size: int, device: str) -> None:
         raise ConfigError(f"train.batch_size {batch_size} must be divisible by compute.nproc {nproc} (each process "
                           f"trains an equal slice of every batch)")
     if device == "cuda" and nproc > torch.cuda.device_count():
-        raise ConfigError(f"compute.nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible (one per process)")
+        # the ranks inherit CUDA_VISIBLE_DEVICES: rank i takes the i-th listed GPU
+        raise ConfigError(f"compute.nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                          f"{visible_note()} (one per process)")
 
 
 def job_record(runner: Runner, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,

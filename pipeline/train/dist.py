@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline._gpu import enable_tf32, local_rank_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,7 +29,10 @@ def setup(device: str | torch.device = "cpu") -> tuple[DistInfo, torch.device]:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``).
 
     Uses gloo on CPU and nccl on CUDA; a group the caller initialised already is reused.
-    On CUDA each process takes ``cuda:LOCAL_RANK``.
+    On CUDA each process takes ``cuda:LOCAL_RANK``: the LOCAL_RANK-th device of the
+    ``CUDA_VISIBLE_DEVICES`` torchrun's parent had (``4,5``: ranks on physical GPUs 4 and 5),
+    refused with a :class:`ConfigError` when there are fewer devices than local ranks; float32
+    matmuls may use TF32 (:func:`pipeline._gpu.enable_tf32`).
 
     Returns:
         ``(DistInfo, device)``.
@@ -42,9 +47,10 @@ def setup(device: str | torch.device = "cpu") -> tuple[DistInfo, torch.device]:
     else:
         info = DistInfo()
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", info.local_rank)
+        device = torch.device("cuda", local_rank_device(info.local_rank, torch.cuda.device_count()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        enable_tf32()
     return info, device
 
 

@@ -78,3 +78,36 @@ def test_bad_keep_idx_shape(images):
         masked_forward(model, images, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="out of range"):
         masked_forward(model, images, torch.full((3, 2), 16))
+
+
+@pytest.mark.parametrize("keep", [None, 6])
+@torch.no_grad()
+def test_head_runs_in_fp32_under_bf16_autocast(variant_model, images, keep):
+    # the blocks run in bf16, the final norm and head in float32 on the blocks' output
+    name, model = variant_model
+    n = model.patch_embed.num_patches
+    keep_idx = None if keep is None else torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(i))[:keep]
+                                                      for i in range(images.shape[0])])
+    seen, fc2 = [], []
+    hooks = [model.blocks.register_forward_hook(lambda mod, args, out: seen.append(out)),
+             model.blocks[-1].mlp.fc2.register_forward_hook(lambda mod, args, out: fc2.append(out))]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = masked_forward(model, images, keep_idx)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert got.dtype == torch.float32, name
+    assert fc2[0].dtype == torch.bfloat16, name  # the blocks did run under autocast
+    want = model.forward_head(model.norm(seen[0].float()))
+    assert torch.equal(got, want), name
+
+
+@torch.no_grad()
+def test_disabled_autocast_changes_nothing(variant_model, images):
+    name, model = variant_model
+    idx = torch.arange(5).expand(images.shape[0], 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        off_all, off_kept = masked_forward(model, images), masked_forward(model, images, idx)
+    assert torch.equal(off_all, model(images)), name
+    assert torch.equal(off_kept, masked_forward(model, images, idx)), name

@@ -51,3 +51,17 @@ def test_bench_precompute_hash_cost_smoke():
     assert cost["ratio_on_off"] > 0 and cost["unit"] == "labels" and cost["per_s_on"] > 0
     assert cost["sha256_s"] > 0 and cost["shard_bytes"] > 0
     assert "| first run | " in hash_cost_table(cost, "first run")
+
+
+def test_bench_precompute_on_cuda_needs_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    r = CliRunner().invoke(cli, ["bench", "precompute", "--samples", "96", "--shard-size", "48", "--device", "cuda"])
+    assert r.exit_code != 0 and "--device cuda: torch sees no CUDA device" in str(r.exception or r.output)
+
+
+def test_unmeasured_two_worker_numbers_print_as_a_dash():
+    from pipeline.bench.precompute import _f
+
+    assert _f(None, ".2f") == "-" and _f(1.234, ".2f") == "1.23"

@@ -173,7 +173,7 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
     ("tau-not-stored", set_key("train.tau", 4.0), ["train.tau: 4.0 is not in labels.temperatures"]),
     ("warmup-too-long", set_key("train.warmup_epochs", 4), ["train.warmup_epochs: must be less than schedule.epochs"]),
     ("workers-zero", set_key("compute.workers", 0), ["compute.workers: must be an integer >= 1 or 'auto'"]),
-    ("precision", set_key("compute.precision", "fp16"), ["compute.precision: must be 'fp32' or 'bf16'"]),
+    ("precision", set_key("compute.precision", "fp16"), ["compute.precision: must be 'auto', 'fp32' or 'bf16'"]),
     ("bad-yaml", "name: t\ndata: {root: data\nteacher: 3\n", ["line 3", "invalid YAML"]),
     ("tab-yaml", "name: t\ndata:\n\troot: data\n", ["line 3", "invalid YAML"]),
     ("duplicate-key", "name: t\nname: u\n", ["line 2", "duplicate key 'name'"]),

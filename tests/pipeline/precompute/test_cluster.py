@@ -261,15 +261,20 @@ def test_connect_to_existing_scheduler(cluster):
         assert results == [{"id": "r", "rows": 1}]
 
 
-def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices as torch would report them (none are touched); returns (the worker
+    module, the devices set, a fake Dask worker class offering GPU=1 named 3)."""
     import torch
 
     from pipeline.precompute import worker as cw
 
     pinned = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(cw, "enable_tf32", lambda: None)  # the real one sets process-wide flags
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
     monkeypatch.setattr(cw, "_state", dict(cw._state))
@@ -280,6 +285,11 @@ def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
         address = "tcp://fake:1"
         state = type("S", (), {"total_resources": {"GPU": 1}})()
 
+    return cw, pinned, FakeWorker
+
+
+def test_setup_plugin_pins_gpu_by_worker_name(fake_gpus):
+    cw, pinned, FakeWorker = fake_gpus
     cw.WorkerSetup(2, gpu_index="name").setup(FakeWorker())
     assert pinned == [1] and cw.worker_device() == "cuda:1" and cw.worker_threads() == 2
     cw.WorkerSetup(1, gpu_index="first").setup(FakeWorker())
@@ -287,3 +297,67 @@ def test_setup_plugin_pins_gpu_by_worker_name(monkeypatch):
     FakeWorker.state.total_resources = {"CPU": 1}
     cw.WorkerSetup(1).setup(FakeWorker())
     assert cw.worker_device() == "cpu"
+
+
+def test_setup_plugin_reports_the_parents_gpu_ids(fake_gpus, monkeypatch):
+    # plain LocalCluster: workers inherit CUDA_VISIBLE_DEVICES=4,5; worker 1 takes cuda:1 = physical GPU 5
+    cw, pinned, FakeWorker = fake_gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    FakeWorker.name = 1
+    cw.WorkerSetup(1, gpu_index="name").setup(FakeWorker())
+    report = cw.placement_report()
+    assert pinned == [1] and report["device"] == "cuda:1" and report["gpu"] == "5" and report["visible"] == "4,5"
+    FakeWorker.name = 0
+    cw.WorkerSetup(1, gpu_index="name").setup(FakeWorker())
+    assert cw.placement_report()["gpu"] == "4"
+    FakeWorker.state.total_resources = {"CPU": 1}
+    cw.WorkerSetup(1).setup(FakeWorker())
+    assert cw.placement_report()["gpu"] is None and cw.worker_device() == "cpu"
+
+
+def test_dask_cuda_cluster_gets_the_parents_visible_devices(monkeypatch):
+    import sys
+    import types
+
+    from pipeline.errors import ConfigError
+    from pipeline.precompute import cluster as cl
+
+    seen = {}
+
+    class FakeLocalCUDACluster:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeLocalCUDACluster))
+    monkeypatch.setattr(cl, "_cuda_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(ComputeError, match="stop here"), \
+            open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
+        pass
+    assert seen["CUDA_VISIBLE_DEVICES"] == ["4", "5"] and seen["n_workers"] == 2 and seen["resources"] == {"GPU": 1}
+    seen.clear()
+    with pytest.raises(ComputeError, match="stop here"), \
+            open_cluster(workers=1, device="cuda", dashboard=False, announce=None):
+        pass
+    assert seen["CUDA_VISIBLE_DEVICES"] == ["4"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")  # torch would count 1, but say the parent lists fewer
+    with pytest.raises(ConfigError, match="lists 1 device"), \
+            open_cluster(workers=2, device="cuda", dashboard=False, announce=None):
+        pass
+
+
+def test_placement_check_on_a_cpu_cluster(cluster):
+    from dataclasses import replace
+
+    from pipeline.precompute.cluster import check_placement
+
+    _wait_workers(cluster, timeout=60)  # a worker an earlier test timed out may still be restarting
+    reports = check_placement(cluster, {"CPU": 1})
+    assert len(reports) == 2 and {r["device"] for r in reports.values()} == {"cpu"}
+    assert {r["gpu"] for r in reports.values()} == {None}
+    # the config asks for cuda but these workers run on the CPU: the run fails, naming them
+    cuda = replace(cluster, device="cuda")
+    with pytest.raises(ComputeError, match="runs tasks on the CPU but compute.device is cuda") as err:
+        check_resources(cuda, cuda.task_resources)
+    assert all(addr in str(err.value) for addr in reports)

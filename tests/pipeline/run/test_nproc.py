@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from pipeline._lock import LOCK_NAME
+from pipeline.errors import ConfigError
 from pipeline.models import read_state_dict
+from pipeline.run.distributed import check_nproc
 from tests.pipeline.run.tiny import cli_run, tiny_stage
 
 
@@ -54,3 +56,12 @@ def test_two_processes_inside_run_train_like_one(fmnist_small, tmp_path):
         torch.testing.assert_close(double[k], single[k], rtol=1e-4, atol=1e-5)
     assert cli_run("status", str(stages)).returncode == 0, "the stage is recorded as fresh"
     assert not (run / "train-job").exists() or not any((run / "train-job").iterdir())
+
+
+def test_more_processes_than_visible_gpus_is_refused_before_torchrun(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_nproc(2, 64, "cuda")
+    with pytest.raises(ConfigError, match=r"compute.nproc 4: only 2 CUDA device\(s\) visible \(CUDA_VISIBLE_DEVICES=4,5\)"):
+        check_nproc(4, 64, "cuda")
+    check_nproc(4, 64, "cpu")  # CPU ranks share the cores
