@@ -7,6 +7,11 @@ Fashion-MNIST shards, timed round-robin in one process:
 - ``off``: plain cross-entropy, no labels read (docs/design.md §7 target: stored >= 0.95 x off);
 - ``online``: the teacher in the loop, masked by the current student (MaskedKD 50%).
 
+``--trainer-workers N`` adds ``stored-wN``: ``stored`` with ``train.num_workers: N``, decoding and
+rendering in N ``DataLoader`` worker processes. It is opt-in because the mode timed after it
+pays for its forks (the training process's pages, shared copy-on-write with the exited workers,
+fault once more on their next write: ~0.1 s here).
+
 With ``--loader`` (the default) two more rows time the public dataset: the same stored labels
 through :class:`pipeline.LabeledViews` and a ``DataLoader`` with 1 and 2 worker processes
 (``dataset-w1``, ``dataset-w2``), feeding a plain loop (the trainer's optimizer and loss, no
@@ -153,7 +158,7 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
     on the CPU beforehand either way.
     """
     known = list(TRAINER_MODES) + list(LOADER_MODES) + list(HASH_MODES)
-    unknown = [m for m in modes if m not in known]
+    unknown = [m for m in modes if m not in known and not (m.startswith("stored-w") and m[len("stored-w"):].isdigit())]
     if unknown:
         raise ValueError(f"unknown bench train modes {unknown}; known: {known}")
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
@@ -178,6 +183,10 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
         cases = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
                  "off": dict(cfg=TrainConfig(kd="off", **recipe)),
                  "online": dict(cfg=TrainConfig(kd="kl", **recipe), online=online)}
+        for name in modes:
+            if name.startswith("stored-w"):
+                cases[name] = dict(cfg=TrainConfig(kd="kl", num_workers=int(name[len("stored-w"):]), **recipe),
+                                   labels=labels)
         runs = {name: 0 for name in cases}
         results: dict[str, dict] = {}
 
@@ -247,10 +256,12 @@ def _table(result: dict) -> str:
 @click.option("--input", "input_only", is_flag=True,
               help="Instead: the input pipeline alone per rank at world size 1 and 2 (gloo) on ImageNet-like "
                    "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard.")
+@click.option("--trainer-workers", default=0, show_default=True, type=click.IntRange(0),
+              help="Also time our trainer with train.num_workers N loader processes (stored-wN), last.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (CUDA: bf16 autocast, train.amp).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
 def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
-                hash_cost: bool, input_only: bool, device: str, as_json: bool) -> None:
+                hash_cost: bool, input_only: bool, trainer_workers: int, device: str, as_json: bool) -> None:
     """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
     public dataset through a DataLoader, one run. With --input: the input pipeline per rank."""
     if input_only:
@@ -259,6 +270,7 @@ def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: i
         result = run_input_bench(samples=samples, batch=batch, repeats=repeats)
         click.echo(json.dumps(result, indent=1) if as_json else input_table(result))
         return
-    modes = TRAINER_MODES + (tuple(LOADER_MODES) if loader else ()) + (tuple(HASH_MODES) if hash_cost else ())
+    modes = (TRAINER_MODES + (tuple(LOADER_MODES) if loader else ()) + (tuple(HASH_MODES) if hash_cost else ())
+             + ((f"stored-w{trainer_workers}",) if trainer_workers else ()))
     result = run_bench(samples, shard_size, batch, keep, repeats, threads, modes, device)
     click.echo(json.dumps(result, indent=1) if as_json else _table(result))
