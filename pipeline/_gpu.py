@@ -108,6 +108,19 @@ def default_precision(device: str) -> str:
     return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
+def uses_tf32(precision: str, device: str) -> bool:
+    """Whether float32 matmuls of a task at ``precision`` on ``device`` run in TF32 (:func:`enable_tf32`:
+    CUDA workers turn it on), so that its labels' fingerprint says so (``device`` ``auto`` resolved
+    as :func:`resolve_precision` does)."""
+    if precision != "fp32":
+        return False
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device).startswith("cuda")
+
+
 def resolve_precision(setting: str, device: str) -> str:
     """The precision tasks run at (and that goes into the label fingerprint): ``setting`` unless it is ``auto``.
 

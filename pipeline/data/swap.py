@@ -14,6 +14,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,8 +71,10 @@ def remove_stale_builds(out: Path) -> list[Path]:
     import killed between the two renames of a swap without ``renameat2`` left ``out`` missing
     and the old dataset in its ``.old-`` folder: that dataset is put back first.
     """
-    stale = sorted(p for p in out.parent.iterdir() if p.is_dir() and not p.is_symlink()
-                   and p.name.startswith((f".{out.name}{BUILD_PREFIX}", f".{out.name}{OLD_PREFIX}")))
+    # exactly `.NAME.import-XXXX` / `.NAME.old-XXXX` (mkdtemp suffixes have no dots): a prefix
+    # match would also take a live build of a sibling dataset named `NAME.import-...`
+    ours = re.compile(rf"\.{re.escape(out.name)}({re.escape(BUILD_PREFIX)}|{re.escape(OLD_PREFIX)})[^.]+")
+    stale = sorted(p for p in out.parent.iterdir() if p.is_dir() and not p.is_symlink() and ours.fullmatch(p.name))
     for p in stale:
         if p.name.startswith(f".{out.name}{OLD_PREFIX}") and not out.exists() and (p / out.name).is_dir():
             os.rename(p / out.name, out)

@@ -34,6 +34,7 @@ from pipeline.data.shards import (
     MAX_IMAGE_PIXELS,
     Sample,
     Skipped,
+    check_image,
     decode_image,
     read_shard,
     read_shard_raw,
@@ -79,7 +80,20 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
     so a corrupt image is skipped and reported as the PIL reader reports it. Not run without a GPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raws = [r for r in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256)]
+    raws = []
+    for r in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256):
+        if limit is not None and len(raws) >= limit:
+            # hashing the rest; nothing past the limit is decoded or reported (an image whose
+            # header reads but whose pixels fail nvJPEG and PIL then leaves the task short of
+            # `limit` rows, where the PIL reader would take the next sample: rare, not run here)
+            continue
+        try:
+            check_image(r.image_bytes, max_pixels=MAX_IMAGE_PIXELS)  # the bomb guard nvJPEG lacks
+        except ValueError as e:
+            if report is not None:
+                report.append(Skipped(r.key, f"{r.image_ext}: {e}"))
+            continue
+        raws.append(r)
     out: list[Sample] = []
 
     def one(raw) -> Image.Image:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline._fingerprint import sha256_json
+from pipeline._gpu import uses_tf32
 from pipeline.config import StageConfig
 from pipeline.labels.contract import RenderSpec, render_spec
 from pipeline.models import create_model, model_fingerprint
@@ -95,8 +96,9 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed,
                              **({"decode": t.decode} if t.decode != "pil" else {})}),
         "mask": sha256_json(mask),
+        # TF32 matmuls give other logits than IEEE fp32: recorded only on CUDA, so CPU stores keep their paths
         "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",
-                              "precision": t.precision}),
+                              "precision": t.precision, **({"matmul": "tf32"} if uses_tf32(t.precision, t.device) else {})}),
     }
 
 

@@ -186,7 +186,9 @@ class Runner:
         if self.cfg.data.val is None:
             return {}
         shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
-        res = evaluate(model, shards, render_spec(self.cfg.data, model_cfg.info()), batch_size=256, device=self.device)
+        # under torchrun every rank evaluates its share (train_segment calls this on all ranks)
+        res = evaluate(model, shards, render_spec(self.cfg.data, model_cfg.info()), batch_size=256, device=self.device,
+                       split_ranks=True)
         return {f"val_{k}": v for k, v in res.items()}
 
     # ------------------------------------------------------------------ stages

@@ -40,13 +40,15 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     amp: bool = True,
+    split_ranks: bool = False,
 ) -> dict[str, Any]:
     """Top-1 and mean cross-entropy of ``model`` over the shards' first ``rows`` samples each.
 
     Every image is rendered whole (the View's default full crop, no flip, no augmentation)
     at ``render.size``; works for students and teachers alike. Runs in eval mode and restores
-    the model's mode after. Under an initialised process group every rank must call it: each
-    evaluates every ``world``-th sample and the sums are reduced, so all ranks return the totals.
+    the model's mode after. With ``split_ranks`` under an initialised process group every rank
+    must call it: each evaluates every ``world``-th sample and the sums are all-reduced, so all
+    ranks return the totals (otherwise it evaluates every sample, whoever calls it).
 
     Returns:
         ``{"top1": float, "loss": float, "samples": int}``.
@@ -56,7 +58,8 @@ def evaluate(
             ``sha256`` (no accuracy is reported from it), naming the shard.
     """
     device = torch.device(device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    grouped = split_ranks and dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
     was = model.training
     model.eval()

@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -47,7 +48,6 @@ from pipeline.train.stream import (
     load_shard,
     make_batch,
     rank_slice,
-    shard_order,
 )
 
 if TYPE_CHECKING:  # annotations only
@@ -239,15 +239,20 @@ class LabeledViews(IterableDataset):
         Only the shards a yielded batch uses are read, each once: an epoch visits shards one after
         the other, so a shard no longer in the current batch is never needed again.
         """
-        stream = EpochStream(self.shards, lambda ref: ref, seed=self.order_seed, epoch=self.epoch,
-                             batch_size=self.batch_size)
-        order = [self.shards[i] for i in shard_order(len(self.shards), self.order_seed, self.epoch)]
+        def my_slices() -> Iterator[list[tuple[ShardRef, np.ndarray]]]:
+            stream = EpochStream(self.shards, lambda ref: ref, seed=self.order_seed, epoch=self.epoch,
+                                 batch_size=self.batch_size)
+            for n, segments in enumerate(stream.batches(start)):
+                if n % workers == worker:
+                    yield rank_slice(segments, self.rank, self.world)
+
+        # the shards this process will load, in order (index arithmetic only): what to read ahead
+        order: list[ShardRef] = []
+        for mine in my_slices():
+            order += [ref for ref, _ in mine if not order or order[-1].name != ref.name]
         held: dict[str, LoadedShard] = {}
         with ShardPrefetcher(self.load, order) as load:
-            for n, segments in enumerate(stream.batches(start)):
-                if n % workers != worker:
-                    continue
-                mine = rank_slice(segments, self.rank, self.world)
+            for mine in my_slices():
                 held = {ref.name: held.get(ref.name) or load(ref) for ref, _ in mine}
                 yield [(held[ref.name], rows) for ref, rows in mine]
 

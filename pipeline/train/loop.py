@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,7 @@ from maskedkd.views import ViewSpec
 from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError, NumericError
+from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.train import dist as tdist
@@ -197,6 +197,28 @@ class _Tally:
         return None if bad < 0 else (bad, float(self.bad_loss))
 
 
+def _unwrapped(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """``batches``, with a pipeline error raised in a loader worker process re-raised as itself
+    (``DataLoader`` wraps it in "Caught DataError in DataLoader worker process 0 ... Original
+    Traceback ...": the exit code survives, the message would not read as ours)."""
+    try:
+        yield from batches
+    except PipelineError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise type(e)(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
+def _close(batches: Iterator[Batch]) -> None:
+    """Stop a batch iterator now: a generator's shard reads, a DataLoader's worker processes."""
+    if hasattr(batches, "_shutdown_workers"):  # torch's multiprocessing iterator; no public close
+        batches._shutdown_workers()
+    elif hasattr(batches, "close"):
+        batches.close()
+
+
 def train_segment(
     student: nn.Module,
     *,
@@ -238,9 +260,10 @@ def train_segment(
         device: ``cpu`` or ``cuda``; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``.
         checkpoint_path: where the final plain timm state_dict goes
             (default ``run_dir/student-e<end>.pth``).
-        evaluate: ``fn(model, epoch) -> metrics`` called on rank 0 after every
+        evaluate: ``fn(model, epoch) -> metrics`` called on every rank after every
             ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
-            :func:`pipeline.train.evaluate.evaluate` on the validation split); merged into that
+            :func:`pipeline.train.evaluate.evaluate` on the validation split, with
+            ``split_ranks=True`` under DDP: each rank evaluates its share); merged into that
             epoch's metrics and kept in the resume record. Other epochs have no such metrics.
         log: progress lines (rank 0): one summary line per epoch.
         progress: the label of a per-step progress bar on stderr (rank 0; e.g. ``"train-0"``), shown
@@ -334,10 +357,14 @@ def train_segment(
                            enabled=progress is not None and info.is_main, leave=False)
 
         def synced(tally: _Tally = tally) -> list[float]:
-            """The tally over all ranks, after checking no update so far had a non-finite loss."""
-            totals = tdist.all_sum(tally.read(), info, device)
+            """The tally over all ranks, after checking that no rank had a non-finite loss so far
+            (every rank raises, before rank 0 could save weights DDP averaged a NaN into)."""
             bad = tally.first_bad()
-            if bad is not None:
+            *totals, ranks_bad = tdist.all_sum([*tally.read(), float(bad is not None)], info, device)
+            if ranks_bad:
+                if bad is None:
+                    raise NumericError(f"the training loss is not finite on another rank (epoch {epoch}): training "
+                                       f"diverged or a label is broken; that rank's error names the step")
                 e, b = divmod(bad[0] - 1, steps_per_epoch)
                 raise NumericError(
                     f"the training loss is {bad[1]} at epoch {e}, batch {b} (step {bad[0]}): training diverged or a "
@@ -346,8 +373,9 @@ def train_segment(
             return totals
 
         bar_read = -math.inf
+        batch_iter = iter(batches)
         try:
-            for position, batch in enumerate(batches, start=position):
+            for position, batch in enumerate(_unwrapped(batch_iter), start=position):
                 scheduler.step_update(num_updates=record.global_step)
                 torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
@@ -373,8 +401,7 @@ def train_segment(
                         store.save(record, student, optimizer)
         finally:
             bar.close()  # before the epoch's summary line, which stays
-            if hasattr(batches, "close"):
-                batches.close()
+            _close(batch_iter)
         loss_sum, correct, samples = synced()
         metrics: dict[str, Any] = {
             "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),

@@ -350,6 +350,8 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
 class ShardPrefetcher:
     """``load(ref)`` with the next shard of ``order`` read in a background thread meanwhile.
 
+    ``order`` is the sequence in which this process will ask for shards (its own: a loader worker
+    or a rank may skip shards that only others' batches use), so what is read ahead is used next.
     Reading a shard (its bytes, their hash, the image headers, its label partition) then overlaps
     rendering the current one. A context manager: leaving it drops what was read ahead.
     """
@@ -362,8 +364,11 @@ class ShardPrefetcher:
 
     def __call__(self, ref: ShardRef) -> LoadedShard:
         future = self.ahead.pop(ref.name, None)
+        for other in self.ahead.values():  # asked out of order: what was read ahead is not needed
+            other.cancel()
+        self.ahead.clear()
         nxt = self.after.get(ref.name)
-        if nxt is not None and nxt.name not in self.ahead:
+        if nxt is not None:
             self.ahead[nxt.name] = self.pool.submit(self.load, nxt)
         return future.result() if future is not None else self.load(ref)
 

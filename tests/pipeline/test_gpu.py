@@ -119,3 +119,12 @@ def test_workers_that_cannot_run_the_tasks_are_not_looked_at():
     reports = {"tcp://a:1": _report("gpu", uuid="GPU-a"), "tcp://b:1": _report("cpu", device="cpu", resources={"CPU": 1})}
     assert _gpu.placement_problems(reports, "cuda", {"GPU": 1}) == ([], [])
     assert _gpu.placement_problems(reports, "cuda", {})[1]
+
+
+def test_tf32_enters_the_label_fingerprint_of_fp32_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _gpu.uses_tf32("fp32", "cuda") and _gpu.uses_tf32("fp32", "cuda:1")
+    assert not _gpu.uses_tf32("fp32", "cpu") and not _gpu.uses_tf32("bf16", "cuda")
+    assert not _gpu.uses_tf32("fp32", "auto"), "auto resolves to the CPU without CUDA"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _gpu.uses_tf32("fp32", "auto")

@@ -207,9 +207,11 @@ def test_next_import_removes_what_an_interrupted_one_left(tmp_path, fake_fashion
     out.rename(old / "data")
     other = tmp_path / ".other.import-x"  # another folder's build: not ours to remove
     other.mkdir()
+    sibling = tmp_path / ".data.import-b.import-x"  # a live build of a dataset named `data.import-b`
+    sibling.mkdir()
     with caplog.at_level("WARNING", logger="pipeline.data.swap"):
         manifest = import_fashion_mnist(out, src=src, shard_size=16)
-    assert not build.exists() and not old.exists() and other.exists()
+    assert not build.exists() and not old.exists() and other.exists() and sibling.exists()
     assert (out / "LICENSE").read_text() == "kept"
     assert load_manifest(out).to_dict() == manifest.to_dict()
     assert ".data.import-killed" in caplog.text and "put back from .data.old-killed" in caplog.text

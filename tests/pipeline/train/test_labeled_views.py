@@ -106,3 +106,18 @@ def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(
         torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
         torch.testing.assert_close(a.teacher.logit, b.teacher.logit, rtol=0, atol=0)
         torch.testing.assert_close(a.targets, b.targets, rtol=0, atol=0)
+
+
+def test_a_worker_reads_ahead_only_the_shards_it_will_use(train_shards, labels):
+    """Three 128-row shards, global batch 128, three loader workers: each worker's batches come
+    from one shard, and that is the only shard it reads (none read ahead for another worker)."""
+    used = []
+    for k in range(3):
+        ds = views(train_shards, labels, batch_size=128)
+        loaded: list[str] = []
+        real = ds.load
+        ds.load = lambda ref, real=real, loaded=loaded: (loaded.append(ref.name), real(ref))[1]
+        names = {shard.ref.name for plan in ds.plans(worker=k, workers=3) for shard, _ in plan}
+        assert loaded == sorted(names) and len(loaded) == 1, (k, loaded, names)
+        used += loaded
+    assert sorted(used) == sorted(s.name for s in train_shards)

@@ -155,3 +155,26 @@ def test_pixels_that_do_not_decode_fail_where_the_row_is_rendered(tmp_path):
     with pytest.raises(DataError, match=r"train-000000\.tar: sample 'k2': .*its header reads, its pixels do not") as e:
         make_batch([(shard, np.array([2]))], RENDER, num_classes=10, soft=False)
     assert e.value.exit_code == 3
+
+
+def test_an_error_in_a_loader_worker_reads_as_ours(tmp_path):
+    """A DataError raised in a DataLoader worker process reaches the trainer as a DataError with
+    our message (not torch's "Caught DataError in DataLoader worker process 0 ... Traceback")."""
+    from pipeline.train.labeled_views import LabeledViews
+    from pipeline.train.loop import _close, _unwrapped
+
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "JPEG")
+    cut = out.getvalue()[: len(out.getvalue()) * 3 // 4]
+    (name, n), = write_shards([(f"k{i}", {"jpg": cut, "cls": b"1"}) for i in range(4)], tmp_path, "train", 10)
+    ds = LabeledViews([ShardRef(name.removesuffix(".tar"), tmp_path / name, n)], spec=SPEC, seed=SEED, render=RENDER,
+                      epoch=0, batch_size=2)
+    batches = iter(ds.batch_loader(num_workers=1))
+    try:
+        with pytest.raises(DataError) as e:
+            list(_unwrapped(batches))
+    finally:
+        _close(batches)
+    assert str(e.value).startswith(f"shard {tmp_path / name}: sample 'k") and "Traceback" not in str(e.value)
+    assert e.value.exit_code == 3
