@@ -354,11 +354,13 @@ class ShardPrefetcher:
     or a rank may skip shards that only others' batches use), so what is read ahead is used next.
     Reading a shard (its bytes, their hash, the image headers, its label partition) then overlaps
     rendering the current one. A context manager: leaving it drops what was read ahead.
+    ``enabled=False`` reads each shard when asked (the read's Python work holds the GIL, which a
+    training step in the same process would wait for).
     """
 
-    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef]) -> None:
+    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef], *, enabled: bool = True) -> None:
         self.load = load
-        self.after = {a.name: b for a, b in itertools.pairwise(order)}
+        self.after = {a.name: b for a, b in itertools.pairwise(order)} if enabled else {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read")
         self.ahead: dict[str, Future] = {}
 

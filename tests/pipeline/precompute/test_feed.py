@@ -59,6 +59,9 @@ def test_a_two_view_epoch_segment_is_one_task_per_shard_with_per_view_epoch_part
     items = group_by_shard(ts)
     assert [[t.view_epoch for t in item["tasks"]] for item in items] == [[0, 1], [0, 1]]
     assert len({t.shard for item in items for t in item["tasks"]}) == len(items) == 2
+    # 2 shards for 2 task slots: too few to balance, so one item per (shard, view epoch) again
+    assert [[(t.shard, t.view_epoch) for t in item["tasks"]] for item in group_by_shard(ts, slots=2)] == \
+        [[(t.shard, t.view_epoch)] for t in ts]
 
     out = run(ts, cluster, grouped_cfg, "grouped")
     assert [(r["shard"], r["view_epoch"]) for r in out["results"]] == [(t.shard, t.view_epoch) for t in ts]

@@ -117,7 +117,7 @@ def test_a_worker_reads_ahead_only_the_shards_it_will_use(train_shards, labels):
         loaded: list[str] = []
         real = ds.load
         ds.load = lambda ref, real=real, loaded=loaded: (loaded.append(ref.name), real(ref))[1]
-        names = {shard.ref.name for plan in ds.plans(worker=k, workers=3) for shard, _ in plan}
+        names = {shard.ref.name for plan in ds.plans(worker=k, workers=3, read_ahead=True) for shard, _ in plan}
         assert loaded == sorted(names) and len(loaded) == 1, (k, loaded, names)
         used += loaded
     assert sorted(used) == sorted(s.name for s in train_shards)
