@@ -310,23 +310,32 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
         yield sample
 
 
+def _open_image(data: bytes, max_pixels: int, *, pixels: bool) -> Image.Image:
+    """Open PNG/JPEG/WEBP bytes, refusing images over ``max_pixels`` before decoding; then decode
+    the pixels (``pixels``) or, without decoding them, verify a PNG's chunk CRCs."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ValueError(f"{width}x{height} pixels exceeds the decompression-bomb limit of {max_pixels}")
+        if pixels:
+            image.load()
+        elif image.format == "PNG":
+            image.verify()  # chunk CRCs: cheap next to inflating the pixels
+    except ValueError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data: report them all the same way
+        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
+    return image
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode PNG/JPEG/WEBP bytes with PIL, refusing images over ``max_pixels`` before decoding.
 
     Raises:
         ValueError: not a readable PNG/JPEG/WEBP, or too many pixels.
     """
-    try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ValueError(f"{width}x{height} pixels exceeds the decompression-bomb limit of {max_pixels}")
-        image.load()
-    except ValueError:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt data: report them all the same way
-        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
-    return image
+    return _open_image(data, max_pixels, pixels=True)
 
 
 def check_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
@@ -339,17 +348,7 @@ def check_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
     Raises:
         ValueError: not a readable PNG/JPEG/WEBP header, too many pixels, or a PNG chunk corrupt.
     """
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(f"{width}x{height} pixels exceeds the decompression-bomb limit of {max_pixels}")
-            if image.format == "PNG":
-                image.verify()  # chunk CRCs: cheap next to inflating the pixels
-    except ValueError:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt data: report them all the same way
-        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
+    _open_image(data, max_pixels, pixels=False).close()
 
 
 def _checked(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:

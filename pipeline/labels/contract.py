@@ -73,6 +73,11 @@ class LabelRef:
     sha256: str | None = None
     expect: Mapping[str, Any] | None = None
 
+    @classmethod
+    def of(cls, value: "str | LabelRef") -> "LabelRef":
+        """``value`` itself, or a bare partition path as a LabelRef (nothing more to check)."""
+        return value if isinstance(value, LabelRef) else cls(str(value))
+
 
 def subset_rows(counts: Sequence[int], subset: int | None) -> list[int]:
     """Rows used per shard when training on ``subset`` samples: the first ``subset`` of the split in shard order.

@@ -98,7 +98,7 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
 
     def one(raw) -> Image.Image:
         if raw.image_ext not in ("jpg", "jpeg"):
-            return _pil(raw.image_bytes)
+            return decode_image(raw.image_bytes)
         data = torch.frombuffer(bytearray(raw.image_bytes), dtype=torch.uint8)
         return _to_pil(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
 
@@ -109,7 +109,7 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
             decoded = decode_jpeg([torch.frombuffer(bytearray(r.image_bytes), dtype=torch.uint8) for r in jpeg],
                                   mode=ImageReadMode.RGB, device=device)
             by_key = {r.key: _to_pil(d) for r, d in zip(jpeg, decoded)}
-            images = [by_key.get(r.key) or _pil(r.image_bytes) for r in chunk]
+            images = [by_key.get(r.key) or decode_image(r.image_bytes) for r in chunk]
         except Exception:  # noqa: BLE001 - find the bad image(s) one by one
             images = []
             for r in chunk:
@@ -123,10 +123,6 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
             if image is not None and (limit is None or len(out) < limit):
                 out.append(Sample(r.key, image, r.label))
     return out
-
-
-def _pil(data: bytes) -> Image.Image:
-    return decode_image(data, max_pixels=MAX_IMAGE_PIXELS)
 
 
 def _to_pil(chw: torch.Tensor) -> Image.Image:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from maskedkd.views import View, render_batch
 from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, ShardRef
+from pipeline.train.dist import DistInfo, all_sum
 from pipeline.train.stream import decode_row
 
 
@@ -78,8 +79,6 @@ def evaluate(
             n += len(chunk)
     finally:
         model.train(was)
-    if world > 1:
-        totals = torch.tensor([correct, loss_sum, n], dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
-        correct, loss_sum, n = int(totals[0]), float(totals[1]), int(totals[2])
+    totals = all_sum([correct, loss_sum, n], DistInfo(rank, world), device)
+    correct, loss_sum, n = int(totals[0]), float(totals[1]), int(totals[2])
     return {"top1": correct / max(n, 1), "loss": loss_sum / max(n, 1), "samples": n}

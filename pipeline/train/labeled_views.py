@@ -26,6 +26,7 @@ Our trainer (:func:`pipeline.train.train_segment`) streams through :meth:`Labele
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -81,8 +82,11 @@ def collate(items: Sequence[LabeledView]) -> LabeledView:
                        [it.key for it in items])
 
 
-def _label_ref(value: str | LabelRef) -> LabelRef:
-    return value if isinstance(value, LabelRef) else LabelRef(str(value))
+
+def _loader_worker() -> tuple[int, int]:
+    """``(worker, workers)`` of the calling DataLoader worker process; ``(0, 1)`` outside one."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
 def _placement(rank: int | None, world: int | None) -> tuple[int, int]:
@@ -145,7 +149,7 @@ class LabeledViews(IterableDataset):
             raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples")
         self.labels: dict[str, LabelRef] | None = None
         if labels is not None:
-            refs = {k: _label_ref(v) for k, v in labels.items()}
+            refs = {k: LabelRef.of(v) for k, v in labels.items()}
             missing = [s.name for s in self.shards if (s.name, self.view_epoch) not in refs]
             if missing:
                 raise StoreError(f"no label partition given for shard {missing[0]!r}, view epoch {self.view_epoch}"
@@ -249,17 +253,20 @@ class LabeledViews(IterableDataset):
                 if n % workers == worker:
                     yield rank_slice(segments, self.rank, self.world)
 
-        # the shards this process will load, in order (index arithmetic only): what to read ahead
-        order: list[ShardRef] = []
-        for mine in my_slices():
-            order += [ref for ref, _ in mine if not order or order[-1].name != ref.name]
-        held: dict[str, LoadedShard] = {}
         # read ahead in DataLoader worker processes only: in the training process the read's Python
         # work (tar members, image headers) would take the GIL from the step (8-20% of steps/s measured
         # on 28 px images with 2 torch threads)
         if read_ahead is None:
             read_ahead = get_worker_info() is not None
-        with ShardPrefetcher(self.load, order, enabled=read_ahead) as load:
+        reader = contextlib.nullcontext(self.load)
+        if read_ahead:
+            # the shards this process will load, in order (index arithmetic only): what to read ahead
+            order: list[ShardRef] = []
+            for mine in my_slices():
+                order += [ref for ref, _ in mine if not order or order[-1].name != ref.name]
+            reader = ShardPrefetcher(self.load, order)
+        held: dict[str, LoadedShard] = {}
+        with reader as load:
             for mine in my_slices():
                 held = {ref.name: held.get(ref.name) or load(ref) for ref, _ in mine}
                 yield [(held[ref.name], rows) for ref, rows in mine]
@@ -275,8 +282,7 @@ class LabeledViews(IterableDataset):
             yield self.render(segments)
 
     def __iter__(self) -> Iterator[LabeledView]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = _loader_worker()
         for batch in self.batches(worker=worker, workers=workers):
             for j, key in enumerate(keys_of(batch)):
                 target = None if batch.teacher is None else batch.teacher[j:j + 1]
@@ -308,10 +314,9 @@ class _BatchDataset(IterableDataset):
         self.views, self.start = views, start
 
     def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = _loader_worker()
         for batch in self.views.batches(self.start, worker=worker, workers=workers):
-            yield batch.detached() if info is not None else batch
+            yield batch.detached() if get_worker_info() is not None else batch  # to another process
 
 
 def keys_of(batch: Batch) -> list[str]:

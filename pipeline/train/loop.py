@@ -88,9 +88,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, to
     return optimizer, scheduler
 
 
-def _label_ref(value: str | LabelRef) -> LabelRef:
-    return value if isinstance(value, LabelRef) else LabelRef(str(value))
-
 
 def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec, seed: int, epochs: range,
                         cfg: TrainConfig, total_epochs: int, render: RenderSpec, labels: LabelMap | None,
@@ -104,7 +101,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "epochs": [epochs.start, epochs.stop],
         "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
         "render": [render.size, render.mean, render.std, render.interpolation],
-        "labels": sorted([k[0], k[1], _label_ref(v).path.rsplit("/", 1)[-1], _label_ref(v).sha256]
+        "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
         "view_pool": view_pool,
         "online": None if online is None else {
@@ -356,7 +353,7 @@ def train_segment(
         bar = progress_bar(total=stream.steps, initial=position, desc=f"{progress} epoch {epoch}", unit="step",
                            enabled=progress is not None and info.is_main, leave=False)
 
-        def synced(tally: _Tally = tally) -> list[float]:
+        def synced(tally: _Tally = tally, epoch: int = epoch) -> list[float]:
             """The tally over all ranks, after checking that no rank had a non-finite loss so far
             (every rank raises, before rank 0 could save weights DDP averaged a NaN into)."""
             bad = tally.first_bad()

@@ -354,31 +354,34 @@ class ShardPrefetcher:
     or a rank may skip shards that only others' batches use), so what is read ahead is used next.
     Reading a shard (its bytes, their hash, the image headers, its label partition) then overlaps
     rendering the current one. A context manager: leaving it drops what was read ahead.
-    ``enabled=False`` reads each shard when asked (the read's Python work holds the GIL, which a
-    training step in the same process would wait for).
     """
 
-    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef], *, enabled: bool = True) -> None:
+    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef]) -> None:
         self.load = load
-        self.after = {a.name: b for a, b in itertools.pairwise(order)} if enabled else {}
+        self.after = {a.name: b for a, b in itertools.pairwise(order)}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read")
-        self.ahead: dict[str, Future] = {}
+        self.ahead: tuple[str, Future] | None = None  # the one shard being read ahead
+
+    def _drop(self) -> Future | None:
+        ahead, self.ahead = self.ahead, None
+        return None if ahead is None else ahead[1]
 
     def __call__(self, ref: ShardRef) -> LoadedShard:
-        future = self.ahead.pop(ref.name, None)
-        for other in self.ahead.values():  # asked out of order: what was read ahead is not needed
-            other.cancel()
-        self.ahead.clear()
+        hit = self.ahead is not None and self.ahead[0] == ref.name
+        future = self._drop()
+        if future is not None and not hit:  # asked out of order: what was read ahead is not needed
+            future.cancel()
+            future = None
         nxt = self.after.get(ref.name)
         if nxt is not None:
-            self.ahead[nxt.name] = self.pool.submit(self.load, nxt)
+            self.ahead = (nxt.name, self.pool.submit(self.load, nxt))
         return future.result() if future is not None else self.load(ref)
 
     def __enter__(self) -> "ShardPrefetcher":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for future in self.ahead.values():
+        future = self._drop()
+        if future is not None:
             future.cancel()
-        self.ahead.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
