@@ -41,6 +41,8 @@ from PIL import Image
 from timm.data import auto_augment as aa
 from timm.data.auto_augment import rand_augment_transform
 
+from maskedkd.resize import check_resize, pixel_array, torch_resized_crop
+
 # Bump when the meaning of any draw changes: it is part of the spec fingerprint.
 VIEWS_ALGORITHM = 1
 
@@ -590,22 +592,35 @@ def _erase_fill(view: View, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.empty(shape).normal_(generator=gen)
 
 
-def _render_pixels(image: Image.Image, view: View, hw: tuple[int, int], mode: str, fill: Any, resample: int,
-                   out: torch.Tensor) -> None:
+def _render_pixels(image: Image.Image | np.ndarray, view: View, hw: tuple[int, int], mode: str, fill: Any,
+                   interpolation: str, resize: str, out: torch.Tensor) -> None:
     """Crop, flip, RandAugment (timm's per-sample train transform up to ``ToTensor``) into uint8 ``out`` [C, H, W]."""
-    img = image if image.mode == mode else image.convert(mode)
-    width, height = img.size
+    resample = _resample(interpolation)
     h, w = hw
-    x0, y0, x1, y1 = view.crop_box(width, height)
-    px = (x0 * width, y0 * height, x1 * width, y1 * height)
-    if px[0] >= 0 and px[1] >= 0 and px[2] <= width and px[3] <= height:
-        img = img.resize((w, h), resample, box=px)
-    else:  # shifted past the edge: zero-pad first, as RandomCrop(padding=...) does
-        left, top = math.floor(px[0]), math.floor(px[1])
-        padded = img.crop((left, top, math.ceil(px[2]), math.ceil(px[3])))
-        img = padded.resize((w, h), resample, box=(px[0] - left, px[1] - top, px[2] - left, px[3] - top))
-    if view.flip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if resize == "torch":
+        pixels = pixel_array(image, mode)
+        height, width = pixels.shape[:2]
+        x0, y0, x1, y1 = view.crop_box(width, height)
+        small = torch_resized_crop(pixels, (x0 * width, y0 * height, x1 * width, y1 * height), hw, interpolation,
+                                   flip=view.flip)
+        if not any(op >= 0 for op in view.ra_op):
+            out.copy_(small)
+            return
+        img = Image.fromarray(small.permute(1, 2, 0).squeeze(-1).contiguous().numpy())
+    else:
+        img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        img = img if img.mode == mode else img.convert(mode)
+        width, height = img.size
+        x0, y0, x1, y1 = view.crop_box(width, height)
+        px = (x0 * width, y0 * height, x1 * width, y1 * height)
+        if px[0] >= 0 and px[1] >= 0 and px[2] <= width and px[3] <= height:
+            img = img.resize((w, h), resample, box=px)
+        else:  # shifted past the edge: zero-pad first, as RandomCrop(padding=...) does
+            left, top = math.floor(px[0]), math.floor(px[1])
+            padded = img.crop((left, top, math.ceil(px[2]), math.ceil(px[3])))
+            img = padded.resize((w, h), resample, box=(px[0] - left, px[1] - top, px[2] - left, px[3] - top))
+        if view.flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for op, mag in zip(view.ra_op, view.ra_mag):
         if op >= 0:
             img = _apply_rand_augment(img, op, mag, fill, resample, hw)
@@ -624,24 +639,31 @@ class PixelSpec:
     mode: str
     interpolation: str
     fill: int | tuple[int, ...]
+    resize: str = "pil"
 
     @classmethod
     def create(cls, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float],
-               interpolation: str = "bicubic") -> "PixelSpec":
-        """The pixel spec of a render at ``size`` with ``mean``/``std`` and ``interpolation``."""
+               interpolation: str = "bicubic", resize: str = "pil") -> "PixelSpec":
+        """The pixel spec of a render at ``size`` with ``mean``/``std``, ``interpolation`` and
+        ``resize`` (:mod:`maskedkd.resize`)."""
         norm = _Normalise.create(mean, std)
         _resample(interpolation)  # fails early on a bad name
-        return cls(_hw(size), norm.mode, interpolation, norm.fill)
+        check_resize(resize, interpolation)
+        return cls(_hw(size), norm.mode, interpolation, norm.fill, resize)
 
     @property
     def channels(self) -> int:
         return 1 if self.mode == "L" else 3
 
 
-def render_pixels(image: Image.Image, view: View, spec: PixelSpec, out: torch.Tensor) -> None:
+def render_pixels(image: Image.Image | np.ndarray, view: View, spec: PixelSpec, out: torch.Tensor) -> None:
     """Render ``view`` of ``image`` to uint8 ``out`` [C, H, W]: all of :func:`render` but the float
-    steps (normalise, erase, mix), which :func:`finish_views` applies to a batch on any device."""
-    _render_pixels(image, view, spec.size, spec.mode, spec.fill, _resample(spec.interpolation), out)
+    steps (normalise, erase, mix), which :func:`finish_views` applies to a batch on any device.
+
+    ``image`` is a decoded PIL image or, as :func:`maskedkd.resize.pixel_array` makes it once for
+    many views, its uint8 ``[H, W(, C)]`` array in the spec's colour mode.
+    """
+    _render_pixels(image, view, spec.size, spec.mode, spec.fill, spec.interpolation, spec.resize, out)
 
 
 def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[float], std: Sequence[float],
@@ -703,6 +725,7 @@ def render(
     interpolation: str = "bicubic",
     partner: Image.Image | None = None,
     partner_view: View | None = None,
+    resize: str = "pil",
 ) -> torch.Tensor:
     """Render one view of ``image``: deterministic, the same bytes in every process.
 
@@ -716,6 +739,7 @@ def render(
         partner: the mixing partner's image, required when ``view.partner`` is set.
         partner_view: the partner's own view of the same epoch; the partner is rendered with it
             (minus its own mixing, as timm mixes augmented images), then mixed in.
+        resize: who resizes the crop, ``pil`` or ``torch`` (:mod:`maskedkd.resize`).
 
     Returns:
         float32 tensor ``[C, H, W]``.
@@ -723,7 +747,7 @@ def render(
     if view.partner and (partner is None or partner_view is None or partner_view.key != view.partner):
         raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}: pass its image and view as partner=, partner_view=")
     images, views = ([image, partner], [view, partner_view]) if view.partner else ([image], [view])
-    return _render_views(images, views, size, mean, std, interpolation, rows=1)[0]
+    return _render_views(images, views, size, mean, std, interpolation, resize, rows=1)[0]
 
 
 def render_batch(
@@ -735,6 +759,7 @@ def render_batch(
     std: Sequence[float],
     interpolation: str = "bicubic",
     partners: Mapping[str, tuple[Image.Image, View]] | Callable[[str], tuple[Image.Image, View]] | None = None,
+    resize: str = "pil",
 ) -> torch.Tensor:
     """Render many views into one ``[N, C, H, W]`` tensor, each exactly as :func:`render` would.
 
@@ -755,13 +780,14 @@ def render_batch(
             images.append(p_image)
             views.append(p_view)
             inside.add(view.partner)
-    return _render_views(images, views, size, mean, std, interpolation, rows=batch)
+    return _render_views(images, views, size, mean, std, interpolation, resize, rows=batch)
 
 
 def _render_views(images: Sequence[Image.Image], views: Sequence[View], size: int | tuple[int, int],
-                  mean: Sequence[float], std: Sequence[float], interpolation: str, rows: int) -> torch.Tensor:
+                  mean: Sequence[float], std: Sequence[float], interpolation: str, resize: str,
+                  rows: int) -> torch.Tensor:
     """:func:`render_pixels` of every view, then :func:`finish_views` of the first ``rows``."""
-    spec = PixelSpec.create(size, mean, std, interpolation)
+    spec = PixelSpec.create(size, mean, std, interpolation, resize)
     pixels = torch.empty(len(views), spec.channels, *spec.size, dtype=torch.uint8)
     for i, (image, view) in enumerate(zip(images, views)):
         render_pixels(image, view, spec, pixels[i])
@@ -847,6 +873,26 @@ def render_digest(spec: ViewSpec) -> str:
         for interpolation in interpolations:
             out = render_batch([image] * len(views), views, _DIGEST_SIZE, mean=mean, std=std, interpolation=interpolation)
             h.update(out.numpy().tobytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def resize_digest(resize: str, interpolation: str) -> str:
+    """sha256 of what this machine's ``resize`` makes of fixed crops of the digest images; "" for ``pil``.
+
+    Pillow's resampling is covered by :func:`render_digest` already; torch's is not, so a torch
+    whose uint8 kernels give other bytes changes every fingerprint that holds this digest.
+    """
+    if resize == "pil":
+        return ""
+    check_resize(resize, interpolation)
+    h = hashlib.sha256(f"{resize}\0{interpolation}".encode())
+    for image, _, _ in _digest_images():
+        pixels = pixel_array(image, image.mode)
+        for box, hw, flip in (((0.0, 0.0, 28.0, 28.0), (20, 24), False),  # shrink, not square
+                              ((3.4, 2.6, 17.2, 12.9), (20, 24), True),  # enlarge a fractional box
+                              ((-4.0, 5.0, 30.0, 33.0), (16, 16), False)):  # past the edges: zero-padded
+            h.update(torch_resized_crop(pixels, box, hw, interpolation, flip).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -275,6 +275,32 @@ def _last_block_scores(vit, x, autocast_device: str | None):
 # ---------------------------------------------------------------------------------------------- main
 
 
+def check_nvjpeg() -> dict[str, Any]:
+    """compute.decode: cuda decodes an ImageNet-like shard as PIL does, within JPEG decoders' rounding."""
+    import tempfile
+
+    import numpy as np
+
+    from pipeline.bench.data import make_imagenet_like_shard
+    from pipeline.precompute.feed import decode_shard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = str(make_imagenet_like_shard(Path(tmp) / "nvjpeg-000000.tar", 64))
+        t0 = time.perf_counter()
+        pil = decode_shard(shard, pool=None)
+        pil_s = time.perf_counter() - t0
+        decode_shard(shard, pool=None, decode="cuda", device="cuda")  # warm-up: nvJPEG handles
+        t0 = time.perf_counter()
+        gpu = decode_shard(shard, pool=None, decode="cuda", device="cuda")
+        gpu_s = time.perf_counter() - t0
+    diffs = [np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16)) for a, b in zip(pil, gpu)]
+    same_keys = [s.key for s in pil] == [s.key for s in gpu]
+    mean = float(np.mean([d.mean() for d in diffs]))
+    return {"ok": same_keys and len(gpu) == 64 and mean < 2.0, "images": len(gpu), "mean_abs_diff": round(mean, 3),
+            "max_abs_diff": int(max(int(d.max()) for d in diffs)), "ms_per_image_pil": round(1e3 * pil_s / 64, 2),
+            "ms_per_image_nvjpeg_incl_copy_back": round(1e3 * gpu_s / 64, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"), help="Output folder (checks.json).")
@@ -303,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu-slots-refused": check_gpu_slots if cuda else None,
         "cpu-worker-in-cuda-run": check_cpu_worker,
         "saliency-fp32": lambda: check_saliency("cuda" if cuda else "cpu"),
+        "nvjpeg-decode": check_nvjpeg if cuda else None,
     }
     results: dict[str, Any] = {"cuda": cuda, "gpus": len(uuids), "uuids": uuids,
                                "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}

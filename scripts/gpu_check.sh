@@ -8,10 +8,12 @@
 #   nvidia-smi            the card(s), driver, memory
 #   checks                scripts/gpu_check.py: CUDA_VISIBLE_DEVICES respected (Dask workers and
 #                         torchrun ranks), shared GPUs refused, a CPU worker fails a cuda run,
-#                         saliency q.k / teacher head in fp32 under bf16 autocast
+#                         saliency q.k / teacher head in fp32 under bf16 autocast, nvJPEG
+#                         decoding (compute.decode: cuda) against PIL's
 #   teacher-bf16/-fp32    bench teacher: DeiT-B masked forward, bf16 autocast and fp32 (TF32)
 #   precompute            bench precompute --device cuda (GPU workers, bf16, pinned batches)
 #   train                 bench train --device cuda (bf16 autocast, pinned non_blocking copies)
+#   feed                  bench precompute --feed: the data path per core on this machine's CPUs
 # Environment: OUT (default ./gpu-check-out), PYTHON (default python), MKD_FASHION_MNIST (the
 # Fashion-MNIST .gz files, default /usr/share/datasets/fashion-mnist; without them the precompute
 # and train benches are skipped), GPU_CHECK_BUDGET_S (default 480: later steps are skipped once
@@ -91,6 +93,12 @@ else
         skip precompute "no Fashion-MNIST at $FMNIST (set MKD_FASHION_MNIST)"
         skip train "no Fashion-MNIST at $FMNIST (set MKD_FASHION_MNIST)"
     fi
+fi
+# the data path needs no dataset: it makes its own ImageNet-like JPEGs
+if ((DRY)); then
+    step feed 120 "${CLI[@]}" bench precompute --feed --feed-images 16 --repeats 1
+else
+    step feed 90 "${CLI[@]}" bench precompute --feed --feed-images 128 --repeats 1
 fi
 
 echo "== done in $((SECONDS - START))s; $FAILED step(s) failed; outputs in $OUT"

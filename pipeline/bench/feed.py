@@ -12,7 +12,10 @@ normalise. On a temporary shard of ImageNet-like JPEGs (``bench data --imagenet-
   pool of ``w`` threads, each view rendered once to uint8 ahead of the consumer, normalised per
   model (on the CPU here: the device is the CPU);
 - ``after, host part``: the same without the normalisation, i.e. what a GPU worker's CPUs do
-  (there it runs on the GPU).
+  (there it runs on the GPU);
+- ``after-torch``, ``after-torch-host``: the same with ``data.resize: torch`` (the crops resized
+  by torch's uint8 antialiased kernels from arrays converted once per segment, not by Pillow:
+  other pixels, a separate view fingerprint).
 
 Per core = labels per CPU second of the whole process (all its threads); the machine is shared,
 so CPU seconds are the fair measure, wall seconds are shown too.
@@ -36,21 +39,22 @@ from pipeline.bench.timing import machine_line
 TEACHER_RATES = {"DeiT-B": 1536.0, "DeiT-S": 3702.0}
 
 
-def _setup(size: int):
+def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from maskedkd.views import ViewSpec
     from pipeline.labels.contract import RenderSpec
 
-    r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
-    return ViewSpec(), r, r  # DeiT's student and teacher see the same 224 px views
+    r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
+    return ViewSpec(auto_augment=auto_augment), r, r  # DeiT's student and teacher see the same 224 px views
 
 
-def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int = 224) -> int:
+def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int = 224,
+                auto_augment: str | None = None) -> int:
     """Today's per-view-epoch task (before issue 17), data path only: rows labelled."""
     from maskedkd.views import render_batch, shard_views
     from pipeline.data.shards import read_shard
 
-    spec, student, teacher = _setup(size)
+    spec, student, teacher = _setup(size, auto_augment=auto_augment)
     rows = 0
     for epoch in epochs:  # one task per (shard, view epoch): the shard decoded every time
         samples = list(read_shard(shard, report=[], sha256=sha256))
@@ -66,16 +70,22 @@ def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int =
 
 
 def after_path(shard: Path, sha256: str, epochs: range, batch: int, workers: int, *, normalise: bool = True,
-               size: int = 224) -> int:
+               size: int = 224, resize: str = "pil", auto_augment: str | None = None) -> int:
     """The task's data path now (:mod:`pipeline.precompute.feed`): rows labelled."""
     from maskedkd.views import shard_views
-    from pipeline.precompute.feed import EpochPixels, decode_shard, render_pool
+    from pipeline.precompute.feed import (
+        EpochPixels,
+        decode_shard,
+        render_pool,
+        with_pixel_arrays,
+    )
 
-    spec, student, teacher = _setup(size)
+    spec, student, teacher = _setup(size, resize, auto_augment)
     rows = 0
     pool = render_pool(workers)
     try:
         samples = decode_shard(str(shard), pool=pool, report=[], sha256=sha256)
+        samples = with_pixel_arrays(samples, [teacher, student], pool)
         images = [s.image for s in samples]
         for epoch in epochs:
             views = shard_views(spec, 0, epoch, [s.key for s in samples])
@@ -101,8 +111,10 @@ def _measure(fn: Callable[[], int]) -> tuple[int, float, float]:
 
 
 def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers: tuple[int, ...] = (1, 2),
-                   repeats: int = 3) -> dict[str, Any]:
-    """Labels/s (wall and per CPU second) of ``before`` and ``after`` (per worker count), interleaved rounds."""
+                   repeats: int = 3, resizes: tuple[str, ...] = ("pil", "torch"),
+                   auto_augment: str | None = None) -> dict[str, Any]:
+    """Labels/s (wall and per CPU second) of ``before`` and ``after`` (per resizer and worker count),
+    interleaved rounds."""
     import torch
 
     from pipeline._fingerprint import sha256_file
@@ -112,16 +124,23 @@ def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers:
         shard = make_imagenet_like_shard(Path(tmp) / "bench-000000.tar", images)
         sha = sha256_file(shard)
         views = range(epochs)
-        cases: dict[str, Callable[[], int]] = {"before": lambda: before_path(shard, sha, views, batch)}
-        for w in workers:
-            cases[f"after-w{w}"] = lambda w=w: after_path(shard, sha, views, batch, w)
-            cases[f"after-host-w{w}"] = lambda w=w: after_path(shard, sha, views, batch, w, normalise=False)
-        after_path(shard, sha, range(1), batch, 1)  # warm-up: imports, PIL and torch first calls
+        aa = auto_augment
+        cases: dict[str, Callable[[], int]] = {"before": lambda: before_path(shard, sha, views, batch, auto_augment=aa)}
+        for resize in resizes:
+            name = "after" if resize == "pil" else f"after-{resize}"
+            for w in workers:
+                cases[f"{name}-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w, resize=r,
+                                                                         auto_augment=aa)
+                cases[f"{name}-host-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w,
+                                                                              normalise=False, resize=r,
+                                                                              auto_augment=aa)
+            after_path(shard, sha, range(1), batch, 1, resize=resize, auto_augment=aa)  # warm-up: first calls
         runs: dict[str, list] = {name: [] for name in cases}
         for _ in range(repeats):
             for name, fn in cases.items():
                 runs[name].append(_measure(fn))
     out: dict[str, Any] = {"images": images, "epochs": epochs, "batch": batch, "repeats": repeats, "size": 224,
+                           "auto_augment": auto_augment,
                            "machine": machine_line(), "cases": {}}
     for name, rs in runs.items():
         rows = rs[0][0]
@@ -137,7 +156,9 @@ def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers:
 
 def feed_table(r: dict) -> str:
     """Markdown table of :func:`run_feed_bench`'s result."""
-    lines = [(f"{r['images']} ImageNet-like JPEGs (500x375) at {r['size']} px, {r['epochs']}-view-epoch segment, "
+    views = f"random-resized crop + flip + RandAugment {r['auto_augment']}" if r.get("auto_augment") else \
+        "random-resized crop + flip"
+    lines = [(f"{r['images']} ImageNet-like JPEGs (500x375) at {r['size']} px, {views}, {r['epochs']}-view-epoch segment, "
               f"batch {r['batch']}, median of {r['repeats']} interleaved rounds; {r['machine']}"), "",
              ("| path | labels/s (wall) | labels per CPU s (per core) | x before, per core | cores used "
               "| cores per GPU, DeiT-B keep 50% (1,536/s) | DeiT-S (3,702/s) |"),

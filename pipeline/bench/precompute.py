@@ -433,14 +433,18 @@ def _list(values: list[float]) -> str:
               "and after issue 17, on ImageNet-like JPEGs at 224 px.")
 @click.option("--feed-images", default=256, show_default=True, type=click.IntRange(1), help="--feed: JPEGs in the shard.")
 @click.option("--feed-epochs", default=2, show_default=True, type=click.IntRange(1), help="--feed: view epochs per segment.")
+@click.option("--feed-resize", default="pil,torch", show_default=True,
+              help="--feed: the data.resize values to time the after path with, comma-separated.")
+@click.option("--feed-auto-augment", default=None, metavar="STR",
+              help="--feed: views with this RandAugment (e.g. rand-m9-mstd0.5-inc1, DeiT's) [default: crop + flip].")
 @click.option("--hash-cost", is_flag=True, help="Also time first runs with and without shard hashing (interleaved) "
               "and print the ratio.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Worker device: cuda runs one GPU worker per GPU at compute.precision auto (bf16).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
 def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, hash_cost: bool, device: str,
-                     as_json: bool) -> None:
+                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, feed_resize: str,
+                     feed_auto_augment: str | None, hash_cost: bool, device: str, as_json: bool) -> None:
     """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental.
 
     With --feed: the data path alone (read, hash, decode, render student + teacher views, collate,
@@ -449,7 +453,19 @@ def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, k
     if feed:
         from pipeline.bench.feed import feed_table, run_feed_bench
 
-        result = run_feed_bench(feed_images, feed_epochs, min(batch, 64), repeats=repeats)
+        resizes = tuple(r.strip() for r in feed_resize.split(",") if r.strip())
+        bad = sorted(set(resizes) - {"pil", "torch"})
+        if bad or not resizes:
+            raise ConfigError(f"--feed-resize: {','.join(bad) or '(empty)'} is not pil or torch")
+        if feed_auto_augment:
+            from maskedkd.views import ViewSpec
+
+            try:
+                ViewSpec(auto_augment=feed_auto_augment)
+            except ValueError as e:
+                raise ConfigError(f"--feed-auto-augment: {e}") from None
+        result = run_feed_bench(feed_images, feed_epochs, min(batch, 64), repeats=repeats, resizes=resizes,
+                                auto_augment=feed_auto_augment)
         click.echo(json.dumps(result, indent=1) if as_json else feed_table(result))
         return
     from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost

@@ -7,7 +7,9 @@ the shard, check the headers and the partition, decode its own rows, crop, flip,
 224 px), with one torch thread and no model. Reported per rank: rows rendered per second (wall,
 and per CPU second of the rank's process: the fair measure on a loaded machine) and images
 decoded. ``eager`` decodes every image of every shard a rank reads, as the trainer did
-before decoding was lazy (every rank decoded every shard).
+before decoding was lazy (every rank decoded every shard). ``torch`` is the lazy path with
+``data.resize: torch`` (the crops resized by torch's uint8 kernels, not Pillow); it streams the
+same stored labels (their content does not change the input pipeline's work).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+VARIANTS = ((True, "pil"), (False, "pil"), (False, "torch"))  # (eager decoding, data.resize)
 TEACHER = {"img_size": 224, "patch_size": 32, "in_chans": 3, "num_classes": 1000, "embed_dim": 32, "depth": 1,
            "num_heads": 2}
 
@@ -48,7 +52,8 @@ def _rank(rank: int, world: int, init: str, job: dict, out) -> None:  # noqa: AN
             ds.render(plan)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         dist.barrier()
-        out.put({"rank": rank, "world": world, "eager": job["eager"], "rows": rows, "seconds": seconds, "cpu": cpu,
+        out.put({"rank": rank, "world": world, "eager": job["eager"], "resize": job["render"].resize, "rows": rows,
+                 "seconds": seconds, "cpu": cpu,
                  "decoded": sum(s.images.decoded for s in shards.values())})
     finally:
         dist.destroy_process_group()
@@ -59,7 +64,7 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 
     ctx = mp.get_context("spawn")  # a clean interpreter per rank, as torchrun gives
     out = ctx.Queue()
-    init = "file://" + str(tmp / f"init-{world}-{int(job['eager'])}-{time.monotonic_ns()}")
+    init = "file://" + str(tmp / f"init-{world}-{int(job['eager'])}-{job['render'].resize}-{time.monotonic_ns()}")
     procs = [ctx.Process(target=_rank, args=(r, world, init, job, out)) for r in range(world)]
     for p in procs:
         p.start()
@@ -72,7 +77,7 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 
 
 def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeats: int = 1) -> dict[str, Any]:
-    """Rows/s and images decoded per rank, world size 1 and 2, lazy (now) and eager (before)."""
+    """Rows/s and images decoded per rank, world size 1 and 2: eager (before), lazy (now), lazy with torch resizing."""
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     from maskedkd.views import ViewSpec
     from pipeline.bench.data import make_imagenet_like_shard
@@ -93,10 +98,10 @@ def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeat
         labels = write_teacher_labels(tmp_path / "store", teacher, refs, spec=spec, seed=0, view_epochs=[0],
                                       render=render, batch_size=64)
         for _ in range(repeats):
-            for eager in (True, False):
+            for eager, resize in VARIANTS:
                 for world in (1, 2):
-                    job = {"shards": refs, "spec": spec, "render": render, "batch": batch, "labels": labels,
-                           "eager": eager}
+                    job = {"shards": refs, "spec": spec, "render": replace(render, resize=resize), "batch": batch,
+                           "labels": labels, "eager": eager}
                     rows += _world(world, job, tmp_path)
     return {"samples": samples * shards, "shards": shards, "batch": batch, "rows": rows, "cpus": os.cpu_count()}
 
@@ -109,13 +114,15 @@ def input_table(result: dict) -> str:
              f"{result['batch']}, one epoch at 224 px; one process per rank (gloo), 1 torch thread each", "",
              "| decoding | world size | rows/s per rank | rows per CPU s per rank | images decoded per rank | rows per rank |",
              "|---|---|---|---|---|---|"]
-    for eager in (True, False):
+    for eager, resize in VARIANTS:
         for world in (1, 2):
-            rs = [r for r in result["rows"] if r["eager"] == eager and r["world"] == world]
+            rs = [r for r in result["rows"] if r["eager"] == eager and r["world"] == world
+                  and r.get("resize", "pil") == resize]
             rate = statistics.median(r["rows"] / r["seconds"] for r in rs)
             per_cpu = statistics.median(r["rows"] / r["cpu"] for r in rs)
             decoded = statistics.median(r["decoded"] for r in rs)
             per_rank = statistics.median(r["rows"] for r in rs)
-            what = "every image of every shard (before)" if eager else "own rows only (now)"
+            what = ("every image of every shard (before)" if eager else "own rows only (now)"
+                    + (f", data.resize: {resize}" if resize != "pil" else ""))
             lines.append(f"| {what} | {world} | {rate:.1f} | {per_cpu:.1f} | {decoded:.0f} | {per_rank:.0f} |")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from pydantic import (
 from timm.optim import list_optimizers
 
 from maskedkd import DEFAULT_LADDER, POLICIES, Budget, needs_saliency, resolve_keep
+from maskedkd.resize import TORCH_INTERPOLATIONS
 from maskedkd.views import ViewSpec
 from pipeline._gpu import resolve_precision
 from pipeline.config.model_info import ModelInfo, model_info
@@ -104,6 +105,11 @@ class DataConfig(_Section):
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
         "bicubic", description="Resampling used to render views."
     )
+    resize: Literal["pil", "torch"] = Field(
+        "pil", description="Who resizes a view's crop: pil (Pillow, from the fractional crop box, timm's default), or "
+                           "torch (uint8 antialiased kernels on the whole-pixel box: ~4x less CPU per 224 px view with "
+                           "AVX2; other pixels than pil, so part of the view fingerprint; bilinear or bicubic only).",
+    )
 
     @field_validator("root")
     @classmethod
@@ -122,6 +128,9 @@ class DataConfig(_Section):
         problems = []
         if len(self.std) != len(self.mean):
             problems.append(("std", f"has {len(self.std)} values but mean has {len(self.mean)}"))
+        if self.resize == "torch" and self.interpolation not in TORCH_INTERPOLATIONS:
+            problems.append(("resize", f"is torch, which antialiases {' and '.join(TORCH_INTERPOLATIONS)} only, but "
+                                       f"interpolation is {self.interpolation}; use resize: pil"))
         if _check_files(info):
             problems += self._check_root()
         if problems:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch.nn as nn
 
-from maskedkd.views import View, ViewSpec, views_to_columns
+from maskedkd.resize import check_resize
+from maskedkd.views import View, ViewSpec, resize_digest, views_to_columns
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 
@@ -173,22 +174,38 @@ def check_views(path: str, stored: Mapping[str, np.ndarray], views: Sequence[Vie
 
 @dataclass(frozen=True)
 class RenderSpec:
-    """How a model sees a view: output (height, width), normalisation, interpolation.
+    """How a model sees a view: output (height, width), normalisation, interpolation, resizer.
 
-    Part of the teacher's and student's fingerprints in precompute (``dataclasses.asdict``), so
-    its fields and their order are part of the store's format.
+    :meth:`record` is part of the teacher's and student's fingerprints in precompute, so its
+    fields and their order are part of the store's format. ``resize`` is not in it: who resizes
+    is the same for both models and recorded once, in the view fingerprint
+    (:func:`pipeline.precompute.spec.task_fingerprints`).
     """
 
     size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
+    resize: str = "pil"
 
     def __post_init__(self) -> None:
         size = (self.size, self.size) if isinstance(self.size, int) else self.size
         object.__setattr__(self, "size", tuple(int(s) for s in size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        check_resize(self.resize, self.interpolation)
+
+    def record(self) -> dict[str, Any]:
+        """The model's part of a fingerprint: size, mean, std, interpolation (as stores have always held it)."""
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    def resize_record(self) -> dict[str, str]:
+        """The resizer's part of a view fingerprint: empty for ``pil`` (so Pillow-rendered stores keep
+        their fingerprints), else its name and :func:`maskedkd.views.resize_digest` on this machine."""
+        if self.resize == "pil":
+            return {}
+        return {"resize": self.resize, "resize_digest": resize_digest(self.resize, self.interpolation)}
 
     @classmethod
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
@@ -201,8 +218,8 @@ def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
     """How a model of a stage renders views: its input size and the data section's normalisation.
 
     Args:
-        data: the stage config's ``data`` section (mean, std, interpolation).
+        data: the stage config's ``data`` section (mean, std, interpolation, resize).
         info: the model's :class:`pipeline.config.ModelInfo` (its ``img_size``).
     """
     return RenderSpec(size=tuple(info.img_size), mean=tuple(data.mean), std=tuple(data.std),
-                      interpolation=data.interpolation)
+                      interpolation=data.interpolation, resize=data.resize)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskedkd.resize import pixel_array
 from maskedkd.views import PixelSpec, View, finish_views, render_pixels
 from pipeline.data.shards import (
     MAX_IMAGE_PIXELS,
@@ -129,13 +130,31 @@ def _to_pil(chw: torch.Tensor) -> Image.Image:
     return Image.fromarray(chw.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
 
 
+def with_pixel_arrays(samples: list[Sample], renders: Sequence[RenderSpec], pool: Executor | None) -> list[Sample]:
+    """``samples`` with their images as uint8 arrays where every render resizes with torch in one
+    colour mode (:func:`maskedkd.resize.pixel_array`, once per segment, on ``pool``), else as they are.
+
+    torch's resize reads an array; converting once spares each view epoch the copy out of the
+    PIL image (0.1 ms of a 0.3 ms render at 224 px from 500x375), and the array is 3/4 of the
+    PIL image's memory.
+    """
+    specs = {pixel_spec(r) for r in renders}
+    modes = {s.mode for s in specs}
+    if not samples or len(modes) != 1 or any(s.resize != "torch" for s in specs):
+        return samples
+    mode = modes.pop()
+    images = [s.image for s in samples]
+    arrays = list((pool.map if pool is not None else map)(pixel_array, images, [mode] * len(images)))
+    return [replace(s, image=a) for s, a in zip(samples, arrays)]
+
+
 def pixel_spec(r: RenderSpec, randaugment: bool = True) -> PixelSpec:
     """The uint8 pixels a model with render spec ``r`` sees (before normalisation).
 
     RandAugment fills with the mean; without it the mean does not touch the pixels, so models
     that differ in normalisation only share them.
     """
-    spec = PixelSpec.create(r.size, r.mean, r.std, r.interpolation)
+    spec = PixelSpec.create(r.size, r.mean, r.std, r.interpolation, r.resize)
     return spec if randaugment else replace(spec, fill=0)
 
 
@@ -214,4 +233,4 @@ def render_pool(threads: int) -> Executor:
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mkd-feed")
 
 
-__all__ = ["DECODERS", "EpochPixels", "decode_shard", "feed_threads", "pixel_spec", "render_pool"]
+__all__ = ["DECODERS", "EpochPixels", "decode_shard", "feed_threads", "pixel_spec", "render_pool", "with_pixel_arrays"]

@@ -64,10 +64,11 @@ class ProbeTask:
     def fingerprint(self) -> str:
         """What the result is a pure function of (weights, sampled views, policies, keeps, precision)."""
         return sha256_json({
-            "teacher": self.teacher.fingerprint, "teacher_render": self.teacher.render.__dict__,
-            "student": None if self.student is None else [self.student.fingerprint, self.student.render.__dict__],
+            "teacher": self.teacher.fingerprint, "teacher_render": self.teacher.render.record(),
+            "student": None if self.student is None else [self.student.fingerprint, self.student.render.record()],
             "rows": [[r.shard, r.rows, r.row, r.view_epoch] for r in self.rows],
-            "view": [self.view_spec_fingerprint, self.view_seed],
+            "view": [self.view_spec_fingerprint, self.view_seed, *([self.teacher.render.resize_record()]
+                                                                   if self.teacher.render.resize != "pil" else [])],
             "policies": list(self.policies), "keeps": list(self.keeps), "precision": self.precision,
         })
 
@@ -145,7 +146,7 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
                 r: RenderSpec = m.render
                 renders[who].append(render_batch([samples[i].image for i in idx], [views[i] for i in idx], r.size,
                                                  mean=r.mean, std=r.std, interpolation=r.interpolation,
-                                                 partners=lambda k: by_key[k]))
+                                                 partners=lambda k: by_key[k], resize=r.resize))
             labels += [samples[i].label for i in idx]
             seeds += [views[i].seed for i in idx]
     images = {who: torch.cat(v) if v else None for who, v in renders.items()}

@@ -81,10 +81,10 @@ class PartitionTask:
 
 def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
     """The fingerprint record of a task's output (docs/design.md §5)."""
-    teacher = sha256_json({"weights": t.teacher.fingerprint, "render": asdict(t.teacher.render)})
+    teacher = sha256_json({"weights": t.teacher.fingerprint, "render": t.teacher.render.record()})
     student = None
     if t.student is not None:
-        student = sha256_json({"weights": t.student.fingerprint, "render": asdict(t.student.render)})
+        student = sha256_json({"weights": t.student.fingerprint, "render": t.student.render.record()})
     mask: dict[str, Any] = {"policy": t.policy, "keep": t.keep, "student": student}
     if t.tolerance:
         mask["tolerance"] = t.tolerance
@@ -92,9 +92,10 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         "teacher": teacher,
         "student": student,
         "shard": sha256_json({"sha256": t.shard_sha256, "limit": t.limit}),
-        # nvJPEG decodes other pixels than libjpeg: recorded only when used, so PIL-decoded stores keep their paths
+        # nvJPEG decodes, and torch resizes, to other pixels than Pillow: recorded only when used, so
+        # Pillow-rendered stores keep their paths
         "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed,
-                             **({"decode": t.decode} if t.decode != "pil" else {})}),
+                             **({"decode": t.decode} if t.decode != "pil" else {}), **t.teacher.render.resize_record()}),
         "mask": sha256_json(mask),
         # TF32 matmuls give other logits than IEEE fp32: recorded only on CUDA, so CPU stores keep their paths
         "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",

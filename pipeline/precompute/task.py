@@ -45,6 +45,7 @@ from pipeline.precompute.feed import (
     decode_shard,
     feed_threads,
     render_pool,
+    with_pixel_arrays,
 )
 from pipeline.precompute.spec import (
     ModelSpec,
@@ -248,6 +249,7 @@ def run_shard(item: dict) -> dict:
             # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
             samples = decode_shard(t.shard_path, pool=pool, decode=t.decode, device=t.device, report=report,
                                    num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit)
+            samples = with_pixel_arrays(samples, _renders_of(t), pool)
             skipped = [{"key": r[0], "reason": r[1]} for r in report][:100]
             read_s = time.perf_counter() - t0
             for i in todo:
@@ -274,14 +276,18 @@ def _compute(t: PartitionTask, samples: list[Sample], result: dict[str, Any], po
     keys = [s.key for s in samples]
     spec = ViewSpec.from_dict(t.view_spec)
     views = shard_views(spec, t.view_seed, t.view_epoch, keys)
-    renders_of = [t.teacher.render] + ([t.student.render] if t.student is not None and needs_saliency(t.policy) else [])
-    pixels = EpochPixels([s.image for s in samples], views, renders_of, pool, ahead=2 * t.batch_size,
+    pixels = EpochPixels([s.image for s in samples], views, _renders_of(t), pool, ahead=2 * t.batch_size,
                          pin=t.device.startswith("cuda"))
     t0 = timer.add("read", t0)
     try:
         return _labels(t, samples, keys, spec, pixels, result, timer)
     finally:
         pixels.close()  # a task that failed half-way leaves no renders queued on the shared pool
+
+
+def _renders_of(t: PartitionTask) -> list[RenderSpec]:
+    """How the task's models see its views: the teacher, and the student where its saliency is read."""
+    return [t.teacher.render] + ([t.student.render] if t.student is not None and needs_saliency(t.policy) else [])
 
 
 def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: ViewSpec, pixels: EpochPixels,

@@ -45,7 +45,8 @@ DEFAULT_CACHE_SIZE = 4
 # ---------------------------------------------------------------------------------------------
 # Per-process state (one Dask worker process = one copy of it)
 
-_state: dict[str, Any] = {"device": None, "threads": None, "torch_threads_applied": False, "gpu": None, "gpu_uuid": None}
+_state: dict[str, Any] = {"device": None, "threads": None, "torch_threads": None, "torch_threads_applied": False,
+                          "gpu": None, "gpu_uuid": None}
 _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
@@ -109,12 +110,13 @@ def worker_device() -> str:
 
 
 def worker_threads() -> int | None:
-    """The torch intra-op thread count the setup plugin chose for this worker (None if unset)."""
+    """The threads the setup plugin gave this worker (None if unset): its feed threads, and torch's
+    intra-op threads too on a CPU worker (a GPU worker's torch runs one)."""
     return _state["threads"]
 
 
 def _apply_torch_threads() -> None:
-    threads = _state["threads"]
+    threads = _state.get("torch_threads") or _state["threads"]
     if threads and not _state["torch_threads_applied"] and "torch" in sys.modules:
         import torch  # not at module top: see the module docstring
 
@@ -129,8 +131,10 @@ def _apply_torch_threads() -> None:
 class WorkerSetup(WorkerPlugin):
     """Configure a worker process once, at worker start (and again after every restart).
 
-    * torch intra-op threads = ``threads`` (env ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for a
-      later import, ``torch.set_num_threads`` if torch is already loaded or a GPU is used);
+    * torch intra-op threads = ``threads`` on a CPU worker, 1 on a GPU worker (whose ``threads``
+      are its feed threads, :func:`pipeline.precompute.feed.feed_threads`) (env
+      ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for a later import, ``torch.set_num_threads`` if
+      torch is already loaded or a GPU is used);
     * a worker whose resources include ``GPU`` pins its CUDA device: ``gpu_index="name"`` uses
       ``int(worker.name) % device_count`` (plain LocalCluster: all workers inherit the parent's
       ``CUDA_VISIBLE_DEVICES``, names are 0..N-1, so worker i takes the i-th listed GPU);
@@ -164,8 +168,6 @@ class WorkerSetup(WorkerPlugin):
         _cache_size = self.cache_size
         _state["threads"] = self.threads
         _state["torch_threads_applied"] = False
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(self.threads)
         if self.ignore_sigint and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         device = "cpu"
@@ -188,6 +190,11 @@ class WorkerSetup(WorkerPlugin):
                 device = f"cuda:{index}"
                 _state["gpu"], _state["gpu_uuid"] = _physical(index), device_uuid(index)
         _state["device"] = device
+        # a GPU worker's CPU work is its feed threads (worker_threads() of them); torch ops they
+        # run (torch's resize) would each start an OpenMP team of `threads` more, spinning
+        _state["torch_threads"] = self.threads if device == "cpu" else 1
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(_state["torch_threads"])
         _apply_torch_threads()
 
 

@@ -125,7 +125,9 @@ class Runner:
                 "teacher": t.teacher.fingerprint if t else None,
                 "student": t.student.fingerprint if t and t.student else None,
                 "policy": self.cfg.masking.policy, "keep": self._keep_input(segment, t),
-                "tolerance": self.cfg.masking.tolerance}
+                "tolerance": self.cfg.masking.tolerance,
+                # named only when not Pillow, so runs that never set it keep their recorded inputs
+                **({"resize": self.cfg.data.resize} if self.cfg.data.resize != "pil" else {})}
 
     def _keep_input(self, segment: int, task: PartitionTask | None) -> int | str:
         keep = self.cfg.keep_for_segment(segment)
@@ -149,8 +151,10 @@ class Runner:
         views = (t.train.views or self.cfg.views).model_dump(mode="json")
         # patch_drop_rate 0 (the default) stays out of the recipe hash: teachers trained before the field existed stay valid
         recipe = t.train.model_dump(mode="json", exclude=set() if t.train.patch_drop_rate else {"patch_drop_rate"})
+        render = render_spec(self.cfg.data, t.info())  # the pixels it trains on: size, normalisation, resizing
         inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
                   "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
+                  "render": sha256_json({**render.record(), **render.resize_record()}),
                   "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset])}
         return _with_order_seed(inputs, t.train.seed, views["seed"])
 

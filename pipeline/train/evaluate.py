@@ -69,7 +69,7 @@ def evaluate(
         for chunk in _chunks(shards, batch_size, rank, world):
             views = [View(key=s.key, epoch=0, seed=0) for s in chunk]
             images = render_batch([s.image for s in chunk], views, render.size, mean=render.mean, std=render.std,
-                                  interpolation=render.interpolation).to(device)
+                                  interpolation=render.interpolation, resize=render.resize).to(device)
             labels = torch.tensor([s.label for s in chunk], device=device)
             with autocast:
                 logits = model(images)

@@ -100,13 +100,14 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
         "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
-        "render": [render.size, render.mean, render.std, render.interpolation],
+        "render": [render.size, render.mean, render.std, render.interpolation, *render.resize_record().values()],
         "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
         "view_pool": view_pool,
         "online": None if online is None else {
             "teacher": state_dict_fingerprint(online.model.state_dict()), "policy": online.policy, "keep": online.keep,
-            "render": [online.render.size, online.render.mean, online.render.std, online.render.interpolation],
+            "render": [online.render.size, online.render.mean, online.render.std, online.render.interpolation,
+                       *online.render.resize_record().values()],
         },
     })
 

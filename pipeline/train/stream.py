@@ -276,7 +276,8 @@ def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Te
     """Render the rows' views (mixing partners from their own shard) into ``[B, C, H, W]``."""
     parts = [
         render_batch([shard.images[i] for i in rows], [shard.views[i] for i in rows], render.size,
-                     mean=render.mean, std=render.std, interpolation=render.interpolation, partners=shard.partner)
+                     mean=render.mean, std=render.std, interpolation=render.interpolation, partners=shard.partner,
+                     resize=render.resize)
         for shard, rows in segments
     ]
     return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -34,11 +34,25 @@ def test_bench_precompute_feed_smoke():
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert set(out["cases"]) == {"before", "after-w1", "after-host-w1", "after-w2", "after-host-w2"}
+    assert set(out["cases"]) == {"before", "after-w1", "after-host-w1", "after-w2", "after-host-w2", "after-torch-w1",
+                                 "after-torch-host-w1", "after-torch-w2", "after-torch-host-w2"}
     assert {c["rows"] for c in out["cases"].values()} == {12}  # 6 images x 2 view epochs, every path
     for c in out["cases"].values():
         assert c["labels_per_cpu_s"] > 0 and set(c["cores_per_gpu"]) == {"DeiT-B", "DeiT-S"}
     assert out["cases"]["before"]["per_core_vs_before"] == 1.0
+
+
+def test_bench_precompute_feed_with_rand_augment_and_one_resizer():
+    args = ["bench", "precompute", "--feed", "--feed-images", "4", "--feed-epochs", "1", "--batch", "4",
+            "--repeats", "1", "--feed-resize", "torch", "--feed-auto-augment", "rand-m9-mstd0.5-inc1"]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "RandAugment rand-m9-mstd0.5-inc1" in r.output and "| after-torch-host-w2 |" in r.output
+    assert "| after-w1 |" not in r.output
+    bad = CliRunner().invoke(cli, ["bench", "precompute", "--feed", "--feed-resize", "opencv"])
+    assert bad.exit_code != 0 and "--feed-resize: opencv is not pil or torch" in str(bad.exception or bad.output)
+    bad = CliRunner().invoke(cli, ["bench", "precompute", "--feed", "--feed-auto-augment", "nope"])
+    assert bad.exit_code != 0 and "--feed-auto-augment" in str(bad.exception or bad.output)
 
 
 @pytest.mark.slow

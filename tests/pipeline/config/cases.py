@@ -142,6 +142,8 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
      ["teacher.kwargs.num_classes: the teacher has 100 classes"]),
     ("manifest-classes", set_key("data.num_classes", 12), ["data.num_classes: is 12 but"]),
     ("topk-too-big", set_key("labels.topk", 11), ["labels.topk: must be <= data.num_classes (10)"]),
+    ("resize-lanczos", both(set_key("data.resize", "torch"), set_key("data.interpolation", "lanczos")),
+     ["data.resize: is torch, which antialiases bilinear and bicubic only, but interpolation is lanczos"]),
     ("topk-word", set_key("labels.topk", "many"), ["labels.topk: must be an integer >= 1 or 'all'"]),
     ("auto-without-budget", set_key("masking.keep", "auto"), ["masking.budget: keep: auto needs a budget"]),
     ("budget-without-auto", set_key("masking.budget", {"agreement": 0.9}), ["masking.budget: only used with keep: auto"]),

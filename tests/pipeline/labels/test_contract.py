@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from maskedkd.views import resize_digest
+from pipeline._fingerprint import sha256_json
 from pipeline.config import DataConfig, ModelInfo
 from pipeline.data.manifest import DatasetManifest
 from pipeline.labels.contract import (
@@ -59,8 +61,15 @@ def test_view_epochs_of_an_epoch_and_of_a_segment():
 def test_render_spec_one_shape_for_both_sides():
     a = RenderSpec(28, [0.5], [0.25])
     assert a == RenderSpec((28, 28), (0.5,), (0.25,), "bicubic")
-    # precompute fingerprints asdict(render): its fields and their JSON shape are part of the store format
-    assert dataclasses.asdict(a) == {"size": (28, 28), "mean": (0.5,), "std": (0.25,), "interpolation": "bicubic"}
+    # precompute fingerprints render.record(): its fields and their JSON shape are part of the store format,
+    # the same as asdict(render) gave before `resize` (so Pillow-rendered stores keep their fingerprints)
+    old = {"size": (28, 28), "mean": (0.5,), "std": (0.25,), "interpolation": "bicubic"}
+    assert sha256_json(a.record()) == sha256_json(old) and a.resize_record() == {}
+    torch_resized = dataclasses.replace(a, resize="torch")
+    assert torch_resized.record() == a.record()  # the resizer is the view fingerprint's, not the model's
+    assert torch_resized.resize_record() == {"resize": "torch", "resize_digest": resize_digest("torch", "bicubic")}
+    with pytest.raises(ValueError, match="lanczos"):
+        RenderSpec(28, [0.5], [0.25], "lanczos", "torch")
     vit = create_model("vit_tiny_patch16_224", {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 2,
                                                 "embed_dim": 16, "depth": 1, "num_heads": 2}, seed=0)
     assert RenderSpec.for_model(vit, [0.5], [0.25]) == a
@@ -68,3 +77,5 @@ def test_render_spec_one_shape_for_both_sides():
                                       "interpolation": "bilinear"}, context={"check_files": False})
     info = ModelInfo(num_classes=2, in_chans=1, img_size=(28, 32), grid_size=(4, 4), num_patches=16, maskable_error=None)
     assert render_spec(data, info) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear")
+    torch_data = data.model_copy(update={"resize": "torch"})
+    assert render_spec(torch_data, info) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear", "torch")

@@ -288,15 +288,23 @@ def fake_gpus(monkeypatch):
     return cw, pinned, FakeWorker
 
 
-def test_setup_plugin_pins_gpu_by_worker_name(fake_gpus):
+def test_setup_plugin_pins_gpu_by_worker_name(fake_gpus, monkeypatch):
     cw, pinned, FakeWorker = fake_gpus
+    import torch
+
+    torch_threads = []
+    monkeypatch.setattr(torch, "set_num_threads", torch_threads.append)
     cw.WorkerSetup(2, gpu_index="name").setup(FakeWorker())
     assert pinned == [1] and cw.worker_device() == "cuda:1" and cw.worker_threads() == 2
+    # the 2 threads feed the GPU; torch ops in them stay single-threaded
+    assert torch_threads == [1] and os.environ["OMP_NUM_THREADS"] == "1"
     cw.WorkerSetup(1, gpu_index="first").setup(FakeWorker())
     assert pinned == [1, 0] and cw.worker_device() == "cuda:0"
     FakeWorker.state.total_resources = {"CPU": 1}
     cw.WorkerSetup(1).setup(FakeWorker())
     assert cw.worker_device() == "cpu"
+    cw.WorkerSetup(2).setup(FakeWorker())  # a CPU worker's torch takes all its threads
+    assert torch_threads[-1] == 2 and os.environ["OMP_NUM_THREADS"] == "2" and cw.worker_threads() == 2
 
 
 def test_setup_plugin_reports_the_parents_gpu_ids(fake_gpus, monkeypatch):

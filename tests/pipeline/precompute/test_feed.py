@@ -181,3 +181,39 @@ def test_cuda_decoding_gets_its_own_view_fingerprint_and_needs_a_gpu_device(tmp_
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="decode"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_torch_resizing_renders_from_arrays_made_once_as_render_batch_does(dataset):
+    shard = dataset / "train-000000.tar"
+    samples = list(read_shard(shard))[:40]
+    spec = ViewSpec.from_dict({k: v for k, v in MIXED_VIEWS.items() if k not in ("seed", "pool")})
+    views = shard_views(spec, 0, 1, [s.key for s in samples])
+    r = RenderSpec(28, (0.2860,), (0.3530,), "bilinear", "torch")
+    assert feed.with_pixel_arrays(samples, [RenderSpec(28, (0.5,), (0.5,), "bilinear"), r], None) is samples
+    with ThreadPoolExecutor(2) as pool:
+        arrays = feed.with_pixel_arrays(samples, [r], pool)
+        assert [s.key for s in arrays] == [s.key for s in samples] and isinstance(arrays[0].image, np.ndarray)
+        pixels = feed.EpochPixels([s.image for s in arrays], views, [r], pool, ahead=8)
+        rows = np.array([3, 17, 11, 12, 35, 0])
+        got = pixels.batch(rows, r, "cpu")
+    by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
+    want = render_batch([samples[i].image for i in rows], [views[i] for i in rows], r.size, mean=r.mean, std=r.std,
+                        interpolation=r.interpolation, partners=lambda k: by_key[k], resize="torch")
+    pil = render_batch([samples[i].image for i in rows], [views[i] for i in rows], r.size, mean=r.mean, std=r.std,
+                       interpolation=r.interpolation, partners=lambda k: by_key[k])
+    assert torch.equal(got, want) and not torch.equal(want, pil)
+
+
+def test_torch_resizing_gets_its_own_view_fingerprint(tmp_path, dataset, ckpts, tasks):
+    from pipeline.precompute.spec import task_fingerprints
+
+    cfg = _mixed_stage(tmp_path, dataset, ckpts, "fp", feed_workers=1)
+    t = tasks(cfg)[0]
+    assert t.teacher.render.resize == "pil"
+    torch_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"resize": "torch"})})
+    u = tasks(torch_cfg)[0]
+    assert u.teacher.render.resize == u.student.render.resize == "torch"
+    assert u.fingerprints["view"] != t.fingerprints["view"]
+    assert {k: v for k, v in u.fingerprints.items() if k != "view"} == {
+        k: v for k, v in t.fingerprints.items() if k != "view"}
+    assert task_fingerprints(u) == u.fingerprints

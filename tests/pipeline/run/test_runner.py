@@ -361,6 +361,30 @@ def test_eval_every_skips_evaluations_but_never_a_segment_end(base, tmp_path):
 
 
 @pytest.mark.slow
+def test_torch_resizing_trains_on_its_own_labels_beside_pillows(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    sets = ("--set", "data.resize=torch")
+    code, steps = status_json(c.yaml, capsys, *sets)
+    # the teacher trains on the views too: all but the student's init are stale
+    assert code == 1 and [s for s, v in steps.items() if v["fresh"]] == ["init"], steps
+    assert steps["teacher"]["reason"].startswith("input 'render' changed")
+    code, out = cli("run", str(c.yaml), *sets, capsys=capsys)
+    assert code == 0, out
+    lock, before = lock_of(c.root), lock_of(base.root)
+    for i in (0, 1):
+        new = lock["stages"][f"precompute-{i}"]["partitions"]
+        old = before["stages"][f"precompute-{i}"]["partitions"]
+        assert len(new) == len(old) == 6
+        # other pixels, other view fingerprint: new partitions beside Pillow's, none reused
+        assert {p["inputs"]["view"] for p in new}.isdisjoint({p["inputs"]["view"] for p in old})
+        assert all(Path(p["path"]).is_file() for p in new + old)
+    student = lock["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    assert student > 0.3, f"student val top-1 {student} with torch resizing is not well above chance (0.1)"
+    assert status_json(c.yaml, capsys, *sets)[0] == 0  # fresh under the setting it ran with
+    assert status_json(c.yaml, capsys)[0] == 1  # back to Pillow: stale (its labels are still stored, above)
+
+
+@pytest.mark.slow
 def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base, tmp_path, capsys):
     c = clone(base, tmp_path)
     auto = write_stage(c.root, c.doc, "auto.yaml", masking__keep="auto", masking__budget={"agreement": 0.45},
