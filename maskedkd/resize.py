@@ -11,7 +11,9 @@ shown (:func:`maskedkd.views.resize_digest`).
 
 torch's uint8 path gives the same bytes on its generic and its AVX2/AVX-512 kernels (checked on
 torch 2.14.1), but only the vectorised ones are fast: on a CPU without AVX2 it is slower than
-Pillow.
+Pillow. Each resize runs on torch's intra-op threads: called from several render threads of a
+process whose torch has more than one, they oversubscribe the cores (the pipeline's GPU workers
+run torch with one intra-op thread for this reason).
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 RESIZERS = ("pil", "torch")
+
+
+def _spend_torchs_read_only_warning() -> None:
+    # torch warns once per process when it wraps a read-only array, which every PIL image's array
+    # is; nothing here writes to one. Spent at import, in one thread: filtering it per call would
+    # change the process-wide warning filters from the render threads.
+    read_only = np.zeros(1, dtype=np.uint8)
+    read_only.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.from_numpy(read_only)
+
+
+_spend_torchs_read_only_warning()
 TORCH_INTERPOLATIONS = ("bilinear", "bicubic")  # the modes torch antialiases
 
 
@@ -63,9 +79,7 @@ def torch_resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float
         interpolation: ``bilinear`` or ``bicubic`` (antialiased when shrinking, as Pillow).
         flip: mirror the result left to right.
     """
-    with warnings.catch_warnings():  # a PIL image's array is read-only; nothing here writes to it
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-        src = torch.from_numpy(pixels)
+    src = torch.from_numpy(pixels)  # read-only for a PIL image's array; nothing here writes to it
     src = src.unsqueeze(-1) if src.ndim == 2 else src
     height, width = src.shape[:2]
     x0, y0, x1, y1 = integer_box(box)

@@ -155,7 +155,7 @@ def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Ite
         r, size = getattr(t, who).render, batch or t.batch_size
         for i in range(0, len(samples), size):
             yield t, render_batch([s.image for s in samples[i:i + size]], views[i:i + size], r.size,
-                                  mean=r.mean, std=r.std, interpolation=r.interpolation)
+                                  mean=r.mean, std=r.std, interpolation=r.interpolation, resize=r.resize)
 
 
 def student_keep_sets(student, tasks: Sequence):

@@ -99,7 +99,7 @@ def write_teacher_labels(
                 for i in range(0, len(sh.keys), batch_size):
                     images = render_batch(sh.images[i:i + batch_size], sh.views[i:i + batch_size], render.size,
                                           mean=render.mean, std=render.std, interpolation=render.interpolation,
-                                          partners=sh.partner)
+                                          partners=sh.partner, resize=render.resize)
                     logits.append(teacher(images).float())
             logits = torch.cat(logits)
             fingerprints = dict(fps, shard=shard_fp)

@@ -107,8 +107,9 @@ class DataConfig(_Section):
     )
     resize: Literal["pil", "torch"] = Field(
         "pil", description="Who resizes a view's crop: pil (Pillow, from the fractional crop box, timm's default), or "
-                           "torch (uint8 antialiased kernels on the whole-pixel box: ~4x less CPU per 224 px view with "
-                           "AVX2; other pixels than pil, so part of the view fingerprint; bilinear or bicubic only).",
+                           "torch (uint8 antialiased kernels on the whole-pixel box: ~4x less CPU than Pillow for the resize "
+                           "of a 224 px view with AVX2; other pixels than pil, so part of the view fingerprint; "
+                           "bilinear or bicubic only).",
     )
 
     @field_validator("root")

@@ -6,7 +6,7 @@ fingerprints, so the same inputs always land on (and are served from) the same p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,9 @@ def reuse_expect(fingerprints: dict[str, str | None]) -> dict[str, Any]:
 def specs_record(t: PartitionTask) -> dict[str, Any]:
     """Human-readable specs behind the fingerprints, stored in the partition's metadata."""
     return {
-        "teacher": {"model": t.teacher.name, "kwargs": t.teacher.kwargs, "render": asdict(t.teacher.render)},
+        "teacher": {"model": t.teacher.name, "kwargs": t.teacher.kwargs,
+                    # as partitions have always recorded it, plus the resizer where it is not Pillow
+                    "render": {**t.teacher.render.record(), **t.teacher.render.resize_record()}},
         "student": None if t.student is None else {"model": t.student.name, "weights": t.student.weights},
         "view": {"spec": t.view_spec, "seed": t.view_seed},
         "mask": {"policy": t.policy, "keep": t.keep, "tolerance": t.tolerance},

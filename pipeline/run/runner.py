@@ -141,8 +141,15 @@ class Runner:
         label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
         inputs = {"start": sha256_file(start_ckpt), "labels": label_fp, "recipe": sha256_json(cfg.train.model_dump(mode="json")),
                   "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
-                  "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher)}
+                  "data": sha256_json(self.data_inputs()), "online": self._online_inputs(segment, teacher),
+                  **self._resize_input(cfg.student)}
         return _with_order_seed(inputs, cfg.train.seed, cfg.views.seed)
+
+    def _resize_input(self, model) -> dict[str, str]:
+        """``{"render": ...}`` when views are resized by torch (other pixels to train on, whatever the
+        labels); nothing for Pillow, so teachers and students trained before `data.resize` stay fresh."""
+        render = render_spec(self.cfg.data, model.info())
+        return {"render": sha256_json(render.resize_record())} if render.resize != "pil" else {}
 
     def teacher_inputs(self) -> dict[str, Any]:
         t = self.cfg.teacher
@@ -151,11 +158,9 @@ class Runner:
         views = (t.train.views or self.cfg.views).model_dump(mode="json")
         # patch_drop_rate 0 (the default) stays out of the recipe hash: teachers trained before the field existed stay valid
         recipe = t.train.model_dump(mode="json", exclude=set() if t.train.patch_drop_rate else {"patch_drop_rate"})
-        render = render_spec(self.cfg.data, t.info())  # the pixels it trains on: size, normalisation, resizing
         inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
                   "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
-                  "render": sha256_json({**render.record(), **render.resize_record()}),
-                  "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset])}
+                  "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset]), **self._resize_input(t)}
         return _with_order_seed(inputs, t.train.seed, views["seed"])
 
     # ------------------------------------------------------------------ cluster

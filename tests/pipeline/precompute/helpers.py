@@ -50,7 +50,7 @@ def keep_sets(student: torch.nn.Module, tasks: Sequence[PartitionTask]) -> np.nd
         r = t.student.render
         for i in range(0, len(samples), t.batch_size):
             images = render_batch([s.image for s in samples[i:i + t.batch_size]], views[i:i + t.batch_size], r.size,
-                                  mean=r.mean, std=r.std, interpolation=r.interpolation)
+                                  mean=r.mean, std=r.std, interpolation=r.interpolation, resize=r.resize)
             with torch.inference_mode():
                 idx = select_keep(cls_attention(student, images), t.keep, t.policy)
             keep = np.zeros((len(idx), student.patch_embed.num_patches), dtype=bool)

@@ -50,7 +50,7 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
         for ve in view_epochs:
             sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve)
             images = render_batch(sh.images, sh.views, render.size, mean=render.mean, std=render.std,
-                                  interpolation=render.interpolation, partners=sh.partner)
+                                  interpolation=render.interpolation, partners=sh.partner, resize=render.resize)
             with torch.no_grad():
                 logits = teacher(images).float()
             path = partition_path(str(store), shard=ref.name, view_epoch=ve, fingerprints=fingerprints)

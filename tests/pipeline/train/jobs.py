@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ def write_job(path: Path, *, shards, labels, spec, seed, cfg, total_epochs, rend
         "shards": [[s.name, str(s.path), s.rows] for s in shards],
         "labels": [[n, ve, p] for (n, ve), p in (labels or {}).items()],
         "spec": spec.to_dict(), "seed": seed, "cfg": cfg.model_dump(mode="json"), "total_epochs": total_epochs,
-        "render": {"size": render.size, "mean": render.mean, "std": render.std, "interpolation": render.interpolation},
+        "render": dataclasses.asdict(render),
         "run_dir": str(run_dir), "model": model, "model_seed": model_seed, "epochs": list(epochs), "view_pool": view_pool,
     }
     path.write_text(json.dumps(job))
