@@ -4,10 +4,11 @@
 as the views' render has always done. ``torch`` crops the integer pixel box (rounded edges, as
 torchvision's ``resized_crop`` takes it), zero-pads what lies past the image edge, and resizes
 with ``torch.nn.functional.interpolate(..., antialias=True)`` on uint8, whose kernels follow
-Pillow's filters in fixed point: about 4x less CPU per view than Pillow's resize at 224 px from
-500x375. Its pixels are not Pillow's (they differ near the crop's edges and by one level in
-about 0.5% of the inner pixels), so the choice is part of every fingerprint of what a model was
-shown (:func:`maskedkd.views.resize_digest`).
+Pillow's filters in fixed point: about 4x less CPU than Pillow's resize at 224 px from 500x375.
+Its pixels are not Pillow's: near Pillow's crop-then-resize (one level apart in well under 1% of
+the pixels of most crops), further from the box resize ``pil`` does, which reads past the
+crop's edges. So the choice is part of every fingerprint of what a model was shown
+(:func:`maskedkd.views.resize_digest`).
 
 torch's uint8 path gives the same bytes on its generic and its AVX2/AVX-512 kernels (checked on
 torch 2.14.1), but only the vectorised ones are fast: on a CPU without AVX2 it is slower than
