@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 RESIZERS = ("pil", "torch")
+TORCH_INTERPOLATIONS = ("bilinear", "bicubic")  # the modes torch antialiases
 
 
 def _spend_torchs_read_only_warning() -> None:
@@ -41,7 +42,6 @@ def _spend_torchs_read_only_warning() -> None:
 
 
 _spend_torchs_read_only_warning()
-TORCH_INTERPOLATIONS = ("bilinear", "bicubic")  # the modes torch antialiases
 
 
 def check_resize(resize: str, interpolation: str) -> None:

@@ -117,7 +117,7 @@ def input_table(result: dict) -> str:
     for eager, resize in VARIANTS:
         for world in (1, 2):
             rs = [r for r in result["rows"] if r["eager"] == eager and r["world"] == world
-                  and r.get("resize", "pil") == resize]
+                  and r["resize"] == resize]
             rate = statistics.median(r["rows"] / r["seconds"] for r in rs)
             per_cpu = statistics.median(r["rows"] / r["cpu"] for r in rs)
             decoded = statistics.median(r["decoded"] for r in rs)

@@ -63,12 +63,12 @@ class ProbeTask:
     @property
     def fingerprint(self) -> str:
         """What the result is a pure function of (weights, sampled views, policies, keeps, precision)."""
+        resize = self.teacher.render.resize_record()  # empty for Pillow: older probes keep their fingerprint
         return sha256_json({
             "teacher": self.teacher.fingerprint, "teacher_render": self.teacher.render.record(),
             "student": None if self.student is None else [self.student.fingerprint, self.student.render.record()],
             "rows": [[r.shard, r.rows, r.row, r.view_epoch] for r in self.rows],
-            "view": [self.view_spec_fingerprint, self.view_seed, *([self.teacher.render.resize_record()]
-                                                                   if self.teacher.render.resize != "pil" else [])],
+            "view": [self.view_spec_fingerprint, self.view_seed, *([resize] if resize else [])],
             "policies": list(self.policies), "keeps": list(self.keeps), "precision": self.precision,
         })
 

@@ -116,7 +116,7 @@ def worker_threads() -> int | None:
 
 
 def _apply_torch_threads() -> None:
-    threads = _state.get("torch_threads") or _state["threads"]
+    threads = _state["torch_threads"]
     if threads and not _state["torch_threads_applied"] and "torch" in sys.modules:
         import torch  # not at module top: see the module docstring
 

@@ -148,8 +148,8 @@ class Runner:
     def _resize_input(self, model) -> dict[str, str]:
         """``{"render": ...}`` when views are resized by torch (other pixels to train on, whatever the
         labels); nothing for Pillow, so teachers and students trained before `data.resize` stay fresh."""
-        render = render_spec(self.cfg.data, model.info())
-        return {"render": sha256_json(render.resize_record())} if render.resize != "pil" else {}
+        resize = render_spec(self.cfg.data, model.info()).resize_record()
+        return {"render": sha256_json(resize)} if resize else {}
 
     def teacher_inputs(self) -> dict[str, Any]:
         t = self.cfg.teacher
