@@ -89,6 +89,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, to
 
 
 
+def _render_record(r: RenderSpec) -> list:
+    """A render's part of the segment fingerprint: size, mean, std, interpolation, and the resizer
+    only where it is not Pillow (so segments recorded before `data.resize` keep theirs)."""
+    return [r.size, r.mean, r.std, r.interpolation, *r.resize_record().values()]
+
+
 def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec, seed: int, epochs: range,
                         cfg: TrainConfig, total_epochs: int, render: RenderSpec, labels: LabelMap | None,
                         view_pool: int | None, online: OnlineTeacher | None) -> str:
@@ -100,14 +106,13 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
         "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
-        "render": [render.size, render.mean, render.std, render.interpolation, *render.resize_record().values()],
+        "render": _render_record(render),
         "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
         "view_pool": view_pool,
         "online": None if online is None else {
             "teacher": state_dict_fingerprint(online.model.state_dict()), "policy": online.policy, "keep": online.keep,
-            "render": [online.render.size, online.render.mean, online.render.std, online.render.interpolation,
-                       *online.render.resize_record().values()],
+            "render": _render_record(online.render),
         },
     })
 
