@@ -219,10 +219,11 @@ def render(
     Returns:
         float32 tensor ``[C, H, W]``.
     """
-    if view.partner and (partner is None or partner_view is None or partner_view.key != view.partner):
+    if not view.partner:
+        return _render_views([image], [view], size, mean, std, interpolation, resize, rows=1)[0]
+    if partner is None or partner_view is None or partner_view.key != view.partner:
         raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}: pass its image and view as partner=, partner_view=")
-    images, views = ([image, partner], [view, partner_view]) if view.partner else ([image], [view])
-    return _render_views(images, views, size, mean, std, interpolation, resize, rows=1)[0]
+    return _render_views([image, partner], [view, partner_view], size, mean, std, interpolation, resize, rows=1)[0]
 
 
 def render_batch(

@@ -102,6 +102,7 @@ def to_arrays(rows: Sequence[Mapping[str, Any]], ra_layers: int) -> dict[str, np
     out: dict[str, np.ndarray] = {}
     for name, (dtype, w) in columns_layout(ra_layers).items():
         values = [r[name] for r in rows]
+        arr: np.ndarray
         if dtype == "str":
             arr = np.empty(len(values), dtype=object)
             arr[:] = values
