@@ -4,10 +4,15 @@ Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`
 registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
 sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
 :func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
-:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`.
+:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`, :func:`check_maskable` (which timm models can be
+masked); deterministic views: :class:`ViewSpec`, :func:`sample_view` / :func:`shard_views` ->
+:class:`View` -> :func:`render` / :func:`render_batch`, :func:`mix_target`, the view columns
+(:func:`views_to_columns`, :func:`views_from_columns`, :func:`view_columns_layout`) and
+:func:`view_spec_fingerprint`.
 This package does no file I/O and never imports ``pipeline``.
 """
 
+from maskedkd._vit import check_maskable
 from maskedkd.fidelity import (
     DEFAULT_LADDER,
     Budget,
@@ -29,6 +34,7 @@ __all__ = [
     "Budget",
     "POLICIES",
     "Rung",
+    "check_maskable",
     "choose_keep",
     "fidelity_curve",
     "ladder_keeps",
@@ -51,12 +57,12 @@ __all__ = [
 ]
 
 # Deterministic views (sample_view -> View -> render), shared by precompute and trainer.
+from maskedkd.digests import view_spec_fingerprint  # noqa: E402
+from maskedkd.mixing import mix_target  # noqa: E402
+from maskedkd.rendering import render, render_batch  # noqa: E402
 from maskedkd.views import (  # noqa: E402
     View,
     ViewSpec,
-    mix_target,
-    render,
-    render_batch,
     sample_view,
     shard_views,
     view_columns_layout,
@@ -75,4 +81,5 @@ __all__ += [
     "view_columns_layout",
     "views_from_columns",
     "views_to_columns",
+    "view_spec_fingerprint",
 ]

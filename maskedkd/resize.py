@@ -8,7 +8,7 @@ Pillow's filters in fixed point: about 4x less CPU than Pillow's resize at 224 p
 Its pixels are not Pillow's: near Pillow's crop-then-resize (one level apart in well under 1% of
 the pixels of most crops), further from the box resize ``pil`` does, which reads past the
 crop's edges. So the choice is part of every fingerprint of what a model was shown
-(:func:`maskedkd.views.resize_digest`).
+(:func:`maskedkd.digests.resize_digest`).
 
 torch's uint8 path gives the same bytes on its generic and its AVX2/AVX-512 kernels (checked on
 torch 2.14.1), but only the vectorised ones are fast: on a CPU without AVX2 it is slower than

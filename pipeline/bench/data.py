@@ -4,7 +4,7 @@ Both loops do the same work on the same shard, one sample at a time in one proce
 torch thread: stream the tar, decode the image with PIL, random-resized-crop + flip, to tensor,
 normalise. The baseline is the minimal loop a user would write (``tarfile`` + PIL +
 torchvision transforms); ours is :func:`pipeline.data.shards.read_shard` +
-:func:`maskedkd.views.sample_view` + :func:`maskedkd.views.render`, which additionally checks
+:func:`maskedkd.views.sample_view` + :func:`maskedkd.rendering.render`, which additionally checks
 keys and labels, guards against decompression bombs and makes every view reproducible.
 """
 
@@ -89,7 +89,8 @@ def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], 
 def ours_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]:
     """Our path: safe streaming reader, a pure view per sample, deterministic render."""
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.views import ViewSpec, render, sample_view
+    from maskedkd.rendering import render
+    from maskedkd.views import ViewSpec, sample_view
 
     spec = ViewSpec()
     epoch = [0]

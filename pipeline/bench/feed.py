@@ -51,7 +51,8 @@ def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
 def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int = 224,
                 auto_augment: str | None = None) -> int:
     """Today's per-view-epoch task (before issue 17), data path only: rows labelled."""
-    from maskedkd.views import render_batch, shard_views
+    from maskedkd.rendering import render_batch
+    from maskedkd.views import shard_views
     from pipeline.data.shards import read_shard
 
     spec, student, teacher = _setup(size, auto_augment=auto_augment)

@@ -147,7 +147,8 @@ def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Ite
     ``who`` ("student" or "teacher"), in tar order and batches of ``batch`` (default: the task's),
     computed here (read shard, views, render) independently of :mod:`pipeline.precompute.task`."""
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.views import ViewSpec, render_batch, shard_views
+    from maskedkd.rendering import render_batch
+    from maskedkd.views import ViewSpec, shard_views
 
     for t in tasks:
         samples = list(read_shard(t.shard_path))[: t.limit]

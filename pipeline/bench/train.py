@@ -79,15 +79,15 @@ def write_teacher_labels(
     # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
     import torch
 
-    from maskedkd import from_logits, logsumexp_at
-    from maskedkd.views import render_batch
+    from maskedkd import from_logits, logsumexp_at, view_spec_fingerprint
+    from maskedkd.rendering import render_batch
     from pipeline.labels import partition_path, write_partition
     from pipeline.labels.contract import store_view_columns
     from pipeline.models import model_fingerprint
     from pipeline.train.stream import load_shard
 
     teacher = teacher.eval()
-    fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": spec.fingerprint(), "seed": seed}),
+    fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": view_spec_fingerprint(spec), "seed": seed}),
            "mask": sha256_json({"policy": "none"}), "label": sha256_json({"k": k, "taus": list(taus)})}
     out: dict[tuple[str, int], str] = {}
     for ref in shards:

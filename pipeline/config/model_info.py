@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from maskedkd._vit import check_maskable
+from maskedkd import check_maskable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch.nn as nn
 
+from maskedkd.digests import resize_digest
 from maskedkd.resize import check_resize
-from maskedkd.views import View, ViewSpec, resize_digest, views_to_columns
+from maskedkd.views import View, ViewSpec, views_to_columns
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 
@@ -202,7 +203,7 @@ class RenderSpec:
 
     def resize_record(self) -> dict[str, str]:
         """The resizer's part of a view fingerprint: empty for ``pil`` (so Pillow-rendered stores keep
-        their fingerprints), else its name and :func:`maskedkd.views.resize_digest` on this machine."""
+        their fingerprints), else its name and :func:`maskedkd.digests.resize_digest` on this machine."""
         if self.resize == "pil":
             return {}
         return {"resize": self.resize, "resize_digest": resize_digest(self.resize, self.interpolation)}

@@ -5,12 +5,12 @@ A task covers one shard for every view epoch of its segment (:mod:`pipeline.prec
 - :func:`decode_shard` streams and hashes the tar in the task's thread while a pool of threads
   decodes the images (PIL releases the GIL while decoding and resizing), once per segment;
 - :class:`EpochPixels` renders one view epoch's views to uint8 (crop, flip, RandAugment: the PIL
-  part of :func:`maskedkd.views.render`) on the same pool, in row order and a few batches ahead
-  of the consumer, once per distinct :class:`~maskedkd.views.PixelSpec` (student and teacher at
+  part of :func:`maskedkd.rendering.render`) on the same pool, in row order and a few batches ahead
+  of the consumer, once per distinct :class:`~maskedkd.rendering.PixelSpec` (student and teacher at
   one size share them), into pinned memory when the device is CUDA;
 - :meth:`EpochPixels.batch` copies a batch's pixels to the device and finishes them there
-  (normalise, erase, mix: :func:`maskedkd.views.finish_views`), bit-identical on CPU to
-  :func:`maskedkd.views.render_batch`.
+  (normalise, erase, mix: :func:`maskedkd.rendering.finish_views`), bit-identical on CPU to
+  :func:`maskedkd.rendering.render_batch`.
 
 ``compute.decode: cuda`` decodes the JPEGs with ``torchvision.io.decode_jpeg`` on the device
 (nvJPEG) in batches, then renders them with PIL like any other image. nvJPEG's pixels differ from
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskedkd.rendering import PixelSpec, finish_views, render_pixels
 from maskedkd.resize import pixel_array
-from maskedkd.views import PixelSpec, View, finish_views, render_pixels
+from maskedkd.views import View
 from pipeline.data.shards import (
     MAX_IMAGE_PIXELS,
     Sample,

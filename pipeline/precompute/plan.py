@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from maskedkd import needs_saliency, resolve_keep
+from maskedkd import needs_saliency, resolve_keep, view_spec_fingerprint
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 from pipeline.labels import paths
@@ -43,7 +43,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
         for view_epoch in view_epochs:
             t = PartitionTask(
                 shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
-                limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
+                limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=view_spec_fingerprint(spec),
                 view_seed=cfg.views.seed, teacher=teacher,
                 student=student if keep is not None and needs_saliency(policy) else None,
                 policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,

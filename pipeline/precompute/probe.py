@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from maskedkd import fidelity_curve, needs_saliency, teacher_macs
-from maskedkd.views import ViewSpec, render_batch, shard_views
+from maskedkd.digests import view_spec_fingerprint
+from maskedkd.rendering import render_batch
+from maskedkd.views import ViewSpec, shard_views
 from pipeline._fingerprint import sha256_json
 from pipeline.data.manifest import DatasetManifest
 from pipeline.data.shards import read_shard
@@ -112,7 +114,7 @@ def plan_probe(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSp
                        samples or cfg.masking.probe_samples, cfg.views.seed + 7919 * segment)
     saliency = any(needs_saliency(p) for p in policies)
     return ProbeTask(
-        segment=segment, rows=tuple(rows), view_spec=spec.to_dict(), view_spec_fingerprint=spec.fingerprint(),
+        segment=segment, rows=tuple(rows), view_spec=spec.to_dict(), view_spec_fingerprint=view_spec_fingerprint(spec),
         view_seed=cfg.views.seed, teacher=teacher, student=student if saliency else None, policies=tuple(policies),
         keeps=tuple(keeps), num_classes=cfg.data.num_classes, batch_size=cfg.compute.batch_size, device=device,
         precision=cfg.compute.task_precision(),

@@ -22,7 +22,7 @@ import click
 import torch
 
 from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
-from maskedkd.views import render_digest
+from maskedkd.digests import render_digest
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskedkd.views import View, render_batch
+from maskedkd.rendering import render_batch
+from maskedkd.views import View
 from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, ShardRef
 from pipeline.train.dist import DistInfo, all_sum

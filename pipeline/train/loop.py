@@ -39,6 +39,7 @@ from maskedkd import (
     resolve_keep,
     teacher_macs,
 )
+from maskedkd.digests import view_spec_fingerprint
 from maskedkd.views import ViewSpec
 from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
@@ -102,7 +103,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
     return sha256_json({
         "init": init,
         "shards": [[s.name, s.rows] for s in shards],
-        "view": spec.fingerprint(),
+        "view": view_spec_fingerprint(spec),
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
         "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},

@@ -40,8 +40,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskedkd.mixing import mix_target
+from maskedkd.rendering import render_batch
 from maskedkd.targets import SoftTarget
-from maskedkd.views import View, ViewSpec, mix_target, render_batch, shard_views
+from maskedkd.views import View, ViewSpec, shard_views
 from pipeline.data.shards import Sample, decode_image, read_shard
 from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition
@@ -128,7 +130,7 @@ class LoadedShard:
         return self._index[key]
 
     def partner(self, key: str) -> tuple[Image.Image, View]:
-        """Image and view of a mixing partner (for :func:`maskedkd.views.render_batch`)."""
+        """Image and view of a mixing partner (for :func:`maskedkd.rendering.render_batch`)."""
         i = self.index(key)
         return self.images[i], self.views[i]
 
@@ -291,7 +293,7 @@ class Batch:
         images: float32 [b, C, H, W] at the student's size.
         labels: int64 [b], each row's own ground-truth class (for accuracy).
         targets: what cross-entropy is taken against: ``labels``, or soft targets [b, classes]
-            with mixing or label smoothing (:func:`maskedkd.views.mix_target`).
+            with mixing or label smoothing (:func:`maskedkd.mixing.mix_target`).
         teacher: the stored teacher target of the rows, or None.
         segments: the rows (for rendering other views of them); empty once :meth:`detached`.
         teacher_images: the same views rendered for the online teacher, or None.

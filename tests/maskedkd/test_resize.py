@@ -7,15 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from maskedkd.digests import resize_digest
+from maskedkd.rendering import PixelSpec, render_batch, render_pixels
 from maskedkd.resize import check_resize, integer_box, pixel_array, torch_resized_crop
-from maskedkd.views import (
-    PixelSpec,
-    ViewSpec,
-    render_batch,
-    render_pixels,
-    resize_digest,
-    shard_views,
-)
+from maskedkd.views import ViewSpec, shard_views
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

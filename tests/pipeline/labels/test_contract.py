@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maskedkd.views import resize_digest
+from maskedkd.digests import resize_digest
 from pipeline._fingerprint import sha256_json
 from pipeline.config import DataConfig, ModelInfo
 from pipeline.data.manifest import DatasetManifest

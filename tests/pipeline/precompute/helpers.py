@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from maskedkd import cls_attention, select_keep
-from maskedkd.views import ViewSpec, render_batch, shard_views
+from maskedkd.rendering import render_batch
+from maskedkd.views import ViewSpec, shard_views
 from pipeline.data.shards import read_shard
 from pipeline.labels import open_partition
 from pipeline.precompute.run import run_precompute

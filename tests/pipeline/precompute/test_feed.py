@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from maskedkd.views import ViewSpec, render_batch, shard_views
+from maskedkd.rendering import render_batch
+from maskedkd.views import ViewSpec, shard_views
 from pipeline._fingerprint import sha256_file
 from pipeline.config import load_config
 from pipeline.data.shards import read_shard

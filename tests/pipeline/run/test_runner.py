@@ -27,8 +27,8 @@ import pytest
 import yaml
 from PIL import Image
 
-import maskedkd.views as views
-from maskedkd.views import render_digest
+from maskedkd.digests import render_digest
+from maskedkd.rendering import INTERPOLATIONS
 from pipeline._lock import LOCK_NAME
 from pipeline.cli import main
 from pipeline.config import dump_config, load_config, set_fields
@@ -244,7 +244,7 @@ def test_an_upgrade_keeps_labels_unless_it_renders_views_differently(base, tmp_p
         assert code == 0 and all(s["fresh"] for s in steps.values())
         # as if Pillow's bilinear filter (the config's interpolation) changed
         render_digest.cache_clear()
-        monkeypatch.setitem(views._INTERPOLATIONS, "bilinear", Image.Resampling.BICUBIC)
+        monkeypatch.setitem(INTERPOLATIONS, "bilinear", Image.Resampling.BICUBIC)
         code, steps = status_json(c.yaml, capsys)
         assert code == 1 and [s for s, v in steps.items() if v["fresh"]] == ["teacher", "init"]
         assert steps["precompute-0"]["reason"].startswith("input 'render' changed (")

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from maskedkd import from_logits, logsumexp_at
-from maskedkd.views import render_batch
+from maskedkd.digests import view_spec_fingerprint
+from maskedkd.rendering import render_batch
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.data.manifest import load_manifest
 from pipeline.labels import partition_path, write_partition
@@ -42,7 +43,7 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
     teacher, shard and views in the metadata, the mask's says "none". Returns
     ``{(shard, view_epoch): path}``."""
     teacher = teacher.eval()
-    fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": spec.fingerprint(), "seed": seed}),
+    fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": view_spec_fingerprint(spec), "seed": seed}),
            "mask": sha256_json({"policy": "none"}), "label": sha256_json({"k": k, "taus": list(taus)})}
     out: dict[tuple[str, int], str] = {}
     for ref in shards:
