@@ -28,8 +28,7 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 
 if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
-    from pipeline.config.model_info import ModelInfo
-    from pipeline.config.schema import DataConfig
+    from pipeline.config.schema import DataConfig, StudentConfig, TeacherConfig
 
 
 @dataclass(frozen=True)
@@ -214,12 +213,18 @@ class RenderSpec:
         return cls(size=tuple(model.patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
 
-def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
-    """How a model of a stage renders views: its input size and the data section's normalisation.
+def render_spec(data: DataConfig, model: "TeacherConfig | StudentConfig") -> RenderSpec:
+    """How a model of a stage renders views: its input size and its own preprocessing.
+
+    The view (crop, flip, augmentation) is shared; normalisation and interpolation are the
+    model's (:meth:`pipeline.config.schema.TeacherConfig.preprocessing`: its own fields, its
+    ``pretrained_cfg`` when pretrained, else the data section's). They are in
+    :meth:`RenderSpec.record`, so a model that renders as before keeps its fingerprints.
 
     Args:
-        data: the stage config's ``data`` section (mean, std, interpolation, resize).
-        info: the model's :class:`pipeline.config.ModelInfo` (its ``img_size``).
+        data: the stage config's ``data`` section (the shared defaults, and the resizer).
+        model: the stage's ``teacher`` or ``student`` section.
     """
-    return RenderSpec(size=tuple(info.img_size), mean=tuple(data.mean), std=tuple(data.std),
-                      interpolation=data.interpolation, resize=data.resize)
+    mean, std, interpolation = model.preprocessing(data)
+    return RenderSpec(size=tuple(model.info().img_size), mean=mean, std=std, interpolation=interpolation,
+                      resize=data.resize)
