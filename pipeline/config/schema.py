@@ -355,6 +355,11 @@ class _ModelConfig(_Section):
         None, description="This model's view resampling; null: its pretrained_cfg's when pretrained, else data.interpolation.",
     )
 
+    crop_pct: float | None = Field(
+        None, gt=0, le=1, description="Evaluation only: centre crop of this share of the image per side (timm's "
+                                      "crop_pct); null: its pretrained_cfg's when pretrained, else the whole image.",
+    )
+
     _info: ModelInfo | None = PrivateAttr(None)
 
     @field_validator("model")
@@ -442,6 +447,13 @@ class _ModelConfig(_Section):
         if interpolation not in _INTERPOLATIONS:
             interpolation = data.interpolation  # a pretrained_cfg name views cannot render (e.g. "random")
         return mean, std, interpolation
+
+    def eval_crop_pct(self) -> float | None:
+        """The evaluation centre crop: ``crop_pct``, else its pretrained_cfg's when pretrained, else None
+        (the whole image, as before the field)."""
+        if self.crop_pct is not None:
+            return self.crop_pct
+        return self.info().pretrained.crop_pct if self.pretrained else None
 
 
 class TeacherConfig(_ModelConfig):
