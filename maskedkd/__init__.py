@@ -4,7 +4,8 @@ Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`
 registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
 sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
 :func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
-:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`.
+:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops`, :func:`teacher_macs` and
+:func:`saliency_macs`.
 This package does no file I/O and never imports ``pipeline``.
 """
 
@@ -16,7 +17,7 @@ from maskedkd.fidelity import (
     fidelity_curve,
     ladder_keeps,
 )
-from maskedkd.flops import teacher_flops, teacher_macs
+from maskedkd.flops import saliency_macs, teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_keep",
     "saliency_on_grid",
     "select_keep",
+    "saliency_macs",
     "teacher_flops",
     "teacher_macs",
 ]

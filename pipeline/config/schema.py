@@ -419,7 +419,9 @@ class _ModelConfig(_Section):
             self._info = model_info(self.model, self.kwargs)
         except Exception as e:  # noqa: BLE001 - timm raises all kinds for bad kwargs (and a hub name offline)
             msg = str(e).strip() or type(e).__name__
-            problems.append(("kwargs", f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
+            # a hub name's config.json may be what failed (offline, not cached): name the model then
+            field = "model" if self.model.startswith(SOURCED_PREFIXES) else "kwargs"
+            problems.append((field, f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
         if problems:
             raise _Problems(*problems)
 
