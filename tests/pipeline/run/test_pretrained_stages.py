@@ -82,3 +82,22 @@ def test_pretrained_teacher_and_student_from_local_dirs(fmnist_small, tmp_path):
     save_for_hf(create_model(VIT, TEACHER_KW, seed=3), str(tmp_path / "teacher"), safe_serialization=True,
                 model_args=TEACHER_KW)
     assert runner.teacher_inputs()["weights"] != inputs["weights"]
+
+
+def test_pretrained_teacher_with_a_train_block_is_fine_tuned_from_its_weights(fmnist_small, tmp_path):
+    source = _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    name = f"local-dir:{tmp_path / 'teacher'}"
+    doc = stage_doc(tmp_path, fmnist_small)
+    # a learning rate too small to move the weights: what comes out is where the fine-tune started
+    train = {"epochs": 1, "lr": 1.0e-12, "min_lr": 0.0, "warmup_epochs": 0, "batch_size": 16, "seed": 0}
+    path = write_stage(tmp_path, doc, teacher={"model": name, "pretrained": True, "kwargs": {"num_classes": 10},
+                                               "train": train}, data__subset=32, data__val=None)
+    runner = _runner(path)
+    inputs = runner.teacher_inputs()
+    assert inputs["init"] == sha256_file(tmp_path / "teacher" / "model.safetensors") and inputs["pretrained"] is True
+    spec = runner.teacher_stage()
+    tuned = torch.load(spec.weights, weights_only=True)
+    assert tuned["head.weight"].shape == (10, 32)  # a new head for data.num_classes
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.allclose(tuned[key], value, atol=1e-6), key
