@@ -48,6 +48,11 @@ _FORBIDDEN_KWARGS = {
 _HINTS = {
     ("train", "epochs"): "the student's epochs are schedule.epochs",
     ("student", "train"): "the student is trained by the stage itself; its recipe is the top-level train block",
+    ("data", "crop_pct"): "the evaluation crop is each model's: teacher.crop_pct, student.crop_pct",
+    ("teacher", "num_classes"): "the head's size is teacher.kwargs.num_classes; the dataset's is data.num_classes",
+    ("student", "num_classes"): "the head's size is student.kwargs.num_classes; the dataset's is data.num_classes",
+    ("teacher", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
+    ("student", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
 }
 
 

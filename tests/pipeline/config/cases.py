@@ -127,6 +127,7 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
     ("student-pretrained-classes", both(set_key("student.pretrained", True),
                                         set_key("student.kwargs", {k: v for k, v in TINY.items() if k != "num_classes"})),
      ["student.kwargs.num_classes: the student has 1000 classes", "set student.kwargs.num_classes: 10"]),
+    ("crop-pct-hint", set_key("data.crop_pct", 0.9), ["data.crop_pct: unknown key", "teacher.crop_pct, student.crop_pct"]),
     ("model-mean-without-std", set_key("student.mean", [0.5]), ["student.std: give mean and std together"]),
     ("model-std-length", both(set_key("teacher.mean", [0.5]), set_key("teacher.std", [0.5, 0.5])),
      ["teacher.std: has 2 values but mean has 1"]),
