@@ -153,14 +153,16 @@ def _hub_file(hub_id: str, filename: str | None) -> Path:
     if filename.endswith(".bin"):
         twin = "model.safetensors" if filename == _HF_WEIGHTS else filename[:-4] + ".safetensors"
         candidates.insert(0, twin)
-    for i, fname in enumerate(candidates):
+    def download(fname: str) -> Path:
+        return Path(hf_hub_download(repo, fname, revision=revision or None, library_name="timm",
+                                    library_version=timm.__version__))
+
+    for fname in candidates[:-1]:
         try:
-            return Path(hf_hub_download(repo, fname, revision=revision or None, library_name="timm",
-                                        library_version=timm.__version__))
-        except EntryNotFoundError:
-            if i == len(candidates) - 1:
-                raise
-    raise AssertionError("unreachable")
+            return download(fname)
+        except EntryNotFoundError:  # offline and not cached (LocalEntryNotFoundError) too, as timm
+            continue
+    return download(candidates[-1])
 
 
 def _local_dir_file(folder: Path) -> Path:

@@ -31,10 +31,10 @@ from maskedkd.resize import TORCH_INTERPOLATIONS
 from maskedkd.views import ViewSpec
 from pipeline._gpu import resolve_precision
 from pipeline.config.model_info import ModelInfo, model_info
+from pipeline.models import is_sourced_name
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
-SOURCED_PREFIXES = ("hf-hub:", "local-dir:")  # timm model names whose architecture and weights come from elsewhere
 IMPORT_HINT = ("create it with `mkd-pipeline data import fashion-mnist --out {root}` "
                "or `mkd-pipeline data import imagefolder SRC --out {root} --split NAME`")
 # Model kwargs that would fetch or load weights behind the config's back.
@@ -370,7 +370,7 @@ class _ModelConfig(_Section):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v.startswith(SOURCED_PREFIXES):
+        if is_sourced_name(v):
             return v
         if not timm.is_model(v):
             near = difflib.get_close_matches(v, timm.list_models(), n=3, cutoff=0.6)
@@ -413,7 +413,7 @@ class _ModelConfig(_Section):
                 problems.append(("model", f"{folder} has no config.json (timm's local-dir: layout: config.json and "
                                           "model.safetensors or pytorch_model.bin, as timm's save_for_hf writes them)"))
                 raise _Problems(*problems)
-        if self.model.startswith(SOURCED_PREFIXES) and not (self.pretrained or self.weights):
+        if is_sourced_name(self.model) and not (self.pretrained or self.weights):
             problems.append(("pretrained", f"{self.model.split(':')[0]}: names a model with its weights; set "
                                            "pretrained: true (or give weights)"))
         if (self.mean is None) != (self.std is None):
@@ -425,7 +425,7 @@ class _ModelConfig(_Section):
         except Exception as e:  # noqa: BLE001 - timm raises all kinds for bad kwargs (and a hub name offline)
             msg = str(e).strip() or type(e).__name__
             # a hub name's config.json may be what failed (offline, not cached): name the model then
-            field = "model" if self.model.startswith(SOURCED_PREFIXES) else "kwargs"
+            field = "model" if is_sourced_name(self.model) else "kwargs"
             problems.append((field, f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
         if problems:
             raise _Problems(*problems)
