@@ -4,7 +4,7 @@ Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`
 registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
 sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
 :func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
-:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops` and :func:`teacher_macs`, :func:`check_maskable` (which timm models can be
+:func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops`, :func:`teacher_macs` and :func:`saliency_macs`, :func:`check_maskable` (which timm models can be
 masked); deterministic views: :class:`ViewSpec`, :func:`sample_view` / :func:`shard_views` ->
 :class:`View` -> :func:`render` / :func:`render_batch`, :func:`mix_target`, the view columns
 (:func:`views_to_columns`, :func:`views_from_columns`, :func:`view_columns_layout`) and
@@ -21,7 +21,7 @@ from maskedkd.fidelity import (
     fidelity_curve,
     ladder_keeps,
 )
-from maskedkd.flops import teacher_flops, teacher_macs
+from maskedkd.flops import saliency_macs, teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
@@ -52,6 +52,7 @@ __all__ = [
     "resolve_keep",
     "saliency_on_grid",
     "select_keep",
+    "saliency_macs",
     "teacher_flops",
     "teacher_macs",
 ]

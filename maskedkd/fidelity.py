@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskedkd.flops import teacher_macs
+from maskedkd.flops import saliency_macs, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep
 from maskedkd.masked_forward import masked_forward
+from maskedkd.policies import needs_saliency
 
 __all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "ladder_keeps"]
 
@@ -35,6 +36,9 @@ class Rung:
         agreement: share of views whose masked prediction equals the unmasked teacher's.
         kl: mean KL(unmasked || masked) in nats, at temperature 1.
         macs: teacher multiply-adds per view at this keep.
+        saliency_macs: the student's saliency forward per view that labelling at this keep also
+            pays offline (:func:`maskedkd.saliency_macs`; 0 for policies without saliency and
+            for the unmasked teacher, which needs no mask).
     """
 
     keep: int | None
@@ -42,6 +46,12 @@ class Rung:
     agreement: float
     kl: float
     macs: int
+    saliency_macs: int = 0
+
+    @property
+    def net_macs(self) -> int:
+        """Multiply-adds per label at this keep: the teacher's and the saliency pass's."""
+        return self.macs + self.saliency_macs
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (run lock, report)."""
@@ -131,6 +141,7 @@ def fidelity_curve(
         full_logp.append(F.log_softmax(logits, 1))
     log_p = torch.cat(full_logp)
     macs_full = teacher_macs(teacher, None)
+    sal = saliency_macs(student) if student is not None and needs_saliency(policy) else 0
     rungs = []
     for keep in keeps:
         keep = resolve_keep(keep, grid[0] * grid[1], policy)
@@ -151,11 +162,17 @@ def fidelity_curve(
             kl[lo:hi] = (p.exp() * (p - F.log_softmax(logits, 1))).sum(1).clamp_min(0.0)
         rungs.append(Rung(keep=keep, top1=float((pred == labels).float().mean()),
                           agreement=float((pred == full).float().mean()), kl=float(kl.mean()),
-                          macs=teacher_macs(teacher, keep)))
+                          macs=teacher_macs(teacher, keep), saliency_macs=sal))
     return rungs
 
 
 def choose_keep(curve: Sequence[Rung], budget: Budget) -> int | None:
-    """The smallest keep of ``curve`` within ``budget``; ``None`` (all patches) when none is."""
-    ok = [r.keep for r in curve if r.keep is not None and budget.met(r)]
+    """The smallest keep of ``curve`` within ``budget``; ``None`` (all patches) when none is.
+
+    A keep whose net cost (:attr:`Rung.net_macs`: teacher + saliency pass) is above the unmasked
+    teacher's (the curve's ``keep=None`` rung, when it has one) is never chosen: labelling with the
+    full teacher is then cheaper, and needs no saliency pass.
+    """
+    full = next((r.macs for r in curve if r.keep is None), None)
+    ok = [r.keep for r in curve if r.keep is not None and budget.met(r) and (full is None or r.net_macs <= full)]
     return min(ok) if ok else None

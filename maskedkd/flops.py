@@ -1,4 +1,4 @@
-"""Teacher FLOPs, measured by torch's FlopCounterMode rather than a formula."""
+"""Teacher and saliency FLOPs, measured by torch's FlopCounterMode rather than a formula."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from maskedkd._vit import check_maskable
 from maskedkd.keep import resolve_keep
 from maskedkd.masked_forward import masked_forward
+from maskedkd.saliency import cls_attention
 
-__all__ = ["teacher_flops", "teacher_macs"]
+__all__ = ["saliency_macs", "teacher_flops", "teacher_macs"]
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -25,6 +26,18 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
 
 
+def _count(fn, model: nn.Module, batch: int) -> int:
+    """FLOPs of ``fn(model, images)`` on ``batch`` zero images at the model's input size."""
+    vit = check_maskable(model)
+    param = next(vit.parameters())
+    h, w = vit.patch_embed.img_size
+    images = torch.zeros(batch, vit.patch_embed.proj.in_channels, h, w, device=param.device, dtype=param.dtype)
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
+    with torch.no_grad(), counter:
+        fn(model, images)
+    return int(counter.get_total_flops())
+
+
 @torch.no_grad()
 def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1) -> int:
     """FLOPs (2 per multiply-add) of one :func:`maskedkd.masked_forward` over ``batch`` images.
@@ -35,15 +48,10 @@ def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1) -> int:
     MACs per image.
     """
     vit = check_maskable(teacher)
-    param = next(vit.parameters())
-    h, w = vit.patch_embed.img_size
-    images = torch.zeros(batch, vit.patch_embed.proj.in_channels, h, w, device=param.device, dtype=param.dtype)
     keep = resolve_keep(keep, vit.patch_embed.num_patches)
-    keep_idx = None if keep is None else torch.arange(keep, device=param.device).expand(batch, keep)
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
-    with counter:
-        masked_forward(teacher, images, keep_idx)
-    return int(counter.get_total_flops())
+    device = next(vit.parameters()).device
+    keep_idx = None if keep is None else torch.arange(keep, device=device).expand(batch, keep)
+    return _count(lambda m, x: masked_forward(m, x, keep_idx), teacher, batch)
 
 
 # per model object (weights do not change the count; the model's lifetime bounds the entry's)
@@ -62,3 +70,15 @@ def teacher_macs(teacher: nn.Module, keep: int | None) -> int:
     if keep not in per_model:
         per_model[keep] = teacher_flops(teacher, keep) // 2
     return per_model[keep]
+
+
+_SALIENCY_MACS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def saliency_macs(student: nn.Module) -> int:
+    """Multiply-adds of one :func:`maskedkd.cls_attention` per image: what an offline label pays for
+    the student's saliency (online it comes with the training forward). Counted once per model."""
+    vit = check_maskable(student)
+    if vit not in _SALIENCY_MACS:
+        _SALIENCY_MACS[vit] = _count(cls_attention, student, 1) // 2
+    return _SALIENCY_MACS[vit]

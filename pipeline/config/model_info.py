@@ -14,6 +14,28 @@ from maskedkd import check_maskable
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainedInfo:
+    """What a model's pretrained weights expect, from its timm ``pretrained_cfg`` (None: not stated)."""
+
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+
+    @classmethod
+    def of(cls, cfg: dict[str, Any]) -> "PretrainedInfo":
+        """From a ``pretrained_cfg`` dict."""
+        def floats(v: Any) -> tuple[float, ...] | None:
+            return None if v is None else tuple(float(x) for x in v)
+
+        nc = cfg.get("num_classes")
+        return cls(num_classes=None if nc is None else int(nc), mean=floats(cfg.get("mean")), std=floats(cfg.get("std")),
+                   interpolation=cfg.get("interpolation") or None,
+                   crop_pct=None if cfg.get("crop_pct") is None else float(cfg["crop_pct"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """What the config needs to know about a timm model, read from a ``meta``-device instance.
 
@@ -24,6 +46,8 @@ class ModelInfo:
         grid_size: patch grid (rows, cols) for ViTs, None otherwise.
         num_patches: patch tokens (rows * cols) for ViTs, None otherwise.
         maskable_error: why MaskedKD cannot mask / read saliency from it; None when it can.
+        pretrained: its timm ``pretrained_cfg``'s head and preprocessing (``num_classes``,
+            ``mean``, ``std``, ``interpolation``, ``crop_pct``), what its pretrained weights expect.
     """
 
     num_classes: int
@@ -32,6 +56,7 @@ class ModelInfo:
     grid_size: tuple[int, int] | None
     num_patches: int | None
     maskable_error: str | None
+    pretrained: PretrainedInfo = dataclasses.field(default_factory=lambda: PretrainedInfo())
 
 
 _MODEL_INFO_CACHE: dict[str, ModelInfo] = {}
@@ -64,6 +89,7 @@ def model_info(name: str, kwargs: dict[str, Any]) -> ModelInfo:
         grid_size=grid,  # type: ignore[arg-type]
         num_patches=grid[0] * grid[1] if grid else None,
         maskable_error=maskable_error,
+        pretrained=PretrainedInfo.of(dict(getattr(model, "pretrained_cfg", None) or {})),
     )
     _MODEL_INFO_CACHE[key] = info
     return info

@@ -31,24 +31,28 @@ from maskedkd.resize import TORCH_INTERPOLATIONS
 from maskedkd.views import ViewSpec
 from pipeline._gpu import resolve_precision
 from pipeline.config.model_info import ModelInfo, model_info
+from pipeline.models import is_sourced_name
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 IMPORT_HINT = ("create it with `mkd-pipeline data import fashion-mnist --out {root}` "
                "or `mkd-pipeline data import imagefolder SRC --out {root} --split NAME`")
 # Model kwargs that would fetch or load weights behind the config's back.
 _FORBIDDEN_KWARGS = {
-    "pretrained": "weights come from the `weights` field (a file), never from a hub",
-    "pretrained_cfg": "weights come from the `weights` field (a file), never from a hub",
-    "pretrained_cfg_overlay": "weights come from the `weights` field (a file), never from a hub",
+    "pretrained": "use the model's `pretrained: true` field (its fingerprint records the file loaded)",
+    "pretrained_cfg": "weights come from `pretrained` or `weights`; preprocessing from `mean`, `std`, `interpolation`",
+    "pretrained_cfg_overlay": "weights come from `pretrained` or `weights`; preprocessing from `mean`, `std`, `interpolation`",
     "checkpoint_path": "use the `weights` field",
 }
 # Friendlier words for unknown keys users are likely to try.
 _HINTS = {
     ("train", "epochs"): "the student's epochs are schedule.epochs",
-    ("teacher", "pretrained"): "give a weights file with teacher.weights",
-    ("student", "pretrained"): "give a weights file with student.weights",
     ("student", "train"): "the student is trained by the stage itself; its recipe is the top-level train block",
+    ("data", "crop_pct"): "the evaluation crop is each model's: teacher.crop_pct, student.crop_pct",
+    ("teacher", "num_classes"): "the head's size is teacher.kwargs.num_classes; the dataset's is data.num_classes",
+    ("student", "num_classes"): "the head's size is student.kwargs.num_classes; the dataset's is data.num_classes",
+    ("teacher", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
+    ("student", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
 }
 
 
@@ -70,6 +74,9 @@ def _check_files(info: ValidationInfo) -> bool:
 
 def _abspath(p: Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(p)))
+
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
 def _closest(word: str, options: list[str] | set[str]) -> str:
@@ -97,13 +104,14 @@ class DataConfig(_Section):
     val_subset: int | None = Field(None, ge=1, description="Use only the first N evaluation samples.")
     num_classes: int = Field(ge=2, description="Number of classes; both models' heads must match it.")
     mean: list[float] = Field(
-        [0.485, 0.456, 0.406], min_length=1, description="Per-channel normalisation mean (length = channels)."
+        [0.485, 0.456, 0.406], min_length=1, description="Per-channel normalisation mean (length = channels) of a model without its own "
+                                                 "(teacher.mean, or a pretrained model's pretrained_cfg)."
     )
     std: list[float] = Field(
-        [0.229, 0.224, 0.225], min_length=1, description="Per-channel normalisation std (length = channels)."
+        [0.229, 0.224, 0.225], min_length=1, description="Per-channel normalisation std of a model without its own (see mean)."
     )
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
-        "bicubic", description="Resampling used to render views."
+        "bicubic", description="Resampling used to render views of a model without its own (see mean)."
     )
     resize: Literal["pil", "torch"] = Field(
         "pil", description="Who resizes a view's crop: pil (Pillow, from the fractional crop box, timm's default), or "
@@ -326,17 +334,44 @@ class TeacherTrainConfig(TrainConfig):
 
 
 class _ModelConfig(_Section):
-    model: str = Field(description="timm model name (timm.list_models()).")
+    model: str = Field(description="timm model name (timm.list_models(), a pretrained tag such as "
+                                   "deit_base_patch16_224.fb_in1k, or hf-hub:ORG/NAME, local-dir:PATH).")
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of timm.create_model (img_size, patch_size, in_chans, ...)."
     )
-    weights: Path | None = Field(None, description="Weights file (.safetensors, .pth, .pt); relative to the working directory.")
+    pretrained: bool = Field(
+        False, description="Load the model name's pretrained weights through timm's loader (create_model(name, "
+                           "pretrained=True): the Hugging Face hub and its cache, HF_HUB_OFFLINE=1 the cache only); "
+                           "with weights: that file holds them. Also sets the model's preprocessing (pretrained_cfg).",
+    )
+    weights: Path | None = Field(
+        None, description="Weights file (.safetensors, .pth, .pt, .bin, .npz), loaded through timm's loader "
+                          "(position embeddings resampled to img_size); relative to the working directory.",
+    )
+    mean: list[float] | None = Field(
+        None, min_length=1, description="This model's normalisation mean; null: its pretrained_cfg's when "
+                                        "pretrained, else data.mean.",
+    )
+    std: list[float] | None = Field(
+        None, min_length=1, description="This model's normalisation std; null: its pretrained_cfg's when "
+                                        "pretrained, else data.std.",
+    )
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] | None = Field(
+        None, description="This model's view resampling; null: its pretrained_cfg's when pretrained, else data.interpolation.",
+    )
+
+    crop_pct: float | None = Field(
+        None, gt=0, le=1, description="Evaluation only: centre crop of this share of the image per side (timm's "
+                                      "crop_pct); null: its pretrained_cfg's when pretrained, else the whole image.",
+    )
 
     _info: ModelInfo | None = PrivateAttr(None)
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
+        if is_sourced_name(v):
+            return v
         if not timm.is_model(v):
             near = difflib.get_close_matches(v, timm.list_models(), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models()"
@@ -360,16 +395,38 @@ class _ModelConfig(_Section):
             raise ValueError(f"must be a {', '.join(WEIGHT_SUFFIXES)} file, got {str(v)!r}")
         return _abspath(v)
 
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError(f"every std must be > 0, got {v}")
+        return v
+
     def _check_model(self, info: ValidationInfo) -> None:
         """Weights file exists (when checking files) and the kwargs build the model; raises _Problems."""
         problems = []
         if self.weights is not None and _check_files(info) and not self.weights.is_file():
             problems.append(("weights", f"file {self.weights} does not exist"))
+        if self.model.startswith("local-dir:") and _check_files(info):
+            folder = Path(self.model.removeprefix("local-dir:")).expanduser()
+            if not (folder / "config.json").is_file():
+                problems.append(("model", f"{folder} has no config.json (timm's local-dir: layout: config.json and "
+                                          "model.safetensors or pytorch_model.bin, as timm's save_for_hf writes them)"))
+                raise _Problems(*problems)
+        if is_sourced_name(self.model) and not (self.pretrained or self.weights):
+            problems.append(("pretrained", f"{self.model.split(':')[0]}: names a model with its weights; set "
+                                           "pretrained: true (or give weights)"))
+        if (self.mean is None) != (self.std is None):
+            problems.append(("mean" if self.mean is None else "std", "give mean and std together"))
+        elif self.mean is not None and len(self.mean) != len(self.std or []):
+            problems.append(("std", f"has {len(self.std or [])} values but mean has {len(self.mean)}"))
         try:
             self._info = model_info(self.model, self.kwargs)
-        except Exception as e:  # noqa: BLE001 - timm raises all kinds for bad kwargs
+        except Exception as e:  # noqa: BLE001 - timm raises all kinds for bad kwargs (and a hub name offline)
             msg = str(e).strip() or type(e).__name__
-            problems.append(("kwargs", f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
+            # a hub name's config.json may be what failed (offline, not cached): name the model then
+            field = "model" if is_sourced_name(self.model) else "kwargs"
+            problems.append((field, f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
         if problems:
             raise _Problems(*problems)
 
@@ -379,32 +436,68 @@ class _ModelConfig(_Section):
             self._info = model_info(self.model, self.kwargs)
         return self._info
 
+    def preprocessing(self, data: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+        """``(mean, std, interpolation)`` this model sees views with.
+
+        Each value, in order: this section's own field; the model's ``pretrained_cfg`` when its
+        weights are pretrained (``pretrained: true``); else the ``data`` section's (today's shared
+        default). A model without ``pretrained`` therefore renders exactly as before these fields.
+        """
+        pre = self.info().pretrained if self.pretrained else None
+        if self.mean is not None:
+            mean, std = tuple(self.mean), tuple(self.std or ())
+        elif pre is not None and pre.mean is not None and pre.std is not None:
+            mean, std = pre.mean, pre.std
+        else:
+            mean, std = tuple(data.mean), tuple(data.std)
+        interpolation = self.interpolation or (pre.interpolation if pre is not None else None) or data.interpolation
+        if interpolation not in _INTERPOLATIONS:
+            interpolation = data.interpolation  # a pretrained_cfg name views cannot render (e.g. "random")
+        return mean, std, interpolation
+
+    def eval_crop_pct(self) -> float | None:
+        """The evaluation centre crop: ``crop_pct``, else its pretrained_cfg's when pretrained, else None
+        (the whole image, as before the field)."""
+        if self.crop_pct is not None:
+            return self.crop_pct
+        return self.info().pretrained.crop_pct if self.pretrained else None
+
 
 class TeacherConfig(_ModelConfig):
-    """The teacher: a timm model with a weights file, or trained first (``train``). Exactly one."""
+    """The teacher: pretrained or a weights file (frozen), trained first (``train``), or both (a fine-tune)."""
 
-    train: TeacherTrainConfig | None = Field(None, description="Train the teacher first with this recipe (CE only).")
+    train: TeacherTrainConfig | None = Field(
+        None, description="Train the teacher first with this recipe (CE only); with pretrained or weights: a "
+                          "fine-tune from them (the head re-initialised when it has other classes than data.num_classes).",
+    )
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "TeacherConfig":
-        if self.weights is not None and self.train is not None:
-            raise _Problems(("weights", "give either weights (a trained teacher) or train (train it first), not both"))
-        if self.weights is None and self.train is None:
-            raise _Problems(("weights", "the teacher needs weights (a file) or a train block (train it first)"))
+        if self.weights is None and not self.pretrained and self.train is None:
+            raise _Problems(("weights", "the teacher needs weights (a file), pretrained: true (the model name's "
+                                        "weights through timm), or a train block (train it first)"))
         self._check_model(info)
         return self
 
+    @property
+    def frozen(self) -> bool:
+        """Used as loaded (no ``train`` block): its classifier must already predict the dataset's classes."""
+        return self.train is None
+
 
 class StudentConfig(_ModelConfig):
-    """The student: a timm model initialised from a seed, or from a weights file."""
+    """The student: a timm model initialised from a seed, a weights file, or its pretrained weights."""
 
-    init_seed: int | None = Field(None, description="Seed of the random initialisation (default 0 without weights).")
+    init_seed: int | None = Field(
+        None, description="Seed of the random initialisation (default 0 without weights; with pretrained: of a "
+                          "re-initialised head).",
+    )
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "StudentConfig":
-        if self.weights is not None and self.init_seed is not None:
+        if self.weights is not None and not self.pretrained and self.init_seed is not None:
             raise _Problems(("init_seed", "give either init_seed or weights, not both"))
-        if self.weights is None and self.init_seed is None:
+        if (self.weights is None or self.pretrained) and self.init_seed is None:
             self.init_seed = 0
         self._check_model(info)
         return self
@@ -723,12 +816,8 @@ class StageConfig(_Section):
         p: list[tuple[str, str]] = []
         t, s = self.teacher.info(), self.student.info()
         nc = self.data.num_classes
-        for who, mi in (("teacher", t), ("student", s)):
-            if mi.num_classes != nc:
-                p.append((f"{who}.kwargs.num_classes", f"the {who} has {mi.num_classes} classes, data.num_classes is {nc}"))
-            if mi.in_chans is not None and mi.in_chans != len(self.data.mean):
-                p.append(("data.mean", f"has {len(self.data.mean)} values but the {who} takes {mi.in_chans} "
-                                       f"channels ({who}.kwargs.in_chans)"))
+        for who, mc in (("teacher", self.teacher), ("student", self.student)):
+            p += self._check_model_fits(who, mc)
         if isinstance(self.labels.topk, int) and self.labels.topk > nc:
             p.append(("labels.topk", f"must be <= data.num_classes ({nc}), got {self.labels.topk}"))
         m = self.masking
@@ -763,6 +852,28 @@ class StageConfig(_Section):
         if p:
             raise _Problems(*p)
         return self
+
+    def _check_model_fits(self, who: str, mc: _ModelConfig) -> list[tuple[str, str]]:
+        """The model's classes and channels fit the data; a frozen pretrained teacher keeps its head."""
+        mi, nc, p = mc.info(), self.data.num_classes, []
+        head = mi.pretrained.num_classes
+        if who == "teacher" and mc.pretrained and self.teacher.frozen and head is not None and head != nc:
+            p.append(("teacher.pretrained", f"{mc.model}'s pretrained classifier has {head} classes but data.num_classes "
+                                            f"is {nc}: a frozen teacher must predict the dataset's classes; fine-tune it "
+                                            f"with a teacher.train block (and kwargs.num_classes: {nc}; the head is "
+                                            "re-initialised), e.g. train: {epochs: 2, lr: 1.0e-4, patch_drop_rate: 0.5}"))
+        elif mi.num_classes != nc:
+            hint = f"; set {who}.kwargs.num_classes: {nc} (the pretrained head is re-initialised)" if mc.pretrained else ""
+            p.append((f"{who}.kwargs.num_classes", f"the {who} has {mi.num_classes} classes, data.num_classes is {nc}{hint}"))
+        mean = mc.preprocessing(self.data)[0]
+        if mi.in_chans is not None and mi.in_chans != len(mean):
+            field = f"{who}.mean" if mc.mean is not None or mc.pretrained else "data.mean"
+            p.append((field, f"has {len(mean)} values but the {who} takes {mi.in_chans} channels ({who}.kwargs.in_chans)"))
+        interpolation = mc.preprocessing(self.data)[2]
+        if self.data.resize == "torch" and interpolation not in TORCH_INTERPOLATIONS:
+            p.append((f"{who}.interpolation", f"is {interpolation} but data.resize is torch, which antialiases "
+                                              f"{' and '.join(TORCH_INTERPOLATIONS)} only; use resize: pil"))
+        return p
 
     def _check_keep(self, n: int) -> list[tuple[str, str]]:
         m = self.masking

@@ -15,6 +15,7 @@ Both sides import these rules from here; neither imports the other.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,8 +30,7 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 
 if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
-    from pipeline.config.model_info import ModelInfo
-    from pipeline.config.schema import DataConfig
+    from pipeline.config.schema import DataConfig, StudentConfig, TeacherConfig
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,7 @@ class RenderSpec:
     std: tuple[float, ...]
     interpolation: str = "bicubic"
     resize: str = "pil"
+    crop_pct: float | None = None  # evaluation only (:meth:`eval_view`): not in the record, labels never see it
 
     def __post_init__(self) -> None:
         size = (self.size, self.size) if isinstance(self.size, int) else self.size
@@ -208,6 +209,17 @@ class RenderSpec:
             return {}
         return {"resize": self.resize, "resize_digest": resize_digest(self.resize, self.interpolation)}
 
+    def eval_view(self, key: str, width: int, height: int) -> View:
+        """The evaluation view of a ``width x height`` image: the whole image, or with ``crop_pct``
+        timm's centre crop (the largest box of the output's aspect, ``crop_pct`` of it per side,
+        as ``Resize(size / crop_pct)`` + ``CenterCrop(size)`` take it)."""
+        if self.crop_pct is None:
+            return View(key=key, epoch=0, seed=0)
+        aspect = self.size[1] / self.size[0]
+        cw, ch = (aspect * height, height) if width / height >= aspect else (width, width / aspect)
+        area = self.crop_pct ** 2 * cw * ch / (width * height)
+        return View(key=key, epoch=0, seed=0, crop=(area, math.log(aspect), 0.5, 0.5))
+
     @classmethod
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                   interpolation: str = "bicubic") -> "RenderSpec":
@@ -215,12 +227,18 @@ class RenderSpec:
         return cls(size=tuple(model.patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
 
-def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
-    """How a model of a stage renders views: its input size and the data section's normalisation.
+def render_spec(data: DataConfig, model: "TeacherConfig | StudentConfig") -> RenderSpec:
+    """How a model of a stage renders views: its input size and its own preprocessing.
+
+    The view (crop, flip, augmentation) is shared; normalisation, interpolation and the
+    evaluation crop (``crop_pct``) are the model's (:meth:`pipeline.config.schema.TeacherConfig.preprocessing`: its own fields, its
+    ``pretrained_cfg`` when pretrained, else the data section's). They are in
+    :meth:`RenderSpec.record`, so a model that renders as before keeps its fingerprints.
 
     Args:
-        data: the stage config's ``data`` section (mean, std, interpolation, resize).
-        info: the model's :class:`pipeline.config.ModelInfo` (its ``img_size``).
+        data: the stage config's ``data`` section (the shared defaults, and the resizer).
+        model: the stage's ``teacher`` or ``student`` section.
     """
-    return RenderSpec(size=tuple(info.img_size), mean=tuple(data.mean), std=tuple(data.std),
-                      interpolation=data.interpolation, resize=data.resize)
+    mean, std, interpolation = model.preprocessing(data)
+    return RenderSpec(size=tuple(model.info().img_size), mean=mean, std=std, interpolation=interpolation,
+                      resize=data.resize, crop_pct=model.eval_crop_pct())

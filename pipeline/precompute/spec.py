@@ -39,7 +39,7 @@ def model_spec(cfg: StageConfig, who: str, weights: str | Path, fingerprint: str
     m = getattr(cfg, who)
     if fingerprint is None:
         fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
-    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg.data, m.info()))
+    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg.data, m))
 
 
 @dataclass(frozen=True)

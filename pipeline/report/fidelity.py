@@ -21,20 +21,22 @@ def _keep(rung: Mapping[str, Any], num_patches: int) -> int:
 
 
 def curve_table(curves: Mapping[str, Curve], num_patches: int, chosen: Mapping[str, int | None] | None = None) -> list[str]:
-    """Markdown rows: one line per (curve, keep) with top-1, agreement, KL and GMACs per view.
+    """Markdown rows: one line per (curve, keep) with top-1, agreement, KL and GMACs per view, the
+    teacher's and net (with the student's saliency pass, which ``keep: auto`` never lets exceed
+    the full teacher's; rows recorded before it was counted show the teacher's).
 
     Args:
         curves: label (a policy, or a milestone) -> its rungs.
         chosen: label -> the keep a budget chose from that curve, marked in the table.
     """
-    lines = ["| curve | keep | kept | teacher top-1 | agreement with unmasked | KL(unmasked ‖ masked) | GMACs/view |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| curve | keep | kept | teacher top-1 | agreement with unmasked | KL(unmasked ‖ masked) | GMACs/view "
+             "| net GMACs/view |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, curve in curves.items():
         for r in curve:
             k = _keep(r, num_patches)
             mark = " ←" if chosen is not None and label in chosen and _chosen(chosen[label], num_patches) == k else ""
             lines.append(f"| {label} | {k}{mark} | {k / num_patches:.1%} | {r['top1']:.4f} | {r['agreement']:.4f} | "
-                         f"{r['kl']:.4f} | {r['macs'] / 1e9:.4f} |")
+                         f"{r['kl']:.4f} | {r['macs'] / 1e9:.4f} | {(r['macs'] + r.get('saliency_macs', 0)) / 1e9:.4f} |")
     return lines
 
 

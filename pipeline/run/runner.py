@@ -32,7 +32,15 @@ from pipeline.errors import ConfigError, NumericError
 from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
-from pipeline.models import create_model, model_fingerprint, save_checkpoint
+from pipeline.models import (
+    checkpoint_stem,
+    create_model,
+    holds_model,
+    load_pretrained,
+    model_fingerprint,
+    save_checkpoint,
+    weights_file,
+)
 from pipeline.precompute.cluster import check_resources, run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
@@ -109,8 +117,15 @@ class Runner:
 
     def init_inputs(self) -> dict[str, Any]:
         s = self.cfg.student
-        return {"model": s.model, "kwargs": sha256_json(s.kwargs),
-                "init": sha256_file(s.weights) if s.weights else f"seed:{s.init_seed}"}
+        file = self._weights_file(s)
+        inputs = {"model": s.model, "kwargs": sha256_json(s.kwargs),
+                  "init": sha256_file(file) if file else f"seed:{s.init_seed}"}
+        # named only when set, so students initialised before `pretrained` existed stay fresh
+        return {**inputs, "pretrained": True, "init_seed": s.init_seed} if s.pretrained else inputs
+
+    def _weights_file(self, model) -> Path | None:
+        """The file ``model``'s weights load from (its ``weights``, or its pretrained file): the one hashed."""
+        return weights_file(model.model, model.kwargs, pretrained=model.pretrained, weights=model.weights)
 
     def precompute_inputs(self, segment: int, tasks: list[PartitionTask]) -> dict[str, Any]:
         """The tasks' fingerprints, plus the readable parts of them so `status` can say what changed.
@@ -147,20 +162,30 @@ class Runner:
 
     def _resize_input(self, model) -> dict[str, str]:
         """``{"render": ...}`` when views are resized by torch (other pixels to train on, whatever the
-        labels); nothing for Pillow, so teachers and students trained before `data.resize` stay fresh."""
-        resize = render_spec(self.cfg.data, model.info()).resize_record()
-        return {"render": sha256_json(resize)} if resize else {}
+        labels); nothing for Pillow, so teachers and students trained before `data.resize` stay fresh.
+        ``{"preprocess": ...}`` when the model normalises or resamples otherwise than the data section
+        (its own fields, or its pretrained_cfg), so models that render as before stay fresh too."""
+        data = self.cfg.data
+        render = render_spec(data, model)
+        out = {"render": sha256_json(render.resize_record())} if render.resize_record() else {}
+        if model.preprocessing(data) != (tuple(data.mean), tuple(data.std), data.interpolation):
+            out["preprocess"] = sha256_json(render.record())
+        return out
 
     def teacher_inputs(self) -> dict[str, Any]:
         t = self.cfg.teacher
-        if t.weights is not None:
-            return {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(t.weights)}
+        file = self._weights_file(t)
+        # named only when set, so teachers recorded before `pretrained` existed stay fresh
+        pretrained = {"pretrained": True} if t.pretrained else {}
+        if t.train is None:
+            return {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(file), **pretrained}
         views = (t.train.views or self.cfg.views).model_dump(mode="json")
         # patch_drop_rate 0 (the default) stays out of the recipe hash: teachers trained before the field existed stay valid
         recipe = t.train.model_dump(mode="json", exclude=set() if t.train.patch_drop_rate else {"patch_drop_rate"})
         inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
                   "views": sha256_json(views), "data": sha256_json(self.data_inputs()),
-                  "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset]), **self._resize_input(t)}
+                  "val": sha256_json([self.cfg.data.val, self.cfg.data.val_subset]), **self._resize_input(t),
+                  **({"init": sha256_file(file), **pretrained} if file else {})}
         return _with_order_seed(inputs, t.train.seed, views["seed"])
 
     # ------------------------------------------------------------------ cluster
@@ -196,7 +221,7 @@ class Runner:
             return {}
         shards = self._shards(self.cfg.data.val, self.cfg.data.val_subset)
         # under torchrun every rank evaluates its share (train_segment calls this on all ranks)
-        res = evaluate(model, shards, render_spec(self.cfg.data, model_cfg.info()), batch_size=256, device=self.device,
+        res = evaluate(model, shards, render_spec(self.cfg.data, model_cfg), batch_size=256, device=self.device,
                        split_ranks=True)
         return {f"val_{k}": v for k, v in res.items()}
 
@@ -212,20 +237,10 @@ class Runner:
             self._say("teacher", f"cached ({rec['path']})")
             self.result.stages["teacher"] = "cached"
             return self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
-        if cfg.teacher.weights is not None:
-            model = create_model(cfg.teacher.model, cfg.teacher.kwargs, weights=cfg.teacher.weights)
-            fp = model_fingerprint(model, cfg.teacher.model)
-            path = Path(cfg.teacher.weights)
-            val = self._evaluate(model, cfg.teacher)
-            info = {"fingerprint": fp, "top1": val.get("val_top1")}
-            self._say("teacher", f"weights {path} (val top-1 {_pct(info['top1'])})")
+        if cfg.teacher.frozen:
+            path, info = self._load_teacher(inputs)
         else:
-            # content-addressed: every run with the same teacher inputs shares one trained teacher
-            # a local (or file://) store shares it with every run; a remote store cannot hold what
-            # torch loads by path, so the run folder keeps it
-            local = paths.local_root(cfg.labels.store)
-            teachers = Path(local) / "teachers" if local is not None else self.run_dir / "teachers"
-            path = teachers / f"{cfg.teacher.model}-{sha256_json(inputs)[:16]}.pth"
+            path = self._teachers_dir() / f"{checkpoint_stem(cfg.teacher.model)}-{sha256_json(inputs)[:16]}.pth"
             sidecar = path.with_suffix(".json")
             if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
                 info = json.loads(sidecar.read_text())["info"]
@@ -236,13 +251,40 @@ class Runner:
         self.result.stages["teacher"] = "ran"
         return self._teacher_spec(str(path), info["fingerprint"])
 
+    def _teachers_dir(self) -> Path:
+        """Where teachers the run writes live, content-addressed: a local (or file://) store shares them
+        with every run; a remote store cannot hold what torch loads by path, so the run folder keeps them."""
+        local = paths.local_root(self.cfg.labels.store)
+        return Path(local) / "teachers" if local is not None else self.run_dir / "teachers"
+
+    def _load_teacher(self, inputs: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """A frozen teacher through timm's loader: its weights file when workers can load it as it is,
+        else (pretrained, resampled, converted) a plain checkpoint of what timm loaded."""
+        t = self.cfg.teacher
+        file = self._weights_file(t)
+        model = load_pretrained(t.model, t.kwargs, file, pretrained=t.pretrained, seed=0)
+        if t.pretrained or not holds_model(file, model):
+            path = self._teachers_dir() / f"{checkpoint_stem(t.model)}-{sha256_json(inputs)[:16]}.pth"
+            save_checkpoint(model, path)
+        else:
+            path = Path(file)
+        val = self._evaluate(model, t)
+        info = {"fingerprint": model_fingerprint(model, t.model), "top1": val.get("val_top1")}
+        self._say("teacher", f"weights {file} (val top-1 {_pct(info['top1'])})")
+        return path, info
+
     def _train_teacher(self, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.teacher
         recipe = t.train
         views = recipe.views or cfg.views
         # token dropping shapes training only: the saved weights load into the plain model
         kwargs = {**t.kwargs, "patch_drop_rate": recipe.patch_drop_rate} if recipe.patch_drop_rate else t.kwargs
-        model = create_model(t.model, kwargs, seed=recipe.seed)
+        file = self._weights_file(t)
+        if file is None:
+            model = create_model(t.model, kwargs, seed=recipe.seed)
+        else:  # a fine-tune: from the loaded weights, the head re-initialised when it has other classes
+            model = load_pretrained(t.model, kwargs, file, pretrained=t.pretrained, num_classes=cfg.data.num_classes,
+                                    seed=recipe.seed)
         work = self.run_dir / "teacher-train"
         self._say("teacher", f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
         t0 = time.perf_counter()
@@ -250,7 +292,7 @@ class Runner:
             res = train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=views.view_spec(), seed=views.seed,
                 epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
-                render=render_spec(cfg.data, t.info()), run_dir=work, view_pool=views.pool_size,
+                render=render_spec(cfg.data, t), run_dir=work, view_pool=views.pool_size,
                 device=self.device, checkpoint_path=path, log=lambda s: self._say("teacher", s),
                 evaluate=lambda m, e: self._evaluate(m, t), progress="teacher" if self.progress else None,
             )
@@ -271,7 +313,12 @@ class Runner:
         if self._fresh("init", inputs):
             self.result.stages["init"] = "cached"
             return path
-        model = create_model(s.model, s.kwargs, seed=None if s.weights else s.init_seed, weights=s.weights)
+        file = self._weights_file(s)
+        if file is None:
+            model = create_model(s.model, s.kwargs, seed=s.init_seed)
+        else:
+            model = load_pretrained(s.model, s.kwargs, file, pretrained=s.pretrained,
+                                    num_classes=self.cfg.data.num_classes if s.pretrained else None, seed=s.init_seed)
         save_checkpoint(model, path)
         self.lock.record("init", inputs, outputs={"checkpoint": file_record(path)})
         self._say("init", f"student {s.model} -> {path}")
@@ -465,7 +512,7 @@ class Runner:
             return train_segment(
                 model, shards=self._shards(cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(), seed=cfg.views.seed,
                 epochs=range(start, end), cfg=cfg.train, total_epochs=cfg.schedule.epochs,
-                render=render_spec(cfg.data, s.info()), run_dir=self.run_dir / "train",
+                render=render_spec(cfg.data, s), run_dir=self.run_dir / "train",
                 labels=None if cfg.train.kd == "off" or online else labels, view_pool=cfg.views.pool_size, online=online,
                 device=self.device, checkpoint_path=out, evaluate=lambda m, e: self._evaluate(m, s),
                 log=lambda line: self._say(name, line), progress=name if self.progress else None,
@@ -481,7 +528,7 @@ class Runner:
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
         policy = self.cfg.masking.policy
         keep = resolve_keep(self.cfg.keep_for_segment(segment), self.cfg.num_patches, policy)
-        return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t.info()), policy=policy, keep=keep)
+        return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t), policy=policy, keep=keep)
 
     # ------------------------------------------------------------------ the run
 

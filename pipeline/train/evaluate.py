@@ -12,7 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskedkd.rendering import render_batch
-from maskedkd.views import View
 from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, ShardRef
 from pipeline.train.dist import DistInfo, all_sum
@@ -46,8 +45,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 and mean cross-entropy of ``model`` over the shards' first ``rows`` samples each.
 
-    Every image is rendered whole (the View's default full crop, no flip, no augmentation)
-    at ``render.size``; works for students and teachers alike. Runs in eval mode and restores
+    Every image is rendered whole (the View's default full crop, no flip, no augmentation), or
+    centre-cropped by ``render.crop_pct`` (:meth:`RenderSpec.eval_view`), at ``render.size``; works for students and teachers alike. Runs in eval mode and restores
     the model's mode after. With ``split_ranks`` under an initialised process group every rank
     must call it: each evaluates every ``world``-th sample and the sums are all-reduced, so all
     ranks return the totals (otherwise it evaluates every sample, whoever calls it).
@@ -68,7 +67,7 @@ def evaluate(
     correct, loss_sum, n = 0, 0.0, 0
     try:
         for chunk in _chunks(shards, batch_size, rank, world):
-            views = [View(key=s.key, epoch=0, seed=0) for s in chunk]
+            views = [render.eval_view(s.key, *s.image.size) for s in chunk]
             images = render_batch([s.image for s in chunk], views, render.size, mean=render.mean, std=render.std,
                                   interpolation=render.interpolation, resize=render.resize).to(device)
             labels = torch.tensor([s.label for s in chunk], device=device)

@@ -210,7 +210,7 @@ class LabeledViews(IterableDataset):
                     where_to = (str(part.metadata["shard"]), int(part.metadata["view_epoch"]))
                 labels[where_to] = LabelRef(p["path"], p["sha256"], expect)
         ds = cls(shard_refs(load_manifest(cfg.data.root), cfg.data.train, cfg.data.subset), spec=cfg.views.view_spec(),
-                 seed=cfg.views.seed, render=render_spec(cfg.data, cfg.student.info()), epoch=epoch,
+                 seed=cfg.views.seed, render=render_spec(cfg.data, cfg.student), epoch=epoch,
                  batch_size=batch_size or cfg.train.batch_size, order_seed=cfg.train.seed, labels=labels,
                  view_pool=cfg.views.pool_size, tau=cfg.train.tau if cfg.train.kd == "kl" else 1.0,
                  num_classes=cfg.data.num_classes, smoothing=cfg.train.smoothing, rank=rank, world=world)

@@ -14,6 +14,7 @@ from maskedkd import (
     keep_indices,
     ladder_keeps,
     masked_forward,
+    saliency_macs,
     teacher_macs,
 )
 
@@ -99,3 +100,31 @@ def test_teacher_trained_with_patch_dropping_is_served_unchanged():
         assert torch.equal(masked_forward(teacher, x, torch.arange(n).expand(2, n)), teacher(x))
         masked = masked_forward(teacher, x, torch.arange(0, n, 2).expand(2, n // 2))
     assert masked.shape == (2, 10) and torch.isfinite(masked).all()
+
+
+def test_choose_keep_never_pays_more_than_the_full_teacher_net():
+    """Teacher MACs + the saliency pass above the full teacher's: label with the full teacher."""
+    def rung(keep, macs, sal):
+        return Rung(keep=keep, top1=0.5, agreement=0.99, kl=0.0, macs=macs, saliency_macs=sal)
+
+    full = rung(None, 100, 0)
+    assert choose_keep([rung(8, 50, 40), rung(12, 75, 40), full], Budget(agreement=0.95)) == 8  # 90 <= 100
+    assert choose_keep([rung(8, 50, 60), rung(12, 75, 60), full], Budget(agreement=0.95)) is None  # 110, 135
+    assert choose_keep([rung(8, 50, 50), full], Budget(agreement=0.95)) == 8  # equal to the full teacher: allowed
+    assert rung(8, 50, 60).net_macs == 110
+    # a lock written before saliency_macs existed: its rungs load with 0, so its choice stays
+    old = {"keep": 8, "top1": 0.5, "agreement": 0.99, "kl": 0.0, "macs": 50}
+    assert choose_keep([Rung(**old), full], Budget(agreement=0.95)) == 8
+
+
+def test_curve_counts_the_saliency_pass_of_saliency_policies_only():
+    teacher, student = make_model("vit", seed=0), make_model("deit", seed=1)
+    images, labels, seeds = _views(8)
+    n = teacher.patch_embed.num_patches
+    sal = saliency_macs(student)
+    assert 0 < sal < teacher_macs(student, None)  # the student's forward up to its last attention
+    for policy, want in (("student", sal), ("student_inverse", sal), ("random", 0)):
+        curve = fidelity_curve(teacher, images, labels, [4, n], policy, seeds=seeds, student=student,
+                               student_images=images)
+        assert [r.saliency_macs for r in curve] == [want, 0]
+        assert curve[0].net_macs == curve[0].macs + want

@@ -9,7 +9,7 @@ import pytest
 
 from maskedkd.digests import resize_digest
 from pipeline._fingerprint import sha256_json
-from pipeline.config import DataConfig, ModelInfo
+from pipeline.config import DataConfig, StudentConfig, TeacherConfig
 from pipeline.data.manifest import DatasetManifest
 from pipeline.labels.contract import (
     RenderSpec,
@@ -75,7 +75,48 @@ def test_render_spec_one_shape_for_both_sides():
     assert RenderSpec.for_model(vit, [0.5], [0.25]) == a
     data = DataConfig.model_validate({"root": "d", "num_classes": 2, "mean": [0.5], "std": [0.25],
                                       "interpolation": "bilinear"}, context={"check_files": False})
-    info = ModelInfo(num_classes=2, in_chans=1, img_size=(28, 32), grid_size=(4, 4), num_patches=16, maskable_error=None)
-    assert render_spec(data, info) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear")
+    student = _model_section(StudentConfig, img_size=(28, 32))
+    assert render_spec(data, student) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear")
     torch_data = data.model_copy(update={"resize": "torch"})
-    assert render_spec(torch_data, info) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear", "torch")
+    assert render_spec(torch_data, student) == RenderSpec((28, 32), (0.5,), (0.25,), "bilinear", "torch")
+
+
+def _model_section(cls, img_size=(28, 28), **fields):
+    kwargs = {"img_size": img_size, "patch_size": 7, "in_chans": 1, "num_classes": 2, "embed_dim": 16, "depth": 1,
+              "num_heads": 2}
+    return cls.model_validate({"model": "vit_tiny_patch16_224", "kwargs": kwargs, **fields},
+                              context={"check_files": False})
+
+
+def test_render_spec_each_model_its_own_preprocessing(tmp_path):
+    """A model's own mean/std/interpolation, else its pretrained_cfg's when pretrained, else data's."""
+    data = DataConfig.model_validate({"root": "d", "num_classes": 2, "mean": [0.5], "std": [0.25],
+                                      "interpolation": "bilinear"}, context={"check_files": False})
+    plain = render_spec(data, _model_section(StudentConfig))
+    assert plain == RenderSpec((28, 28), (0.5,), (0.25,), "bilinear")  # as before the per-model fields
+    own = render_spec(data, _model_section(StudentConfig, mean=[0.1], std=[0.2], interpolation="bicubic"))
+    assert own == RenderSpec((28, 28), (0.1,), (0.2,), "bicubic")
+    # vit_tiny_patch16_224's pretrained_cfg (augreg): mean = std = 0.5 per channel, bicubic
+    pre = render_spec(data, _model_section(TeacherConfig, pretrained=True))
+    assert pre == RenderSpec((28, 28), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", crop_pct=0.9)
+    assert sha256_json(pre.record()) != sha256_json(plain.record())  # other pixels: other fingerprints
+    # a weights file (no pretrained) is this model's checkpoint: it renders as the data section says
+    weights = tmp_path / "w.pth"
+    assert render_spec(data, _model_section(TeacherConfig, weights=str(weights))) == plain
+    overridden = render_spec(data, _model_section(TeacherConfig, pretrained=True, mean=[0.3], std=[0.3]))
+    assert overridden == RenderSpec((28, 28), (0.3,), (0.3,), "bicubic", crop_pct=0.9)
+
+
+def test_eval_view_is_the_whole_image_or_timms_centre_crop():
+    whole = RenderSpec(28, [0.5], [0.25])
+    assert whole.eval_view("k", 40, 20).crop_box(40, 20) == (0.0, 0.0, 1.0, 1.0)
+    crop = dataclasses.replace(whole, crop_pct=0.875)
+    assert crop.record() == whole.record()  # evaluation only: never in a label fingerprint
+    assert crop.eval_view("k", 32, 32).crop_box(32, 32) == pytest.approx((0.0625, 0.0625, 0.9375, 0.9375))
+    # a wide image: a square of 0.875 of its height, centred (timm's Resize(size / crop_pct) + CenterCrop(size))
+    assert crop.eval_view("k", 40, 20).crop_box(40, 20) == pytest.approx((0.28125, 0.0625, 0.71875, 0.9375))
+    pre = _model_section(TeacherConfig, pretrained=True)
+    data = DataConfig.model_validate({"root": "d", "num_classes": 2}, context={"check_files": False})
+    assert render_spec(data, pre).crop_pct == 0.9  # vit_tiny_patch16_224's pretrained_cfg
+    assert render_spec(data, _model_section(StudentConfig)).crop_pct is None
+    assert render_spec(data, _model_section(TeacherConfig, pretrained=True, crop_pct=1.0)).crop_pct == 1.0

@@ -1,0 +1,103 @@
+"""The teacher and init stages with pretrained models (issue 24 items 1-2): today's inputs stay for
+configs without ``pretrained``; a pretrained teacher from a ``local-dir:`` folder is hashed by the
+file timm loads, written as a plain checkpoint workers load strictly, and renders with its own
+preprocessing; a pretrained student starts from its weights with a re-initialised head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models._hub import save_for_hf
+
+from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline.config import load_config
+from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
+from pipeline.run.runner import Runner
+from tests.pipeline.run.test_runner import BASE_KW, VIT, stage_doc, write_stage
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TEACHER_KW = dict(BASE_KW, embed_dim=32, depth=1)
+STUDENT_KW = dict(BASE_KW, embed_dim=16, depth=1)
+
+
+def _runner(path: Path) -> Runner:
+    return Runner(load_config(path), progress=False, echo=lambda _s: None)
+
+
+def _local_dir(folder: Path, kwargs: dict, seed: int, mean: list[float], std: list[float]):
+    """A timm ``local-dir:`` folder (config.json + model.safetensors) whose pretrained_cfg states ``mean``/``std``."""
+    model = create_model(VIT, kwargs, seed=seed)
+    save_for_hf(model, str(folder), safe_serialization=True, model_args=kwargs)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["pretrained_cfg"].update(mean=mean, std=std, interpolation="bicubic")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+def test_configs_without_pretrained_keep_todays_inputs(fmnist_small, tmp_path):
+    w = tmp_path / "teacher.pth"
+    save_checkpoint(create_model(VIT, TEACHER_KW, seed=0), w)
+    doc = stage_doc(tmp_path, fmnist_small)
+    frozen = _runner(write_stage(tmp_path, doc, "frozen.yaml", teacher__train=None, teacher__weights=str(w),
+                                 teacher__kwargs=TEACHER_KW))
+    assert frozen.teacher_inputs() == {"model": VIT, "kwargs": sha256_json(TEACHER_KW), "weights": sha256_file(w)}
+    assert frozen.init_inputs() == {"model": VIT, "kwargs": sha256_json(doc["student"]["kwargs"]), "init": "seed:0"}
+    trained = _runner(write_stage(tmp_path, doc, "trained.yaml")).teacher_inputs()
+    assert not {"init", "pretrained", "preprocess"} & set(trained)
+    spec = frozen.teacher_stage()
+    assert spec.weights == str(w)  # a checkpoint of the model itself: workers load the file as it is
+    assert spec.render.mean == (0.286,) and spec.render.interpolation == "bilinear"
+
+
+def test_pretrained_teacher_and_student_from_local_dirs(fmnist_small, tmp_path):
+    teacher = _local_dir(tmp_path / "teacher", TEACHER_KW, seed=1, mean=[0.4], std=[0.3])
+    student = _local_dir(tmp_path / "student", {**STUDENT_KW, "num_classes": 5}, seed=2, mean=[0.2], std=[0.25])
+    t_name, s_name = f"local-dir:{tmp_path / 'teacher'}", f"local-dir:{tmp_path / 'student'}"
+    doc = stage_doc(tmp_path, fmnist_small)
+    path = write_stage(tmp_path, doc, teacher={"model": t_name, "pretrained": True},
+                       student={"model": s_name, "pretrained": True, "kwargs": {"num_classes": 10}}, data__val=None)
+    runner = _runner(path)
+    file = tmp_path / "teacher" / "model.safetensors"
+    inputs = runner.teacher_inputs()
+    assert inputs["weights"] == sha256_file(file) and inputs["pretrained"] is True
+
+    spec = runner.teacher_stage()
+    assert Path(spec.weights).parent == tmp_path / "store" / "teachers"
+    plain = create_model(t_name, {}, weights=spec.weights)  # what workers do: a strict load, fingerprint checked
+    assert model_fingerprint(plain, t_name) == spec.fingerprint == model_fingerprint(teacher, t_name)
+    assert (spec.render.mean, spec.render.std, spec.render.interpolation) == ((0.4,), (0.3,), "bicubic")
+
+    init = runner.init_inputs()
+    assert init["init"] == sha256_file(tmp_path / "student" / "model.safetensors") and init["pretrained"] is True
+    c0 = torch.load(runner.init_stage(), weights_only=True)
+    assert c0["head.weight"].shape == (10, 16)  # re-initialised for data.num_classes
+    body = {k: v for k, v in c0.items() if not k.startswith("head.")}
+    want = {k: v for k, v in student.state_dict().items() if not k.startswith("head.")}
+    assert state_dict_fingerprint(body) == state_dict_fingerprint(want)
+
+    # other weights in the folder: other inputs, so the teacher stage is stale
+    save_for_hf(create_model(VIT, TEACHER_KW, seed=3), str(tmp_path / "teacher"), safe_serialization=True,
+                model_args=TEACHER_KW)
+    assert runner.teacher_inputs()["weights"] != inputs["weights"]
+
+
+def test_pretrained_teacher_with_a_train_block_is_fine_tuned_from_its_weights(fmnist_small, tmp_path):
+    source = _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    name = f"local-dir:{tmp_path / 'teacher'}"
+    doc = stage_doc(tmp_path, fmnist_small)
+    # a learning rate too small to move the weights: what comes out is where the fine-tune started
+    train = {"epochs": 1, "lr": 1.0e-12, "min_lr": 0.0, "warmup_epochs": 0, "batch_size": 16, "seed": 0}
+    path = write_stage(tmp_path, doc, teacher={"model": name, "pretrained": True, "kwargs": {"num_classes": 10},
+                                               "train": train}, data__subset=32, data__val=None)
+    runner = _runner(path)
+    inputs = runner.teacher_inputs()
+    assert inputs["init"] == sha256_file(tmp_path / "teacher" / "model.safetensors") and inputs["pretrained"] is True
+    spec = runner.teacher_stage()
+    tuned = torch.load(spec.weights, weights_only=True)
+    assert tuned["head.weight"].shape == (10, 32)  # a new head for data.num_classes
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.allclose(tuned[key], value, atol=1e-6), key
