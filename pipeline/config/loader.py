@@ -13,14 +13,21 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.config.schema import (
-    _HINTS,
     SCHEDULER_ENV,
+    FieldProblems,
     StageConfig,
-    _check_address,
-    _closest,
-    _Problems,
+    check_address,
+    did_you_mean,
 )
 from pipeline.errors import ConfigError
+
+# Friendlier words for unknown keys users are likely to try.
+_HINTS = {
+    ("train", "epochs"): "the student's epochs are schedule.epochs",
+    ("teacher", "pretrained"): "give a weights file with teacher.weights",
+    ("student", "pretrained"): "give a weights file with student.weights",
+    ("student", "train"): "the student is trained by the stage itself; its recipe is the top-level train block",
+}
 
 # ----------------------------------------------------------------------------- loading
 
@@ -189,7 +196,7 @@ def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[s
         loc = tuple(e["loc"])
         ctx = e.get("ctx") or {}
         cause = ctx.get("error")
-        if isinstance(cause, _Problems):
+        if isinstance(cause, FieldProblems):
             base, _ = _model_at(loc)
             for field, msg in cause.problems:
                 full = ".".join(x for x in (base, field) if x).replace(".[", "[")
@@ -200,7 +207,7 @@ def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[s
             key = str(loc[-1])
             allowed = list(model.model_fields) if model else []
             hint = _HINTS.get((parent, key))
-            msg = f"unknown key {key!r}" + (f" ({hint})" if hint else _closest(key, allowed))
+            msg = f"unknown key {key!r}" + (f" ({hint})" if hint else did_you_mean(key, allowed))
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
             full = f"{parent + '.' if parent else ''}{key}"
@@ -257,7 +264,7 @@ def load_config(path: str | Path, *, check_files: bool = True, overrides: Sequen
     if cfg.compute.scheduler is None and os.environ.get(SCHEDULER_ENV, "").strip():
         address = os.environ[SCHEDULER_ENV].strip()
         try:
-            _check_address(address)
+            check_address(address)
         except ValueError as e:
             raise ConfigError(f"{shown}: compute.scheduler (from ${SCHEDULER_ENV}): {e}") from None
         cfg.compute.scheduler = address
