@@ -27,11 +27,11 @@ COMMANDS: dict[str, dict[str, str]] = {
         "report": "pipeline.report.results:report_cmd",
     },
     "bench": {
-        "teacher": "pipeline.bench.teacher:bench_teacher",
-        "store": "pipeline.bench.store:bench_store",
-        "data": "pipeline.bench.data:bench_data",
-        "train": "pipeline.bench.train:bench_train",
-        "precompute": "pipeline.bench.precompute:bench_precompute",
+        "teacher": "pipeline.bench.cli:bench_teacher",
+        "store": "pipeline.bench.cli:bench_store",
+        "data": "pipeline.bench.cli:bench_data",
+        "train": "pipeline.bench.cli:bench_train",
+        "precompute": "pipeline.bench.cli:bench_precompute",
     },
     "config": {
         "check": "pipeline.config.cli:config_check",
