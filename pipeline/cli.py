@@ -24,7 +24,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "precompute": "pipeline.run.cli:precompute_cmd",
         "probe": "pipeline.run.cli:probe_cmd",
         "gc": "pipeline.run.cli:gc_cmd",
-        "report": "pipeline.report.results:report_cmd",
+        "report": "pipeline.report.cli:report_cmd",
     },
     "bench": {
         "teacher": "pipeline.bench.cli:bench_teacher",
