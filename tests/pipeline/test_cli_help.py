@@ -14,15 +14,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "timm", "matplotlib", "dask", "distributed")
 
-PROBE = """
+PROBE = f"""
 import json, sys
 from pipeline.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+"""
 
 
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["bench", "precompute", "--help"],
