@@ -27,6 +27,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.data.shards import read_shard
 from pipeline.errors import ConfigError
 
+# make_imagenet_like_shard lives in fixtures.py; it stays importable from here (scripts/gpu_check.py uses it)
 __all__ = ["baseline_loop", "bench_shard", "data_table", "make_imagenet_like_shard", "ours_loop", "run_data_bench"]
 
 GRAY_MEAN = (0.5,)
