@@ -11,51 +11,32 @@ keys and labels, guards against decompression bombs and makes every view reprodu
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import click
-import numpy as np
+import torch
 from PIL import Image
+from torchvision import transforms
 
+from maskedkd.rendering import render
+from maskedkd.views import ViewSpec, sample_view
+from pipeline.bench.fixtures import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard
 from pipeline.bench.timing import interleaved_medians, machine_line
 from pipeline.data.manifest import load_manifest
-from pipeline.data.shards import ShardWriter, read_shard, sample_key
+from pipeline.data.shards import read_shard
 from pipeline.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# make_imagenet_like_shard lives in fixtures.py; it stays importable from here (scripts/gpu_check.py uses it)
+__all__ = ["baseline_loop", "bench_shard", "data_table", "make_imagenet_like_shard", "ours_loop", "run_data_bench"]
+
 GRAY_MEAN = (0.5,)
 GRAY_STD = (0.5,)
 
 
-def make_imagenet_like_shard(path: Path, n: int, *, seed: int = 0) -> Path:
-    """Write a shard of ``n`` ImageNet-sized JPEGs (500x375 and 375x500, quality 90, ~110 KB like ImageNet's average).
-
-    The content is smooth random colour fields plus sensor-like noise, so the JPEGs cost about
-    what photographs cost to decode (pure noise would be far larger, flat colour far smaller).
-    """
-    rng = np.random.default_rng(seed)
-    with ShardWriter(path) as writer:
-        for i in range(n):
-            w, h = (500, 375) if i % 4 else (375, 500)
-            coarse = Image.fromarray(rng.integers(0, 256, (h // 12, w // 12, 3), dtype=np.uint8))
-            smooth = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
-            pixels = np.clip(smooth + rng.normal(0, 18, smooth.shape), 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-            writer.write(sample_key("bench", i), {"jpg": buf.getvalue(), "cls": str(int(rng.integers(1000))).encode()})
-    return path
-
-
 def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]:
     """The minimal hand-written loop: tarfile, PIL decode, torchvision RRC + flip + ToTensor + Normalize."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from torchvision import transforms
-
     mode = "L" if len(mean) == 1 else "RGB"
     transform = transforms.Compose([
         transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -88,10 +69,6 @@ def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], 
 
 def ours_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], int]:
     """Our path: safe streaming reader, a pure view per sample, deterministic render."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.rendering import render
-    from maskedkd.views import ViewSpec, sample_view
-
     spec = ViewSpec()
     epoch = [0]
 
@@ -133,37 +110,10 @@ def _dataset_case(directory: Path, split: str, size: int | None) -> tuple[str, P
     return manifest.name, shard, size, mean, std
 
 
-def _table(results: dict) -> str:
-    lines = [
-        "| dataset | samples | size | ours (samples/s) | baseline (samples/s) | ours / baseline |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['samples']} | {r['size']} | {r['ours']:,.0f} | {r['baseline']:,.0f} | {r['ratio']:.2f} |")
-    return "\n".join(lines)
-
-
-@click.command("data")
-@click.argument("directory", metavar="[DIR]", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", default="train", show_default=True, help="Split of DIR whose first shard is read.")
-@click.option("--limit", default=5000, show_default=True, type=click.IntRange(min=1), help="Samples per timed run.")
-@click.option("--size", default=None, type=click.IntRange(min=1),
-              help="Output size for DIR [default: the images' size if <= 64 px, else 224].")
-@click.option("--imagenet-like", "imagenet_like", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Also bench a temporary shard of this many ~500x375 JPEGs at 224 px.")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per loop.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"<dataset>": {"ours", "baseline", "ratio", ...}}.')
-def bench_data(directory: Path | None, split: str, limit: int, size: int | None, imagenet_like: int, repeats: int,
-               as_json: bool) -> None:
-    """Read + decode + view + render throughput against a hand-written tarfile/PIL/torchvision loop.
-
-    Example: mkd-pipeline bench data data/fashion-mnist --imagenet-like 500
-    """
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
-    if directory is None and not imagenet_like:
-        raise click.UsageError("give a dataset DIR, --imagenet-like N, or both")
+def run_data_bench(directory: Path | None, split: str, limit: int, size: int | None, imagenet_like: int,
+                   repeats: int) -> dict[str, dict]:
+    """``{dataset: bench_shard record}`` for the first shard of ``directory``'s ``split`` and, with
+    ``imagenet_like`` > 0, a temporary shard of that many ImageNet-like JPEGs at 224 px."""
     torch.set_num_threads(1)  # per-core numbers; both loops are single-process
     results = {}
     if directory is not None:
@@ -173,8 +123,16 @@ def bench_data(directory: Path | None, split: str, limit: int, size: int | None,
         with tempfile.TemporaryDirectory(prefix="mkd-bench-data-") as tmp:
             shard = make_imagenet_like_shard(Path(tmp) / "bench-000000.tar", imagenet_like)
             results["imagenet-like"] = bench_shard(shard, 224, IMAGENET_MEAN, IMAGENET_STD, imagenet_like, repeats)
-    if as_json:
-        click.echo(json.dumps(results))
-        return
-    click.echo(f"machine: {machine_line()}")
-    click.echo(_table(results))
+    return results
+
+
+def data_table(results: dict) -> str:
+    """This machine, then markdown of :func:`run_data_bench`'s record: one line per dataset."""
+    lines = [
+        f"machine: {machine_line()}",
+        "| dataset | samples | size | ours (samples/s) | baseline (samples/s) | ours / baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['samples']} | {r['size']} | {r['ours']:,.0f} | {r['baseline']:,.0f} | {r['ratio']:.2f} |")
+    return "\n".join(lines)

@@ -31,19 +31,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from pipeline.bench.data import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard
+from maskedkd.rendering import render_batch
+from maskedkd.views import ViewSpec, shard_views
+from pipeline._fingerprint import sha256_file
+from pipeline.bench.fixtures import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard
 from pipeline.bench.timing import machine_line
+from pipeline.data.shards import read_shard
+from pipeline.errors import ConfigError
+from pipeline.labels.contract import RenderSpec
+from pipeline.precompute.feed import EpochPixels, decode_shard, render_pool, with_pixel_arrays
 
 # the paper's teacher throughput at keep 50% (images/s on one GPU), which the data path must feed
 TEACHER_RATES = {"DeiT-B": 1536.0, "DeiT-S": 3702.0}
 
 
-def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.views import ViewSpec
-    from pipeline.labels.contract import RenderSpec
+def check_feed_options(resizes: tuple[str, ...], auto_augment: str | None) -> None:
+    """Raise ConfigError naming the option when ``--feed-resize`` or ``--feed-auto-augment`` is not usable."""
+    bad = sorted(set(resizes) - {"pil", "torch"})
+    if bad or not resizes:
+        raise ConfigError(f"--feed-resize: {','.join(bad) or '(empty)'} is not pil or torch")
+    if auto_augment:
+        try:
+            ViewSpec(auto_augment=auto_augment)
+        except ValueError as e:
+            raise ConfigError(f"--feed-auto-augment: {e}") from None
 
+
+def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
     r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
     return ViewSpec(auto_augment=auto_augment), r, r  # DeiT's student and teacher see the same 224 px views
 
@@ -51,10 +67,6 @@ def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
 def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int = 224,
                 auto_augment: str | None = None) -> int:
     """Today's per-view-epoch task (before issue 17), data path only: rows labelled."""
-    from maskedkd.rendering import render_batch
-    from maskedkd.views import shard_views
-    from pipeline.data.shards import read_shard
-
     spec, student, teacher = _setup(size, auto_augment=auto_augment)
     rows = 0
     for epoch in epochs:  # one task per (shard, view epoch): the shard decoded every time
@@ -73,14 +85,6 @@ def before_path(shard: Path, sha256: str, epochs: range, batch: int, size: int =
 def after_path(shard: Path, sha256: str, epochs: range, batch: int, workers: int, *, normalise: bool = True,
                size: int = 224, resize: str = "pil", auto_augment: str | None = None) -> int:
     """The task's data path now (:mod:`pipeline.precompute.feed`): rows labelled."""
-    from maskedkd.views import shard_views
-    from pipeline.precompute.feed import (
-        EpochPixels,
-        decode_shard,
-        render_pool,
-        with_pixel_arrays,
-    )
-
     spec, student, teacher = _setup(size, resize, auto_augment)
     rows = 0
     pool = render_pool(workers)
@@ -116,10 +120,6 @@ def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers:
                    auto_augment: str | None = None) -> dict[str, Any]:
     """Labels/s (wall and per CPU second) of ``before`` and ``after`` (per resizer and worker count),
     interleaved rounds."""
-    import torch
-
-    from pipeline._fingerprint import sha256_file
-
     torch.set_num_threads(1)  # the render threads are the parallelism measured; torch ops stay single-threaded
     with tempfile.TemporaryDirectory(prefix="mkd-bench-feed-") as tmp:
         shard = make_imagenet_like_shard(Path(tmp) / "bench-000000.tar", images)

@@ -17,25 +17,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline._fingerprint import sha256_file
+from pipeline.bench.fixtures import (
+    fashion_mnist_dataset,
+    fresh_tasks,
+    plan,
+    save_vit,
+    stage_doc,
+    timed_run,
+    vit_kwargs,
+    warm_workers,
+    write_stage,
+)
+from pipeline.precompute.cluster import open_cluster
+
 
 def precompute_hash_cost(samples: int, shard_size: int, batch: int, img_size: int, keep: int | None,
                          repeats: int) -> dict[str, Any]:
     """First (from-scratch) precompute runs on one worker of one thread, with the shards hashed
     while read (as runs do) and without, interleaved ``repeats`` times; medians and their ratio."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from pipeline.bench.precompute import (
-        _fresh,
-        _timed_run,
-        _warm,
-        fashion_mnist_dataset,
-        plan,
-        save_vit,
-        stage_doc,
-        vit_kwargs,
-        write_stage,
-    )
-    from pipeline.precompute.cluster import open_cluster
-
     teacher, student = vit_kwargs(img_size)
     keep = keep or ((img_size // 4) ** 2 + 1) // 2
     with tempfile.TemporaryDirectory(prefix="bench-hash-") as tmp:
@@ -48,16 +48,16 @@ def precompute_hash_cost(samples: int, shard_size: int, batch: int, img_size: in
         tasks = plan(cfg, t_path, save_vit(student, root / "c0.pth", seed=0))
         assert all(t.shard_sha256 for t in tasks)  # planned from the manifest: runs hash every shard
         with open_cluster(workers=1, threads_per_worker=1, device="cpu", dashboard=False, announce=None) as c:
-            _warm(c, cfg, tasks, root / "warm", "hash-warm")
+            warm_workers(c, cfg, tasks, root / "warm", "hash-warm")
             seconds: dict[str, list[float]] = {"hash on": [], "hash off": []}
             cpu: dict[str, list[float]] = {"hash on": [], "hash off": []}  # the worker's: steadier under load
             for r in range(repeats):
                 for name, times in seconds.items():
                     key = f"{name.replace(' ', '-')}-{r}"
-                    run = _fresh(tasks, root / key)
+                    run = fresh_tasks(tasks, root / key)
                     if name == "hash off":
                         run = [replace(t, shard_sha256=None) for t in run]
-                    wall, cpu_s, _ = _timed_run(run, c, cfg, key)
+                    wall, cpu_s, _ = timed_run(run, c, cfg, key)
                     times.append(wall)
                     cpu[name].append(cpu_s)
         record = hash_cost_record(statistics.median(seconds["hash on"]), statistics.median(seconds["hash off"]),
@@ -69,8 +69,6 @@ def precompute_hash_cost(samples: int, shard_size: int, batch: int, img_size: in
 def train_shards_hashed(shards: Sequence) -> list:
     """``shards`` (ShardRefs) as a dataset manifest gives them: with their sha256, so the trainer
     hashes each one while it streams it."""
-    from pipeline._fingerprint import sha256_file
-
     return [replace(r, sha256=sha256_file(r.path)) for r in shards]
 
 
@@ -83,8 +81,6 @@ def hash_cost_record(on_s: float, off_s: float, *, rows: int, unit: str, shards:
     record = {"median_on_s": on_s, "median_off_s": off_s, "ratio_on_off": on_s / off_s, "unit": unit,
               "per_s_on": rows / on_s, "per_s_off": rows / off_s}
     if shards:
-        from pipeline._fingerprint import sha256_file
-
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -97,7 +93,7 @@ def hash_cost_record(on_s: float, off_s: float, *, rows: int, unit: str, shards:
 
 
 def hash_cost_table(cost: dict[str, Any], what: str) -> str:
-    """A small markdown table of :func:`hash_cost`'s record, printed after a bench's own table."""
+    """A small markdown table of :func:`hash_cost_record`'s record, printed after a bench's own table."""
     row = (f"| {what} | {cost['ratio_on_off']:.3f} ({cost['median_on_s']:.2f} s / {cost['median_off_s']:.2f} s; "
            f"{cost['per_s_on']:.1f} / {cost['per_s_off']:.1f} {cost['unit']}/s) | <= 1.03 |")
     if "ratio_on_off_cpu" in cost:

@@ -17,139 +17,44 @@ teacher dominates as it does in practice:
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-import click
 import numpy as np
-import yaml
+import torch
 
-from pipeline.bench.timing import machine_line
-from pipeline.data.importers import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_SRC,
-    SourceImage,
-    _fashion_mnist_split,
-    _write_split,
-    png_gray8,
+from maskedkd import cls_attention, masked_forward, select_keep
+from maskedkd.rendering import render_batch
+from maskedkd.views import ViewSpec, shard_views
+from pipeline.bench.fixtures import (
+    VIT,
+    fashion_mnist_dataset,
+    fresh_tasks,
+    plan,
+    save_vit,
+    stage_doc,
+    timed_run,
+    vit_kwargs,
+    warm_workers,
+    write_stage,
 )
-from pipeline.data.manifest import DatasetManifest, load_manifest
+from pipeline.bench.timing import machine_line
 from pipeline.data.shards import read_shard
 from pipeline.errors import ConfigError
-
-VIT = "vit_tiny_patch16_224"
-GRAY = ((0.2860,), (0.3530,))  # Fashion-MNIST mean / std
-
-
-def vit_kwargs(img_size: int = 28) -> tuple[dict, dict]:
-    """(teacher, student) timm kwargs on ``img_size`` inputs with 4x4 patches (28: 49 patches,
-    56: 196 like ViT-B/16 at 224). At keep 50% the teacher's masked forward costs 9.7x (28) and
-    7.1x (56) the student's full forward in MACs (31.8 vs 3.3 and 132 vs 18.5 MMACs)."""
-    base = {"img_size": img_size, "patch_size": 4, "in_chans": 1, "num_classes": 10}
-    return dict(base, embed_dim=128, depth=6, num_heads=4), dict(base, embed_dim=48, depth=2, num_heads=3)
-
-
-TEACHER, STUDENT = vit_kwargs(28)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs: dataset, checkpoints, stage config, tasks
-
-
-def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, offset: int = 0):
-    """A dataset folder (shards + ``manifest.json``) of ``samples`` real Fashion-MNIST training
-    images starting at ``offset``, as split ``train``; returns its :class:`DatasetManifest`."""
-    out = Path(out)
-    images, labels = _fashion_mnist_split(FASHION_MNIST_SRC, "train")
-    items = (SourceImage(png_gray8(images[i]), "png", int(labels[i]), f"train[{i}]")
-             for i in range(offset, offset + samples))
-    skipped: list[dict] = []
-    split = _write_split(out, "train", items, samples, shard_size, skipped)
-    manifest = DatasetManifest(name="fashion-mnist-subset", classes=list(FASHION_MNIST_CLASSES), splits={"train": split},
-                               source={"kind": "fashion-mnist", "offset": offset, "samples": samples}, skipped=skipped)
-    manifest.save(out)
-    return manifest
-
-
-def save_vit(kwargs: dict, path: str | Path, *, seed: int, perturb: float = 0.0, perturb_seed: int = 0) -> Path:
-    """Save a random-weight ViT checkpoint; ``perturb`` adds N(0, perturb * std) noise to every
-    weight of the last block (a small "student update" that changes some keep sets)."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
-    from pipeline.models import create_model, save_checkpoint
-
-    model = create_model(VIT, kwargs, seed=seed)
-    if perturb:
-        g = torch.Generator().manual_seed(perturb_seed)
-        with torch.no_grad():
-            for p in model.blocks[-1].parameters():
-                p.add_(torch.randn(p.shape, generator=g) * perturb * float(p.std() if p.numel() > 1 else 1.0))
-    save_checkpoint(model, path)
-    return Path(path)
-
-
-def stage_doc(*, name: str, data_root: str | Path, store: str | Path, teacher_weights: str | Path,
-              teacher: dict = TEACHER, student: dict = STUDENT, policy: str = "student", keep: int | None = 25,
-              tolerance: int = 0, spot_check: int = 64, topk: int | str = 10, batch_size: int = 256,
-              subset: int | None = None,
-              workers: int = 2, retries: int = 1, timeout_s: float = 600, view_pool: int | str = "epochs",
-              epochs: int = 1, every: int | None = None, run_dir: str | Path | None = None,
-              device: str = "cpu") -> dict[str, Any]:
-    """A stage config (the YAML document) for a precompute on the dataset at ``data_root``."""
-    doc: dict[str, Any] = {
-        "name": name,
-        "data": {"root": str(data_root), "train": "train", "val": None, "subset": subset, "num_classes": 10,
-                 "mean": list(GRAY[0]), "std": list(GRAY[1]), "interpolation": "bilinear"},
-        "teacher": {"model": VIT, "kwargs": dict(teacher), "weights": str(teacher_weights)},
-        "student": {"model": VIT, "kwargs": dict(student), "init_seed": 0},
-        "schedule": {"epochs": epochs, **({"every": every} if every else {})},
-        "masking": {"policy": policy, "tolerance": tolerance, "spot_check": spot_check,
-                    **({"keep": keep} if policy != "none" else {})},
-        "views": {"seed": 0, "pool": view_pool, "scale": [0.6, 1.0], "hflip": 0.5},
-        "labels": {"store": str(store), "topk": topk, "temperatures": [1.0]},
-        "compute": {"workers": workers, "threads_per_worker": 1, "batch_size": batch_size, "device": device,
-                    "timeout_s": timeout_s, "retries": retries},
-        "train": {"lr": 1e-3, "warmup_epochs": 0},
-    }
-    if run_dir is not None:
-        doc["run_dir"] = str(run_dir)
-    return doc
-
-
-def write_stage(path: str | Path, doc: dict[str, Any]):
-    """Write ``doc`` as a stage YAML at ``path`` and load it with :func:`pipeline.config.load_config`."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from pipeline.config import load_config
-
-    Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
-    return load_config(path)
-
-
-def plan(cfg, teacher_weights: str | Path, student_weights: str | Path | None, segment: int = 0):
-    """``plan_segment`` of ``cfg`` with these checkpoints (what the runner does for a segment)."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from pipeline.precompute.plan import plan_segment
-    from pipeline.precompute.spec import model_spec
-
-    student = model_spec(cfg, "student", student_weights) if student_weights is not None else None
-    return plan_segment(cfg, segment, manifest=load_manifest(cfg.data.root), teacher=model_spec(cfg, "teacher", teacher_weights),
-                        student=student, device="auto", num_classes=cfg.data.num_classes)
+from pipeline.models import create_model
+from pipeline.precompute.cluster import open_cluster
+from pipeline.precompute.task import autocast_for
 
 
 def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Iterator[tuple[Any, Any]]:
     """``(task, images)`` per batch: each task's views rendered as the task renders them for its
     ``who`` ("student" or "teacher"), in tar order and batches of ``batch`` (default: the task's),
     computed here (read shard, views, render) independently of :mod:`pipeline.precompute.task`."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.rendering import render_batch
-    from maskedkd.views import ViewSpec, shard_views
-
     for t in tasks:
         samples = list(read_shard(t.shard_path))[: t.limit]
         views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
@@ -163,11 +68,6 @@ def student_keep_sets(student, tasks: Sequence):
     """bool [rows, patches]: the keep sets of ``student`` on the views of ``tasks``, computed
     here (the student's own rendering, ``cls_attention`` + ``select_keep``, in the tasks' batch
     size), independently of :mod:`pipeline.precompute.task`."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
-    from maskedkd import cls_attention, select_keep
-
     out = []
     student = student.eval()
     for t, images in rendered_batches(tasks, "student"):
@@ -189,9 +89,6 @@ class _Bare:
 
     def __init__(self, teacher, tasks: Sequence, keep: int, batch: int, rows: int, device: str = "cpu",
                  precision: str = "fp32") -> None:
-        # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-        import torch
-
         self.batches = []
         for _, images in rendered_batches(tasks, "teacher", batch):
             if self.rows >= rows:
@@ -213,12 +110,6 @@ class _Bare:
 
     def run(self) -> tuple[float, float]:
         """(wall seconds, CPU seconds) of one pass."""
-        # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-        import torch
-
-        from maskedkd import masked_forward
-        from pipeline.precompute.task import autocast_for
-
         t0, c0 = time.perf_counter(), time.thread_time()
         with torch.inference_mode(), autocast_for(self.device, self.precision):
             for b, k in zip(self.batches, self.idx):
@@ -228,36 +119,74 @@ class _Bare:
         return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def _cpu_seconds(cluster) -> float:
-    """CPU seconds used so far by all worker processes of ``cluster``."""
-    return sum(cluster.client.run(time.process_time).values())
+@dataclass
+class _Setup:
+    """What every timed run of one benchmark shares: configs, planned tasks, the bare baseline."""
+
+    manifest: Any
+    cfg1: Any  # one worker
+    cfg2: Any  # two workers
+    tasks: list
+    changed_tasks: list  # the same rows planned with the updated student
+    changed: int  # rows whose keep set the update changed, computed here
+    bare: _Bare
 
 
-def _timed_run(tasks, cluster, cfg, key: str) -> tuple[float, float, dict]:
-    """(wall seconds, workers' CPU seconds, summary) of one ``run_precompute``."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from pipeline.precompute.run import run_precompute
-
-    c0 = _cpu_seconds(cluster)
-    t0 = time.perf_counter()
-    summary = run_precompute(tasks, cluster, cfg=cfg, key_prefix=key, progress=False)
-    wall = time.perf_counter() - t0
-    return wall, _cpu_seconds(cluster) - c0, summary
+def _check_device(device: str) -> int:
+    """GPUs the benchmark can use (0 on the CPU); raises ConfigError when ``device`` cannot run."""
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: cpu or cuda, got {device!r} (GPU workers each take their own GPU)")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda: torch sees no CUDA device")
+    return gpus
 
 
-def _fresh(tasks, store: Path) -> list:
-    """The same tasks writing into another (empty) store: a first run again."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from pipeline.labels.paths import partition_path
+def _setup(root: Path, samples: int, shard_size: int, batch: int, img_size: int, keep: int, perturb: float,
+           device: str) -> _Setup:
+    """Dataset, checkpoints (c1: c0 after a small update), configs, tasks and the bare baseline under ``root``."""
+    teacher, student = vit_kwargs(img_size)
+    manifest = fashion_mnist_dataset(root / "data", samples, shard_size)
+    t_path = save_vit(teacher, root / "teacher.pth", seed=1)
+    s0 = save_vit(student, root / "c0.pth", seed=0)
+    s1 = save_vit(student, root / "c1.pth", seed=0, perturb=perturb)
 
-    return [replace(t, store=str(store), path=partition_path(str(store), shard=t.shard, view_epoch=t.view_epoch,
-                                                             fingerprints=t.fingerprints)) for t in tasks]
+    def cfg_for(name: str, workers: int):
+        doc = stage_doc(name=name, data_root=root / "data", store=root / name, teacher_weights=t_path,
+                        teacher=teacher, student=student, keep=keep, batch_size=batch, workers=workers,
+                        device=device)
+        return write_stage(root / f"{name}.yaml", doc)
+
+    cfg1, cfg2 = cfg_for("one", 1), cfg_for("two", 2)
+    tasks, changed_tasks = plan(cfg1, t_path, s0), plan(cfg1, t_path, s1)
+    keep0 = student_keep_sets(create_model(VIT, student, weights=s0), tasks)
+    keep1 = student_keep_sets(create_model(VIT, student, weights=s1), changed_tasks)
+    bare = _Bare(create_model(VIT, teacher, weights=t_path), tasks, keep, batch, rows=2 * batch,
+                 device=device, precision=cfg1.compute.task_precision())
+    return _Setup(manifest, cfg1, cfg2, tasks, changed_tasks, int((keep0 != keep1).any(axis=1).sum()), bare)
 
 
-def _warm(cluster, cfg, tasks, scratch: Path, key: str) -> None:
-    """Start every worker's torch and model cache on a few rows into a scratch store."""
-    warm = [replace(t, limit=32) for t in _fresh(tasks, scratch)[: len(cluster.workers())]]
-    _timed_run(warm, cluster, cfg, key)
+def _time_runs(s: _Setup, root: Path, repeats: int, two_workers: bool, device: str) -> dict[str, Any]:
+    """The timed precompute runs: ``repeats`` interleaved rounds of first runs (1 and 2 workers,
+    the bare baseline), then an identical rerun and a rerun after the student's update."""
+    kw = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
+    with contextlib.ExitStack() as stack:
+        c1 = stack.enter_context(open_cluster(workers=1, **kw))
+        c2 = stack.enter_context(open_cluster(workers=2, **kw)) if two_workers else None
+        warm_workers(c1, s.cfg1, s.tasks, root / "warm", "warm1")
+        if c2 is not None:
+            warm_workers(c2, s.cfg2, s.tasks, root / "warm", "warm2")
+        rounds = []
+        for r in range(repeats):
+            one = timed_run(fresh_tasks(s.tasks, root / f"one-{r}"), c1, s.cfg1, f"first1-{r}")
+            two = timed_run(fresh_tasks(s.tasks, root / f"two-{r}"), c2, s.cfg2, f"first2-{r}") if c2 else None
+            rounds.append((one, two, s.bare.run()))
+        last = fresh_tasks(s.tasks, root / f"one-{repeats - 1}")
+        wall_repeat, _, repeat = timed_run(last, c1, s.cfg1, "repeat")
+        changed = fresh_tasks(s.changed_tasks, root / f"one-{repeats - 1}")
+        wall_changed, _, update = timed_run(changed, c1, s.cfg1, "changed")
+    return {"rounds": rounds, "wall_repeat": wall_repeat, "repeat": repeat, "wall_changed": wall_changed,
+            "update": update}
 
 
 def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_size: int = 56, keep: int | None = None,
@@ -273,18 +202,7 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     machine hits them alike; ratios are medians over the rounds. ``keep`` defaults to half the
     patches (98 of 196 at 56x56, 25 of 49 at 28x28).
     """
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
-    from pipeline.models import create_model
-    from pipeline.precompute.cluster import open_cluster
-
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: cpu or cuda, got {device!r} (GPU workers each take their own GPU)")
-    gpus = torch.cuda.device_count() if device == "cuda" else 0
-    if device == "cuda" and gpus == 0:
-        raise ConfigError("--device cuda: torch sees no CUDA device")
-    teacher, student = vit_kwargs(img_size)
+    gpus = _check_device(device)
     patches = (img_size // 4) ** 2
     keep = keep or (patches + 1) // 2
     if not 1 <= keep <= patches:
@@ -292,43 +210,18 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:
         root = Path(tmp)
-        manifest = fashion_mnist_dataset(root / "data", samples, shard_size)
-        t_path = save_vit(teacher, root / "teacher.pth", seed=1)
-        s0 = save_vit(student, root / "c0.pth", seed=0)
-        s1 = save_vit(student, root / "c1.pth", seed=0, perturb=perturb)
+        s = _setup(root, samples, shard_size, batch, img_size, keep, perturb, device)
+        timings = _time_runs(s, root, repeats, device == "cpu" or gpus >= 2, device)
+    return _result(s, timings, batch=batch, keep=keep, img_size=img_size, repeats=repeats, device=device)
 
-        def cfg_for(name: str, workers: int):
-            doc = stage_doc(name=name, data_root=root / "data", store=root / name, teacher_weights=t_path,
-                            teacher=teacher, student=student, keep=keep, batch_size=batch, workers=workers,
-                            device=device)
-            return write_stage(root / f"{name}.yaml", doc)
 
-        cfg1, cfg2 = cfg_for("one", 1), cfg_for("two", 2)
-        tasks, changed_tasks = plan(cfg1, t_path, s0), plan(cfg1, t_path, s1)
-        keep0 = student_keep_sets(create_model(VIT, student, weights=s0), tasks)
-        keep1 = student_keep_sets(create_model(VIT, student, weights=s1), changed_tasks)
-        changed = int((keep0 != keep1).any(axis=1).sum())
-        bare = _Bare(create_model(VIT, teacher, weights=t_path), tasks, keep, batch, rows=2 * batch,
-                      device=device, precision=cfg1.compute.task_precision())
-
-        kw = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
-        two_workers = device == "cpu" or gpus >= 2
-        with contextlib.ExitStack() as stack:
-            c1 = stack.enter_context(open_cluster(workers=1, **kw))
-            c2 = stack.enter_context(open_cluster(workers=2, **kw)) if two_workers else None
-            _warm(c1, cfg1, tasks, root / "warm", "warm1")
-            if c2 is not None:
-                _warm(c2, cfg2, tasks, root / "warm", "warm2")
-            rounds = []
-            for r in range(repeats):
-                one = _timed_run(_fresh(tasks, root / f"one-{r}"), c1, cfg1, f"first1-{r}")
-                two = _timed_run(_fresh(tasks, root / f"two-{r}"), c2, cfg2, f"first2-{r}") if c2 else None
-                rounds.append((one, two, bare.run()))
-            last = _fresh(tasks, root / f"one-{repeats - 1}")
-            wall_repeat, _, repeat = _timed_run(last, c1, cfg1, "repeat")
-            wall_changed, _, update = _timed_run(_fresh(changed_tasks, root / f"one-{repeats - 1}"), c1, cfg1, "changed")
-
+def _result(s: _Setup, timings: dict[str, Any], *, batch: int, keep: int, img_size: int, repeats: int,
+            device: str) -> dict[str, Any]:
+    """The benchmark's record: medians over the rounds, ratios, counters."""
+    rounds, repeat, update = timings["rounds"], timings["repeat"], timings["update"]
+    wall_repeat = timings["wall_repeat"]
     rows = rounds[0][0][2]["rows"]
+    bare = s.bare
 
     def med(values):  # None (the two-worker numbers of a one-GPU run) when a round has none
         values = list(values)
@@ -340,11 +233,12 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
     wall1, wall2 = med(o[0] for o, _, _ in rounds), two(lambda o, t: t[0])
     bare_wall, bare_cpu = med(b[0] for *_, b in rounds), med(b[1] for *_, b in rounds)
     first = rounds[-1][0][2]
+    teacher, student = vit_kwargs(img_size)
     return {
         "efficiency": med((rows / o[0]) / (bare.rows / b[0]) for o, _, b in rounds),
         "scaling_2w": two(lambda o, t: o[0] / t[0]),
         "repeat_fraction": wall_repeat / rounds[-1][0][0],
-        "changed_fraction": changed / rows,
+        "changed_fraction": s.changed / rows,
         "teacher_forward_fraction": update["teacher_forwards"] / rows,
         "efficiency_cpu": med((rows / o[1]) / (bare.rows / b[1]) for o, _, b in rounds),
         "labels_per_s_1w": rows / wall1,
@@ -359,16 +253,16 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         "labels_per_cpu_s_2w": two(lambda o, t: rows / t[1]),
         "rows": rows,
         "bare_rows": bare.rows,
-        "shards": len(manifest.shards("train")),
+        "shards": len(s.manifest.shards("train")),
         "batch": batch,
         "keep": keep,
         "img_size": img_size,
-        "patches": patches,
+        "patches": (img_size // 4) ** 2,
         "repeats": repeats,
         "seconds": {"first_1w": [o[0] for o, _, _ in rounds], "first_2w": [t[0] for _, t, _ in rounds if t],
-                    "bare": [b[0] for *_, b in rounds], "repeat_1w": wall_repeat, "changed_1w": wall_changed},
+                    "bare": [b[0] for *_, b in rounds], "repeat_1w": wall_repeat, "changed_1w": timings["wall_changed"]},
         "phase_seconds_1w": first["task_seconds"],
-        "changed_rows": changed,
+        "changed_rows": s.changed,
         "changed_teacher_forwards": update["teacher_forwards"],
         "changed_rows_reused": update["rows_reused"],
         "repeat_cached": repeat["cached"],
@@ -377,12 +271,13 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         "teacher": teacher,
         "student": student,
         "device": device,
-        "precision": cfg1.compute.task_precision(),
+        "precision": s.cfg1.compute.task_precision(),
         "machine": machine_line(),
     }
 
 
-def _table(r: dict) -> str:
+def precompute_table(r: dict) -> str:
+    """Markdown of :func:`run_bench`'s record: the measures against their targets."""
     ph = r["phase_seconds_1w"]
     lines = [
         f"{r['rows']} Fashion-MNIST rows in {r['shards']} shards at {r['img_size']}x{r['img_size']}, batch {r['batch']}, "
@@ -396,10 +291,10 @@ def _table(r: dict) -> str:
         f"({r['labels_per_s_1w']:.1f} / {r['labels_per_s_bare']:.1f}) | >= 0.8 |",
         f"| efficiency per CPU second (worker process vs bare loop) | {r['efficiency_cpu']:.3f} "
         f"({r['labels_per_cpu_s_1w']:.1f} / {r['labels_per_cpu_s_bare']:.1f}) | |",
-        f"| scaling_2w (2 workers / 1 worker) | {_f(r['scaling_2w'], '.2f')}x ({_f(r['labels_per_s_2w'], '.1f')} labels/s) | >= 1.7x |",
-        f"| cores the workers got (CPU s / wall s), 1 worker / 2 workers | {r['cores_used_1w']:.2f} / {_f(r['cores_used_2w'], '.2f')} "
+        f"| scaling_2w (2 workers / 1 worker) | {dash_or(r['scaling_2w'], '.2f')}x ({dash_or(r['labels_per_s_2w'], '.1f')} labels/s) | >= 1.7x |",
+        f"| cores the workers got (CPU s / wall s), 1 worker / 2 workers | {r['cores_used_1w']:.2f} / {dash_or(r['cores_used_2w'], '.2f')} "
         f"| 1 / 2 |",
-        f"| labels per CPU second, 1 worker / 2 workers | {r['labels_per_cpu_s_1w']:.1f} / {_f(r['labels_per_cpu_s_2w'], '.1f')} "
+        f"| labels per CPU second, 1 worker / 2 workers | {r['labels_per_cpu_s_1w']:.1f} / {dash_or(r['labels_per_cpu_s_2w'], '.1f')} "
         f"| equal |",
         f"| repeat_fraction (identical rerun wall / first) | {r['repeat_fraction']:.4f} "
         f"({r['seconds']['repeat_1w']:.3f} s / {r['seconds']['first_1w'][-1]:.2f} s) | <= 0.02 |",
@@ -413,68 +308,10 @@ def _table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _f(value: float | None, fmt: str) -> str:
+def dash_or(value: float | None, fmt: str) -> str:
     """``value`` formatted, ``-`` when it was not measured (two workers on a one-GPU machine)."""
     return "-" if value is None else format(value, fmt)
 
 
 def _list(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
-
-
-@click.command("precompute")
-@click.option("--samples", default=1024, show_default=True, type=click.IntRange(2), help="Fashion-MNIST training rows.")
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1), help="Rows per shard (2+ shards).")
-@click.option("--batch", default=256, show_default=True, type=click.IntRange(1), help="Teacher / student batch size.")
-@click.option("--img-size", default="56", show_default=True, type=click.Choice(["28", "56"]), help="Input size (4x4 patches).")
-@click.option("--keep", default=None, type=click.IntRange(1), help="Patches kept [default: half of them].")
-@click.option("--perturb", default=0.01, show_default=True, type=click.FloatRange(0), help="Student update size (last block noise).")
-@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1), help="Interleaved rounds (median).")
-@click.option("--feed", is_flag=True, help="Instead: labels/s of the task's data path alone (no forward), before "
-              "and after issue 17, on ImageNet-like JPEGs at 224 px.")
-@click.option("--feed-images", default=256, show_default=True, type=click.IntRange(1), help="--feed: JPEGs in the shard.")
-@click.option("--feed-epochs", default=2, show_default=True, type=click.IntRange(1), help="--feed: view epochs per segment.")
-@click.option("--feed-resize", default="pil,torch", show_default=True,
-              help="--feed: the data.resize values to time the after path with, comma-separated.")
-@click.option("--feed-auto-augment", default=None, metavar="STR",
-              help="--feed: views with this RandAugment (e.g. rand-m9-mstd0.5-inc1, DeiT's) [default: crop + flip].")
-@click.option("--hash-cost", is_flag=True, help="Also time first runs with and without shard hashing (interleaved) "
-              "and print the ratio.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Worker device: cuda runs one GPU worker per GPU at compute.precision auto (bf16).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"efficiency", "scaling_2w", "repeat_fraction", ...}.')
-def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, keep: int | None, perturb: float,
-                     repeats: int, feed: bool, feed_images: int, feed_epochs: int, feed_resize: str,
-                     feed_auto_augment: str | None, hash_cost: bool, device: str, as_json: bool) -> None:
-    """Precompute end to end on a LocalCluster: efficiency, 2-worker scaling, repeat, incremental.
-
-    With --feed: the data path alone (read, hash, decode, render student + teacher views, collate,
-    normalise), today's against the pre-issue-17 path, per core and with 1 and 2 render threads.
-    """
-    if feed:
-        from pipeline.bench.feed import feed_table, run_feed_bench
-
-        resizes = tuple(r.strip() for r in feed_resize.split(",") if r.strip())
-        bad = sorted(set(resizes) - {"pil", "torch"})
-        if bad or not resizes:
-            raise ConfigError(f"--feed-resize: {','.join(bad) or '(empty)'} is not pil or torch")
-        if feed_auto_augment:
-            from maskedkd.views import ViewSpec
-
-            try:
-                ViewSpec(auto_augment=feed_auto_augment)
-            except ValueError as e:
-                raise ConfigError(f"--feed-auto-augment: {e}") from None
-        result = run_feed_bench(feed_images, feed_epochs, min(batch, 64), repeats=repeats, resizes=resizes,
-                                auto_augment=feed_auto_augment)
-        click.echo(json.dumps(result, indent=1) if as_json else feed_table(result))
-        return
-    from pipeline.bench.hashing import hash_cost_table, precompute_hash_cost
-
-    if samples <= shard_size:
-        raise ConfigError("--samples must exceed --shard-size: two workers need two shards or more")
-    result = run_bench(samples, shard_size, batch, int(img_size), keep, perturb, repeats, device)
-    if hash_cost:
-        result["hash_cost"] = precompute_hash_cost(samples, shard_size, batch, int(img_size), keep, repeats)
-    table = _table(result) + (hash_cost_table(result["hash_cost"], "first run, 1 worker") if hash_cost else "")
-    click.echo(json.dumps(result, indent=1) if as_json else table)

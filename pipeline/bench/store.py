@@ -7,16 +7,18 @@ rarely has more than one to spare for labels.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import Any
 
-import click
 import numpy as np
 import pyarrow as pa
+import torch
 
+from maskedkd import from_logits
 from pipeline._fingerprint import sha256_json
 from pipeline.bench.timing import interleaved_medians, machine_line
+from pipeline.labels import open_partition, write_partition
+from pipeline.labels.summary import column_bytes_per_row
 
 
 def synthetic_labels(n: int, num_classes: int, num_patches: int, *, seed: int = 0) -> dict[str, Any]:
@@ -66,9 +68,6 @@ def synthetic_metadata(n: int, shard: str = "train-000000") -> dict[str, Any]:
 
 def run_bench(rows: int, classes: int, k: int, patches: int, repeats: int) -> dict[str, Any]:
     """Bytes per row, write rows/s and read rows/s for ``topk: k`` and ``topk: all``, one thread."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
     threads = (pa.cpu_count(), pa.io_thread_count(), torch.get_num_threads())
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
@@ -82,13 +81,6 @@ def run_bench(rows: int, classes: int, k: int, patches: int, repeats: int) -> di
 
 
 def _measure(rows: int, classes: int, k: int, patches: int, repeats: int) -> dict[str, Any]:
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
-    from maskedkd import from_logits
-    from pipeline.labels import open_partition, write_partition
-    from pipeline.labels.summary import column_bytes_per_row
-
     data = synthetic_labels(rows, classes, patches)
     logits = torch.from_numpy(data.pop("logits"))
     rng = np.random.default_rng(1)
@@ -132,36 +124,18 @@ def _measure(rows: int, classes: int, k: int, patches: int, repeats: int) -> dic
     return result
 
 
-@click.command("store")
-@click.option("--rows", default=100_000, show_default=True, type=click.IntRange(1))
-@click.option("--classes", default=1000, show_default=True, type=click.IntRange(2))
-@click.option("--k", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--patches", default=196, show_default=True, type=click.IntRange(1))
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed repeats (median reported).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"bytes_per_row", "write_rows_per_s", "read_rows_per_s", ..., "all": {...}}.')
-def bench_store(rows: int, classes: int, k: int, patches: int, repeats: int, as_json: bool) -> None:
-    """Label partition bytes per row on disk, write rows/s and read rows/s into torch tensors,
-    for top-K labels and for all logits (``topk: all``), on synthetic teacher outputs, one thread.
-
-    "read" streams every column (keys, label, keep unpacked to bool, TopK); "read (trainer)"
-    only what a student trainer needs (keys, TopK). Writes include encoding, sha256, fsync and
-    the atomic rename.
-    """
-    if k > classes:
-        raise click.BadParameter(f"--k {k} is more than --classes {classes}")
-    r = run_bench(rows, classes, k, patches, repeats)
-    if as_json:
-        click.echo(json.dumps(r, indent=2))
-        return
+def store_table(r: dict[str, Any]) -> str:
+    """Markdown of :func:`run_bench`'s record: top-K and all-logits rows, bytes per column."""
     a = r["all"]
-    click.echo(f"{r['rows']:,} rows, {r['classes']} classes, {r['patches']} patches, 1 thread, median of {r['repeats']}")
-    click.echo(f"machine: {r['machine']}")
-    click.echo("| labels | bytes/row | write rows/s | read rows/s (all columns) | read rows/s (keys + target) |")
-    click.echo("|---|---|---|---|---|")
-    click.echo(f"| top-{r['k']} | {r['bytes_per_row']:.1f} ({r['bytes_per_row_with_view']:.1f} with a 4 x float32 box"
-               f" + flip view) | {r['write_rows_per_s']:,.0f} | {r['read_rows_per_s']:,.0f} | {r['read_rows_per_s_trainer']:,.0f} |")
-    click.echo(f"| all {r['classes']} | {a['bytes_per_row']:.1f} | {a['write_rows_per_s']:,.0f} | {a['read_rows_per_s']:,.0f}"
-               f" | {a['read_rows_per_s_trainer']:,.0f} |")
     parts = ", ".join(f"{name} {b:.1f}" for name, b in r["column_bytes_per_row"].items())
-    click.echo(f"top-{r['k']} bytes/row by column: {parts}")
+    return "\n".join([
+        f"{r['rows']:,} rows, {r['classes']} classes, {r['patches']} patches, 1 thread, median of {r['repeats']}",
+        f"machine: {r['machine']}",
+        "| labels | bytes/row | write rows/s | read rows/s (all columns) | read rows/s (keys + target) |",
+        "|---|---|---|---|---|",
+        f"| top-{r['k']} | {r['bytes_per_row']:.1f} ({r['bytes_per_row_with_view']:.1f} with a 4 x float32 box"
+        f" + flip view) | {r['write_rows_per_s']:,.0f} | {r['read_rows_per_s']:,.0f} | {r['read_rows_per_s_trainer']:,.0f} |",
+        f"| all {r['classes']} | {a['bytes_per_row']:.1f} | {a['write_rows_per_s']:,.0f} | {a['read_rows_per_s']:,.0f}"
+        f" | {a['read_rows_per_s_trainer']:,.0f} |",
+        f"top-{r['k']} bytes/row by column: {parts}",
+    ])

@@ -7,6 +7,8 @@ import platform
 import statistics
 import time
 
+import torch
+
 
 def interleaved_medians(fns: dict, *, warmup: int = 1, repeats: int = 5) -> dict:
     """Median seconds per named callable, timed round-robin so that load spikes on a shared
@@ -25,9 +27,6 @@ def interleaved_medians(fns: dict, *, warmup: int = 1, repeats: int = 5) -> dict
 
 def machine_line() -> str:
     """One line naming this machine: CPU model, core count, torch threads, GPU if any."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

@@ -14,14 +14,24 @@ same stored labels (their content does not change the input pipeline's work).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+import torch
+import torch.distributed as dist
+
+from maskedkd.views import ViewSpec
+from pipeline.bench.fixtures import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard, write_teacher_labels
+from pipeline.labels.contract import RenderSpec, ShardRef
+from pipeline.models import create_model
+from pipeline.train.labeled_views import LabeledViews
+
 VARIANTS = ((True, "pil"), (False, "pil"), (False, "torch"))  # (eager decoding, data.resize)
 TEACHER = {"img_size": 224, "patch_size": 32, "in_chans": 3, "num_classes": 1000, "embed_dim": 32, "depth": 1,
            "num_heads": 2}
@@ -29,11 +39,6 @@ TEACHER = {"img_size": 224, "patch_size": 32, "in_chans": 3, "num_classes": 1000
 
 def _rank(rank: int, world: int, init: str, job: dict, out) -> None:  # noqa: ANN001 - a multiprocessing queue
     """One rank: join the group, stream the epoch, report (decoded, rows, seconds) to ``out``."""
-    import torch
-    import torch.distributed as dist
-
-    from pipeline.train.labeled_views import LabeledViews
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -60,8 +65,6 @@ def _rank(rank: int, world: int, init: str, job: dict, out) -> None:  # noqa: AN
 
 
 def _world(world: int, job: dict, tmp: Path) -> list[dict]:
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")  # a clean interpreter per rank, as torchrun gives
     out = ctx.Queue()
     init = "file://" + str(tmp / f"init-{world}-{int(job['eager'])}-{job['render'].resize}-{time.monotonic_ns()}")
@@ -78,15 +81,8 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 
 def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeats: int = 1) -> dict[str, Any]:
     """Rows/s and images decoded per rank, world size 1 and 2: eager (before), lazy (now), lazy with torch resizing."""
-    # lazy: `mkd-pipeline bench --help` imports every bench module; torch/timm would add 2-4 s
-    from maskedkd.views import ViewSpec
-    from pipeline.bench.data import make_imagenet_like_shard
-    from pipeline.bench.train import write_teacher_labels
-    from pipeline.labels.contract import RenderSpec, ShardRef
-    from pipeline.models import create_model
-
     spec = ViewSpec()  # RandomResizedCrop (0.08, 1) + flip: the DeiT recipe's geometry
-    render = RenderSpec(224, *IMAGENET)
+    render = RenderSpec(224, IMAGENET_MEAN, IMAGENET_STD)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-input-") as tmp:
         tmp_path = Path(tmp)
@@ -108,8 +104,6 @@ def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeat
 
 def input_table(result: dict) -> str:
     """Markdown: one line per (path, world size), medians over repeats and ranks."""
-    import statistics
-
     lines = [f"{result['samples']} ImageNet-like JPEGs (500x375) in {result['shards']} shards, global batch "
              f"{result['batch']}, one epoch at 224 px; one process per rank (gloo), 1 torch thread each", "",
              "| decoding | world size | rows/s per rank | rows per CPU s per rank | images decoded per rank | rows per rank |",

@@ -13,14 +13,24 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.config.schema import (
-    _HINTS,
     SCHEDULER_ENV,
+    FieldProblems,
     StageConfig,
-    _check_address,
-    _closest,
-    _Problems,
+    check_address,
+    did_you_mean,
 )
 from pipeline.errors import ConfigError
+
+# Friendlier words for unknown keys users are likely to try.
+_HINTS = {
+    ("train", "epochs"): "the student's epochs are schedule.epochs",
+    ("student", "train"): "the student is trained by the stage itself; its recipe is the top-level train block",
+    ("data", "crop_pct"): "the evaluation crop is each model's: teacher.crop_pct, student.crop_pct",
+    ("teacher", "num_classes"): "the head's size is teacher.kwargs.num_classes; the dataset's is data.num_classes",
+    ("student", "num_classes"): "the head's size is student.kwargs.num_classes; the dataset's is data.num_classes",
+    ("teacher", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
+    ("student", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
+}
 
 # ----------------------------------------------------------------------------- loading
 
@@ -189,7 +199,7 @@ def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[s
         loc = tuple(e["loc"])
         ctx = e.get("ctx") or {}
         cause = ctx.get("error")
-        if isinstance(cause, _Problems):
+        if isinstance(cause, FieldProblems):
             base, _ = _model_at(loc)
             for field, msg in cause.problems:
                 full = ".".join(x for x in (base, field) if x).replace(".[", "[")
@@ -200,7 +210,7 @@ def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[s
             key = str(loc[-1])
             allowed = list(model.model_fields) if model else []
             hint = _HINTS.get((parent, key))
-            msg = f"unknown key {key!r}" + (f" ({hint})" if hint else _closest(key, allowed))
+            msg = f"unknown key {key!r}" + (f" ({hint})" if hint else did_you_mean(key, allowed))
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
             full = f"{parent + '.' if parent else ''}{key}"
@@ -257,7 +267,7 @@ def load_config(path: str | Path, *, check_files: bool = True, overrides: Sequen
     if cfg.compute.scheduler is None and os.environ.get(SCHEDULER_ENV, "").strip():
         address = os.environ[SCHEDULER_ENV].strip()
         try:
-            _check_address(address)
+            check_address(address)
         except ValueError as e:
             raise ConfigError(f"{shown}: compute.scheduler (from ${SCHEDULER_ENV}): {e}") from None
         cfg.compute.scheduler = address

@@ -1,6 +1,6 @@
 """The stage config's schema: one pydantic model per YAML section (see :mod:`pipeline.config`).
 
-Every section forbids unknown keys; validators raise ``_Problems`` naming the dotted field, which
+Every section forbids unknown keys; validators raise ``FieldProblems`` naming the dotted field, which
 :mod:`pipeline.config.loader` turns into ``file: field: message`` lines (exit code 2).
 """
 
@@ -44,22 +44,12 @@ _FORBIDDEN_KWARGS = {
     "pretrained_cfg_overlay": "weights come from `pretrained` or `weights`; preprocessing from `mean`, `std`, `interpolation`",
     "checkpoint_path": "use the `weights` field",
 }
-# Friendlier words for unknown keys users are likely to try.
-_HINTS = {
-    ("train", "epochs"): "the student's epochs are schedule.epochs",
-    ("student", "train"): "the student is trained by the stage itself; its recipe is the top-level train block",
-    ("data", "crop_pct"): "the evaluation crop is each model's: teacher.crop_pct, student.crop_pct",
-    ("teacher", "num_classes"): "the head's size is teacher.kwargs.num_classes; the dataset's is data.num_classes",
-    ("student", "num_classes"): "the head's size is student.kwargs.num_classes; the dataset's is data.num_classes",
-    ("teacher", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
-    ("student", "hf_hub_id"): "name the model hf-hub:ORG/NAME with pretrained: true",
-}
 
 
 # ----------------------------------------------------------------------------- problems
 
 
-class _Problems(ValueError):
+class FieldProblems(ValueError):
     """Raised inside validators: ``(dotted field relative to the model, message)`` pairs."""
 
     def __init__(self, *problems: tuple[str, str]) -> None:
@@ -79,7 +69,8 @@ def _abspath(p: Path) -> Path:
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
-def _closest(word: str, options: list[str] | set[str]) -> str:
+def did_you_mean(word: str, options: list[str] | set[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the option closest to ``word``, or ``""`` when none is close."""
     match = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -143,7 +134,7 @@ class DataConfig(_Section):
         if _check_files(info):
             problems += self._check_root()
         if problems:
-            raise _Problems(*problems)
+            raise FieldProblems(*problems)
         return self
 
     def _check_root(self) -> list[tuple[str, str]]:
@@ -234,7 +225,7 @@ class ViewsConfig(_Section):
         try:
             self.view_spec()
         except (ValueError, TypeError) as e:  # a rule of ViewSpec this schema does not mirror
-            raise _Problems(("", str(e))) from None
+            raise FieldProblems(("", str(e))) from None
         return self
 
     def view_spec(self) -> ViewSpec:
@@ -296,17 +287,17 @@ class TrainConfig(_Section):
     def _optimizer(cls, v: str) -> str:
         known = list_optimizers()
         if v.lower() not in known:
-            raise ValueError(f"unknown timm optimizer {v!r}{_closest(v.lower(), known)}; see timm.optim.list_optimizers()")
+            raise ValueError(f"unknown timm optimizer {v!r}{did_you_mean(v.lower(), known)}; see timm.optim.list_optimizers()")
         return v.lower()
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.lr is not None and self.lr_base is not None:
-            raise _Problems(("lr_base", "set lr or lr_base, not both"))
+            raise FieldProblems(("lr_base", "set lr or lr_base, not both"))
         if self.lr is None and self.lr_base is None:
             self.lr_base = 5e-4  # DeiT / timm default: 5e-4 per 512 samples
         if self.min_lr > self.learning_rate:
-            raise _Problems(("min_lr", f"is {self.min_lr}, above the learning rate {self.learning_rate}"))
+            raise FieldProblems(("min_lr", f"is {self.min_lr}, above the learning rate {self.learning_rate}"))
         return self
 
     @property
@@ -329,7 +320,7 @@ class TeacherTrainConfig(TrainConfig):
     @model_validator(mode="after")
     def _teacher_check(self) -> "TeacherTrainConfig":
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
-            raise _Problems(("warmup_epochs", f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}"))
+            raise FieldProblems(("warmup_epochs", f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}"))
         return self
 
 
@@ -403,7 +394,7 @@ class _ModelConfig(_Section):
         return v
 
     def _check_model(self, info: ValidationInfo) -> None:
-        """Weights file exists (when checking files) and the kwargs build the model; raises _Problems."""
+        """Weights file exists (when checking files) and the kwargs build the model; raises FieldProblems."""
         problems = []
         if self.weights is not None and _check_files(info) and not self.weights.is_file():
             problems.append(("weights", f"file {self.weights} does not exist"))
@@ -412,7 +403,7 @@ class _ModelConfig(_Section):
             if not (folder / "config.json").is_file():
                 problems.append(("model", f"{folder} has no config.json (timm's local-dir: layout: config.json and "
                                           "model.safetensors or pytorch_model.bin, as timm's save_for_hf writes them)"))
-                raise _Problems(*problems)
+                raise FieldProblems(*problems)
         if is_sourced_name(self.model) and not (self.pretrained or self.weights):
             problems.append(("pretrained", f"{self.model.split(':')[0]}: names a model with its weights; set "
                                            "pretrained: true (or give weights)"))
@@ -428,7 +419,7 @@ class _ModelConfig(_Section):
             field = "model" if is_sourced_name(self.model) else "kwargs"
             problems.append((field, f"timm.create_model({self.model!r}, **kwargs) fails: {msg}"))
         if problems:
-            raise _Problems(*problems)
+            raise FieldProblems(*problems)
 
     def info(self) -> ModelInfo:
         """Patch grid, channels, classes and maskability of this model (cheap, cached)."""
@@ -474,7 +465,7 @@ class TeacherConfig(_ModelConfig):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "TeacherConfig":
         if self.weights is None and not self.pretrained and self.train is None:
-            raise _Problems(("weights", "the teacher needs weights (a file), pretrained: true (the model name's "
+            raise FieldProblems(("weights", "the teacher needs weights (a file), pretrained: true (the model name's "
                                         "weights through timm), or a train block (train it first)"))
         self._check_model(info)
         return self
@@ -496,7 +487,7 @@ class StudentConfig(_ModelConfig):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "StudentConfig":
         if self.weights is not None and not self.pretrained and self.init_seed is not None:
-            raise _Problems(("init_seed", "give either init_seed or weights, not both"))
+            raise FieldProblems(("init_seed", "give either init_seed or weights, not both"))
         if (self.weights is None or self.pretrained) and self.init_seed is None:
             self.init_seed = 0
         self._check_model(info)
@@ -518,23 +509,23 @@ class ScheduleConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "ScheduleConfig":
         if self.every is not None and self.milestones is not None:
-            raise _Problems(("every", "give milestones or every, not both"))
+            raise FieldProblems(("every", "give milestones or every, not both"))
         if self.every is not None:
             self.milestones, self.every = list(range(0, self.epochs, self.every)), None
         elif self.milestones is None:
             self.milestones = [0]
         m = self.milestones
         if not m:
-            raise _Problems(("milestones", "must list at least epoch 0"))
+            raise FieldProblems(("milestones", "must list at least epoch 0"))
         if m[0] != 0:
-            raise _Problems(("milestones", f"must start at 0, got {m}"))
+            raise FieldProblems(("milestones", f"must start at 0, got {m}"))
         bad = next((i for i in range(1, len(m)) if m[i] <= m[i - 1]), None)
         if bad is not None:
-            raise _Problems((f"milestones[{bad}]", f"must be strictly increasing, got {m}"))
+            raise FieldProblems((f"milestones[{bad}]", f"must be strictly increasing, got {m}"))
         if m[-1] >= self.epochs:
-            raise _Problems(("milestones", f"must all be < epochs ({self.epochs}), got {m}"))
+            raise FieldProblems(("milestones", f"must all be < epochs ({self.epochs}), got {m}"))
         if self.lag == 1 and len(m) < 2:
-            raise _Problems(("lag", f"lag 1 needs at least 2 milestones, got {m}"))
+            raise FieldProblems(("lag", f"lag 1 needs at least 2 milestones, got {m}"))
         return self
 
     def segments(self) -> list[tuple[int, int]]:
@@ -553,7 +544,7 @@ class BudgetConfig(_Section):
     @model_validator(mode="after")
     def _one(self) -> "BudgetConfig":
         if (self.agreement is None) == (self.kl is None):
-            raise _Problems(("", "give exactly one of agreement or kl"))
+            raise FieldProblems(("", "give exactly one of agreement or kl"))
         return self
 
     def budget(self) -> Budget:
@@ -583,26 +574,26 @@ class MaskingConfig(_Section):
     @classmethod
     def _policy(cls, v: str) -> str:
         if v not in POLICIES:
-            raise ValueError(f"unknown masking policy {v!r}{_closest(v, set(POLICIES))}; known: {', '.join(sorted(POLICIES))}")
+            raise ValueError(f"unknown masking policy {v!r}{did_you_mean(v, set(POLICIES))}; known: {', '.join(sorted(POLICIES))}")
         return v
 
     @model_validator(mode="after")
     def _check(self) -> "MaskingConfig":
         given = [f for f in ("keep", "ratio", "per_milestone") if getattr(self, f) is not None]
         if len(given) > 1:
-            raise _Problems((given[1], f"give one of keep, ratio or per_milestone, got {' and '.join(given)}"))
+            raise FieldProblems((given[1], f"give one of keep, ratio or per_milestone, got {' and '.join(given)}"))
         if not given and self.policy != "none":
-            raise _Problems(("keep", f"policy {self.policy!r} needs keep (patches), ratio or per_milestone"))
+            raise FieldProblems(("keep", f"policy {self.policy!r} needs keep (patches), ratio or per_milestone"))
         if self.keep == "auto":
             if self.policy == "none":
-                raise _Problems(("keep", "auto chooses how many patches a policy keeps; policy 'none' keeps all of them"))
+                raise FieldProblems(("keep", "auto chooses how many patches a policy keeps; policy 'none' keeps all of them"))
             if self.budget is None:
-                raise _Problems(("budget", "keep: auto needs a budget: {agreement: 0.95} or {kl: <nats>}"))
+                raise FieldProblems(("budget", "keep: auto needs a budget: {agreement: 0.95} or {kl: <nats>}"))
         elif self.budget is not None:
-            raise _Problems(("budget", "only used with keep: auto"))
+            raise FieldProblems(("budget", "only used with keep: auto"))
         bad = [f for f in self.ladder if not 0 < f <= 1]
         if bad:
-            raise _Problems(("ladder", f"fractions of the patches must be in (0, 1], got {bad[0]}"))
+            raise FieldProblems(("ladder", f"fractions of the patches must be in (0, 1], got {bad[0]}"))
         return self
 
     @property
@@ -678,7 +669,8 @@ def _keep_in_range(keep: int, num_patches: int) -> bool:
     return True
 
 
-def _check_address(v: str) -> str:
+def check_address(v: str) -> str:
+    """``v`` when it looks like a scheduler address (non-empty, no spaces); raises ValueError."""
     if not v.strip() or any(c.isspace() for c in v):
         raise ValueError(f"must be a scheduler address like tcp://host:8786, got {v!r}")
     return v
@@ -762,12 +754,12 @@ class ComputeConfig(_Section):
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str | None) -> str | None:
-        return None if v is None else _check_address(v)
+        return None if v is None else check_address(v)
 
     @model_validator(mode="after")
     def _decode(self) -> "ComputeConfig":
         if self.decode == "cuda" and self.device == "cpu":
-            raise _Problems(("decode", "is cuda (nvJPEG on the GPU) but device is cpu; use decode: pil"))
+            raise FieldProblems(("decode", "is cuda (nvJPEG on the GPU) but device is cpu; use decode: pil"))
         return self
 
     def task_precision(self) -> str:
@@ -850,7 +842,7 @@ class StageConfig(_Section):
             p.append(("train.tau", f"{tr.tau} is not in labels.temperatures {self.labels.temperatures}; "
                                    "add it there (the store keeps the log-sum-exp per temperature)"))
         if p:
-            raise _Problems(*p)
+            raise FieldProblems(*p)
         return self
 
     def _check_model_fits(self, who: str, mc: _ModelConfig) -> list[tuple[str, str]]:

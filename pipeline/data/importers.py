@@ -73,7 +73,7 @@ def _check_split(split: str) -> None:
         raise ConfigError(f"split name {split!r} must be letters and digits only (it names shards and keys)")
 
 
-def _write_split(
+def write_split(
     out: Path, split: str, images: Iterable[SourceImage], count: int, shard_size: int, skipped: list[dict],
     progress: bool = False,
 ) -> dict:
@@ -193,7 +193,8 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(body, np.uint8).reshape(dims)
 
 
-def _fashion_mnist_split(src: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def fashion_mnist_split(src: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [n, 28, 28] uint8, labels [n])`` of one split ("train" or "test") of the IDX files in ``src``."""
     images_name, labels_name = FASHION_MNIST_FILES[split]
     images, labels = read_idx(src / images_name), read_idx(src / labels_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -225,12 +226,12 @@ def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, s
     # built beside `out` and swapped in whole: a run never sees new shards under an old manifest
     with build_beside(out, carry=lambda name: not _dataset_file(name, FASHION_MNIST_FILES)) as work:
         for split in FASHION_MNIST_FILES:
-            images, labels = _fashion_mnist_split(src, split)
+            images, labels = fashion_mnist_split(src, split)
             items = (
                 SourceImage(png_gray8(img), "png", int(label), f"{FASHION_MNIST_FILES[split][0]}[{i}]")
                 for i, (img, label) in enumerate(zip(images, labels))
             )
-            splits[split] = _write_split(work, split, items, len(images), shard_size, skipped, progress)
+            splits[split] = write_split(work, split, items, len(images), shard_size, skipped, progress)
         files = {n: sha256_file(src / n) for pair in FASHION_MNIST_FILES.values() for n in pair}
         manifest = DatasetManifest(
             name="fashion-mnist",
@@ -321,7 +322,7 @@ def import_imagefolder(
     # built beside `out` (the other splits' files linked in) and swapped in whole
     with build_beside(out, carry=lambda n: n in (MANIFEST_NAME, TIMM_INFO_NAME) or not _dataset_file(n, [split])) as work:
         existing = _load_existing(work, classes)  # as the import before this one (if any) left it
-        record = _write_split(work, split, items(), len(ordered), shard_size, skipped, progress)
+        record = write_split(work, split, items(), len(ordered), shard_size, skipped, progress)
         manifest = _imagefolder_manifest(existing, record, src, split, seed, name, classes, skipped)
         manifest.save(work)
     manifest.root = out

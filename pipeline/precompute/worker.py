@@ -91,13 +91,6 @@ def cache_info() -> dict[str, Any]:
         return {"pid": os.getpid(), "keys": list(_cache), "size": _cache_size, **_stats}
 
 
-def clear_cache() -> None:
-    """Drop every cached object in this process (models are freed once no task holds them)."""
-    with _cache_lock:
-        _cache.clear()
-        _key_locks.clear()
-
-
 def worker_device() -> str:
     """The torch device tasks on this worker should use: ``"cuda:N"`` on a GPU worker, else "cpu".
 

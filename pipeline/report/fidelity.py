@@ -6,12 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pipeline._atomic import write_atomic  # noqa: E402
+from pipeline._atomic import write_atomic
 
 Curve = Sequence[Mapping[str, Any]]  # maskedkd.Rung.to_dict() rows
 
@@ -46,6 +41,12 @@ def _chosen(keep: int | None, num_patches: int) -> int:
 
 def plot_curves(path: str | Path, curves: Mapping[str, Curve], num_patches: int, title: str) -> None:
     """Agreement with the unmasked teacher and KL against the share of patches kept, one line per curve."""
+    # lazy: `mkd-pipeline --help` imports this module (through run/cli.py); pyplot would add about 1 s
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     for label, curve in curves.items():
         xs = [_keep(r, num_patches) / num_patches for r in curve]

@@ -1,145 +1,39 @@
-"""``mkd-pipeline report --results CONFIGS... --out RESULTS.md``: the results table (issue 13, v2).
+"""``mkd-pipeline report``: any set of runs -> a results page (markdown tables and PNG figures).
 
-Every number in the output comes from the runs' lock files (``runs/<name>/run.lock.json``), their
-logs, the committed teachers' metadata (the ``.json`` beside each ``teacher.weights`` file) and
-the probe curves ``stages/results/run_all.sh`` writes (``runs/probes/<teacher>-m<I>.json``);
-nothing is typed in by hand. A config's *row* is the text after ``# Row:`` in its opening comment
-(default: the file name without a trailing ``-s<seed>``); configs of the same row are its seeds.
-A config with a ``teacher.train`` block and no ``# Row:`` line trained a teacher; it is not a row.
-A config whose run has not finished is listed as "not run" with its command.
-
-Per run it reads: the final student test top-1 (``val_top1`` of the last epoch of the last
-``train-i`` stage), teacher MACs spent (precompute ``teacher_macs``, which includes the auto-keep
-spot-checks, plus online ``teacher_macs``), the keep used per milestone and, with ``keep: auto``,
-the spot-check curve it was chosen from, teacher forwards avoided by reuse, wall time (the sum of
-the stages' ``seconds``), the teacher's top-1 on its masked views per milestone, and, from
-``runs/logs/<config stem>.log`` when present, the load average written there by ``run_all.sh``.
+One row per ``# Row:`` label of the configs (seeds averaged; see :mod:`pipeline.report.collect`
+for what is read from each run), with the committed teachers, the CE-only learning-rate sweep,
+the main table, what auto keep chose, the probe curves, the student's accuracy per epoch and the
+teacher's accuracy on its masked views per milestone. A results spec (:mod:`pipeline.report.spec`,
+kept beside the experiment's configs) orders the rows and names the comparisons and targets; the
+experiment of RESULTS.md keeps its spec in ``stages/results/results.toml``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
+import matplotlib
 
-from pipeline._atomic import write_atomic
-from pipeline.data.manifest import load_manifest
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["RunResult", "collect_run", "render_results", "report_cmd"]
+from pipeline._atomic import write_atomic  # noqa: E402
+from pipeline.report.collect import RunOutcome  # noqa: E402
+from pipeline.report.fidelity import curve_table, plot_curves  # noqa: E402
+from pipeline.report.spec import ResultsSpec  # noqa: E402
 
-# Rows in this order (a teacher's rows together); rows not listed here follow alphabetically.
-ROW_ORDER = ["CE only"] + [f"{t} teacher: offline {r}" for t in ("plain", "robust") for r in (
-    "full-teacher KD", "MaskedKD 50%", "random 50%", "auto keep, agreement 0.95", "auto keep, agreement 0.90")]
-
-
-@dataclass
-class RunResult:
-    """What one config's run produced (``finished`` False: not run, or not to the end)."""
-
-    config: Path
-    name: str
-    row: str
-    seed: int
-    online: bool
-    kd: str
-    policy: str
-    keep: int | None
-    every: list[int]
-    tolerance: int
-    pool: str
-    lr: float
-    epochs: int
-    train_samples: int
-    keeps: list[int] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
-    finished: bool = False
-    top1: float | None = None
-    teacher_top1: float | None = None
-    teacher_macs: int = 0  #: spent by this run (rows another run had labelled cost it nothing)
-    label_macs: int = 0  #: what its labels cost, reused or not: rows x MACs at their keep, spot-checks included
-    full_macs: int = 0
-    teacher_forwards: int = 0
-    avoided: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-    masked_top1: list[tuple[int, float]] = field(default_factory=list)  # (milestone epoch, top-1)
-    epoch_top1: list[tuple[int, float]] = field(default_factory=list)  # (epoch, student test top-1)
-    spot_kl: list[float] = field(default_factory=list)  # mean KL of tolerance reuse vs a fresh forward, per milestone
-    reused_tolerance: int = 0
-    used_keeps: list[int] = field(default_factory=list)  # keep per milestone as labelled (auto: as chosen)
-    auto: list[dict[str, Any]] = field(default_factory=list)  # keep: auto, per milestone: budget, curve, samples, MACs
-    load: list[float] = field(default_factory=list)  # 1-minute load averages from the run log
-    teacher_train: dict[str, Any] | None = None
-    teacher_file: dict[str, Any] | None = None  # the committed teacher's metadata (the .json beside its weights)
-    num_patches: int = 0
-    sizes: str = ""
-
-    @property
-    def command(self) -> str:
-        return f"mkd-pipeline run {self.config.as_posix()}"
-
-    @property
-    def keep_label(self) -> str:
-        """``25``, ``all``, or ``37→37→25→25→25`` when the keep changes between milestones."""
-        ks = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
-        if not ks:
-            return "-"
-        show = ["all" if k == self.num_patches else str(k) for k in ks]
-        return "→".join(show) if len(set(show)) > 1 else show[0]
-
-    @property
-    def spot_macs(self) -> int:
-        """Teacher MACs of the auto-keep spot-checks (part of ``teacher_macs``)."""
-        return sum(int(a.get("teacher_macs") or 0) for a in self.auto)
+__all__ = ["render_results"]
 
 
-def _row_comment(path: Path) -> str | None:
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        m = re.match(r"#\s*Row:\s*(.+?)\s*$", line)
-        if m:
-            return m.group(1)
-    return None
-
-
-_TEACHERS: dict[str, Any] = {}
-_MACS: dict[tuple[str, int | None], int] = {}
-
-
-def _macs_per_view(cfg, keep: int | None = None) -> int:
-    """MACs of one teacher forward keeping ``keep`` patches (None or all: the full teacher), by
-    maskedkd.teacher_macs; one model per teacher config, one count per keep."""
-    key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
-    if (key, keep) not in _MACS:
-        # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
-        import torch
-
-        from maskedkd import teacher_macs
-        from pipeline.models import create_model
-
-        if key not in _TEACHERS:
-            with torch.device("cpu"):
-                _TEACHERS[key] = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
-        _MACS[key, keep] = teacher_macs(_TEACHERS[key], keep)
-    return _MACS[key, keep]
-
-
-def _loads(log: Path) -> list[float]:
-    if not log.is_file():
-        return []
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = re.match(r"# uptime (?:before|after):.*load average:\s*([\d.]+)", line)
-        if m:
-            out.append(float(m.group(1)))
-    return out
+def _percent(v: float | None) -> str:
+    """A fraction as a percentage with two decimals (``0.8123`` -> ``81.23``); ``-`` when missing."""
+    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _cpu_model() -> str:
@@ -152,109 +46,41 @@ def _cpu_model() -> str:
     return "unknown model"
 
 
-def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
-    """Load one config and read what its run wrote (lock file, run log)."""
-    # lazy: `mkd-pipeline --help` imports this module; torch + timm would add 4 s
-    from pipeline.config import load_config
-
-    path = Path(path)
-    cfg = load_config(path, check_files=False)
-    manifest = load_manifest(cfg.data.root)
-    n_train = cfg.data.subset or manifest.num_samples(cfg.data.train)
-    n_val = cfg.data.val_subset or manifest.num_samples(cfg.data.val)
-    segs = cfg.schedule.segments()
-    row = _row_comment(path)
-    r = RunResult(
-        config=path, name=cfg.name, row=row or re.sub(r"-s\d+$", "", path.stem), seed=int(cfg.train.seed), online=bool(cfg.online),
-        kd=cfg.train.kd, policy=cfg.masking.policy, keep=cfg.keep_for_segment(0),
-        every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
-        lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
-        keeps=[] if cfg.masking.auto else [cfg.keep_for_segment(i) for i in range(len(segs))],
-        num_patches=cfg.num_patches,
-    )
-    def _desc(m) -> str:
-        k = m.kwargs
-        return (f"`{m.model}` dim {k.get('embed_dim', '?')} / depth {k.get('depth', '?')} / {k.get('num_heads', '?')} heads, "
-                f"patch {k.get('patch_size', '?')} ({m.info().num_patches} patches)")
-
-    r.sizes = (f"student {_desc(cfg.student)}; teacher {_desc(cfg.teacher)}; {cfg.schedule.epochs} student epochs on "
-               f"{n_train} training images, batch {cfg.train.batch_size}; test top-1 on "
-               + (f"the first {n_val}" if cfg.data.val_subset else f"all {n_val}") + " test images")
-    r.load = _loads((logs or Path("runs/logs")) / f"{path.stem}.log")
-    weights = cfg.teacher.weights
-    if weights is not None and Path(weights).with_suffix(".json").is_file():
-        shown = Path(os.path.relpath(weights)) if Path(weights).is_absolute() else Path(weights)  # as the configs say it
-        r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=shown.as_posix())
-    if cfg.teacher.train is not None and row is None:  # a config that trained a teacher: not a row
-        r.teacher_train = {}
-    lock_path = Path(cfg.run_dir) / "run.lock.json"
-    if not lock_path.is_file():
-        return r
-    stages = json.loads(lock_path.read_text()).get("stages", {})
-    teacher = stages.get("teacher", {}).get("info", {})
-    r.teacher_top1 = teacher.get("top1")
-    if r.teacher_train is not None:
-        r.teacher_train, r.finished = teacher, bool(teacher)
-        return r
-    last = stages.get(f"train-{len(segs) - 1}", {}).get("info", {})
-    epochs = last.get("epochs") or []
-    if not epochs or epochs[-1].get("epoch") != cfg.schedule.epochs - 1 or "val_top1" not in epochs[-1]:
-        return r
-    r.finished = True
-    r.top1 = float(epochs[-1]["val_top1"])
-    per_image = _macs_per_view(cfg)
-    r.full_macs = 0 if cfg.train.kd == "off" else per_image * r.train_samples * cfg.schedule.epochs
-    for i, (start, _end) in enumerate(segs):
-        pre = stages.get(f"precompute-{i}", {}).get("info", {})
-        tr = stages.get(f"train-{i}", {}).get("info", {})
-        r.epoch_top1 += [(int(e["epoch"]), float(e["val_top1"])) for e in tr.get("epochs") or [] if "val_top1" in e]
-        r.teacher_macs += int(pre.get("teacher_macs") or 0) + int(tr.get("teacher_macs") or 0)
-        r.teacher_forwards += int(pre.get("teacher_forwards") or 0) + int(tr.get("teacher_forwards") or 0)
-        rows = int(pre.get("rows") or 0)
-        r.rows += rows
-        r.avoided += max(0, rows - int(pre.get("rows_computed") or 0))
-        r.reused_tolerance += int(pre.get("rows_reused_tolerance") or 0)
-        if pre.get("spot_check_kl") is not None:
-            r.spot_kl.append(float(pre["spot_check_kl"]))
-        r.seconds += float(pre.get("seconds") or 0) + float(tr.get("seconds") or 0)
-        if pre.get("teacher_top1_masked") is not None:
-            r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
-        if pre.get("keep") is not None:
-            r.used_keeps.append(int(pre["keep"]))
-            r.label_macs += rows * _macs_per_view(cfg, r.used_keeps[-1])
-        if pre.get("auto"):
-            r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
-            r.label_macs += int(pre["auto"].get("teacher_macs") or 0)
-    return r
+def _nproc() -> int:
+    return os.cpu_count() or 0
 
 
-# ----------------------------------------------------------------------------- rendering
+@dataclass
+class _Page:
+    """What every section reads: the spec, the student runs grouped by row, in the spec's order."""
 
+    spec: ResultsSpec
+    out: Path
+    students: list[RunOutcome]
+    rows: dict[str, list[RunOutcome]]
+    order: list[str]
+    finished: list[RunOutcome]
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+    def run_key(self, r: RunOutcome) -> tuple[tuple[int, str], int]:
+        return self.spec.row_key(r.row), r.seed
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
-def _acc_cell(runs: list[RunResult]) -> str:
+def _acc_cell(runs: list[RunOutcome]) -> str:
     done = [r.top1 for r in runs if r.finished and r.top1 is not None]
     if not done:
         return "not run (time)"
     m, s = _mean_std(done)
-    seeds = ", ".join(_pct(v) for v in done)
+    seeds = ", ".join(_percent(v) for v in done)
     if s is None:
-        return f"{100 * m:.2f} (1 seed)"
-    return f"{100 * m:.2f} ± {100 * s:.2f} (n={len(done)}: {seeds})"
+        return f"{_percent(m)} (1 seed)"
+    return f"{_percent(m)} ± {_percent(s)} (n={len(done)}: {seeds})"
 
 
-def _row_key(row: str) -> tuple[int, str]:
-    return (ROW_ORDER.index(row) if row in ROW_ORDER else len(ROW_ORDER), row)
-
-
-def _compare(rows: dict[str, list[RunResult]], a: str, b: str) -> str | None:
+def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
     ra = [r.top1 for r in rows.get(a, []) if r.finished]
     rb = [r.top1 for r in rows.get(b, []) if r.finished]
     if not ra or not rb:
@@ -272,13 +98,7 @@ def _compare(rows: dict[str, list[RunResult]], a: str, b: str) -> str | None:
     return f"- **{a}** − **{b}**: {diff:+.2f} points (n={len(ra)} vs {len(rb)}); {verdict}."
 
 
-def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bool:
-    # lazy: `mkd-pipeline --help` imports this module; matplotlib.pyplot would add 0.4 s
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> bool:
     curves = [r for r in runs if r.finished and r.masked_top1]
     if not curves:
         return False
@@ -305,10 +125,10 @@ def _figure(path: Path, runs: list[RunResult], teacher_top1: float | None) -> bo
 def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
     """Table cells of ``(x, value)`` points under ``columns`` (percent; ``-`` where a run has no such x)."""
     got = dict(points)
-    return " | ".join(_pct(got[x]) if x in got else "-" for x in columns)
+    return " | ".join(_percent(got[x]) if x in got else "-" for x in columns)
 
 
-def _teachers_section(students: list[RunResult]) -> list[str]:
+def _teachers_section(students: list[RunOutcome], intro: str) -> list[str]:
     """The committed teachers the rows load, from the metadata beside their weights."""
     files: dict[str, dict[str, Any]] = {}
     evaluated: dict[str, set[float]] = {}
@@ -320,19 +140,18 @@ def _teachers_section(students: list[RunResult]) -> list[str]:
     if not files:
         return []
     lines = ["## Teachers", "",
-             "Committed weights (trained once, loaded by every row; retrain with the config named, then "
-             "`python stages/results/export_teacher.py CONFIG`). Test top-1 on all test images.", "",
+             intro, "",
              "| weights | trained by | epochs | patch_drop_rate | test top-1 % (at export) | as the rows evaluated it | train min | sha256 |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for w, f in sorted(files.items()):
         rec = f.get("recipe") or {}
-        seen = ", ".join(_pct(v) for v in sorted(evaluated.get(w, ()))) or "-"
+        seen = ", ".join(_percent(v) for v in sorted(evaluated.get(w, ()))) or "-"
         lines.append(f"| `{w}` | `{f.get('config', '?')}` | {f.get('epochs', '?')} | {rec.get('patch_drop_rate', 0.0)} | "
-                     f"{_pct(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | `{str(f.get('sha256', ''))[:16]}…` |")
+                     f"{_percent(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | `{str(f.get('sha256', ''))[:16]}…` |")
     return lines + [""]
 
 
-def _target(rows: dict[str, list[RunResult]], row: str, full: str, max_ratio: float, what: str) -> str | None:
+def _target(rows: dict[str, list[RunOutcome]], row: str, full: str, max_ratio: float, what: str) -> str | None:
     """One target line: ``row`` within twice full-KD's seed std of ``full`` at <= ``max_ratio`` of its MACs."""
     ra = [r for r in rows.get(row, []) if r.finished]
     rb = [r for r in rows.get(full, []) if r.finished]
@@ -354,10 +173,8 @@ def _target(rows: dict[str, list[RunResult]], row: str, full: str, max_ratio: fl
             + (f"; missed on: {'; '.join(why)}." if why else "."))
 
 
-def _probe_section(out: Path, probes: Path | None) -> list[str]:
-    """The probe curves (``mkd-pipeline probe --json``) written by run_all.sh: a table and a plot each."""
-    from pipeline.report.fidelity import curve_table, plot_curves
-
+def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> list[str]:
+    """The probe curves (``mkd-pipeline probe --json`` outputs in ``probes``): a table and a plot each."""
     files = sorted(probes.glob("*.json")) if probes is not None and probes.is_dir() else []
     found = []
     for f in files:
@@ -365,12 +182,10 @@ def _probe_section(out: Path, probes: Path | None) -> list[str]:
             found.append((f, json.loads(f.read_text())))
         except (OSError, ValueError):
             continue
-    lines = ["## Probe: what each mask costs the teacher, at the first and the last milestone", ""]
+    lines = [f"## {words['title']}", ""]
     if not found:
-        return lines + ["not run (time): `stages/results/run_all.sh` writes the probes after the rows."]
-    lines += ["`mkd-pipeline probe stages/results/<teacher>-mkd50-s0.yaml --milestone I --samples 1000` (masks from that "
-              "row's checkpoint c_I on a seeded sample of segment I's views): the masked teacher's top-1, its top-1 agreement "
-              "with the unmasked teacher and the mean KL(unmasked ‖ masked), per policy and keep.", ""]
+        return lines + [words["missing"]]
+    lines += [words["intro"], ""]
     for f, res in found:
         png = out.with_name(f"results_probe_{f.stem}.png")
         n = int(res["num_patches"])
@@ -380,20 +195,15 @@ def _probe_section(out: Path, probes: Path | None) -> list[str]:
     return lines
 
 
-def render_results(runs: list[RunResult], out: Path, notes: str | None = None, notes_path: str | None = None,
-                   probes: Path | None = None) -> str:
-    """The markdown of RESULTS.md (and its PNGs beside ``out``)."""
-    students = [r for r in runs if r.teacher_train is None]
-    rows: dict[str, list[RunResult]] = {}
-    for r in students:
-        rows.setdefault(r.row, []).append(r)
-    order = sorted(rows, key=_row_key)
-    finished = [r for r in students if r.finished]
-    lines = ["# Results v2: fidelity-guarded MaskedKD on Fashion-MNIST (issue 13)", "",
-             "Generated by `mkd-pipeline report --results " + " ".join(sorted({str(r.config.parent.as_posix()) + "/*.yaml" for r in runs}))
-             + f" --out {out.as_posix()}" + (f" --notes {notes_path}" if notes_path else "")
-             + "` from the runs' lock files and logs; do not edit by hand. Run every row first with "
-               "`stages/results/run_all.sh` (`JOBS` rows at a time, default 2; finished rows are cached).", ""]
+def _header(page: _Page, runs: list[RunOutcome], notes_path: str | None) -> list[str]:
+    """Title, the command that generated the page, the machine and the sizes of the runs."""
+    spec, out, students, finished = page.spec, page.out, page.students, page.finished
+    command = ("mkd-pipeline report" + (f" --spec {spec.path}" if spec.path else "") + " --results "
+               + " ".join(sorted({str(r.config.parent.as_posix()) + "/*.yaml" for r in runs}))
+               + f" --out {out.as_posix()}" + (f" --notes {notes_path}" if notes_path else ""))
+    lines = [f"# {spec.title}", "",
+             f"Generated by `{command}` from the runs' lock files and logs; do not edit by hand."
+             + (f" {spec.how_to_run}" if spec.how_to_run else ""), ""]
     try:
         uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -407,155 +217,172 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
         sizes = sorted({r.sizes for r in finished})
         lines += ([f"Sizes (every row): {sizes[0]}. Every other setting is in the configs.", ""] if len(sizes) == 1 else
                   ["Sizes differ between rows:"] + [f"- {x}" for x in sizes] + [""])
-    lines += _teachers_section(students)
-    # the lr sweep: CE-only, seed 0, one row per lr
-    sweep = sorted((r for r in students if r.kd == "off" and r.seed == 0), key=lambda r: r.lr)
-    chosen = {r.lr for r in students if r.kd != "off"}
-    if sweep:
-        lines += ["## Learning rate: a CE-only sweep", "",
-                  "The student trained alone (no teacher) at each learning rate, seed 0; every row uses the one marked.", "",
-                  "| lr | top-1 % | run |", "|---:|---:|---|"]
-        for r in sweep:
-            mark = " ← used" if r.lr in chosen else ""
-            lines.append(f"| {r.lr:g}{mark} | " + (_pct(r.top1) if r.finished else "not run") + f" | `{r.command}` |")
-        lines.append("")
-    lines += ["## Main table", "",
-              "Student top-1 (%) on the test images after the last epoch: mean ± sample std over seeds, with each "
-              "seed's value. Keep: patches the teacher saw per milestone (of " + str(max((r.num_patches for r in students), default=0))
-              + "; auto rows: as chosen, seed by seed). Labels' GMACs: the teacher compute the row's labels cost, reused or "
-              "not (rows x MACs at their keep), the auto-keep spot-checks included. Of full-KD: that against full-teacher "
-              "KD on the same training samples (the targets use this). Spent: what this run computed itself (rows another "
-              "run had already labelled cost it nothing). Avoided: teacher forwards the store reused. Wall: sum of the "
-              "stages' seconds (precompute + train), per seed.", "",
-              "| row | top-1 % | keep per milestone | labels' teacher GMACs, per seed | of full-KD, per seed | GMACs spent | forwards avoided | wall min / run | commands |",
-              "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for row in order:
-        rs = sorted(rows[row], key=lambda r: r.seed)
+    return lines
+
+
+def _sweep(page: _Page) -> tuple[list[RunOutcome], set[float]]:
+    """The CE-only runs of seed 0 by learning rate, and the learning rates the KD rows use."""
+    sweep = sorted((r for r in page.students if r.kd == "off" and r.seed == 0), key=lambda r: r.lr)
+    return sweep, {r.lr for r in page.students if r.kd != "off"}
+
+
+def _sweep_section(page: _Page) -> list[str]:
+    """The lr sweep: CE-only, seed 0, one row per lr, the one the KD rows use marked."""
+    sweep, chosen = _sweep(page)
+    if not sweep:
+        return []
+    lines = ["## Learning rate: a CE-only sweep", "",
+             "The student trained alone (no teacher) at each learning rate, seed 0; every row uses the one marked.", "",
+             "| lr | top-1 % | run |", "|---:|---:|---|"]
+    for r in sweep:
+        mark = " ← used" if r.lr in chosen else ""
+        lines.append(f"| {r.lr:g}{mark} | " + (_percent(r.top1) if r.finished else "not run") + f" | `{r.command}` |")
+    return lines + [""]
+
+
+def _main_cells(done: list[RunOutcome]) -> list[str]:
+    """keep, labels' GMACs, of full-KD, GMACs spent, forwards avoided, wall: per seed."""
+    if not done:
+        return ["-"] * 6
+    keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
+    return [keeps,
+            " / ".join(f"{r.label_macs / 1e9:.1f}" for r in done),
+            " / ".join(f"{r.label_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done),
+            " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done),
+            " / ".join(str(r.avoided) for r in done),
+            " / ".join(f"{r.seconds / 60:.1f}" for r in done)]
+
+
+def _main_table(page: _Page) -> list[str]:
+    """One line per row: accuracy over seeds, keep, teacher compute, reuse, wall time, commands."""
+    lines = ["## Main table", "",
+             "Student top-1 (%) on the test images after the last epoch: mean ± sample std over seeds, with each "
+             "seed's value. Keep: patches the teacher saw per milestone (of " + str(max((r.num_patches for r in page.students), default=0))
+             + "; auto rows: as chosen, seed by seed). Labels' GMACs: the teacher compute the row's labels cost, reused or "
+             "not (rows x MACs at their keep), the auto-keep spot-checks included. Of full-KD: that against full-teacher "
+             "KD on the same training samples (the targets use this). Spent: what this run computed itself (rows another "
+             "run had already labelled cost it nothing). Avoided: teacher forwards the store reused. Wall: sum of the "
+             "stages' seconds (precompute + train), per seed.", "",
+             "| row | top-1 % | keep per milestone | labels' teacher GMACs, per seed | of full-KD, per seed | GMACs spent | forwards avoided | wall min / run | commands |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    sweep, chosen = _sweep(page)
+    for row in page.order:
+        rs = sorted(page.rows[row], key=lambda r: r.seed)
         if sweep and all(r.kd == "off" and r.lr not in chosen for r in rs):
             continue  # a sweep point at another lr: in the sweep's table above
-        done = [r for r in rs if r.finished]
-        if done:
-            keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
-            macs = " / ".join(f"{r.label_macs / 1e9:.1f}" for r in done)
-            frac = " / ".join(f"{r.label_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done)
-            spent = " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done)
-            avoided = " / ".join(str(r.avoided) for r in done)
-            wall = " / ".join(f"{r.seconds / 60:.1f}" for r in done)
-            cells = [keeps, macs, frac, spent, avoided, wall]
-        else:
-            cells = ["-"] * 6
         cmds = "<br>".join(f"`{r.command}`" + ("" if r.finished else " (not run)") for r in rs)
-        lines.append(f"| {row} | {_acc_cell(rs)} | " + " | ".join(cells) + f" | {cmds} |")
-    teacher_names = [t for t in ("plain", "robust") if any(r.startswith(f"{t} teacher:") for r in rows)]
-    lines += ["", "## Targets (computed)", ""]
-    targets = []
-    for t in teacher_names:
-        full = f"{t} teacher: offline full-teacher KD"
-        for row in order:
-            if row.startswith(f"{t} teacher: offline auto keep"):
-                targets.append(_target(rows, row, full, 0.7, f"{t} teacher, {row.split(': ', 1)[1]}: within twice the "
-                                       "seed std of full-teacher KD at <= 0.7x its teacher MACs"))
-    if "robust" in teacher_names:
-        targets.append(_target(rows, "robust teacher: offline MaskedKD 50%", "robust teacher: offline full-teacher KD", 0.55,
-                               "robust teacher, MaskedKD 50% (keep 25 of 49 patches): within twice the seed std of "
-                               "full-teacher KD at about 0.5x its MACs (<= 0.55x: the CLS token is always kept)"))
+        lines.append(f"| {row} | {_acc_cell(rs)} | " + " | ".join(_main_cells([r for r in rs if r.finished])) + f" | {cmds} |")
+    return lines
+
+
+def _kd_matters(page: _Page) -> list[str]:
+    """Each teacher of the spec at least ``min_gain`` points above the baseline row (the student alone)."""
+    kd = page.spec.kd_matters
+    base = page.rows.get(kd.baseline, []) if kd else []
+    if not kd or not any(r.finished for r in base):
+        return []
+    base_m, _ = _mean_std([r.top1 for r in base if r.finished])
+    lines = []
+    for label, prefix in kd.teachers:
+        tops = {r.teacher_top1 for r in page.students if r.row.startswith(prefix) and r.teacher_top1 is not None}
+        if tops:
+            gap = 100 * (max(tops) - base_m)
+            lines.append(f"- KD matters ({label} at least {kd.min_gain:g} points above the student trained alone): "
+                         f"{'**met**' if gap >= kd.min_gain else '**missed**'}, teacher {_percent(max(tops))} vs "
+                         f"{kd.baseline} {_percent(base_m)} ({gap:+.2f} points).")
+    return lines
+
+
+def _targets_and_comparisons(page: _Page) -> list[str]:
+    """The spec's targets (those whose row has configs here) and its pairs (those both run)."""
+    targets = [_target(page.rows, t.row, t.full, t.max_ratio, t.what) for t in page.spec.targets if t.row in page.rows]
+    lines = ["", "## Targets (computed)", ""]
     lines += [x for x in targets if x] or ["- nothing to compare yet."]
-    ce = rows.get("CE only", [])
-    if ce and any(r.finished for r in ce):
-        ce_m, _ = _mean_std([r.top1 for r in ce if r.finished])
-        for t in teacher_names:
-            tops = {r.teacher_top1 for r in students if r.row.startswith(f"{t} teacher:") and r.teacher_top1 is not None}
-            if tops:
-                gap = 100 * (max(tops) - ce_m)
-                lines.append(f"- KD matters ({t} teacher at least 3 points above the student trained alone): "
-                             f"{'**met**' if gap >= 3 else '**missed**'}, teacher {_pct(max(tops))} vs CE only {100 * ce_m:.2f} "
-                             f"({gap:+.2f} points).")
+    lines += _kd_matters(page)
     lines += ["", "## Comparisons (computed)", ""]
-    pairs = []
-    for t in teacher_names:
-        p = f"{t} teacher: offline "
-        pairs += [(p + "full-teacher KD", "CE only"), (p + "MaskedKD 50%", p + "full-teacher KD"),
-                  (p + "random 50%", p + "full-teacher KD"), (p + "MaskedKD 50%", p + "random 50%"),
-                  (p + "MaskedKD 50%", "CE only"), (p + "auto keep, agreement 0.95", p + "full-teacher KD"),
-                  (p + "auto keep, agreement 0.90", p + "full-teacher KD")]
-    if len(teacher_names) == 2:
-        pairs += [("robust teacher: offline " + x, "plain teacher: offline " + x) for x in ("full-teacher KD", "MaskedKD 50%")]
-    got = [c for c in (_compare(rows, a, b) for a, b in pairs) if c]
-    lines += got or ["- nothing to compare yet."]
-    autos = [r for r in finished if r.auto]
-    if autos:
-        ms = sorted({a["milestone"] for r in autos for a in r.auto})
-        lines += ["", "## Auto keep: what the budget chose", "",
-                  "Per milestone: the keep chosen (of all patches) and, in brackets, the spot-check's agreement with the "
-                  "unmasked teacher at that keep, from the spot-check the run recorded in its lock. Spot-check GMACs: "
-                  "the teacher compute of the spot-checks themselves (counted in the main table's labels' GMACs).", "",
-                  "| run | budget | " + " | ".join(f"milestone {m}" for m in ms) + " | spot-check GMACs | of the labels' GMACs |",
-                  "|---|---|" + "---:|" * len(ms) + "---:|---:|"]
-        for r in sorted(autos, key=lambda r: (_row_key(r.row), r.seed)):
-            cells = []
-            by_m = {a["milestone"]: a for a in r.auto}
-            for m in ms:
-                a = by_m.get(m)
-                if a is None:
-                    cells.append("-")
-                    continue
-                keep = a.get("keep")
-                rung = next((x for x in a["curve"] if (x["keep"] or r.num_patches) == keep), None)
-                cells.append(("all" if keep == r.num_patches else str(keep)) + (f" ({rung['agreement']:.3f})" if rung else ""))
-            lines.append(f"| {r.row}, seed {r.seed} | {r.auto[0]['budget']} | " + " | ".join(cells)
-                         + f" | {r.spot_macs / 1e9:.2f} | {r.spot_macs / r.label_macs:.1%} |")
-    lines += [""] + _probe_section(out, probes)
-    if finished:
-        ep = sorted({e for r in finished for e, _ in r.epoch_top1})
-        lines += ["", "## Student test top-1 per evaluated epoch", "",
-                  "Where a row gains or loses its accuracy: the student's test top-1 (%) at each evaluation, every finished run.", "",
-                  "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
-        for r in sorted(finished, key=lambda r: (_row_key(r.row), r.seed)):
-            lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
-    # curriculum figure: one curve per masked offline row, seed 0
-    fig_runs = [r for r in sorted(finished, key=lambda r: _row_key(r.row))
+    got = [c for c in (_compare(page.rows, a, b) for a, b in page.spec.pairs) if c]
+    return lines + (got or ["- nothing to compare yet."])
+
+
+def _auto_cell(r: RunOutcome, a: dict[str, Any] | None) -> str:
+    if a is None:
+        return "-"
+    keep = a.get("keep")
+    rung = next((x for x in a["curve"] if (x["keep"] or r.num_patches) == keep), None)
+    return ("all" if keep == r.num_patches else str(keep)) + (f" ({rung['agreement']:.3f})" if rung else "")
+
+
+def _auto_section(page: _Page) -> list[str]:
+    """What auto keep chose per milestone, with its spot-check's agreement and cost."""
+    autos = [r for r in page.finished if r.auto]
+    if not autos:
+        return []
+    ms = sorted({a["milestone"] for r in autos for a in r.auto})
+    lines = ["", "## Auto keep: what the budget chose", "",
+             "Per milestone: the keep chosen (of all patches) and, in brackets, the spot-check's agreement with the "
+             "unmasked teacher at that keep, from the spot-check the run recorded in its lock. Spot-check GMACs: "
+             "the teacher compute of the spot-checks themselves (counted in the main table's labels' GMACs).", "",
+             "| run | budget | " + " | ".join(f"milestone {m}" for m in ms) + " | spot-check GMACs | of the labels' GMACs |",
+             "|---|---|" + "---:|" * len(ms) + "---:|---:|"]
+    for r in sorted(autos, key=page.run_key):
+        by_m = {a["milestone"]: a for a in r.auto}
+        cells = [_auto_cell(r, by_m.get(m)) for m in ms]
+        lines.append(f"| {r.row}, seed {r.seed} | {r.auto[0]['budget']} | " + " | ".join(cells)
+                     + f" | {r.spot_macs / 1e9:.2f} | {r.spot_macs / r.label_macs:.1%} |")
+    return lines
+
+
+def _epochs_section(page: _Page) -> list[str]:
+    """The student's test top-1 at each evaluated epoch, every finished run."""
+    if not page.finished:
+        return []
+    ep = sorted({e for r in page.finished for e, _ in r.epoch_top1})
+    lines = ["", "## Student test top-1 per evaluated epoch", "",
+             "Where a row gains or loses its accuracy: the student's test top-1 (%) at each evaluation, every finished run.", "",
+             "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
+    for r in sorted(page.finished, key=page.run_key):
+        lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
+    return lines
+
+
+def _curriculum_section(page: _Page) -> list[str]:
+    """The teacher's accuracy on the views it labelled per milestone: one curve per masked offline row, seed 0."""
+    fig_runs = [r for r in sorted(page.finished, key=lambda r: page.spec.row_key(r.row))
                 if r.seed == 0 and r.kd != "off" and not r.online and len(r.masked_top1) >= 2]
-    png = out.with_name("results_curriculum.png")
-    lines += ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
+    png = page.out.with_name("results_curriculum.png")
+    lines = ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
     milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
-    t1 = next((r.teacher_top1 for r in finished if r.teacher_top1 is not None), None)
-    if _figure(png, fig_runs, t1):
-        lines += [f"![curriculum]({png.name})", "",
-                  "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
-                  "|---|" + "---:|" * len(milestones)]
-        for r in fig_runs:
-            lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | {_series_cells(r.masked_top1, milestones)} |")
-        lines += ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each row, per milestone "
-                  "(masks from the student checkpoint at that epoch)."]
-    else:
-        lines += ["not run (time): needs the offline rows."]
+    t1 = next((r.teacher_top1 for r in page.finished if r.teacher_top1 is not None), None)
+    if not _figure(png, fig_runs, t1):
+        return lines + ["not run (time): needs the offline rows."]
+    lines += [f"![curriculum]({png.name})", "",
+              "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
+              "|---|" + "---:|" * len(milestones)]
+    for r in fig_runs:
+        lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | {_series_cells(r.masked_top1, milestones)} |")
+    return lines + ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each row, per milestone "
+                    "(masks from the student checkpoint at that epoch)."]
+
+
+def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None = None, notes: str | None = None,
+                   notes_path: str | None = None, probes: Path | None = None) -> str:
+    """The markdown of the results page at ``out`` (its PNGs are written beside it).
+
+    Args:
+        runs: what :func:`pipeline.report.collect.collect_run` read of each config.
+        spec: rows order, comparisons, targets and the experiment's words (default: none of them).
+        notes: markdown appended verbatim; ``notes_path`` (its file) is named in the page's command line.
+        probes: folder of ``mkd-pipeline probe --json`` outputs shown as curves.
+    """
+    spec = spec or ResultsSpec()
+    students = [r for r in runs if r.teacher_train is None]
+    rows: dict[str, list[RunOutcome]] = {}
+    for r in students:
+        rows.setdefault(r.row, []).append(r)
+    page = _Page(spec, out, students, rows, sorted(rows, key=spec.row_key), [r for r in students if r.finished])
+    lines = _header(page, runs, notes_path) + _teachers_section(students, spec.teachers) + _sweep_section(page)
+    lines += _main_table(page) + _targets_and_comparisons(page) + _auto_section(page)
+    lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _curriculum_section(page)
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"
-
-
-def _nproc() -> int:
-    return os.cpu_count() or 0
-
-
-@click.command("report")
-@click.option("--results", "configs", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Stage configs of the rows (repeat, or pass a shell glob).")
-@click.argument("more", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default="RESULTS.md", show_default=True,
-              help="Markdown file to write; the curriculum PNG goes beside it.")
-@click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Markdown appended verbatim (the hand-written reading of the numbers; no numbers in it).")
-@click.option("--logs", type=click.Path(file_okay=False), default="runs/logs", show_default=True,
-              help="Folder of the run logs written by stages/results/run_all.sh (load averages).")
-@click.option("--probes", type=click.Path(file_okay=False), default="runs/probes", show_default=True,
-              help="Folder of `mkd-pipeline probe --json` outputs (<name>.json) written by stages/results/run_all.sh.")
-def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], out: str, notes: str | None, logs: str, probes: str) -> None:
-    """Build RESULTS.md from finished runs: one row per `# Row:` label, seeds averaged."""
-    paths = list(dict.fromkeys([*configs, *more]))
-    runs = [collect_run(p, Path(logs)) for p in paths if Path(p).suffix in (".yaml", ".yml")]
-    outp = Path(out)
-    text = render_results(runs, outp, Path(notes).read_text() if notes else None, notes, probes=Path(probes))
-    write_atomic(outp, text.encode())
-    done = sum(r.finished for r in runs)
-    click.echo(f"{outp}: {done} of {len(runs)} configs finished")

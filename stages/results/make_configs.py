@@ -20,7 +20,7 @@ BASE = """# Row: {row}
 #           (stages/results/run_all.sh runs every row).
 # Prints:   per-milestone student test top-1 (all 10,000 test images){prints};
 #           runs/results-{name}/report.md.
-# Table:    mkd-pipeline report --results stages/results/*.yaml --out RESULTS.md
+# Table:    mkd-pipeline report --spec stages/results/results.toml --results stages/results/*.yaml --out RESULTS.md
 #
 # Sizes (identical in every row): student ViT dim 48 / depth 3 / 3 heads, 4x4 patches on 28x28 (49
 # patches), trained 8 epochs on the first 20,000 training images (milestones at epochs 0, 1, 2, 4,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every row of RESULTS.md (results v2), JOBS at a time (default 2: one per core), in priority order, then
-# regenerates RESULTS.md.
+# regenerates RESULTS.md (its rows, comparisons and targets: stages/results/results.toml).
 # Usage: [JOBS=2] [MKD=mkd-pipeline] stages/results/run_all.sh [ROW ...]
 #        (default: all rows below; finished rows are cached, so a rerun only runs what is missing)
 # Logs: runs/logs/<row>.log, with `uptime` before and after each run (load average, for the table).
@@ -50,4 +50,4 @@ for t in plain robust; do
       && echo "$(date +%T) probe $t milestone $m" || echo "$(date +%T) probe $t milestone $m failed: see runs/logs/probes.log"
   done
 done
-$MKD report --results stages/results/*.yaml --out RESULTS.md --notes stages/results/NOTES.md
+$MKD report --spec stages/results/results.toml --results stages/results/*.yaml --out RESULTS.md --notes stages/results/NOTES.md

@@ -76,6 +76,6 @@ def test_bench_precompute_on_cuda_needs_a_gpu(monkeypatch):
 
 
 def test_unmeasured_two_worker_numbers_print_as_a_dash():
-    from pipeline.bench.precompute import _f
+    from pipeline.bench.precompute import dash_or
 
-    assert _f(None, ".2f") == "-" and _f(1.234, ".2f") == "1.23"
+    assert dash_or(None, ".2f") == "-" and dash_or(1.234, ".2f") == "1.23"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bench.train import LOADER_MODES, _table, run_bench
+from pipeline.bench.train import LOADER_MODES, run_bench, train_table
 
 
 def test_the_public_dataset_modes_train_the_trainers_steps(one_thread):
@@ -15,7 +15,7 @@ def test_the_public_dataset_modes_train_the_trainers_steps(one_thread):
     assert [r["steps"] for r in rows.values()] == [64 // 16] * 3, "the own loop takes the trainer's steps"
     assert rows["dataset-w1"]["loader_workers"] == 1 and rows["dataset-w2"]["loader_workers"] == 2
     assert all(r["steps_per_s"] > 0 and r["vs_off"] > 0 for r in rows.values())
-    assert "| dataset-w2 |" in _table(result)
+    assert "| dataset-w2 |" in train_table(result)
 
 
 def test_an_unknown_mode_is_refused():
@@ -57,4 +57,4 @@ def test_hash_cost_times_stored_again_with_every_shard_hashed(one_thread, monkey
     cost = result["hash_cost"]
     assert cost["ratio_on_off"] == cost["median_on_s"] / cost["median_off_s"] > 0 and cost["unit"] == "steps"
     assert cost["sha256_s"] > 0 and cost["shard_bytes"] > 0
-    assert "| stored labels, one epoch | " in _table(result) and "sha256 of the shards alone" in _table(result)
+    assert "| stored labels, one epoch | " in train_table(result) and "sha256 of the shards alone" in train_table(result)

@@ -1,4 +1,4 @@
-"""``mkd-pipeline report --results``: the RESULTS.md generator on tiny *real* runs (issues 7, 13).
+"""``mkd-pipeline report --spec stages/results/results.toml --results``: the RESULTS.md generator on tiny *real* runs (issues 7, 13).
 
 Three tiny configs are run for real on real Fashion-MNIST images (a CE-only student, an offline
 MaskedKD student and an auto-keep student with a 1-worker LocalCluster, sharing one trained
@@ -18,9 +18,11 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.config import load_config, set_fields
-from pipeline.report.results import collect_run, report_cmd
+from pipeline.report.cli import report_cmd
+from pipeline.report.collect import collect_run
 from pipeline.run.runner import Runner
 
+SPEC = Path(__file__).resolve().parents[3] / "stages" / "results" / "results.toml"  # RESULTS.md's rows, pairs, targets
 VIT = "vit_tiny_patch16_224"
 KW = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "num_heads": 2}  # 4x4 = 16 patches
 
@@ -83,7 +85,7 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     (probes / "plain-m1.json").write_text(json.dumps(res))
 
     out = tmp_path / "RESULTS.md"
-    args = ["--results", str(ce), str(mkd), str(auto), str(unrun), "--out", str(out), "--logs", str(tmp_path / "logs"),
+    args = ["--spec", str(SPEC), "--results", str(ce), str(mkd), str(auto), str(unrun), "--out", str(out), "--logs", str(tmp_path / "logs"),
             "--probes", str(probes)]
     res = CliRunner().invoke(report_cmd, args)
     assert res.exit_code == 0, res.output

@@ -1,0 +1,62 @@
+"""Results specs (pipeline/report/spec.py) and the committed one of RESULTS.md (stages/results/results.toml)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.report.spec import ResultsSpec, load_spec
+
+RESULTS = Path(__file__).resolve().parents[3] / "stages" / "results"
+
+
+def _row_labels() -> set[str]:
+    labels = set()
+    for path in RESULTS.glob("*.yaml"):
+        m = re.search(r"^#\s*Row:\s*(.+?)\s*$", path.read_text(), re.M)
+        if m:
+            labels.add(m.group(1))
+    return labels
+
+
+def test_the_committed_spec_names_only_rows_of_the_committed_configs():
+    spec = load_spec(RESULTS / "results.toml")
+    labels = _row_labels()
+    named = set(spec.rows) | {r for pair in spec.pairs for r in pair} | {t.row for t in spec.targets}
+    named |= {t.full for t in spec.targets} | {spec.kd_matters.baseline}
+    assert named <= labels, sorted(named - labels)
+    assert set(spec.rows) <= labels and len(spec.rows) == 11
+    assert all(any(r.startswith(prefix) for r in spec.rows) for _, prefix in spec.kd_matters.teachers)
+    assert [t.max_ratio for t in spec.targets] == [0.7, 0.7, 0.7, 0.7, 0.55]
+
+
+def test_rows_follow_the_spec_then_the_alphabet():
+    spec = ResultsSpec(rows=("b", "a"))
+    assert sorted(["z", "a", "c", "b"], key=spec.row_key) == ["b", "a", "c", "z"]
+    assert sorted(["z", "a"], key=ResultsSpec().row_key) == ["a", "z"]
+
+
+def test_a_partial_probe_table_keeps_the_default_words(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('title = "T"\n[probe]\ntitle = "P"\n')
+    spec = load_spec(path)
+    assert spec.title == "T" and spec.probe["title"] == "P" and spec.probe["missing"] == ResultsSpec().probe["missing"]
+    assert spec.rows == () and spec.pairs == () and spec.targets == () and spec.kd_matters is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('titel = "x"\n', "unknown key(s) titel"),
+    ('[[targets]]\nrow = "a"\nfull = "b"\nwhat = "w"\n', "targets[0]: missing max_ratio"),
+    ('pairs = [["a", "b", "c"]]\n', "pairs: each pair is [row, other row]"),
+    ('[kd_matters]\nbaseline = "CE"\nteachers = [{label = "t"}]\n', "kd_matters.teachers[0]: missing rows"),
+    ("rows = [\n", "cannot read the results spec"),
+])
+def test_a_wrong_spec_names_the_file_and_the_key(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_spec(path)
+    assert str(e.value).startswith(str(path)) and e.value.exit_code == 2
