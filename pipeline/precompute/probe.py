@@ -146,7 +146,7 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
                 r: RenderSpec = m.render
                 renders[who].append(render_batch([samples[i].image for i in idx], [views[i] for i in idx], r.size,
                                                  mean=r.mean, std=r.std, interpolation=r.interpolation,
-                                                 partners=lambda k: by_key[k], resize=r.resize))
+                                                 partners=lambda k: by_key[k], resize=r.resize))  # noqa: B023 (called now)
             labels += [samples[i].label for i in idx]
             seeds += [views[i].seed for i in idx]
     images = {who: torch.cat(v) if v else None for who, v in renders.items()}

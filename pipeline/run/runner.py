@@ -583,7 +583,7 @@ class Runner:
                         self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))
                     pre_deps.append(qname)
 
-                def pre_inputs(i=i, src=src) -> dict[str, Any]:
+                def pre_inputs(i=i, src=src, tasks=tasks) -> dict[str, Any]:
                     keep = self.chosen_keep(self.lock.info(f"probe-{i}")) if cfg.masking.auto else "config"
                     tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)
                     return self.precompute_inputs(i, tasks)

@@ -378,7 +378,7 @@ def train_segment(
         bar_read = -math.inf
         batch_iter = iter(batches)
         try:
-            for position, batch in enumerate(_unwrapped(batch_iter), start=position):
+            for position, batch in enumerate(_unwrapped(batch_iter), start=position):  # noqa: B020 (resumes at position)
                 scheduler.step_update(num_updates=record.global_step)
                 torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
