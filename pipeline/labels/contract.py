@@ -211,7 +211,8 @@ class RenderSpec:
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                   interpolation: str = "bicubic") -> "RenderSpec":
         """Render at the model's own input size (``patch_embed.img_size`` of a timm ViT)."""
-        return cls(size=tuple(model.patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
+        patch_embed: Any = model.patch_embed
+        return cls(size=tuple(patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
 
 def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
@@ -221,5 +222,7 @@ def render_spec(data: DataConfig, info: ModelInfo) -> RenderSpec:
         data: the stage config's ``data`` section (mean, std, interpolation, resize).
         info: the model's :class:`pipeline.config.ModelInfo` (its ``img_size``).
     """
-    return RenderSpec(size=tuple(info.img_size), mean=tuple(data.mean), std=tuple(data.std),
+    size = info.img_size
+    assert size is not None, "a maskable model's ModelInfo has its img_size"
+    return RenderSpec(size=(size[0], size[1]), mean=tuple(data.mean), std=tuple(data.std),
                       interpolation=data.interpolation, resize=data.resize)
