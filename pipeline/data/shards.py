@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
@@ -48,7 +48,7 @@ class Sample:
     encoded bytes, whose header has been checked (:func:`check_image`)."""
 
     key: str
-    image: Image.Image | bytes
+    image: Any  # PIL Image, encoded bytes (decode=False), or precompute's uint8 pixel array (torch resize)
     label: int
 
 
