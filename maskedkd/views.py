@@ -151,7 +151,8 @@ class ViewSpec:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ViewSpec field(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
     def fingerprint(self) -> str:
         """sha256 over the spec, the view algorithm version and :func:`render_digest` of the spec.
@@ -249,16 +250,16 @@ class View:
             key=str(row["key"]),
             epoch=int(row["view_epoch"]),
             seed=int(row["view_seed"]),
-            crop=tuple(_f32(v) for v in row["view_crop"]),
-            shift=tuple(int(v) for v in row["view_shift"]),
+            crop=tuple(_f32(v) for v in row["view_crop"]),  # type: ignore[arg-type]  # fixed-width columns
+            shift=tuple(int(v) for v in row["view_shift"]),  # type: ignore[arg-type]
             flip=bool(row["view_flip"]),
             ra_op=tuple(int(v) for v in row["view_ra_op"]),
             ra_mag=tuple(_f32(v) for v in row["view_ra_mag"]),
-            erase=tuple(_f32(v) for v in row["view_erase"]),
+            erase=tuple(_f32(v) for v in row["view_erase"]),  # type: ignore[arg-type]
             erase_fill=int(row["view_erase_fill"]),
             partner=str(row["view_partner"]),
             lam=_f32(row["view_lam"]),
-            mix_box=tuple(_f32(v) for v in row["view_mix_box"]),
+            mix_box=tuple(_f32(v) for v in row["view_mix_box"]),  # type: ignore[arg-type]
         )
 
 
@@ -297,6 +298,7 @@ def views_to_columns(views: Sequence[View], spec: ViewSpec | None = None) -> dic
     out: dict[str, np.ndarray] = {}
     for name, (dtype, w) in layout.items():
         values = [r[name] for r in rows]
+        arr: np.ndarray
         if dtype == "str":
             arr = np.empty(len(values), dtype=object)
             arr[:] = values
@@ -531,7 +533,8 @@ def _apply_rand_augment(img: Image.Image, op: int, mag: float, fill: Any, resamp
         # timm asks for 0 bits at the magnitude extremes; Pillow >= 11 refuses, older Pillow
         # (what timm was written against) returned black: keep that meaning
         return Image.new(img.mode, img.size, 0)
-    return aa.NAME_TO_OP[name](img, *args, fillcolor=fill, resample=resample)
+    apply_op: Any = aa.NAME_TO_OP[name]  # timm types the table as plain `function`
+    return apply_op(img, *args, fillcolor=fill, resample=resample)
 
 
 @dataclass(frozen=True)
@@ -747,7 +750,7 @@ def render(
     if view.partner and (partner is None or partner_view is None or partner_view.key != view.partner):
         raise ValueError(f"view of {view.key!r} mixes with {view.partner!r}: pass its image and view as partner=, partner_view=")
     images, views = ([image, partner], [view, partner_view]) if view.partner else ([image], [view])
-    return _render_views(images, views, size, mean, std, interpolation, resize, rows=1)[0]
+    return _render_views(images, views, size, mean, std, interpolation, resize, rows=1)[0]  # type: ignore[arg-type]  # partner checked
 
 
 def render_batch(

@@ -23,6 +23,7 @@ so CPU seconds are the fair measure, wall seconds are shown too.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -44,7 +45,7 @@ def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
     from maskedkd.views import ViewSpec
     from pipeline.labels.contract import RenderSpec
 
-    r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
+    r = RenderSpec((size, size), IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
     return ViewSpec(auto_augment=auto_augment), r, r  # DeiT's student and teacher see the same 224 px views
 
 
@@ -129,11 +130,10 @@ def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers:
         for resize in resizes:
             name = "after" if resize == "pil" else f"after-{resize}"
             for w in workers:
-                cases[f"{name}-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w, resize=r,
-                                                                         auto_augment=aa)
-                cases[f"{name}-host-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w,
-                                                                              normalise=False, resize=r,
-                                                                              auto_augment=aa)
+                cases[f"{name}-w{w}"] = functools.partial(after_path, shard, sha, views, batch, w, resize=resize,
+                                                          auto_augment=aa)
+                cases[f"{name}-host-w{w}"] = functools.partial(after_path, shard, sha, views, batch, w,
+                                                               normalise=False, resize=resize, auto_augment=aa)
             after_path(shard, sha, range(1), batch, 1, resize=resize, auto_augment=aa)  # warm-up: first calls
         runs: dict[str, list] = {name: [] for name in cases}
         for _ in range(repeats):

@@ -88,7 +88,8 @@ def save_vit(kwargs: dict, path: str | Path, *, seed: int, perturb: float = 0.0,
     if perturb:
         g = torch.Generator().manual_seed(perturb_seed)
         with torch.no_grad():
-            for p in model.blocks[-1].parameters():
+            blocks: Any = model.blocks  # a timm ViT's
+            for p in blocks[-1].parameters():
                 p.add_(torch.randn(p.shape, generator=g) * perturb * float(p.std() if p.numel() > 1 else 1.0))
     save_checkpoint(model, path)
     return Path(path)
@@ -310,7 +311,7 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
         bare = _Bare(create_model(VIT, teacher, weights=t_path), tasks, keep, batch, rows=2 * batch,
                       device=device, precision=cfg1.compute.task_precision())
 
-        kw = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
+        kw: dict[str, Any] = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
         two_workers = device == "cpu" or gpus >= 2
         with contextlib.ExitStack() as stack:
             c1 = stack.enter_context(open_cluster(workers=1, **kw))
@@ -321,8 +322,8 @@ def run_bench(samples: int = 1024, shard_size: int = 256, batch: int = 256, img_
             rounds = []
             for r in range(repeats):
                 one = _timed_run(_fresh(tasks, root / f"one-{r}"), c1, cfg1, f"first1-{r}")
-                two = _timed_run(_fresh(tasks, root / f"two-{r}"), c2, cfg2, f"first2-{r}") if c2 else None
-                rounds.append((one, two, bare.run()))
+                second = _timed_run(_fresh(tasks, root / f"two-{r}"), c2, cfg2, f"first2-{r}") if c2 else None
+                rounds.append((one, second, bare.run()))
             last = _fresh(tasks, root / f"one-{repeats - 1}")
             wall_repeat, _, repeat = _timed_run(last, c1, cfg1, "repeat")
             wall_changed, _, update = _timed_run(_fresh(changed_tasks, root / f"one-{repeats - 1}"), c1, cfg1, "changed")

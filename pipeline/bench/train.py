@@ -94,14 +94,14 @@ def write_teacher_labels(
         shard_fp = sha256_file(ref.path)
         for ve in view_epochs:
             sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve)
-            logits = []
+            chunks: list[torch.Tensor] = []
             with torch.no_grad():
                 for i in range(0, len(sh.keys), batch_size):
                     images = render_batch(sh.images[i:i + batch_size], sh.views[i:i + batch_size], render.size,
                                           mean=render.mean, std=render.std, interpolation=render.interpolation,
                                           partners=sh.partner, resize=render.resize)
-                    logits.append(teacher(images).float())
-            logits = torch.cat(logits)
+                    chunks.append(teacher(images).float())
+            logits = torch.cat(chunks)
             fingerprints = dict(fps, shard=shard_fp)
             path = partition_path(str(store), shard=ref.name, view_epoch=ve, fingerprints=fingerprints)
             metadata = {"shard": ref.name, "view_epoch": ve, "fingerprints": fingerprints,
@@ -173,14 +173,14 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
 
     torch.set_num_threads(threads)
     spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), shift=2, hflip=0.5)
-    render = RenderSpec(28, *GRAY)
+    render = RenderSpec((28, 28), *GRAY)
     teacher = create_model(VIT, TEACHER, seed=1)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         shards = fashion_mnist_shards(Path(tmp) / "data", samples, shard_size)
         labels = write_teacher_labels(Path(tmp) / "store", teacher, shards, spec=spec, seed=0, view_epochs=[0], render=render)
         online = OnlineTeacher(teacher, render, policy="student", keep=keep)
         recipe = dict(batch_size=batch, lr=1e-3, warmup_epochs=0, checkpoint_every=10**9)
-        cases = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
+        cases: dict[str, dict[str, Any]] = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
                  "off": dict(cfg=TrainConfig(kd="off", **recipe)),
                  "online": dict(cfg=TrainConfig(kd="kl", **recipe), online=online)}
         for name in modes:
@@ -223,8 +223,9 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
              "teacher_forwards": results[name]["teacher_forwards"],
              "teacher_gmacs": results[name]["teacher_macs"] / 1e9,
              "loader_workers": LOADER_MODES.get(name)} for name in modes]
+    patch_embed: Any = teacher.patch_embed  # a timm ViT's
     out = {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
-           "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats, "device": device,
+           "patches": patch_embed.num_patches, "threads": threads, "repeats": repeats, "device": device,
            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
     out.update(("hash_cost", h) for h in hashing.values())
     return out

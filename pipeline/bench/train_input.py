@@ -86,7 +86,7 @@ def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeat
     from pipeline.models import create_model
 
     spec = ViewSpec()  # RandomResizedCrop (0.08, 1) + flip: the DeiT recipe's geometry
-    render = RenderSpec(224, *IMAGENET)
+    render = RenderSpec((224, 224), *IMAGENET)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-input-") as tmp:
         tmp_path = Path(tmp)

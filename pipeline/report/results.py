@@ -50,14 +50,14 @@ class RunResult:
     online: bool
     kd: str
     policy: str
-    keep: int | None
+    keep: int | str | None  # "auto": chosen per milestone by the spot-check
     every: list[int]
     tolerance: int
     pool: str
     lr: float
     epochs: int
     train_samples: int
-    keeps: list[int] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
+    keeps: list[int | str | None] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
     finished: bool = False
     top1: float | None = None
     teacher_top1: float | None = None
@@ -87,7 +87,7 @@ class RunResult:
     @property
     def keep_label(self) -> str:
         """``25``, ``all``, or ``37→37→25→25→25`` when the keep changes between milestones."""
-        ks = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
+        ks: list[Any] = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
         if not ks:
             return "-"
         show = ["all" if k == self.num_patches else str(k) for k in ks]
@@ -161,7 +161,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
     cfg = load_config(path, check_files=False)
     manifest = load_manifest(cfg.data.root)
     n_train = cfg.data.subset or manifest.num_samples(cfg.data.train)
-    n_val = cfg.data.val_subset or manifest.num_samples(cfg.data.val)
+    n_val = cfg.data.val_subset or (manifest.num_samples(cfg.data.val) if cfg.data.val else 0)
     segs = cfg.schedule.segments()
     row = _row_comment(path)
     r = RunResult(
@@ -170,7 +170,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
         keeps=[] if cfg.masking.auto else [cfg.keep_for_segment(i) for i in range(len(segs))],
-        num_patches=cfg.num_patches,
+        num_patches=cfg.num_patches or 0,
     )
     def _desc(m) -> str:
         k = m.kwargs
@@ -187,6 +187,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunResult:
         r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=shown.as_posix())
     if cfg.teacher.train is not None and row is None:  # a config that trained a teacher: not a row
         r.teacher_train = {}
+    assert cfg.run_dir is not None  # the loader fills it
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():
         return r
@@ -255,8 +256,8 @@ def _row_key(row: str) -> tuple[int, str]:
 
 
 def _compare(rows: dict[str, list[RunResult]], a: str, b: str) -> str | None:
-    ra = [r.top1 for r in rows.get(a, []) if r.finished]
-    rb = [r.top1 for r in rows.get(b, []) if r.finished]
+    ra = [r.top1 for r in rows.get(a, []) if r.finished and r.top1 is not None]
+    rb = [r.top1 for r in rows.get(b, []) if r.finished and r.top1 is not None]
     if not ra or not rb:
         return None
     ma, sa = _mean_std(ra)
@@ -338,8 +339,8 @@ def _target(rows: dict[str, list[RunResult]], row: str, full: str, max_ratio: fl
     rb = [r for r in rows.get(full, []) if r.finished]
     if not ra or not rb:
         return f"- {what}: **not measured** (rows not run: {row if not ra else full})."
-    ma, _ = _mean_std([r.top1 for r in ra])
-    mb, sb = _mean_std([r.top1 for r in rb])
+    ma, _ = _mean_std([r.top1 for r in ra if r.top1 is not None])
+    mb, sb = _mean_std([r.top1 for r in rb if r.top1 is not None])
     ratio = statistics.fmean(r.label_macs / r.full_macs for r in ra if r.full_macs)
     diff = 100 * (ma - mb)
     if sb is None:
@@ -462,7 +463,7 @@ def render_results(runs: list[RunResult], out: Path, notes: str | None = None, n
     lines += [x for x in targets if x] or ["- nothing to compare yet."]
     ce = rows.get("CE only", [])
     if ce and any(r.finished for r in ce):
-        ce_m, _ = _mean_std([r.top1 for r in ce if r.finished])
+        ce_m, _ = _mean_std([r.top1 for r in ce if r.finished and r.top1 is not None])
         for t in teacher_names:
             tops = {r.teacher_top1 for r in students if r.row.startswith(f"{t} teacher:") and r.teacher_top1 is not None}
             if tops:

@@ -217,7 +217,7 @@ class Runner:
             fp = model_fingerprint(model, cfg.teacher.model)
             path = Path(cfg.teacher.weights)
             val = self._evaluate(model, cfg.teacher)
-            info = {"fingerprint": fp, "top1": val.get("val_top1")}
+            info: dict[str, Any] = {"fingerprint": fp, "top1": val.get("val_top1")}
             self._say("teacher", f"weights {path} (val top-1 {_pct(info['top1'])})")
         else:
             # content-addressed: every run with the same teacher inputs shares one trained teacher
@@ -471,12 +471,14 @@ class Runner:
                 log=lambda line: self._say(name, line), progress=name if self.progress else None,
             )
 
-    def _online_inputs(self, segment: int, teacher: ModelSpec) -> Any:
+    def _online_inputs(self, segment: int, teacher: ModelSpec | None) -> Any:
         if not self.cfg.online:
             return None
+        assert teacher is not None  # the online teacher is the teacher stage's
         return {"teacher": teacher.fingerprint, "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment)}
 
-    def _online_teacher(self, segment: int, teacher: ModelSpec):
+    def _online_teacher(self, segment: int, teacher: ModelSpec | None):
+        assert teacher is not None  # the online teacher is the teacher stage's
         t = self.cfg.teacher
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
         policy = self.cfg.masking.policy
@@ -563,7 +565,7 @@ class Runner:
         teacher = None
         if "teacher" not in stale:
             rec = self.lock.output("teacher", "weights")
-            teacher = self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
+            teacher = self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])  # type: ignore[index]  # recorded
         add("init", [], self.init_inputs)
         makers = ["init"]  # makers[i]: the stage that writes checkpoint c_i
         ckpt = [self.ckpt_dir / "c0.pth"]
@@ -579,13 +581,14 @@ class Runner:
                 if cfg.masking.auto:
                     qname = f"probe-{i}"
 
-                    add(qname, ["teacher", makers[src]], lambda i=i, src=src: self.probe_inputs(
-                        self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))
+                    # teacher is not None here: add() calls inputs only when every dependency is fresh
+                    add(qname, ["teacher", makers[src]], lambda i=i, src=src: self.probe_inputs(  # type: ignore[misc]
+                        self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))  # type: ignore[arg-type]
                     pre_deps.append(qname)
 
                 def pre_inputs(i=i, src=src, tasks=tasks) -> dict[str, Any]:
                     keep = self.chosen_keep(self.lock.info(f"probe-{i}")) if cfg.masking.auto else "config"
-                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)
+                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)  # type: ignore[arg-type]
                     return self.precompute_inputs(i, tasks)
 
                 add(pname, pre_deps, pre_inputs)
@@ -594,7 +597,7 @@ class Runner:
                 deps.append(pname)
             if cfg.online:
                 deps.append("teacher")
-            add(f"train-{i}", deps, lambda i=i, labels=labels: self.train_inputs(i, ckpt[i], labels, teacher))
+            add(f"train-{i}", deps, lambda i=i, labels=labels: self.train_inputs(i, ckpt[i], labels, teacher))  # type: ignore[misc]
             makers.append(f"train-{i}")
             ckpt.append(self.ckpt_dir / f"c{i + 1}.pth")
         return steps
@@ -643,6 +646,7 @@ def _teacher_masked_top1(parts: list[dict]) -> float:
     for p in parts:
         with open_partition(p["path"]) as part:
             b = part.read_all(columns=("label", "target"))
+        assert b.target is not None and b.label is not None  # the columns read
         correct += int((b.target.top_class() == b.label).sum())
         total += len(b.label)
     return correct / max(1, total)

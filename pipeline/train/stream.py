@@ -34,7 +34,7 @@ import hashlib
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence, cast
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -223,7 +223,7 @@ class EpochStream:
     the start batch are not read at all (resume).
     """
 
-    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], LoadedShard], *,
+    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], Any], *,
                  seed: int, epoch: int, batch_size: int) -> None:
         self.shards = list(shards)
         self.loader = loader
