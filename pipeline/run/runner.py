@@ -39,9 +39,9 @@ from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run
 from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
-from pipeline.run.distributed import train_distributed
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import announce, register_run
+from pipeline.run.distributed import train_distributed
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
 from pipeline.train.threads import train_threads
