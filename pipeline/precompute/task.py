@@ -31,8 +31,8 @@ from maskedkd import (
     teacher_macs,
 )
 from maskedkd.views import ViewSpec, shard_views
-from pipeline import __version__
 from pipeline._fingerprint import sha256_json
+from pipeline._version import __version__
 from pipeline.data.shards import Sample
 from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
