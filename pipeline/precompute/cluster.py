@@ -373,7 +373,7 @@ def check_resources(
         time.sleep(0.2)
     if not workers:
         raise ComputeError(
-            f"no Dask worker is connected to the scheduler at {client.scheduler.address} "
+            f"no Dask worker is connected to the scheduler at {getattr(client.scheduler, 'address', None)} "
             f"(waited {wait_s:g}s)"
         )
     fit = [

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import click
 import torch
@@ -80,7 +80,7 @@ class Runner:
     terminal and ``-q`` was not given.
     """
 
-    def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
+    def __init__(self, cfg, *, scheduler: str | None = None, workers: int | Literal["auto"] | None = None,
                  echo: Echo = click.echo, progress: bool = True, device: str | None = None,
                  overrides: Sequence[str] = (), nproc: int | None = None) -> None:
         self.cfg = cfg
@@ -96,7 +96,7 @@ class Runner:
         self.lock.overrides = self.overrides  # written with whatever this command records
         self.manifest: DatasetManifest = load_manifest(cfg.data.root)
         self.device = device or _device(cfg.compute.device)
-        self._cluster_cm = None
+        self._cluster_cm: contextlib.AbstractContextManager | None = None
         self._cluster = None
         self.result = RunResult()
 
