@@ -6,12 +6,12 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DATA   ?= data/fashion-mnist
 
-.PHONY: venv dataset demo test smoke bench clean
+.PHONY: venv dataset demo test lint smoke bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,lint]'
 	touch $@
 
 dataset: $(FMNIST)
@@ -31,6 +31,12 @@ demo: venv $(DATA)/manifest.json
 
 test: venv dataset
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy over the package (rules and the stated style in pyproject.toml, docs/architecture.md "Style").
+# Import order after merging branches: $(BIN)/ruff check --fix --select I maskedkd pipeline
+lint: venv
+	$(BIN)/ruff check maskedkd pipeline
+	$(BIN)/mypy
 
 # The package as a user installs it: a wheel in a clean venv outside the checkout (CI runs it too).
 smoke: venv dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,8 +17,8 @@ SUPPORTED = (
 )
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under ``torch.compile`` / DDP wrappers."""
+def unwrap(model: nn.Module) -> Any:
+    """The module under ``torch.compile`` / DDP wrappers (Any: a timm model, its parts reached by name)."""
     while True:
         inner = getattr(model, "_orig_mod", None)
         if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):

@@ -128,7 +128,8 @@ def fidelity_curve(
         rungs; a rung's ``macs`` is what labelling one view at that keep costs.
     """
     device = next(teacher.parameters()).device
-    grid = tuple(teacher.patch_embed.grid_size)
+    patch_embed: Any = teacher.patch_embed
+    grid = tuple(patch_embed.grid_size)
     ctx = autocast or torch.autocast(device.type, enabled=False)
     n = len(teacher_images)
     full = torch.empty(n, dtype=torch.long)
@@ -155,6 +156,7 @@ def fidelity_curve(
             hi = min(n, lo + batch_size)
             s_img = None if student_images is None else student_images[lo:hi].to(device)
             kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img)
+            assert kidx is not None  # keep < N here: resolve_keep made N None
             with ctx:
                 logits = masked_forward(teacher, teacher_images[lo:hi].to(device), kidx.to(device)).float().cpu()
             pred[lo:hi] = logits.argmax(1)

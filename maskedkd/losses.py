@@ -46,7 +46,7 @@ def kd_loss(
     log_p, log_p_tail = target.log_probs(tau)
     log_q, log_q_tail = target.buckets(F.log_softmax(student_logits.float() / tau, dim=1))
     kl = _kl_terms(log_p, log_q)
-    if log_q_tail is not None:
+    if log_q_tail is not None and log_p_tail is not None:  # both or neither: a top-K target with a tail
         kl = kl + _kl_terms(log_p_tail.unsqueeze(1), log_q_tail.unsqueeze(1))
     return kl.mean() * tau * tau
 

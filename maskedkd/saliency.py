@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -38,7 +40,7 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x = vit.norm_pre(vit.patch_drop(x))
     for blk in vit.blocks[:-1]:
         x = blk(x)
-    last = vit.blocks[-1]
+    last: Any = vit.blocks[-1]  # a timm Block (nn.Sequential's items are typed as Module)
     attn = last.attn
     fp32, x = fp32_region(x)
     with fp32:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 
@@ -86,6 +86,7 @@ class SoftTarget:
                 f"TopK target holds the logsumexp at tau={self.tau}, loss asked for tau={tau}; "
                 "store labels with that temperature (labels.temperatures) or use full logits"
             )
+        assert self.lse is not None  # top-K targets carry their logsumexp
         log_p = self.logit.float() / tau - self.lse.float().unsqueeze(1)
         log_p = log_p.clamp(max=0.0)  # float16 storage can push a top class a hair above lse
         return log_p, _log1mexp(torch.logsumexp(log_p, dim=1))
@@ -98,7 +99,7 @@ class SoftTarget:
             the top K (exact, and finite where ``1 - sum(q_k)`` would round to zero);
             ``log_q_tail`` is ``None`` where there is no tail (dense, or K = C).
         """
-        if self.dense:
+        if self.idx is None:  # dense
             return log_q, None
         idx = self.idx.long()
         head = log_q.gather(1, idx)
@@ -109,7 +110,7 @@ class SoftTarget:
     def top_class(self) -> torch.Tensor:
         """LongTensor[B]: the teacher's most likely class per row."""
         top = self.logit.argmax(dim=1)
-        return top if self.dense else self.idx.gather(1, top.unsqueeze(1)).squeeze(1)
+        return top if self.idx is None else self.idx.gather(1, top.unsqueeze(1)).squeeze(1)  # idx None: dense
 
 
 def TopK(idx: torch.Tensor, logit: torch.Tensor, lse: torch.Tensor, tau: float = 1.0) -> SoftTarget:  # noqa: N802
@@ -162,7 +163,7 @@ def _cut(x: torch.Tensor | None, rows: Any) -> torch.Tensor | None:
 
 
 def _cat(xs: list[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if xs[0] is None else torch.cat(xs)
+    return None if xs[0] is None else torch.cat(cast(list[torch.Tensor], xs))  # all None or none
 
 
 def _to(x: torch.Tensor | None, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor | None:

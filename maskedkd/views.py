@@ -135,7 +135,8 @@ class ViewSpec:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ViewSpec field(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

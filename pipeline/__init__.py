@@ -7,7 +7,8 @@ training loop, :class:`LabeledViews` (with :class:`LabeledView` and :func:`colla
 
 from typing import Any
 
-__version__ = "0.2.0"
+from pipeline._version import __version__
+
 __all__ = ["LabeledView", "LabeledViews", "collate", "__version__"]
 
 

@@ -121,7 +121,7 @@ def _cannot_write(path: Path, e: OSError) -> OutputError:
                        f"and nothing was recorded half. Free space (or fix permissions) and run again")
 
 
-def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None] | bytes, *, exclusive: bool = False) -> None:
+def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], object] | bytes, *, exclusive: bool = False) -> None:
     """Write ``path`` atomically from bytes or a ``writer(file)`` callback (``exclusive``: see :func:`atomic_path`)."""
     with atomic_path(path, exclusive=exclusive) as tmp, open(tmp, "wb") as f:
         if isinstance(writer, (bytes, bytearray)):

@@ -50,7 +50,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError(f"{path}: weights file not found")
     try:
         if path.suffix == ".safetensors":
-            sd = load_file(str(path))
+            sd: Any = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault

@@ -51,7 +51,9 @@ def baseline_loop(path: Path, size: int, mean, std, limit: int) -> Callable[[], 
         with tarfile.open(path, "r|") as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
-                pending.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                member_file = tar.extractfile(member)
+                assert member_file is not None  # shards hold regular files only
+                pending.setdefault(key, {})[ext] = member_file.read()
                 sample = pending[key]
                 image_ext = next((e for e in ("jpg", "png", "webp") if e in sample), None)
                 if image_ext and "cls" in sample:

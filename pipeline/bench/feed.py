@@ -23,6 +23,7 @@ so CPU seconds are the fair measure, wall seconds are shown too.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -130,11 +131,10 @@ def run_feed_bench(images: int = 256, epochs: int = 2, batch: int = 64, workers:
         for resize in resizes:
             name = "after" if resize == "pil" else f"after-{resize}"
             for w in workers:
-                cases[f"{name}-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w, resize=r,
-                                                                         auto_augment=aa)
-                cases[f"{name}-host-w{w}"] = lambda w=w, r=resize: after_path(shard, sha, views, batch, w,
-                                                                              normalise=False, resize=r,
-                                                                              auto_augment=aa)
+                cases[f"{name}-w{w}"] = functools.partial(after_path, shard, sha, views, batch, w, resize=resize,
+                                                          auto_augment=aa)
+                cases[f"{name}-host-w{w}"] = functools.partial(after_path, shard, sha, views, batch, w,
+                                                               normalise=False, resize=resize, auto_augment=aa)
             after_path(shard, sha, range(1), batch, 1, resize=resize, auto_augment=aa)  # warm-up: first calls
         runs: dict[str, list] = {name: [] for name in cases}
         for _ in range(repeats):

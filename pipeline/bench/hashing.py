@@ -78,7 +78,7 @@ def hash_cost_record(on_s: float, off_s: float, *, rows: int, unit: str, shards:
     and ``sha256_s``: the sha256 of the ``shards`` alone in this process (median of ``repeats``,
     files in the page cache), an upper bound of what hashing adds that load on a shared machine
     does not blur as it blurs the ratio of two whole runs."""
-    record = {"median_on_s": on_s, "median_off_s": off_s, "ratio_on_off": on_s / off_s, "unit": unit,
+    record: dict[str, Any] = {"median_on_s": on_s, "median_off_s": off_s, "ratio_on_off": on_s / off_s, "unit": unit,
               "per_s_on": rows / on_s, "per_s_off": rows / off_s}
     if shards:
         times = []

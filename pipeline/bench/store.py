@@ -95,11 +95,12 @@ def _measure(rows: int, classes: int, k: int, patches: int, repeats: int) -> dic
                           metadata=synthetic_metadata(rows), num_classes=classes)
             written = {}
 
-            def write() -> None:
-                written["result"] = write_partition(path, **kwargs)
+            # write and read run within this iteration (interleaved_medians below), so the loop variables are current
+            def write() -> None:  # noqa: B023
+                written["result"] = write_partition(path, **kwargs)  # noqa: B023
 
             def read(columns=None) -> None:
-                with open_partition(path) as partition:
+                with open_partition(path) as partition:  # noqa: B023
                     for _ in partition.iter_batches(8192, columns=columns):
                         pass
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 
@@ -30,13 +32,14 @@ def run_bench(model_name: str, keeps: list[int], batch: int, repeats: int, devic
     model = model.eval().to(device)
     if device.startswith("cuda"):
         enable_tf32()  # as the workers do: fp32 matmuls on tensor cores
-    n = model.patch_embed.num_patches
+    patch_embed: Any = model.patch_embed  # a timm ViT's
+    n = patch_embed.num_patches
     for k in keeps:
         try:
             resolve_keep(k, n)
         except ValueError:
             raise ConfigError(f"--keep: {k} is not between 1 and {n} (patches of {model_name})") from None
-    size = model.patch_embed.img_size
+    size = patch_embed.img_size
     images = torch.randn(batch, 3, *size, device=device)
     amp = dtype == "bf16"
     steps = {}

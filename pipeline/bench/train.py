@@ -88,14 +88,14 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
         raise ValueError(f"unknown bench train modes {unknown}; known: {known}")
     torch.set_num_threads(threads)
     spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), shift=2, hflip=0.5)
-    render = RenderSpec(28, *GRAY)
+    render = RenderSpec((28, 28), *GRAY)
     teacher = create_model(VIT, TEACHER, seed=1)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         shards = fashion_mnist_shards(Path(tmp) / "data", samples, shard_size)
         labels = write_teacher_labels(Path(tmp) / "store", teacher, shards, spec=spec, seed=0, view_epochs=[0], render=render)
         online = OnlineTeacher(teacher, render, policy="student", keep=keep)
         recipe = dict(batch_size=batch, lr=1e-3, warmup_epochs=0, checkpoint_every=10**9)
-        cases = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
+        cases: dict[str, dict[str, Any]] = {"stored": dict(cfg=TrainConfig(kd="kl", **recipe), labels=labels),
                  "off": dict(cfg=TrainConfig(kd="off", **recipe)),
                  "online": dict(cfg=TrainConfig(kd="kl", **recipe), online=online)}
         for name in modes:
@@ -138,8 +138,9 @@ def run_bench(samples: int, shard_size: int, batch: int, keep: int, repeats: int
              "teacher_forwards": results[name]["teacher_forwards"],
              "teacher_gmacs": results[name]["teacher_macs"] / 1e9,
              "loader_workers": LOADER_MODES.get(name)} for name in modes]
+    patch_embed: Any = teacher.patch_embed  # a timm ViT's
     out = {"samples": steps * batch, "batch": batch, "steps": steps, "keep": keep,
-           "patches": teacher.patch_embed.num_patches, "threads": threads, "repeats": repeats, "device": device,
+           "patches": patch_embed.num_patches, "threads": threads, "repeats": repeats, "device": device,
            "student": STUDENT, "teacher": TEACHER, "machine": machine_line(), "rows": rows}
     out.update(("hash_cost", h) for h in hashing.values())
     return out

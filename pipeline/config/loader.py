@@ -224,8 +224,7 @@ def _format_errors(err: ValidationError, shown: str, overrides: Sequence[tuple[s
             if not isinstance(e.get("input"), dict) and "got" not in msg:
                 msg += f", got {e.get('input')!r}"
         lines.append(f"{_source(shown, path, overrides)}: {path or '(top level)'}: {msg}")
-    seen: set[str] = set()
-    unique = [x for x in lines if not (x in seen or seen.add(x))]
+    unique = list(dict.fromkeys(lines))
     return "\n".join(unique)
 
 

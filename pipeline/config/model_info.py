@@ -73,7 +73,7 @@ def model_info(name: str, kwargs: dict[str, Any]) -> ModelInfo:
         return _MODEL_INFO_CACHE[key]
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)
-    pe = getattr(model, "patch_embed", None)
+    pe: Any = getattr(model, "patch_embed", None)
     grid = tuple(int(v) for v in pe.grid_size) if getattr(pe, "grid_size", None) is not None else None
     img = tuple(int(v) for v in pe.img_size) if getattr(pe, "img_size", None) is not None else None
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

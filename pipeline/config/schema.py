@@ -285,7 +285,7 @@ class TrainConfig(_Section):
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v: str) -> str:
-        known = list_optimizers()
+        known = [name for name in list_optimizers() if isinstance(name, str)]  # names only (no descriptions asked)
         if v.lower() not in known:
             raise ValueError(f"unknown timm optimizer {v!r}{did_you_mean(v.lower(), known)}; see timm.optim.list_optimizers()")
         return v.lower()

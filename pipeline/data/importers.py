@@ -20,7 +20,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -99,7 +99,7 @@ def write_split(
             widths.append(size[0])
             heights.append(size[1])
             modes[mode] += 1
-            formats[fmt.lower()] += 1
+            formats[(fmt or "unknown").lower()] += 1  # PIL's format is None for an image it cannot name
             members = {img.ext: img.data, "cls": str(img.label).encode()}
             if img.meta is not None:
                 members["json"] = img.meta
@@ -222,7 +222,8 @@ def import_fashion_mnist(out: str | Path, src: str | Path = FASHION_MNIST_SRC, s
             f"Fashion-MNIST not found in {src} (missing {', '.join(missing)}). Install it with "
             f"`sudo apt-get install dataset-fashion-mnist`, or pass --src DIR holding the four IDX .gz files."
         )
-    splits, skipped = {}, []
+    splits: dict[str, Any] = {}
+    skipped: list[dict[str, str]] = []
     # built beside `out` and swapped in whole: a run never sees new shards under an old manifest
     with build_beside(out, carry=lambda name: not _dataset_file(name, FASHION_MNIST_FILES)) as work:
         for split in FASHION_MNIST_FILES:

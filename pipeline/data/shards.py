@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
@@ -48,7 +48,7 @@ class Sample:
     encoded bytes, whose header has been checked (:func:`check_image`)."""
 
     key: str
-    image: Image.Image | bytes
+    image: Any  # PIL Image, encoded bytes (decode=False), or precompute's uint8 pixel array (torch resize)
     label: int
 
 
@@ -213,14 +213,14 @@ def _tar_members(path: Path, sha256: str | None = None) -> Iterator[dict]:
         with open(path, "rb") as f:
             stream = _HashingReader(f) if sha256 else f
             yield from tar_file_iterator(stream)
-            got = stream.hexdigest_of_all() if sha256 else None
+            got = stream.hexdigest_of_all() if isinstance(stream, _HashingReader) else None
     except FileNotFoundError:
         raise DataError(f"shard {path} does not exist") from None
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise DataError(f"shard {path}: truncated or unreadable tar ({e})") from e
     if path.suffix == ".tar":
         _check_end_of_archive(path)
-    if sha256 and got != sha256:
+    if sha256 and got is not None and got != sha256:
         raise ShardChangedError(
             f"shard {path}: its bytes do not match the dataset manifest (sha256 {got[:12]}..., manifest "
             f"{sha256[:12]}...): the shard changed after the run read the manifest (a `data import` into the "
@@ -302,6 +302,7 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
             seen.add(base)
         if ext in members:
             if report is not None and not duplicate:
+                assert key is not None  # set with the first member
                 report.append(Skipped(key, f"duplicate key (member {fname} repeated)"))
             continue
         members[ext] = member["data"]
@@ -442,5 +443,5 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
             cut = len(report)
     if report is not None:
         report.extend(skipped[flushed:])
-    if cut is not None:
+    if cut is not None and report is not None:
         del report[cut:]

@@ -35,6 +35,7 @@ def _check_timm_info(manifest: DatasetManifest, root: Path) -> list[str]:
 
 def _check_shard(manifest: DatasetManifest, entry: ShardEntry, decode: bool) -> list[str]:
     path = entry.path
+    assert path is not None  # a manifest loaded from its folder gives each shard its path
     if not path.is_file():
         return [f"{path.name}: missing"]
     problems = []
@@ -75,6 +76,7 @@ def verify_dataset(
         DataError: the manifest itself is missing or invalid.
     """
     manifest = load_manifest(root)
+    assert manifest.root is not None  # loaded from its folder
     root = manifest.root
     problems = _check_timm_info(manifest, root)
     for split in sorted(manifest.splits):

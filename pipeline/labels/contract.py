@@ -224,7 +224,8 @@ class RenderSpec:
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                   interpolation: str = "bicubic") -> "RenderSpec":
         """Render at the model's own input size (``patch_embed.img_size`` of a timm ViT)."""
-        return cls(size=tuple(model.patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
+        patch_embed: Any = model.patch_embed
+        return cls(size=tuple(patch_embed.img_size), mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
 
 def render_spec(data: DataConfig, model: "TeacherConfig | StudentConfig") -> RenderSpec:

@@ -126,11 +126,12 @@ def _place(root: str, shard: str, view_epoch: int, fingerprints: Mapping[str, st
     if not isinstance(view_epoch, int) or view_epoch < 0:
         raise ConfigError(f"view_epoch must be an int >= 0, got {view_epoch!r}")
     for name in REQUIRED_FINGERPRINTS:
-        if not isinstance(fingerprints.get(name), str) or not _HEX.match(fingerprints[name]):
-            raise ConfigError(f"fingerprints.{name} must be a hex sha256, got {fingerprints.get(name)!r}")
+        value = fingerprints.get(name)
+        if not isinstance(value, str) or not _HEX.match(value):
+            raise ConfigError(f"fingerprints.{name} must be a hex sha256, got {value!r}")
     # epoch unpadded: DuckDB reads a zero-padded value as a string, an unpadded one as an integer
-    values = (fingerprints["teacher"][:12], shard, str(view_epoch))
-    return join(root, *(f"{k}={v}" for k, v in zip(HIVE_KEYS, values))), f"v{fingerprints['view'][:8]}-"
+    values = (str(fingerprints["teacher"])[:12], shard, str(view_epoch))  # str: checked above
+    return join(root, *(f"{k}={v}" for k, v in zip(HIVE_KEYS, values))), f"v{str(fingerprints['view'])[:8]}-"
 
 
 def _is_partition(name: str) -> bool:

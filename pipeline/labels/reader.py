@@ -70,7 +70,7 @@ class LabelBatch:
         cut = lambda x: None if x is None else x[start:stop]  # noqa: E731
         return LabelBatch(
             keys=cut(self.keys), label=cut(self.label), keep=cut(self.keep), target=cut(self.target),
-            lse_tau={tau: cut(v) for tau, v in self.lse_tau.items()}, view={k: cut(v) for k, v in self.view.items()},
+            lse_tau={tau: v[start:stop] for tau, v in self.lse_tau.items()}, view={k: v[start:stop] for k, v in self.view.items()},
         )
 
     def target_at(self, tau: float) -> SoftTarget | None:
@@ -294,12 +294,11 @@ class _StoreErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, tb) -> bool:
+    def __exit__(self, kind, error, tb) -> None:
         if isinstance(error, FileNotFoundError):
             raise StoreError(f"{self.path}: no such partition") from error
         if isinstance(error, (pa.ArrowException, OSError)):
             raise StoreError(f"{self.path}: {self.what} ({error})") from error
-        return False
 
 
 def _check_expect(record: Mapping[str, Any], expect: Mapping[str, Any], path: str, prefix: str = "") -> None:

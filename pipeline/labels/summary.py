@@ -20,6 +20,7 @@ def summarize(path: str) -> dict[str, Any]:
         rows, agree, kept, mass = partition.num_rows, 0, 0.0, 0.0
         for batch in partition.iter_batches(65536, columns=("label", "keep", "target")):
             target = batch.target
+            assert target is not None and batch.label is not None and batch.keep is not None  # the columns asked for
             # the K stored classes' mass (1 per row with topk: all, reported as None below)
             mass += target.log_probs(target.tau)[0].exp().sum(dim=1, dtype=torch.float64).sum().item()
             agree += int((target.top_class() == batch.label).sum())

@@ -87,7 +87,8 @@ def verify_store(store: str, locks: Sequence[str] = ()) -> VerifyReport:
     """
     report = VerifyReport(checked=paths.list_partitions(store), locks=sorted(set(locks) | set(find_locks(store))))
     report.temp_files = paths.list_temp_files(store)
-    expected = {}
+    expected: dict[str, LockEntry] = {}
+    entry: LockEntry | None
     _, fs_root = paths.resolve(store)
     for lock in report.locks:
         for entry in lock_partitions(lock):

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import torch
 
 from maskedkd.targets import SoftTarget, as_target
-from pipeline import __version__
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import canonical_json, sha256_bytes
+from pipeline._version import __version__
 from pipeline.errors import OutputError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.schema import (

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, cast
 
 import dask
 import torch
@@ -176,7 +176,7 @@ def open_cluster(
             c.device = device
             yield c
         return
-    config = {
+    config: dict[str, Any] = {
         "distributed.worker.daemon": bool(daemon_workers),
         # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's
         # dynamic mmap threshold: every large torch temporary is then mmapped, faulted in and
@@ -363,7 +363,7 @@ def check_resources(
     has would otherwise stay pending forever. The :class:`ComputeError` lists what the workers
     do offer. Call it (``run_tasks`` does) right before submitting.
     """
-    cluster, client = client, getattr(client, "client", client)
+    cluster, client = client, cast(Client, getattr(client, "client", client))
     resources = dict(resources or {})
     deadline = time.monotonic() + wait_s
     while True:
@@ -373,7 +373,7 @@ def check_resources(
         time.sleep(0.2)
     if not workers:
         raise ComputeError(
-            f"no Dask worker is connected to the scheduler at {client.scheduler.address} "
+            f"no Dask worker is connected to the scheduler at {getattr(client.scheduler, 'address', None)} "
             f"(waited {wait_s:g}s)"
         )
     fit = [
@@ -459,7 +459,7 @@ def run_tasks(
     to ``on_result`` stay done. A task already running on a remote worker cannot be stopped and
     finishes on its own (tasks write atomically, so it leaves a whole partition or nothing).
     """
-    client = getattr(client, "client", client)
+    client = cast(Client, getattr(client, "client", client))
     keys = [_item_key(key_prefix, item) for item in items]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:3]

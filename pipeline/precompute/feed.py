@@ -34,6 +34,7 @@ from maskedkd.resize import pixel_array
 from maskedkd.views import View
 from pipeline.data.shards import (
     MAX_IMAGE_PIXELS,
+    RawSample,
     Sample,
     Skipped,
     check_image,
@@ -82,7 +83,7 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
     so a corrupt image is skipped and reported as the PIL reader reports it. Not run without a GPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raws = []
+    raws: list[RawSample] = []
     for r in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256):
         if limit is not None and len(raws) >= limit:
             # hashing the rest; nothing past the limit is decoded or reported (an image whose
@@ -111,7 +112,7 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
             decoded = decode_jpeg([torch.frombuffer(bytearray(r.image_bytes), dtype=torch.uint8) for r in jpeg],
                                   mode=ImageReadMode.RGB, device=device)
             by_key = {r.key: _to_pil(d) for r, d in zip(jpeg, decoded)}
-            images = [by_key.get(r.key) or decode_image(r.image_bytes) for r in chunk]
+            images: list[Image.Image | None] = [by_key.get(r.key) or decode_image(r.image_bytes) for r in chunk]
         except Exception:  # noqa: BLE001 - find the bad image(s) one by one
             images = []
             for r in chunk:

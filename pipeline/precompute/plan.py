@@ -35,11 +35,13 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
         keep = cfg.keep_for_segment(segment)
         if keep == "auto":
             raise ValueError("masking.keep is auto: plan_segment needs the keep the spot-check chose")
+    assert keep is None or isinstance(keep, int), keep
     keep = resolve_keep(keep, cfg.num_patches, policy)  # None: all patches
     spec = cfg.views.view_spec()
     view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
     tasks = []
     for ref in shard_refs(manifest, cfg.data.train, cfg.data.subset):
+        assert ref.sha256 is not None  # from the manifest
         for view_epoch in view_epochs:
             t = PartitionTask(
                 shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,

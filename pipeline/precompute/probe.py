@@ -24,7 +24,7 @@ from maskedkd.rendering import render_batch
 from maskedkd.views import ViewSpec, shard_views
 from pipeline._fingerprint import sha256_json
 from pipeline.data.manifest import DatasetManifest
-from pipeline.data.shards import read_shard
+from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, segment_view_epochs, shard_refs
 from pipeline.precompute.spec import ModelSpec
 from pipeline.precompute.task import autocast_for, load_model
@@ -131,7 +131,7 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
     labels: list[int] = []
     seeds: list[int] = []
     for path, rows in by_shard.items():
-        samples = []
+        samples: list[Sample] = []
         for s in read_shard(path, num_classes=t.num_classes):
             if len(samples) >= rows[0].rows:
                 break
@@ -145,10 +145,10 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
                 m = getattr(t, who)
                 if m is None:
                     continue
-                r: RenderSpec = m.render
-                renders[who].append(render_batch([samples[i].image for i in idx], [views[i] for i in idx], r.size,
-                                                 mean=r.mean, std=r.std, interpolation=r.interpolation,
-                                                 partners=lambda k: by_key[k], resize=r.resize))
+                render: RenderSpec = m.render
+                renders[who].append(render_batch([samples[i].image for i in idx], [views[i] for i in idx], render.size,
+                                                 mean=render.mean, std=render.std, interpolation=render.interpolation,
+                                                 partners=lambda k: by_key[k], resize=render.resize))  # noqa: B023 (called now)
             labels += [samples[i].label for i in idx]
             seeds += [views[i].seed for i in idx]
     images = {who: torch.cat(v) if v else None for who, v in renders.items()}
@@ -171,6 +171,7 @@ def run_probe(item: dict) -> dict[str, Any]:
     curves: dict[str, list[dict[str, Any]]] = {}
     forwards, macs = 0, 0
     n = len(labels)
+    assert images["teacher"] is not None  # rendered for every probe
     for policy in t.policies:
         with torch.inference_mode():
             curve = fidelity_curve(teacher, images["teacher"], labels, t.keeps, policy, seeds=seeds,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pipeline._fingerprint import sha256_json
 from pipeline.precompute.address import resolve_address
@@ -22,7 +22,7 @@ SUM_FIELDS = ("rows", "rows_computed", "rows_reused", "rows_reused_tolerance", "
 
 
 @contextlib.contextmanager
-def cluster_for(cfg, *, scheduler: str | None = None, workers: int | str | None = None,
+def cluster_for(cfg, *, scheduler: str | None = None, workers: int | Literal["auto"] | None = None,
                 cluster: Cluster | None = None):
     """The cluster to use: the one given, or one opened from the config and CLI overrides
     (scheduler precedence: :mod:`pipeline.precompute.address`)."""
@@ -70,6 +70,7 @@ def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_pre
     items = group_by_shard(tasks, slots)
 
     def per_partition(result: dict) -> None:
+        assert on_result is not None  # passed on only then
         for r in result["partitions"]:
             on_result(r)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
 from pipeline._fingerprint import sha256_json
 from pipeline._gpu import uses_tf32
+from pipeline._version import __version__
 from pipeline.config import StageConfig
 from pipeline.labels.contract import RenderSpec, render_spec
 from pipeline.models import create_model, model_fingerprint

@@ -31,8 +31,8 @@ from maskedkd import (
     teacher_macs,
 )
 from maskedkd.views import ViewSpec, shard_views
-from pipeline import __version__
 from pipeline._fingerprint import sha256_json
+from pipeline._version import __version__
 from pipeline.data.shards import Sample
 from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
@@ -112,6 +112,7 @@ class _Renders:
         return images
 
     def student(self, idx: np.ndarray) -> torch.Tensor:
+        assert self.t.student is not None  # asked for by policies that need saliency, which have a student
         return self._images(idx, self.t.student.render)
 
     def teacher(self, idx: np.ndarray) -> torch.Tensor:
@@ -126,7 +127,7 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
         return np.ones((n, n_patches), dtype=bool), 0
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
-    student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
+    student = load_model(t.student, t.device) if t.student is not None and needs_saliency(t.policy) else None
     for start in range(0, n, t.batch_size):
         idx = np.arange(start, min(n, start + t.batch_size))
         images = None
@@ -136,6 +137,7 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
         with torch.inference_mode(), autocast_for(t.device, t.precision):
             kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
                                 student=student, images=images)
+        assert kidx is not None  # t.keep is not None
         rows = keep[idx]
         np.put_along_axis(rows, kidx.numpy(), True, axis=1)
         keep[idx] = rows
@@ -169,6 +171,7 @@ def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
                 batch = part.read_all(columns=("keep", "target"))
         except StoreError:
             continue  # another label spec, or a damaged file: never reuse what we cannot trust
+        assert batch.keep is not None and batch.target is not None  # the columns read
         out.append(_Stored(path, batch.keep.numpy(), batch.target, batch.lse_tau))
     return out
 
@@ -183,7 +186,7 @@ def _kl_rows(fresh: torch.Tensor, stored: SoftTarget) -> torch.Tensor:
         log_q, log_q_tail = log_q - norm.unsqueeze(1), log_q_tail - norm
     log_p, log_p_tail = stored.buckets(F.log_softmax(fresh.float(), dim=1))
     kl = (log_p.exp() * (log_p - log_q)).sum(1)
-    if log_p_tail is not None:
+    if log_p_tail is not None and log_q_tail is not None:  # both or neither: the stored target's tail
         p_tail = log_p_tail.exp()
         kl = kl + torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
     return kl.clamp_min(0.0)  # >= 0 but for float32 rounding
@@ -296,8 +299,9 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     views = pixels.views
     n = len(samples)
     teacher = load_model(t.teacher, t.device)
-    grid = tuple(teacher.patch_embed.grid_size)
-    n_patches = int(teacher.patch_embed.num_patches)
+    patch_embed: Any = teacher.patch_embed
+    grid = tuple(patch_embed.grid_size)
+    n_patches = int(patch_embed.num_patches)
     renders = _Renders(pixels, t, timer)
     with timer.phase("student"):
         keep, result["student_forwards"] = _keep_sets(t, renders, n_patches, grid)

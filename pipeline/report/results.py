@@ -157,8 +157,8 @@ def _target(rows: dict[str, list[RunOutcome]], row: str, full: str, max_ratio: f
     rb = [r for r in rows.get(full, []) if r.finished]
     if not ra or not rb:
         return f"- {what}: **not measured** (rows not run: {row if not ra else full})."
-    ma, _ = _mean_std([r.top1 for r in ra])
-    mb, sb = _mean_std([r.top1 for r in rb])
+    ma, _ = _mean_std([r.top1 for r in ra if r.top1 is not None])
+    mb, sb = _mean_std([r.top1 for r in rb if r.top1 is not None])
     ratio = statistics.fmean(r.label_macs / r.full_macs for r in ra if r.full_macs)
     diff = 100 * (ma - mb)
     if sb is None:

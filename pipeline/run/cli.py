@@ -17,8 +17,8 @@ from pipeline._cli_options import (
     set_opt,
 )
 from pipeline.errors import ConfigError
-from pipeline.run.folder_lock import hold_run_folder
 from pipeline.report.fidelity import curve_table, plot_curves
+from pipeline.run.folder_lock import hold_run_folder
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
 

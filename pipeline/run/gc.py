@@ -74,6 +74,7 @@ def _collect(stores, locks, run_dirs, live, registry, *, delete: bool, grace_s: 
             continue
         announced, stale = live_intents(store, remove_stale=delete)
         store = paths.local_root(store)  # a file:// store is listed as the local folder it is
+        assert store is not None  # a local store (above)
         stale_intents += stale
         for p in paths.list_partitions(store):
             ap = os.path.abspath(p)

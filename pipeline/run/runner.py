@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import click
 import torch
@@ -47,9 +47,9 @@ from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run
 from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
-from pipeline.run.distributed import train_distributed
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import announce, register_run
+from pipeline.run.distributed import train_distributed
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
 from pipeline.train.threads import train_threads
@@ -88,7 +88,7 @@ class Runner:
     terminal and ``-q`` was not given.
     """
 
-    def __init__(self, cfg, *, scheduler: str | None = None, workers: int | str | None = None,
+    def __init__(self, cfg, *, scheduler: str | None = None, workers: int | Literal["auto"] | None = None,
                  echo: Echo = click.echo, progress: bool = True, device: str | None = None,
                  overrides: Sequence[str] = (), nproc: int | None = None) -> None:
         self.cfg = cfg
@@ -104,7 +104,7 @@ class Runner:
         self.lock.overrides = self.overrides  # written with whatever this command records
         self.manifest: DatasetManifest = load_manifest(cfg.data.root)
         self.device = device or _device(cfg.compute.device)
-        self._cluster_cm = None
+        self._cluster_cm: contextlib.AbstractContextManager | None = None
         self._cluster = None
         self.result = RunResult()
 
@@ -518,12 +518,14 @@ class Runner:
                 log=lambda line: self._say(name, line), progress=name if self.progress else None,
             )
 
-    def _online_inputs(self, segment: int, teacher: ModelSpec) -> Any:
+    def _online_inputs(self, segment: int, teacher: ModelSpec | None) -> Any:
         if not self.cfg.online:
             return None
+        assert teacher is not None  # the online teacher is the teacher stage's
         return {"teacher": teacher.fingerprint, "policy": self.cfg.masking.policy, "keep": self.cfg.keep_for_segment(segment)}
 
-    def _online_teacher(self, segment: int, teacher: ModelSpec):
+    def _online_teacher(self, segment: int, teacher: ModelSpec | None):
+        assert teacher is not None  # the online teacher is the teacher stage's
         t = self.cfg.teacher
         model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
         policy = self.cfg.masking.policy
@@ -610,7 +612,7 @@ class Runner:
         teacher = None
         if "teacher" not in stale:
             rec = self.lock.output("teacher", "weights")
-            teacher = self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])
+            teacher = self._teacher_spec(rec["path"], self.lock.info("teacher")["fingerprint"])  # type: ignore[index]  # recorded
         add("init", [], self.init_inputs)
         makers = ["init"]  # makers[i]: the stage that writes checkpoint c_i
         ckpt = [self.ckpt_dir / "c0.pth"]
@@ -626,13 +628,14 @@ class Runner:
                 if cfg.masking.auto:
                     qname = f"probe-{i}"
 
-                    add(qname, ["teacher", makers[src]], lambda i=i, src=src: self.probe_inputs(
-                        self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))
+                    # teacher is not None here: add() calls inputs only when every dependency is fresh
+                    add(qname, ["teacher", makers[src]], lambda i=i, src=src: self.probe_inputs(  # type: ignore[misc]
+                        self.plan_probe(i, teacher, ckpt[src], policies=(cfg.masking.policy,))))  # type: ignore[arg-type]
                     pre_deps.append(qname)
 
-                def pre_inputs(i=i, src=src) -> dict[str, Any]:
+                def pre_inputs(i=i, src=src, tasks=tasks) -> dict[str, Any]:
                     keep = self.chosen_keep(self.lock.info(f"probe-{i}")) if cfg.masking.auto else "config"
-                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)
+                    tasks[:] = self.plan_precompute(i, teacher, ckpt[src], keep)  # type: ignore[arg-type]
                     return self.precompute_inputs(i, tasks)
 
                 add(pname, pre_deps, pre_inputs)
@@ -641,7 +644,7 @@ class Runner:
                 deps.append(pname)
             if cfg.online:
                 deps.append("teacher")
-            add(f"train-{i}", deps, lambda i=i, labels=labels: self.train_inputs(i, ckpt[i], labels, teacher))
+            add(f"train-{i}", deps, lambda i=i, labels=labels: self.train_inputs(i, ckpt[i], labels, teacher))  # type: ignore[misc]
             makers.append(f"train-{i}")
             ckpt.append(self.ckpt_dir / f"c{i + 1}.pth")
         return steps
@@ -690,6 +693,7 @@ def _teacher_masked_top1(parts: list[dict]) -> float:
     for p in parts:
         with open_partition(p["path"]) as part:
             b = part.read_all(columns=("label", "target"))
+        assert b.target is not None and b.label is not None  # the columns read
         correct += int((b.target.top_class() == b.label).sum())
         total += len(b.label)
     return correct / max(1, total)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ class LabeledView(NamedTuple):
 def collate(items: Sequence[LabeledView]) -> LabeledView:
     """Batch :class:`LabeledView` rows (the ``collate_fn`` for a ``DataLoader``): top-K or dense
     targets are concatenated with :meth:`maskedkd.SoftTarget.cat`."""
-    target = None if items[0].target is None else SoftTarget.cat([it.target for it in items])
+    target = None if items[0].target is None else SoftTarget.cat([cast(SoftTarget, it.target) for it in items])
     return LabeledView(torch.stack([it.image for it in items]), target, torch.stack([it.label for it in items]),
                        [it.key for it in items])
 
@@ -251,14 +251,14 @@ class LabeledViews(IterableDataset):
                                  batch_size=self.batch_size)
             for n, segments in enumerate(stream.batches(start)):
                 if n % workers == worker:
-                    yield rank_slice(segments, self.rank, self.world)
+                    yield rank_slice(segments, self.rank, self.world)  # type: ignore[misc]  # ShardRefs: the loader is the identity
 
         # read ahead in DataLoader worker processes only: in the training process the read's Python
         # work (tar members, image headers) would take the GIL from the step (8-20% of steps/s measured
         # on 28 px images with 2 torch threads)
         if read_ahead is None:
             read_ahead = get_worker_info() is not None
-        reader = contextlib.nullcontext(self.load)
+        reader: contextlib.AbstractContextManager[Callable[[ShardRef], LoadedShard]] = contextlib.nullcontext(self.load)
         if read_ahead:
             # the shards this process will load, in order (index arithmetic only): what to read ahead
             order: list[ShardRef] = []

@@ -32,6 +32,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from maskedkd import (
+    SoftTarget,
     distill_loss,
     keep_indices,
     masked_forward,
@@ -81,7 +82,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, to
     """timm optimizer and per-update scheduler (``step_on_epochs=False``) for a whole run of ``total_epochs``."""
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
-    step = {"decay_epochs": cfg.decay_epochs, "decay_rate": cfg.decay_rate} if cfg.sched == "step" else {}
+    step: dict[str, Any] = {"decay_epochs": cfg.decay_epochs, "decay_rate": cfg.decay_rate} if cfg.sched == "step" else {}
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=total_epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
         min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch, **step,
@@ -126,12 +127,13 @@ class _Online:
         self.teacher = online.model.to(device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        n = self.teacher.patch_embed.num_patches
+        patch_embed: Any = self.teacher.patch_embed  # a timm ViT's, reached by name
+        n = patch_embed.num_patches
         try:
             self.keep = resolve_keep(online.keep, n, online.policy)
         except ValueError:
             raise ConfigError(f"masking.keep: must be between 1 and {n}, got {online.keep}") from None
-        self.grid = tuple(self.teacher.patch_embed.grid_size)
+        self.grid = tuple(patch_embed.grid_size)
         self.saliency = self.keep is not None and needs_saliency(online.policy)
         self.macs_per_image = teacher_macs(self.teacher, self.keep)
         self.device = device
@@ -152,6 +154,7 @@ class _Online:
     @torch.no_grad()
     def __call__(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor:
         keep_idx = self.keep_idx(student, batch, images)
+        assert batch.teacher_images is not None  # rendered for the online teacher
         timgs = batch.teacher_images.to(self.device, non_blocking=True)
         with self.autocast():
             return masked_forward(self.teacher, timgs, None if keep_idx is None else keep_idx.to(self.device)).float()
@@ -346,7 +349,7 @@ def train_segment(
         # the public dataset's own path (pipeline.LabeledViews): pairing, checks, order, rank slices
         stream = LabeledViews(shards, spec=spec, seed=seed, render=render, epoch=epoch, batch_size=cfg.batch_size,
                               order_seed=cfg.seed, labels=labels, view_pool=view_pool,
-                              tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=student.num_classes,
+                              tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=int(student.num_classes),  # type: ignore[arg-type]
                               smoothing=cfg.smoothing, rank=info.rank, world=info.world,
                               teacher_render=online.render if online else None)
         position = record.position if epoch == record.epoch else 0
@@ -379,23 +382,23 @@ def train_segment(
         bar_read = -math.inf
         batch_iter = iter(batches)
         try:
-            for position, batch in enumerate(_unwrapped(batch_iter), start=position):
+            for position, batch in enumerate(_unwrapped(batch_iter), start=position):  # noqa: B020 (resumes at position)
                 scheduler.step_update(num_updates=record.global_step)
                 torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
                 images = batch.images.to(device, non_blocking=True)
-                target = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
+                target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
                 if teacher is not None:
                     target = teacher(student, batch, images)
                     record.counters["teacher_forwards"] += len(batch) * info.world
                     record.counters["teacher_macs"] += teacher.macs_per_image * len(batch) * info.world
-                loss, correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
+                loss, step_correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
                 record.global_step += 1
-                tally.add(loss, correct, len(batch), record.global_step)
+                tally.add(loss, step_correct, len(batch), record.global_step)
                 bar.update(1)
                 done_in_epoch = position + 1
                 if not bar.disable and time.perf_counter() - bar_read >= _BAR_EVERY_S:
-                    loss_sum, _, samples = tally.read()
-                    bar.set_postfix_str(f"loss {loss_sum / max(samples, 1):.4f}")
+                    bar_loss, _, bar_samples = tally.read()
+                    bar.set_postfix_str(f"loss {bar_loss / max(bar_samples, 1):.4f}")
                     bar_read = time.perf_counter()
                 if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
                     totals = synced()

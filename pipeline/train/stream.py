@@ -34,7 +34,7 @@ import hashlib
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ class LazyImages(Sequence[Image.Image]):
     def _get(self, i: int) -> Image.Image:
         image = self._images[i]
         if image is None:
-            image = decode_row(self.where, self.keys[i], self._encoded[i])
+            image = decode_row(self.where, self.keys[i], self._encoded[i])  # type: ignore[arg-type]  # None once decoded only
             self._images[i], self._encoded[i] = image, None
             self.decoded += 1
         return image
@@ -182,6 +182,7 @@ def load_shard(
         for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256,
                                               limit=ref.rows, decode=False)):
             if part_keys is not None and part_keys[i] != sample.key:
+                assert label is not None  # part_keys come from its partition
                 _explain_mismatch(ref, label, i, part_keys[i], sample)
             keys.append(sample.key)
             encoded.append(sample.image)
@@ -193,6 +194,7 @@ def load_shard(
         views = shard_views(spec, seed, view_epoch, keys)
         target = None
         if batch is not None:
+            assert label is not None  # batch comes from its partition
             check_views(label.path, batch.view, views, spec, seed)
             try:
                 target = batch.target_at(tau)
@@ -223,7 +225,7 @@ class EpochStream:
     the start batch are not read at all (resume).
     """
 
-    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], LoadedShard], *,
+    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], Any], *,
                  seed: int, epoch: int, batch_size: int) -> None:
         self.shards = list(shards)
         self.loader = loader
@@ -343,7 +345,8 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
         targets = labels
     teacher = None
     if segments and segments[0][0].target is not None:
-        teacher = SoftTarget.cat([shard.target[torch.from_numpy(rows)] for shard, rows in segments])
+        # every shard of a run has a target when the first has
+        teacher = SoftTarget.cat([cast(SoftTarget, shard.target)[torch.from_numpy(rows)] for shard, rows in segments])
     teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
     keys = [shard.keys[i] for shard, rows in segments for i in rows]
     seeds = [shard.views[i].seed for shard, rows in segments for i in rows]
