@@ -144,4 +144,5 @@ def apply_rand_augment(img: Image.Image, op: int, mag: float, fill: Any, resampl
         # timm asks for 0 bits at the magnitude extremes; Pillow >= 11 refuses, older Pillow
         # (what timm was written against) returned black: keep that meaning
         return Image.new(img.mode, img.size, 0)
-    return aa.NAME_TO_OP[name](img, *args, fillcolor=fill, resample=resample)
+    apply_op: Any = aa.NAME_TO_OP[name]  # timm types the table as plain `function`
+    return apply_op(img, *args, fillcolor=fill, resample=resample)

@@ -139,7 +139,8 @@ def pretrained_cfg(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[s
     """The ``pretrained_cfg`` timm gives ``name`` (its tag's, or a hub / folder ``config.json``'s)."""
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **dict(kwargs or {}))
-    return dict(model.pretrained_cfg)
+    cfg: Any = model.pretrained_cfg  # a dict on every timm model
+    return dict(cfg)
 
 
 def _hub_file(hub_id: str, filename: str | None) -> Path:

@@ -61,7 +61,7 @@ def check_feed_options(resizes: tuple[str, ...], auto_augment: str | None) -> No
 
 
 def _setup(size: int, resize: str = "pil", auto_augment: str | None = None):
-    r = RenderSpec(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
+    r = RenderSpec((size, size), IMAGENET_MEAN, IMAGENET_STD, "bicubic", resize)
     return ViewSpec(auto_augment=auto_augment), r, r  # DeiT's student and teacher see the same 224 px views
 
 

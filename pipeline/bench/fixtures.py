@@ -120,7 +120,8 @@ def save_vit(kwargs: dict, path: str | Path, *, seed: int, perturb: float = 0.0,
     if perturb:
         g = torch.Generator().manual_seed(perturb_seed)
         with torch.no_grad():
-            for p in model.blocks[-1].parameters():
+            blocks: Any = model.blocks  # a timm ViT's
+            for p in blocks[-1].parameters():
                 p.add_(torch.randn(p.shape, generator=g) * perturb * float(p.std() if p.numel() > 1 else 1.0))
     save_checkpoint(model, path)
     return Path(path)
@@ -197,14 +198,14 @@ def write_teacher_labels(
         shard_fp = sha256_file(ref.path)
         for ve in view_epochs:
             sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve)
-            logits = []
+            chunks: list[torch.Tensor] = []
             with torch.no_grad():
                 for i in range(0, len(sh.keys), batch_size):
                     images = render_batch(sh.images[i:i + batch_size], sh.views[i:i + batch_size], render.size,
                                           mean=render.mean, std=render.std, interpolation=render.interpolation,
                                           partners=sh.partner, resize=render.resize)
-                    logits.append(teacher(images).float())
-            logits = torch.cat(logits)
+                    chunks.append(teacher(images).float())
+            logits = torch.cat(chunks)
             fingerprints = dict(fps, shard=shard_fp)
             path = partition_path(str(store), shard=ref.name, view_epoch=ve, fingerprints=fingerprints)
             metadata = {"shard": ref.name, "view_epoch": ve, "fingerprints": fingerprints,

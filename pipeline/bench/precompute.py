@@ -169,7 +169,7 @@ def _setup(root: Path, samples: int, shard_size: int, batch: int, img_size: int,
 def _time_runs(s: _Setup, root: Path, repeats: int, two_workers: bool, device: str) -> dict[str, Any]:
     """The timed precompute runs: ``repeats`` interleaved rounds of first runs (1 and 2 workers,
     the bare baseline), then an identical rerun and a rerun after the student's update."""
-    kw = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
+    kw: dict[str, Any] = dict(threads_per_worker=1, device=device, dashboard=False, announce=None)
     with contextlib.ExitStack() as stack:
         c1 = stack.enter_context(open_cluster(workers=1, **kw))
         c2 = stack.enter_context(open_cluster(workers=2, **kw)) if two_workers else None

@@ -82,7 +82,7 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeats: int = 1) -> dict[str, Any]:
     """Rows/s and images decoded per rank, world size 1 and 2: eager (before), lazy (now), lazy with torch resizing."""
     spec = ViewSpec()  # RandomResizedCrop (0.08, 1) + flip: the DeiT recipe's geometry
-    render = RenderSpec(224, IMAGENET_MEAN, IMAGENET_STD)
+    render = RenderSpec((224, 224), IMAGENET_MEAN, IMAGENET_STD)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-input-") as tmp:
         tmp_path = Path(tmp)

@@ -241,5 +241,7 @@ def render_spec(data: DataConfig, model: "TeacherConfig | StudentConfig") -> Ren
         model: the stage's ``teacher`` or ``student`` section.
     """
     mean, std, interpolation = model.preprocessing(data)
-    return RenderSpec(size=tuple(model.info().img_size), mean=mean, std=std, interpolation=interpolation,
+    size = model.info().img_size
+    assert size is not None, "a maskable model's ModelInfo has its img_size"
+    return RenderSpec(size=(size[0], size[1]), mean=mean, std=std, interpolation=interpolation,
                       resize=data.resize, crop_pct=model.eval_crop_pct())

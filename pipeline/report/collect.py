@@ -45,14 +45,14 @@ class RunOutcome:
     online: bool
     kd: str
     policy: str
-    keep: int | None
+    keep: int | str | None  # "auto": chosen per milestone by the spot-check
     every: list[int]
     tolerance: int
     pool: str
     lr: float
     epochs: int
     train_samples: int
-    keeps: list[int] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
+    keeps: list[int | str | None] = field(default_factory=list)  #: keep per segment (differs with masking.per_milestone)
     finished: bool = False
     top1: float | None = None
     teacher_top1: float | None = None
@@ -82,7 +82,7 @@ class RunOutcome:
     @property
     def keep_label(self) -> str:
         """``25``, ``all``, or ``37→37→25→25→25`` when the keep changes between milestones."""
-        ks = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
+        ks: list[Any] = self.used_keeps or [self.num_patches if k is None else k for k in self.keeps]
         if not ks:
             return "-"
         show = ["all" if k == self.num_patches else str(k) for k in ks]
@@ -143,7 +143,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunOutcome:
     cfg = load_config(path, check_files=False)
     manifest = load_manifest(cfg.data.root)
     n_train = cfg.data.subset or manifest.num_samples(cfg.data.train)
-    n_val = cfg.data.val_subset or manifest.num_samples(cfg.data.val)
+    n_val = cfg.data.val_subset or (manifest.num_samples(cfg.data.val) if cfg.data.val else 0)
     segs = cfg.schedule.segments()
     row = _row_comment(path)
     r = RunOutcome(
@@ -152,7 +152,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunOutcome:
         every=list(cfg.schedule.milestones or [0]), tolerance=cfg.masking.tolerance, pool=str(cfg.views.pool),
         lr=float(cfg.train.lr or 0), epochs=cfg.schedule.epochs, train_samples=int(n_train),
         keeps=[] if cfg.masking.auto else [cfg.keep_for_segment(i) for i in range(len(segs))],
-        num_patches=cfg.num_patches,
+        num_patches=cfg.num_patches or 0,
     )
     r.sizes = (f"student {_model_line(cfg.student)}; teacher {_model_line(cfg.teacher)}; {cfg.schedule.epochs} student epochs on "
                f"{n_train} training images, batch {cfg.train.batch_size}; test top-1 on "
@@ -164,6 +164,7 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunOutcome:
         r.teacher_file = dict(json.loads(Path(weights).with_suffix(".json").read_text()), weights=shown.as_posix())
     if cfg.teacher.train is not None and row is None:  # a config that trained a teacher: not a row
         r.teacher_train = {}
+    assert cfg.run_dir is not None  # the loader fills it
     lock_path = Path(cfg.run_dir) / "run.lock.json"
     if not lock_path.is_file():
         return r

@@ -81,8 +81,8 @@ def _acc_cell(runs: list[RunOutcome]) -> str:
 
 
 def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
-    ra = [r.top1 for r in rows.get(a, []) if r.finished]
-    rb = [r.top1 for r in rows.get(b, []) if r.finished]
+    ra = [r.top1 for r in rows.get(a, []) if r.finished and r.top1 is not None]
+    rb = [r.top1 for r in rows.get(b, []) if r.finished and r.top1 is not None]
     if not ra or not rb:
         return None
     ma, sa = _mean_std(ra)
@@ -281,7 +281,7 @@ def _kd_matters(page: _Page) -> list[str]:
     base = page.rows.get(kd.baseline, []) if kd else []
     if not kd or not any(r.finished for r in base):
         return []
-    base_m, _ = _mean_std([r.top1 for r in base if r.finished])
+    base_m, _ = _mean_std([r.top1 for r in base if r.finished and r.top1 is not None])
     lines = []
     for label, prefix in kd.teachers:
         tops = {r.teacher_top1 for r in page.students if r.row.startswith(prefix) and r.teacher_top1 is not None}

@@ -81,7 +81,7 @@ class ResultsSpec:
 _KEYS = {"title", "how_to_run", "teachers", "rows", "pairs", "targets", "kd_matters", "probe"}
 
 
-def _check_keys(where: str, got: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
+def _check_keys(where: str, got: dict[str, Any], allowed: set[str], required: frozenset[str] | set[str] = frozenset()) -> None:
     unknown, missing = sorted(set(got) - allowed), sorted(required - set(got))
     if unknown or missing:
         what = "; ".join([f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"] * bool(unknown)
