@@ -27,21 +27,14 @@ so the fingerprints) like an edit of the file would.
 resolved config, which loads again unchanged.
 """
 
+from pipeline.config.compute import ComputeConfig
+from pipeline.config.data_views import DataConfig, ViewsConfig
+from pipeline.config.labelling import LabelsConfig, MaskingConfig, ScheduleConfig
 from pipeline.config.loader import dump_config, load_config, parse_override, set_fields
 from pipeline.config.model_info import ModelInfo, model_info
-from pipeline.config.schema import (
-    ComputeConfig,
-    DataConfig,
-    LabelsConfig,
-    MaskingConfig,
-    ScheduleConfig,
-    StageConfig,
-    StudentConfig,
-    TeacherConfig,
-    TeacherTrainConfig,
-    TrainConfig,
-    ViewsConfig,
-)
+from pipeline.config.model_sections import StudentConfig, TeacherConfig
+from pipeline.config.recipe import TeacherTrainConfig, TrainConfig
+from pipeline.config.schema import StageConfig
 
 __all__ = [
     "ComputeConfig",

@@ -12,13 +12,9 @@ from typing import Any, Mapping, Sequence, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config.schema import (
-    SCHEDULER_ENV,
-    FieldProblems,
-    StageConfig,
-    check_address,
-    did_you_mean,
-)
+from pipeline.config.compute import SCHEDULER_ENV
+from pipeline.config.schema import StageConfig
+from pipeline.config.validation import FieldProblems, check_address, did_you_mean
 from pipeline.errors import ConfigError
 
 # Friendlier words for unknown keys users are likely to try.

@@ -30,7 +30,8 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 
 if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
-    from pipeline.config.schema import DataConfig, StudentConfig, TeacherConfig
+    from pipeline.config.data_views import DataConfig
+    from pipeline.config.model_sections import StudentConfig, TeacherConfig
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def render_spec(data: DataConfig, model: "TeacherConfig | StudentConfig") -> Ren
     """How a model of a stage renders views: its input size and its own preprocessing.
 
     The view (crop, flip, augmentation) is shared; normalisation, interpolation and the
-    evaluation crop (``crop_pct``) are the model's (:meth:`pipeline.config.schema.TeacherConfig.preprocessing`: its own fields, its
+    evaluation crop (``crop_pct``) are the model's (:meth:`pipeline.config.model_sections.TeacherConfig.preprocessing`: its own fields, its
     ``pretrained_cfg`` when pretrained, else the data section's). They are in
     :meth:`RenderSpec.record`, so a model that renders as before keeps its fingerprints.
 

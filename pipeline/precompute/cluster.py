@@ -38,16 +38,15 @@ from typing import Any, Callable, Iterator, Literal, cast
 
 import dask
 import torch
-from distributed import Client, KilledWorker, LocalCluster, as_completed
+from distributed import Client, LocalCluster
 
-from pipeline._console import progress_bar
 from pipeline._cores import available_cores
 from pipeline._gpu import check_placement as _check_placement
 from pipeline._gpu import local_device_ids
-from pipeline.errors import ComputeError, ConfigError, PipelineError
+from pipeline.errors import ComputeError, ConfigError
+from pipeline.precompute.outcomes import collect_results
 from pipeline.precompute.worker import (
     DEFAULT_CACHE_SIZE,
-    TIMEOUT_TOPIC,
     WorkerSetup,
     cache_info,
     get_cached,
@@ -76,7 +75,6 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 DEFAULT_LOST_AFTER_S = 60.0  # compute.lost_timeout_s: an embedded worker's restart takes seconds, not a minute
-_POLL_S = 0.1
 
 
 @dataclass
@@ -223,17 +221,20 @@ def _connect(
         _quietly(client.close)
 
 
-@contextlib.contextmanager
-def _embedded(
-    workers: int | str,
-    threads: int,
-    device: str,
-    dashboard: bool,
-    cache_size: int,
-    memory_limit: Any,
-    announce: Callable[[str], None] | None,
-    security: Any = None,
-) -> Iterator[Cluster]:
+@dataclass
+class _LocalPlan:
+    """What an embedded cluster starts: its class, how many workers, what each offers."""
+
+    cls: Any
+    n: int
+    gpus: int
+    resources: dict[str, int]
+    gpu_index: str  #: how a worker finds its GPU (WorkerSetup's gpu_index)
+    kwargs: dict[str, Any]
+
+
+def _plan_local(workers: int | str, threads: int, device: str) -> _LocalPlan:
+    """The embedded cluster for ``device``: one worker per GPU (dask-cuda's when importable), else CPU workers."""
     if device not in ("auto", "cpu", "cuda", "gpu"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
     gpus = 0 if device == "cpu" else _cuda_count()
@@ -267,14 +268,29 @@ def _embedded(
                 "%d workers x %d threads oversubscribe the %d visible cores", n, threads, cores
             )
         resources, gpu_index = {"CPU": 1}, "first"
+    return _LocalPlan(cls=cls, n=n, gpus=gpus, resources=resources, gpu_index=gpu_index, kwargs=kwargs)
 
+
+@contextlib.contextmanager
+def _embedded(
+    workers: int | str,
+    threads: int,
+    device: str,
+    dashboard: bool,
+    cache_size: int,
+    memory_limit: Any,
+    announce: Callable[[str], None] | None,
+    security: Any = None,
+) -> Iterator[Cluster]:
+    plan = _plan_local(workers, threads, device)
+    n, gpus, kwargs = plan.n, plan.gpus, dict(plan.kwargs)
     if security is not None:  # scheduler, workers and client all speak TLS with these certificates
         kwargs.update(security=security, protocol="tls://")
     if dashboard and bokeh is None:
         log.info("no Dask dashboard: bokeh is not installed")
         dashboard = False
     try:
-        local = cls(
+        local = plan.cls(
             n_workers=n,
             threads_per_worker=threads,
             processes=True,
@@ -283,7 +299,7 @@ def _embedded(
             # a random loopback port avoids clashes, and the dashboard itself is optional.
             dashboard_address="127.0.0.1:0",
             scheduler_kwargs={"dashboard": dashboard},
-            resources=resources,
+            resources=plan.resources,
             memory_limit=memory_limit,
             silence_logs=logging.ERROR,
             **kwargs,
@@ -294,7 +310,7 @@ def _embedded(
     try:
         client = Client(local, set_as_default=False, security=security)
         client.register_plugin(
-            WorkerSetup(threads, gpu_index=gpu_index, cache_size=cache_size, ignore_sigint=True)
+            WorkerSetup(threads, gpu_index=plan.gpu_index, cache_size=cache_size, ignore_sigint=True)
         )
         dash = _dashboard(client) if dashboard else None
         cluster = Cluster(
@@ -414,11 +430,6 @@ def _item_key(key_prefix: str, item: dict) -> str:
     return f"{key_prefix}-{dask.base.tokenize(item)}"
 
 
-def _item_label(item: dict, key: str) -> str:
-    parts = [f"{k}={item[k]}" for k in ("shard", "view_epoch", "id") if k in item]
-    return ", ".join(parts) if parts else key
-
-
 def run_tasks(
     client: Client | Cluster,
     fn: Callable[[dict], dict],
@@ -483,139 +494,5 @@ def run_tasks(
         )
         for item, key in zip(items, keys)
     ]
-    index = {f.key: i for i, f in enumerate(futures)}
-    results: list[dict | None] = [None] * len(items)
-    bar = progress_bar(total=len(items), desc=None, unit="task", enabled=progress)
-    start, rows = time.monotonic(), 0
-    health = _Health(client, lost_after_s)
-    finished = as_completed(futures, loop=client.loop)
-    try:
-        while not finished.is_empty():
-            # poll, never block for ever: between polls the client checks the cluster is alive
-            if not finished.has_ready():
-                health.check()
-                time.sleep(_POLL_S)
-                continue
-            health.ok()
-            # a task's own failure is reported before a neighbour's that only went down with its worker
-            for fut in sorted(finished.next_batch(block=False), key=_report_order):
-                if fut.status not in _FINAL:
-                    finished.add(fut)  # the scheduler took it back (its worker died): wait for its outcome
-                    continue
-                i = index[fut.key]
-                if fut.status != "finished":
-                    raise _task_error(client, fut, items[i], keys[i], retries, timeout_s)
-                result = fut.result()
-                results[i] = result
-                fut.release()
-                if isinstance(result.get("rows"), (int, float)):
-                    rows += result["rows"]
-                    bar.set_postfix_str(
-                        f"{rows / max(time.monotonic() - start, 1e-9):.1f} rows/s", refresh=False
-                    )
-                bar.update(1)
-                if on_result is not None:
-                    on_result(result)
-    except BaseException:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            with contextlib.suppress(Exception):
-                client.cancel(pending)
-        raise
-    finally:
-        bar.close()
-        for f in futures:
-            with contextlib.suppress(Exception):
-                f.release()
-    return results  # type: ignore[return-value]
-
-
-_FINAL = ("finished", "error", "cancelled")
-
-
-def _report_order(fut: Any) -> int:
-    return {"error": 0, "cancelled": 1}.get(fut.status, 2)
-
-
-class _Health:
-    """The client's view of its cluster: fails the run when the scheduler connection or every
-    worker has been gone for ``lost_after_s`` seconds (Dask itself would wait for ever)."""
-
-    def __init__(self, client: Client, lost_after_s: float) -> None:
-        self.client = client
-        self.lost_after_s = lost_after_s
-        self.since: float | None = None  # when the cluster was first seen without scheduler or workers
-
-    def ok(self) -> None:
-        self.since = None
-
-    def check(self) -> None:
-        problem = self._problem()
-        if problem is None:
-            self.since = None
-            return
-        now = time.monotonic()
-        self.since = self.since or now
-        if now - self.since >= self.lost_after_s:
-            raise ComputeError(f"{problem} for {self.lost_after_s:g} s (compute.lost_timeout_s); the stage is not "
-                               f"recorded: restart the cluster and run again (finished partitions are reused)")
-
-    def _problem(self) -> str | None:
-        address = getattr(self.client.scheduler, "address", "?")
-        if self.client.status != "running":
-            return f"lost the connection to the Dask scheduler at {address} (client {self.client.status})"
-        try:
-            workers = self.client.scheduler_info().get("workers", {})
-        except Exception:  # noqa: BLE001 - the scheduler went away between two checks
-            return f"lost the connection to the Dask scheduler at {address}"
-        if not workers:
-            return f"the Dask cluster at {address} has no worker left"
-        return None
-
-
-def _task_error(
-    client: Client, fut: Any, item: dict, key: str, retries: int, timeout_s: float | None
-) -> PipelineError:
-    label = _item_label(item, key)
-    if fut.status == "cancelled":
-        if client.status != "running":  # the client cancels its futures when the scheduler goes away
-            address = getattr(client.scheduler, "address", "?")
-            return ComputeError(f"lost the connection to the Dask scheduler at {address} (client {client.status}) while "
-                                f"the task for {label} was pending; the stage is not recorded: restart the cluster and "
-                                f"run again (finished partitions are reused)")
-        return ComputeError(f"task for {label} was cancelled by the cluster")
-    try:
-        exc = fut.exception()
-    except Exception as other:  # noqa: BLE001 - e.g. the future was lost with the scheduler
-        exc = other
-    if isinstance(exc, KilledWorker):
-        attempts = exc.allowed_failures + 1
-        timeouts = _timeouts_for(client, key)
-        if timeouts:
-            msg = (
-                f"task for {label} timed out after {timeout_s:g}s on {timeouts} attempt(s) "
-                f"(the worker died {attempts} times in all; each timeout restarts its worker)"
-            )
-        else:
-            msg = (
-                f"task for {label} failed: its worker died {attempts} times while running it "
-                f"(out of memory, a segfault or a kill?); see the worker logs"
-            )
-        err = ComputeError(msg)
-    elif isinstance(exc, PipelineError):
-        return exc
-    else:
-        err = ComputeError(
-            f"task for {label} failed after {retries + 1} attempt(s): "
-            f"{type(exc).__name__}: {exc}"
-        )
-    err.__cause__ = exc
-    return err
-
-
-def _timeouts_for(client: Client, key: str) -> int:
-    try:
-        events = client.get_events(TIMEOUT_TOPIC)
-    except Exception:  # noqa: BLE001
-        return 0
-    return sum(1 for _, msg in events if isinstance(msg, dict) and msg.get("key") == key)
+    return collect_results(client, futures, items, keys, retries=retries, timeout_s=timeout_s,
+                           progress=progress, on_result=on_result, lost_after_s=lost_after_s)

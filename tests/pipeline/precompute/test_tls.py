@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from distributed import LocalCluster
 
-from pipeline.config.schema import SecurityConfig
+from pipeline.config.compute import SecurityConfig
 from pipeline.errors import ComputeError
 from pipeline.labels import open_partition
 from pipeline.precompute.cluster import open_cluster
