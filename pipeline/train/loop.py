@@ -55,7 +55,7 @@ log_ = logging.getLogger(__name__)  # `log` is train_segment's line callback
 
 LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
 # Recipe fields that do not change what a segment computes (resuming under other values is fine).
-_NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
+NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
 _BAR_EVERY_S = 1.0  # seconds between progress-bar loss readouts (each one waits for the device)
 
 
@@ -91,7 +91,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, to
 
 def _render_record(r: RenderSpec) -> list:
     """A render's part of the segment fingerprint: size, mean, std, interpolation, and the resizer
-    only where it is not Pillow (so segments recorded before `data.resize` keep theirs)."""
+    only where it is not Pillow (so segments recorded before `data.resize` keep theirs: the rule of
+    :mod:`pipeline.fingerprints`)."""
     return [r.size, r.mean, r.std, r.interpolation, *r.resize_record().values()]
 
 
@@ -105,7 +106,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "view": spec.fingerprint(),
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
-        "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
+        "train": {**cfg.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT), "epochs": total_epochs},
         "render": _render_record(render),
         "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
