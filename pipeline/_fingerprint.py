@@ -37,7 +37,3 @@ def sha256_file(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def combine(**parts: str) -> str:
-    """One fingerprint from named fingerprints (order-independent in the names)."""
-    return sha256_json(parts)
