@@ -19,6 +19,7 @@ from pipeline._cli_options import (
 from pipeline.errors import ConfigError
 from pipeline.report.fidelity import curve_table, plot_curves
 from pipeline.run.folder_lock import hold_run_folder
+from pipeline.run.stage import stage_name
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
 
@@ -117,8 +118,6 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_f
     if dry_run:
         _dry_run(runner, segment)
         return
-    from pipeline.run.graph import stage_name  # lazy, as _runner
-
     name = stage_name("precompute", segment)
     with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
         runner.run(until=name)
@@ -131,7 +130,6 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_f
 def _dry_run(runner, segment: int) -> None:
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
-    from pipeline.run.graph import stage_name
     from pipeline.run.stages import chosen_keep, plan_precompute, recorded_teacher
 
     lag = runner.cfg.schedule.lag

@@ -17,18 +17,9 @@ To add a kind, see docs/architecture.md, "Add a stage".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
-
 from pipeline.report.run_report import precompute_fields, teacher_fields, train_fields
 from pipeline.run import stages as st
-
-Deps = Callable[[Any, int], dict[str, str]]
-
-
-def stage_name(kind: str, segment: int | None = None) -> str:
-    """A stage's name: its kind, ``-i`` for a per-segment kind (``precompute-1``). The only place one is formatted."""
-    return kind if segment is None else f"{kind}-{segment}"
+from pipeline.run.stage import Stage, StageKind, stage_name
 
 
 def needs_labels(cfg) -> bool:
@@ -53,51 +44,6 @@ def checkpoint_maker(i: int) -> str:
 def mask_source(cfg, i: int) -> str:
     """The stage whose checkpoint masks segment i's labels (``schedule.lag`` segments back)."""
     return checkpoint_maker(max(0, i - cfg.schedule.lag))
-
-
-@dataclass(frozen=True)
-class StageKind:
-    """One kind of stage, declared once.
-
-    Attributes:
-        kind: its name (a per-segment kind's stages are ``<kind>-<i>``).
-        per_segment: one stage per segment, or one per run.
-        present: whether a config has this kind's stages.
-        deps: ``(cfg, segment) -> {role: stage name}``: the stages whose outputs it reads, in the
-            order ``status`` names a stale one (``segment`` is None for a per-run kind).
-        plan, cached, run: its functions (:mod:`pipeline.run.stages`).
-        cached_note: what ``run`` prints for it when cached (None: nothing).
-        overlaps: the kind it may run beside, in the background, once its deps are done.
-        report: ``lock info -> fields`` of the run report (per segment for a per-segment kind).
-    """
-
-    kind: str
-    per_segment: bool
-    present: Callable[[Any], bool]
-    deps: Deps
-    plan: Callable[..., st.Planned]
-    cached: Callable[..., Any]
-    run: Callable[..., Any]
-    cached_note: Callable[[Any], str] | None = None
-    overlaps: str | None = None
-    report: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A concrete stage of a config's run: its kind, segment (None for per-run kinds) and dependencies."""
-
-    kind: StageKind
-    segment: int | None
-    deps: dict[str, str] = field(default_factory=dict)  # role -> stage name
-
-    @property
-    def name(self) -> str:
-        return stage_name(self.kind.kind, self.segment)
-
-    def dep(self, outs: Mapping[str, Any], role: str) -> Any:
-        """The output of the stage this one reads as ``role`` (None when it has no such dependency)."""
-        return outs.get(self.deps[role]) if role in self.deps else None
 
 
 def _probe_deps(cfg, i: int) -> dict[str, str]:

@@ -28,7 +28,8 @@ from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import register_run
 from pipeline.run.context import Echo, RunContext, RunOutcome
-from pipeline.run.graph import Stage, checkpoint_maker, expand
+from pipeline.run.graph import checkpoint_maker, expand
+from pipeline.run.stage import Stage
 from pipeline.run.stages import plan_probe, run_probe
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,20 +47,10 @@ from pipeline.report.fmt import fmt_number
 from pipeline.run.claims import announce
 from pipeline.run.context import RunContext
 from pipeline.run.distributed import train_distributed
+from pipeline.run.stage import Outputs, Planned, Stage
 from pipeline.run.training import evaluate_val, naming_stage, train_student
 from pipeline.train.loop import train_segment
 from pipeline.train.threads import train_threads
-
-Outputs = Mapping[str, Any]
-
-
-@dataclass
-class Planned:
-    """A stage's current inputs (compared with the lock) and what running it needs beyond them."""
-
-    inputs: dict[str, Any]
-    work: Any = None
-
 
 # ---------------------------------------------------------------------------- shared planning
 
@@ -125,17 +114,17 @@ def run_probe(ctx: RunContext, task: ProbeTask, name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- teacher
 
 
-def plan_teacher(ctx: RunContext, stage, outs: Outputs) -> Planned:
+def plan_teacher(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     return Planned(teacher_inputs(ctx.cfg, ctx.manifest))
 
 
-def cached_teacher(ctx: RunContext, stage, planned: Planned) -> ModelSpec:
+def cached_teacher(ctx: RunContext, stage: Stage, planned: Planned) -> ModelSpec:
     spec = recorded_teacher(ctx)
     assert spec is not None  # fresh: the lock recorded its weights
     return spec
 
 
-def run_teacher(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> ModelSpec:
+def run_teacher(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> ModelSpec:
     """The teacher's weights file and fingerprint; trains it first when the config says so."""
     cfg, inputs = ctx.cfg, planned.inputs
     if cfg.teacher.weights is not None:
@@ -190,16 +179,16 @@ def _train_teacher(ctx: RunContext, name: str, path: Path, inputs: dict[str, Any
 # ---------------------------------------------------------------------------- init (c_0)
 
 
-def plan_init(ctx: RunContext, stage, outs: Outputs) -> Planned:
+def plan_init(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     return Planned(init_inputs(ctx.cfg))
 
 
-def cached_checkpoint(ctx: RunContext, stage, planned: Planned) -> Path:
+def cached_checkpoint(ctx: RunContext, stage: Stage, planned: Planned) -> Path:
     """The checkpoint a fresh ``init`` or ``train-i`` stage wrote."""
     return ctx.checkpoint(0 if stage.segment is None else stage.segment + 1)
 
 
-def run_init(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> Path:
+def run_init(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> Path:
     """c_0: the student at initialisation (seeded) or from its weights file."""
     s = ctx.cfg.student
     path = ctx.checkpoint(0)
@@ -213,17 +202,17 @@ def run_init(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> Path:
 # ---------------------------------------------------------------------------- probe-i (keep: auto)
 
 
-def plan_probe_stage(ctx: RunContext, stage, outs: Outputs) -> Planned:
+def plan_probe_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     task = plan_probe(ctx, stage.segment, stage.dep(outs, "teacher"), stage.dep(outs, "source"),
                       policies=(ctx.cfg.masking.policy,))
     return Planned(probe_inputs(task), task)
 
 
-def cached_probe(ctx: RunContext, stage, planned: Planned) -> dict[str, Any]:
+def cached_probe(ctx: RunContext, stage: Stage, planned: Planned) -> dict[str, Any]:
     return ctx.lock.info(stage.name)
 
 
-def run_probe_stage(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> dict[str, Any]:
+def run_probe_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> dict[str, Any]:
     """The fidelity curve of the configured policy on a seeded sample of the segment's views,
     masks from the source checkpoint; recorded in the run lock and reused."""
     task, source = planned.work, stage.dep(outs, "source")
@@ -243,7 +232,7 @@ def run_probe_stage(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> 
 # ---------------------------------------------------------------------------- precompute-i
 
 
-def plan_precompute_stage(ctx: RunContext, stage, outs: Outputs) -> Planned:
+def plan_precompute_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     cfg, m, probe = ctx.cfg, ctx.cfg.masking, stage.dep(outs, "probe")
     keep = chosen_keep(cfg, probe) if m.auto else resolve_keep(cfg.keep_for_segment(stage.segment), cfg.num_patches,
                                                                m.policy)
@@ -251,11 +240,11 @@ def plan_precompute_stage(ctx: RunContext, stage, outs: Outputs) -> Planned:
     return Planned(precompute_inputs(cfg, stage.segment, tasks), (keep, tasks))
 
 
-def cached_precompute(ctx: RunContext, stage, planned: Planned) -> dict[tuple[str, int], Any]:
+def cached_precompute(ctx: RunContext, stage: Stage, planned: Planned) -> dict[tuple[str, int], Any]:
     return label_refs(planned.work[1], ctx.lock.stages[stage.name]["partitions"])
 
 
-def run_precompute_stage(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> dict[tuple[str, int], Any]:
+def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> dict[tuple[str, int], Any]:
     """Label one segment's views on the cluster; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
     cfg, name, (keep, tasks) = ctx.cfg, stage.name, planned.work
     source, probe = stage.dep(outs, "source"), stage.dep(outs, "probe")
@@ -309,13 +298,13 @@ def teacher_masked_top1(parts: list[dict]) -> float:
 # ---------------------------------------------------------------------------- train-i
 
 
-def plan_train(ctx: RunContext, stage, outs: Outputs) -> Planned:
+def plan_train(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     inputs = train_inputs(ctx.cfg, ctx.manifest, stage.segment, stage.dep(outs, "start"), stage.dep(outs, "labels"),
                           stage.dep(outs, "teacher"))
     return Planned(inputs)
 
 
-def run_train(ctx: RunContext, stage, planned: Planned, outs: Outputs) -> Path:
+def run_train(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> Path:
     """Train segment ``stage.segment`` from its start checkpoint; returns c_{segment+1}."""
     cfg, name, segment = ctx.cfg, stage.name, stage.segment
     start, end = cfg.schedule.segments()[segment]
