@@ -16,10 +16,10 @@ from pipeline._cli_options import (
     scheduler_opt,
     set_opt,
 )
+from pipeline._lock import stage_name
 from pipeline.errors import ConfigError
 from pipeline.report.fidelity import curve_table, plot_curves
 from pipeline.run.folder_lock import hold_run_folder
-from pipeline.run.stage import stage_name
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
 

@@ -17,9 +17,10 @@ To add a kind, see docs/architecture.md, "Add a stage".
 
 from __future__ import annotations
 
+from pipeline._lock import stage_name
 from pipeline.report.run_report import precompute_fields, teacher_fields, train_fields
 from pipeline.run import stages as st
-from pipeline.run.stage import Stage, StageKind, stage_name
+from pipeline.run.stage import Stage, StageKind
 
 
 def needs_labels(cfg) -> bool:

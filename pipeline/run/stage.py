@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pipeline._lock import stage_name
+
 Outputs = Mapping[str, Any]  # stage name -> its output, for the stages done so far
-
-
-def stage_name(kind: str, segment: int | None = None) -> str:
-    """A stage's name: its kind, ``-i`` for a per-segment kind (``precompute-1``). The only place one is formatted."""
-    return kind if segment is None else f"{kind}-{segment}"
 
 
 @dataclass
