@@ -140,7 +140,7 @@ def _dry_run(runner, segment: int) -> None:
         click.echo(f"segment {segment}: {missing} does not exist yet; everything is to compute "
                    f"(run `mkd-pipeline run` to create it)")
         return
-    keep = "config"
+    keep: int | None | str = "config"
     if runner.cfg.masking.auto:
         probe = runner.lock.info(stage_name("probe", segment))
         if not probe:

@@ -113,7 +113,11 @@ class Runner(RunContext):
             if later.kind.overlaps == kind and later.name not in pending and later.name not in outs and ready:
                 chain.append(later)
         if chain:
-            job = _Background(lambda: [outs.__setitem__(s.name, self.run_stage(s, outs)) for s in chain])
+            def run_chain() -> None:
+                for s in chain:
+                    outs[s.name] = self.run_stage(s, outs)
+
+            job = _Background(run_chain)
             pending.update({s.name: job for s in chain})
 
     def run_stage(self, stage: Stage, outs: dict[str, Any]) -> Any:

@@ -43,7 +43,7 @@ class StageKind:
     kind: str
     per_segment: bool
     present: Callable[[Any], bool]
-    deps: Callable[[Any, int | None], dict[str, str]]
+    deps: Callable[[Any, Any], dict[str, str]]
     plan: Callable[..., Planned]
     cached: Callable[..., Any]
     run: Callable[..., Any]
@@ -63,6 +63,13 @@ class Stage:
     @property
     def name(self) -> str:
         return stage_name(self.kind.kind, self.segment)
+
+    @property
+    def index(self) -> int:
+        """The segment of a per-segment stage."""
+        if self.segment is None:
+            raise TypeError(f"stage {self.name} is not per segment")
+        return self.segment
 
     def dep(self, outs: Outputs, role: str) -> Any:
         """The output of the stage this one reads as ``role`` (None when it has no such dependency)."""

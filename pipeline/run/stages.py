@@ -185,7 +185,7 @@ def plan_init(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
 
 def cached_checkpoint(ctx: RunContext, stage: Stage, planned: Planned) -> Path:
     """The checkpoint a fresh ``init`` or ``train-i`` stage wrote."""
-    return ctx.checkpoint(0 if stage.segment is None else stage.segment + 1)
+    return ctx.checkpoint(0 if stage.segment is None else stage.index + 1)
 
 
 def run_init(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> Path:
@@ -203,7 +203,7 @@ def run_init(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> 
 
 
 def plan_probe_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
-    task = plan_probe(ctx, stage.segment, stage.dep(outs, "teacher"), stage.dep(outs, "source"),
+    task = plan_probe(ctx, stage.index, stage.dep(outs, "teacher"), stage.dep(outs, "source"),
                       policies=(ctx.cfg.masking.policy,))
     return Planned(probe_inputs(task), task)
 
@@ -234,10 +234,10 @@ def run_probe_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: Outpu
 
 def plan_precompute_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     cfg, m, probe = ctx.cfg, ctx.cfg.masking, stage.dep(outs, "probe")
-    keep = chosen_keep(cfg, probe) if m.auto else resolve_keep(cfg.keep_for_segment(stage.segment), cfg.num_patches,
+    keep = chosen_keep(cfg, probe) if m.auto else resolve_keep(cfg.keep_for_segment(stage.index), cfg.num_patches,
                                                                m.policy)
-    tasks = plan_precompute(ctx, stage.segment, stage.dep(outs, "teacher"), stage.dep(outs, "source"), keep)
-    return Planned(precompute_inputs(cfg, stage.segment, tasks), (keep, tasks))
+    tasks = plan_precompute(ctx, stage.index, stage.dep(outs, "teacher"), stage.dep(outs, "source"), keep)
+    return Planned(precompute_inputs(cfg, stage.index, tasks), (keep, tasks))
 
 
 def cached_precompute(ctx: RunContext, stage: Stage, planned: Planned) -> dict[tuple[str, int], Any]:
@@ -299,25 +299,26 @@ def teacher_masked_top1(parts: list[dict]) -> float:
 
 
 def plan_train(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
-    inputs = train_inputs(ctx.cfg, ctx.manifest, stage.segment, stage.dep(outs, "start"), stage.dep(outs, "labels"),
+    inputs = train_inputs(ctx.cfg, ctx.manifest, stage.index, stage.dep(outs, "start"), stage.dep(outs, "labels"),
                           stage.dep(outs, "teacher"))
     return Planned(inputs)
 
 
 def run_train(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> Path:
-    """Train segment ``stage.segment`` from its start checkpoint; returns c_{segment+1}."""
-    cfg, name, segment = ctx.cfg, stage.name, stage.segment
+    """Train segment ``stage.index`` from its start checkpoint; returns c_{segment+1}."""
+    cfg, name, segment = ctx.cfg, stage.name, stage.index
     start, end = cfg.schedule.segments()[segment]
     start_ckpt, labels, teacher = stage.dep(outs, "start"), stage.dep(outs, "labels"), stage.dep(outs, "teacher")
     out = ctx.checkpoint(segment + 1)
     where = f" ({ctx.nproc} processes, torchrun)" if ctx.nproc > 1 else ""
     ctx.say(name, f"epochs {start}..{end - 1} from {start_ckpt.name}" + (" (online teacher)" if cfg.online else "") + where)
-    job = dict(name=name, run_dir=ctx.run_dir, device=ctx.device, progress=ctx.progress)
     if ctx.nproc > 1:
-        res = train_distributed(cfg, nproc=ctx.nproc, overrides=ctx.overrides, segment=segment, start_ckpt=start_ckpt,
-                                labels=labels, teacher=teacher, out=out, **job)
+        res = train_distributed(cfg, nproc=ctx.nproc, overrides=ctx.overrides, name=name, segment=segment,
+                                start_ckpt=start_ckpt, labels=labels, teacher=teacher, out=out, run_dir=ctx.run_dir,
+                                device=ctx.device, progress=ctx.progress)
     else:
-        res = train_student(cfg, ctx.manifest, segment, start_ckpt, labels, teacher, out, say=ctx.say, **job)
+        res = train_student(cfg, ctx.manifest, segment, start_ckpt, labels, teacher, out, name=name,
+                            run_dir=ctx.run_dir, device=ctx.device, progress=ctx.progress, say=ctx.say)
     if cfg.online:
         ctx.result.teacher_forwards += int(res.get("teacher_forwards", 0))
     # student forwards of this call: the updates done now (not those before a resume) x batch

@@ -55,7 +55,10 @@ def train_student(cfg, manifest: DatasetManifest, segment: int, start_ckpt: Path
     s = cfg.student
     start, end = cfg.schedule.segments()[segment]
     model = create_model(s.model, s.kwargs, weights=start_ckpt)
-    online = online_teacher(cfg, segment, teacher, device) if cfg.online else None
+    online = None
+    if cfg.online:
+        assert teacher is not None, "online: true trains with the teacher in the loop"
+        online = online_teacher(cfg, segment, teacher, device)
     # one process trains: all its cores (train/threads.py); a NaN names the stage
     with train_threads(cfg.compute.train_threads), naming_stage(name):
         return train_segment(
