@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.devices import resolve_device
 from pipeline.errors import ComputeError, ConfigError
 
 ENV = "CUDA_VISIBLE_DEVICES"
@@ -114,11 +115,7 @@ def uses_tf32(precision: str, device: str) -> bool:
     as :func:`resolve_precision` does)."""
     if precision != "fp32":
         return False
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device).startswith("cuda")
+    return resolve_device(str(device)).startswith("cuda")
 
 
 def resolve_precision(setting: str, device: str) -> str:
@@ -129,11 +126,7 @@ def resolve_precision(setting: str, device: str) -> str:
     """
     if setting != "auto":
         return setting
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return default_precision(device)
+    return default_precision(resolve_device(device))
 
 
 def placement_problems(reports: Mapping[str, Mapping[str, Any]], device: str,

@@ -22,6 +22,14 @@ from pipeline.errors import StoreError
 LOCK_NAME = "run.lock.json"
 
 
+def stage_name(kind: str, segment: int | None = None) -> str:
+    """A stage's name in the run lock: its kind, ``-i`` for a per-segment kind (``precompute-1``).
+
+    The one place a name is formatted; the stages themselves are declared in ``pipeline/run/graph.py``.
+    """
+    return kind if segment is None else f"{kind}-{segment}"
+
+
 @dataclass(frozen=True)
 class Freshness:
     """Whether a stage can be skipped, and why not."""

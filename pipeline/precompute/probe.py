@@ -65,7 +65,8 @@ class ProbeTask:
     @property
     def fingerprint(self) -> str:
         """What the result is a pure function of (weights, sampled views, policies, keeps, precision)."""
-        resize = self.teacher.render.resize_record()  # empty for Pillow: older probes keep their fingerprint
+        # empty for Pillow: probes recorded before `data.resize` keep their fingerprint (pipeline.fingerprints)
+        resize = self.teacher.render.resize_record()
         return sha256_json({
             "teacher": self.teacher.fingerprint, "teacher_render": self.teacher.render.record(),
             "student": None if self.student is None else [self.student.fingerprint, self.student.render.record()],

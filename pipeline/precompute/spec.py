@@ -14,6 +14,7 @@ from pipeline._fingerprint import sha256_json
 from pipeline._gpu import uses_tf32
 from pipeline._version import __version__
 from pipeline.config import StageConfig
+from pipeline.fingerprints import unless_default
 from pipeline.labels.contract import RenderSpec, render_spec
 from pipeline.models import create_model, model_fingerprint
 
@@ -85,9 +86,8 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
     student = None
     if t.student is not None:
         student = sha256_json({"weights": t.student.fingerprint, "render": t.student.render.record()})
-    mask: dict[str, Any] = {"policy": t.policy, "keep": t.keep, "student": student}
-    if t.tolerance:
-        mask["tolerance"] = t.tolerance
+    # the conditional entries follow pipeline.fingerprints' rule: present only when not the default
+    mask = {"policy": t.policy, "keep": t.keep, "student": student, **unless_default("tolerance", t.tolerance, 0)}
     return {
         "teacher": teacher,
         "student": student,
@@ -95,11 +95,12 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         # nvJPEG decodes, and torch resizes, to other pixels than Pillow: recorded only when used, so
         # Pillow-rendered stores keep their paths
         "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed,
-                             **({"decode": t.decode} if t.decode != "pil" else {}), **t.teacher.render.resize_record()}),
+                             **unless_default("decode", t.decode, "pil"), **t.teacher.render.resize_record()}),
         "mask": sha256_json(mask),
         # TF32 matmuls give other logits than IEEE fp32: recorded only on CUDA, so CPU stores keep their paths
         "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",
-                              "precision": t.precision, **({"matmul": "tf32"} if uses_tf32(t.precision, t.device) else {})}),
+                              "precision": t.precision,
+                              **unless_default("matmul", "tf32" if uses_tf32(t.precision, t.device) else None, None)}),
     }
 
 

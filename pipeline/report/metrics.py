@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pipeline._atomic import write_atomic
+from pipeline._lock import stage_name
 
 # CSV column -> key of an epoch record of train_segment (pipeline/train/loop.py)
 _COLUMNS = {"epoch": "epoch", "train_loss": "loss", "train_top1": "top1", "val_top1": "val_top1",
@@ -20,7 +21,7 @@ def _student_rows(lock, num_segments: int) -> list[dict[str, Any]]:
     """One row per student epoch recorded by the stages ``train-0`` .. ``train-{num_segments - 1}``."""
     rows = []
     for i in range(num_segments):
-        for e in lock.info(f"train-{i}").get("epochs") or []:
+        for e in lock.info(stage_name("train", i)).get("epochs") or []:
             rows.append({"segment": i, **_row(e)})
     return rows
 

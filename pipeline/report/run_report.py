@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -14,40 +13,59 @@ from maskedkd import teacher_macs
 from pipeline._atomic import write_atomic
 from pipeline.models import create_model
 from pipeline.report.fidelity import curve_table, plot_curves
+from pipeline.report.fmt import fmt_number
 
 
-def _macs_full(runner) -> int:
+def _macs_full(cfg) -> int:
     """Teacher MACs full-teacher KD would have spent on the same rows (every row, all patches)."""
-    t = runner.cfg.teacher
+    t = cfg.teacher
     with torch.device("cpu"):
         model = create_model(t.model, t.kwargs, seed=0).eval()
     return teacher_macs(model, None)
 
 
-def collect(runner) -> dict[str, Any]:
-    """The numbers of the report, from the run lock."""
-    lock, cfg = runner.lock, runner.cfg
-    segments = []
+# What each stage kind contributes to the report (declared with the kind, pipeline/run/graph.py):
+# the run's fields from `teacher`, a milestone row's fields from `precompute-i` and `train-i`.
+
+
+def teacher_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's fields from the teacher stage's lock info."""
+    return {"teacher_top1": info.get("top1"), "teacher_seconds": info.get("seconds")}
+
+
+def precompute_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A milestone row's fields from its precompute stage's lock info (``{}``: no stored labels)."""
+    return {"keep": info.get("keep"), "source": info.get("source"), "rows": int(info.get("rows", 0)),
+            "computed": info.get("rows_computed", 0), "reused": info.get("rows_reused", 0),
+            "reused_tolerance": info.get("rows_reused_tolerance", 0), "spot_check_kl": info.get("spot_check_kl"),
+            "teacher_top1_masked": info.get("teacher_top1_masked"), "label_macs": info.get("teacher_macs", 0),
+            "precompute_s": info.get("seconds"), "auto": info.get("auto")}
+
+
+def train_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A milestone row's fields from its train stage's lock info (an online teacher's MACs and forwards)."""
+    return {"train_s": info.get("seconds"), "online_macs": info.get("teacher_macs", 0),
+            "online_forwards": int(info.get("teacher_forwards") or 0), "epoch_records": info.get("epochs") or []}
+
+
+def collect(cfg, lock, stages: Sequence) -> dict[str, Any]:
+    """The numbers of the report, from the run lock: each stage of ``stages`` (the run's graph,
+    :func:`pipeline.run.graph.expand`) adds its kind's fields to the run or to its milestone's row."""
+    full_macs_per_row = _macs_full(cfg)
+    run: dict[str, Any] = teacher_fields({})
+    rows = [{"segment": i, "epochs": f"{start}-{end - 1}", **precompute_fields({}), **train_fields({})}
+            for i, (start, end) in enumerate(cfg.schedule.segments())]
+    for stage in stages:
+        if stage.kind.report is not None:
+            (run if stage.segment is None else rows[stage.segment]).update(stage.kind.report(lock.info(stage.name)))
     epochs = []
-    full_macs_per_row = _macs_full(runner)
-    for i, (start, end) in enumerate(cfg.schedule.segments()):
-        pre = lock.info(f"precompute-{i}")
-        tr = lock.info(f"train-{i}")
-        rows = int(pre.get("rows", 0))
-        taught = rows or int(tr.get("teacher_forwards") or 0)  # online: the teacher ran in the loop
-        segments.append({
-            "segment": i, "epochs": f"{start}-{end - 1}", "keep": pre.get("keep"), "source": pre.get("source"),
-            "rows": rows, "computed": pre.get("rows_computed", 0), "reused": pre.get("rows_reused", 0),
-            "reused_tolerance": pre.get("rows_reused_tolerance", 0), "spot_check_kl": pre.get("spot_check_kl"),
-            "teacher_top1_masked": pre.get("teacher_top1_masked"), "teacher_macs": pre.get("teacher_macs", 0) or tr.get("teacher_macs", 0),
-            "full_teacher_macs": full_macs_per_row * taught, "precompute_s": pre.get("seconds"),
-            "train_s": tr.get("seconds"), "auto": pre.get("auto"),
-        })
-        for e in tr.get("epochs") or []:
-            epochs.append(e)
-    teacher = lock.info("teacher")
-    return {"segments": segments, "epochs": epochs, "teacher_top1": teacher.get("top1"),
-            "teacher_seconds": teacher.get("seconds"), "full_macs_per_row": full_macs_per_row}
+    for row in rows:
+        online_forwards, online_macs = row.pop("online_forwards"), row.pop("online_macs")
+        taught = row["rows"] or online_forwards  # online: the teacher ran in the loop
+        row["teacher_macs"] = row.pop("label_macs") or online_macs
+        row["full_teacher_macs"] = full_macs_per_row * taught
+        epochs += row.pop("epoch_records")
+    return {"segments": rows, "epochs": epochs, **run, "full_macs_per_row": full_macs_per_row}
 
 
 def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
@@ -70,16 +88,10 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
     plt.close(fig)
 
 
-def _fmt(v: Any, spec: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec) if isinstance(v, (int, float)) else str(v)
-
-
-def write_report(runner) -> Path:
-    """Write ``report.md`` and its plots into the run folder; returns the report's path."""
-    cfg, out = runner.cfg, runner.run_dir
-    data = collect(runner)
+def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
+    """Write ``report.md`` and its plots into the run folder ``out`` from the run lock, walking the
+    run's ``stages`` (:func:`pipeline.run.graph.expand`); returns the report's path."""
+    data = collect(cfg, lock, stages)
     plots = []
     ep = [e for e in data["epochs"] if "val_top1" in e]
     if ep:
@@ -102,25 +114,26 @@ def write_report(runner) -> Path:
         f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, "
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
-        f"Teacher val top-1: {_fmt(data['teacher_top1'])}.", "",
+        f"Teacher val top-1: {fmt_number(data['teacher_top1'])}.", "",
         "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train top-1 | train loss |", "|---:|---:|---:|---:|---:|",
     ]
     for e in data["epochs"]:
-        lines.append(f"| {e.get('epoch')} | {_fmt(e.get('val_top1'))} | {_fmt(e.get('val_loss'))} | {_fmt(e.get('top1'))} | "
-                     f"{_fmt(e.get('loss'))} |")
+        lines.append(f"| {e.get('epoch')} | {fmt_number(e.get('val_top1'))} | {fmt_number(e.get('val_loss'))} | "
+                     f"{fmt_number(e.get('top1'))} | {fmt_number(e.get('loss'))} |")
     lines += ["", "## Milestones", "",
               "| segment | epochs | keep | masks from | rows | computed | reused | reused (tolerance) | spot-check KL | "
               "teacher top-1 on masked views | teacher GMACs | full-teacher GMACs | precompute s | train s |",
               "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["segments"]:
         lines.append(
-            f"| {s['segment']} | {s['epochs']} | {_fmt(s['keep'], 'd')} | {_fmt(s['source'])} | {s['rows']} | {s['computed']} | "
-            f"{s['reused']} | {s['reused_tolerance']} | {_fmt(s['spot_check_kl'], '.2e')} | {_fmt(s['teacher_top1_masked'])} | "
-            f"{s['teacher_macs'] / 1e9:.2f} | {s['full_teacher_macs'] / 1e9:.2f} | {_fmt(s['precompute_s'], '.1f')} | "
-            f"{_fmt(s['train_s'], '.1f')} |")
+            f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')} | {fmt_number(s['source'])} | "
+            f"{s['rows']} | {s['computed']} | {s['reused']} | {s['reused_tolerance']} | "
+            f"{fmt_number(s['spot_check_kl'], '.2e')} | {fmt_number(s['teacher_top1_masked'])} | "
+            f"{s['teacher_macs'] / 1e9:.2f} | {s['full_teacher_macs'] / 1e9:.2f} | "
+            f"{fmt_number(s['precompute_s'], '.1f')} | {fmt_number(s['train_s'], '.1f')} |")
     ratio = spent / full if full else float("nan")
     lines += ["", f"Teacher compute: {spent / 1e9:.2f} GMACs spent, {full / 1e9:.2f} GMACs for full-teacher KD on the "
-              f"same rows ({_fmt(ratio, '.2%')}).", ""]
+              f"same rows ({fmt_number(ratio, '.2%')}).", ""]
     auto = {f"milestone {s['segment']}": s["auto"] for s in data["segments"] if s.get("auto")}
     if auto:
         n = cfg.num_patches

@@ -16,6 +16,7 @@ from pipeline._cli_options import (
     scheduler_opt,
     set_opt,
 )
+from pipeline._lock import stage_name
 from pipeline.errors import ConfigError
 from pipeline.report.fidelity import curve_table, plot_curves
 from pipeline.run.folder_lock import hold_run_folder
@@ -50,7 +51,8 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @scheduler_file_opt
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
-@click.option("--until", default=None, metavar="STAGE", help="Stop after this stage (teacher, precompute-I, train-I).")
+@click.option("--until", default=None, metavar="STAGE",
+              help="Stop after this stage (as `status` names them: teacher, init, probe-I, precompute-I, train-I).")
 @click.option("--nproc", default=None, type=click.IntRange(1),
               help="Processes per student train stage, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @set_opt
@@ -116,38 +118,39 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_f
     if dry_run:
         _dry_run(runner, segment)
         return
+    name = stage_name("precompute", segment)
     with _exclusive(stages, overrides, scheduler=scheduler, workers=workers) as runner:
-        runner.run(until=f"precompute-{segment}")
-    info = runner.lock.info(f"precompute-{segment}")
+        runner.run(until=name)
+    info = runner.lock.info(name)
+    avoided = info.get("rows_reused", 0) + (info.get("rows", 0) if runner.result.stages.get(name) == "cached" else 0)
     click.echo(f"segment {segment}: {info.get('partitions', 0)} partitions, {info.get('rows', 0)} rows; teacher forwards "
-               f"done {runner.result.teacher_forwards}, avoided {info.get('rows_reused', 0) + (info.get('rows', 0) if runner.result.stages.get(f'precompute-{segment}') == 'cached' else 0)}")
+               f"done {runner.result.teacher_forwards}, avoided {avoided}")
 
 
 def _dry_run(runner, segment: int) -> None:
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
+    from pipeline.run.stages import chosen_keep, plan_precompute, recorded_teacher
 
     lag = runner.cfg.schedule.lag
-    src = max(0, segment - lag)
-    ckpt = runner.ckpt_dir / f"c{src}.pth"
-    teacher = runner.lock.output("teacher", "weights")
+    ckpt = runner.checkpoint(max(0, segment - lag))
+    teacher = recorded_teacher(runner)
     if teacher is None or not ckpt.exists():
         missing = "the teacher" if teacher is None else f"checkpoint {ckpt}"
         click.echo(f"segment {segment}: {missing} does not exist yet; everything is to compute "
                    f"(run `mkd-pipeline run` to create it)")
         return
-    spec = runner._teacher_spec(teacher["path"], runner.lock.info("teacher")["fingerprint"])
-    keep = "config"
+    keep: int | None | str = "config"
     if runner.cfg.masking.auto:
-        probe = runner.lock.info(f"probe-{segment}")
+        probe = runner.lock.info(stage_name("probe", segment))
         if not probe:
             click.echo(f"segment {segment}: masking.keep is auto and the spot-check has not run yet; it chooses the "
                        f"keep before the labels are planned (run `mkd-pipeline run` or `precompute`)")
             return
-        keep = runner.chosen_keep(probe)
+        keep = chosen_keep(runner.cfg, probe)
         click.echo(f"segment {segment}: keep {keep or runner.cfg.num_patches} chosen by the recorded spot-check "
                    f"({runner.cfg.masking.budget.budget()})")
-    for row in dry_run(runner.plan_precompute(segment, spec, ckpt, keep)):
+    for row in dry_run(plan_precompute(runner, segment, teacher, ckpt, keep)):
         extra = f" ({row['rows']} rows)" if row["state"] != "compute" else ""
         click.echo(f"{row['state']:8} {row['shard']} e{row['view_epoch']}{extra}: {row['reason']}")
 

@@ -1,7 +1,8 @@
 """A student train stage under ``torchrun``: ``compute.nproc`` (or ``run --nproc``) processes (docs/design.md §6).
 
 The runner stays the one process that holds the run folder's flock and writes the run lock; it
-writes a job file (the resolved config, the segment, its labels) into
+writes a job file (the resolved config, the segment, its labels: plain values, so a process needs
+no runner, lock or cluster) into
 ``<run_dir>/train-job/train-<i>/`` and starts ``python -m torch.distributed.run --standalone
 --nproc_per_node N -m pipeline.run.train_worker JOB``. Each process trains its slice of every
 global batch (DDP: gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``); rank 0 writes the
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,10 +29,7 @@ from pipeline._cores import available_cores
 from pipeline._gpu import visible_note
 from pipeline.config.loader import dump_config
 from pipeline.errors import ConfigError, PipelineError
-
-if TYPE_CHECKING:  # annotations only: the runner imports this module
-    from pipeline.precompute.spec import ModelSpec
-    from pipeline.run.runner import Runner
+from pipeline.precompute.spec import ModelSpec
 
 JOB_DIR = "train-job"
 
@@ -47,35 +45,38 @@ def check_nproc(nproc: int, batch_size: int, device: str) -> None:
                           f"{visible_note()} (one per process)")
 
 
-def job_record(runner: Runner, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,
-               config: Path) -> dict[str, Any]:
-    """What a torchrun process needs to train the segment as :meth:`Runner.train_here` would."""
+def job_record(*, name: str, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,
+               run_dir: Path, device: str, progress: bool, config: Path) -> dict[str, Any]:
+    """What a torchrun process needs to train the segment as :func:`pipeline.run.training.train_student` does here."""
     return {
-        "config": str(config), "segment": segment, "start": str(start_ckpt), "out": str(out), "device": runner.device,
-        "progress": runner.progress, "teacher": None if teacher is None else [teacher.weights, teacher.fingerprint],
+        "config": str(config), "name": name, "segment": segment, "start": str(start_ckpt), "out": str(out),
+        "run_dir": str(run_dir), "device": device, "progress": progress,
+        "teacher": None if teacher is None else [teacher.weights, teacher.fingerprint],
         "labels": [[shard, ve, ref.path, ref.sha256, None if ref.expect is None else dict(ref.expect)]
                    for (shard, ve), ref in (labels or {}).items()],
     }
 
 
-def train_distributed(runner: Runner, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None,
-                      out: Path) -> dict[str, Any]:
-    """Train segment ``segment`` in ``runner.nproc`` torchrun processes; returns rank 0's
+def train_distributed(cfg, *, nproc: int, overrides: Sequence[str], run_dir: Path, name: str, segment: int,
+                      start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path, device: str,
+                      progress: bool) -> dict[str, Any]:
+    """Train segment ``segment`` (stage ``name``) in ``nproc`` torchrun processes; returns rank 0's
     :func:`pipeline.train.train_segment` result.
 
     Raises:
         ConfigError: the batch does not split over the processes, or too few GPUs.
         PipelineError: a process failed: its own error (message and exit code) when it wrote one.
     """
-    cfg, nproc = runner.cfg, runner.nproc
-    check_nproc(nproc, cfg.train.batch_size, runner.device)
-    job_dir = runner.run_dir / JOB_DIR / f"train-{segment}"
+    check_nproc(nproc, cfg.train.batch_size, device)
+    job_dir = run_dir / JOB_DIR / name
     shutil.rmtree(job_dir, ignore_errors=True)  # no result or error of an earlier attempt is read as this one's
     job_dir.mkdir(parents=True)
     config = job_dir / "config.yaml"
-    write_atomic(config, dump_config(cfg, runner.overrides).encode())
+    write_atomic(config, dump_config(cfg, overrides).encode())
     job = job_dir / "job.json"
-    write_atomic(job, json.dumps(job_record(runner, segment, start_ckpt, labels, teacher, out, config)).encode())
+    record = job_record(name=name, segment=segment, start_ckpt=start_ckpt, labels=labels, teacher=teacher, out=out,
+                        run_dir=run_dir, device=device, progress=progress, config=config)
+    write_atomic(job, json.dumps(record).encode())
     env = dict(os.environ)
     if not env.get("OMP_NUM_THREADS", "").strip():
         # the processes share the cores (torchrun would pin each to one thread)
@@ -89,7 +90,7 @@ def train_distributed(runner: Runner, segment: int, start_ckpt: Path, labels, te
         raise PipelineError(err["message"], exit_code=int(err["exit_code"]))
     result = job_dir / "result.json"
     if proc.returncode != 0 or not result.is_file():
-        raise PipelineError(f"train-{segment}: torchrun ({nproc} processes) exited with {proc.returncode}; "
+        raise PipelineError(f"{name}: torchrun ({nproc} processes) exited with {proc.returncode}; "
                             f"its output is above, the job in {job}")
     res = json.loads(result.read_text())
     shutil.rmtree(job_dir, ignore_errors=True)  # kept only when a stage failed, to look into

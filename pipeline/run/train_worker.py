@@ -1,7 +1,7 @@
 """One torchrun process of a student train stage: ``python -m pipeline.run.train_worker JOB.json``.
 
 Started by :func:`pipeline.run.distributed.train_distributed`; trains the job's segment with
-:meth:`pipeline.run.runner.Runner.train_here` (DDP set up by the trainer from torchrun's
+:func:`pipeline.run.training.train_student` (DDP set up by the trainer from torchrun's
 environment). It never writes the run lock: rank 0 leaves ``result.json`` beside the job for the
 runner, and any rank that fails with a pipeline error leaves ``error-<rank>.json``.
 """
@@ -17,9 +17,11 @@ import click
 
 from pipeline._atomic import write_atomic
 from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
 from pipeline.errors import PipelineError
 from pipeline.labels.contract import LabelRef
-from pipeline.run.runner import Runner
+from pipeline.precompute.spec import model_spec
+from pipeline.run.training import train_student
 
 
 def main(job_path: str) -> int:
@@ -28,10 +30,12 @@ def main(job_path: str) -> int:
     job = json.loads(job_file.read_text())
     rank = int(os.environ.get("RANK", "0"))
     try:
-        runner = Runner(load_config(job["config"]), echo=click.echo, progress=job["progress"], device=job["device"])
+        cfg = load_config(job["config"])
         labels = {(shard, ve): LabelRef(path, sha, expect) for shard, ve, path, sha, expect in job["labels"]} or None
-        teacher = None if job["teacher"] is None else runner._teacher_spec(*job["teacher"])
-        result = runner.train_here(job["segment"], Path(job["start"]), labels, teacher, Path(job["out"]))
+        teacher = None if job["teacher"] is None else model_spec(cfg, "teacher", *job["teacher"])
+        result = train_student(cfg, load_manifest(cfg.data.root), job["segment"], Path(job["start"]), labels, teacher,
+                               Path(job["out"]), name=job["name"], run_dir=Path(job["run_dir"]), device=job["device"],
+                               progress=job["progress"], say=lambda stage, line: click.echo(f"[{stage}] {line}"))
     except PipelineError as e:
         write_atomic(job_file.with_name(f"error-{rank}.json"),
                      json.dumps({"exit_code": e.exit_code, "message": str(e)}).encode())

@@ -178,7 +178,7 @@ class LabeledViews(IterableDataset):
                 recorded partition unreadable.
         """
         # lazy: config parsing pulls in pydantic and timm's model registry, which the trainer path never needs
-        from pipeline._lock import LOCK_NAME, RunLock
+        from pipeline._lock import LOCK_NAME, RunLock, stage_name
         from pipeline.config import load_config
         from pipeline.data.manifest import load_manifest
         from pipeline.labels import open_partition
@@ -196,13 +196,14 @@ class LabeledViews(IterableDataset):
                 raise ConfigError(f"{where}: online: true: this run keeps no stored labels to stream")
             run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name
             lock_path = run_dir / LOCK_NAME
+            name = stage_name("precompute", segment)
             if not lock_path.is_file():
-                raise StoreError(f"{lock_path}: no run lock: run `mkd-pipeline run {where} --until precompute-{segment}` first")
-            stage = RunLock(lock_path, store=cfg.labels.store).stages.get(f"precompute-{segment}")
+                raise StoreError(f"{lock_path}: no run lock: run `mkd-pipeline run {where} --until {name}` first")
+            stage = RunLock(lock_path, store=cfg.labels.store).stages.get(name)
             if stage is None:
                 a, b = segments[segment]
-                raise StoreError(f"{lock_path}: no labels recorded for epochs {a}..{b - 1} (stage precompute-{segment}): "
-                                 f"run `mkd-pipeline run {where} --until precompute-{segment}` first")
+                raise StoreError(f"{lock_path}: no labels recorded for epochs {a}..{b - 1} (stage {name}): "
+                                 f"run `mkd-pipeline run {where} --until {name}` first")
             labels = {}
             for p in stage["partitions"]:
                 expect = {"fingerprints": p["inputs"]}

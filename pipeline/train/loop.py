@@ -57,7 +57,7 @@ log_ = logging.getLogger(__name__)  # `log` is train_segment's line callback
 
 LabelMap = Mapping[tuple[str, int], "str | LabelRef"]
 # Recipe fields that do not change what a segment computes (resuming under other values is fine).
-_NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
+NOT_IN_FINGERPRINT = {"checkpoint_every", "num_workers"}
 _BAR_EVERY_S = 1.0  # seconds between progress-bar loss readouts (each one waits for the device)
 
 
@@ -93,7 +93,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, to
 
 def _render_record(r: RenderSpec) -> list:
     """A render's part of the segment fingerprint: size, mean, std, interpolation, and the resizer
-    only where it is not Pillow (so segments recorded before `data.resize` keep theirs)."""
+    only where it is not Pillow (so segments recorded before `data.resize` keep theirs: the rule of
+    :mod:`pipeline.fingerprints`)."""
     return [r.size, r.mean, r.std, r.interpolation, *r.resize_record().values()]
 
 
@@ -107,7 +108,7 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "view": view_spec_fingerprint(spec),
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
-        "train": {**cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT), "epochs": total_epochs},
+        "train": {**cfg.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT), "epochs": total_epochs},
         "render": _render_record(render),
         "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
@@ -226,26 +227,12 @@ def _close(batches: Iterator[Batch]) -> None:
         batches.close()
 
 
-def train_segment(
-    student: nn.Module,
-    *,
-    shards: Sequence[ShardRef],
-    spec: ViewSpec,
-    seed: int,
-    epochs: range,
-    cfg: TrainConfig,
-    total_epochs: int,
-    render: RenderSpec,
-    run_dir: str | Path,
-    labels: LabelMap | None = None,
-    view_pool: int | None = None,
-    online: OnlineTeacher | None = None,
-    device: str | torch.device = "cpu",
-    checkpoint_path: str | Path | None = None,
-    evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: str | None = None,
-) -> dict[str, Any]:
+def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewSpec, seed: int, epochs: range,
+                  cfg: TrainConfig, total_epochs: int, render: RenderSpec, run_dir: str | Path,
+                  labels: LabelMap | None = None, view_pool: int | None = None, online: OnlineTeacher | None = None,
+                  device: str | torch.device = "cpu", checkpoint_path: str | Path | None = None,
+                  evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
+                  log: Callable[[str], None] | None = None, progress: str | None = None) -> dict[str, Any]:
     """Train ``student`` in place for ``epochs`` (a ``range(start, end)``), resuming if a record says so.
 
     Args:
@@ -256,8 +243,7 @@ def train_segment(
         epochs: this segment's epochs, within ``range(total_epochs)``.
         cfg: the validated recipe (``train``, or ``teacher.train``): optimiser, schedule, loss
             (``cfg.kd``), checkpointing, render threads, evaluation interval.
-        total_epochs: epochs of the whole run (``schedule.epochs``, or ``teacher.train.epochs``):
-            the length of the LR schedule, of which the segment trains a part.
+        total_epochs: epochs of the whole run (the length of the LR schedule, of which the segment trains a part).
         render: the student's input size and normalisation.
         run_dir: the training run's folder (shared by its segments): resume records and state.
         labels: ``{(shard name, view epoch): partition path or LabelRef}`` for every shard and
@@ -265,13 +251,10 @@ def train_segment(
         view_pool: ``views.pool`` (view epoch = epoch mod pool); None = a fresh view every epoch.
         online: the teacher in the loop instead of stored labels (the paper's baseline).
         device: ``cpu`` or ``cuda``; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``.
-        checkpoint_path: where the final plain timm state_dict goes
-            (default ``run_dir/student-e<end>.pth``).
-        evaluate: ``fn(model, epoch) -> metrics`` called on every rank after every
-            ``cfg.eval_every``-th epoch of the run and after the segment's last epoch (e.g.
-            :func:`pipeline.train.evaluate.evaluate` on the validation split, with
-            ``split_ranks=True`` under DDP: each rank evaluates its share); merged into that
-            epoch's metrics and kept in the resume record. Other epochs have no such metrics.
+        checkpoint_path: where the final plain timm state_dict goes (default ``run_dir/student-e<end>.pth``).
+        evaluate: ``fn(model, epoch) -> metrics`` called on every rank (under DDP each evaluates its
+            share) after every ``cfg.eval_every``-th epoch of the run and after the segment's last;
+            merged into that epoch's metrics and kept in the resume record.
         log: progress lines (rank 0): one summary line per epoch.
         progress: the label of a per-step progress bar on stderr (rank 0; e.g. ``"train-0"``), shown
             only when stderr is a terminal and not ``-q`` (:mod:`pipeline._console`); None: no bar.
@@ -287,6 +270,42 @@ def train_segment(
     """
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
+    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world)
+    log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
+               epochs.start, epochs.stop - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
+               torch.get_num_threads())
+    run_dir = Path(run_dir)
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / f"student-e{epochs.stop:04d}.pth"
+    init = state_dict_fingerprint(student.state_dict())
+    segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
+                                  total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
+                                  online=online)
+    student.to(device)
+    run = _Run(student, cfg, info, device, online, steps_per_epoch, total_epochs, ResumeStore(run_dir),
+               say=log if (log is not None and info.is_main) else (lambda _m: None), progress=progress)
+    resumed = run.resume(segment, init, epochs)
+    record = run.record
+    if record.done and checkpoint_path.is_file() and sha256_file(checkpoint_path) == record.checkpoint_sha256:
+        return _result(record, steps_per_epoch, resumed, t_start)
+    run.begin()
+    partial = dict(record.partial) if info.is_main else {}
+    for epoch in range(record.epoch, epochs.stop):
+        # the public dataset's own path (pipeline.LabeledViews): pairing, checks, order, rank slices
+        stream = LabeledViews(shards, spec=spec, seed=seed, render=render, epoch=epoch, batch_size=cfg.batch_size,
+                              order_seed=cfg.seed, labels=labels, view_pool=view_pool,
+                              tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=int(student.num_classes),  # type: ignore[arg-type]
+                              smoothing=cfg.smoothing, rank=info.rank, world=info.world,
+                              teacher_render=online.render if online else None)
+        run.epoch(stream, epoch, epochs.stop, partial, evaluate)
+        partial = {}
+    run.finish(epochs.stop, checkpoint_path)
+    return _result(record, steps_per_epoch, resumed, t_start)
+
+
+def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
+             online: OnlineTeacher | None, world: int) -> tuple[LabelMap | None, int]:
+    """The labels the segment reads (none for ``kd: off``) and its steps per epoch, after refusing
+    inconsistent arguments with a :class:`ConfigError`."""
     start, end = epochs.start, epochs.stop
     if total_epochs < 1:
         raise ConfigError(f"the run's epochs must be >= 1, got {total_epochs}")
@@ -300,100 +319,116 @@ def train_segment(
         raise ConfigError(f"train.kd is {cfg.kd!r} but no label partitions (and no online teacher) were given")
     elif online is not None and labels is not None:
         raise ConfigError("give either stored labels or an online teacher, not both")
-    if cfg.batch_size % info.world:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {info.world}")
+    if cfg.batch_size % world:
+        raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
     steps_per_epoch = sum(s.rows for s in shards) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} training samples")
-    say = log if (log is not None and info.is_main) else (lambda _m: None)
-    log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
-               start, end - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
-               torch.get_num_threads())
-    run_dir = Path(run_dir)
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / f"student-e{end:04d}.pth"
+        raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
+                          f"training samples")
+    return labels, steps_per_epoch
 
-    init = state_dict_fingerprint(student.state_dict())
-    segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
-                                  total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
-                                  online=online)
-    student.to(device)
-    optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
-    store = ResumeStore(run_dir)
-    record = store.load(segment)
-    resumed = None
-    if record is not None:
-        store.restore(record, student, optimizer)
-        resumed = {"epoch": record.epoch, "position": record.position}
-        say(f"resuming at epoch {record.epoch}, batch {record.position} ({record.global_step} updates)")
-    else:
-        boundary = store.load_boundary(start, init) if start > 0 else None
-        log_.debug("no resume record for this segment in %s; optimizer state from the boundary: %s", run_dir,
+
+class _Run:
+    """What a segment's epochs share: the student (DDP-wrapped under torchrun), its optimiser and
+    schedule, the online teacher, and the resume record they advance."""
+
+    def __init__(self, student: nn.Module, cfg: TrainConfig, info: tdist.DistInfo, device: torch.device,
+                 online: OnlineTeacher | None, steps_per_epoch: int, total_epochs: int, store: ResumeStore, *,
+                 say: Callable[[str], None], progress: str | None) -> None:
+        self.student, self.cfg, self.info, self.device, self.store = student, cfg, info, device, store
+        self.steps_per_epoch, self.say, self.progress = steps_per_epoch, say, progress
+        self.optimizer, self.scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
+        amp = cfg.amp and device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        self.online = online
+        self.model: nn.Module = student
+        self.teacher: _Online | None = None
+        self.record: ResumeRecord
+
+    def begin(self) -> None:
+        """Wrap the student for DDP (under torchrun) and load the online teacher: the segment trains."""
+        if self.info.world > 1:
+            self.model = DDP(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.online is not None:
+            self.teacher = _Online(self.online, self.device, self.autocast)
+
+    def resume(self, segment: str, init: str, epochs: range) -> dict | None:
+        """Load the segment's resume record (or start one, with the optimiser state of the boundary
+        it starts at); returns where it resumed, or None."""
+        record = self.store.load(segment)
+        if record is not None:
+            self.store.restore(record, self.student, self.optimizer)
+            self.record = record
+            self.say(f"resuming at epoch {record.epoch}, batch {record.position} ({record.global_step} updates)")
+            return {"epoch": record.epoch, "position": record.position}
+        start = epochs.start
+        boundary = self.store.load_boundary(start, init) if start > 0 else None
+        log_.debug("no resume record for this segment in %s; optimizer state from the boundary: %s", self.store.dir,
                    boundary is not None)
         if boundary is not None:
-            optimizer.load_state_dict(boundary)
-        record = ResumeRecord(segment=segment, epochs=(start, end), epoch=start, position=0,
-                              global_step=start * steps_per_epoch,
-                              counters={"teacher_forwards": 0, "teacher_macs": 0})
-    if record.done and checkpoint_path.is_file():
-        if sha256_file(checkpoint_path) == record.checkpoint_sha256:
-            return _result(record, steps_per_epoch, resumed, t_start)
+            self.optimizer.load_state_dict(boundary)
+        self.record = ResumeRecord(segment=segment, epochs=(start, epochs.stop), epoch=start, position=0,
+                                   global_step=start * self.steps_per_epoch,
+                                   counters={"teacher_forwards": 0, "teacher_macs": 0})
+        return None
 
-    amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    model: nn.Module = student
-    if info.world > 1:
-        model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-    teacher = _Online(online, device, autocast) if online is not None else None
-    partial = dict(record.partial) if info.is_main else {}
-    for epoch in range(record.epoch, end):
-        # the public dataset's own path (pipeline.LabeledViews): pairing, checks, order, rank slices
-        stream = LabeledViews(shards, spec=spec, seed=seed, render=render, epoch=epoch, batch_size=cfg.batch_size,
-                              order_seed=cfg.seed, labels=labels, view_pool=view_pool,
-                              tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=int(student.num_classes),  # type: ignore[arg-type]
-                              smoothing=cfg.smoothing, rank=info.rank, world=info.world,
-                              teacher_render=online.render if online else None)
+    def synced(self, tally: _Tally, epoch: int) -> list[float]:
+        """The tally over all ranks, after checking that no rank had a non-finite loss so far
+        (every rank raises, before rank 0 could save weights DDP averaged a NaN into)."""
+        bad = tally.first_bad()
+        *totals, ranks_bad = tdist.all_sum([*tally.read(), float(bad is not None)], self.info, self.device)
+        if ranks_bad:
+            if bad is None:
+                raise NumericError(f"the training loss is not finite on another rank (epoch {epoch}): training "
+                                   f"diverged or a label is broken; that rank's error names the step")
+            e, b = divmod(bad[0] - 1, self.steps_per_epoch)
+            raise NumericError(
+                f"the training loss is {bad[1]} at epoch {e}, batch {b} (step {bad[0]}): training diverged or a "
+                f"label is broken; the checkpoints and resume records written before it are intact (lower "
+                f"train.lr, or check the labels with `labels verify`)")
+        return totals
+
+    def epoch(self, stream: LabeledViews, epoch: int, end: int, partial: dict[str, float],
+              evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None) -> None:
+        """Train epoch ``epoch`` (from the record's position when it is the one resumed), evaluate
+        when due, print its line and advance the record."""
+        record, cfg = self.record, self.cfg
         position = record.position if epoch == record.epoch else 0
-        tally = _Tally([partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)], device)
+        tally = _Tally([partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("samples", 0.0)],
+                       self.device)
         carried = partial.get("samples", 0.0)
-        partial = {}
-        model.train()
+        self.model.train()
         t_epoch = time.perf_counter()
+        self.steps(stream, epoch, position, tally)
+        loss_sum, correct, samples = self.synced(tally, epoch)
+        metrics: dict[str, Any] = {
+            "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),
+            "lr": self.optimizer.param_groups[0]["lr"], "steps": stream.steps, "samples": int(samples),
+            "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
+        }
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
+            # every rank evaluates its share of the split (pipeline.train.evaluate splits by rank)
+            self.student.eval()
+            metrics.update(evaluate(self.student, epoch))
+            self.student.train()
+        self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        record.history.append(metrics)
+        record.epoch, record.position, record.partial = epoch + 1, 0, {}
+        if self.info.is_main and record.global_step % cfg.checkpoint_every == 0 and epoch + 1 < end:
+            self.store.save(record, self.student, self.optimizer)
+
+    def steps(self, stream: LabeledViews, epoch: int, position: int, tally: _Tally) -> None:
+        """The epoch's updates from batch ``position`` on, with resume records every ``checkpoint_every`` updates."""
+        record, cfg, info = self.record, self.cfg, self.info
         # decoding and rendering in cfg.num_workers loader processes; pinned batches on CUDA
-        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-        bar = progress_bar(total=stream.steps, initial=position, desc=f"{progress} epoch {epoch}", unit="step",
-                           enabled=progress is not None and info.is_main, leave=False)
-
-        def synced(tally: _Tally = tally, epoch: int = epoch) -> list[float]:
-            """The tally over all ranks, after checking that no rank had a non-finite loss so far
-            (every rank raises, before rank 0 could save weights DDP averaged a NaN into)."""
-            bad = tally.first_bad()
-            *totals, ranks_bad = tdist.all_sum([*tally.read(), float(bad is not None)], info, device)
-            if ranks_bad:
-                if bad is None:
-                    raise NumericError(f"the training loss is not finite on another rank (epoch {epoch}): training "
-                                       f"diverged or a label is broken; that rank's error names the step")
-                e, b = divmod(bad[0] - 1, steps_per_epoch)
-                raise NumericError(
-                    f"the training loss is {bad[1]} at epoch {e}, batch {b} (step {bad[0]}): training diverged or a "
-                    f"label is broken; the checkpoints and resume records written before it are intact (lower "
-                    f"train.lr, or check the labels with `labels verify`)")
-            return totals
-
+        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        bar = progress_bar(total=stream.steps, initial=position, desc=f"{self.progress} epoch {epoch}", unit="step",
+                           enabled=self.progress is not None and info.is_main, leave=False)
         bar_read = -math.inf
         batch_iter = iter(batches)
         try:
-            for position, batch in enumerate(_unwrapped(batch_iter), start=position):  # noqa: B020 (resumes at position)
-                scheduler.step_update(num_updates=record.global_step)
-                torch.manual_seed(derive_seed("step", cfg.seed, epoch, position, info.rank))
-                images = batch.images.to(device, non_blocking=True)
-                target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
-                if teacher is not None:
-                    target = teacher(student, batch, images)
-                    record.counters["teacher_forwards"] += len(batch) * info.world
-                    record.counters["teacher_macs"] += teacher.macs_per_image * len(batch) * info.world
-                loss, step_correct = _update(model, student, optimizer, images, batch, target, cfg, device, autocast)
-                record.global_step += 1
-                tally.add(loss, step_correct, len(batch), record.global_step)
+            for position, batch in enumerate(_unwrapped(batch_iter), start=position):  # noqa: B020 - resumes mid-epoch
+                self.update(batch, epoch, position, tally)
                 bar.update(1)
                 done_in_epoch = position + 1
                 if not bar.disable and time.perf_counter() - bar_read >= _BAR_EVERY_S:
@@ -401,40 +436,43 @@ def train_segment(
                     bar.set_postfix_str(f"loss {bar_loss / max(bar_samples, 1):.4f}")
                     bar_read = time.perf_counter()
                 if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
-                    totals = synced()
+                    totals = self.synced(tally, epoch)
                     if info.is_main:
                         record.epoch, record.position = epoch, done_in_epoch
                         record.partial = {"loss_sum": totals[0], "correct": totals[1], "samples": totals[2]}
-                        store.save(record, student, optimizer)
+                        self.store.save(record, self.student, self.optimizer)
         finally:
             bar.close()  # before the epoch's summary line, which stays
             _close(batch_iter)
-        loss_sum, correct, samples = synced()
-        metrics: dict[str, Any] = {
-            "epoch": epoch, "loss": loss_sum / max(samples, 1), "top1": correct / max(samples, 1),
-            "lr": optimizer.param_groups[0]["lr"], "steps": stream.steps, "samples": int(samples),
-            "samples_per_s": (samples - carried) / max(time.perf_counter() - t_epoch, 1e-9),
-        }
-        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end):
-            # every rank evaluates its share of the split (pipeline.train.evaluate splits by rank)
-            student.eval()
-            metrics.update(evaluate(student, epoch))
-            student.train()
-        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-        record.history.append(metrics)
-        record.epoch, record.position, record.partial = epoch + 1, 0, {}
-        if info.is_main and record.global_step % cfg.checkpoint_every == 0 and epoch + 1 < end:
-            store.save(record, student, optimizer)
 
-    if info.is_main:
-        record.checkpoint = str(checkpoint_path)
-        record.checkpoint_sha256 = save_checkpoint(student, checkpoint_path)
-        store.save_boundary(end, state_dict_fingerprint(student.state_dict()), record.global_step, optimizer)
-        record.done = True
-        store.save(record, student, optimizer)
-    if info.world > 1:
-        dist.barrier()
-    return _result(record, steps_per_epoch, resumed, t_start)
+    def update(self, batch: Batch, epoch: int, position: int, tally: _Tally) -> None:
+        """One optimiser update on ``batch`` (the online teacher's targets first, when there is one)."""
+        record, info, device = self.record, self.info, self.device
+        self.scheduler.step_update(num_updates=record.global_step)
+        torch.manual_seed(derive_seed("step", self.cfg.seed, epoch, position, info.rank))
+        images = batch.images.to(device, non_blocking=True)
+        target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
+        if self.teacher is not None:
+            target = self.teacher(self.student, batch, images)
+            record.counters["teacher_forwards"] += len(batch) * info.world
+            record.counters["teacher_macs"] += self.teacher.macs_per_image * len(batch) * info.world
+        loss, correct = _update(self.model, self.student, self.optimizer, images, batch, target, self.cfg, device,
+                                self.autocast)
+        record.global_step += 1
+        tally.add(loss, correct, len(batch), record.global_step)
+
+    def finish(self, end: int, checkpoint_path: Path) -> None:
+        """Rank 0 saves the checkpoint, the boundary's optimiser state and the finished record; all ranks meet."""
+        record = self.record
+        if self.info.is_main:
+            record.checkpoint = str(checkpoint_path)
+            record.checkpoint_sha256 = save_checkpoint(self.student, checkpoint_path)
+            self.store.save_boundary(end, state_dict_fingerprint(self.student.state_dict()), record.global_step,
+                                     self.optimizer)
+            record.done = True
+            self.store.save(record, self.student, self.optimizer)
+        if self.info.world > 1:
+            dist.barrier()
 
 
 def _result(record: ResumeRecord, steps_per_epoch: int, resumed: dict | None, t_start: float) -> dict[str, Any]:

@@ -67,14 +67,13 @@ def test_partition_published_meanwhile_is_kept(baseline, monkeypatch, tally):
     from pipeline.config import load_config
     from pipeline.precompute import task as task_mod
     from pipeline.run.runner import Runner
+    from pipeline.run.stages import plan_precompute, recorded_teacher
 
     b = baseline
     b.restore("a")
     monkeypatch.chdir(b.work)
     runner = Runner(load_config("a.yaml"), progress=False)
-    lock = runner.lock
-    teacher = runner._teacher_spec(lock.output("teacher", "weights")["path"], lock.info("teacher")["fingerprint"])
-    t = runner.plan_precompute(0, teacher, runner.ckpt_dir / "c0.pth")[0]
+    t = plan_precompute(runner, 0, recorded_teacher(runner), runner.checkpoint(0))[0]
     before = Path(t.path).stat()
     monkeypatch.setattr(task_mod.paths, "file_exists", lambda path: False)  # the check ran before the other's rename
     res = task_mod.run_partition({"task": t})

@@ -41,6 +41,7 @@ def test_second_writer_without_hard_links_keeps_the_first_file(baseline, monkeyp
     from pipeline.config import load_config
     from pipeline.precompute import task as task_mod
     from pipeline.run.runner import Runner
+    from pipeline.run.stages import plan_precompute, recorded_teacher
 
     def link(src, dst, *a, **kw):
         raise OSError(errno.EPERM, "Operation not permitted", str(src))
@@ -50,9 +51,7 @@ def test_second_writer_without_hard_links_keeps_the_first_file(baseline, monkeyp
     monkeypatch.chdir(b.work)
     monkeypatch.setattr(os, "link", link)
     runner = Runner(load_config("a.yaml"), progress=False)
-    lock = runner.lock
-    teacher = runner._teacher_spec(lock.output("teacher", "weights")["path"], lock.info("teacher")["fingerprint"])
-    t = runner.plan_precompute(0, teacher, runner.ckpt_dir / "c0.pth")[0]
+    t = plan_precompute(runner, 0, recorded_teacher(runner), runner.checkpoint(0))[0]
     first = Path(t.path).read_bytes()
     Path(t.path).unlink()
     res = task_mod.run_partition({"task": t})  # a real partition write, published by the fallback

@@ -12,15 +12,27 @@ import pytest
 import torch
 from timm.models._hub import save_for_hf
 
+import pipeline.fingerprints as fp
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import load_config
 from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
 from pipeline.run.runner import Runner
+from pipeline.run.stage import Stage
 from tests.pipeline.run.test_runner import BASE_KW, VIT, stage_doc, write_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEACHER_KW = dict(BASE_KW, embed_dim=32, depth=1)
 STUDENT_KW = dict(BASE_KW, embed_dim=16, depth=1)
+
+
+def _run_stage(runner: Runner, name: str):
+    """One stage of the run's graph, run or read back from the lock (neither needs another's output)."""
+    stage: Stage = next(s for s in runner.stages if s.name == name)
+    return runner.run_stage(stage, {})
+
+
+def _teacher_inputs(runner: Runner) -> dict:
+    return fp.teacher_inputs(runner.cfg, runner.manifest)
 
 
 def _runner(path: Path) -> Runner:
@@ -43,11 +55,11 @@ def test_configs_without_pretrained_keep_todays_inputs(fmnist_small, tmp_path):
     doc = stage_doc(tmp_path, fmnist_small)
     frozen = _runner(write_stage(tmp_path, doc, "frozen.yaml", teacher__train=None, teacher__weights=str(w),
                                  teacher__kwargs=TEACHER_KW))
-    assert frozen.teacher_inputs() == {"model": VIT, "kwargs": sha256_json(TEACHER_KW), "weights": sha256_file(w)}
-    assert frozen.init_inputs() == {"model": VIT, "kwargs": sha256_json(doc["student"]["kwargs"]), "init": "seed:0"}
-    trained = _runner(write_stage(tmp_path, doc, "trained.yaml")).teacher_inputs()
+    assert _teacher_inputs(frozen) == {"model": VIT, "kwargs": sha256_json(TEACHER_KW), "weights": sha256_file(w)}
+    assert fp.init_inputs(frozen.cfg) == {"model": VIT, "kwargs": sha256_json(doc["student"]["kwargs"]), "init": "seed:0"}
+    trained = _teacher_inputs(_runner(write_stage(tmp_path, doc, "trained.yaml")))
     assert not {"init", "pretrained", "preprocess"} & set(trained)
-    spec = frozen.teacher_stage()
+    spec = _run_stage(frozen, "teacher")
     assert spec.weights == str(w)  # a checkpoint of the model itself: workers load the file as it is
     assert spec.render.mean == (0.286,) and spec.render.interpolation == "bilinear"
 
@@ -61,18 +73,18 @@ def test_pretrained_teacher_and_student_from_local_dirs(fmnist_small, tmp_path):
                        student={"model": s_name, "pretrained": True, "kwargs": {"num_classes": 10}}, data__val=None)
     runner = _runner(path)
     file = tmp_path / "teacher" / "model.safetensors"
-    inputs = runner.teacher_inputs()
+    inputs = fp.teacher_inputs(runner.cfg, runner.manifest)
     assert inputs["weights"] == sha256_file(file) and inputs["pretrained"] is True
 
-    spec = runner.teacher_stage()
+    spec = _run_stage(runner, "teacher")
     assert Path(spec.weights).parent == tmp_path / "store" / "teachers"
     plain = create_model(t_name, {}, weights=spec.weights)  # what workers do: a strict load, fingerprint checked
     assert model_fingerprint(plain, t_name) == spec.fingerprint == model_fingerprint(teacher, t_name)
     assert (spec.render.mean, spec.render.std, spec.render.interpolation) == ((0.4,), (0.3,), "bicubic")
 
-    init = runner.init_inputs()
+    init = fp.init_inputs(runner.cfg)
     assert init["init"] == sha256_file(tmp_path / "student" / "model.safetensors") and init["pretrained"] is True
-    c0 = torch.load(runner.init_stage(), weights_only=True)
+    c0 = torch.load(_run_stage(runner, "init"), weights_only=True)
     assert c0["head.weight"].shape == (10, 16)  # re-initialised for data.num_classes
     body = {k: v for k, v in c0.items() if not k.startswith("head.")}
     want = {k: v for k, v in student.state_dict().items() if not k.startswith("head.")}
@@ -81,7 +93,7 @@ def test_pretrained_teacher_and_student_from_local_dirs(fmnist_small, tmp_path):
     # other weights in the folder: other inputs, so the teacher stage is stale
     save_for_hf(create_model(VIT, TEACHER_KW, seed=3), str(tmp_path / "teacher"), safe_serialization=True,
                 model_args=TEACHER_KW)
-    assert runner.teacher_inputs()["weights"] != inputs["weights"]
+    assert fp.teacher_inputs(runner.cfg, runner.manifest)["weights"] != inputs["weights"]
 
 
 def test_pretrained_teacher_with_a_train_block_is_fine_tuned_from_its_weights(fmnist_small, tmp_path):
@@ -93,9 +105,9 @@ def test_pretrained_teacher_with_a_train_block_is_fine_tuned_from_its_weights(fm
     path = write_stage(tmp_path, doc, teacher={"model": name, "pretrained": True, "kwargs": {"num_classes": 10},
                                                "train": train}, data__subset=32, data__val=None)
     runner = _runner(path)
-    inputs = runner.teacher_inputs()
+    inputs = fp.teacher_inputs(runner.cfg, runner.manifest)
     assert inputs["init"] == sha256_file(tmp_path / "teacher" / "model.safetensors") and inputs["pretrained"] is True
-    spec = runner.teacher_stage()
+    spec = _run_stage(runner, "teacher")
     tuned = torch.load(spec.weights, weights_only=True)
     assert tuned["head.weight"].shape == (10, 32)  # a new head for data.num_classes
     for key, value in source.state_dict().items():

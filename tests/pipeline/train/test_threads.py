@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from pipeline.config import load_config
-from pipeline.run import runner as runner_mod
+from pipeline.run import training as training_mod
 from pipeline.run.runner import Runner
 from pipeline.train.threads import available_cores, train_thread_count
 
@@ -65,11 +65,12 @@ def test_the_train_stage_sets_the_thread_count(fmnist_small, tmp_path, monkeypat
         shutil.copyfile(c0, checkpoint_path)
         return {"epochs": [], "global_step": 0, "steps_per_epoch": 1, "resumed": None}
 
-    monkeypatch.setattr(runner_mod, "train_segment", fake_train_segment)
+    monkeypatch.setattr(training_mod, "train_segment", fake_train_segment)
     runner = Runner(load_config(path), progress=False, echo=lambda _s: None)
-    c0 = runner.init_stage()
+    stages, outs = {s.name: s for s in runner.stages}, {}
+    c0 = outs["init"] = runner.run_stage(stages["init"], outs)
     torch.set_num_threads(5)  # what this process used before the stage
-    runner.train_stage(0, c0, {}, None)
+    runner.run_stage(stages["train-0"], outs)
     want = {"cores": available_cores(), "unchanged": 5}.get(expected, expected)
     assert seen == [want]
     assert torch.get_num_threads() == 5  # restored after the stage

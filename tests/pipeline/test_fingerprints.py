@@ -1,0 +1,146 @@
+"""The fingerprint rules of pipeline/fingerprints.py: stores and run locks written before a change stay fresh.
+
+``fingerprints_pinned.json`` holds every stage's inputs (and the partition and training-segment
+fingerprints) for config variants, as the code before the stage graph computed them (one variant
+per conditional-entry rule). They must not change: a changed input makes every store and lock
+written for such a config stale. A new config field enters through ``unless_default``, so the
+variants that do not set it keep these values. Digests that depend on the machine's libraries
+(the render and resize digests) are pinned to constants here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+import maskedkd.digests as digests
+import pipeline.fingerprints as fp
+import pipeline.labels.contract as contract
+from maskedkd import ladder_keeps
+from pipeline.config import load_config, set_fields
+from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from pipeline.precompute.probe import plan_probe
+from pipeline.precompute.spec import ModelSpec, PartitionTask, task_fingerprints
+from pipeline.train.loop import segment_fingerprint
+from tests.pipeline.run.test_runner import stage_doc
+
+PINNED = json.loads((Path(__file__).parent / "fingerprints_pinned.json").read_text())
+
+# one variant per rule (and the plain config); see the module docstring of pipeline/fingerprints.py
+VARIANTS = {
+    "base": {},
+    "teacher_weights": {"teacher.train": None, "teacher.weights": "{root}/w.pth"},
+    "patch_drop": {"teacher.train.patch_drop_rate": 0.5},
+    "order_seed": {"train.seed": 3, "teacher.train.seed": 5},
+    "resize_torch": {"data.resize": "torch"},
+    "tolerance": {"masking.tolerance": 2},
+    "auto": {"masking.keep": "auto", "masking.budget": {"agreement": 0.9}, "masking.probe_samples": 32},
+    "online": {"online": True},
+    "kd_off": {"train.kd": "off"},
+    "lag1": {"schedule.lag": 1},
+}
+
+
+class Manifest:
+    """Three shards of 256 rows per split, with made-up digests."""
+
+    def shards(self, split):
+        return [SimpleNamespace(samples=256, sha256=f"{split}{i}" * 8) for i in range(3)]
+
+    def shard_paths(self, split):
+        return [f"/data/{split}-{i:06d}.tar" for i in range(3)]
+
+
+class Task:
+    """A planned partition task: only what the precompute inputs read."""
+
+    def __init__(self, teacher, student, keep, i):
+        self.teacher, self.student, self.keep = teacher, student, keep
+        self.fingerprints = {"teacher": "t", "mask": f"m{i}", "view": f"v{i}"}
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    resize = lambda resize, interp: f"resize-digest:{resize}:{interp}"  # noqa: E731
+    for module, name, fn in ((digests, "resize_digest", resize), (contract, "resize_digest", resize),
+                             (digests, "render_digest", lambda spec: "render-digest"),
+                             (fp, "render_digest", lambda spec: "render-digest")):
+        monkeypatch.setattr(module, name, fn)
+    (tmp_path / "w.pth").write_bytes(b"teacher weights")
+    (tmp_path / "c0.pth").write_bytes(b"checkpoint c0")
+    return tmp_path
+
+
+def config(root: Path, changes: dict):
+    changes = {k: v.format(root=root) if isinstance(v, str) else v for k, v in changes.items()}
+    doc = set_fields(copy.deepcopy(stage_doc(root, Path("/data"))), changes)
+    path = root / "stage.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return load_config(path, check_files=False)
+
+
+def models(cfg, short: bool = False) -> tuple[ModelSpec, ModelSpec]:
+    t, s = cfg.teacher, cfg.student
+    return (ModelSpec("t" if short else t.model, {} if short else dict(t.kwargs), "/w/t.pth", "teacher-fp",
+                      render_spec(cfg.data, t)),
+            ModelSpec("s" if short else s.model, {} if short else dict(s.kwargs), "/w/c0.pth", "student-fp",
+                      render_spec(cfg.data, s)))
+
+
+def stage_inputs(cfg, root: Path) -> dict:
+    teacher, student = models(cfg)
+    labels = None
+    if not cfg.online and cfg.train.kd != "off":
+        labels = {("train-000000", e): LabelRef(f"/s/p{e}.parquet", f"sha{e}", None) for e in (0, 1)}
+    tasks = [Task(teacher, student, 8, i) for i in range(2)]
+    probe = plan_probe(cfg, 0, manifest=Manifest(), teacher=teacher, student=student,
+                       keeps=ladder_keeps(cfg.masking.ladder, cfg.num_patches), policies=(cfg.masking.policy,))
+    return {
+        "teacher": fp.teacher_inputs(cfg, Manifest()),
+        "init": fp.init_inputs(cfg),
+        "precompute-0": fp.precompute_inputs(cfg, 0, tasks),
+        "precompute-0-empty": fp.precompute_inputs(cfg, 0, []),
+        "train-0": fp.train_inputs(cfg, Manifest(), 0, root / "c0.pth", labels, teacher),
+        "train-1": fp.train_inputs(cfg, Manifest(), 1, root / "c0.pth", labels, teacher),
+        "probe-0": fp.probe_inputs(probe),
+        "probe-0-fingerprint": probe.fingerprint,
+    }
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_stage_keeps_the_inputs_locks_were_written_with(root, variant):
+    got = json.loads(json.dumps(stage_inputs(config(root, VARIANTS[variant]), root)))
+    assert got == PINNED["stage_inputs"][variant]
+
+
+@pytest.mark.parametrize("variant", ["base", "resize_torch", "tolerance"])
+def test_partitions_and_training_segments_keep_their_fingerprints(root, variant):
+    cfg = config(root, VARIANTS[variant])
+    teacher, student = models(cfg, short=True)
+    t = PartitionTask(shard="train-000000", shard_path="/d/train-000000.tar", shard_sha256="ab" * 32, limit=None,
+                      view_epoch=0, view_spec={}, view_spec_fingerprint="vs", view_seed=0, teacher=teacher,
+                      student=student, policy="student", keep=8, tolerance=cfg.masking.tolerance, spot_check=0,
+                      topk=10, temperatures=(1.0,), num_classes=10, store="/s", device="cpu")
+    parts = {"plain": task_fingerprints(t), "cuda_decode": task_fingerprints(replace(t, decode="cuda")),
+             "tf32": task_fingerprints(replace(t, device="cuda")),
+             "bf16": task_fingerprints(replace(t, device="cuda", precision="bf16"))}
+    seg = segment_fingerprint(init="i", shards=shard_refs(Manifest(), "train"), spec=cfg.views.view_spec(), seed=0,
+                              epochs=range(0, 2), cfg=cfg.train, total_epochs=4, render=student.render,
+                              labels={("train-000000", 0): LabelRef("/s/x/p.parquet", "sha")}, view_pool=None,
+                              online=None)
+    assert {"partition": parts, "segment": seg} == PINNED["store_fingerprints"][variant]
+
+
+def test_unless_default_adds_an_input_only_when_it_is_not_the_default():
+    assert fp.unless_default("resize", "pil", "pil") == {}
+    assert fp.unless_default("resize", "torch", "pil") == {"resize": "torch"}
+    assert fp.without_defaults({"lr": 1, "patch_drop_rate": 0.0}, fp.TEACHER_RECIPE_ADDED) == {"lr": 1}
+    assert fp.without_defaults({"lr": 1, "patch_drop_rate": 0.5}, fp.TEACHER_RECIPE_ADDED) == {
+        "lr": 1, "patch_drop_rate": 0.5}
+    assert fp.order_seed_entry(0, 0) == {} and fp.order_seed_entry(3, 0) == {"order_seed": 3}
