@@ -40,6 +40,7 @@ from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
 from pipeline.models import create_model, model_fingerprint
+from pipeline.placement import place_model
 from pipeline.precompute.feed import (
     EpochPixels,
     decode_shard,
@@ -71,7 +72,7 @@ def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
             raise DataError(f"{spec.weights}: these {spec.name} weights have fingerprint {found[:12]}, but the run "
                             f"planned its labels for {spec.fingerprint[:12]}: the file was replaced after the run "
                             f"read it; run again so every stage sees the new file")
-        return model.eval().to(device)
+        return place_model(model.eval(), device, spec.name)
 
     return get_cached(f"model:{spec.fingerprint}:{device}", factory)
 

@@ -33,6 +33,7 @@ from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
+from pipeline.placement import place_model
 from pipeline.precompute.cluster import check_resources, run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
@@ -478,7 +479,7 @@ class Runner:
 
     def _online_teacher(self, segment: int, teacher: ModelSpec):
         t = self.cfg.teacher
-        model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(self.device)
+        model = place_model(create_model(t.model, t.kwargs, weights=teacher.weights).eval(), self.device, "the teacher")
         policy = self.cfg.masking.policy
         keep = resolve_keep(self.cfg.keep_for_segment(segment), self.cfg.num_patches, policy)
         return OnlineTeacher(model=model, render=render_spec(self.cfg.data, t.info()), policy=policy, keep=keep)

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline._gpu import enable_tf32, local_rank_device
+from pipeline.placement import to_host
 
 
 @dataclass(frozen=True)
@@ -60,4 +61,4 @@ def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[f
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.tolist()
+    return to_host(t)[0].tolist()

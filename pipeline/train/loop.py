@@ -46,6 +46,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
+from pipeline.placement import place_model
 from pipeline.train import dist as tdist
 from pipeline.train.labeled_views import LabeledViews
 from pipeline.train.state import ResumeRecord, ResumeStore
@@ -122,7 +123,7 @@ class _Online:
 
     def __init__(self, online: OnlineTeacher, device: torch.device, autocast) -> None:
         self.cfg, self.autocast = online, autocast
-        self.teacher = online.model.to(device).eval()
+        self.teacher = place_model(online.model, device, "the online teacher").eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         n = self.teacher.patch_embed.num_patches
@@ -312,7 +313,7 @@ def train_segment(
     segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
                                   total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
                                   online=online)
-    student.to(device)
+    place_model(student, device, "the student")
     optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
     store = ResumeStore(run_dir)
     record = store.load(segment)
