@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pipeline.errors import ComputeError
 

@@ -20,6 +20,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.labels.contract import LabelRef
 from pipeline.run.runner import Runner
+from pipeline.train.dist import failing_together
 
 
 def main(job_path: str) -> int:
@@ -31,7 +32,8 @@ def main(job_path: str) -> int:
         runner = Runner(load_config(job["config"]), echo=click.echo, progress=job["progress"], device=job["device"])
         labels = {(shard, ve): LabelRef(path, sha, expect) for shard, ve, path, sha, expect in job["labels"]} or None
         teacher = None if job["teacher"] is None else runner._teacher_spec(*job["teacher"])
-        result = runner.train_here(job["segment"], Path(job["start"]), labels, teacher, Path(job["out"]))
+        with failing_together():  # a failing rank ends the others with its message
+            result = runner.train_here(job["segment"], Path(job["start"]), labels, teacher, Path(job["out"]))
     except PipelineError as e:
         write_atomic(job_file.with_name(f"error-{rank}.json"),
                      json.dumps({"exit_code": e.exit_code, "message": str(e)}).encode())
