@@ -24,6 +24,7 @@ import torch
 from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
 from maskedkd.views import render_digest
 from pipeline._atomic import write_atomic
+from pipeline._gpu import check_overlap
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import LOCK_NAME, Freshness, RunLock, file_record
 from pipeline.config.loader import dump_config
@@ -34,6 +35,7 @@ from pipeline.labels.contract import LabelRef, render_spec, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
 from pipeline.placement import place_model
+from pipeline.precompute.address import resolve_address
 from pipeline.precompute.cluster import check_resources, run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
@@ -514,6 +516,10 @@ class Runner:
             ckpt = self.init_stage()
             ckpts = [ckpt]
             needs_labels = not cfg.online and cfg.train.kd != "off"
+            if needs_labels and len(cfg.schedule.segments()) > 1:
+                check_overlap(cfg.schedule.lag, embedded=resolve_address(self.scheduler, cfg.compute.scheduler) is None,
+                              precompute_gpu=_device(cfg.compute.device) in ("cuda", "gpu"),
+                              train_gpu=str(self.device).startswith("cuda"))
             for i, _ in enumerate(cfg.schedule.segments()):
                 labels = None
                 if needs_labels:

@@ -99,3 +99,21 @@ def test_teacher_trained_with_patch_dropping_is_served_unchanged():
         assert torch.equal(masked_forward(teacher, x, torch.arange(n).expand(2, n)), teacher(x))
         masked = masked_forward(teacher, x, torch.arange(0, n, 2).expand(2, n // 2))
     assert masked.shape == (2, 10) and torch.isfinite(masked).all()
+
+
+def test_the_probe_reads_saliency_under_the_autocast_precompute_uses(monkeypatch):
+    # precompute chooses keep sets under the task's autocast; the probe must measure those masks
+    import maskedkd.fidelity as fidelity
+
+    teacher, student = make_model("vit", seed=0), make_model("deit", seed=1)
+    images, labels, seeds = _views(8)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return keep_indices(*args, **kwargs)
+
+    monkeypatch.setattr(fidelity, "keep_indices", spy)
+    fidelity_curve(teacher, images, labels, [4], "student", seeds=seeds, student=student, student_images=images,
+                   batch_size=8, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert seen == [True]
