@@ -10,7 +10,9 @@ A task covers one shard for every view epoch of its segment (:mod:`pipeline.prec
   one size share them), into pinned memory when the device is CUDA;
 - :meth:`EpochPixels.batch` copies a batch's pixels to the device and finishes them there
   (normalise, erase, mix: :func:`maskedkd.views.finish_views`), bit-identical on CPU to
-  :func:`maskedkd.views.render_batch`.
+  :func:`maskedkd.views.render_batch`. On CUDA a batch is gathered into one of two pinned uint8
+  buffers in turn and copied without waiting, its erase noise likewise
+  (:mod:`pipeline.precompute.erase`): the host prepares batch n+1 while the device runs batch n.
 
 ``compute.decode: cuda`` decodes the JPEGs with ``torchvision.io.decode_jpeg`` on the device
 (nvJPEG) in batches, then renders them with PIL like any other image. nvJPEG's pixels differ from
@@ -42,6 +44,8 @@ from pipeline.data.shards import (
 )
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import RenderSpec
+from pipeline.placement import to_device
+from pipeline.precompute.erase import FillStage, draw_fill
 
 DECODERS = ("pil", "cuda")
 CHUNK_ROWS = 8  # rows per render job: big enough to amortise a job's overhead, small enough to balance threads
@@ -172,10 +176,12 @@ class EpochPixels:
         self.randaugment = any(op >= 0 for v in self.views for op in v.ra_op)
         self.specs = list(dict.fromkeys(pixel_spec(r, self.randaugment) for r in renders))
         n = len(self.views)
-        self.pixels = {}
-        for s in self.specs:
-            buf = torch.empty(n, s.channels, *s.size, dtype=torch.uint8)
-            self.pixels[s] = buf.pin_memory() if pin and n else buf
+        self.pixels = {s: torch.empty(n, s.channels, *s.size, dtype=torch.uint8) for s in self.specs}
+        self.fills: dict[PixelSpec, dict[int, torch.Tensor]] = {s: {} for s in self.specs}  # erase noise by row
+        self.pin = pin
+        self.staging: dict[tuple[PixelSpec, int], torch.Tensor] = {}  # two pinned batch buffers per spec
+        self.fill_stage = FillStage()
+        self.calls = 0
         self.index = {v.key: i for i, v in enumerate(self.views)}
         self.ahead = max(ahead, CHUNK_ROWS)
         self.jobs: list[Future | None] = []  # one per CHUNK_ROWS rows, in order
@@ -185,6 +191,9 @@ class EpochPixels:
         for i in range(start, stop):
             for s in self.specs:
                 render_pixels(self.images[i], self.views[i], s, self.pixels[s][i])
+                fill = draw_fill(self.views[i], s.channels, s.size)
+                if fill is not None:
+                    self.fills[s][i] = fill
 
     def _submit(self, stop: int) -> None:
         n = len(self.views)
@@ -213,13 +222,33 @@ class EpochPixels:
         every = np.concatenate([rows, np.asarray(partners, dtype=np.int64)]) if partners else rows
         if len(every):
             self.wait(int(every.max()) + 1)
-        buf = self.pixels[pixel_spec(r, self.randaugment)]
-        if len(every) and not partners and np.array_equal(every, np.arange(every[0], every[0] + len(every))):
-            pixels = buf[int(every[0]):int(every[0]) + len(every)]  # a slice of pinned memory stays pinned
+        spec = pixel_spec(r, self.randaugment)
+        buf = self.pixels[spec]
+        slot = self.calls % 2
+        self.calls += 1
+        if self.pin and len(every):
+            pixels = self._staged(spec, slot, len(every))
+            torch.index_select(buf, 0, torch.from_numpy(every), out=pixels)
+        elif len(every) and not partners and np.array_equal(every, np.arange(every[0], every[0] + len(every))):
+            pixels = buf[int(every[0]):int(every[0]) + len(every)]
         else:
             pixels = buf.index_select(0, torch.from_numpy(every))
-        pixels = pixels.to(device, non_blocking=True)
-        return finish_views(pixels, [self.views[i] for i in every], mean=r.mean, std=r.std, rows=len(rows))
+        pixels = to_device(pixels, device)
+        fills = self.fill_stage.to_device([self.fills[spec].get(int(i)) for i in every], device, slot)
+        return finish_views(pixels, [self.views[i] for i in every], mean=r.mean, std=r.std, rows=len(rows),
+                            fills=fills)
+
+    def _staged(self, spec: PixelSpec, slot: int, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of pinned batch buffer ``slot`` of ``spec`` (grown when short).
+
+        Two buffers in turn: one is copied to the device while the host fills the other; a buffer
+        is reused two batches later, after the batch loop's sync on the batch between.
+        """
+        buf = self.staging.get((spec, slot))
+        if buf is None or len(buf) < rows:
+            buf = self.staging[(spec, slot)] = torch.empty(rows, spec.channels, *spec.size,
+                                                            dtype=torch.uint8).pin_memory()
+        return buf[:rows]
 
     def close(self) -> None:
         """Cancel renders nobody will ask for (a task that failed half-way)."""

@@ -40,7 +40,7 @@ from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
 from pipeline.models import create_model, model_fingerprint
-from pipeline.placement import place_model
+from pipeline.placement import pin, place_model, sync_debug, to_device, to_host
 from pipeline.precompute.feed import (
     EpochPixels,
     decode_shard,
@@ -96,8 +96,10 @@ class _Timer:
 
 
 def autocast_for(device: str, precision: str):
-    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else a disabled one (the tasks' forwards)."""
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else none (the tasks' forwards; reusable)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()  # also where autocast knows no such device (meta, in tests)
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
 class _Renders:
@@ -135,8 +137,9 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
             images = renders.student(idx)
             forwards += len(idx)
         with torch.inference_mode(), autocast_for(t.device, t.precision):
+            # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
             kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
-                                student=student, images=images)
+                                student=student, images=images, host=lambda s: to_host(s)[0])
         rows = keep[idx]
         np.put_along_axis(rows, kidx.numpy(), True, axis=1)
         keep[idx] = rows
@@ -320,16 +323,7 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
     with timer.phase("teacher"):
         macs_per_row = teacher_macs(teacher, t.keep)
-        fresh, fresh_lse, bad = [], [], []
-        for start in range(0, len(compute), t.batch_size):
-            idx = compute[start:start + t.batch_size]
-            images = renders.teacher(idx)
-            kidx = _kept(keep[idx], t.keep)
-            with torch.inference_mode(), autocast_for(t.device, t.precision):
-                logits = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float()
-                bad.append((~torch.isfinite(logits).all(dim=1)).cpu())
-                fresh.append(from_logits(logits, t.topk).to("cpu"))
-                fresh_lse.append({tau: v.cpu() for tau, v in logsumexp_at(logits, extra_taus).items()})
+        fresh, fresh_lse, bad = _teacher_rows(t, teacher, renders, keep, compute, extra_taus)
         if not fresh:
             empty = torch.empty(0, t.num_classes)
             bad, fresh, fresh_lse = [torch.zeros(0, dtype=torch.bool)], [from_logits(empty, t.topk)], [logsumexp_at(empty, extra_taus)]
@@ -380,6 +374,47 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
         sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
     )
     return result
+
+
+def _teacher_rows(t: PartitionTask, teacher: torch.nn.Module, renders: _Renders, keep: np.ndarray,
+                  compute: np.ndarray, extra_taus: list[float]):
+    """The masked teacher on rows ``compute``: per batch ``(targets, {tau: lse}, non-finite rows)`` on the CPU.
+
+    Software-pipelined so that the host never holds the device back: batch n+1 is rendered,
+    staged and its copy queued while the device runs batch n, and each batch's labels come back
+    in one transfer (:func:`pipeline.placement.to_host`), the loop's only sync.
+    """
+    fresh: list[SoftTarget] = []
+    fresh_lse: list[dict[float, torch.Tensor]] = []
+    bad: list[torch.Tensor] = []
+    pending = None
+
+    def collect(out) -> None:
+        target, lse, nonfinite = out
+        fields = [target.logit] + ([target.idx, target.lse] if target.idx is not None else [])
+        host = to_host(*fields, nonfinite, *lse.values())
+        n = len(fields)
+        logit, idx, lse_k = (host[0], host[1], host[2]) if n == 3 else (host[0], None, None)
+        fresh.append(replace(target, logit=logit, idx=idx, lse=lse_k))
+        bad.append(host[n])
+        fresh_lse.append(dict(zip(lse, host[n + 1:])))
+
+    with sync_debug(t.device):
+        for start in range(0, len(compute), t.batch_size):
+            idx = compute[start:start + t.batch_size]
+            images = renders.teacher(idx)  # host work (render wait, staging, queued copy): overlaps batch n-1
+            kidx = _kept(keep[idx], t.keep)
+            if kidx is not None:
+                kidx = to_device(pin(kidx, t.device), t.device)
+            if pending is not None:
+                collect(pending)
+            with torch.inference_mode(), autocast_for(t.device, t.precision):
+                logits = masked_forward(teacher, images, kidx).float()
+                pending = (from_logits(logits, t.topk), logsumexp_at(logits, extra_taus),
+                           ~torch.isfinite(logits).all(dim=1))
+        if pending is not None:
+            collect(pending)
+    return fresh, fresh_lse, bad
 
 
 def _assemble(compute, fresh: SoftTarget, fresh_lse: dict, reuse, source, cands):

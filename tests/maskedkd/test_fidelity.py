@@ -103,7 +103,7 @@ def test_teacher_trained_with_patch_dropping_is_served_unchanged():
 
 def test_the_probe_reads_saliency_under_the_autocast_precompute_uses(monkeypatch):
     # precompute chooses keep sets under the task's autocast; the probe must measure those masks
-    import maskedkd.fidelity as fidelity
+    from maskedkd import fidelity
 
     teacher, student = make_model("vit", seed=0), make_model("deit", seed=1)
     images, labels, seeds = _views(8)
