@@ -246,13 +246,14 @@ def run_shard(item: dict) -> dict:
     todo = [i for i, r in enumerate(results) if not r["cached"]]
     if todo:
         t = tasks[todo[0]]
-        pool = render_pool(feed_threads(t.feed_workers))
+        pool = render_pool(feed_threads(t.feed_workers), t.device)
         try:
             t0 = time.perf_counter()
             report: list = []
+            stats: dict = {}
             # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
             samples = decode_shard(t.shard_path, pool=pool, decode=t.decode, device=t.device, report=report,
-                                   num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit)
+                                   num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit, stats=stats)
             samples = with_pixel_arrays(samples, _renders_of(t), pool)
             skipped = [{"key": r[0], "reason": r[1]} for r in report][:100]
             read_s = time.perf_counter() - t0
@@ -260,6 +261,8 @@ def run_shard(item: dict) -> dict:
                 timer = _Timer()
                 timer.seconds["read"] = read_s if i == todo[0] else 0.0  # the shard is read once, for all
                 results[i].update(skipped=skipped)
+                if t.decode == "cuda" and i == todo[0]:  # the shard is decoded once, for all
+                    results[i]["decode_fallbacks"] = int(stats.get("decode_fallbacks", 0))
                 results[i] = _compute(tasks[i], samples, results[i], pool, timer)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
