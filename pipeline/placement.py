@@ -28,7 +28,8 @@ from pipeline.errors import ComputeError
 
 SYNC_DEBUG_ENV = "MKD_SYNC_DEBUG"
 
-__all__ = ["SYNC_DEBUG_ENV", "allowed_sync", "check_placed", "pin", "place_model", "sync_debug", "to_device", "to_host", "use_device"]
+__all__ = ["SYNC_DEBUG_ENV", "allowed_sync", "check_placed", "pin", "place_model", "sync_debug", "sync_debug_mode",
+           "to_device", "to_host", "use_device"]
 
 
 def place_model(model: nn.Module, device: str | torch.device, what: str = "model") -> nn.Module:
@@ -128,16 +129,23 @@ def sync_debug(device: str | torch.device, mode: str | None = None) -> Iterator[
     ``mode``: ``warn``, ``error`` or ``default`` (off); default ``$MKD_SYNC_DEBUG``, off when unset.
     For batch loops that mean to sync only in :func:`to_host` (exempt, see :func:`allowed_sync`).
     """
-    mode = mode or os.environ.get(SYNC_DEBUG_ENV) or "default"
-    if torch.device(device).type != "cuda" or mode == "default":
+    before = torch.cuda.get_sync_debug_mode() if torch.device(device).type == "cuda" else None
+    if not sync_debug_mode(device, mode):
         yield
         return
-    before = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
     try:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(before)
+
+
+def sync_debug_mode(device: str | torch.device, mode: str | None = None) -> bool:
+    """:func:`sync_debug` from here on, for a process that runs one loop (the trainer); whether it is on."""
+    mode = mode or os.environ.get(SYNC_DEBUG_ENV) or "default"
+    if torch.device(device).type != "cuda" or mode == "default":
+        return False
+    torch.cuda.set_sync_debug_mode(mode)
+    return True
 
 
 @contextlib.contextmanager

@@ -130,19 +130,20 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
     student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
-    for start in range(0, n, t.batch_size):
-        idx = np.arange(start, min(n, start + t.batch_size))
-        images = None
-        if student is not None:
-            images = renders.student(idx)
-            forwards += len(idx)
-        with torch.inference_mode(), autocast_for(t.device, t.precision):
-            # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
-            kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
-                                student=student, images=images, host=lambda s: to_host(s)[0])
-        rows = keep[idx]
-        np.put_along_axis(rows, kidx.numpy(), True, axis=1)
-        keep[idx] = rows
+    with sync_debug(t.device):
+        for start in range(0, n, t.batch_size):
+            idx = np.arange(start, min(n, start + t.batch_size))
+            images = None
+            if student is not None:
+                images = renders.student(idx)
+                forwards += len(idx)
+            with torch.inference_mode(), autocast_for(t.device, t.precision):
+                # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
+                kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
+                                    student=student, images=images, host=lambda s: to_host(s)[0])
+            rows = keep[idx]
+            np.put_along_axis(rows, kidx.numpy(), True, axis=1)
+            keep[idx] = rows
     return keep, forwards
 
 

@@ -46,7 +46,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
-from pipeline.placement import place_model
+from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
 from pipeline.train.labeled_views import LabeledViews
 from pipeline.train.state import ResumeRecord, ResumeStore
@@ -145,7 +145,8 @@ class _Online:
         was = student.training
         student.eval()
         try:
-            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images)
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images,
+                                host=lambda s: to_host(s)[0])  # the step's one transfer
         finally:
             student.train(was)
 
@@ -153,8 +154,10 @@ class _Online:
     def __call__(self, student: nn.Module, batch: Batch, images: torch.Tensor) -> torch.Tensor:
         keep_idx = self.keep_idx(student, batch, images)
         timgs = batch.teacher_images.to(self.device, non_blocking=True)
+        if keep_idx is not None:
+            keep_idx = to_device(pin(keep_idx, self.device), self.device)
         with self.autocast():
-            return masked_forward(self.teacher, timgs, None if keep_idx is None else keep_idx.to(self.device)).float()
+            return masked_forward(self.teacher, timgs, keep_idx).float()
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
@@ -193,12 +196,12 @@ class _Tally:
 
     def read(self) -> list[float]:
         """``[loss_sum, correct, samples]`` on the host (a sync)."""
-        return self.sums.tolist()
+        return to_host(self.sums)[0].tolist()
 
     def first_bad(self) -> tuple[int, float] | None:
         """The first update (global step) whose loss was not finite and that loss, or None (a sync)."""
-        bad = int(self.bad)
-        return None if bad < 0 else (bad, float(self.bad_loss))
+        bad, bad_loss = to_host(self.bad, self.bad_loss)
+        return None if int(bad) < 0 else (int(bad), float(bad_loss))
 
 
 def _unwrapped(batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -314,6 +317,7 @@ def train_segment(
                                   total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
                                   online=online)
     place_model(student, device, "the student")
+    sync_debug_mode(device)  # MKD_SYNC_DEBUG: the step loop's syncs warn (its reads of the tally are exempt)
     optimizer, scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
     store = ResumeStore(run_dir)
     record = store.load(segment)
