@@ -130,17 +130,27 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
     student = load_model(t.student, t.device) if needs_saliency(t.policy) else None
+    batches = [np.arange(start, min(n, start + t.batch_size)) for start in range(0, n, t.batch_size)]
+    staged: dict[int, torch.Tensor] = {}  # the next batch's images, staged while the device runs this one
+
+    def host(scores: torch.Tensor, b: int) -> torch.Tensor:
+        # called with the saliency pass queued on the device and before its one transfer: the host
+        # prepares batch b+1 (render wait, pinned gather, queued copy) meanwhile
+        if b + 1 < len(batches):
+            with torch.inference_mode(False):  # its buffers outlive this batch's inference mode
+                staged[b + 1] = renders.student(batches[b + 1])
+        return to_host(scores)[0]
+
     with sync_debug(t.device):
-        for start in range(0, n, t.batch_size):
-            idx = np.arange(start, min(n, start + t.batch_size))
+        for b, idx in enumerate(batches):
             images = None
             if student is not None:
-                images = renders.student(idx)
+                images = staged.pop(b) if b in staged else renders.student(idx)
                 forwards += len(idx)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
                 # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
                 kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
-                                    student=student, images=images, host=lambda s: to_host(s)[0])
+                                    student=student, images=images, host=lambda s, b=b: host(s, b))
             rows = keep[idx]
             np.put_along_axis(rows, kidx.numpy(), True, axis=1)
             keep[idx] = rows
