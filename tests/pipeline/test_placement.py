@@ -55,3 +55,30 @@ def test_sync_debug_is_off_on_the_cpu(monkeypatch):
     monkeypatch.setenv(placement.SYNC_DEBUG_ENV, "error")
     with placement.sync_debug("cpu"):
         assert float(torch.ones(1).sum()) == 1.0
+
+
+def test_sync_debug_turns_cudas_sync_debug_mode_on_from_the_environment_and_back(monkeypatch):
+    modes = [0]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with placement.sync_debug("cuda:0"):
+        assert modes == [0]  # unset: off
+    monkeypatch.setenv(placement.SYNC_DEBUG_ENV, "warn")
+    with placement.sync_debug("cuda:0"):
+        assert modes[-1] == "warn"
+    assert modes[-1] == 0
+
+
+def test_a_task_thread_makes_its_workers_gpu_current(monkeypatch):
+    # CUDA's current device is per thread: the setup plugin's set_device does not reach task threads
+    import threading
+
+    from pipeline.precompute import worker
+
+    pinned = []
+    monkeypatch.setitem(worker._state, "device", "cuda:1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pinned.append((threading.current_thread().name, d)))
+    t = threading.Thread(target=worker.worker_device, name="task-thread")
+    t.start()
+    t.join()
+    assert pinned == [("task-thread", torch.device("cuda", 1))]
