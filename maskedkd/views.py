@@ -697,7 +697,8 @@ def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[
     device = pixels.device
     base = pixels.float()
     # two separate IEEE ops (no fused multiply-add), so every machine gives the same bytes
-    base.mul_(norm.scale.to(device)).add_(norm.offset.to(device))
+    # non_blocking: a blocking host-to-device copy would drain the device's queue first (CPU: no copy)
+    base.mul_(norm.scale.to(device, non_blocking=True)).add_(norm.offset.to(device, non_blocking=True))
     h, w = base.shape[-2:]
     for i, view in enumerate(views):
         fill = erase_fill(view, base.shape[1], (h, w)) if fills is None else fills.get(i)

@@ -59,11 +59,17 @@ def _same(have: torch.device, want: torch.device) -> bool:
 
 
 def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """``tensor`` on ``device``; without waiting for the copy where that is safe (pinned host memory)."""
+    """``tensor`` on ``device``, the host not waiting for the device.
+
+    From the CPU the copy is always ``non_blocking``: torch's blocking host-to-device copy ends
+    with a stream sync (the device's queued work drained first). From pinned memory the copy
+    overlaps the host; from pageable memory CUDA stages it before the call returns, so the
+    source may be reused at once either way.
+    """
     device = torch.device(device)
     if tensor.device == device:
         return tensor
-    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu")
 
 
 def pin(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:

@@ -189,7 +189,8 @@ class _Tally:
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
         loss = loss.double()
-        self.sums += torch.stack([loss * n, correct.double(), loss.new_tensor(float(n))])
+        # full_like fills on the device (new_tensor would be a blocking copy up, a sync per step)
+        self.sums += torch.stack([loss * n, correct.double(), torch.full_like(loss, float(n))])
         first = (self.bad < 0) & ~torch.isfinite(loss)
         self.bad = torch.where(first, torch.full_like(self.bad, step), self.bad)
         self.bad_loss = torch.where(first, loss, self.bad_loss)
