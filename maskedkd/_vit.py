@@ -63,6 +63,15 @@ def embed_tokens(vit: VisionTransformer, images):
     return vit._pos_embed(vit.patch_embed(images))
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; False where autocast knows no such device
+    (``meta``, which tests use as a second device)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def fp32_region(x: torch.Tensor) -> tuple[contextlib.AbstractContextManager, torch.Tensor]:
     """``(context, x)`` for a step that must run in float32 even under autocast.
 
@@ -71,6 +80,6 @@ def fp32_region(x: torch.Tensor) -> tuple[contextlib.AbstractContextManager, tor
     float32 run without autocast executes exactly the same operations as before (bit for bit).
     """
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return contextlib.nullcontext(), x
     return torch.autocast(device_type=device_type, enabled=False), x.float()

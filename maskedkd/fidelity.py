@@ -120,7 +120,7 @@ def fidelity_curve(
         student, student_images: the student and its own rendering of the views, for policies
             that read saliency.
         batch_size: views per forward.
-        autocast: a reusable context manager entered around each teacher forward (e.g.
+        autocast: a reusable context manager entered around each saliency pass and teacher forward (e.g.
             ``torch.autocast('cuda', torch.bfloat16)``); logits are compared in float32.
 
     Returns:
@@ -155,9 +155,9 @@ def fidelity_curve(
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             s_img = None if student_images is None else student_images[lo:hi].to(device)
-            kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img)
-            assert kidx is not None  # keep < N here: resolve_keep made N None
-            with ctx:
+            with ctx:  # saliency under the same autocast as the teacher, as precompute computes it
+                kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img)
+                assert kidx is not None  # keep < N here: resolve_keep made N None
                 logits = masked_forward(teacher, teacher_images[lo:hi].to(device), kidx.to(device)).float().cpu()
             pred[lo:hi] = logits.argmax(1)
             p = log_p[lo:hi]

@@ -6,7 +6,7 @@ and policy give the same patches on either side.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,7 +67,8 @@ def select_keep(
     return idx.sort(dim=1).values
 
 
-def saliency_on_grid(student: nn.Module, images: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+def saliency_on_grid(student: nn.Module, images: torch.Tensor, grid: Sequence[int],
+                     host: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The student's saliency (:func:`maskedkd.cls_attention`) on the teacher's patch grid.
 
     A student with another patch grid is resampled onto the teacher's (bilinear between patch
@@ -78,11 +79,13 @@ def saliency_on_grid(student: nn.Module, images: torch.Tensor, grid: Sequence[in
         student: a timm ViT (see :func:`maskedkd.masked_forward`), normally in eval mode.
         images: Tensor[B, C, H, W] at the student's input size.
         grid: the teacher's patch grid ``(rows, cols)``.
+        host: how the scores come to the CPU (default ``Tensor.cpu``; the caller's one transfer per batch).
 
     Returns:
         float32 Tensor[B, rows * cols] on the CPU.
     """
-    scores = cls_attention(student, images).float().cpu()
+    scores = cls_attention(student, images).float()
+    scores = scores.cpu() if host is None else host(scores)
     src = tuple(unwrap(student).patch_embed.grid_size)
     dst = tuple(int(g) for g in grid)
     if src == dst:
@@ -99,6 +102,7 @@ def keep_indices(
     seeds: Sequence[int],
     student: nn.Module | None = None,
     images: torch.Tensor | None = None,
+    host: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """The keep sets of a batch of views over the teacher's patch grid: the one path to them.
 
@@ -110,6 +114,7 @@ def keep_indices(
             ``torch.Generator().manual_seed(seeds[i])``, so a row's draw depends on its view only.
         student: the student whose saliency ``student``-like policies read (ignored otherwise).
         images: the views rendered at the student's input size (with ``student``).
+        host: how the saliency comes to the CPU (:func:`saliency_on_grid`).
 
     Returns:
         LongTensor[B, keep] on the CPU, ascending per row, or ``None`` when all patches are kept.
@@ -121,7 +126,7 @@ def keep_indices(
     if needs_saliency(policy):
         if student is None or images is None:
             raise ValueError(f"masking policy {policy!r} reads the student's saliency: give student and images")
-        scores, gens = saliency_on_grid(student, images, grid), None
+        scores, gens = saliency_on_grid(student, images, grid, host), None
     else:
         # only the shape is read; seeded per sample and view, so a row's draw does not depend on its batch
         scores = torch.zeros(len(seeds), n)

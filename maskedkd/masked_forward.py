@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from maskedkd._vit import check_maskable, embed_tokens, fp32_region
+from maskedkd._vit import autocast_enabled, check_maskable, embed_tokens, fp32_region
 
 __all__ = ["masked_forward"]
 
@@ -36,7 +36,7 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
         Tensor[B, num_classes].
     """
     vit = check_maskable(teacher)
-    if keep_idx is None and not torch.is_autocast_enabled(images.device.type):
+    if keep_idx is None and not autocast_enabled(images.device.type):
         return teacher(images)
     x = embed_tokens(vit, images)
     if keep_idx is not None:
@@ -44,8 +44,8 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
         b, t, d = x.shape
         if keep_idx.dim() != 2 or keep_idx.shape[0] != b:
             raise ValueError(f"keep_idx must be [B={b}, K], got shape {tuple(keep_idx.shape)}")
-        if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= t - p):
-            raise ValueError(f"keep_idx out of range for {t - p} patches")
+        if keep_idx.numel():
+            _check_range(keep_idx, t - p)
         patches = x[:, p:].gather(1, keep_idx.to(x.device).long().unsqueeze(-1).expand(-1, -1, d))
         x = torch.cat([x[:, :p], patches], dim=1)
     x = vit.norm_pre(vit.patch_drop(x))
@@ -53,3 +53,13 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
     fp32, x = fp32_region(x)  # under autocast: the final norm and the head in float32
     with fp32:
         return vit.forward_head(vit.norm(x))
+
+
+def _check_range(keep_idx: torch.Tensor, n: int) -> None:
+    """Refuse indices outside ``0..n-1``: at once on the CPU; on a device without waiting for it
+    (a device-side assert: reading the bounds back would stall the host on every batch)."""
+    if keep_idx.device.type == "cpu":
+        if int(keep_idx.min()) < 0 or int(keep_idx.max()) >= n:
+            raise ValueError(f"keep_idx out of range for {n} patches")
+        return
+    torch._assert_async((keep_idx.min() >= 0) & (keep_idx.max() < n), f"keep_idx out of range for {n} patches")

@@ -150,8 +150,19 @@ def render_pixels(image: Image.Image | np.ndarray, view: View, spec: PixelSpec, 
     _render_pixels(image, view, spec.size, spec.mode, spec.fill, spec.interpolation, spec.resize, out)
 
 
+def view_erase_fill(view: View, channels: int, hw: tuple[int, int]) -> torch.Tensor | None:
+    """What random erasing writes into ``view``'s box at output size ``hw``: float32 [C, h, w] drawn
+    on the CPU from the view's seed (None: nothing erased). :func:`finish_views` writes it."""
+    if view.erase == NO_BOX:
+        return None
+    ex0, ey0, ex1, ey1 = pixel_box(view.erase, *hw)
+    if ex1 <= ex0 or ey1 <= ey0:
+        return None
+    return erase_fill(view.erase_fill, view.seed, (channels, ey1 - ey0, ex1 - ex0))
+
+
 def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[float], std: Sequence[float],
-                 rows: int | None = None) -> torch.Tensor:
+                 rows: int | None = None, fills: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Normalise, erase and mix uint8 renders into what :func:`render_batch` returns, on ``pixels``' device.
 
     Args:
@@ -159,6 +170,8 @@ def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[
         views: the R views; the first ``rows`` are the batch, the rest may be mixing partners.
         rows: how many leading views to return (default all); each mixes with its partner,
             which must be among ``views``.
+        fills: :func:`view_erase_fill` of each erased view by position, drawn ahead (e.g. already on
+            the device); default: drawn here.
 
     Returns:
         float32 [rows, C, H, W]: bit-identical on CPU to :func:`render_batch` of the same views
@@ -168,13 +181,14 @@ def finish_views(pixels: torch.Tensor, views: Sequence[View], *, mean: Sequence[
     device = pixels.device
     base = pixels.float()
     # two separate IEEE ops (no fused multiply-add), so every machine gives the same bytes
-    base.mul_(norm.scale.to(device)).add_(norm.offset.to(device))
+    # non_blocking: a blocking host-to-device copy would drain the device's queue first (CPU: no copy)
+    base.mul_(norm.scale.to(device, non_blocking=True)).add_(norm.offset.to(device, non_blocking=True))
     h, w = base.shape[-2:]
     for i, view in enumerate(views):
-        if view.erase != NO_BOX:
+        fill = view_erase_fill(view, base.shape[1], (h, w)) if fills is None else fills.get(i)
+        if fill is not None:
             ex0, ey0, ex1, ey1 = pixel_box(view.erase, h, w)
-            if ex1 > ex0 and ey1 > ey0:
-                base[i, :, ey0:ey1, ex0:ex1] = erase_fill(view.erase_fill, view.seed, (base.shape[1], ey1 - ey0, ex1 - ex0)).to(device)
+            base[i, :, ey0:ey1, ex0:ex1] = fill.to(device)
     n = len(views) if rows is None else rows
     if not any(v.partner for v in views[:n]):
         return base if n == len(views) else base[:n]

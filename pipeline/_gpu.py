@@ -129,6 +129,24 @@ def resolve_precision(setting: str, device: str) -> str:
     return default_precision(resolve_device(device))
 
 
+def check_overlap(lag: int, *, embedded: bool, precompute_gpu: bool, train_gpu: bool) -> None:
+    """Refuse a run whose precompute would share this machine's GPUs with the trainer.
+
+    ``schedule.lag: 1`` computes segment i+1's labels while segment i trains. An embedded Dask
+    cluster's GPU workers take the visible GPUs from the first, and so do the trainer's ranks:
+    teacher and student would run on the same devices at once (memory, and every number measured
+    there, shared).
+
+    Raises:
+        ConfigError: lag >= 1, an embedded cluster and both sides on CUDA.
+    """
+    if lag >= 1 and embedded and precompute_gpu and train_gpu:
+        raise ConfigError(f"schedule.lag: {lag} precomputes the next segment while this one trains, but the embedded "
+                          f"Dask cluster's GPU workers and the trainer's ranks would share the same GPUs{visible_note()}: "
+                          "use schedule.lag: 0, or a scheduler (compute.scheduler / --scheduler) whose GPU workers "
+                          f"have GPUs of their own (their own {ENV})")
+
+
 def placement_problems(reports: Mapping[str, Mapping[str, Any]], device: str,
                        resources: Mapping[str, float] | None) -> tuple[list[str], list[str]]:
     """What is wrong with where the workers run their tasks: ``(config problems, compute problems)``.

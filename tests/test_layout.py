@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "pipeline._cli_options": 6,  # click options shared by the CLI modules
     "pipeline.devices": 1,  # compute.device: auto resolved (the only place)
     "pipeline.errors": 1,
+    "pipeline.placement": 1,  # where models and tensors go (the one set of functions)
     "pipeline.models": 1,
     "pipeline.config": 2,
     "pipeline.data": 2,

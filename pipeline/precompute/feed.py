@@ -10,16 +10,22 @@ A task covers one shard for every view epoch of its segment (:mod:`pipeline.prec
   one size share them), into pinned memory when the device is CUDA;
 - :meth:`EpochPixels.batch` copies a batch's pixels to the device and finishes them there
   (normalise, erase, mix: :func:`maskedkd.rendering.finish_views`), bit-identical on CPU to
-  :func:`maskedkd.rendering.render_batch`.
+  :func:`maskedkd.rendering.render_batch`. On CUDA a batch is gathered into one of two pinned uint8
+  buffers in turn and copied without waiting, its erase noise likewise
+  (:mod:`pipeline.precompute.erase`): the host prepares batch n+1 while the device runs batch n.
 
 ``compute.decode: cuda`` decodes the JPEGs with ``torchvision.io.decode_jpeg`` on the device
-(nvJPEG) in batches, then renders them with PIL like any other image. nvJPEG's pixels differ from
-libjpeg's, so it enters the view fingerprint (:func:`pipeline.precompute.spec.task_fingerprints`).
-It is refused where CUDA is absent and has not been run on a GPU in this project's tests.
+(nvJPEG) in batches, copies each decoded batch back in one copy, then renders them with PIL like
+any other image. nvJPEG's pixels differ from libjpeg's, so it enters the view fingerprint
+(:func:`pipeline.precompute.spec.task_fingerprints`). What nvJPEG cannot decode (CMYK JPEGs, PNG
+bytes named ``.JPEG``, a JPEG it refuses) is decoded by PIL instead, counted in the task's
+``decode_fallbacks``; no row is dropped that PIL can read. It is refused where CUDA is absent; the
+fallback is tested on the CPU with a stand-in decoder, nvJPEG itself only on a GPU.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -44,6 +50,8 @@ from pipeline.data.shards import (
 )
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import RenderSpec
+from pipeline.placement import to_device, to_host, use_device
+from pipeline.precompute.erase import FillStage, draw_fill
 
 DECODERS = ("pil", "cuda")
 CHUNK_ROWS = 8  # rows per render job: big enough to amortise a job's overhead, small enough to balance threads
@@ -60,8 +68,11 @@ def feed_threads(requested: int | None) -> int:
 
 def decode_shard(path: str, *, pool: Executor | None, decode: str = "pil", device: str = "cpu",
                  report: list | None = None, num_classes: int | None = None, sha256: str | None = None,
-                 limit: int | None = None) -> list[Sample]:
+                 limit: int | None = None, stats: dict | None = None) -> list[Sample]:
     """Every usable sample of the shard, decoded (``read_shard`` with decodes on ``pool``).
+
+    ``stats``: with ``decode="cuda"``, ``stats["decode_fallbacks"]`` counts the JPEGs nvJPEG could
+    not decode and PIL did (:func:`decode_raws`).
 
     Raises:
         ConfigError: ``decode="cuda"`` without a CUDA device.
@@ -74,21 +85,24 @@ def decode_shard(path: str, *, pool: Executor | None, decode: str = "pil", devic
     if not device.startswith("cuda") or not torch.cuda.is_available():
         raise ConfigError(f"compute.decode: cuda decodes JPEGs with nvJPEG on the task's GPU, but this task runs on "
                           f"{device!r} (CUDA available: {torch.cuda.is_available()}); use compute.decode: pil")
-    return _decode_cuda(path, device=device, report=report, num_classes=num_classes, sha256=sha256, limit=limit)
+    return _decode_cuda(path, device=device, report=report, num_classes=num_classes, sha256=sha256, limit=limit,
+                        stats=stats)
 
 
 def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: int | None, sha256: str | None,
-                 limit: int | None, batch: int = 64) -> list[Sample]:
-    """JPEGs decoded by nvJPEG in batches (others by PIL); a batch that fails is retried image by image,
-    so a corrupt image is skipped and reported as the PIL reader reports it. Not run without a GPU."""
+                 limit: int | None, stats: dict | None = None, batch: int = 64) -> list[Sample]:
+    """The shard's images decoded by nvJPEG in batches, those it cannot decode by PIL (:func:`decode_raws`)."""
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    def nvjpeg(datas: list[torch.Tensor]) -> list[torch.Tensor]:
+        return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
 
     raws: list[RawSample] = []
     for r in read_shard_raw(path, report=report, num_classes=num_classes, sha256=sha256):
         if limit is not None and len(raws) >= limit:
-            # hashing the rest; nothing past the limit is decoded or reported (an image whose
-            # header reads but whose pixels fail nvJPEG and PIL then leaves the task short of
-            # `limit` rows, where the PIL reader would take the next sample: rare, not run here)
+            # hashing the rest; nothing past the limit is decoded or reported (an image that neither
+            # nvJPEG nor PIL decodes then leaves the task short of `limit` rows, where the PIL
+            # reader would take the next sample: rare)
             continue
         try:
             check_image(r.image_bytes, max_pixels=MAX_IMAGE_PIXELS)  # the bomb guard nvJPEG lacks
@@ -98,38 +112,61 @@ def _decode_cuda(path: str, *, device: str, report: list | None, num_classes: in
             continue
         raws.append(r)
     out: list[Sample] = []
-
-    def one(raw) -> Image.Image:
-        if raw.image_ext not in ("jpg", "jpeg"):
-            return decode_image(raw.image_bytes)
-        data = torch.frombuffer(bytearray(raw.image_bytes), dtype=torch.uint8)
-        return _to_pil(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-
     for start in range(0, len(raws), batch):
-        chunk = raws[start:start + batch]
+        out.extend(decode_raws(raws[start:start + batch], nvjpeg, report=report, stats=stats))
+    return out[:limit] if limit is not None else out
+
+
+def nvjpeg_can_decode(data: bytes) -> bool:
+    """Whether nvJPEG should get these bytes: a baseline-colour JPEG (RGB or greyscale) by its header.
+
+    CMYK/YCCK JPEGs (nvJPEG refuses or mis-colours them) and other formats under a ``.JPEG``
+    name (ImageNet has PNG bytes named so) go to PIL instead.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format == "JPEG" and img.mode in ("RGB", "L")
+    except Exception:  # noqa: BLE001 - unreadable header: PIL decides (and reports) it
+        return False
+
+
+def decode_raws(raws: Sequence, nvjpeg, *, report: list | None = None, stats: dict | None = None) -> list[Sample]:
+    """``raws`` decoded, in order: by ``nvjpeg`` (a batch of uint8 byte tensors -> CHW uint8 device
+    tensors) where :func:`nvjpeg_can_decode` says so, else, or when nvJPEG fails on the image, by PIL.
+
+    Never drops a row that PIL can decode: each PIL fallback counts in ``stats["decode_fallbacks"]``.
+    An image neither decodes is skipped and reported as the PIL reader reports it. The decoded
+    batch comes back to the host in one copy (:func:`pipeline.placement.to_host`).
+    """
+    gpu = [i for i, r in enumerate(raws) if r.image_ext in ("jpg", "jpeg") and nvjpeg_can_decode(r.image_bytes)]
+    decoded: dict[int, torch.Tensor] = {}
+    data = [torch.frombuffer(bytearray(raws[i].image_bytes), dtype=torch.uint8) for i in gpu]
+    try:
+        decoded = dict(zip(gpu, to_host(*nvjpeg(data)))) if gpu else {}
+    except Exception:  # noqa: BLE001 - the batch failed: find the image(s) nvJPEG refuses one by one
+        for i, d in zip(gpu, data):
+            try:
+                decoded[i] = to_host(*nvjpeg([d]))[0]
+            except Exception:  # noqa: BLE001, S112 - nvJPEG raises RuntimeError on data it cannot decode: PIL below
+                continue
+    out: list[Sample] = []
+    for i, r in enumerate(raws):
+        if i in decoded:
+            out.append(Sample(r.key, _to_pil(decoded[i]), r.label))
+            continue
         try:
-            jpeg = [r for r in chunk if r.image_ext in ("jpg", "jpeg")]
-            decoded = decode_jpeg([torch.frombuffer(bytearray(r.image_bytes), dtype=torch.uint8) for r in jpeg],
-                                  mode=ImageReadMode.RGB, device=device)
-            by_key = {r.key: _to_pil(d) for r, d in zip(jpeg, decoded)}
-            images: list[Image.Image | None] = [by_key.get(r.key) or decode_image(r.image_bytes) for r in chunk]
-        except Exception:  # noqa: BLE001 - find the bad image(s) one by one
-            images = []
-            for r in chunk:
-                try:
-                    images.append(one(r))
-                except Exception as e:  # noqa: BLE001 - nvJPEG raises RuntimeError on corrupt data
-                    images.append(None)
-                    if report is not None:
-                        report.append(Skipped(r.key, f"{r.image_ext}: cannot decode image: {type(e).__name__}: {e}"))
-        for r, image in zip(chunk, images):
-            if image is not None and (limit is None or len(out) < limit):
-                out.append(Sample(r.key, image, r.label))
+            out.append(Sample(r.key, decode_image(r.image_bytes), r.label))
+        except Exception as e:  # noqa: BLE001 - a corrupt image: skipped, as the PIL reader skips it
+            if report is not None:
+                report.append(Skipped(r.key, f"{r.image_ext}: cannot decode image: {type(e).__name__}: {e}"))
+            continue
+        if r.image_ext in ("jpg", "jpeg") and stats is not None:
+            stats["decode_fallbacks"] = stats.get("decode_fallbacks", 0) + 1
     return out
 
 
 def _to_pil(chw: torch.Tensor) -> Image.Image:
-    return Image.fromarray(chw.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
+    return Image.fromarray(chw.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
 def with_pixel_arrays(samples: list[Sample], renders: Sequence[RenderSpec], pool: Executor | None) -> list[Sample]:
@@ -174,10 +211,12 @@ class EpochPixels:
         self.randaugment = any(op >= 0 for v in self.views for op in v.ra_op)
         self.specs = list(dict.fromkeys(pixel_spec(r, self.randaugment) for r in renders))
         n = len(self.views)
-        self.pixels = {}
-        for s in self.specs:
-            buf = torch.empty(n, s.channels, *s.size, dtype=torch.uint8)
-            self.pixels[s] = buf.pin_memory() if pin and n else buf
+        self.pixels = {s: torch.empty(n, s.channels, *s.size, dtype=torch.uint8) for s in self.specs}
+        self.fills: dict[PixelSpec, dict[int, torch.Tensor]] = {s: {} for s in self.specs}  # erase noise by row
+        self.pin = pin
+        self.staging: dict[tuple[PixelSpec, int], torch.Tensor] = {}  # two pinned batch buffers per spec
+        self.fill_stage = FillStage()
+        self.calls = 0
         self.index = {v.key: i for i, v in enumerate(self.views)}
         self.ahead = max(ahead, CHUNK_ROWS)
         self.jobs: list[Future | None] = []  # one per CHUNK_ROWS rows, in order
@@ -187,6 +226,9 @@ class EpochPixels:
         for i in range(start, stop):
             for s in self.specs:
                 render_pixels(self.images[i], self.views[i], s, self.pixels[s][i])
+                fill = draw_fill(self.views[i], s.channels, s.size)
+                if fill is not None:
+                    self.fills[s][i] = fill
 
     def _submit(self, stop: int) -> None:
         n = len(self.views)
@@ -215,13 +257,33 @@ class EpochPixels:
         every = np.concatenate([rows, np.asarray(partners, dtype=np.int64)]) if partners else rows
         if len(every):
             self.wait(int(every.max()) + 1)
-        buf = self.pixels[pixel_spec(r, self.randaugment)]
-        if len(every) and not partners and np.array_equal(every, np.arange(every[0], every[0] + len(every))):
-            pixels = buf[int(every[0]):int(every[0]) + len(every)]  # a slice of pinned memory stays pinned
+        spec = pixel_spec(r, self.randaugment)
+        buf = self.pixels[spec]
+        slot = self.calls % 2
+        self.calls += 1
+        if self.pin and len(every):
+            pixels = self._staged(spec, slot, len(every))
+            torch.index_select(buf, 0, torch.from_numpy(every), out=pixels)
+        elif len(every) and not partners and np.array_equal(every, np.arange(every[0], every[0] + len(every))):
+            pixels = buf[int(every[0]):int(every[0]) + len(every)]
         else:
             pixels = buf.index_select(0, torch.from_numpy(every))
-        pixels = pixels.to(device, non_blocking=True)
-        return finish_views(pixels, [self.views[i] for i in every], mean=r.mean, std=r.std, rows=len(rows))
+        pixels = to_device(pixels, device)
+        fills = self.fill_stage.to_device([self.fills[spec].get(int(i)) for i in every], device, slot)
+        return finish_views(pixels, [self.views[i] for i in every], mean=r.mean, std=r.std, rows=len(rows),
+                            fills=fills)
+
+    def _staged(self, spec: PixelSpec, slot: int, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of pinned batch buffer ``slot`` of ``spec`` (grown when short).
+
+        Two buffers in turn: one is copied to the device while the host fills the other; a buffer
+        is reused two batches later, after the batch loop's sync on the batch between.
+        """
+        buf = self.staging.get((spec, slot))
+        if buf is None or len(buf) < rows:
+            buf = self.staging[(spec, slot)] = torch.empty(rows, spec.channels, *spec.size,
+                                                            dtype=torch.uint8).pin_memory()
+        return buf[:rows]
 
     def close(self) -> None:
         """Cancel renders nobody will ask for (a task that failed half-way)."""
@@ -230,9 +292,12 @@ class EpochPixels:
                 job.cancel()
 
 
-def render_pool(threads: int) -> Executor:
-    """The task's pool of decode and render threads (they work while its own thread drives the device)."""
-    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mkd-feed")
+def render_pool(threads: int, device: str = "cpu") -> Executor:
+    """The task's pool of decode and render threads (they work while its own thread drives the device);
+    each makes ``device`` its current CUDA device first (:func:`pipeline.placement.use_device`)."""
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mkd-feed",
+                              initializer=use_device, initargs=(device,))
 
 
-__all__ = ["DECODERS", "EpochPixels", "decode_shard", "feed_threads", "pixel_spec", "render_pool", "with_pixel_arrays"]
+__all__ = ["DECODERS", "EpochPixels", "decode_raws", "decode_shard", "feed_threads", "nvjpeg_can_decode", "pixel_spec",
+           "render_pool", "with_pixel_arrays"]

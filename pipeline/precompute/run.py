@@ -99,6 +99,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
             seconds[k] = seconds.get(k, 0.0) + v
     out["task_seconds"] = seconds
     out["skipped_samples"] = [s for r in results for s in r.get("skipped", [])]
+    fallbacks = sum(int(r.get("decode_fallbacks", 0)) for r in results)
+    if fallbacks:  # compute.decode: cuda only: JPEGs nvJPEG could not decode, decoded by PIL
+        out["decode_fallbacks"] = fallbacks
     out["results"] = results
     return out
 

@@ -13,6 +13,7 @@ so a retried task computes only the partitions it had not written yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,7 @@ from pipeline.labels.contract import RenderSpec, store_view_columns
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
 from pipeline.models import create_model, model_fingerprint
+from pipeline.placement import pin, place_model, sync_debug, to_device, to_host
 from pipeline.precompute.feed import (
     EpochPixels,
     decode_shard,
@@ -71,7 +73,7 @@ def load_model(spec: ModelSpec, device: str) -> torch.nn.Module:
             raise DataError(f"{spec.weights}: these {spec.name} weights have fingerprint {found[:12]}, but the run "
                             f"planned its labels for {spec.fingerprint[:12]}: the file was replaced after the run "
                             f"read it; run again so every stage sees the new file")
-        return model.eval().to(device)
+        return place_model(model.eval(), device, spec.name)
 
     return get_cached(f"model:{spec.fingerprint}:{device}", factory)
 
@@ -95,8 +97,10 @@ class _Timer:
 
 
 def autocast_for(device: str, precision: str):
-    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else a disabled one (the tasks' forwards)."""
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else none (the tasks' forwards; reusable)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()  # also where autocast knows no such device (meta, in tests)
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
 class _Renders:
@@ -128,19 +132,31 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
     student = load_model(t.student, t.device) if t.student is not None and needs_saliency(t.policy) else None
-    for start in range(0, n, t.batch_size):
-        idx = np.arange(start, min(n, start + t.batch_size))
-        images = None
-        if student is not None:
-            images = renders.student(idx)
-            forwards += len(idx)
-        with torch.inference_mode(), autocast_for(t.device, t.precision):
-            kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
-                                student=student, images=images)
-        assert kidx is not None  # t.keep is not None
-        rows = keep[idx]
-        np.put_along_axis(rows, kidx.numpy(), True, axis=1)
-        keep[idx] = rows
+    batches = [np.arange(start, min(n, start + t.batch_size)) for start in range(0, n, t.batch_size)]
+    staged: dict[int, torch.Tensor] = {}  # the next batch's images, staged while the device runs this one
+
+    def host(scores: torch.Tensor, b: int) -> torch.Tensor:
+        # called with the saliency pass queued on the device and before its one transfer: the host
+        # prepares batch b+1 (render wait, pinned gather, queued copy) meanwhile
+        if b + 1 < len(batches):
+            with torch.inference_mode(False):  # its buffers outlive this batch's inference mode
+                staged[b + 1] = renders.student(batches[b + 1])
+        return to_host(scores)[0]
+
+    with sync_debug(t.device):
+        for b, idx in enumerate(batches):
+            images = None
+            if student is not None:
+                images = staged.pop(b) if b in staged else renders.student(idx)
+                forwards += len(idx)
+            with torch.inference_mode(), autocast_for(t.device, t.precision):
+                # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
+                kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
+                                    student=student, images=images, host=functools.partial(host, b=b))
+            assert kidx is not None  # t.keep is not None
+            rows = keep[idx]
+            np.put_along_axis(rows, kidx.numpy(), True, axis=1)
+            keep[idx] = rows
     return keep, forwards
 
 
@@ -245,13 +261,14 @@ def run_shard(item: dict) -> dict:
     todo = [i for i, r in enumerate(results) if not r["cached"]]
     if todo:
         t = tasks[todo[0]]
-        pool = render_pool(feed_threads(t.feed_workers))
+        pool = render_pool(feed_threads(t.feed_workers), t.device)
         try:
             t0 = time.perf_counter()
             report: list = []
+            stats: dict = {}
             # hashed while streamed: a shard changed since the run read its manifest raises before anything is built
             samples = decode_shard(t.shard_path, pool=pool, decode=t.decode, device=t.device, report=report,
-                                   num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit)
+                                   num_classes=t.num_classes, sha256=t.shard_sha256, limit=t.limit, stats=stats)
             samples = with_pixel_arrays(samples, _renders_of(t), pool)
             skipped = [{"key": r[0], "reason": r[1]} for r in report][:100]
             read_s = time.perf_counter() - t0
@@ -259,6 +276,8 @@ def run_shard(item: dict) -> dict:
                 timer = _Timer()
                 timer.seconds["read"] = read_s if i == todo[0] else 0.0  # the shard is read once, for all
                 results[i].update(skipped=skipped)
+                if t.decode == "cuda" and i == todo[0]:  # the shard is decoded once, for all
+                    results[i]["decode_fallbacks"] = int(stats.get("decode_fallbacks", 0))
                 results[i] = _compute(tasks[i], samples, results[i], pool, timer)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -323,16 +342,7 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
     with timer.phase("teacher"):
         macs_per_row = teacher_macs(teacher, t.keep)
-        fresh, fresh_lse, bad = [], [], []
-        for start in range(0, len(compute), t.batch_size):
-            idx = compute[start:start + t.batch_size]
-            images = renders.teacher(idx)
-            kidx = _kept(keep[idx], t.keep)
-            with torch.inference_mode(), autocast_for(t.device, t.precision):
-                logits = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float()
-                bad.append((~torch.isfinite(logits).all(dim=1)).cpu())
-                fresh.append(from_logits(logits, t.topk).to("cpu"))
-                fresh_lse.append({tau: v.cpu() for tau, v in logsumexp_at(logits, extra_taus).items()})
+        fresh, fresh_lse, bad = _teacher_rows(t, teacher, renders, keep, compute, extra_taus)
         if not fresh:
             empty = torch.empty(0, t.num_classes)
             bad, fresh, fresh_lse = [torch.zeros(0, dtype=torch.bool)], [from_logits(empty, t.topk)], [logsumexp_at(empty, extra_taus)]
@@ -383,6 +393,47 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
         sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
     )
     return result
+
+
+def _teacher_rows(t: PartitionTask, teacher: torch.nn.Module, renders: _Renders, keep: np.ndarray,
+                  compute: np.ndarray, extra_taus: list[float]):
+    """The masked teacher on rows ``compute``: per batch ``(targets, {tau: lse}, non-finite rows)`` on the CPU.
+
+    Software-pipelined so that the host never holds the device back: batch n+1 is rendered,
+    staged and its copy queued while the device runs batch n, and each batch's labels come back
+    in one transfer (:func:`pipeline.placement.to_host`), the loop's only sync.
+    """
+    fresh: list[SoftTarget] = []
+    fresh_lse: list[dict[float, torch.Tensor]] = []
+    bad: list[torch.Tensor] = []
+    pending = None
+
+    def collect(out) -> None:
+        target, lse, nonfinite = out
+        fields = [target.logit] + ([target.idx, target.lse] if target.idx is not None else [])
+        host = to_host(*fields, nonfinite, *lse.values())
+        n = len(fields)
+        logit, idx, lse_k = (host[0], host[1], host[2]) if n == 3 else (host[0], None, None)
+        fresh.append(replace(target, logit=logit, idx=idx, lse=lse_k))
+        bad.append(host[n])
+        fresh_lse.append(dict(zip(lse, host[n + 1:])))
+
+    with sync_debug(t.device):
+        for start in range(0, len(compute), t.batch_size):
+            idx = compute[start:start + t.batch_size]
+            images = renders.teacher(idx)  # host work (render wait, staging, queued copy): overlaps batch n-1
+            kidx = _kept(keep[idx], t.keep)
+            if kidx is not None:
+                kidx = to_device(pin(kidx, t.device), t.device)
+            if pending is not None:
+                collect(pending)
+            with torch.inference_mode(), autocast_for(t.device, t.precision):
+                logits = masked_forward(teacher, images, kidx).float()
+                pending = (from_logits(logits, t.topk), logsumexp_at(logits, extra_taus),
+                           ~torch.isfinite(logits).all(dim=1))
+        if pending is not None:
+            collect(pending)
+    return fresh, fresh_lse, bad
 
 
 def _assemble(compute, fresh: SoftTarget, fresh_lse: dict, reuse, source, cands):

@@ -96,10 +96,16 @@ def worker_device() -> str:
 
     Set by the setup plugin from the worker's resources (a worker offering ``GPU`` gets its GPU).
     Outside a configured worker it is ``"cpu"``. Also applies the plugin's torch thread count if
-    torch was imported after setup.
+    torch was imported after setup, and makes the device current in the calling thread (CUDA's
+    current device is per thread; the plugin ran in another one).
     """
     _apply_torch_threads()
-    return _state["device"] or "cpu"
+    device = _state["device"] or "cpu"
+    if device != "cpu":
+        from pipeline.placement import use_device  # imports torch: see the module docstring
+
+        use_device(device)
+    return device
 
 
 def worker_threads() -> int | None:
@@ -178,6 +184,7 @@ class WorkerSetup(WorkerPlugin):
                         index = int(worker.name) % count
                     except (TypeError, ValueError):
                         index = 0
+                # current in this (the plugin's) thread only: worker_device() sets it in each task thread
                 torch.cuda.set_device(index)
                 enable_tf32()
                 device = f"cuda:{index}"
@@ -255,7 +262,7 @@ def run_task(fn: Callable[[dict], dict], item: dict, key: str, timeout_s: float 
     ``distributed.scheduler.allowed-failures`` deaths it fails with ``KilledWorker``, which
     :func:`pipeline.precompute.cluster.run_tasks` reports as a timeout.
     """
-    _apply_torch_threads()
+    worker_device()  # this task thread's current CUDA device, before anything touches CUDA
     done = threading.Event()
     timer = None
     if timeout_s:

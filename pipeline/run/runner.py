@@ -19,16 +19,18 @@ from typing import Any, Literal, Sequence
 import click
 
 from pipeline._atomic import write_atomic
+from pipeline._gpu import check_overlap
 from pipeline._lock import Freshness
 from pipeline.config.loader import dump_config
 from pipeline.devices import resolve_device
 from pipeline.errors import ConfigError
+from pipeline.precompute.address import resolve_address
 from pipeline.precompute.probe import PROBE_POLICIES
 from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import register_run
 from pipeline.run.context import Echo, RunContext, RunOutcome
-from pipeline.run.graph import checkpoint_maker, expand
+from pipeline.run.graph import checkpoint_maker, expand, needs_labels
 from pipeline.run.stage import Stage
 from pipeline.run.stages import plan_probe, run_probe
 
@@ -74,6 +76,7 @@ class Runner(RunContext):
         names = [s.name for s in self.stages]
         if until is not None and until not in names:
             raise ConfigError(f"--until: {self.cfg.name} has no stage {until!r}; its stages: {', '.join(names)}")
+        self._check_gpu_overlap()
         register_run(self.cfg.labels.store, self.lock.path)  # so gc of any config sharing the store keeps our files
         try:
             outs = self._walk(until)
@@ -86,6 +89,15 @@ class Runner(RunContext):
         self.lock.save_overrides()
         self.write_run_files()
         return self.result
+
+    def _check_gpu_overlap(self) -> None:
+        """``schedule.lag: 1`` must not put an embedded GPU cluster's workers beside CUDA trainer
+        ranks on the same GPUs (:func:`pipeline._gpu.check_overlap`); checked before the first stage."""
+        cfg = self.cfg
+        if needs_labels(cfg) and len(cfg.schedule.segments()) > 1:
+            check_overlap(cfg.schedule.lag, embedded=resolve_address(self._scheduler, cfg.compute.scheduler) is None,
+                          precompute_gpu=resolve_device(cfg.compute.device) in ("cuda", "gpu"),
+                          train_gpu=str(self.device).startswith("cuda"))
 
     def _walk(self, until: str | None) -> dict[str, Any] | None:
         """Visit the stages in order, each cached or run; the outputs, or None when stopped at ``until``."""

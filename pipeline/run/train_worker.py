@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.labels.contract import LabelRef
 from pipeline.precompute.spec import model_spec
 from pipeline.run.training import train_student
+from pipeline.train.dist import failing_together
 
 
 def main(job_path: str) -> int:
@@ -33,9 +34,10 @@ def main(job_path: str) -> int:
         cfg = load_config(job["config"])
         labels = {(shard, ve): LabelRef(path, sha, expect) for shard, ve, path, sha, expect in job["labels"]} or None
         teacher = None if job["teacher"] is None else model_spec(cfg, "teacher", *job["teacher"])
-        result = train_student(cfg, load_manifest(cfg.data.root), job["segment"], Path(job["start"]), labels, teacher,
-                               Path(job["out"]), name=job["name"], run_dir=Path(job["run_dir"]), device=job["device"],
-                               progress=job["progress"], say=lambda stage, line: click.echo(f"[{stage}] {line}"))
+        with failing_together():  # a failing rank ends the others with its message
+            result = train_student(cfg, load_manifest(cfg.data.root), job["segment"], Path(job["start"]), labels, teacher,
+                                   Path(job["out"]), name=job["name"], run_dir=Path(job["run_dir"]), device=job["device"],
+                                   progress=job["progress"], say=lambda stage, line: click.echo(f"[{stage}] {line}"))
     except PipelineError as e:
         write_atomic(job_file.with_name(f"error-{rank}.json"),
                      json.dumps({"exit_code": e.exit_code, "message": str(e)}).encode())

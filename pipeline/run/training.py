@@ -12,6 +12,7 @@ from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import NumericError
 from pipeline.labels.contract import render_spec, shard_refs
 from pipeline.models import create_model
+from pipeline.placement import place_model
 from pipeline.precompute.spec import ModelSpec
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
@@ -41,7 +42,7 @@ def evaluate_val(cfg, manifest: DatasetManifest, model, model_cfg, device: str) 
 def online_teacher(cfg, segment: int, teacher: ModelSpec, device: str) -> OnlineTeacher:
     """The teacher in the loop of an ``online: true`` segment, masked as the config says."""
     t = cfg.teacher
-    model = create_model(t.model, t.kwargs, weights=teacher.weights).eval().to(device)
+    model = place_model(create_model(t.model, t.kwargs, weights=teacher.weights).eval(), device, "the teacher")
     policy = cfg.masking.policy
     keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, policy)
     return OnlineTeacher(model=model, render=render_spec(cfg.data, t), policy=policy, keep=keep)

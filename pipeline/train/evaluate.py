@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from maskedkd.rendering import render_batch
 from pipeline.data.shards import Sample, read_shard
 from pipeline.labels.contract import RenderSpec, ShardRef
+from pipeline.placement import place_model, to_device, to_host
 from pipeline.train.dist import DistInfo, all_sum
 from pipeline.train.stream import decode_row
 
@@ -46,8 +47,10 @@ def evaluate(
     """Top-1 and mean cross-entropy of ``model`` over the shards' first ``rows`` samples each.
 
     Every image is rendered whole (the View's default full crop, no flip, no augmentation), or
-    centre-cropped by ``render.crop_pct`` (:meth:`RenderSpec.eval_view`), at ``render.size``; works for students and teachers alike. Runs in eval mode and restores
-    the model's mode after. With ``split_ranks`` under an initialised process group every rank
+    centre-cropped by ``render.crop_pct`` (:meth:`RenderSpec.eval_view`), at ``render.size``; works for
+    students and teachers alike. Runs in eval mode and restores the model's mode after. The model is
+    moved to ``device`` (:func:`pipeline.placement.place_model`: in place, and it stays there). The
+    sums stay on the device until the end (one transfer). With ``split_ranks`` under an initialised process group every rank
     must call it: each evaluates every ``world``-th sample and the sums are all-reduced, so all
     ranks return the totals (otherwise it evaluates every sample, whoever calls it).
 
@@ -63,22 +66,26 @@ def evaluate(
     rank, world = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
     was = model.training
+    place_model(model, device, "the evaluated model")
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # correct, loss: read once, at the end
+    n = 0
     try:
         for chunk in _chunks(shards, batch_size, rank, world):
             views = [render.eval_view(s.key, *s.image.size) for s in chunk]
             images = render_batch([s.image for s in chunk], views, render.size, mean=render.mean, std=render.std,
-                                  interpolation=render.interpolation, resize=render.resize).to(device)
-            labels = torch.tensor([s.label for s in chunk], device=device)
+                                  interpolation=render.interpolation, resize=render.resize)
+            labels = torch.tensor([s.label for s in chunk])
+            images, labels = to_device(images, device), to_device(labels, device)
             with autocast:
                 logits = model(images)
             logits = logits.float()
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
+            sums += torch.stack([(logits.argmax(1) == labels).sum().double(),
+                                 F.cross_entropy(logits, labels, reduction="sum").double()])
             n += len(chunk)
     finally:
         model.train(was)
+    correct, loss_sum = to_host(sums)[0].tolist()
     totals = all_sum([correct, loss_sum, n], DistInfo(rank, world), device)
     correct, loss_sum, n = int(totals[0]), float(totals[1]), int(totals[2])
     return {"top1": correct / max(n, 1), "loss": loss_sum / max(n, 1), "samples": n}

@@ -48,6 +48,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
+from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
 from pipeline.train.labeled_views import LabeledViews
 from pipeline.train.state import ResumeRecord, ResumeStore
@@ -125,7 +126,7 @@ class _Online:
 
     def __init__(self, online: OnlineTeacher, device: torch.device, autocast) -> None:
         self.cfg, self.autocast = online, autocast
-        self.teacher = online.model.to(device).eval()
+        self.teacher = place_model(online.model, device, "the online teacher").eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         patch_embed: Any = self.teacher.patch_embed  # a timm ViT's, reached by name
@@ -148,7 +149,8 @@ class _Online:
         was = student.training
         student.eval()
         try:
-            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images)
+            return keep_indices(self.cfg.policy, self.keep, grid=self.grid, seeds=seeds, student=student, images=images,
+                                host=lambda s: to_host(s)[0])  # the step's one transfer
         finally:
             student.train(was)
 
@@ -157,8 +159,10 @@ class _Online:
         keep_idx = self.keep_idx(student, batch, images)
         assert batch.teacher_images is not None  # rendered for the online teacher
         timgs = batch.teacher_images.to(self.device, non_blocking=True)
+        if keep_idx is not None:
+            keep_idx = to_device(pin(keep_idx, self.device), self.device)
         with self.autocast():
-            return masked_forward(self.teacher, timgs, None if keep_idx is None else keep_idx.to(self.device)).float()
+            return masked_forward(self.teacher, timgs, keep_idx).float()
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
@@ -190,19 +194,20 @@ class _Tally:
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
         loss = loss.double()
-        self.sums += torch.stack([loss * n, correct.double(), loss.new_tensor(float(n))])
+        # full_like fills on the device (new_tensor would be a blocking copy up, a sync per step)
+        self.sums += torch.stack([loss * n, correct.double(), torch.full_like(loss, float(n))])
         first = (self.bad < 0) & ~torch.isfinite(loss)
         self.bad = torch.where(first, torch.full_like(self.bad, step), self.bad)
         self.bad_loss = torch.where(first, loss, self.bad_loss)
 
     def read(self) -> list[float]:
         """``[loss_sum, correct, samples]`` on the host (a sync)."""
-        return self.sums.tolist()
+        return to_host(self.sums)[0].tolist()
 
     def first_bad(self) -> tuple[int, float] | None:
         """The first update (global step) whose loss was not finite and that loss, or None (a sync)."""
-        bad = int(self.bad)
-        return None if bad < 0 else (bad, float(self.bad_loss))
+        bad, bad_loss = to_host(self.bad, self.bad_loss)
+        return None if int(bad) < 0 else (int(bad), float(bad_loss))
 
 
 def _unwrapped(batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -280,7 +285,8 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
                                   total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
                                   online=online)
-    student.to(device)
+    place_model(student, device, "the student")
+    sync_debug_mode(device)  # MKD_SYNC_DEBUG: the step loop's syncs warn (its reads of the tally are exempt)
     run = _Run(student, cfg, info, device, online, steps_per_epoch, total_epochs, ResumeStore(run_dir),
                say=log if (log is not None and info.is_main) else (lambda _m: None), progress=progress)
     resumed = run.resume(segment, init, epochs)

@@ -128,3 +128,21 @@ def test_curve_counts_the_saliency_pass_of_saliency_policies_only():
                                student_images=images)
         assert [r.saliency_macs for r in curve] == [want, 0]
         assert curve[0].net_macs == curve[0].macs + want
+
+
+def test_the_probe_reads_saliency_under_the_autocast_precompute_uses(monkeypatch):
+    # precompute chooses keep sets under the task's autocast; the probe must measure those masks
+    from maskedkd import fidelity
+
+    teacher, student = make_model("vit", seed=0), make_model("deit", seed=1)
+    images, labels, seeds = _views(8)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return keep_indices(*args, **kwargs)
+
+    monkeypatch.setattr(fidelity, "keep_indices", spy)
+    fidelity_curve(teacher, images, labels, [4], "student", seeds=seeds, student=student, student_images=images,
+                   batch_size=8, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert seen == [True]

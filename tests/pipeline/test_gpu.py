@@ -128,3 +128,12 @@ def test_tf32_enters_the_label_fingerprint_of_fp32_on_cuda_only(monkeypatch):
     assert not _gpu.uses_tf32("fp32", "auto"), "auto resolves to the CPU without CUDA"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _gpu.uses_tf32("fp32", "auto")
+
+
+def test_lag_one_on_an_embedded_gpu_cluster_beside_gpu_ranks_is_refused():
+    with pytest.raises(ConfigError, match="schedule.lag: 1 .* share the same GPUs"):
+        _gpu.check_overlap(1, embedded=True, precompute_gpu=True, train_gpu=True)
+    _gpu.check_overlap(0, embedded=True, precompute_gpu=True, train_gpu=True)
+    _gpu.check_overlap(1, embedded=False, precompute_gpu=True, train_gpu=True)  # its workers have their own GPUs
+    _gpu.check_overlap(1, embedded=True, precompute_gpu=False, train_gpu=True)
+    _gpu.check_overlap(1, embedded=True, precompute_gpu=True, train_gpu=False)

@@ -298,8 +298,10 @@ def test_setup_plugin_pins_gpu_by_worker_name(fake_gpus, monkeypatch):
     assert pinned == [1] and cw.worker_device() == "cuda:1" and cw.worker_threads() == 2
     # the 2 threads feed the GPU; torch ops in them stay single-threaded
     assert torch_threads == [1] and os.environ["OMP_NUM_THREADS"] == "1"
+    # worker_device() made cuda:1 current in the calling (task) thread as well: per-thread in CUDA
+    assert pinned[1:] == [torch.device("cuda", 1)]
     cw.WorkerSetup(1, gpu_index="first").setup(FakeWorker())
-    assert pinned == [1, 0] and cw.worker_device() == "cuda:0"
+    assert pinned[2:] == [0] and cw.worker_device() == "cuda:0"
     FakeWorker.state.total_resources = {"CPU": 1}
     cw.WorkerSetup(1).setup(FakeWorker())
     assert cw.worker_device() == "cpu"

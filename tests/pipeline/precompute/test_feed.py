@@ -218,3 +218,45 @@ def test_torch_resizing_gets_its_own_view_fingerprint(tmp_path, dataset, ckpts, 
     assert {k: v for k, v in u.fingerprints.items() if k != "view"} == {
         k: v for k, v in t.fingerprints.items() if k != "view"}
     assert task_fingerprints(u) == u.fingerprints
+
+
+def _encoded(img, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_what_nvjpeg_cannot_decode_falls_back_to_pil_and_no_row_is_dropped():
+    # a stand-in for nvJPEG: decodes RGB JPEGs, but refuses one (as nvJPEG refuses some files)
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.shards import RawSample
+    from pipeline.precompute.feed import decode_raws, nvjpeg_can_decode
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8), "RGB")
+    jpeg, refused = _encoded(rgb, "JPEG", quality=90), _encoded(rgb, "JPEG", quality=50)
+    raws = [RawSample("a", "jpg", jpeg, 0), RawSample("cmyk", "jpeg", _encoded(rgb.convert("CMYK"), "JPEG"), 1),
+            RawSample("png", "jpeg", _encoded(rgb, "PNG"), 2), RawSample("refused", "jpg", refused, 3),
+            RawSample("broken", "jpg", jpeg[:40], 4), RawSample("b", "jpg", jpeg, 5)]
+    assert [nvjpeg_can_decode(r.image_bytes) for r in raws] == [True, False, False, True, False, True]
+    calls = []
+
+    def nvjpeg(datas):
+        calls.append(len(datas))
+        if any(bytes(d.numpy()) == refused for d in datas):
+            raise RuntimeError("nvjpeg: unsupported")
+        return [torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(bytes(d.numpy()))))).permute(2, 0, 1)
+                for d in datas]
+
+    report, stats = [], {}
+    out = decode_raws(raws, nvjpeg, report=report, stats=stats)
+    assert [s.key for s in out] == ["a", "cmyk", "png", "refused", "b"]  # only the undecodable one is gone
+    assert [s.label for s in out] == [0, 1, 2, 3, 5]
+    assert stats == {"decode_fallbacks": 3}  # cmyk, png and refused decoded by PIL (broken by neither)
+    assert [r.key for r in report] == ["broken"] and "cannot decode image" in report[0].reason
+    assert calls == [3, 1, 1, 1]  # the batch, then image by image after it failed
+    assert all(s.image.mode in ("RGB", "CMYK") for s in out)
+    assert np.array_equal(np.array(out[0].image), np.array(Image.open(__import__("io").BytesIO(jpeg))))

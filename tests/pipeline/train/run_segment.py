@@ -16,8 +16,8 @@ from maskedkd.views import ViewSpec
 from pipeline.config import TrainConfig
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import create_model
-from pipeline.train.labeled_views import LabeledViews
 from pipeline.train import train_segment
+from pipeline.train.labeled_views import LabeledViews
 from tests.pipeline.train.helpers import VIT
 
 
