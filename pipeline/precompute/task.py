@@ -325,15 +325,8 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     with timer.phase("student"):
         keep, result["student_forwards"] = _keep_sets(t, renders, n_patches, grid)
 
-    # reuse stored teacher outputs where the keep set is the same (or within tolerance)
     t0 = time.perf_counter()
-    source = np.full(n, -1)
-    best = np.full(n, n_patches + 1)
-    cands = _candidates(t, keys) if n else []
-    for c, cand in enumerate(cands):
-        diff = (cand.keep != keep).sum(axis=1)
-        better = diff < best
-        best[better], source[better] = diff[better], c
+    cands, source, best = _match_stored(t, keys, keep, n_patches)
     reuse = best <= t.tolerance
     t0 = timer.add("reuse", t0)
 
@@ -368,22 +361,9 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     if result.get("spot_check_rows"):
         counters["spot_check_rows"] = result["spot_check_rows"]
         counters["spot_check_kl"] = result["spot_check_kl"]
-    metadata = {
-        "shard": t.shard, "view_epoch": t.view_epoch, "fingerprints": t.fingerprints,
-        "counters": counters, "specs": specs_record(t), "package_version": __version__,
-    }
-    try:
-        w = write_partition(
-            t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=stored_keep,
-            target=target, metadata=metadata, view_columns=store_view_columns(views, spec),
-            num_classes=t.num_classes, extra_lse=extra, exclusive="replaced_damaged" not in result,
-        )
-    except FileExistsError:
-        # another run wrote this partition since we looked: keep its file (same fingerprints), so
-        # every lock naming it records the bytes that are really there
-        with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
-            result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes,
-                          teacher_forwards=int(len(compute)))
+    w = _write(t, samples, keys, stored_keep, target, extra, store_view_columns(views, spec), counters, result)
+    if w is None:
+        result["teacher_forwards"] = int(len(compute))
         return result
     timer.add("write", t0)
     result.update(
@@ -393,6 +373,42 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
         sha256=w.sha256, bytes=w.bytes, seconds=timer.seconds,
     )
     return result
+
+
+def _match_stored(t: PartitionTask, keys: list[str], keep: np.ndarray,
+                  n_patches: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """Stored teacher outputs to reuse: the candidate partitions of this (shard, view), and per row
+    the candidate whose keep set is closest (``-1``: none) and how many patches differ from it."""
+    n = len(keys)
+    source = np.full(n, -1)
+    best = np.full(n, n_patches + 1)
+    cands = _candidates(t, keys) if n else []
+    for c, cand in enumerate(cands):
+        diff = (cand.keep != keep).sum(axis=1)
+        better = diff < best
+        best[better], source[better] = diff[better], c
+    return cands, source, best
+
+
+def _write(t: PartitionTask, samples: list[Sample], keys: list[str], keep: np.ndarray, target: SoftTarget,
+           extra, view_columns, counters: dict[str, Any], result: dict[str, Any]):
+    """Publish the partition; None (and ``result`` naming the file found) when another run wrote it first."""
+    metadata = {
+        "shard": t.shard, "view_epoch": t.view_epoch, "fingerprints": t.fingerprints,
+        "counters": counters, "specs": specs_record(t), "package_version": __version__,
+    }
+    try:
+        return write_partition(
+            t.path, keys=keys, labels=np.array([s.label for s in samples], dtype=np.int32), keep=keep,
+            target=target, metadata=metadata, view_columns=view_columns,
+            num_classes=t.num_classes, extra_lse=extra, exclusive="replaced_damaged" not in result,
+        )
+    except FileExistsError:
+        # another run wrote this partition since we looked: keep its file (same fingerprints), so
+        # every lock naming it records the bytes that are really there
+        with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+            result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
+        return None
 
 
 def _teacher_rows(t: PartitionTask, teacher: torch.nn.Module, renders: _Renders, keep: np.ndarray,
