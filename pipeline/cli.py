@@ -32,6 +32,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "data": "pipeline.bench.data:bench_data",
         "train": "pipeline.bench.train:bench_train",
         "precompute": "pipeline.bench.precompute:bench_precompute",
+        "lock": "pipeline.bench.lock:bench_lock",
     },
     "config": {
         "check": "pipeline.config.cli:config_check",
