@@ -98,6 +98,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
             seconds[k] = seconds.get(k, 0.0) + v
     out["task_seconds"] = seconds
     out["skipped_samples"] = [s for r in results for s in r.get("skipped", [])]
+    quarantined = [r["quarantined"] for r in results if r.get("quarantined")]
+    if quarantined:  # only then: the summary of an undamaged store stays as it was
+        out["quarantined"] = quarantined
     out["results"] = results
     return out
 

@@ -31,6 +31,7 @@ from pipeline.data.manifest import DatasetManifest, load_manifest
 from pipeline.errors import ConfigError, NumericError
 from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from pipeline.labels.heal import damaged_recorded, quarantine_all
 from pipeline.labels.reader import open_partition
 from pipeline.models import create_model, model_fingerprint, save_checkpoint
 from pipeline.precompute.cluster import check_resources, run_tasks
@@ -385,7 +386,10 @@ class Runner:
         keep, probe = self.keep_count(segment, teacher, source_ckpt)
         tasks = self.plan_precompute(segment, teacher, source_ckpt, keep)
         inputs = self.precompute_inputs(segment, tasks)
-        if self._fresh(name, inputs):
+        fresh = self._fresh(name, inputs)
+        # the store is a cache: a recorded partition that changed is moved aside and recomputed
+        healed = quarantine_all(self.cfg.labels.store, damaged_recorded(self.lock.stages[name]["partitions"])) if fresh else []
+        if fresh and not healed:
             self.result.stages[name] = "cached"
             parts = self.lock.stages[name]["partitions"]
             self._say(name, f"cached ({len(parts)} partitions)")
@@ -414,6 +418,8 @@ class Runner:
                     summary["teacher_macs"] += probe["teacher_macs"]
                 self.lock.record(name, inputs, partitions=parts, info=summary)
             self.result.stages[name] = "ran"
+            for q in healed + summary.get("quarantined", []):
+                self._say(name, f"damaged partition {q['path']} ({q['reason']}): moved to {q['moved_to']}, recomputed")
             self.result.teacher_forwards += summary["teacher_forwards"]
             self.result.student_forwards += summary["student_forwards"]
             self._say(name, f"rows {summary['rows']}: computed {summary['rows_computed']}, reused {summary['rows_reused']}, "
@@ -535,12 +541,13 @@ class Runner:
         finally:
             self.close()
 
-    def status(self) -> list[Step]:
+    def status(self, deep: bool = False) -> list[Step]:
         """Which stages are fresh and why the others are stale, without training or precomputing.
 
         Each stage's *current* inputs are computed as ``run`` would compute them (from the config
         and the recorded outputs of the stages it depends on) and compared with the lock. A stage
         whose dependency is stale is stale too ("depends on X"): its inputs are outputs of X.
+        ``deep``: also stat every recorded label partition (``run`` always does).
         """
         cfg = self.cfg
         steps: list[Step] = []
@@ -554,7 +561,7 @@ class Runner:
                 step = Step(name, {}, Freshness(False, "never run"))
             else:
                 inputs = inputs_fn()
-                step = Step(name, inputs, self.lock.check(name, inputs))
+                step = Step(name, inputs, self.lock.check(name, inputs, deep=deep))
             if not step.freshness.fresh:
                 stale.add(name)
             steps.append(step)
