@@ -212,6 +212,13 @@ def test_changing_one_input_makes_exactly_its_dependents_stale(base, tmp_path, c
     assert status_json(c.yaml, capsys, "--set", "train.lr=5.0e-4") == status_json(lr, capsys)
     assert status_json(c.yaml, capsys, "--set", "masking.keep=4") == status_json(keep, capsys)
 
+    # a partition gone: plain status does not stat each one, --deep does (as run does before it trusts a stage)
+    gone = Path(lock_of(c.root)["stages"]["precompute-0"]["partitions"][0]["path"])
+    gone.unlink()
+    assert status_json(c.yaml, capsys)[0] == 0
+    code, steps = status_json(c.yaml, capsys, "--deep")
+    assert code == 1 and steps["precompute-0"]["reason"] == f"output {gone} is missing"
+
 
 @pytest.mark.slow
 def test_overrides_are_recorded_in_the_lock_and_the_run_folder(base, tmp_path, capsys):
