@@ -17,7 +17,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file
@@ -117,7 +117,7 @@ class RunLock:
         return Freshness(True, "up to date")
 
     def record(self, stage: str, inputs: Mapping[str, Any], *, outputs: Mapping[str, Mapping[str, Any]] | None = None,
-               partitions: list[Mapping[str, Any]] | None = None, info: Mapping[str, Any] | None = None) -> None:
+               partitions: Sequence[Mapping[str, Any]] | None = None, info: Mapping[str, Any] | None = None) -> None:
         """Store a finished stage's record and write the lock file atomically."""
         rec: dict[str, Any] = {"inputs": dict(inputs)}
         if outputs:

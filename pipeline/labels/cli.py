@@ -70,7 +70,8 @@ def labels_verify(store: str, locks: tuple[str, ...], repair: bool) -> None:
     sha256 against the run lock(s). Exits 1 listing the bad files (with ``--repair``: 0 once every
     bad file is moved aside, 1 while a lock names a missing one)."""
     report = verify_store(store, locks)
-    moved = quarantine_all(store, [(p, r) for p, r in report.problems if p in report.checked]) if repair else []
+    present = set(report.checked)  # a partition a lock names but the store lacks has nothing to move
+    moved = quarantine_all(store, [(p, r) for p, r in report.problems if p in present]) if repair else []
     for path, reason in report.problems:
         click.echo(f"BAD  {path}: {reason}")
     for q in moved:
