@@ -71,11 +71,13 @@ def _truncate(part: Path, lock, b) -> None:
 
 
 def _other_mask(part: Path, lock, b) -> None:
-    """B's partition of the same shard and view epoch (another student checkpoint -> other masks)."""
-    other = load_lock(b.work / "runs/tiny-b/run.lock.json")
+    """B's partition of the same shard and view epoch (another student checkpoint -> other masks),
+    from the baseline's copy (B need not be in the store the scenario starts from)."""
+    snap = b.work / ".snap-ab"
+    other = load_lock(snap / "runs/tiny-b/run.lock.json")
     src = next(p["path"] for p in other["stages"]["precompute-1"]["partitions"] if "train-000001" in p["path"])
     assert src != str(part)
-    part.write_bytes(Path(src).read_bytes())
+    part.write_bytes((snap / Path(src).relative_to(b.work)).read_bytes())
 
 
 def _other_view_epoch(part: Path, lock, b) -> None:
@@ -111,15 +113,17 @@ DAMAGE = {
 
 
 def _healed(b) -> dict[str, str]:
-    """The snapshot of A then B, the quarantine folder aside."""
-    return {k: v for k, v in snapshot(b.work, ("tiny", "tiny-b")).items() if not k.startswith(f"store/{QUARANTINE}/")}
+    """The snapshot of A, the quarantine folder aside."""
+    return {k: v for k, v in snapshot(b.work, ("tiny",)).items() if not k.startswith(f"store/{QUARANTINE}/")}
 
 
 @pytest.mark.parametrize("what", list(DAMAGE))
 def test_damaged_partition_is_healed_or_refused(baseline, what, tally):
     b = baseline
-    lock, part = _before_train1(b)
     damage, forge, why, verify_sees = DAMAGE[what]
+    # healed: from A's store alone: with B's partitions of the same shard and view beside it the
+    # recompute may take rows from them (incremental recomputation), and its bytes were not A's
+    lock, part = _before_train1(b, "ab" if forge else "a")
     damage(part, lock, b)
     if forge:
         _forge(b, lock, part)
@@ -137,7 +141,7 @@ def test_damaged_partition_is_healed_or_refused(baseline, what, tally):
         assert code == 0, out
         assert f"damaged partition {part} ({why} is" in out and f"moved to {b.work / 'store' / QUARANTINE}" in out, out
         assert len(list((b.work / "store" / QUARANTINE).iterdir())) == 1
-        assert _healed(b) == b.ab
+        assert _healed(b) == b.a
         tally("store", what, "`run`: quarantined (named), recomputed, then byte-identical results")
         return
     code, out = main_in_process("run", "a.yaml", cwd=b.work)
