@@ -32,6 +32,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "data": "pipeline.bench.cli:bench_data",
         "train": "pipeline.bench.cli:bench_train",
         "precompute": "pipeline.bench.cli:bench_precompute",
+        "lock": "pipeline.bench.cli:bench_lock",
     },
     "config": {
         "check": "pipeline.config.cli:config_check",

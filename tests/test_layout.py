@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "pipeline._cores": 1,
     "pipeline._gpu": 1,
     "pipeline._lock": 1,
+    "pipeline._lock_parts": 1,  # the run lock's partition records files
     "pipeline._cli_options": 6,  # click options shared by the CLI modules
     "pipeline.devices": 1,  # compute.device: auto resolved (the only place)
     "pipeline.errors": 1,

@@ -179,3 +179,22 @@ def bench_precompute(samples: int, shard_size: int, batch: int, img_size: str, k
         result["hash_cost"] = hashing.precompute_hash_cost(samples, shard_size, batch, int(img_size), keep, repeats)
         table += hashing.hash_cost_table(result["hash_cost"], "first run, 1 worker")
     _echo(result, as_json, table)
+
+
+@click.command("lock")
+@click.option("--shards", default=1281, show_default=True, type=click.IntRange(1))
+@click.option("--view-epochs", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--segments", default=30, show_default=True, type=click.IntRange(1),
+              help="Precompute stages (milestone segments) the view epochs are cut into.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed status repeats (median).")
+@click.option("--one-file/--no-one-file", default=True, show_default=True,
+              help="Also write the whole lock as one JSON file (lock_version 1's rewrite per stage), for comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_lock(shards: int, view_epochs: int, segments: int, repeats: int, one_file: bool, as_json: bool) -> None:
+    """Time the run lock at ImageNet scale: status, one segment's commit, bytes on disk."""
+    if segments > view_epochs:
+        raise click.BadParameter(f"--segments {segments} is more than --view-epochs {view_epochs}")
+    from pipeline.bench.lock import bench_lock_run, lock_table
+
+    r = bench_lock_run(shards, view_epochs, segments, repeats, one_file)
+    _echo(r, as_json, lock_table(r))

@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import PipelineError
 from pipeline.labels import paths
+from pipeline.labels.heal import QUARANTINE, quarantine_all
 from pipeline.labels.summary import summarize
 from pipeline.labels.verify import verify_store
 
@@ -62,17 +63,25 @@ def labels_inspect(path: str, as_json: bool) -> None:
 @click.argument("store")
 @click.option("--lock", "locks", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Run lock to check rows and sha256 against (repeatable); STORE/*.lock.json are used too.")
-def labels_verify(store: str, locks: tuple[str, ...]) -> None:
+@click.option("--repair", is_flag=True,
+              help=f"Move every bad partition file into STORE/{QUARANTINE}/; the next `run` recomputes it.")
+def labels_verify(store: str, locks: tuple[str, ...], repair: bool) -> None:
     """Check every partition under STORE: readable, schema, every page checksum, row count, and
-    sha256 against the run lock(s). Exits 1 listing the bad files."""
+    sha256 against the run lock(s). Exits 1 listing the bad files (with ``--repair``: 0 once every
+    bad file is moved aside, 1 while a lock names a missing one)."""
     report = verify_store(store, locks)
+    present = set(report.checked)  # a partition a lock names but the store lacks has nothing to move
+    moved = quarantine_all(store, [(p, r) for p, r in report.problems if p in present]) if repair else []
     for path, reason in report.problems:
         click.echo(f"BAD  {path}: {reason}")
+    for q in moved:
+        click.echo(f"moved {q['path']} -> {q['moved_to']}: the next `mkd-pipeline run` recomputes it")
     for path in report.temp_files:
         click.echo(f"note {path}: temp file of an interrupted write (safe to delete)")
     bad = len(report.problems)
     locks_note = f"against {len(report.locks)} run lock(s)" if report.locks else "no run lock found (sha256 not checked)"
     click.echo(f"{len(report.checked) - sum(p in report.checked for p, _ in report.problems)} of "
                f"{len(report.checked)} partitions OK under {store}, {locks_note}")
-    if bad:
-        raise PipelineError(f"{bad} bad or missing partition file(s) under {store}", exit_code=1)
+    if bad > len(moved):
+        hint = "" if repair else f"; `mkd-pipeline labels verify {store} --repair` moves the bad ones aside"
+        raise PipelineError(f"{bad - len(moved)} bad or missing partition file(s) under {store}{hint}", exit_code=1)

@@ -298,7 +298,9 @@ class _StoreErrors:
         if isinstance(error, FileNotFoundError):
             raise StoreError(f"{self.path}: no such partition") from error
         if isinstance(error, (pa.ArrowException, OSError)):
-            raise StoreError(f"{self.path}: {self.what} ({error})") from error
+            raise StoreError(f"{self.path}: {self.what} ({error}); the store is a cache: rerun `mkd-pipeline run` "
+                             "(it moves a damaged partition aside and recomputes it) or `mkd-pipeline labels verify "
+                             "STORE --repair`") from error
 
 
 def _check_expect(record: Mapping[str, Any], expect: Mapping[str, Any], path: str, prefix: str = "") -> None:

@@ -102,6 +102,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     fallbacks = sum(int(r.get("decode_fallbacks", 0)) for r in results)
     if fallbacks:  # compute.decode: cuda only: JPEGs nvJPEG could not decode, decoded by PIL
         out["decode_fallbacks"] = fallbacks
+    quarantined = [r["quarantined"] for r in results if r.get("quarantined")]
+    if quarantined:  # only then: the summary of an undamaged store stays as it was
+        out["quarantined"] = quarantined
     out["results"] = results
     return out
 

@@ -38,6 +38,7 @@ from pipeline.data.shards import Sample
 from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
 from pipeline.labels.contract import RenderSpec, store_view_columns
+from pipeline.labels.heal import partition_problem, quarantine
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
 from pipeline.models import create_model, model_fingerprint
@@ -236,11 +237,15 @@ def _cached(t: PartitionTask) -> dict[str, Any]:
         "spot_check_rows": 0, "spot_check_kl": 0.0, "skipped": [],
     }
     if paths.file_exists(t.path):
-        try:
-            with open_partition(t.path, expect={"fingerprints": t.fingerprints}) as part:
+        # the store is a cache: every page is checked before the file counts as cached (a full read)
+        problem = partition_problem(t.path, expect={"fingerprints": t.fingerprints})
+        if problem is None:
+            with open_partition(t.path) as part:
                 result.update(cached=True, rows=part.num_rows, sha256=paths.file_sha256(t.path), bytes=part.num_bytes)
-        except StoreError as e:
-            result["replaced_damaged"] = str(e)  # recompute and atomically replace it
+        else:
+            result["replaced_damaged"] = problem  # recomputed; written over it should the move below fail
+            with contextlib.suppress(StoreError):
+                result["quarantined"] = {"path": t.path, "reason": problem, "moved_to": quarantine(t.store, t.path)}
     return result
 
 

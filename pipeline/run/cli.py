@@ -85,10 +85,13 @@ def _print_status(steps) -> None:
 @click.command("status")
 @click.argument("stages", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print [{stage, fresh, reason}] as JSON.")
+@click.option("--deep", is_flag=True, help="Also check that every recorded label partition exists (one stat each).")
 @set_opt
-def status_cmd(stages: str, as_json: bool, overrides: tuple[str, ...]) -> None:
-    """Say which stages of STAGES are up to date and why the others are stale (exit 1 if any is)."""
-    steps = _runner(stages, overrides).status()
+def status_cmd(stages: str, as_json: bool, deep: bool, overrides: tuple[str, ...]) -> None:
+    """Say which stages of STAGES are up to date and why the others are stale (exit 1 if any is).
+
+    Label partitions are not looked at one by one unless ``--deep``; ``labels verify`` reads them whole."""
+    steps = _runner(stages, overrides).status(deep=deep)
     if as_json:
         click.echo(json.dumps([{"stage": s.name, "fresh": s.freshness.fresh, "reason": s.freshness.reason} for s in steps]))
     else:

@@ -74,7 +74,7 @@ KINDS: tuple[StageKind, ...] = (
     StageKind("precompute", per_segment=True, present=needs_labels, deps=_precompute_deps,
               plan=st.plan_precompute_stage, cached=st.cached_precompute, run=st.run_precompute_stage,
               cached_note=lambda labels: f"cached ({len(labels)} partitions)", overlaps="train",
-              report=precompute_fields),
+              report=precompute_fields, heal=st.heal_precompute),
     StageKind("train", per_segment=True, present=lambda cfg: True, deps=_train_deps,
               plan=st.plan_train, cached=st.cached_checkpoint, run=st.run_train,
               cached_note=lambda ckpt: f"cached ({ckpt})", report=train_fields),

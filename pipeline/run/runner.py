@@ -137,7 +137,11 @@ class Runner(RunContext):
         planned = stage.kind.plan(self, stage, outs)
         fresh = self.lock.check(stage.name, planned.inputs)
         log.debug("stage %s: %s", stage.name, "fresh" if fresh.fresh else f"stale: {fresh.reason}")
-        if not fresh.fresh:
+        # the store is a cache: a fresh stage's recorded outputs that changed are moved aside, and it runs again
+        healed = stage.kind.heal(self, stage) if fresh.fresh and stage.kind.heal is not None else []
+        for q in healed:
+            self.say(stage.name, f"damaged partition {q['path']} ({q['reason']}): moved to {q['moved_to']}, recomputed")
+        if not fresh.fresh or healed:
             out = stage.kind.run(self, stage, planned, outs)
             self.result.stages[stage.name] = "ran"
             return out
@@ -147,12 +151,13 @@ class Runner(RunContext):
             self.say(stage.name, stage.kind.cached_note(out))
         return out
 
-    def status(self) -> list[Step]:
+    def status(self, deep: bool = False) -> list[Step]:
         """Which stages are fresh and why the others are stale, without training or precomputing.
 
         Each stage's *current* inputs are computed as ``run`` would compute them (from the config
         and the recorded outputs of the stages it depends on) and compared with the lock. A stage
         whose dependency is stale is stale too ("depends on X"): its inputs are outputs of X.
+        ``deep``: also stat every recorded label partition (``run`` always does).
         """
         steps: list[Step] = []
         stale: set[str] = set()
@@ -165,7 +170,7 @@ class Runner(RunContext):
                 step = Step(stage.name, {}, Freshness(False, "never run"))
             else:
                 planned = stage.kind.plan(self, stage, outs)
-                step = Step(stage.name, planned.inputs, self.lock.check(stage.name, planned.inputs))
+                step = Step(stage.name, planned.inputs, self.lock.check(stage.name, planned.inputs, deep=deep))
                 if step.freshness.fresh:
                     outs[stage.name] = stage.kind.cached(self, stage, planned)
             if not step.freshness.fresh:

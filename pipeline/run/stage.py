@@ -38,6 +38,8 @@ class StageKind:
         cached_note: what ``run`` prints for it when cached (None: nothing).
         overlaps: the kind it may run beside, in the background, once its deps are done.
         report: ``lock info -> fields`` of the run report (per segment for a per-segment kind).
+        heal: ``(ctx, stage) -> [moved]``: before a fresh stage is reused, its recorded outputs are
+            checked; what is damaged is moved aside (and named), and the stage runs again.
     """
 
     kind: str
@@ -50,6 +52,7 @@ class StageKind:
     cached_note: Callable[[Any], str] | None = None
     overlaps: str | None = None
     report: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    heal: Callable[..., list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)

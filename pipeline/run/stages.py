@@ -35,6 +35,7 @@ from pipeline.fingerprints import (
 )
 from pipeline.labels import paths
 from pipeline.labels.contract import LabelRef, render_spec
+from pipeline.labels.heal import damaged_recorded, quarantine_all
 from pipeline.labels.reader import open_partition
 from pipeline.models import (
     checkpoint_stem,
@@ -304,12 +305,20 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
                                "teacher_forwards": probe["teacher_forwards"]}
             summary["teacher_macs"] += probe["teacher_macs"]
         ctx.lock.record(name, planned.inputs, partitions=parts, info=summary)
+    for q in summary.get("quarantined", []):
+        ctx.say(name, f"damaged partition {q['path']} ({q['reason']}): moved to {q['moved_to']}, recomputed")
     ctx.result.teacher_forwards += summary["teacher_forwards"]
     ctx.result.student_forwards += summary["student_forwards"]
     ctx.say(name, f"rows {summary['rows']}: computed {summary['rows_computed']}, reused {summary['rows_reused']}, "
                   f"cached partitions {summary['cached']}/{summary['partitions']}; teacher top-1 on masked views "
                   f"{summary['teacher_top1_masked']:.4f}")
     return label_refs(tasks, parts)
+
+
+def heal_precompute(ctx: RunContext, stage: Stage) -> list[dict[str, str]]:
+    """A fresh precompute stage's recorded partitions whose bytes changed, moved into the store's
+    quarantine (the stage then runs again and recomputes them)."""
+    return quarantine_all(ctx.cfg.labels.store, damaged_recorded(ctx.lock.stages[stage.name]["partitions"]))
 
 
 def label_refs(tasks: list[PartitionTask], parts: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Any]:

@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+from pathlib import Path
 
-from pipeline._lock import RunLock, file_record
+import pytest
+
+from pipeline._lock import RunLock, file_record, load_lock
+from pipeline.errors import StoreError
 from pipeline.labels.schema import json_problem
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_freshness_says_why(tmp_path):
@@ -72,3 +79,59 @@ def test_overrides_are_kept_with_the_lock(tmp_path):
     old = {"lock_version": 1, "stages": {}}  # written before overrides existed
     path.write_text(json.dumps(old))
     assert RunLock(path).overrides == [] and json_problem("run-lock", old) is None
+
+
+def _parts(n: int, store) -> list[dict]:
+    return [{"path": str(store / f"p{i}.parquet"), "inputs": {"teacher": "a" * 64, "view": f"{i:064x}", "student": None},
+             "rows": i, "sha256": f"{i:064x}"} for i in range(n)]
+
+
+def test_partition_records_go_to_their_own_file_written_once(tmp_path):
+    path, store = tmp_path / "run.lock.json", tmp_path / "store"
+    store.mkdir()
+    parts = _parts(5, store) + [{"path": str(store / "odd.parquet"), "inputs": {"teacher": 3}, "rows": 1, "sha256": "b" * 64}]
+    for p in parts:
+        Path(p["path"]).write_bytes(b"x")
+    lock = RunLock(path, store=str(store))
+    lock.record("precompute-0", {"tasks": "t"}, partitions=parts, info={"rows": 11})
+    head = json.loads(path.read_text())
+    assert "partitions" not in head["stages"]["precompute-0"] and json_problem("run-lock", head) is None
+    records = tmp_path / head["stages"]["precompute-0"]["partitions_file"]["path"]
+    written = records.stat().st_mtime_ns
+    lock.record("train-0", {"lr": 1})  # another stage: the records file is not rewritten
+    assert records.stat().st_mtime_ns == written
+    assert RunLock(path).stages["precompute-0"]["partitions"] == parts  # read back exactly, odd record too
+    assert load_lock(path)["stages"]["precompute-0"]["partitions"] == parts
+    assert RunLock(path).check("precompute-0", {"tasks": "t"}).fresh
+    Path(parts[2]["path"]).unlink()
+    assert RunLock(path).check("precompute-0", {"tasks": "t"}, deep=False).fresh  # no stat per partition
+    assert RunLock(path).check("precompute-0", {"tasks": "t"}).reason == f"output {parts[2]['path']} is missing"
+
+    lock.record("precompute-0", {"tasks": "u"}, partitions=parts[:2])  # re-recorded: the old records file goes
+    assert not records.exists() and len(list(records.parent.iterdir())) == 1
+    records = tmp_path / json.loads(path.read_text())["stages"]["precompute-0"]["partitions_file"]["path"]
+    records.write_bytes(records.read_bytes()[:-3])
+    with pytest.raises(StoreError, match="partition records changed"):
+        load_lock(path)
+
+
+def test_a_lock_written_before_records_files_is_read_then_moved_once(tmp_path):
+    """``fixtures/run-lock-v1.json`` was written by the RunLock of lock_version 1 (records inline)."""
+    path, store = tmp_path / "run.lock.json", tmp_path / "store"
+    shutil.copy(FIXTURES / "run-lock-v1.json", path)
+    old = json.loads(path.read_text())
+    parts = old["stages"]["precompute-0"]["partitions"]
+    for p in parts:
+        (store / p["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (store / p["path"]).write_bytes(b"x")
+    lock = RunLock(path, store=str(store))
+    assert lock.stages["precompute-0"]["partitions"] == parts and lock.overrides == ["train.lr=5e-4"]
+    assert lock.check("precompute-0", old["stages"]["precompute-0"]["inputs"]).fresh
+    assert load_lock(path) == old
+
+    lock.record("train-0", {"lr": 1})  # the first write moves the records out, atomically
+    head = json.loads(path.read_text())
+    assert head["lock_version"] == 2 and "partitions" not in head["stages"]["precompute-0"]
+    again = load_lock(path)
+    assert again["stages"]["precompute-0"] == old["stages"]["precompute-0"] and again["stages"]["init"] == old["stages"]["init"]
+    assert RunLock(path, store=str(store)).check("precompute-0", old["stages"]["precompute-0"]["inputs"]).fresh

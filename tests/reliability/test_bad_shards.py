@@ -5,7 +5,6 @@ store and the run folder."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from pipeline.data.manifest import load_manifest
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
 from tests.reliability.helpers import TINY, cli, main_in_process, stage
@@ -109,7 +109,7 @@ def test_precompute_skips_and_run_refuses(hostile, tally):
     before = {p for p in _tree(work) if not p.startswith(("store", "runs"))}
     r = cli("precompute", cfg.name, "--segment", "0", cwd=work)
     assert r.returncode == 0, r.stdout + r.stderr
-    lock = json.loads((work / "runs/hostile/run.lock.json").read_text())
+    lock = load_lock(work / "runs/hostile/run.lock.json")
     info = lock["stages"]["precompute-0"]["info"]
     skipped = {s["key"]: s["reason"] for s in info["skipped_samples"]}
     expected = _expected_skips(hostile["bad"])

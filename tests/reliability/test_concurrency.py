@@ -6,7 +6,6 @@ another run publishes between our existence check and our write is kept, not rep
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import main_in_process, start, temp_files
 
@@ -46,7 +46,7 @@ def test_three_concurrent_runs_same_store(baseline, tally):
     for k in (k for k in now if k.endswith(".parquet")):
         assert _labels(b.work / k).equals(_labels(b.work / ".snap-ab" / k)), k  # same labels, row for row
     for name in ("tiny", "tiny-b"):
-        lock = json.loads((b.work / f"runs/{name}/run.lock.json").read_text())
+        lock = load_lock(b.work / f"runs/{name}/run.lock.json")
         for stage in lock["stages"].values():
             for p in stage.get("partitions", []):
                 assert sha256_file(p["path"]) == p["sha256"], p  # no lock names bytes that are not there

@@ -14,7 +14,6 @@ its first log line.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -22,6 +21,7 @@ import time
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import cli, kill9, main_in_process, start, temp_files
 
@@ -34,7 +34,7 @@ STAGES = ("teacher", "init", "precompute-0", "train-0", "precompute-1", "train-1
 
 def _lock(work):
     p = work / "runs/tiny/run.lock.json"
-    return json.loads(p.read_text())["stages"] if p.exists() else {}
+    return load_lock(p)["stages"] if p.exists() else {}
 
 
 def _finals(work):

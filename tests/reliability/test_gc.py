@@ -5,7 +5,6 @@ And gc beside live and finished runs of other configs sharing the store (issue 1
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from tests.pipeline.config.cases import BASE, write_doc
 from tests.reliability.faults import fault_env
 from tests.reliability.helpers import main_in_process, stage, start
@@ -49,7 +49,7 @@ def _orphan(work: Path) -> Path:
 
 
 def _partitions(lock: Path) -> list[dict]:
-    stages = json.loads(lock.read_text())["stages"]
+    stages = load_lock(lock)["stages"]
     return [p for rec in stages.values() for p in rec.get("partitions", [])]
 
 

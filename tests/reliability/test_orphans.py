@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from tests.reliability.faults import fault_env
 from tests.reliability.helpers import cli, kill9, main_in_process, stage, start, temp_files
 
@@ -22,9 +23,8 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 def _partitions(lock: Path) -> list[dict]:
-    import json
 
-    return [p for rec in json.loads(lock.read_text())["stages"].values() for p in rec.get("partitions", [])]
+    return [p for rec in load_lock(lock)["stages"].values() for p in rec.get("partitions", [])]
 
 
 def test_client_killed_alone_orphaned_workers_keep_writing(baseline, tmp_path, tally):

@@ -5,12 +5,12 @@ reads the store by URI, a rerun is all cached, and ``gc`` collects it like a loc
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
 from tests.reliability.helpers import cli, hashes, main_in_process, stage
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -26,7 +26,7 @@ def test_file_uri_store_end_to_end(baseline, tally):
         assert r.returncode == 0, r.stdout + r.stderr
         assert not (b.work / "file:").exists()
         assert list((b.work / "store-uri/teachers").glob("*.pth"))
-        lock = json.loads((b.work / "runs/tiny/run.lock.json").read_text())
+        lock = load_lock(b.work / "runs/tiny/run.lock.json")
         parts = [p for rec in lock["stages"].values() for p in rec.get("partitions", [])]
         assert parts and all(p["path"].startswith(uri + "/teacher=") for p in parts)
         assert all(sha256_file(p["path"][len("file://"):]) == p["sha256"] for p in parts)

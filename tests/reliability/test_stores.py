@@ -1,10 +1,13 @@
 """Damaged label stores: a flipped byte, a truncated file, a partition from another mask spec or
-view epoch, rows reordered, a missing partition. ``labels verify`` and the trainer (a ``run``
-after the damage, with the last training stage still to do) refuse naming the file; nothing
-trains on wrong labels (no checkpoint c2 appears); a missing partition is recomputed.
+view epoch, rows reordered, a missing partition. The store is a cache: a partition that no longer
+has the sha256 its run lock records, or whose pages fail their checksums, is moved into the
+store's quarantine folder (named in the output) and recomputed, and the run ends with the bytes of
+an undamaged run. ``labels verify`` names every damaged file.
 
 The "forged" cases also rewrite the run lock's sha256 to the damaged file's, so the refusal
-must come from the checks behind the checksum (fingerprints, keys, views)."""
+must come from the checks behind the checksum (fingerprints, keys, views): there the trainer (a
+``run`` after the damage, with the last training stage still to do) refuses naming the file and
+nothing trains on wrong labels (no checkpoint c2 appears)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline._fingerprint import sha256_file
+from pipeline._lock import load_lock
+from pipeline.labels.heal import QUARANTINE
 from tests.reliability.conftest import snapshot
 from tests.reliability.helpers import cli, main_in_process
 
@@ -27,7 +32,7 @@ def _before_train1(b, which: str = "ab") -> tuple[dict, Path]:
     """The baseline store with train-1 still to run; returns (lock, a precompute-1 partition)."""
     b.restore(which)
     lock_path = b.work / LOCK
-    lock = json.loads(lock_path.read_text())
+    lock = load_lock(lock_path)
     del lock["stages"]["train-1"]
     lock_path.write_text(json.dumps(lock))
     (b.work / "runs/tiny/checkpoints/c2.pth").unlink()
@@ -48,16 +53,31 @@ def _flip(part: Path, lock, b) -> None:
     part.write_bytes(bytes(data))
 
 
+def _flip_column(column: str, n: int):
+    """Invert ``n`` bytes inside the first data page of ``column``, as a bad disk block would."""
+    def damage(part: Path, lock, b) -> None:
+        md = pq.ParquetFile(part).metadata.row_group(0)
+        col = next(md.column(i) for i in range(md.num_columns) if md.column(i).path_in_schema.split(".")[0] == column)
+        data = bytearray(part.read_bytes())
+        start = col.data_page_offset + min(64, col.total_compressed_size - n)
+        for i in range(start, start + n):
+            data[i] ^= 0xFF
+        part.write_bytes(bytes(data))
+    return damage
+
+
 def _truncate(part: Path, lock, b) -> None:
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
 
 
 def _other_mask(part: Path, lock, b) -> None:
-    """B's partition of the same shard and view epoch (another student checkpoint -> other masks)."""
-    other = json.loads((b.work / "runs/tiny-b/run.lock.json").read_text())
+    """B's partition of the same shard and view epoch (another student checkpoint -> other masks),
+    from the baseline's copy (B need not be in the store the scenario starts from)."""
+    snap = b.work / ".snap-ab"
+    other = load_lock(snap / "runs/tiny-b/run.lock.json")
     src = next(p["path"] for p in other["stages"]["precompute-1"]["partitions"] if "train-000001" in p["path"])
     assert src != str(part)
-    part.write_bytes(Path(src).read_bytes())
+    part.write_bytes((snap / Path(src).relative_to(b.work)).read_bytes())
 
 
 def _other_view_epoch(part: Path, lock, b) -> None:
@@ -81,6 +101,8 @@ def _reorder(part: Path, lock, b) -> None:
 # it even with a forged lock (it has no shard to compare row order with)?
 DAMAGE = {
     "flipped byte": (_flip, False, "sha256", True),
+    "64 bytes flipped in the keep column": (_flip_column("keep", 64), False, "sha256", True),
+    "32 bytes flipped in the topk_logit pages": (_flip_column("topk_logit", 32), False, "sha256", True),
     "truncated file": (_truncate, False, "sha256", True),
     "partition of another mask spec": (_other_mask, False, "sha256", True),
     "partition of another mask spec (lock sha256 forged)": (_other_mask, True, "fingerprints", True),
@@ -90,11 +112,18 @@ DAMAGE = {
 }
 
 
+def _healed(b) -> dict[str, str]:
+    """The snapshot of A, the quarantine folder aside."""
+    return {k: v for k, v in snapshot(b.work, ("tiny",)).items() if not k.startswith(f"store/{QUARANTINE}/")}
+
+
 @pytest.mark.parametrize("what", list(DAMAGE))
-def test_damaged_partition_is_refused(baseline, what, tally):
+def test_damaged_partition_is_healed_or_refused(baseline, what, tally):
     b = baseline
-    lock, part = _before_train1(b)
     damage, forge, why, verify_sees = DAMAGE[what]
+    # healed: from A's store alone: with B's partitions of the same shard and view beside it the
+    # recompute may take rows from them (incremental recomputation), and its bytes were not A's
+    lock, part = _before_train1(b, "ab" if forge else "a")
     damage(part, lock, b)
     if forge:
         _forge(b, lock, part)
@@ -106,12 +135,44 @@ def test_damaged_partition_is_refused(baseline, what, tally):
         assert code == 0, out
         tally("store", what, "`labels verify`: passes (checksum forged, rows well-formed: only the trainer "
               "can compare row order with the shard)", ok=1)
+    if not forge:  # its sha256 is not the recorded one: moved aside, recomputed
+        r = cli("run", "a.yaml", cwd=b.work)  # a child with 1 thread, as the baseline (CPU float sums depend on it)
+        code, out = r.returncode, r.stdout + r.stderr
+        assert code == 0, out
+        assert f"damaged partition {part} ({why} is" in out and f"moved to {b.work / 'store' / QUARANTINE}" in out, out
+        assert len(list((b.work / "store" / QUARANTINE).iterdir())) == 1
+        assert _healed(b) == b.a
+        tally("store", what, "`run`: quarantined (named), recomputed, then byte-identical results")
+        return
     code, out = main_in_process("run", "a.yaml", cwd=b.work)
     assert code == 4, out
     assert str(part) in out and why in out, out
     assert not (b.work / "runs/tiny/checkpoints/c2.pth").exists()  # nothing trained on wrong labels
-    assert "train-1" not in json.loads((b.work / LOCK).read_text())["stages"]
+    assert "train-1" not in load_lock(b.work / LOCK)["stages"]
     tally("store", what, "`run`: trainer refused, exit 4 naming the file; no checkpoint written")
+
+
+def test_damaged_partition_no_lock_records_is_found_by_its_page_checksums(baseline, tally):
+    """A stage the lock does not record (a killed run): before a partition counts as cached, every
+    page is decoded against its checksum; a damaged one is quarantined and recomputed."""
+    b = baseline
+    b.restore("a")
+    lock_path = b.work / LOCK
+    lock = load_lock(lock_path)
+    part = Path(lock["stages"]["precompute-1"]["partitions"][1]["path"])
+    for name in ("precompute-1", "train-1"):
+        del lock["stages"][name]
+    lock_path.write_text(json.dumps(lock))
+    (b.work / "runs/tiny/checkpoints/c2.pth").unlink()
+    (b.work / "runs/tiny/train/resume.json").unlink()
+    _flip_column("keep", 64)(part, lock, b)
+    r = cli("run", "a.yaml", cwd=b.work)
+    code, out = r.returncode, r.stdout + r.stderr
+    assert code == 0, out
+    assert f"damaged partition {part} (corrupt column data" in out and "cached partitions 1/2" in out, out
+    assert {k: v for k, v in snapshot(b.work, ("tiny",)).items() if not k.startswith(f"store/{QUARANTINE}/")} == b.a
+    tally("store", "64 bytes flipped in the keep column, stage not in the lock",
+          "`run`: page checksums caught it; quarantined (named), recomputed, byte-identical results")
 
 
 def test_missing_partition_is_named_then_recomputed(baseline, tally):

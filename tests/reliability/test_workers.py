@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from pipeline._lock import load_lock
 from tests.reliability.faults import fault_env
 from tests.reliability.helpers import cli, stage
 
@@ -22,7 +23,7 @@ def _segment0_undone(b) -> dict:
     """The baseline with teacher and c0 done and segment 0's labels still to compute."""
     b.restore("a")
     lock_path = b.work / "runs/tiny/run.lock.json"
-    lock = json.loads(lock_path.read_text())
+    lock = load_lock(lock_path)
     for p in lock["stages"]["precompute-0"]["partitions"]:
         (b.work / p["path"]).unlink()
     parts = lock["stages"]["precompute-0"]["partitions"]
@@ -43,7 +44,7 @@ def test_killed_and_hanging_workers_job_completes_rows_once(baseline, tmp_path, 
     r = cli("precompute", "w.yaml", "--segment", "0", cwd=b.work, **fault_env(fault))
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in marks.iterdir()) == ["hang-train-000001-0", "kill-train-000000-0"]  # both happened
-    lock = json.loads((b.work / "runs/tiny/run.lock.json").read_text())
+    lock = load_lock(b.work / "runs/tiny/run.lock.json")
     got = {p["path"]: p["sha256"] for p in lock["stages"]["precompute-0"]["partitions"]}
     assert got == want  # byte-identical to the fault-free baseline
     for path in got:
@@ -65,6 +66,6 @@ def test_task_killing_its_worker_every_time_is_named(baseline, tally):
     out = r.stdout + r.stderr
     assert r.returncode == 5, out
     assert "train-000000" in out and "worker died 2 times" in out, out
-    assert "precompute-0" not in json.loads((b.work / "runs/tiny/run.lock.json").read_text())["stages"]
+    assert "precompute-0" not in load_lock(b.work / "runs/tiny/run.lock.json")["stages"]
     tally("workers", "task SIGKILLs its worker on every attempt", "exit 5: 'task for train-000000 ... its worker "
           "died 2 times' (Dask allowed-failures 1 here); stage not recorded")

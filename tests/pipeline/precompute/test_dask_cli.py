@@ -6,7 +6,6 @@ and through ``$DASK_SCHEDULER_ADDRESS``."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from pipeline._lock import LOCK_NAME
+from pipeline._lock import LOCK_NAME, load_lock
 from pipeline.precompute import cluster as cluster_mod
 from pipeline.precompute.cluster import open_cluster
 from pipeline.precompute.worker import cache_info
@@ -102,7 +101,7 @@ def _scheduler_saw(address: str, prefix: str) -> tuple[list[str], int]:
 
 def _labels_written(cfg_name: str, run_root: Path) -> int:
     """Rows in the segment's partition files (each must exist), as the run lock lists them."""
-    lock = json.loads((run_root / "runs" / cfg_name / LOCK_NAME).read_text())
+    lock = load_lock(run_root / "runs" / cfg_name / LOCK_NAME)
     parts = lock["stages"]["precompute-0"]["partitions"]
     assert len(parts) == 2
     for p in parts:

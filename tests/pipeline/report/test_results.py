@@ -17,6 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipeline._lock import load_lock
 from pipeline.config import load_config, set_fields
 from pipeline.report.cli import report_cmd
 from pipeline.report.collect import collect_run
@@ -93,7 +94,7 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     text = out.read_text()
 
     # the numbers are the lock files' numbers
-    lock = json.loads((tmp_path / "runs" / "mkd-s0" / "run.lock.json").read_text())["stages"]
+    lock = load_lock(tmp_path / "runs" / "mkd-s0" / "run.lock.json")["stages"]
     top1 = lock["train-1"]["info"]["epochs"][-1]["val_top1"]
     macs = sum(lock[f"precompute-{i}"]["info"]["teacher_macs"] for i in (0, 1))
     r = collect_run(mkd)
@@ -112,14 +113,14 @@ def test_report_from_real_runs(fmnist_tiny, tmp_path, monkeypatch):
     assert "plain-mkd50-s1.yaml` (not run)" in row
 
     ce_row = next(line for line in text.splitlines() if line.startswith("| CE only |"))
-    ce_top1 = json.loads((tmp_path / "runs" / "ce-s0" / "run.lock.json").read_text())["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    ce_top1 = load_lock(tmp_path / "runs" / "ce-s0" / "run.lock.json")["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
     assert f"{100 * ce_top1:.2f} (1 seed)" in ce_row
     assert "| 0.0 | - |" in ce_row  # no teacher compute without KD
     assert "## Learning rate: a CE-only sweep" in text and "| 0.001 ← used |" in text
 
     # auto keep: the chosen keeps and the spot-checks' MACs, which count in the run's teacher MACs
     a = collect_run(auto)
-    alock = json.loads((tmp_path / "runs" / "auto-s0" / "run.lock.json").read_text())["stages"]
+    alock = load_lock(tmp_path / "runs" / "auto-s0" / "run.lock.json")["stages"]
     assert a.used_keeps == [alock[f"precompute-{i}"]["info"]["keep"] for i in (0, 1)]
     assert len(a.auto) == 2 and 0 < a.spot_macs < a.teacher_macs <= a.label_macs
     assert a.spot_macs == sum(alock[f"precompute-{i}"]["info"]["auto"]["teacher_macs"] for i in (0, 1))

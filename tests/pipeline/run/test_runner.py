@@ -29,7 +29,7 @@ from PIL import Image
 
 from maskedkd.digests import render_digest
 from maskedkd.rendering import INTERPOLATIONS
-from pipeline._lock import LOCK_NAME
+from pipeline._lock import LOCK_NAME, load_lock
 from pipeline.cli import main
 from pipeline.config import dump_config, load_config, set_fields
 from pipeline.labels import open_partition
@@ -81,7 +81,7 @@ def clone(base, dst: Path) -> SimpleNamespace:
     shutil.copytree(base.root / "store", dst / "store")
     shutil.copytree(base.root / "run", dst / "run")
     lock = dst / "run" / LOCK_NAME
-    lock.write_text(lock.read_text().replace(str(base.root), str(dst)))
+    lock.write_text(json.dumps(load_lock(lock)).replace(str(base.root), str(dst)))  # records inline
     doc = stage_doc(dst, base.data)
     return SimpleNamespace(root=dst, doc=doc, yaml=write_stage(dst, doc), lock=lock)
 
@@ -100,7 +100,7 @@ def status_json(path: Path, capsys, *extra: str) -> tuple[int, dict[str, dict]]:
 
 
 def lock_of(root: Path) -> dict:
-    return json.loads((root / "run" / LOCK_NAME).read_text())
+    return load_lock(root / "run" / LOCK_NAME)
 
 
 def run_in_process(path: Path) -> "Runner":
@@ -212,6 +212,13 @@ def test_changing_one_input_makes_exactly_its_dependents_stale(base, tmp_path, c
     assert status_json(c.yaml, capsys, "--set", "train.lr=5.0e-4") == status_json(lr, capsys)
     assert status_json(c.yaml, capsys, "--set", "masking.keep=4") == status_json(keep, capsys)
 
+    # a partition gone: plain status does not stat each one, --deep does (as run does before it trusts a stage)
+    gone = Path(lock_of(c.root)["stages"]["precompute-0"]["partitions"][0]["path"])
+    gone.unlink()
+    assert status_json(c.yaml, capsys)[0] == 0
+    code, steps = status_json(c.yaml, capsys, "--deep")
+    assert code == 1 and steps["precompute-0"]["reason"] == f"output {gone} is missing"
+
 
 @pytest.mark.slow
 def test_overrides_are_recorded_in_the_lock_and_the_run_folder(base, tmp_path, capsys):
@@ -274,7 +281,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(base, tmp_path, capsys):
 @pytest.mark.slow
 def test_sigkill_mid_segment_then_rerun_gives_the_same_checkpoint_bytes(base, tmp_path):
     c = clone(base, tmp_path)
-    lock = json.loads(c.lock.read_text())
+    lock = load_lock(c.lock)
     for name in ("train-0", "train-1"):  # train again; teacher, c0 and the labels stay cached
         del lock["stages"][name]
     c.lock.write_text(json.dumps(lock))
