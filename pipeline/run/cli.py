@@ -18,7 +18,7 @@ from pipeline._cli_options import (
 )
 from pipeline._lock import stage_name
 from pipeline.errors import ConfigError
-from pipeline.report.fidelity import curve_table, plot_curves
+from pipeline.report.fidelity import curve_table, finetune_advice, plot_curves
 from pipeline.run.folder_lock import hold_run_folder
 
 workers_opt = click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (overrides compute.workers).")
@@ -130,11 +130,12 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_f
 def _dry_run(runner, segment: int) -> None:
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
+    from pipeline.run.graph import teacher_source
     from pipeline.run.stages import chosen_keep, plan_precompute, recorded_teacher
 
     lag = runner.cfg.schedule.lag
     ckpt = runner.checkpoint(max(0, segment - lag))
-    teacher = recorded_teacher(runner)
+    teacher = recorded_teacher(runner, teacher_source(runner.cfg))
     if teacher is None or not ckpt.exists():
         missing = "the teacher" if teacher is None else f"checkpoint {ckpt}"
         click.echo(f"segment {segment}: {missing} does not exist yet; everything is to compute "
@@ -190,6 +191,20 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
     for line in curve_table(res["curves"], n):
         click.echo(line)
     click.echo(f"plot: {png}")
+    _advise(runner.cfg, res["curves"], n)
+
+
+def _advise(cfg, curves, num_patches: int) -> None:
+    """Name the fine-tune when the teacher's agreement at half the patches is short of the budget."""
+    policy = cfg.masking.policy if cfg.masking.policy in curves else next(iter(curves))
+    t = cfg.teacher
+    advice = finetune_advice(curves[policy], num_patches, cfg.masking.budget.budget() if cfg.masking.budget else None,
+                             label=f"policy {policy}", fine_tuned=t.fine_tuned,
+                             patch_drop_rate=t.train.patch_drop_rate if t.train else 0.0)
+    if advice:
+        click.echo("")
+    for line in advice:
+        click.echo(line)
 
 
 @click.command("gc")

@@ -28,7 +28,7 @@ from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import register_run
 from pipeline.run.context import Echo, RunContext, RunOutcome
-from pipeline.run.graph import checkpoint_maker, expand
+from pipeline.run.graph import checkpoint_maker, expand, teacher_source
 from pipeline.run.stage import Stage
 from pipeline.run.stages import plan_probe, run_probe
 
@@ -180,7 +180,9 @@ class Runner(RunContext):
             raise ConfigError(f"--milestone: {milestone} is out of range; {self.cfg.name} has {n} milestone(s) (0..{n - 1})")
         by_name = {s.name: s for s in self.stages}
         outs: dict[str, Any] = {}
-        teacher = outs["teacher"] = self.run_stage(by_name["teacher"], outs)
+        for name in dict.fromkeys(("teacher", teacher_source(self.cfg))):  # loaded, then fine-tuned if it is
+            outs[name] = self.run_stage(by_name[name], outs)
+        teacher = outs[teacher_source(self.cfg)]
         ckpt = self.run_stage(by_name["init"], outs) if milestone == 0 else self.checkpoint(milestone)
         maker = checkpoint_maker(milestone)
         if milestone and not (ckpt.is_file() and self.lock.check(maker, self.lock.stages.get(maker, {}).get(

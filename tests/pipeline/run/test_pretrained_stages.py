@@ -15,6 +15,7 @@ from timm.models._hub import save_for_hf
 import pipeline.fingerprints as fp
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import load_config
+from maskedkd import teacher_macs
 from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
 from pipeline.run.runner import Runner
 from pipeline.run.stage import Stage
@@ -96,20 +97,58 @@ def test_pretrained_teacher_and_student_from_local_dirs(fmnist_small, tmp_path):
     assert fp.teacher_inputs(runner.cfg, runner.manifest)["weights"] != inputs["weights"]
 
 
-def test_pretrained_teacher_with_a_train_block_is_fine_tuned_from_its_weights(fmnist_small, tmp_path):
+def _finetune_config(tmp_path: Path, fmnist_small, name: str = "stages.yaml", **train) -> Path:
+    """A pretrained ``local-dir:`` teacher (5 classes) with a train block: a fine-tune to 10 classes."""
+    recipe = {"epochs": 1, "lr": 1.0e-12, "min_lr": 0.0, "warmup_epochs": 0, "batch_size": 16, "seed": 0,
+              "patch_drop_rate": 0.5, **train}
+    teacher = {"model": f"local-dir:{tmp_path / 'teacher'}", "pretrained": True, "kwargs": {"num_classes": 10},
+               "train": recipe}
+    return write_stage(tmp_path, stage_doc(tmp_path, fmnist_small), name, teacher=teacher, data__subset=32,
+                       data__val=None, schedule__epochs=1, schedule__every=1)
+
+
+def _status(runner: Runner) -> dict[str, str]:
+    return {s.name: s.freshness.reason for s in runner.status()}
+
+
+def test_pretrained_teacher_with_a_train_block_is_fine_tuned_in_a_stage_of_its_own(fmnist_small, tmp_path):
     source = _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
-    name = f"local-dir:{tmp_path / 'teacher'}"
-    doc = stage_doc(tmp_path, fmnist_small)
     # a learning rate too small to move the weights: what comes out is where the fine-tune started
-    train = {"epochs": 1, "lr": 1.0e-12, "min_lr": 0.0, "warmup_epochs": 0, "batch_size": 16, "seed": 0}
-    path = write_stage(tmp_path, doc, teacher={"model": name, "pretrained": True, "kwargs": {"num_classes": 10},
-                                               "train": train}, data__subset=32, data__val=None)
-    runner = _runner(path)
-    inputs = fp.teacher_inputs(runner.cfg, runner.manifest)
-    assert inputs["init"] == sha256_file(tmp_path / "teacher" / "model.safetensors") and inputs["pretrained"] is True
-    spec = _run_stage(runner, "teacher")
-    tuned = torch.load(spec.weights, weights_only=True)
+    runner = _runner(_finetune_config(tmp_path, fmnist_small))
+    assert [s.name for s in runner.stages][:3] == ["teacher", "teacher-finetune", "init"]
+    inputs = fp.teacher_inputs(runner.cfg, runner.manifest)  # the teacher stage only loads the start
+    assert inputs == {"model": runner.cfg.teacher.model, "kwargs": sha256_json({"num_classes": 10}),
+                      "weights": sha256_file(tmp_path / "teacher" / "model.safetensors"), "pretrained": True,
+                      "head": {"num_classes": 10, "seed": 0}}
+    assert _status(runner)["teacher-finetune"] == "depends on teacher, which is stale"
+
+    runner.run()
+    start = fp.teacher_inputs(runner.cfg, runner.manifest)
+    assert set(_status(runner).values()) == {"up to date"}
+    info = runner.lock.info("teacher-finetune")
+    tuned = torch.load(runner.lock.output("teacher-finetune", "weights")["path"], weights_only=True)
     assert tuned["head.weight"].shape == (10, 32)  # a new head for data.num_classes
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
             assert torch.allclose(tuned[key], value, atol=1e-6), key
+    # MACs: 3x the forward of the token-dropped model (keep int(16 * 0.5) = 8 of 16 patches) per image-step
+    plain = create_model(VIT, {**TEACHER_KW, "num_classes": 10}, seed=0)
+    assert info["image_steps"] == 2 * 16 and info["macs"] == 3 * teacher_macs(plain, 8) * 32
+    assert len(info["epochs"]) == 1 and info["seconds"] > 0
+    precompute = runner.lock.stages["precompute-0"]["inputs"]
+    assert precompute["teacher"] == info["fingerprint"]  # the labels come from the fine-tuned teacher
+
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"Teacher fine-tune (`teacher-finetune`): 1 epochs" in report and f"{info['macs'] / 1e9:.2f} GMACs" in report
+    rerun = _runner(_finetune_config(tmp_path, fmnist_small))
+    rerun.run()
+    assert set(rerun.result.stages.values()) == {"cached"}
+
+    # another recipe: the start is the same, the fine-tune and everything reading the teacher are stale
+    changed = _runner(_finetune_config(tmp_path, fmnist_small, "lr.yaml", lr=2.0e-12))
+    assert fp.teacher_inputs(changed.cfg, changed.manifest) == start
+    status = _status(changed)
+    assert status["teacher"] == "up to date" and status["init"] == "up to date"
+    assert status["teacher-finetune"].startswith("input 'recipe' changed")
+    assert status["precompute-0"] == "depends on teacher-finetune, which is stale"
+    assert status["train-0"] == "depends on precompute-0, which is stale"
