@@ -13,9 +13,9 @@ import torch
 from timm.models._hub import save_for_hf
 
 import pipeline.fingerprints as fp
+from maskedkd import teacher_macs
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import load_config
-from maskedkd import teacher_macs
 from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
 from pipeline.run.runner import Runner
 from pipeline.run.stage import Stage
@@ -139,7 +139,7 @@ def test_pretrained_teacher_with_a_train_block_is_fine_tuned_in_a_stage_of_its_o
     assert precompute["teacher"] == info["fingerprint"]  # the labels come from the fine-tuned teacher
 
     report = (tmp_path / "run" / "report.md").read_text()
-    assert f"Teacher fine-tune (`teacher-finetune`): 1 epochs" in report and f"{info['macs'] / 1e9:.2f} GMACs" in report
+    assert "Teacher fine-tune (`teacher-finetune`): 1 epochs" in report and f"{info['macs'] / 1e9:.2f} GMACs" in report
     rerun = _runner(_finetune_config(tmp_path, fmnist_small))
     rerun.run()
     assert set(rerun.result.stages.values()) == {"cached"}
