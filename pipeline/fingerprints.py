@@ -36,6 +36,9 @@ The rules in force (each an instance of 2.)
   data section's (:func:`render_entry`); partitions already record the render they used.
 - ``pretrained`` (teacher and student): named only when true; the file it loads is hashed as
   ``weights`` / ``init`` like a weights file (:func:`weights_file`).
+- a teacher that is loaded *and* trained (a fine-tune): no rule needed, the configs are new; its
+  ``teacher`` stage records a frozen teacher's inputs (plus ``head`` for a pretrained one) and
+  ``teacher-finetune`` the start's fingerprint + :func:`trained_teacher_inputs`.
 - ``masking.tolerance``: in a partition's mask fingerprint only when not 0.
 - ``compute.decode``: in a partition's view fingerprint only when not ``pil``.
 - TF32 matmuls: in a partition's label fingerprint only when fp32 runs on CUDA.

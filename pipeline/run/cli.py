@@ -52,7 +52,7 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
 @click.option("--until", default=None, metavar="STAGE",
-              help="Stop after this stage (as `status` names them: teacher, init, probe-I, precompute-I, train-I).")
+              help="Stop after this stage (as `status` names them: teacher, teacher-finetune, init, probe-I, precompute-I, train-I).")
 @click.option("--nproc", default=None, type=click.IntRange(1),
               help="Processes per student train stage, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @set_opt
