@@ -6,6 +6,7 @@ preprocessing; a pretrained student starts from its weights with a re-initialise
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,22 @@ def test_pretrained_teacher_with_a_train_block_is_fine_tuned_in_a_stage_of_its_o
     assert status["teacher-finetune"].startswith("input 'recipe' changed")
     assert status["precompute-0"] == "depends on teacher-finetune, which is stale"
     assert status["train-0"] == "depends on precompute-0, which is stale"
+
+
+@pytest.mark.slow
+def test_the_finetune_under_two_torchrun_processes_trains_like_one(fmnist_small, tmp_path):
+    _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    path = _finetune_config(tmp_path, fmnist_small, lr=1.0e-3, patch_drop_rate=0.0)  # no random token drops
+    one = _runner(path)
+    one.run(until="teacher-finetune")
+    single = torch.load(one.lock.output("teacher-finetune", "weights")["path"], weights_only=True)
+    steps = one.lock.info("teacher-finetune")["image_steps"]
+    shutil.rmtree(tmp_path / "store" / "teachers")
+    shutil.rmtree(tmp_path / "run")
+    two = Runner(load_config(path), progress=False, echo=lambda _s: None, nproc=2)
+    two.run(until="teacher-finetune")
+    info = two.lock.info("teacher-finetune")
+    assert info["nproc"] == 2 and info["image_steps"] == steps
+    double = torch.load(two.lock.output("teacher-finetune", "weights")["path"], weights_only=True)
+    for k in single:
+        torch.testing.assert_close(double[k], single[k], rtol=1e-4, atol=1e-5)
