@@ -54,7 +54,7 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @click.option("--until", default=None, metavar="STAGE",
               help="Stop after this stage (as `status` names them: teacher, teacher-finetune, init, probe-I, precompute-I, train-I).")
 @click.option("--nproc", default=None, type=click.IntRange(1),
-              help="Processes per student train stage, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
+              help="Processes per student train stage and teacher fine-tune, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @set_opt
 def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
             until: str | None, nproc: int | None, overrides: tuple[str, ...]) -> None:
@@ -62,7 +62,8 @@ def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, work
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
     keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv). With
-    --nproc N (or compute.nproc) each student train stage runs in N torchrun processes (DDP).
+    --nproc N (or compute.nproc) each student train stage (and a teacher fine-tune) runs in N torchrun
+    processes (DDP).
     """
     scheduler = scheduler_from_flags(scheduler, scheduler_file)
     if dry_run:

@@ -57,7 +57,7 @@ class Runner(RunContext):
                  echo: Echo = click.echo, progress: bool = True, device: str | None = None,
                  overrides: Sequence[str] = (), nproc: int | None = None) -> None:
         super().__init__(cfg, device=device or resolve_device(cfg.compute.device), echo=echo, progress=progress,
-                         # processes per student train stage (torchrun when > 1)
+                         # processes per student train stage and teacher fine-tune (torchrun when > 1)
                          nproc=int(nproc or cfg.compute.nproc), overrides=list(overrides),
                          scheduler=scheduler, workers=workers)
         self.stages = expand(cfg)

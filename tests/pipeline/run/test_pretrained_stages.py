@@ -20,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
 from pipeline.run.runner import Runner
 from pipeline.run.stage import Stage
-from tests.pipeline.run.test_runner import BASE_KW, VIT, stage_doc, write_stage
+from tests.pipeline.run.test_runner import BASE_KW, VIT, cli, stage_doc, write_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEACHER_KW = dict(BASE_KW, embed_dim=32, depth=1)
@@ -139,6 +139,7 @@ def test_pretrained_teacher_with_a_train_block_is_fine_tuned_in_a_stage_of_its_o
     precompute = runner.lock.stages["precompute-0"]["inputs"]
     assert precompute["teacher"] == info["fingerprint"]  # the labels come from the fine-tuned teacher
 
+    assert (tmp_path / "run" / "teacher_metrics.csv").is_file()  # the fine-tune's epochs
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Teacher fine-tune (`teacher-finetune`): 1 epochs" in report and f"{info['macs'] / 1e9:.2f} GMACs" in report
     rerun = _runner(_finetune_config(tmp_path, fmnist_small))
@@ -172,3 +173,16 @@ def test_the_finetune_under_two_torchrun_processes_trains_like_one(fmnist_small,
     double = torch.load(two.lock.output("teacher-finetune", "weights")["path"], weights_only=True)
     for k in single:
         torch.testing.assert_close(double[k], single[k], rtol=1e-4, atol=1e-5)
+
+
+def test_probe_fine_tunes_first_and_says_when_masks_still_cost_too_much(fmnist_small, tmp_path, capsys):
+    _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    path = _finetune_config(tmp_path, fmnist_small)
+    # a budget no mask meets (KL 0), so the advice is certain whatever the tiny teacher predicts
+    code, out = cli("probe", str(path), "--samples", "16", "--set", "masking.keep=auto",
+                    "--set", "masking.budget={kl: 0.0}", capsys=capsys)
+    assert code == 0, out
+    lock = json.loads((tmp_path / "run" / "run.lock.json").read_text())["stages"]
+    assert {"teacher", "teacher-finetune"} <= set(lock)  # the probe measures the fine-tuned teacher
+    assert "At keep 8/16 (policy student)" in out and "falls short of the budget (KL <= 0.0 nats)" in out
+    assert "Its fine-tune (teacher.train, patch_drop_rate 0.5) does not reach the budget yet" in out
