@@ -186,3 +186,33 @@ def test_probe_fine_tunes_first_and_says_when_masks_still_cost_too_much(fmnist_s
     assert {"teacher", "teacher-finetune"} <= set(lock)  # the probe measures the fine-tuned teacher
     assert "At keep 8/16 (policy student)" in out and "falls short of the budget (KL <= 0.0 nats)" in out
     assert "Its fine-tune (teacher.train, patch_drop_rate 0.5) does not reach the budget yet" in out
+
+
+def test_a_finetune_stopped_midway_resumes_from_its_record_and_ends_where_one_run_does(fmnist_small, tmp_path,
+                                                                                       monkeypatch):
+    import pipeline.run.training as training
+
+    _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    path = _finetune_config(tmp_path, fmnist_small, lr=1.0e-3, epochs=2, checkpoint_every=1)
+    whole = _runner(path)
+    whole.run(until="teacher-finetune")
+    want = whole.lock.info("teacher-finetune")
+    assert want["resumed"] is None
+    shutil.rmtree(tmp_path / "store" / "teachers")
+    shutil.rmtree(tmp_path / "run")
+
+    evaluate = training.evaluate_val
+
+    def stop_after_the_first_epoch(cfg, manifest, model, model_cfg, device):
+        monkeypatch.setattr(training, "evaluate_val", evaluate)
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(training, "evaluate_val", stop_after_the_first_epoch)
+    with pytest.raises(RuntimeError, match="stopped"):
+        _runner(path).run(until="teacher-finetune")
+    assert (tmp_path / "run" / "teacher-finetune").is_dir()  # its resume records
+    again = _runner(path)
+    again.run(until="teacher-finetune")
+    got = again.lock.info("teacher-finetune")
+    assert got["resumed"] is not None and got["resumed"]["epoch"] == 0
+    assert got["fingerprint"] == want["fingerprint"] and got["image_steps"] == want["image_steps"] == 4 * 16
