@@ -8,7 +8,7 @@ format of every store and run lock already written: change one and they all go s
 Adding a config field (or any other input)
 ------------------------------------------
 1. If it changes what a stage computes, add it to that stage's inputs here (``teacher_inputs``,
-   ``init_inputs``, ``probe_inputs``, ``precompute_inputs``, ``train_inputs``) and, when the
+   ``teacher_finetune_inputs``, ``init_inputs``, ``probe_inputs``, ``precompute_inputs``, ``train_inputs``) and, when the
    stage's own records depend on it, to the fingerprint they are addressed by:
    :func:`pipeline.precompute.spec.task_fingerprints` (label partitions),
    :attr:`pipeline.precompute.probe.ProbeTask.fingerprint` (spot-checks),
@@ -36,6 +36,9 @@ The rules in force (each an instance of 2.)
   data section's (:func:`render_entry`); partitions already record the render they used.
 - ``pretrained`` (teacher and student): named only when true; the file it loads is hashed as
   ``weights`` / ``init`` like a weights file (:func:`weights_file`).
+- a teacher that is loaded *and* trained (a fine-tune): no rule needed, the configs are new; its
+  ``teacher`` stage records a frozen teacher's inputs (plus ``head`` for a pretrained one) and
+  ``teacher-finetune`` the start's fingerprint + :func:`trained_teacher_inputs`.
 - ``masking.tolerance``: in a partition's mask fingerprint only when not 0.
 - ``compute.decode``: in a partition's view fingerprint only when not ``pil``.
 - TF32 matmuls: in a partition's label fingerprint only when fp32 runs on CUDA.
@@ -112,21 +115,34 @@ def data_inputs(cfg, manifest) -> dict[str, Any]:
 
 
 def teacher_inputs(cfg, manifest) -> dict[str, Any]:
-    """The ``teacher`` stage: its weights file, or what training it reads (recipe, views, data)."""
+    """The ``teacher`` stage: its weights file (a frozen teacher, or where a fine-tune starts), or
+    what training it from scratch reads (recipe, views, data)."""
     t = cfg.teacher
     file = weights_file(t)
-    pretrained = unless_default("pretrained", t.pretrained, False)
-    if t.train is None:
-        assert file is not None  # the schema asks a frozen teacher for weights or pretrained
-        return {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(file), **pretrained}
+    if file is None:
+        return trained_teacher_inputs(cfg, manifest)
+    inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "weights": sha256_file(file),
+              **unless_default("pretrained", t.pretrained, False)}
+    if t.fine_tuned and t.pretrained:  # the start of a fine-tune: the head re-initialised, seeded
+        inputs["head"] = {"num_classes": cfg.data.num_classes, "seed": t.train.seed}
+    return inputs
+
+
+def trained_teacher_inputs(cfg, manifest) -> dict[str, Any]:
+    """What training the teacher reads: its recipe (``teacher.train``), views, data and rendering."""
+    t = cfg.teacher
     views = (t.train.views or cfg.views).model_dump(mode="json")
     recipe = without_defaults(t.train.model_dump(mode="json"), TEACHER_RECIPE_ADDED)
     inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
               "views": sha256_json(views), "data": sha256_json(data_inputs(cfg, manifest)),
-              "val": sha256_json([cfg.data.val, cfg.data.val_subset]), **render_entry(cfg.data, t),
-              # a fine-tune: the weights it starts from
-              **({"init": sha256_file(file), **pretrained} if file else {})}
+              "val": sha256_json([cfg.data.val, cfg.data.val_subset]), **render_entry(cfg.data, t)}
     return {**inputs, **order_seed_entry(t.train.seed, views["seed"])}
+
+
+def teacher_finetune_inputs(cfg, manifest, start) -> dict[str, Any]:
+    """The ``teacher-finetune`` stage: the weights it starts from (the ``teacher`` stage's
+    :class:`ModelSpec`, by fingerprint) and what training reads (:func:`trained_teacher_inputs`)."""
+    return {"start": start.fingerprint, **trained_teacher_inputs(cfg, manifest)}
 
 
 def init_inputs(cfg) -> dict[str, Any]:

@@ -59,7 +59,7 @@ class ComputeConfig(Section):
                                 "if set, else every core the process may use.",
     )
     nproc: int = Field(
-        1, ge=1, description="Processes per student train stage: > 1 runs each under torchrun (DDP: gloo on CPU, nccl "
+        1, ge=1, description="Processes per student train stage and teacher fine-tune: > 1 runs each under torchrun (DDP: gloo on CPU, nccl "
                              "with one GPU per process); the batch sequence and the result do not depend on it.",
     )
     batch_size: int = Field(256, ge=1, description="Teacher / saliency forward batch size.")

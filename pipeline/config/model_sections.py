@@ -180,6 +180,12 @@ class TeacherConfig(ModelConfig):
         """Used as loaded (no ``train`` block): its classifier must already predict the dataset's classes."""
         return self.train is None
 
+    @property
+    def fine_tuned(self) -> bool:
+        """Loaded (pretrained or a weights file) *and* trained: a fine-tune from those weights, a stage
+        of its own after the one that loads them (``teacher-finetune``)."""
+        return self.train is not None and (self.pretrained or self.weights is not None)
+
 
 class StudentConfig(ModelConfig):
     """The student: a timm model initialised from a seed, a weights file, or its pretrained weights."""

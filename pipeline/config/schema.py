@@ -112,7 +112,7 @@ class StageConfig(Section):
             p.append(("teacher.pretrained", f"{mc.model}'s pretrained classifier has {head} classes but data.num_classes "
                                             f"is {nc}: a frozen teacher must predict the dataset's classes; fine-tune it "
                                             f"with a teacher.train block (and kwargs.num_classes: {nc}; the head is "
-                                            "re-initialised), e.g. train: {epochs: 2, lr: 1.0e-4, patch_drop_rate: 0.5}"))
+                                            "re-initialised), e.g. train: {epochs: 2, lr: 1.0e-4, warmup_epochs: 0, patch_drop_rate: 0.5}"))
         elif mi.num_classes != nc:
             hint = f"; set {who}.kwargs.num_classes: {nc} (the pretrained head is re-initialised)" if mc.pretrained else ""
             p.append((f"{who}.kwargs.num_classes", f"the {who} has {mi.num_classes} classes, data.num_classes is {nc}{hint}"))

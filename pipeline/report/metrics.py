@@ -46,7 +46,8 @@ def write_metrics(lock, num_segments: int, run_dir: Path) -> list[Path]:
     cols = ["epoch", "segment", *list(_COLUMNS)[1:]]
     write_atomic(student, _csv(cols, _student_rows(lock, num_segments)))
     teacher = run_dir / "teacher_metrics.csv"
-    epochs = lock.info("teacher").get("epochs")
+    # trained from scratch (`teacher`) or fine-tuned (`teacher-finetune`)
+    epochs = lock.info("teacher").get("epochs") or lock.info("teacher-finetune").get("epochs")
     if not epochs:  # weights from a file: nothing trained, nothing left from an earlier config
         teacher.unlink(missing_ok=True)
         return [student]

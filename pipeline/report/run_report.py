@@ -33,6 +33,14 @@ def teacher_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     return {"teacher_top1": info.get("top1"), "teacher_seconds": info.get("seconds")}
 
 
+def finetune_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's fields from the ``teacher-finetune`` stage's lock info: the teacher's accuracy
+    after it, and what the fine-tune cost (MACs: forward + backward, 3x the token-dropped forward)."""
+    tuned = {"teacher_top1": info["top1"], "start_top1": info.get("start_top1")} if "top1" in info else {}
+    return {**tuned, "finetune_macs": info.get("macs"), "finetune_s": info.get("seconds"),
+            "finetune_epochs": len(info.get("epochs") or [])}
+
+
 def precompute_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     """A milestone row's fields from its precompute stage's lock info (``{}``: no stored labels)."""
     return {"keep": info.get("keep"), "source": info.get("source"), "rows": int(info.get("rows", 0)),
@@ -52,7 +60,7 @@ def collect(cfg, lock, stages: Sequence) -> dict[str, Any]:
     """The numbers of the report, from the run lock: each stage of ``stages`` (the run's graph,
     :func:`pipeline.run.graph.expand`) adds its kind's fields to the run or to its milestone's row."""
     full_macs_per_row = _macs_full(cfg)
-    run: dict[str, Any] = teacher_fields({})
+    run: dict[str, Any] = {**teacher_fields({}), **finetune_fields({})}
     rows = [{"segment": i, "epochs": f"{start}-{end - 1}", **precompute_fields({}), **train_fields({})}
             for i, (start, end) in enumerate(cfg.schedule.segments())]
     for stage in stages:
@@ -88,6 +96,14 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
     plt.close(fig)
 
 
+def _finetune_lines(data: Mapping[str, Any]) -> list[str]:
+    if data["finetune_macs"] is None:
+        return []
+    return [f"Teacher fine-tune (`teacher-finetune`): {data['finetune_epochs']} epochs, val top-1 "
+            f"{fmt_number(data.get('start_top1'))} before; {data['finetune_macs'] / 1e9:.2f} GMACs (forward + backward, "
+            f"counted as 3x the token-dropped forward per image-step), {fmt_number(data['finetune_s'], '.1f')} s.", ""]
+
+
 def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
     """Write ``report.md`` and its plots into the run folder ``out`` from the run lock, walking the
     run's ``stages`` (:func:`pipeline.run.graph.expand`); returns the report's path."""
@@ -115,6 +131,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
         f"Teacher val top-1: {fmt_number(data['teacher_top1'])}.", "",
+        *_finetune_lines(data),
         "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train top-1 | train loss |", "|---:|---:|---:|---:|---:|",
     ]
     for e in data["epochs"]:

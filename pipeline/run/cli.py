@@ -52,9 +52,9 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @workers_opt
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / stale and why) and exit.")
 @click.option("--until", default=None, metavar="STAGE",
-              help="Stop after this stage (as `status` names them: teacher, init, probe-I, precompute-I, train-I).")
+              help="Stop after this stage (as `status` names them: teacher, teacher-finetune, init, probe-I, precompute-I, train-I).")
 @click.option("--nproc", default=None, type=click.IntRange(1),
-              help="Processes per student train stage, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
+              help="Processes per student train stage and teacher fine-tune, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @set_opt
 def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
             until: str | None, nproc: int | None, overrides: tuple[str, ...]) -> None:
@@ -62,7 +62,8 @@ def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, work
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
     keeps the resolved config (config.yaml) and the per-epoch metrics (metrics.csv). With
-    --nproc N (or compute.nproc) each student train stage runs in N torchrun processes (DDP).
+    --nproc N (or compute.nproc) each student train stage (and a teacher fine-tune) runs in N torchrun
+    processes (DDP).
     """
     scheduler = scheduler_from_flags(scheduler, scheduler_file)
     if dry_run:
@@ -133,11 +134,12 @@ def precompute_cmd(stages: str, segment: int, scheduler: str | None, scheduler_f
 def _dry_run(runner, segment: int) -> None:
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
+    from pipeline.run.graph import teacher_source
     from pipeline.run.stages import chosen_keep, plan_precompute, recorded_teacher
 
     lag = runner.cfg.schedule.lag
     ckpt = runner.checkpoint(max(0, segment - lag))
-    teacher = recorded_teacher(runner)
+    teacher = recorded_teacher(runner, teacher_source(runner.cfg))
     if teacher is None or not ckpt.exists():
         missing = "the teacher" if teacher is None else f"checkpoint {ckpt}"
         click.echo(f"segment {segment}: {missing} does not exist yet; everything is to compute "
@@ -193,6 +195,23 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
     for line in curve_table(res["curves"], n):
         click.echo(line)
     click.echo(f"plot: {png}")
+    _advise(runner.cfg, res["curves"], n)
+
+
+def _advise(cfg, curves, num_patches: int) -> None:
+    """Name the fine-tune when the teacher's agreement at half the patches is short of the budget."""
+    # here: `mkd-pipeline --help` imports this module, and the advice's maskedkd would bring torch
+    from pipeline.report.advice import finetune_advice
+
+    policy = cfg.masking.policy if cfg.masking.policy in curves else next(iter(curves))
+    t = cfg.teacher
+    advice = finetune_advice(curves[policy], num_patches, cfg.masking.budget.budget() if cfg.masking.budget else None,
+                             label=f"policy {policy}", fine_tuned=t.fine_tuned,
+                             patch_drop_rate=t.train.patch_drop_rate if t.train else 0.0)
+    if advice:
+        click.echo("")
+    for line in advice:
+        click.echo(line)
 
 
 @click.command("gc")

@@ -1,4 +1,4 @@
-"""A student train stage under ``torchrun``: ``compute.nproc`` (or ``run --nproc``) processes (docs/design.md §6).
+"""A student train stage (or the teacher's fine-tune) under ``torchrun``: ``compute.nproc`` (or ``run --nproc``) processes (docs/design.md §6).
 
 The runner stays the one process that holds the run folder's flock and writes the run lock; it
 writes a job file (the resolved config, the segment, its labels: plain values, so a process needs
@@ -10,6 +10,9 @@ checkpoint, the resume records (the same ``<run_dir>/train`` folder as one proce
 stage resumes under any process count) and ``result.json``, which the runner records as it
 records an in-process stage. A process that fails with a pipeline error writes
 ``error-<rank>.json``, so ``run`` exits with that error's message and exit code.
+
+The ``teacher-finetune`` stage runs the same way with ``task="teacher"``: no segment, labels or
+teacher; ``start`` is the checkpoint it starts from, the batch is ``teacher.train.batch_size``.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ def check_nproc(nproc: int, batch_size: int, device: str) -> None:
                           f"{visible_note()} (one per process)")
 
 
-def job_record(*, name: str, segment: int, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,
-               run_dir: Path, device: str, progress: bool, config: Path) -> dict[str, Any]:
-    """What a torchrun process needs to train the segment as :func:`pipeline.run.training.train_student` does here."""
+def job_record(*, name: str, segment: int | None, start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path,
+               run_dir: Path, device: str, progress: bool, config: Path, task: str = "student") -> dict[str, Any]:
+    """What a torchrun process needs to train the segment as :func:`pipeline.run.training.train_student`
+    (``task="teacher"``: the teacher as :func:`pipeline.run.training.train_teacher`) does here."""
     return {
-        "config": str(config), "name": name, "segment": segment, "start": str(start_ckpt), "out": str(out),
+        "task": task, "config": str(config), "name": name, "segment": segment, "start": str(start_ckpt), "out": str(out),
         "run_dir": str(run_dir), "device": device, "progress": progress,
         "teacher": None if teacher is None else [teacher.weights, teacher.fingerprint],
         "labels": [[shard, ve, ref.path, ref.sha256, None if ref.expect is None else dict(ref.expect)]
@@ -57,17 +61,17 @@ def job_record(*, name: str, segment: int, start_ckpt: Path, labels, teacher: Mo
     }
 
 
-def train_distributed(cfg, *, nproc: int, overrides: Sequence[str], run_dir: Path, name: str, segment: int,
+def train_distributed(cfg, *, nproc: int, overrides: Sequence[str], run_dir: Path, name: str, segment: int | None,
                       start_ckpt: Path, labels, teacher: ModelSpec | None, out: Path, device: str,
-                      progress: bool) -> dict[str, Any]:
-    """Train segment ``segment`` (stage ``name``) in ``nproc`` torchrun processes; returns rank 0's
-    :func:`pipeline.train.train_segment` result.
+                      progress: bool, task: str = "student") -> dict[str, Any]:
+    """Train segment ``segment`` (stage ``name``; ``task="teacher"``: the teacher's fine-tune from
+    ``start_ckpt``) in ``nproc`` torchrun processes; returns rank 0's :func:`pipeline.train.train_segment` result.
 
     Raises:
         ConfigError: the batch does not split over the processes, or too few GPUs.
         PipelineError: a process failed: its own error (message and exit code) when it wrote one.
     """
-    check_nproc(nproc, cfg.train.batch_size, device)
+    check_nproc(nproc, (cfg.teacher.train if task == "teacher" else cfg.train).batch_size, device)
     job_dir = run_dir / JOB_DIR / name
     shutil.rmtree(job_dir, ignore_errors=True)  # no result or error of an earlier attempt is read as this one's
     job_dir.mkdir(parents=True)
@@ -75,7 +79,7 @@ def train_distributed(cfg, *, nproc: int, overrides: Sequence[str], run_dir: Pat
     write_atomic(config, dump_config(cfg, overrides).encode())
     job = job_dir / "job.json"
     record = job_record(name=name, segment=segment, start_ckpt=start_ckpt, labels=labels, teacher=teacher, out=out,
-                        run_dir=run_dir, device=device, progress=progress, config=config)
+                        run_dir=run_dir, device=device, progress=progress, config=config, task=task)
     write_atomic(job, json.dumps(record).encode())
     env = dict(os.environ)
     if not env.get("OMP_NUM_THREADS", "").strip():

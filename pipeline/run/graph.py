@@ -3,7 +3,8 @@
 ``run``, ``status``, ``run --dry-run``, ``--until`` and the run's report all walk
 :func:`expand`'s list; nothing else spells out the stage order or formats a stage name.
 
-For a config the graph is ``teacher``, ``init``, then per segment i: ``probe-i`` (only with
+For a config the graph is ``teacher``, ``teacher-finetune`` (only when the teacher is loaded *and*
+has a ``train`` block: a fine-tune from the loaded weights), ``init``, then per segment i: ``probe-i`` (only with
 ``masking.keep: auto``), ``precompute-i`` (only when the student learns from stored labels) and
 ``train-i``. ``schedule.lag`` decides which checkpoint masks a segment's labels: c_i (lag 0) or
 c_{i-1} (lag 1). With lag 1 the labels of segment i+1 depend only on stages that are done before
@@ -18,9 +19,13 @@ To add a kind, see docs/architecture.md, "Add a stage".
 from __future__ import annotations
 
 from pipeline._lock import stage_name
-from pipeline.report.run_report import precompute_fields, teacher_fields, train_fields
+from pipeline.report.run_report import finetune_fields, precompute_fields, teacher_fields, train_fields
 from pipeline.run import stages as st
 from pipeline.run.stage import Stage, StageKind
+
+# The fine-tune of a loaded teacher (issue 24): "teacher-" so it sorts and reads with the stage it
+# changes, "finetune" because that is what the README, the schema and `probe` call it.
+FINETUNE = "teacher-finetune"
 
 
 def needs_labels(cfg) -> bool:
@@ -34,7 +39,7 @@ def teacher_source(cfg) -> str:
     A stage that changes the teacher (e.g. a fine-tune after ``teacher``) is declared after it and
     named here for the configs that have it; the stages below read the teacher only through this.
     """
-    return "teacher"
+    return FINETUNE if cfg.teacher.fine_tuned else "teacher"
 
 
 def checkpoint_maker(i: int) -> str:
@@ -66,6 +71,10 @@ KINDS: tuple[StageKind, ...] = (
     StageKind("teacher", per_segment=False, present=lambda cfg: True, deps=lambda cfg, i: {},
               plan=st.plan_teacher, cached=st.cached_teacher, run=st.run_teacher,
               cached_note=lambda teacher: f"cached ({teacher.weights})", report=teacher_fields),
+    StageKind(FINETUNE, per_segment=False, present=lambda cfg: cfg.teacher.fine_tuned,
+              deps=lambda cfg, i: {"teacher": "teacher"}, plan=st.plan_teacher_finetune, cached=st.cached_teacher,
+              run=st.run_teacher_finetune, cached_note=lambda teacher: f"cached ({teacher.weights})",
+              report=finetune_fields),
     StageKind("init", per_segment=False, present=lambda cfg: True, deps=lambda cfg, i: {},
               plan=st.plan_init, cached=st.cached_checkpoint, run=st.run_init),
     StageKind("probe", per_segment=True, present=lambda cfg: needs_labels(cfg) and cfg.masking.auto,

@@ -30,7 +30,7 @@ from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import register_run
 from pipeline.run.context import Echo, RunContext, RunOutcome
-from pipeline.run.graph import checkpoint_maker, expand, needs_labels
+from pipeline.run.graph import checkpoint_maker, expand, needs_labels, teacher_source
 from pipeline.run.stage import Stage
 from pipeline.run.stages import plan_probe, run_probe
 
@@ -59,7 +59,7 @@ class Runner(RunContext):
                  echo: Echo = click.echo, progress: bool = True, device: str | None = None,
                  overrides: Sequence[str] = (), nproc: int | None = None) -> None:
         super().__init__(cfg, device=device or resolve_device(cfg.compute.device), echo=echo, progress=progress,
-                         # processes per student train stage (torchrun when > 1)
+                         # processes per student train stage and teacher fine-tune (torchrun when > 1)
                          nproc=int(nproc or cfg.compute.nproc), overrides=list(overrides),
                          scheduler=scheduler, workers=workers)
         self.stages = expand(cfg)
@@ -197,7 +197,9 @@ class Runner(RunContext):
             raise ConfigError(f"--milestone: {milestone} is out of range; {self.cfg.name} has {n} milestone(s) (0..{n - 1})")
         by_name = {s.name: s for s in self.stages}
         outs: dict[str, Any] = {}
-        teacher = outs["teacher"] = self.run_stage(by_name["teacher"], outs)
+        for name in dict.fromkeys(("teacher", teacher_source(self.cfg))):  # loaded, then fine-tuned if it is
+            outs[name] = self.run_stage(by_name[name], outs)
+        teacher = outs[teacher_source(self.cfg)]
         ckpt = self.run_stage(by_name["init"], outs) if milestone == 0 else self.checkpoint(milestone)
         maker = checkpoint_maker(milestone)
         if milestone and not (ckpt.is_file() and self.lock.check(maker, self.lock.stages.get(maker, {}).get(

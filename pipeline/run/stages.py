@@ -9,7 +9,7 @@ concrete :class:`pipeline.run.graph.Stage` and the outputs of the stages it depe
 - ``cached_*``: the stage's output read back from the run lock, when the lock says it is fresh;
 - ``run_*``: do the work, record it in the run lock, return the output.
 
-Outputs: ``teacher`` a :class:`ModelSpec`; ``init`` and ``train-i`` a checkpoint path; ``probe-i``
+Outputs: ``teacher`` and ``teacher-finetune`` a :class:`ModelSpec`; ``init`` and ``train-i`` a checkpoint path; ``probe-i``
 the spot-check's result; ``precompute-i`` ``{(shard, view epoch): LabelRef}`` for the trainer.
 """
 
@@ -29,12 +29,13 @@ from pipeline.fingerprints import (
     init_inputs,
     precompute_inputs,
     probe_inputs,
+    teacher_finetune_inputs,
     teacher_inputs,
     train_inputs,
     weights_file,
 )
 from pipeline.labels import paths
-from pipeline.labels.contract import LabelRef, render_spec
+from pipeline.labels.contract import LabelRef
 from pipeline.labels.heal import damaged_recorded, quarantine_all
 from pipeline.labels.reader import open_partition
 from pipeline.models import (
@@ -57,9 +58,7 @@ from pipeline.run.claims import announce
 from pipeline.run.context import RunContext
 from pipeline.run.distributed import train_distributed
 from pipeline.run.stage import Outputs, Planned, Stage
-from pipeline.run.training import evaluate_val, naming_stage, train_student
-from pipeline.train.loop import train_segment
-from pipeline.train.threads import train_threads
+from pipeline.run.training import evaluate_val, naming_stage, train_step_macs, train_student, train_teacher
 
 # ---------------------------------------------------------------------------- shared planning
 
@@ -69,10 +68,11 @@ def teacher_spec(ctx: RunContext, path: str, fingerprint: str) -> ModelSpec:
     return model_spec(ctx.cfg, "teacher", path, fingerprint)
 
 
-def recorded_teacher(ctx: RunContext) -> ModelSpec | None:
-    """The teacher the run lock recorded (None: the teacher stage has not run)."""
-    rec = ctx.lock.output("teacher", "weights")
-    return None if rec is None else teacher_spec(ctx, rec["path"], ctx.lock.info("teacher")["fingerprint"])
+def recorded_teacher(ctx: RunContext, name: str = "teacher") -> ModelSpec | None:
+    """The teacher stage ``name`` recorded in the run lock (None: it has not run); the teacher later
+    stages use is :func:`pipeline.run.graph.teacher_source`'s."""
+    rec = ctx.lock.output(name, "weights")
+    return None if rec is None else teacher_spec(ctx, rec["path"], ctx.lock.info(name)["fingerprint"])
 
 
 def chosen_keep(cfg, probe: Mapping[str, Any]) -> int | None:
@@ -128,24 +128,21 @@ def plan_teacher(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
 
 
 def cached_teacher(ctx: RunContext, stage: Stage, planned: Planned) -> ModelSpec:
-    spec = recorded_teacher(ctx)
+    """The weights a fresh ``teacher`` or ``teacher-finetune`` stage recorded."""
+    spec = recorded_teacher(ctx, stage.name)
     assert spec is not None  # fresh: the lock recorded its weights
     return spec
 
 
 def run_teacher(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> ModelSpec:
-    """The teacher's weights file and fingerprint; trains it first when the config says so."""
+    """The teacher's weights file and fingerprint: loaded (frozen, or where a fine-tune starts), or
+    trained from scratch first when the config says so."""
     cfg, inputs = ctx.cfg, planned.inputs
-    if cfg.teacher.frozen:
+    if cfg.teacher.frozen or cfg.teacher.fine_tuned:
         path, info = _load_teacher(ctx, stage.name, inputs)
     else:
         path = _teachers_dir(ctx) / f"{checkpoint_stem(cfg.teacher.model)}-{sha256_json(inputs)[:16]}.pth"
-        sidecar = path.with_suffix(".json")
-        if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
-            info = json.loads(sidecar.read_text())["info"]
-            ctx.say(stage.name, f"trained earlier by a run with the same inputs ({path})")
-        else:
-            info = _train_teacher(ctx, stage.name, path, inputs)
+        info = _trained_before(ctx, stage.name, path) or _train_teacher(ctx, stage.name, path, inputs)
     ctx.lock.record(stage.name, inputs, outputs={"weights": file_record(path)}, info=info)
     return teacher_spec(ctx, str(path), info["fingerprint"])
 
@@ -157,13 +154,30 @@ def _teachers_dir(ctx: RunContext) -> Path:
     return Path(local) / "teachers" if local is not None else ctx.run_dir / "teachers"
 
 
+def _trained_before(ctx: RunContext, name: str, path: Path) -> dict[str, Any] | None:
+    """The lock info of a teacher a run with the same inputs trained into ``path`` (None: none did)."""
+    sidecar = path.with_suffix(".json")
+    if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("sha256") == sha256_file(path):
+        ctx.say(name, f"trained earlier by a run with the same inputs ({path})")
+        return json.loads(sidecar.read_text())["info"]
+    return None
+
+
+def _write_sidecar(path: Path, inputs: dict[str, Any], info: dict[str, Any]) -> None:
+    sidecar = {"sha256": sha256_file(path), "inputs": inputs, "info": info}
+    write_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
+
+
 def _load_teacher(ctx: RunContext, name: str, inputs: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """A frozen teacher through timm's loader: its weights file when workers can load it as it is,
-    else (pretrained, resampled, converted) a plain checkpoint of what timm loaded."""
+    """A teacher through timm's loader: its weights file when workers can load it as it is, else
+    (pretrained, resampled, converted) a plain checkpoint of what timm loaded. Where a fine-tune
+    starts, a pretrained head with other classes than ``data.num_classes`` is re-initialised (seeded)."""
     t = ctx.cfg.teacher
     file = weights_file(t)
-    assert file is not None  # a frozen teacher has weights or pretrained (the schema)
-    model = load_pretrained(t.model, t.kwargs, file, pretrained=t.pretrained, seed=0)
+    assert file is not None  # a loaded teacher has weights or pretrained (the schema)
+    start = t.fine_tuned and t.pretrained
+    model = load_pretrained(t.model, t.kwargs, file, pretrained=t.pretrained, seed=t.train.seed if start else 0,
+                            num_classes=ctx.cfg.data.num_classes if start else None)
     if t.pretrained or not holds_model(file, model):
         path = _teachers_dir(ctx) / f"{checkpoint_stem(t.model)}-{sha256_json(inputs)[:16]}.pth"
         save_checkpoint(model, path)
@@ -171,38 +185,60 @@ def _load_teacher(ctx: RunContext, name: str, inputs: dict[str, Any]) -> tuple[P
         path = Path(file)
     val = evaluate_val(ctx.cfg, ctx.manifest, model, t, ctx.device)
     info = {"fingerprint": model_fingerprint(model, t.model), "top1": val.get("val_top1")}
-    ctx.say(name, f"weights {file} (val top-1 {fmt_number(info['top1'])})")
+    ctx.say(name, f"weights {file} (val top-1 {fmt_number(info['top1'])})" + (", to fine-tune" if t.fine_tuned else ""))
     return path, info
 
 
 def _train_teacher(ctx: RunContext, name: str, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
-    cfg, t = ctx.cfg, ctx.cfg.teacher
-    recipe = t.train
-    views = recipe.views or cfg.views
-    # token dropping shapes training only: the saved weights load into the plain model
-    kwargs = {**t.kwargs, "patch_drop_rate": recipe.patch_drop_rate} if recipe.patch_drop_rate else t.kwargs
-    file = weights_file(t)
-    if file is None:
-        model = create_model(t.model, kwargs, seed=recipe.seed)
-    else:  # a fine-tune: from the loaded weights, the head re-initialised when it has other classes
-        model = load_pretrained(t.model, kwargs, file, pretrained=t.pretrained, num_classes=cfg.data.num_classes,
-                                seed=recipe.seed)
-    ctx.say(name, f"training {t.model} for {recipe.epochs} epochs (cross-entropy only)")
+    """Train the teacher from scratch in this process (the ``teacher`` stage without weights)."""
     t0 = time.perf_counter()
-    with train_threads(cfg.compute.train_threads), naming_stage(name):  # one process trains: all its cores
-        res = train_segment(
-            model, shards=ctx.train_shards(), spec=views.view_spec(), seed=views.seed,
-            epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
-            render=render_spec(cfg.data, t), run_dir=ctx.run_dir / "teacher-train", view_pool=views.pool_size,
-            device=ctx.device, checkpoint_path=path, log=lambda s: ctx.say(name, s),
-            evaluate=lambda m, e: evaluate_val(cfg, ctx.manifest, m, t, ctx.device),
-            progress=name if ctx.progress else None,
-        )
-    info = {"fingerprint": model_fingerprint(model, t.model), "epochs": res["epochs"],
+    model, res = train_teacher(ctx.cfg, ctx.manifest, None, path, name=name, run_dir=ctx.run_dir / "teacher-train",
+                               device=ctx.device, progress=ctx.progress, say=ctx.say)
+    info = {"fingerprint": model_fingerprint(model, ctx.cfg.teacher.model), "epochs": res["epochs"],
             "top1": (res["epochs"][-1] or {}).get("val_top1"), "seconds": time.perf_counter() - t0}
-    sidecar = {"sha256": sha256_file(path), "inputs": inputs, "info": info}
-    write_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
+    _write_sidecar(path, inputs, info)
     ctx.say(name, f"val top-1 {fmt_number(info['top1'])}")
+    return info
+
+
+# ---------------------------------------------------------------------------- teacher-finetune
+
+
+def plan_teacher_finetune(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
+    return Planned(teacher_finetune_inputs(ctx.cfg, ctx.manifest, stage.dep(outs, "teacher")))
+
+
+def run_teacher_finetune(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> ModelSpec:
+    """Fine-tune the loaded teacher with ``teacher.train`` (token dropping, the recipe's views),
+    resumable, under torchrun with ``--nproc N``; records its MACs and wall time."""
+    cfg, inputs, name, start = ctx.cfg, planned.inputs, stage.name, stage.dep(outs, "teacher")
+    path = _teachers_dir(ctx) / f"{checkpoint_stem(cfg.teacher.model)}-finetune-{sha256_json(inputs)[:16]}.pth"
+    info = _trained_before(ctx, name, path) or _finetune(ctx, name, Path(start.weights), path, inputs)
+    ctx.lock.record(name, inputs, outputs={"weights": file_record(path)}, info=info)
+    return teacher_spec(ctx, str(path), info["fingerprint"])
+
+
+def _finetune(ctx: RunContext, name: str, start: Path, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    cfg, t = ctx.cfg, ctx.cfg.teacher
+    run_dir = ctx.run_dir / "teacher-finetune"
+    t0 = time.perf_counter()
+    if ctx.nproc > 1:
+        ctx.say(name, f"{ctx.nproc} processes, torchrun")
+        res = train_distributed(cfg, nproc=ctx.nproc, overrides=ctx.overrides, name=name, segment=None,
+                                start_ckpt=start, labels=None, teacher=None, out=path, run_dir=run_dir,
+                                device=ctx.device, progress=ctx.progress, task="teacher")
+    else:
+        res = train_teacher(cfg, ctx.manifest, start, path, name=name, run_dir=run_dir, device=ctx.device,
+                            progress=ctx.progress, say=ctx.say)[1]
+    images = res["global_step"] * t.train.batch_size  # every step of the fine-tune, resumed ones included
+    info = {"fingerprint": model_fingerprint(create_model(t.model, t.kwargs, weights=path), t.model),
+            "epochs": res["epochs"], "top1": (res["epochs"][-1] or {}).get("val_top1"),
+            "start_top1": ctx.lock.info("teacher").get("top1"), "seconds": time.perf_counter() - t0,
+            "macs": train_step_macs(cfg, images), "image_steps": images, "nproc": ctx.nproc,
+            "resumed": res.get("resumed")}
+    _write_sidecar(path, inputs, info)
+    ctx.say(name, f"val top-1 {fmt_number(info['start_top1'])} -> {fmt_number(info['top1'])}; "
+                  f"{info['macs'] / 1e9:.2f} GMACs (forward + backward), {info['seconds']:.1f} s")
     return info
 
 

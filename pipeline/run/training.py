@@ -1,5 +1,6 @@
-"""A student segment's training as plain functions of the config: what the ``train-i`` stage runs in
-this process, and what each torchrun process runs (:mod:`pipeline.run.train_worker`)."""
+"""Training as plain functions of the config: a student segment (the ``train-i`` stage) and the
+teacher's training or fine-tune (``teacher``, ``teacher-finetune``), in this process or in each
+torchrun process (:mod:`pipeline.run.train_worker`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from maskedkd import resolve_keep
+from maskedkd import resolve_keep, teacher_macs
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import NumericError
 from pipeline.labels.contract import render_spec, shard_refs
@@ -17,6 +18,10 @@ from pipeline.precompute.spec import ModelSpec
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import OnlineTeacher, train_segment
 from pipeline.train.threads import train_threads
+
+# forward + backward of a training step, counted as 3 forwards (backward ~ 2x forward: the
+# gradients of activations and of weights each cost about one forward's multiply-adds)
+TRAIN_STEP_FORWARDS = 3
 
 
 @contextlib.contextmanager
@@ -70,3 +75,46 @@ def train_student(cfg, manifest: DatasetManifest, segment: int, start_ckpt: Path
             device=device, checkpoint_path=out, evaluate=lambda m, e: evaluate_val(cfg, manifest, m, s, device),
             log=lambda line: say(name, line), progress=name if progress else None,
         )
+
+
+def train_teacher(cfg, manifest: DatasetManifest, start: Path | None, out: Path, *, name: str, run_dir: Path,
+                  device: str, progress: bool, say: Callable[[str, str], None]) -> tuple[Any, dict[str, Any]]:
+    """Train the teacher with ``teacher.train`` into ``out`` (cross-entropy only) in this process (or in
+    each torchrun process) as stage ``name``, from the plain checkpoint ``start`` (a fine-tune) or,
+    when None, from the recipe's seeded initialisation.
+
+    Returns:
+        ``(model, result)``: the trained model and :func:`pipeline.train.train_segment`'s result.
+    """
+    t, recipe = cfg.teacher, cfg.teacher.train
+    views = recipe.views or cfg.views
+    kwargs = dropping_kwargs(t.kwargs, recipe.patch_drop_rate)
+    model = create_model(t.model, kwargs, seed=recipe.seed) if start is None else create_model(t.model, kwargs,
+                                                                                                weights=start)
+    say(name, f"training {t.model} for {recipe.epochs} epochs (cross-entropy only"
+              + (f", patch_drop_rate {recipe.patch_drop_rate})" if recipe.patch_drop_rate else ")"))
+    with train_threads(cfg.compute.train_threads), naming_stage(name):  # one process trains: all its cores
+        res = train_segment(
+            model, shards=shard_refs(manifest, cfg.data.train, cfg.data.subset), spec=views.view_spec(),
+            seed=views.seed, epochs=range(0, recipe.epochs), cfg=recipe, total_epochs=recipe.epochs,
+            render=render_spec(cfg.data, t), run_dir=run_dir, view_pool=views.pool_size, device=device,
+            checkpoint_path=out, log=lambda s: say(name, s),
+            evaluate=lambda m, e: evaluate_val(cfg, manifest, m, t, device), progress=name if progress else None,
+        )
+    return model, res
+
+
+def dropping_kwargs(kwargs, patch_drop_rate: float) -> dict[str, Any]:
+    """The teacher's kwargs while it trains: token dropping shapes training only, so the saved weights
+    load into the plain model."""
+    return {**kwargs, "patch_drop_rate": patch_drop_rate} if patch_drop_rate else dict(kwargs)
+
+
+def train_step_macs(cfg, images: int) -> int:
+    """Multiply-adds of training the teacher on ``images`` image-steps: :data:`TRAIN_STEP_FORWARDS` x the
+    forward of the token-dropped model (maskedkd's counter at timm's kept count, ``int(N * (1 - rate))``)."""
+    t, rate = cfg.teacher, cfg.teacher.train.patch_drop_rate
+    n = cfg.num_patches
+    keep = None if not rate or n is None else max(1, int(n * (1.0 - rate)))
+    model = create_model(t.model, t.kwargs, seed=0).eval()
+    return TRAIN_STEP_FORWARDS * teacher_macs(model, keep) * images

@@ -144,3 +144,19 @@ def test_unless_default_adds_an_input_only_when_it_is_not_the_default():
     assert fp.without_defaults({"lr": 1, "patch_drop_rate": 0.5}, fp.TEACHER_RECIPE_ADDED) == {
         "lr": 1, "patch_drop_rate": 0.5}
     assert fp.order_seed_entry(0, 0) == {} and fp.order_seed_entry(3, 0) == {"order_seed": 3}
+
+
+def test_a_fine_tune_loads_as_a_frozen_teacher_and_trains_as_a_teacher_from_scratch(root):
+    """``teacher-finetune`` (weights *and* a train block): the ``teacher`` stage's inputs are a frozen
+    teacher's; the fine-tune's are its start's fingerprint plus what a teacher trained from scratch
+    with that recipe reads. The pinned configs (scratch, frozen) have no fine-tune."""
+    tune = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.5})
+    frozen, scratch = config(root, VARIANTS["teacher_weights"]), config(root, VARIANTS["patch_drop"])
+    assert tune.teacher.fine_tuned and not frozen.teacher.fine_tuned and not scratch.teacher.fine_tuned
+    assert fp.teacher_inputs(tune, Manifest()) == fp.teacher_inputs(frozen, Manifest())
+    start = models(tune)[0]
+    assert fp.teacher_finetune_inputs(tune, Manifest(), start) == {
+        "start": "teacher-fp", **PINNED["stage_inputs"]["patch_drop"]["teacher"]}
+    retuned = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.25})
+    assert fp.teacher_finetune_inputs(retuned, Manifest(), start)["recipe"] != fp.teacher_finetune_inputs(
+        tune, Manifest(), start)["recipe"]

@@ -78,6 +78,33 @@ def test_a_stage_between_the_teacher_and_its_consumers_is_one_declaration(tmp_pa
     assert teacher_source(config(tmp_path)) == "teacher"  # the real graph is unchanged
 
 
+@pytest.mark.parametrize("teacher, fine_tunes", [
+    ({"pretrained": True, "train": {"epochs": 1, "lr": 1.0e-4, "warmup_epochs": 0}}, True),  # loaded and trained: a fine-tune
+    ({"weights": "/w.pth", "train": {"epochs": 1, "lr": 1.0e-4, "warmup_epochs": 0}}, True),
+    ({"weights": "/w.pth", "train": None}, False),  # frozen
+    ({}, False),  # trained from scratch (stage_doc's teacher): today's graph, today's teacher stage
+])
+def test_only_a_loaded_teacher_with_a_train_block_gets_the_finetune_stage(tmp_path, teacher, fine_tunes):
+    changes = {f"teacher__{k}": v for k, v in teacher.items()}
+    if teacher.get("pretrained"):
+        changes["teacher__model"] = "vit_tiny_patch16_224"  # a name timm has pretrained weights for
+        changes.update(teacher__mean=[0.286], teacher__std=[0.353])  # one channel, as the data
+    cfg = config(tmp_path, **changes)
+    stages = graph(cfg)
+    names = [n for n, _ in stages]
+    if fine_tunes:
+        assert names[:3] == ["teacher", "teacher-finetune", "init"]
+        assert stages[1][1] == {"teacher": "teacher"}
+        assert teacher_source(cfg) == "teacher-finetune"
+    else:
+        assert names[:2] == ["teacher", "init"] and "teacher-finetune" not in names
+        assert teacher_source(cfg) == "teacher"
+    # every consumer of the teacher reads the source, online trainers too
+    assert all(deps["teacher"] == teacher_source(cfg) for n, deps in stages if n.startswith("precompute"))
+    online = graph(config(tmp_path, online=True, **changes))
+    assert all(deps["teacher"] == teacher_source(cfg) for n, deps in online if n.startswith("train"))
+
+
 def test_until_names_a_stage_of_the_run(fmnist_small, tmp_path):
     from pipeline.run.runner import Runner
     from tests.pipeline.run.test_runner import write_stage
