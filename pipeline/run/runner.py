@@ -41,9 +41,10 @@ from pipeline.models import (
     save_checkpoint,
     weights_file,
 )
-from pipeline.precompute.cluster import check_resources, run_tasks
+from pipeline.precompute.cluster import run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import PROBE_POLICIES, ProbeTask, plan_probe, run_probe
+from pipeline.precompute.reach import check_reach, probe_needs
 from pipeline.precompute.run import cluster_for, run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.metrics import write_metrics
@@ -354,7 +355,7 @@ class Runner:
     def run_probe(self, task: ProbeTask, name: str) -> dict[str, Any]:
         """Run one spot-check on the cluster (a GPU worker where the cluster has them)."""
         cluster = self.cluster()
-        check_resources(cluster, cluster.task_resources)
+        check_reach(cluster, probe_needs(task))
         (result,) = run_tasks(cluster, run_probe, [{"id": task.id, "task": task}], resources=cluster.task_resources,
                               key_prefix=f"{self.cfg.name}-{name}", retries=self.cfg.compute.retries,
                               timeout_s=self.cfg.compute.timeout_s, progress=False,
