@@ -17,7 +17,7 @@ from distributed import WorkerPlugin
 from pipeline.cli import main
 from pipeline.errors import ComputeError
 from pipeline.labels import paths
-from pipeline.precompute.reach import Need, worker_sees
+from pipeline.precompute.reach import Need, precompute_needs, worker_sees
 from tests.pipeline.precompute.helpers import run
 
 BLIND = "1"  # the name of the worker that does not see the folder
@@ -131,6 +131,18 @@ def test_precompute_command_exits_5_naming_the_weights_a_worker_cannot_read(
     assert not Path(cfg.labels.store).exists() or paths.list_partitions(cfg.labels.store) == []
 
 
+def test_probe_command_exits_5_naming_the_shard_a_worker_cannot_read(
+        cluster, elsewhere, stage, dataset, tmp_path, capsys):
+    stage("reachprobe")
+    elsewhere(dataset)
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "probe", str(tmp_path / "reachprobe.yaml"), "--samples", "8", "--scheduler", cluster.address])
+    err = capsys.readouterr().err
+    assert e.value.code == 5, err
+    assert f"worker {_addresses(cluster)[BLIND]}" in err and f"shard {dataset}" in err and ": not found" in err
+    assert not _submitted(cluster, "reachprobe-")
+
+
 def test_workers_that_see_everything_pass_and_run(cluster, stage, tasks):
     cfg = stage()
     ts = tasks(cfg)
@@ -157,3 +169,23 @@ def test_worker_sees_names_a_resized_file_and_an_unwritable_store(tmp_path):
         assert problems[1:] == []
     else:
         assert len(problems) == 2 and problems[1].startswith(f"store {store}: not writable")
+
+
+def test_worker_sees_a_file_uri_store_only_with_the_clients_marker(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".tmp-reach-y").write_text(".tmp-reach-y")
+    uri = store.as_uri()
+    assert worker_sees([Need("store", uri, marker=".tmp-reach-y")]) == []
+    assert list(store.iterdir()) == [store / ".tmp-reach-y"]  # the worker's own file is gone again
+    assert worker_sees([Need("store", uri, marker=".tmp-reach-z")]) == [
+        f"store {uri}: not the client's store: the marker the client just wrote there is missing"]
+
+
+def test_needs_name_each_shard_weights_file_and_store_once(stage, tasks, ckpts):
+    cfg = stage()
+    ts = tasks(cfg)
+    needs = precompute_needs(ts)
+    assert [(n.kind, n.path) for n in needs] == (
+        [("shard", p) for p in dict.fromkeys(t.shard_path for t in ts)]
+        + [("weights", str(ckpts["teacher"])), ("weights", str(ckpts["c0"])), ("store", cfg.labels.store)])
