@@ -89,7 +89,8 @@ def check_reach(cluster: Cluster, needs: Sequence[Need]) -> list[str]:
         for root, marker in zip(stores, markers):
             _remove(root, marker)
     names = {addr: w.get("name") for addr, w in cluster.workers().items()}
-    blind = {addr: _as_problems(answer) for addr, answer in answers.items() if _as_problems(answer)}
+    problems = {addr: _as_problems(answer) for addr, answer in answers.items()}
+    blind = {addr: p for addr, p in problems.items() if p}
     if blind:
         raise ComputeError(_message(blind, names, len(answers)))
     return fit
