@@ -9,11 +9,11 @@ from pipeline._fingerprint import sha256_json
 from pipeline.precompute.address import resolve_address
 from pipeline.precompute.cluster import (
     Cluster,
-    check_resources,
     open_cluster,
     run_tasks,
 )
 from pipeline.precompute.plan import classify
+from pipeline.precompute.reach import check_reach, precompute_needs
 from pipeline.precompute.spec import PartitionTask
 from pipeline.precompute.task import run_shard
 
@@ -66,7 +66,8 @@ def run_precompute(tasks: list[PartitionTask], cluster: Cluster, *, cfg, key_pre
     """
     if not tasks:
         return summarize([])
-    slots = len(check_resources(cluster, cluster.task_resources))  # the workers that can take a task
+    # the workers that can take a task, each checked to see the shards, weights and store first
+    slots = len(check_reach(cluster, precompute_needs(tasks)))
     items = group_by_shard(tasks, slots)
 
     def per_partition(result: dict) -> None:

@@ -42,7 +42,11 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
     run_dir = _runner(stages, overrides, **kw).run_dir  # validates config and dataset first
     waiting = f"{run_dir}: another run of this config is in progress; waiting for it to finish"
     with hold_run_folder(run_dir, on_wait=lambda: click.echo(waiting, err=True)):
-        yield _runner(stages, overrides, **kw)  # loads the run lock as the previous holder left it
+        runner = _runner(stages, overrides, **kw)  # loads the run lock as the previous holder left it
+        try:
+            yield runner
+        finally:
+            runner.close()  # the cluster `probe` opened (`run` closes its own), on errors too
 
 
 @click.command("run")

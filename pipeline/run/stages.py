@@ -46,11 +46,12 @@ from pipeline.models import (
     model_fingerprint,
     save_checkpoint,
 )
-from pipeline.precompute.cluster import check_resources, run_tasks
+from pipeline.precompute.cluster import run_tasks
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import ProbeTask
 from pipeline.precompute.probe import plan_probe as plan_probe_task
 from pipeline.precompute.probe import run_probe as run_probe_task
+from pipeline.precompute.reach import check_reach, probe_needs
 from pipeline.precompute.run import run_precompute
 from pipeline.precompute.spec import ModelSpec, PartitionTask, model_spec
 from pipeline.report.fmt import fmt_number
@@ -112,7 +113,7 @@ def plan_probe(ctx: RunContext, segment: int, teacher: ModelSpec, source_ckpt: P
 def run_probe(ctx: RunContext, task: ProbeTask, name: str) -> dict[str, Any]:
     """Run one spot-check on the cluster (a GPU worker where the cluster has them)."""
     cluster = ctx.cluster()
-    check_resources(cluster, cluster.task_resources)
+    check_reach(cluster, probe_needs(task))  # every worker sees what the task reads, before it is submitted
     c = ctx.cfg.compute
     (result,) = run_tasks(cluster, run_probe_task, [{"id": task.id, "task": task}], resources=cluster.task_resources,
                           key_prefix=f"{ctx.cfg.name}-{name}", retries=c.retries, timeout_s=c.timeout_s,
