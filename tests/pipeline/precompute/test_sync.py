@@ -15,30 +15,13 @@ import torch
 
 from pipeline.precompute import task as task_mod
 from pipeline.precompute.task import run_partition
-
-SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+from tests.pipeline.syncs import count_syncs
 
 
 @pytest.fixture
 def counted(monkeypatch):
     """``{"to_host": calls, "syncs": [method names called on non-CPU tensors]}`` while the test runs."""
-    seen = {"to_host": 0, "syncs": []}
-    real = task_mod.to_host
-
-    def to_host(*tensors):
-        seen["to_host"] += 1
-        return real(*tensors)
-
-    monkeypatch.setattr(task_mod, "to_host", to_host)
-    for name in SYNCING:
-        method = getattr(torch.Tensor, name)
-
-        def wrapped(self, *a, _method=method, _name=name, **kw):
-            if self.device.type != "cpu":
-                seen["syncs"].append(_name)
-            return _method(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    seen = count_syncs(monkeypatch, task_mod)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **kw: seen["syncs"].append("synchronize"))
     return seen
 

@@ -8,35 +8,17 @@ reads it means to do (the tally at checkpoints and at the epoch's end) go throug
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pipeline.errors import NumericError
 from pipeline.train import OnlineTeacher, loop, train_segment
+from tests.pipeline.syncs import count_syncs
 
 from .conftest import RENDER, SEED, SPEC, recipe, student, teacher
-
-SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
 
 
 @pytest.fixture
 def counted(monkeypatch):
-    seen = {"to_host": 0, "syncs": []}
-    real = loop.to_host
-
-    def to_host(*tensors):
-        seen["to_host"] += 1
-        return real(*tensors)
-
-    monkeypatch.setattr(loop, "to_host", to_host)
-    for name in SYNCING:
-        method = getattr(torch.Tensor, name)
-
-        def wrapped(self, *a, _method=method, _name=name, **kw):
-            if self.device.type != "cpu":
-                seen["syncs"].append(_name)
-            return _method(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    seen = count_syncs(monkeypatch, loop)
     # the checkpoint at the segment's end reads the weights back (after the loop): not what is tested
     monkeypatch.setattr(loop, "save_checkpoint", lambda model, path: "0" * 64)
     monkeypatch.setattr(loop, "state_dict_fingerprint", lambda sd: "0" * 64)
