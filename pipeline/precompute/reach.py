@@ -164,6 +164,7 @@ def _leave_marker(root: str) -> str:
         with fs.open_output_stream(paths.resolve(paths.join(root, marker))[1]) as f:
             f.write(marker.encode())
     except OSError as e:
+        _remove(root, marker)  # a partly written marker (a full disk): nothing of the check stays behind
         raise StoreError(f"{root}: the label store cannot be written from the client ({e})") from e
     return marker
 
