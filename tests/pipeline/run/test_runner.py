@@ -412,10 +412,16 @@ def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base,
         # the spot-check's MACs count in the segment's teacher MACs
         assert info["teacher_macs"] == info["rows_computed"] * info["auto"]["curve"][[r["keep"] for r in curve].index(
             None if want == 16 else want)]["macs"] + probe["teacher_macs"]
+        # beside it: the spot-check alone, the student's saliency forwards, net and full-teacher MACs
+        assert info["spot_check_macs"] == probe["teacher_macs"] > 0
+        assert info["saliency_macs"] == info["student_forwards"] * curve[0]["saliency_macs"] > 0
+        assert info["net_macs"] == info["teacher_macs"] + info["saliency_macs"]
+        assert info["full_teacher_macs"] == info["rows"] * curve[-1]["macs"]
         part = stages[f"precompute-{i}"]["partitions"][0]["path"]
         with open_partition(part) as pt:
             assert (pt.read_all(columns=("keep",)).keep.sum(1) == want).all()
     report = (c.root / "run" / "report.md").read_text()
+    assert "of the full teacher's MACs net (teacher " in report.split("## ")[0]
     assert "## Fidelity spot-check (masking.keep: auto)" in report and (c.root / "run" / "fidelity_curves.png").is_file()
     # a rerun measures nothing again and labels nothing again
     again = run_in_process(auto)
