@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 
+from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.precompute.costs import full_teacher_macs_per_view
 from pipeline.report.baseline import read_baseline
@@ -102,3 +103,11 @@ def test_milestone_rows_show_saliency_and_net_gmacs_or_not_recorded(tmp_path):
     assert f"| {50 * full / 1e9:.2f} | {20 * full / 1e9:.2f} | {70 * full / 1e9:.2f} | {100 * full / 1e9:.2f} |" in new
     old = write_report(cfg, Lock(infos(full, net=False)), out, expand(cfg)).read_text()
     assert f"| {50 * full / 1e9:.2f} | not recorded | not recorded | {100 * full / 1e9:.2f} |" in old
+
+
+def test_run_refuses_a_baseline_without_a_run_lock_before_any_stage(tmp_path, capsys):
+    config(tmp_path)  # writes tmp_path / "stage.yaml" (its data folder does not exist: the baseline is read first)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "stage.yaml"), "--baseline", str(tmp_path)])
+    assert e.value.code == 2 and "no run lock" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
