@@ -7,22 +7,13 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
-import torch
 
-from maskedkd import teacher_macs
 from pipeline._atomic import write_atomic
-from pipeline.models import create_model
+from pipeline.precompute.costs import full_teacher_macs_per_view
+from pipeline.report.baseline import Baseline, row_label
 from pipeline.report.fidelity import curve_table, plot_curves
 from pipeline.report.fmt import fmt_number
-
-
-def _macs_full(cfg) -> int:
-    """Teacher MACs full-teacher KD would have spent on the same rows (every row, all patches)."""
-    t = cfg.teacher
-    with torch.device("cpu"):
-        model = create_model(t.model, t.kwargs, seed=0).eval()
-    return teacher_macs(model, None)
-
+from pipeline.report.headline import NOT_RECORDED, headline_lines
 
 # What each stage kind contributes to the report (declared with the kind, pipeline/run/graph.py):
 # the run's fields from `teacher`, a milestone row's fields from `precompute-i` and `train-i`.
@@ -47,7 +38,9 @@ def precompute_fields(info: Mapping[str, Any]) -> dict[str, Any]:
             "computed": info.get("rows_computed", 0), "reused": info.get("rows_reused", 0),
             "reused_tolerance": info.get("rows_reused_tolerance", 0), "spot_check_kl": info.get("spot_check_kl"),
             "teacher_top1_masked": info.get("teacher_top1_masked"), "label_macs": info.get("teacher_macs", 0),
-            "precompute_s": info.get("seconds"), "auto": info.get("auto")}
+            # None in a lock written before they were recorded: the report says "not recorded"
+            "saliency_macs": info.get("saliency_macs"), "spot_check_macs": info.get("spot_check_macs", (info.get("auto") or {}).get("teacher_macs")),
+            "net_macs": info.get("net_macs"), "precompute_s": info.get("seconds"), "auto": info.get("auto")}
 
 
 def train_fields(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,7 +52,7 @@ def train_fields(info: Mapping[str, Any]) -> dict[str, Any]:
 def collect(cfg, lock, stages: Sequence) -> dict[str, Any]:
     """The numbers of the report, from the run lock: each stage of ``stages`` (the run's graph,
     :func:`pipeline.run.graph.expand`) adds its kind's fields to the run or to its milestone's row."""
-    full_macs_per_row = _macs_full(cfg)
+    full_macs_per_row = full_teacher_macs_per_view(cfg)
     run: dict[str, Any] = {**teacher_fields({}), **finetune_fields({})}
     rows = [{"segment": i, "epochs": f"{start}-{end - 1}", **precompute_fields({}), **train_fields({})}
             for i, (start, end) in enumerate(cfg.schedule.segments())]
@@ -71,22 +64,34 @@ def collect(cfg, lock, stages: Sequence) -> dict[str, Any]:
         online_forwards, online_macs = row.pop("online_forwards"), row.pop("online_macs")
         taught = row["rows"] or online_forwards  # online: the teacher ran in the loop
         row["teacher_macs"] = row.pop("label_macs") or online_macs
+        if not row["rows"]:  # online (the saliency comes with the training forward) or no teacher at all
+            row.update(saliency_macs=0, net_macs=row["teacher_macs"])
         row["full_teacher_macs"] = full_macs_per_row * taught
         epochs += row.pop("epoch_records")
     return {"segments": rows, "epochs": epochs, **run, "full_macs_per_row": full_macs_per_row}
 
 
-def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
+def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, title: str, *,
+          more: dict[str, tuple[list, list]] | None = None, hline: tuple[str, float] | None = None,
+          vlines: tuple[str, list[int]] | None = None) -> None:
+    """A line plot; ``more``: series with x values of their own, ``hline`` / ``vlines``: a labelled
+    reference level and labelled x positions."""
     matplotlib.use("Agg")
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 3.6) if more or hline or vlines else (5, 3.2), dpi=100)
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
+    for name, (mx, my) in (more or {}).items():
+        ax.plot(mx, my, marker="x", linestyle="--", label=name)
+    if hline is not None:
+        ax.axhline(hline[1], color="gray", linestyle=":", label=hline[0])
+    for k, x in enumerate((vlines or ("", []))[1]):
+        ax.axvline(x, color="gray", alpha=0.4, linestyle="--", label=(vlines or ("", []))[0] if k == 0 else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
+    if len(ax.get_legend_handles_labels()[1]) > 1:
+        ax.legend(fontsize=6)
     fig.tight_layout()
 
     def save(f) -> None:
@@ -94,6 +99,10 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
 
     write_atomic(path, save)
     plt.close(fig)
+
+
+def _gmacs(macs: int | None) -> str:
+    return NOT_RECORDED if macs is None else f"{macs / 1e9:.2f}"
 
 
 def _finetune_lines(data: Mapping[str, Any]) -> list[str]:
@@ -104,17 +113,29 @@ def _finetune_lines(data: Mapping[str, Any]) -> list[str]:
             f"counted as 3x the token-dropped forward per image-step), {fmt_number(data['finetune_s'], '.1f')} s.", ""]
 
 
-def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
-    """Write ``report.md`` and its plots into the run folder ``out`` from the run lock, walking the
-    run's ``stages`` (:func:`pipeline.run.graph.expand`); returns the report's path."""
-    data = collect(cfg, lock, stages)
-    plots = []
+def _student_plot(cfg, data: Mapping[str, Any], out: Path, baseline: Baseline | None) -> bool:
+    """``student_accuracy.png``: val and train top-1 per epoch, the teacher's val top-1 as a line,
+    the milestones marked and the baseline's val curve; False when no epoch was evaluated."""
     ep = [e for e in data["epochs"] if "val_top1" in e]
-    if ep:
-        _plot(out / "student_accuracy.png", [e["epoch"] for e in ep], {"val": [e["val_top1"] for e in ep],
-                                                                      "train": [e.get("top1") for e in ep]},
-              "epoch", "val top-1", "Student accuracy")
-        plots.append("student_accuracy.png")
+    if not ep:
+        return False
+    row = row_label(cfg.name, cfg.teacher.model, cfg.train.kd, cfg.online, cfg.masking.policy)
+    more = {f"baseline {baseline.label} val": ([e for e, _ in baseline.epochs], [t for _, t in baseline.epochs])} \
+        if baseline is not None else None
+    teacher = None if data["teacher_top1"] is None else (f"teacher {cfg.teacher.model} val", data["teacher_top1"])
+    _plot(out / "student_accuracy.png", [e["epoch"] for e in ep],
+          {f"{row} val": [e["val_top1"] for e in ep], f"{row} train": [e.get("top1") for e in ep]},
+          "epoch", "val top-1", "Student accuracy", more=more, hline=teacher,
+          vlines=("milestones", [start for start, _ in cfg.schedule.segments()]))
+    return True
+
+
+def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | None = None) -> Path:
+    """Write ``report.md`` and its plots into the run folder ``out`` from the run lock, walking the
+    run's ``stages`` (:func:`pipeline.run.graph.expand`); ``baseline``: a comparison run shown beside
+    the student; returns the report's path."""
+    data = collect(cfg, lock, stages)
+    plots = ["student_accuracy.png"] if _student_plot(cfg, data, out, baseline) else []
     seg = [s for s in data["segments"] if s["teacher_top1_masked"] is not None]
     if seg:
         _plot(out / "teacher_masked_accuracy.png", [s["segment"] for s in seg],
@@ -126,7 +147,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
     spent = sum(s["teacher_macs"] for s in data["segments"])
     full = sum(s["full_teacher_macs"] for s in data["segments"])
     lines = [
-        f"# Run `{cfg.name}`", "",
+        f"# Run `{cfg.name}`", "", *headline_lines(data, baseline),
         f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, "
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
@@ -139,14 +160,15 @@ def write_report(cfg, lock, out: Path, stages: Sequence) -> Path:
                      f"{fmt_number(e.get('top1'))} | {fmt_number(e.get('loss'))} |")
     lines += ["", "## Milestones", "",
               "| segment | epochs | keep | masks from | rows | computed | reused | reused (tolerance) | spot-check KL | "
-              "teacher top-1 on masked views | teacher GMACs | full-teacher GMACs | precompute s | train s |",
-              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "teacher top-1 on masked views | teacher GMACs | saliency GMACs | net GMACs | full-teacher GMACs | precompute s | "
+              "train s |", "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["segments"]:
         lines.append(
             f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')} | {fmt_number(s['source'])} | "
             f"{s['rows']} | {s['computed']} | {s['reused']} | {s['reused_tolerance']} | "
             f"{fmt_number(s['spot_check_kl'], '.2e')} | {fmt_number(s['teacher_top1_masked'])} | "
-            f"{s['teacher_macs'] / 1e9:.2f} | {s['full_teacher_macs'] / 1e9:.2f} | "
+            f"{s['teacher_macs'] / 1e9:.2f} | {_gmacs(s['saliency_macs'])} | {_gmacs(s['net_macs'])} | "
+            f"{s['full_teacher_macs'] / 1e9:.2f} | "
             f"{fmt_number(s['precompute_s'], '.1f')} | {fmt_number(s['train_s'], '.1f')} |")
     ratio = spent / full if full else float("nan")
     lines += ["", f"Teacher compute: {spent / 1e9:.2f} GMACs spent, {full / 1e9:.2f} GMACs for full-teacher KD on the "

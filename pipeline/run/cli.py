@@ -59,9 +59,12 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
               help="Stop after this stage (as `status` names them: teacher, teacher-finetune, init, probe-I, precompute-I, train-I).")
 @click.option("--nproc", default=None, type=click.IntRange(1),
               help="Processes per student train stage and teacher fine-tune, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
+@click.option("--baseline", default=None, type=click.Path(exists=True), metavar="RUN_DIR_OR_STAGE_FILE",
+              help="A finished comparison run (e.g. this stage file with --set train.kd=off): its student's top-1 "
+                   "and curve go beside this run's in report.md.")
 @set_opt
 def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
-            until: str | None, nproc: int | None, overrides: tuple[str, ...]) -> None:
+            until: str | None, nproc: int | None, baseline: str | None, overrides: tuple[str, ...]) -> None:
     """Run the stage config STAGES: teacher -> c_0 -> per segment [precompute, train] -> report.
 
     Only stale stages run; a repeated run with unchanged inputs computes nothing. The run folder
@@ -73,8 +76,11 @@ def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, work
     if dry_run:
         _print_status(_runner(stages, overrides, scheduler=scheduler, workers=workers).status())
         return
+    from pipeline.report.baseline import read_baseline  # lazy, as in _runner
+
+    compared = read_baseline(baseline) if baseline is not None else None  # before any stage: a bad one fails first
     with _exclusive(stages, overrides, scheduler=scheduler, workers=workers, nproc=nproc) as runner:
-        res = runner.run(until=until)
+        res = runner.run(until=until, baseline=compared)
     ran = [k for k, v in res.stages.items() if v == "ran"]
     click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "
                f"teacher forwards {res.teacher_forwards}, student forwards {res.student_forwards}")

@@ -26,6 +26,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.precompute.address import resolve_address
 from pipeline.precompute.probe import PROBE_POLICIES
+from pipeline.report.baseline import Baseline
 from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
 from pipeline.run.claims import register_run
@@ -64,8 +65,9 @@ class Runner(RunContext):
                          scheduler=scheduler, workers=workers)
         self.stages = expand(cfg)
 
-    def run(self, *, until: str | None = None) -> RunOutcome:
+    def run(self, *, until: str | None = None, baseline: Baseline | None = None) -> RunOutcome:
         """Run every stale stage in order (stop after ``until``); returns what was done.
+        ``baseline``: a comparison run the report shows beside this one.
 
         Then writes ``config.yaml`` (the resolved config) and the per-epoch ``metrics.csv`` into
         the run folder, from the config and the run lock: a cached rerun rewrites the same bytes.
@@ -83,7 +85,7 @@ class Runner(RunContext):
             if outs is not None:
                 last = (self.lock.info(self.stages[-1].name).get("epochs") or [{}])[-1]
                 self.result.final_accuracy = last.get("val_top1")
-                self.result.report = write_report(self.cfg, self.lock, self.run_dir, self.stages)
+                self.result.report = write_report(self.cfg, self.lock, self.run_dir, self.stages, baseline)
         finally:
             self.close()
         self.lock.save_overrides()

@@ -47,6 +47,7 @@ from pipeline.models import (
     save_checkpoint,
 )
 from pipeline.precompute.cluster import run_tasks
+from pipeline.precompute.costs import net_cost_fields
 from pipeline.precompute.plan import plan_segment
 from pipeline.precompute.probe import ProbeTask
 from pipeline.precompute.probe import plan_probe as plan_probe_task
@@ -341,6 +342,7 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
                                "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
                                "teacher_forwards": probe["teacher_forwards"]}
             summary["teacher_macs"] += probe["teacher_macs"]
+        summary.update(net_cost_fields(cfg, summary, probe["teacher_macs"] if probe is not None else None))
         ctx.lock.record(name, planned.inputs, partitions=parts, info=summary)
     for q in summary.get("quarantined", []):
         ctx.say(name, f"damaged partition {q['path']} ({q['reason']}): moved to {q['moved_to']}, recomputed")

@@ -141,6 +141,10 @@ def test_demo_like_run_learns_reports_and_a_rerun_computes_nothing(base, capsys)
         info = lock["stages"][f"precompute-{i}"]["info"]
         assert info["rows"] == 2 * TRAIN_ROWS and info["source"] == f"c{i}.pth" and info["keep"] == 8
         assert len(lock["stages"][f"precompute-{i}"]["partitions"]) == 3 * 2  # 3 shards x 2 view epochs
+        # every MAC of the labels: one student saliency forward per computed label, beside the teacher's
+        assert info["student_forwards"] > 0 and info["saliency_macs"] > 0 and "spot_check_macs" not in info
+        assert info["saliency_macs"] % info["student_forwards"] == 0 and info["full_teacher_macs"] % info["rows"] == 0
+        assert info["net_macs"] == info["teacher_macs"] + info["saliency_macs"] < info["full_teacher_macs"]
 
     run = base.root / "run"
     report = run / "report.md"
@@ -149,6 +153,7 @@ def test_demo_like_run_learns_reports_and_a_rerun_computes_nothing(base, capsys)
     assert (run / "student_accuracy.png").read_bytes().startswith(b"\x89PNG")
     text = report.read_text()
     assert f"| {EPOCHS - 1} | {student:.4f} |" in text
+    assert f"**Student:** final val top-1 {student:.4f} (no baseline given" in text.split("## ")[0]
     assert f"report: {report}" in base.out
 
     # the run folder keeps the resolved config and one metrics row per epoch, like timm's summary.csv
@@ -412,10 +417,17 @@ def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base,
         # the spot-check's MACs count in the segment's teacher MACs
         assert info["teacher_macs"] == info["rows_computed"] * info["auto"]["curve"][[r["keep"] for r in curve].index(
             None if want == 16 else want)]["macs"] + probe["teacher_macs"]
+        # beside it: the spot-check alone, the student's saliency forwards, net and full-teacher MACs
+        assert info["spot_check_macs"] == probe["teacher_macs"] > 0
+        # (0 here when every row was reused from the base run's store: spent MACs, like teacher_macs)
+        assert info["saliency_macs"] == info["student_forwards"] * curve[0]["saliency_macs"] and curve[0]["saliency_macs"] > 0
+        assert info["net_macs"] == info["teacher_macs"] + info["saliency_macs"]
+        assert info["full_teacher_macs"] == info["rows"] * curve[-1]["macs"]
         part = stages[f"precompute-{i}"]["partitions"][0]["path"]
         with open_partition(part) as pt:
             assert (pt.read_all(columns=("keep",)).keep.sum(1) == want).all()
     report = (c.root / "run" / "report.md").read_text()
+    assert "of the full teacher's MACs net (teacher " in report.split("## ")[0]
     assert "## Fidelity spot-check (masking.keep: auto)" in report and (c.root / "run" / "fidelity_curves.png").is_file()
     # a rerun measures nothing again and labels nothing again
     again = run_in_process(auto)

@@ -1,0 +1,44 @@
+"""What a label costs in multiply-adds beyond the teacher's forward: the student's saliency pass
+and the full teacher it is weighed against, counted by maskedkd's FLOP counter on ``meta``-device
+models built from the config (no memory, no weights; the count does not depend on them)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from maskedkd import saliency_macs, teacher_macs
+from pipeline.models import create_model
+
+_CACHE: dict[tuple[str, str], int] = {}
+
+
+def _counted(kind: str, section) -> int:
+    key = (kind, repr((section.model, sorted(dict(section.kwargs or {}).items()))))
+    if key not in _CACHE:
+        with torch.device("meta"):
+            model = create_model(section.model, section.kwargs).eval()
+        _CACHE[key] = saliency_macs(model) if kind == "saliency" else teacher_macs(model, None)
+    return _CACHE[key]
+
+
+def saliency_macs_per_view(cfg) -> int:
+    """MACs of one student saliency forward (:func:`maskedkd.saliency_macs`) of the config's student."""
+    return _counted("saliency", cfg.student)
+
+
+def full_teacher_macs_per_view(cfg) -> int:
+    """MACs of one unmasked forward of the config's teacher (what full-teacher KD pays per label)."""
+    return _counted("teacher", cfg.teacher)
+
+
+def net_cost_fields(cfg, summary: Mapping[str, Any], spot_check_macs: int | None) -> dict[str, int]:
+    """A precompute stage's cost fields beside its ``teacher_macs`` (which already includes the
+    auto-keep spot-checks): ``saliency_macs`` (student forwards x one saliency forward),
+    ``spot_check_macs`` (only when the spot-check ran), ``net_macs`` (teacher + saliency) and
+    ``full_teacher_macs`` (rows x the unmasked teacher)."""
+    saliency = int(summary["student_forwards"]) * saliency_macs_per_view(cfg) if summary["student_forwards"] else 0
+    spot = {} if spot_check_macs is None else {"spot_check_macs": int(spot_check_macs)}
+    return {"saliency_macs": saliency, **spot, "net_macs": int(summary["teacher_macs"]) + saliency,
+            "full_teacher_macs": int(summary["rows"]) * full_teacher_macs_per_view(cfg)}

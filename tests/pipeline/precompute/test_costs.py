@@ -1,0 +1,31 @@
+"""A precompute stage's net cost fields (pipeline/precompute/costs.py): saliency forwards counted
+with maskedkd's FLOP counter on the config's student, spot-checks beside teacher_macs, net and
+full-teacher MACs."""
+
+from __future__ import annotations
+
+from maskedkd import saliency_macs, teacher_macs
+from pipeline.models import create_model
+from pipeline.precompute.costs import full_teacher_macs_per_view, net_cost_fields, saliency_macs_per_view
+from tests.pipeline.run.test_graph import config
+
+
+def test_meta_device_counts_equal_the_flop_counter_on_real_models(tmp_path):
+    cfg = config(tmp_path)
+    student = create_model(cfg.student.model, cfg.student.kwargs, seed=0).eval()
+    teacher = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
+    assert saliency_macs_per_view(cfg) == saliency_macs(student) > 0
+    assert full_teacher_macs_per_view(cfg) == teacher_macs(teacher, None) > saliency_macs(student)
+
+
+def test_summary_fields_add_saliency_and_keep_teacher_macs_meaning(tmp_path):
+    cfg = config(tmp_path)
+    sal, full = saliency_macs_per_view(cfg), full_teacher_macs_per_view(cfg)
+    # 100 rows labelled at some keep, 80 of them computed (so 80 saliency forwards), spot-check of 500 MACs
+    summary = {"rows": 100, "student_forwards": 80, "teacher_macs": 80 * 1000 + 500}
+    fields = net_cost_fields(cfg, summary, 500)
+    assert fields == {"saliency_macs": 80 * sal, "spot_check_macs": 500, "net_macs": 80 * 1000 + 500 + 80 * sal,
+                      "full_teacher_macs": 100 * full}
+    # a fixed keep: no spot-check field; the full teacher (no student forward): no saliency
+    fixed = net_cost_fields(cfg, {"rows": 10, "student_forwards": 0, "teacher_macs": 10 * full}, None)
+    assert "spot_check_macs" not in fixed and fixed["saliency_macs"] == 0 and fixed["net_macs"] == fixed["full_teacher_macs"]
