@@ -8,7 +8,7 @@ from typing import Any, Literal, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline._gpu import resolve_precision
-from pipeline.config.validation import FieldProblems, Section, abspath, check_address, check_files
+from pipeline.config.validation import FieldProblems, Section, abspath, check_address, check_files, word_or_count
 
 SCHEDULER_ENV = "MKD_SCHEDULER"
 
@@ -106,6 +106,6 @@ class ComputeConfig(Section):
     @field_validator("workers", mode="plain")
     @classmethod
     def _workers(cls, v: Any) -> int | str:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if word_or_count(v, "auto"):
             return v
         raise ValueError(f"must be an integer >= 1 or 'auto', got {v!r}")

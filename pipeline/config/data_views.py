@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from maskedkd.resize import TORCH_INTERPOLATIONS
 from maskedkd.views import ViewSpec
-from pipeline.config.validation import FieldProblems, Section, abspath, check_files
+from pipeline.config.validation import FieldProblems, Section, abspath, check_files, word_or_count
 
 IMPORT_HINT = ("create it with `mkd-pipeline data import fashion-mnist --out {root}` "
                "or `mkd-pipeline data import imagefolder SRC --out {root} --split NAME`")
@@ -131,7 +131,7 @@ class ViewsConfig(Section):
     @field_validator("pool", mode="plain")
     @classmethod
     def _pool(cls, v: Any) -> int | str:
-        if v == "epochs" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if word_or_count(v, "epochs"):
             return v
         raise ValueError(f"must be 'epochs' or an integer >= 1 (view pool size), got {v!r}")
 

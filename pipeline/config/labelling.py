@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from maskedkd import DEFAULT_LADDER, POLICIES, Budget
-from pipeline.config.validation import FieldProblems, Section, abspath, did_you_mean
+from pipeline.config.validation import FieldProblems, Section, abspath, did_you_mean, word_or_count
 
 
 class ScheduleConfig(Section):
@@ -164,7 +164,7 @@ class LabelsConfig(Section):
     @field_validator("topk", mode="plain")
     @classmethod
     def _topk(cls, v: Any) -> int | str:
-        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if word_or_count(v, "all"):
             return v
         raise ValueError(f"must be an integer >= 1 or 'all', got {v!r}")
 

@@ -35,6 +35,11 @@ def did_you_mean(word: str, options: list[str] | set[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def word_or_count(v: object, word: str) -> bool:
+    """Whether ``v`` is ``word`` or an integer >= 1 (booleans are not counts)."""
+    return v == word or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
 def check_address(v: str) -> str:
     """``v`` when it looks like a scheduler address (non-empty, no spaces); raises ValueError."""
     if not v.strip() or any(c.isspace() for c in v):

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
 from maskedkd import Budget, Rung
-
-Curve = Sequence[Mapping[str, Any]]  # maskedkd.Rung.to_dict() rows
-
-
-def _keep(rung: Mapping[str, Any], num_patches: int) -> int:
-    return num_patches if rung["keep"] is None else int(rung["keep"])
-
+from pipeline.report.fidelity import Curve, kept
 
 # What `probe` holds a teacher to at half the patches when the config states no masking.budget
 # (that is for keep: auto): RESULTS.md's plain teacher agrees 0.72 there, its token-dropping one 0.92.
@@ -33,7 +25,7 @@ def finetune_advice(curve: Curve, num_patches: int, budget: Budget | None, *, la
     masked = [r for r in curve if r["keep"] is not None]
     if not masked:
         return []
-    half = min(masked, key=lambda r: abs(_keep(r, num_patches) - num_patches / 2))
+    half = min(masked, key=lambda r: abs(kept(r, num_patches) - num_patches / 2))
     rung = Rung(**{k: half[k] for k in ("keep", "top1", "agreement", "kl", "macs")})
     if budget.met(rung):
         return []

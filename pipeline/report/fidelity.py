@@ -11,7 +11,8 @@ from pipeline._atomic import write_atomic
 Curve = Sequence[Mapping[str, Any]]  # maskedkd.Rung.to_dict() rows
 
 
-def _keep(rung: Mapping[str, Any], num_patches: int) -> int:
+def kept(rung: Mapping[str, Any], num_patches: int) -> int:
+    """Patches a curve row keeps (its ``keep``; ``None`` means all ``num_patches``)."""
     return num_patches if rung["keep"] is None else int(rung["keep"])
 
 
@@ -28,7 +29,7 @@ def curve_table(curves: Mapping[str, Curve], num_patches: int, chosen: Mapping[s
              "| net GMACs/view |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, curve in curves.items():
         for r in curve:
-            k = _keep(r, num_patches)
+            k = kept(r, num_patches)
             mark = " ←" if chosen is not None and label in chosen and _chosen(chosen[label], num_patches) == k else ""
             lines.append(f"| {label} | {k}{mark} | {k / num_patches:.1%} | {r['top1']:.4f} | {r['agreement']:.4f} | "
                          f"{r['kl']:.4f} | {r['macs'] / 1e9:.4f} | {(r['macs'] + r.get('saliency_macs', 0)) / 1e9:.4f} |")
@@ -49,7 +50,7 @@ def plot_curves(path: str | Path, curves: Mapping[str, Curve], num_patches: int,
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     for label, curve in curves.items():
-        xs = [_keep(r, num_patches) / num_patches for r in curve]
+        xs = [kept(r, num_patches) / num_patches for r in curve]
         left.plot(xs, [r["agreement"] for r in curve], marker="o", label=label)
         right.plot(xs, [r["kl"] for r in curve], marker="o", label=label)
     left.set_ylabel("top-1 agreement with unmasked")
