@@ -29,14 +29,14 @@ from pipeline._atomic import write_atomic
               help="Folder of the run logs (<config stem>.log; their `# uptime` lines give the load averages).")
 @click.option("--probes", type=click.Path(file_okay=False), default="runs/probes", show_default=True,
               help="Folder of `mkd-pipeline probe --json` outputs (<name>.json) to show as curves.")
-@click.option("--records", type=click.Path(file_okay=False), default=None,
+@click.option("--records", "records_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of committed run records (<config stem>.json), read for configs without a finished run "
                    "folder [default: records/ beside each config].")
 @click.option("--record-to", type=click.Path(file_okay=False), default=None,
               help="Write the record of each config whose run folder holds a finished run into this folder "
                    "(and no page unless --out is given).")
 def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], spec_path: str | None, out: str | None, notes: str | None,
-               logs: str, probes: str, records: str | None, record_to: str | None) -> None:
+               logs: str, probes: str, records_dir: str | None, record_to: str | None) -> None:
     """Build a results page from finished runs: one row per `# Row:` label, seeds averaged.
 
     RESULTS.md: mkd-pipeline report --spec stages/results/results.toml --results stages/results/*.yaml
@@ -45,14 +45,14 @@ def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], spec_path: str |
     A config without a finished run folder is read from its committed record when there is one
     (`--record-to DIR` writes them after the runs); the page and this command say which.
     """
-    from pipeline.report import records as recs, results, spec  # lazy: torch, timm and matplotlib (see the module doc)
+    from pipeline.report import records, results, spec  # lazy: torch, timm and matplotlib (see the module doc)
 
     paths = list(dict.fromkeys([*configs, *more]))
-    runs = [recs.read_outcome(p, Path(logs), records) for p in paths if Path(p).suffix in (".yaml", ".yml")]
+    runs = [records.read_outcome(p, Path(logs), records_dir) for p in paths if Path(p).suffix in (".yaml", ".yml")]
     if record_to is not None:
         for r in runs:
             if r.finished and r.record is None and r.teacher_train is None:
-                click.echo(f"{recs.write_record(r, record_to)}: record of {r.config.as_posix()}")
+                click.echo(f"{records.write_record(r, record_to)}: record of {r.config.as_posix()}")
     if out is None and record_to is not None:
         return
     outp = Path(out or "RESULTS.md")
