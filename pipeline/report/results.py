@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline._atomic import write_atomic  # noqa: E402
 from pipeline.report.collect import RunOutcome  # noqa: E402
-from pipeline.report.fidelity import curve_table, plot_curves  # noqa: E402
+from pipeline.report.fidelity import curve_table, kept, plot_curves  # noqa: E402
 from pipeline.report.spec import ResultsSpec, Target  # noqa: E402
 
 __all__ = ["render_results"]
@@ -233,6 +233,26 @@ def _breakeven_section(page: _Page) -> list[str]:
     return lines
 
 
+def _probe_summary(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One line per probe: each policy's agreement with the unmasked teacher at the keep nearest half
+    the patches (MaskedKD 50%'s), the probes' details below."""
+    policies = list(dict.fromkeys(p for _, res in found for p in res["curves"]))
+    lines = ["Agreement with the unmasked teacher at the keep nearest half the patches, per policy:", "",
+             "| probe | masks from | views | unmasked top-1 | keep | " + " | ".join(policies) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(policies)]
+    for f, res in found:
+        n = int(res["num_patches"])
+        keeps = {kept(r, n) for curve in res["curves"].values() for r in curve}
+        half = min(keeps, key=lambda k: (abs(k - n / 2), -k)) if keeps else None  # a tie: the larger (25 of 49)
+        cells = []
+        for p in policies:
+            rung = next((r for r in res["curves"].get(p, []) if kept(r, n) == half), None)
+            cells.append("-" if rung is None else f"{rung['agreement']:.3f}")
+        lines.append(f"| {f.stem} | {res['source']} | {res['samples']} | {res['unmasked_top1']:.4f} | "
+                     f"{'-' if half is None else f'{half} of {n}'} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> list[str]:
     """The probe curves (``mkd-pipeline probe --json`` outputs in ``probes``): a table and a plot each."""
     files = sorted(probes.glob("*.json")) if probes is not None and probes.is_dir() else []
@@ -245,7 +265,7 @@ def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> lis
     lines = [f"## {words['title']}", ""]
     if not found:
         return lines + [words["missing"]]
-    lines += [words["intro"], ""]
+    lines += [words["intro"], "", *_probe_summary(found), ""]
     for f, res in found:
         png = out.with_name(f"results_probe_{f.stem}.png")
         n = int(res["num_patches"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
@@ -99,3 +100,20 @@ def test_a_target_of_several_rows_is_met_when_any_row_meets_it(tmp_path):
     assert "- only ft1: **not met yet** (a row not measured or not decidable)." in text
     assert "  - **never**: **not measured** (no run or record: never)." in text
     assert "- against a row not run: **not measured** (no run or record: other full)." in text
+
+
+def test_the_probe_section_opens_with_each_probes_agreement_at_half_the_patches(tmp_path):
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    rung = lambda keep, agreement: {"keep": keep, "top1": 0.8, "agreement": agreement, "kl": 0.1, "macs": 10**6}  # noqa: E731
+    for stem, student in (("ft1-m0", 0.61), ("ft1-m4", 0.83)):
+        doc = {"num_patches": 49, "source": f"c{stem[-1]}.pth", "samples": 1000, "unmasked_top1": 0.87,
+               "curves": {"student": [rung(12, 0.3), rung(25, student), rung(None, 1.0)],
+                          "random": [rung(12, 0.5), rung(24, 0.7), rung(25, 0.72)]}}
+        (probes / f"{stem}.json").write_text(json.dumps(doc))
+    text = render_results(RUNS, tmp_path / "page.md", probes=probes)
+    assert "| probe | masks from | views | unmasked top-1 | keep | student | random |" in text
+    assert "| ft1-m0 | c0.pth | 1000 | 0.8700 | 25 of 49 | 0.610 | 0.720 |" in text
+    assert "| ft1-m4 | c4.pth | 1000 | 0.8700 | 25 of 49 | 0.830 | 0.720 |" in text
+    assert "### ft1-m4 (masks from c4.pth, 1000 views" in text and (tmp_path / "results_probe_ft1-m4.png").is_file()
+    assert "--probes " + probes.as_posix() in text.splitlines()[2]
