@@ -10,8 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -72,13 +70,3 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(write, tmp_path, monkeypa
         write()
     store = str(tmp_path / "store")
     assert list_partitions(store) == [] and list_temp_files(store) == []
-
-
-def test_object_store_gets_one_complete_upload(write, data, tmp_path):
-    from pipeline.labels.writer import _publish
-
-    local = write()
-    fs = pa.fs._MockFileSystem()
-    _publish(fs, "bucket/store/part.parquet", pa.py_buffer(Path(local.path).read_bytes()))
-    with fs.open_input_file("bucket/store/part.parquet") as f:
-        assert pq.read_table(f).column("key").to_pylist() == data["keys"]
