@@ -33,6 +33,7 @@ from pipeline._atomic import TMP_PREFIX, write_atomic
 from pipeline._fingerprint import sha256_file
 from pipeline.errors import OutputError, StoreError
 
+BUCKET_SCHEMES = ("s3", "gs", "gcs")  # scheme://bucket/key: one filesystem object per bucket, reused
 READ_BUFFER = 1 << 20  # bytes per read from an object store: one ranged GET per MiB while streaming
 
 
@@ -69,7 +70,7 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
         raise StoreError(f"{path.split('?', 1)[0]}?...: a URI with a query string; give endpoints, regions and keys in "
                          f"the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ...), never in a path")
     scheme, rest = path.split("://", 1)
-    if scheme == "file":
+    if scheme not in BUCKET_SCHEMES:
         return _from_uri(path)
     bucket, _, key = rest.partition("/")
     fs, base = _filesystem(scheme, bucket, os.environ.get("AWS_ENDPOINT_URL", ""))

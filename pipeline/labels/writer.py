@@ -89,8 +89,9 @@ def write_partition(
             index type: uint16 up to 65,536 classes, int32 above).
         extra_lse: ``{tau: logsumexp(logits / tau) [N]}`` for other temperatures
             (:func:`maskedkd.logsumexp_at`); top-K targets only.
-        exclusive: publish only if ``path`` does not exist yet (local stores); else raise
-            :class:`FileExistsError` and keep the existing file (concurrent writers: first wins).
+        exclusive: publish only if ``path`` does not exist yet, else raise :class:`FileExistsError`
+            and keep the existing file (concurrent writers: first wins; on an object store checked
+            just before publishing, see :func:`pipeline.paths.write_bytes`).
 
     Returns:
         :class:`WriteResult` with the file's sha256, row count and size in bytes.
