@@ -6,6 +6,7 @@ fingerprints, so the same inputs always land on (and are served from) the same p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,18 @@ def weights_for_workers(store: str, weights: str | Path) -> str:
     if local_root(store) is not None or is_uri(weights):
         return str(weights)
     local = Path(weights)
-    sha256 = sha256_file(local)
-    target = join(store, CHECKPOINTS, f"{local.stem}-{sha256[:16]}{local.suffix}")
-    if file_size(target) != local.stat().st_size:  # else published by an earlier stage or run
+    stat = local.stat()
+    target = join(store, CHECKPOINTS, f"{local.stem}-{_sha256(str(local.absolute()), stat.st_size, stat.st_mtime_ns)[:16]}"
+                                      f"{local.suffix}")
+    if file_size(target) != stat.st_size:  # else published by an earlier stage or run
         write_bytes(target, local.read_bytes())
     return target
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, _size: int, _mtime_ns: int) -> str:
+    """sha256 of a file version (several stages publish the same teacher; its hash takes seconds)."""
+    return sha256_file(path)
 
 
 @dataclass(frozen=True)

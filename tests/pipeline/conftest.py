@@ -38,17 +38,17 @@ def one_thread(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def moto(tmp_path_factory) -> Iterator[S3Server]:
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """One local S3-compatible server (moto's server mode) for the session; skipped without moto >= 5.2.6."""
     with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
         yield server
 
 
 @pytest.fixture
-def s3(moto, monkeypatch) -> S3Server:
+def s3(s3_server, monkeypatch) -> S3Server:
     """The local S3 server emptied, with buckets ``data``, ``labels`` and ``other``, and its
     credentials and endpoint in this test's environment (``AWS_*``): what a cluster's workers have."""
-    moto.reset()
-    for k, v in moto.env.items():
+    s3_server.reset()
+    for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
-    return moto
+    return s3_server

@@ -19,7 +19,7 @@ from pipeline.data.shards import read_shard
 from pipeline.errors import StoreError
 from pipeline.labels import list_partitions, open_partition
 from pipeline.labels.verify import verify_store
-from tests.pipeline.labels.test_atomic_write import _write_small
+from tests.pipeline.labels.helpers import write_small
 
 ROOT = Path(__file__).resolve().parents[2]
 PART = "s3://labels/store/teacher=t/shard=train-000000/epoch=0/v0-d.parquet"
@@ -30,7 +30,7 @@ _CHILD = textwrap.dedent(
     """
     import os, signal, sys
     import pipeline.paths as P
-    from tests.pipeline.labels.test_atomic_write import _write_small
+    from tests.pipeline.labels.helpers import write_small
 
     def die(*_):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -59,13 +59,13 @@ _CHILD = textwrap.dedent(
 
     real = P.resolve
     P.resolve = lambda p: (Killing(real(p)[0]), real(p)[1])
-    _write_small(sys.argv[1])
+    write_small(sys.argv[1])
     """
 )
 
 
 def test_a_partition_is_published_whole_and_no_temp_object_stays(s3):
-    written = _write_small(PART)
+    written = write_small(PART)
     with open_partition(PART, sha256=written.sha256) as partition:
         assert partition.num_rows == 200
     assert s3.files("labels") == ["labels/store/teacher=t/shard=train-000000/epoch=0/v0-d.parquet"]
@@ -84,7 +84,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_verify_accepts(s3, when):
     assert report.checked == [] and report.problems == [] and list_partitions("s3://labels/store") == []
     # killed before publishing: the uploaded bytes sit under a temp name, which `gc` removes
     assert len(report.temp_files) == (1 if when == "publish" else 0)
-    rerun = _write_small(PART)
+    rerun = write_small(PART)
     assert verify_store("s3://labels/store").checked == [PART] and paths.file_sha256(PART) == rerun.sha256
 
 
@@ -104,7 +104,7 @@ def test_a_failed_publish_leaves_no_object_at_all(s3, monkeypatch):
 
     monkeypatch.setattr(paths, "resolve", lambda p: (Failing(real(p)[0]), real(p)[1]))
     with pytest.raises(StoreError, match="cannot write the partition .*connection reset"):
-        _write_small(PART)
+        write_small(PART)
     assert s3.files("labels") == []
 
 

@@ -11,28 +11,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
-from maskedkd import from_logits
 from pipeline.errors import StoreError
-from pipeline.labels import list_partitions, open_partition, write_partition
+from pipeline.labels import list_partitions, open_partition
 from pipeline.labels.paths import list_temp_files
-from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
-
-
-def _write_small(path: str):
-    d = teacher_outputs(200, 20, 16)
-    return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=partition_metadata(200),
-                           target=from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
-
+from tests.pipeline.labels.helpers import write_small
 
 # A fresh process that SIGKILLs itself between the fsync'd temp file and the rename.
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from tests.pipeline.labels.test_atomic_write import _write_small
+    from tests.pipeline.labels.helpers import write_small
     os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
-    _write_small(sys.argv[1])
+    write_small(sys.argv[1])
     """
 )
 
@@ -47,7 +38,7 @@ def test_writer_killed_between_write_and_rename_leaves_no_file(tmp_path):
     assert list_partitions(str(store)) == []
     [temp] = list_temp_files(str(store))  # the fsync'd temp file, under another name
     assert os.path.basename(temp).startswith(".tmp-e0000.parquet")
-    rerun = _write_small(path)
+    rerun = write_small(path)
     with open_partition(path, sha256=rerun.sha256) as partition:
         assert partition.num_rows == 200
 
