@@ -68,7 +68,7 @@ def verify_dataset(
     """Re-hash and re-count every shard of the dataset in ``root`` against its manifest.
 
     Args:
-        root: the dataset folder (holding ``manifest.json``).
+        root: the dataset folder (holding ``manifest.json``), or its URI.
         decode: also decode every image (slower; finds corrupt images).
         progress: called with one line per split checked.
 

@@ -16,6 +16,7 @@ import pytest
 from pipeline import paths
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shards import read_shard
+from pipeline.data.verify import verify_dataset
 from pipeline.errors import StoreError
 from pipeline.labels import list_partitions, open_partition
 from pipeline.labels.verify import verify_store
@@ -117,6 +118,9 @@ def test_shards_and_manifest_stream_from_a_bucket(s3, fmnist_small):
     remote = [(s.key, s.label, s.image.tobytes()) for s in read_shard(entry.path, sha256=entry.sha256)]
     local = [(s.key, s.label, s.image.tobytes()) for s in read_shard(fmnist_small / entry.name, sha256=entry.sha256)]
     assert remote == local and len(remote) == entry.samples
+    assert verify_dataset("s3://data/fm") == []
+    s3.fs.delete_file("data/fm/test-000001.tar")
+    assert verify_dataset("s3://data/fm") == ["test-000001.tar: missing"]
 
 
 def test_an_endpoint_in_a_uri_is_refused():
