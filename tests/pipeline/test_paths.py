@@ -89,8 +89,28 @@ def test_a_writer_killed_mid_write_leaves_nothing_verify_accepts(s3, when):
     assert verify_store("s3://labels/store").checked == [PART] and paths.file_sha256(PART) == rerun.sha256
 
 
-def test_a_failed_publish_leaves_no_object_at_all(s3, monkeypatch):
-    """An error (not a kill) once the bytes are uploaded: the temp object is deleted, nothing is published."""
+class _Cut:
+    """An output stream that takes half the bytes, then fails (a part upload that failed)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.out.close()  # what pyarrow does, with or without `with`: the cut upload is completed
+
+    def write(self, data):
+        self.out.write(memoryview(data)[: len(data) // 2])
+        raise OSError("connection reset")
+
+
+@pytest.mark.parametrize("where", ["upload", "publish"])
+def test_a_write_failing_midway_leaves_no_object_at_all(s3, monkeypatch, where):
+    """An error (not a kill) during the upload or the publishing copy: pyarrow completes a cut
+    upload when its stream is closed (so writing the final key directly could publish half a
+    file), but here only the temp key gets it, and the writer deletes it."""
     real = paths.resolve
 
     class Failing:
@@ -99,6 +119,10 @@ def test_a_failed_publish_leaves_no_object_at_all(s3, monkeypatch):
 
         def __getattr__(self, name):
             return getattr(self.fs, name)
+
+        def open_output_stream(self, path):
+            out = self.fs.open_output_stream(path)
+            return _Cut(out) if where == "upload" else out
 
         def copy_file(self, *a):
             raise OSError("connection reset")
