@@ -53,6 +53,7 @@ from maskedkd.digests import render_digest
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.labels.contract import render_spec, shard_refs
 from pipeline.models import weights_file as resolve_weights_file
+from pipeline.paths import base_name
 
 # Fields of `teacher.train` added after teachers had been trained, with the value that trains as before.
 TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0}
@@ -110,7 +111,7 @@ def fmt_keep(keep: int | None, num_patches: int | None) -> str:
 
 def data_inputs(cfg, manifest) -> dict[str, Any]:
     """Fingerprint of the training data the run sees (shard bytes + subset)."""
-    shards = [(r.path.name, r.sha256, r.limit) for r in shard_refs(manifest, cfg.data.train, cfg.data.subset)]
+    shards = [(base_name(r.path), r.sha256, r.limit) for r in shard_refs(manifest, cfg.data.train, cfg.data.subset)]
     return {"train": sha256_json(shards)}
 
 

@@ -19,11 +19,13 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_bytes
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, StoreError
+from pipeline.paths import is_uri, read_bytes
 
 
 def create_model(name: str, kwargs: Mapping[str, Any] | None = None, *, seed: int | None = None,
@@ -45,14 +47,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts the common wrappers ``{"model": ...}``, ``{"state_dict": ...}``, ``{"model_ema": ...}``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: weights file not found")
+    if is_uri(path):  # a checkpoint published to an object store (docs/design.md §6): read whole, then parsed
+        try:
+            data = read_bytes(path)
+        except FileNotFoundError:
+            raise DataError(f"{path}: weights file not found") from None
+        except (OSError, StoreError) as e:
+            raise DataError(f"{path}: cannot read weights ({e})") from None
+        source: Any = io.BytesIO(data)
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            sd: Any = load_file(str(path))
+        if str(path).endswith(".safetensors"):
+            sd: Any = load_safetensors(data) if is_uri(path) else load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
         raise DataError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
     for wrapper in ("model", "state_dict", "model_ema"):

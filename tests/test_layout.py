@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "pipeline.errors": 1,
     "pipeline.placement": 1,  # where models and tensors go (the one set of functions)
     "pipeline.models": 1,
+    "pipeline.paths": 1,  # local paths and object-store URIs: the one filesystem layer
     "pipeline.config": 2,
     "pipeline.data": 2,
     "pipeline.labels": 2,

@@ -102,7 +102,7 @@ def bench_shard(path: Path, size: int, mean, std, limit: int, repeats: int) -> d
 
 def _dataset_case(directory: Path, split: str, size: int | None) -> tuple[str, Path, int, tuple, tuple]:
     manifest = load_manifest(directory)
-    shard = manifest.shard_paths(split)[0]
+    shard = Path(manifest.shard_paths(split)[0])  # the bench reads a local dataset folder
     image = manifest.split(split)["image"]
     gray = set(image["modes"]) <= {"L", "1", "I;16"}
     if size is None:

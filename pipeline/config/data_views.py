@@ -12,7 +12,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from maskedkd.resize import TORCH_INTERPOLATIONS
 from maskedkd.views import ViewSpec
-from pipeline.config.validation import FieldProblems, Section, abspath, check_files, word_or_count
+from pipeline.config.validation import FieldProblems, Section, check_files, local_or_uri, word_or_count
+from pipeline.errors import PipelineError
+from pipeline.paths import child, file_exists, is_uri, read_bytes
 
 IMPORT_HINT = ("create it with `mkd-pipeline data import fashion-mnist --out {root}` "
                "or `mkd-pipeline data import imagefolder SRC --out {root} --split NAME`")
@@ -21,9 +23,10 @@ IMPORT_HINT = ("create it with `mkd-pipeline data import fashion-mnist --out {ro
 class DataConfig(Section):
     """The dataset: a folder of WebDataset shards with its ``manifest.json``."""
 
-    root: Path = Field(
+    root: Path | str = Field(
         description="Dataset folder holding manifest.json and the shards; create one with "
-        "`mkd-pipeline data import fashion-mnist --out DIR`. Relative to the working directory."
+        "`mkd-pipeline data import fashion-mnist --out DIR`. Relative to the working directory, or a URI "
+        "(s3://bucket/prefix; credentials and endpoint from the environment)."
     )
     train: str = Field("train", description="Split the student (and a trained teacher) learn from.")
     val: str | None = Field("test", description="Split to evaluate on; null: no evaluation.")
@@ -47,10 +50,10 @@ class DataConfig(Section):
                            "bilinear or bicubic only).",
     )
 
-    @field_validator("root")
+    @field_validator("root", mode="before")
     @classmethod
-    def _abs_root(cls, v: Path) -> Path:
-        return abspath(v)
+    def _abs_root(cls, v: Any) -> Any:
+        return local_or_uri(v)
 
     @field_validator("std")
     @classmethod
@@ -75,14 +78,14 @@ class DataConfig(Section):
 
     def _check_root(self) -> list[tuple[str, str]]:
         how = IMPORT_HINT.format(root=self.root)
-        if not self.root.is_dir():
+        if not is_uri(self.root) and not Path(self.root).is_dir():
             return [("root", f"dataset folder {self.root} does not exist; {how}")]
-        manifest = self.root / "manifest.json"
-        if not manifest.is_file():
-            return [("root", f"{self.root} has no manifest.json; {how}")]
+        manifest = child(self.root, "manifest.json")
         try:
-            doc = json.loads(manifest.read_text())
-        except (OSError, ValueError) as e:
+            if not file_exists(manifest):
+                return [("root", f"{self.root} has no manifest.json; {how}")]
+            doc = json.loads(read_bytes(manifest))
+        except (OSError, ValueError, PipelineError) as e:
             return [("root", f"{manifest} is not readable JSON ({e}); re-import the dataset")]
         problems = []
         # Only what the manifest states is checked; `mkd-pipeline data verify` checks the rest.

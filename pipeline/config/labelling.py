@@ -3,13 +3,12 @@ the teacher sees, with its ``budget``) and ``labels`` (the soft-label store)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from maskedkd import DEFAULT_LADDER, POLICIES, Budget
-from pipeline.config.validation import FieldProblems, Section, abspath, did_you_mean, word_or_count
+from pipeline.config.validation import FieldProblems, Section, did_you_mean, local_or_uri, word_or_count
 
 
 class ScheduleConfig(Section):
@@ -142,7 +141,7 @@ class MaskingConfig(Section):
 class LabelsConfig(Section):
     """The soft-label store and what each row keeps."""
 
-    store: str = Field("store", validate_default=True, description="Label store root: a folder (relative to the working directory) or a URI.")
+    store: str = Field("store", validate_default=True, description="Label store root: a folder (relative to the working directory) or a URI (s3://bucket/prefix; credentials and endpoint from the environment).")
     topk: Union[int, Literal["all"]] = Field(10, description="Classes kept per row (plus the exact tail bucket), or 'all'.")
     dtype: Literal["float16"] = Field("float16", description="Stored logit dtype; the store writes float16 only.")
     temperatures: list[float] = Field([1.0], min_length=1, description="Temperatures whose log-sum-exp is stored.")
@@ -152,7 +151,7 @@ class LabelsConfig(Section):
     def _store(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        return v if "://" in v else str(abspath(Path(v)))
+        return str(local_or_uri(v))
 
     @field_validator("dtype", mode="before")
     @classmethod

@@ -52,6 +52,15 @@ class StageConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     online: bool = Field(False, description="Comparison baseline: the teacher in the loop, masked per step (the paper).")
 
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _local_run_dir(cls, v: object) -> object:
+        if isinstance(v, str) and "://" in v:  # docs/design.md §6: the run folder stays on the client
+            raise ValueError(f"must be a local folder, got the URI {v!r}: the run lock and the resume records need a "
+                             f"local filesystem; with labels.store in an object store, the checkpoints workers load "
+                             f"are published there (<store>/checkpoints/)")
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

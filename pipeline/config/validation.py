@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
@@ -27,6 +28,20 @@ def check_files(info: ValidationInfo) -> bool:
 def abspath(p: Path) -> Path:
     """``p`` with ``~`` expanded, made absolute against the working directory (not resolving links)."""
     return Path(os.path.abspath(os.path.expanduser(p)))
+
+
+def local_or_uri(v: Any) -> Any:
+    """A local path made absolute (:func:`abspath`), or a URI (``s3://bucket/prefix``) kept as the string it is.
+
+    Raises:
+        ValueError: a URI with a query string: endpoints and keys belong in the environment.
+    """
+    if isinstance(v, str) and "://" in v:
+        if "?" in v:
+            raise ValueError(f"{v.split('?', 1)[0]}?...: no query string in a URI; give endpoints, regions and "
+                             f"credentials in the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ...)")
+        return v
+    return abspath(Path(v)) if isinstance(v, (str, Path)) else v
 
 
 def did_you_mean(word: str, options: list[str] | set[str]) -> str:

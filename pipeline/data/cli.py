@@ -59,10 +59,11 @@ def import_imagefolder_cmd(src: Path, out: Path, split: str, shard_size: int, se
 
 
 @click.command("verify")
-@click.argument("directory", metavar="DIR", type=_DIR)
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--decode", is_flag=True, help="Also decode every image (finds corrupt images; slower).")
-def data_verify(directory: Path, decode: bool) -> None:
-    """Re-hash every shard of DIR against its manifest and re-count its samples.
+def data_verify(directory: str, decode: bool) -> None:
+    """Re-hash every shard of DIR (a folder, or a URI such as s3://bucket/data) against its manifest
+    and re-count its samples.
 
     Exits 0 when everything matches, 1 listing each problem otherwise, 3 when the manifest
     itself is missing or invalid.

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from pipeline._schemas import json_problem
 from pipeline.errors import DataError
+from pipeline.paths import base_name, child, is_uri, read_bytes
 
 MANIFEST_NAME = "manifest.json"
 TIMM_INFO_NAME = "_info.json"
@@ -23,13 +24,14 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard as the manifest records it; ``path`` is set when the manifest came from a folder."""
+    """One shard as the manifest records it; ``path`` is set when the manifest came from a folder
+    (a :class:`Path`, or a URI string for a dataset in an object store)."""
 
     name: str
     samples: int
     bytes: int
     sha256: str
-    path: Path | None = None
+    path: Path | str | None = None
 
 
 @dataclass
@@ -41,7 +43,7 @@ class DatasetManifest:
     splits: dict[str, dict[str, Any]]
     source: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    root: Path | None = None
+    root: Path | str | None = None  # a URI string for a dataset in an object store
 
     def split(self, split: str) -> dict[str, Any]:
         """The raw record of ``split``; a :class:`DataError` lists the splits there are."""
@@ -53,15 +55,15 @@ class DatasetManifest:
     def shards(self, split: str) -> list[ShardEntry]:
         """The split's shards in order (with ``path`` when the manifest has a root folder)."""
         return [
-            ShardEntry(name, s["samples"], s["bytes"], s["sha256"], self.root / name if self.root else None)
+            ShardEntry(name, s["samples"], s["bytes"], s["sha256"], child(self.root, name) if self.root else None)
             for name, s in sorted(self.split(split)["shards"].items())
         ]
 
-    def shard_paths(self, split: str) -> list[Path]:
-        """Absolute paths of the split's shards, in order."""
+    def shard_paths(self, split: str) -> list[Path | str]:
+        """Absolute paths (or URIs) of the split's shards, in order."""
         if self.root is None:
             raise DataError(f"manifest of {self.name!r} was not loaded from a dataset folder: shard paths unknown")
-        return [self.root / s.name for s in self.shards(split)]
+        return [child(self.root, s.name) for s in self.shards(split)]
 
     def num_samples(self, split: str) -> int:
         """Samples in the split."""
@@ -132,18 +134,19 @@ def validate_manifest(doc: Any, where: str | Path) -> None:
 
 
 def load_manifest(dir_or_file: str | Path) -> DatasetManifest:
-    """Load and validate a dataset manifest: a dataset folder or a manifest JSON file.
+    """Load and validate a dataset manifest: a dataset folder or a manifest JSON file, local or a URI.
 
     Raises:
         DataError: missing, not JSON, or not a valid manifest (the message names the file).
     """
-    path = Path(dir_or_file)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
+    path: Path | str = str(dir_or_file) if is_uri(dir_or_file) else Path(dir_or_file)
+    if (not str(path).endswith(".json")) if is_uri(path) else Path(path).is_dir():  # a folder (a URI: a prefix)
+        path = child(path, MANIFEST_NAME)
+    name = base_name(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_bytes(path).decode())
     except FileNotFoundError:
-        hint = " (import the dataset first: mkd-pipeline data import ...)" if path.name == MANIFEST_NAME else ""
+        hint = " (import the dataset first: mkd-pipeline data import ...)" if name == MANIFEST_NAME else ""
         raise DataError(f"dataset manifest {path} does not exist{hint}") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"dataset manifest {path} is unreadable: {e}") from None
@@ -154,8 +157,15 @@ def load_manifest(dir_or_file: str | Path) -> DatasetManifest:
         splits=doc["splits"],
         source=doc.get("source", {}),
         skipped=list(doc.get("skipped", [])),
-        root=path.parent.resolve() if path.name == MANIFEST_NAME else None,
+        root=_folder_of(path) if name == MANIFEST_NAME else None,
     )
+
+
+def _folder_of(manifest: Path | str) -> Path | str:
+    """The dataset folder holding ``manifest``: resolved locally (links followed), the URI's prefix remotely."""
+    if is_uri(manifest):
+        return str(manifest).rsplit("/", 1)[0]
+    return Path(manifest).parent.resolve()
 
 
 def size_stats(values: Iterable[int]) -> dict[str, Any]:

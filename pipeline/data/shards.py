@@ -18,11 +18,12 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
 from pipeline.errors import DataError
+from pipeline.paths import location, open_input, resolve
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -166,14 +167,14 @@ def write_shards(
 # Reading
 
 
-def _check_end_of_archive(path: Path) -> None:
+def _check_end_of_archive(path: Path | str) -> None:
     """A tar cut at a member boundary reads as a shorter valid tar; its end marker is missing."""
-    size = path.stat().st_size
+    fs, fs_path = resolve(path)
+    size = fs.get_file_info(fs_path).size
     if size % 512:
         raise DataError(f"shard {path}: truncated tar ({size} bytes is not a multiple of 512)")
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 512))
-        if f.read(512) != bytes(512):
+    with fs.open_input_file(fs_path) as f:
+        if f.read_at(512, max(0, size - 512)) != bytes(512):
             raise DataError(f"shard {path}: truncated tar (no end-of-archive marker)")
 
 
@@ -184,7 +185,7 @@ class ShardChangedError(DataError):
 class _HashingReader:
     """A binary file whose bytes are hashed as they are read (what the tar iterator reads)."""
 
-    def __init__(self, f: io.BufferedReader) -> None:
+    def __init__(self, f: IO[bytes]) -> None:
         self._f = f
         self._h = hashlib.sha256()
 
@@ -200,7 +201,7 @@ class _HashingReader:
         return self._h.hexdigest()
 
 
-def _tar_members(path: Path, sha256: str | None = None) -> Iterator[dict]:
+def _tar_members(path: Path | str, sha256: str | None = None) -> Iterator[dict]:
     """``{"fname", "data"}`` per regular member in tar order, via webdataset's tar iterator.
 
     ``sha256``: hash the bytes while streaming them and raise :class:`ShardChangedError` after
@@ -210,7 +211,7 @@ def _tar_members(path: Path, sha256: str | None = None) -> Iterator[dict]:
     from webdataset.tariterators import tar_file_iterator
 
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:  # an object is streamed a MiB at a time, never downloaded whole first
             stream = _HashingReader(f) if sha256 else f
             yield from tar_file_iterator(stream)
             got = stream.hexdigest_of_all() if isinstance(stream, _HashingReader) else None
@@ -218,7 +219,7 @@ def _tar_members(path: Path, sha256: str | None = None) -> Iterator[dict]:
         raise DataError(f"shard {path} does not exist") from None
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise DataError(f"shard {path}: truncated or unreadable tar ({e})") from e
-    if path.suffix == ".tar":
+    if str(path).endswith(".tar"):
         _check_end_of_archive(path)
     if sha256 and got is not None and got != sha256:
         raise ShardChangedError(
@@ -273,7 +274,7 @@ def read_shard_raw(path: str | Path, *, report: list | None = None, num_classes:
     # lazy: webdataset imports torch (+1.8 s), and `--help`, `data import` and `bench --help` import this module
     from webdataset.tariterators import base_plus_ext
 
-    path = Path(path)
+    path = location(path)
     seen: set[str] = set()
     key: str | None = None
     members: dict[str, bytes] = {}
@@ -394,7 +395,7 @@ def read_shard(path: str | Path, *, report: list | None = None, max_pixels: int 
     duplicate key) are skipped and appended to ``report`` as ``Skipped(key, reason)``.
 
     Args:
-        path: the shard's tar file.
+        path: the shard's tar file (a local path or a URI such as ``s3://bucket/data/train-000000.tar``).
         report: list collecting skipped samples (for the manifest of the stage reading them).
         max_pixels: decompression-bomb guard.
         num_classes: when given, samples whose ``.cls`` is not below it are skipped too.

@@ -1,4 +1,4 @@
-"""Check a dataset folder against its manifest: files, sizes, sha256, sample counts, labels."""
+"""Check a dataset folder (local or a URI) against its manifest: files, sizes, sha256, sample counts, labels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from pipeline._fingerprint import sha256_file
+import pyarrow.fs as pafs
+
 from pipeline.data.manifest import (
     TIMM_INFO_NAME,
     DatasetManifest,
@@ -16,14 +17,15 @@ from pipeline.data.manifest import (
 )
 from pipeline.data.shards import read_shard, read_shard_raw
 from pipeline.errors import DataError
+from pipeline.paths import child, file_sha256, file_size, read_bytes, resolve
 
 _SHARD_FILE = re.compile(r"^([A-Za-z0-9]+)-[0-9]{6}\.tar$")
 
 
-def _check_timm_info(manifest: DatasetManifest, root: Path) -> list[str]:
-    path = root / TIMM_INFO_NAME
+def _check_timm_info(manifest: DatasetManifest, root: Path | str) -> list[str]:
+    path = child(root, TIMM_INFO_NAME)
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(read_bytes(path))
     except FileNotFoundError:
         return [f"{path} is missing (timm's wds/ reader needs it; re-run the import)"]
     except (OSError, ValueError) as e:
@@ -36,14 +38,15 @@ def _check_timm_info(manifest: DatasetManifest, root: Path) -> list[str]:
 def _check_shard(manifest: DatasetManifest, entry: ShardEntry, decode: bool) -> list[str]:
     path = entry.path
     assert path is not None  # a manifest loaded from its folder gives each shard its path
-    if not path.is_file():
-        return [f"{path.name}: missing"]
+    name = entry.name
+    size = file_size(path)
+    if size is None:
+        return [f"{name}: missing"]
     problems = []
-    size = path.stat().st_size
     if size != entry.bytes:
-        problems.append(f"{path.name}: {size} bytes, manifest says {entry.bytes}")
-    elif sha256_file(path) != entry.sha256:
-        problems.append(f"{path.name}: sha256 differs from the manifest (content changed)")
+        problems.append(f"{name}: {size} bytes, manifest says {entry.bytes}")
+    elif file_sha256(path) != entry.sha256:
+        problems.append(f"{name}: sha256 differs from the manifest (content changed)")
     skipped: list = []
     count = 0
     try:
@@ -53,9 +56,9 @@ def _check_shard(manifest: DatasetManifest, entry: ShardEntry, decode: bool) -> 
             count += 1
     except DataError as e:
         return problems + [str(e)]
-    problems += [f"{path.name}: sample {s.key} unusable: {s.reason}" for s in skipped]
+    problems += [f"{name}: sample {s.key} unusable: {s.reason}" for s in skipped]
     if count + len(skipped) != entry.samples:  # unusable samples are listed above already
-        problems.append(f"{path.name}: {count + len(skipped)} samples, manifest says {entry.samples}")
+        problems.append(f"{name}: {count + len(skipped)} samples, manifest says {entry.samples}")
     return problems
 
 
@@ -65,7 +68,7 @@ def verify_dataset(
     """Re-hash and re-count every shard of the dataset in ``root`` against its manifest.
 
     Args:
-        root: the dataset folder (holding ``manifest.json``).
+        root: the dataset folder (holding ``manifest.json``), or its URI.
         decode: also decode every image (slower; finds corrupt images).
         progress: called with one line per split checked.
 
@@ -88,7 +91,8 @@ def verify_dataset(
             status = "ok" if len(problems) == before else f"{len(problems) - before} problem(s)"
             progress(f"{split}: {len(shards)} shards, {manifest.num_samples(split):,} samples: {status}")
     listed = {name for split in manifest.splits for name in manifest.split(split)["shards"]}
-    for path in sorted(root.iterdir()):
-        if _SHARD_FILE.match(path.name) and path.name not in listed:
-            problems.append(f"{path.name}: shard file not listed in the manifest")
+    fs, fs_root = resolve(root)
+    for info in sorted(fs.get_file_info(pafs.FileSelector(fs_root)), key=lambda i: i.base_name):
+        if _SHARD_FILE.match(info.base_name) and info.base_name not in listed:
+            problems.append(f"{info.base_name}: shard file not listed in the manifest")
     return problems

@@ -28,6 +28,7 @@ from maskedkd.resize import check_resize
 from maskedkd.views import View, ViewSpec, views_to_columns
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
+from pipeline.paths import base_name
 
 if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
     from pipeline.config.data_views import DataConfig
@@ -40,7 +41,7 @@ class ShardRef:
 
     Attributes:
         name: the shard's name, its file name without ``.tar`` (what label partitions record).
-        path: the tar file.
+        path: the tar file (a :class:`Path`, or a URI string for a shard in an object store).
         rows: how many samples of the shard are used: the first ``rows`` that
             :func:`pipeline.data.shards.read_shard` yields (all of them unless a subset is
             used, see :func:`subset_rows`).
@@ -49,7 +50,7 @@ class ShardRef:
     """
 
     name: str
-    path: Path
+    path: Path | str
     rows: int
     samples: int | None = None
     sha256: str | None = None
@@ -114,7 +115,7 @@ def shard_refs(manifest: DatasetManifest, split: str, subset: int | None = None)
     entries = manifest.shards(split)
     paths = manifest.shard_paths(split)
     rows = subset_rows([e.samples for e in entries], subset)
-    return [ShardRef(Path(p).name.removesuffix(".tar"), Path(p), n, e.samples, e.sha256)
+    return [ShardRef(base_name(p).removesuffix(".tar"), p, n, e.samples, e.sha256)
             for e, p, n in zip(entries, paths, rows) if n > 0]
 
 

@@ -19,16 +19,20 @@ only :func:`list_temp_files` lists them.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from typing import Callable, Mapping
 
 import pyarrow.fs as pafs
 
 from pipeline._atomic import TMP_PREFIX
-from pipeline._fingerprint import sha256_file, sha256_json
+from pipeline._fingerprint import sha256_json
 from pipeline.errors import ConfigError, StoreError
+from pipeline.paths import base_name, file_exists, file_sha256, is_uri, join, local_root, resolve
+
+# the filesystem layer (pipeline.paths) re-exported: the store's callers reach it as `paths.resolve` etc.
+
+__all__ = ["HIVE_KEYS", "REQUIRED_FINGERPRINTS", "SUFFIX", "file_exists", "file_sha256", "is_uri", "join",
+           "list_partitions", "list_temp_files", "local_root", "partition_path", "related_partitions", "resolve"]
 
 REQUIRED_FINGERPRINTS = ("teacher", "shard", "view", "mask", "label")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -36,37 +40,6 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".parquet"
 # The Hive partition keys of the path, outermost first (see the module docstring).
 HIVE_KEYS = ("teacher", "shard", "epoch")
-
-
-def is_uri(path: str) -> bool:
-    """True for ``scheme://...`` paths (handled by ``pyarrow.fs``), False for local paths."""
-    return "://" in path
-
-
-def local_root(path: str) -> str | None:
-    """The absolute local path of a local path or a ``file://`` URI; None for a remote one (``s3://`` ...)."""
-    if not is_uri(path):
-        return os.path.abspath(path)
-    if not path.startswith("file://"):
-        return None  # without asking pyarrow: an s3:// filesystem object may reach for the network
-    return resolve(path)[1]
-
-
-def resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and the filesystem-relative path of a local path or URI."""
-    if is_uri(path):
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except Exception as e:  # pyarrow raises several types for unknown schemes / bad URIs
-            raise StoreError(f"{path}: not a store path pyarrow.fs understands ({e})") from e
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def join(root: str, *parts: str) -> str:
-    """``root/part/...`` for local roots and URIs alike."""
-    if is_uri(root):
-        return "/".join([root.rstrip("/"), *parts])
-    return os.path.join(root, *parts)
 
 
 def partition_path(root: str, *, shard: str, view_epoch: int, fingerprints: Mapping[str, str | None]) -> str:
@@ -97,7 +70,7 @@ def related_partitions(root: str, *, shard: str, view_epoch: int, fingerprints: 
     ``open_partition(path, expect=...)`` to confirm its fingerprints before trusting it.
     """
     directory, prefix = _place(root, shard, view_epoch, fingerprints)
-    return [p for p in _files(directory, _is_partition, recursive=False) if _base(p).startswith(prefix)]
+    return [p for p in _files(directory, _is_partition, recursive=False) if base_name(p).startswith(prefix)]
 
 
 def list_partitions(root: str) -> list[str]:
@@ -138,10 +111,6 @@ def _is_partition(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
-def _base(path: str) -> str:
-    return path.rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(path)
-
-
 def _files(root: str, wanted: Callable[[str], bool], *, recursive: bool = True) -> list[str]:
     """Sorted paths (in ``root``'s own form) of the files under ``root`` whose name is ``wanted``."""
     fs, fs_root = resolve(root)
@@ -152,21 +121,3 @@ def _files(root: str, wanted: Callable[[str], bool], *, recursive: bool = True) 
         if i.type == pafs.FileType.File and wanted(i.base_name)
     )
     return [join(root, *r.split("/")) for r in rel]
-
-
-def file_exists(path: str) -> bool:
-    """True when a regular file is at the local path or URI."""
-    fs, fs_path = resolve(path)
-    return fs.get_file_info(fs_path).type == pafs.FileType.File
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of the file at a local path or URI."""
-    if not is_uri(path):
-        return sha256_file(path)
-    fs, fs_path = resolve(path)
-    h = hashlib.sha256()
-    with fs.open_input_stream(fs_path) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

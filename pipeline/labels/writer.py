@@ -2,9 +2,9 @@
 
 The file is encoded in memory, hashed, then published in one step: on a local filesystem with
 :func:`pipeline._atomic.write_atomic` (temp file in the same directory, fsync, rename, fsync of the
-directory); on an object store as a single upload (the object appears only when complete). A
-write killed at any moment leaves either nothing or a ``.tmp-*`` file, never a partial file
-under the final name.
+directory); on an object store uploaded under a unique ``.tmp-*`` key and published by a
+server-side copy (:func:`pipeline.paths.write_bytes`). A write killed at any moment leaves either
+nothing or a ``.tmp-*`` file, never a partial file under the final name.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
 from maskedkd.targets import SoftTarget, as_target
-from pipeline._atomic import write_atomic
 from pipeline._fingerprint import canonical_json, sha256_bytes
 from pipeline._version import __version__
 from pipeline.errors import OutputError, StoreError
@@ -39,6 +37,7 @@ from pipeline.labels.schema import (
     pack_keep,
     record_problem,
 )
+from pipeline.paths import write_bytes
 
 # One row group per file unless its Arrow data is larger than this (then equal-sized groups).
 ROW_GROUP_BYTES = 256 << 20
@@ -90,8 +89,9 @@ def write_partition(
             index type: uint16 up to 65,536 classes, int32 above).
         extra_lse: ``{tau: logsumexp(logits / tau) [N]}`` for other temperatures
             (:func:`maskedkd.logsumexp_at`); top-K targets only.
-        exclusive: publish only if ``path`` does not exist yet (local stores); else raise
-            :class:`FileExistsError` and keep the existing file (concurrent writers: first wins).
+        exclusive: publish only if ``path`` does not exist yet, else raise :class:`FileExistsError`
+            and keep the existing file (concurrent writers: first wins; on an object store checked
+            just before publishing, see :func:`pipeline.paths.write_bytes`).
 
     Returns:
         :class:`WriteResult` with the file's sha256, row count and size in bytes.
@@ -106,9 +106,8 @@ def write_partition(
         view_columns=view_columns or {}, num_classes=num_classes, extra_lse=extra_lse or {}, path=path,
     )
     data = encode(table)
-    fs, fs_path = paths.resolve(path)
     try:
-        _publish(fs, fs_path, data, exclusive)
+        write_bytes(path, memoryview(data), exclusive=exclusive)
     except FileExistsError:
         raise
     except (OSError, OutputError) as e:
@@ -302,14 +301,3 @@ def _view_arrays(view_columns: Mapping[str, np.ndarray | pa.Array], n: int, path
         out[name] = value
     return out
 
-
-def _publish(fs: pafs.FileSystem, fs_path: str, data: pa.Buffer, exclusive: bool = False) -> None:
-    if fs.type_name == "local":
-        write_atomic(fs_path, lambda f: f.write(memoryview(data)), exclusive=exclusive)
-        return
-    fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
-    # Object stores: one upload of the whole buffer; the object becomes visible only when the
-    # upload completes (a multipart upload left incomplete never shows under the key).
-    out = fs.open_output_stream(fs_path)
-    out.write(data)
-    out.close()

@@ -6,17 +6,21 @@ fingerprints, so the same inputs always land on (and are served from) the same p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline._fingerprint import sha256_json
+from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._gpu import uses_tf32
 from pipeline._version import __version__
 from pipeline.config import StageConfig
 from pipeline.fingerprints import unless_default
 from pipeline.labels.contract import RenderSpec, render_spec
 from pipeline.models import create_model, model_fingerprint
+from pipeline.paths import file_size, is_uri, join, local_root, write_bytes
+
+CHECKPOINTS = "checkpoints"  # under a remote store: the weights files workers load
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,33 @@ def model_spec(cfg: StageConfig, who: str, weights: str | Path, fingerprint: str
     m = getattr(cfg, who)
     if fingerprint is None:
         fingerprint = model_fingerprint(create_model(m.model, m.kwargs, weights=weights), m.model)
-    return ModelSpec(m.model, dict(m.kwargs), str(weights), fingerprint, render_spec(cfg.data, m))
+    return ModelSpec(m.model, dict(m.kwargs), weights_for_workers(cfg.labels.store, weights), fingerprint,
+                     render_spec(cfg.data, m))
+
+
+def weights_for_workers(store: str, weights: str | Path) -> str:
+    """Where workers load the weights file ``weights`` from (docs/design.md §6, "Where checkpoints live").
+
+    With a local (or ``file://``) store the workers share the client's filesystem, and load the
+    file where it is. With the store in an object store they may share nothing else: a local
+    file is published, content-addressed, as ``<store>/checkpoints/<stem>-<sha256[:16]><suffix>``
+    (uploaded once; the same bytes always get the same name) and that URI is returned.
+    """
+    if local_root(store) is not None or is_uri(weights):
+        return str(weights)
+    local = Path(weights)
+    stat = local.stat()
+    target = join(store, CHECKPOINTS, f"{local.stem}-{_sha256(str(local.absolute()), stat.st_size, stat.st_mtime_ns)[:16]}"
+                                      f"{local.suffix}")
+    if file_size(target) != stat.st_size:  # else published by an earlier stage or run
+        write_bytes(target, local.read_bytes())
+    return target
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, _size: int, _mtime_ns: int) -> str:
+    """sha256 of a file version (several stages publish the same teacher; its hash takes seconds)."""
+    return sha256_file(path)
 
 
 @dataclass(frozen=True)

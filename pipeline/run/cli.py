@@ -244,8 +244,9 @@ def gc_cmd(stages: tuple[str, ...], yes: bool, grace_s: float) -> None:
     cfgs = [load_config(s) for s in stages]
     report = collect_garbage(cfgs, delete=yes, grace_s=grace_s)
     for store in report["not_collected"]:
-        click.echo(f"not collected: {store}: gc collects local and file:// stores only (a remote store has no "
-                   f"file locks to keep live runs safe); nothing of it was listed or removed", err=True)
+        click.echo(f"not collected: {store}: gc collects the partitions of local and file:// stores only (a remote "
+                   f"store has no file locks to keep live runs safe); of it only temp files of killed writes are "
+                   f"listed and removed", err=True)
     for d in report["live_runs"]:
         click.echo(f"run in progress in {d}: keeping what it announced and its temp files")
     for p, size in report["files"]:

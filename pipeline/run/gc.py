@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from pipeline._atomic import TMP_PREFIX
 from pipeline._lock import LOCK_NAME, load_lock
+from pipeline.errors import StoreError
 from pipeline.labels import paths
 from pipeline.run.claims import live_intents, registered_runs
 from pipeline.run.folder_lock import hold_run_folder
@@ -31,9 +34,10 @@ def collect_garbage(cfgs, *, delete: bool = False, grace_s: float = DEFAULT_GRAC
     Returns ``{"files": [(path, bytes)], "bytes", "kept", "announced", "young", "live_runs",
     "stale_intents", "not_collected"}``: ``announced`` partitions kept for in-flight precomputes,
     ``young`` files kept for being younger than ``grace_s``, ``live_runs`` the run folders with a
-    run in progress, ``not_collected`` the stores left alone: remote URIs (``s3://`` ...), whose
-    run registry and intent records this module cannot lock or list safely (an object store has
-    no flock), so nothing of them is deleted.
+    run in progress, ``not_collected`` the stores whose partitions are left alone: remote URIs
+    (``s3://`` ...), whose run registry and intent records this module cannot lock or list safely
+    (an object store has no flock). Of those only the temp objects of killed writes go
+    (``.tmp-*`` older than ``grace_s``: a write in flight holds its temp key for seconds).
     """
     stores: set[str] = set()
     locks: list[tuple[Path, str]] = []  # (run lock file, directory its relative paths are relative to)
@@ -58,7 +62,35 @@ def collect_garbage(cfgs, *, delete: bool = False, grace_s: float = DEFAULT_GRAC
         live = [d for d in run_dirs if Path(d).is_dir() and not stack.enter_context(hold_run_folder(d, wait=False))]
         report = _collect(stores, locks, run_dirs, set(live), registry, delete=delete, grace_s=grace_s)
     report["not_collected"] = sorted(s for s in stores if paths.local_root(s) is None)
+    for store in report["not_collected"]:
+        files, young = _remote_temp_files(store, cutoff, delete=delete)
+        report["files"] += files
+        report["bytes"] += sum(size for _, size in files)
+        report["young"] += young
     return report
+
+
+def _remote_temp_files(store: str, cutoff: float, *, delete: bool) -> tuple[list[tuple[str, int]], int]:
+    """The temp objects killed writes left in a remote store (older than ``cutoff``), removed
+    with ``delete``; and the count of younger ones (writes in flight)."""
+    fs, fs_root = paths.resolve(store)
+    selector = pafs.FileSelector(fs_root, recursive=True, allow_not_found=True)
+    found: list[tuple[str, int]] = []
+    young = 0
+    try:
+        infos = fs.get_file_info(selector)
+    except OSError as e:
+        raise StoreError(f"{store}: cannot list the store ({e})") from e
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.base_name.startswith(TMP_PREFIX):
+            continue
+        if info.mtime is not None and info.mtime.timestamp() > cutoff:
+            young += 1
+            continue
+        found.append((paths.join(store, *info.path[len(fs_root):].lstrip("/").split("/")), info.size))
+        if delete:
+            fs.delete_file(info.path)
+    return found, young
 
 
 def _collect(stores, locks, run_dirs, live, registry, *, delete: bool, grace_s: float) -> dict[str, Any]:

@@ -151,7 +151,8 @@ def run_teacher(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) 
 
 def _teachers_dir(ctx: RunContext) -> Path:
     """Where teachers the run writes live, content-addressed: a local (or file://) store shares them
-    with every run; a remote store cannot hold what torch loads by path, so the run folder keeps them."""
+    with every run; with a remote store the run folder keeps them, and ``model_spec`` publishes the
+    copy workers load to ``<store>/checkpoints/``."""
     local = paths.local_root(ctx.cfg.labels.store)
     return Path(local) / "teachers" if local is not None else ctx.run_dir / "teachers"
 

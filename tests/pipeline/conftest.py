@@ -8,10 +8,12 @@ importer, so tests exercise real shards and a real manifest without the 70,000-i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from tests.pipeline.data.helpers import real_fashion_mnist_subset
+from tests.pipeline.s3server import S3Server, moto_server
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,20 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """One local S3-compatible server (moto's server mode) for the session; skipped without moto >= 5.2.6."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> S3Server:
+    """The local S3 server emptied, with buckets ``data``, ``labels`` and ``other``, and its
+    credentials and endpoint in this test's environment (``AWS_*``): what a cluster's workers have."""
+    s3_server.reset()
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server

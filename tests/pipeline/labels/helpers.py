@@ -32,3 +32,15 @@ def partition_metadata(n: int, shard: str = "train-000000") -> dict[str, Any]:
         "fingerprints": fingerprints,
         "counters": {"rows_computed": n, "rows_reused": 0, "teacher_macs": 0},
     }
+
+
+def write_small(path: str):
+    """A real 200-row top-3 partition at ``path`` (local or a URI), with the writer's own checks."""
+    import torch
+
+    from maskedkd import from_logits
+    from pipeline.labels import write_partition
+
+    d = teacher_outputs(200, 20, 16)
+    return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=partition_metadata(200),
+                           target=from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)

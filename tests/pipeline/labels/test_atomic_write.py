@@ -10,31 +10,20 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import torch
 
-from maskedkd import from_logits
 from pipeline.errors import StoreError
-from pipeline.labels import list_partitions, open_partition, write_partition
+from pipeline.labels import list_partitions, open_partition
 from pipeline.labels.paths import list_temp_files
-from tests.pipeline.labels.helpers import partition_metadata, teacher_outputs
-
-
-def _write_small(path: str):
-    d = teacher_outputs(200, 20, 16)
-    return write_partition(path, keys=d["keys"], labels=d["labels"], keep=d["keep"], metadata=partition_metadata(200),
-                           target=from_logits(torch.from_numpy(d["logits"]), 3), num_classes=20)
-
+from tests.pipeline.labels.helpers import write_small
 
 # A fresh process that SIGKILLs itself between the fsync'd temp file and the rename.
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from tests.pipeline.labels.test_atomic_write import _write_small
+    from tests.pipeline.labels.helpers import write_small
     os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
-    _write_small(sys.argv[1])
+    write_small(sys.argv[1])
     """
 )
 
@@ -49,7 +38,7 @@ def test_writer_killed_between_write_and_rename_leaves_no_file(tmp_path):
     assert list_partitions(str(store)) == []
     [temp] = list_temp_files(str(store))  # the fsync'd temp file, under another name
     assert os.path.basename(temp).startswith(".tmp-e0000.parquet")
-    rerun = _write_small(path)
+    rerun = write_small(path)
     with open_partition(path, sha256=rerun.sha256) as partition:
         assert partition.num_rows == 200
 
@@ -72,13 +61,3 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(write, tmp_path, monkeypa
         write()
     store = str(tmp_path / "store")
     assert list_partitions(store) == [] and list_temp_files(store) == []
-
-
-def test_object_store_gets_one_complete_upload(write, data, tmp_path):
-    from pipeline.labels.writer import _publish
-
-    local = write()
-    fs = pa.fs._MockFileSystem()
-    _publish(fs, "bucket/store/part.parquet", pa.py_buffer(Path(local.path).read_bytes()))
-    with fs.open_input_file("bucket/store/part.parquet") as f:
-        assert pq.read_table(f).column("key").to_pylist() == data["keys"]

@@ -9,13 +9,8 @@ another folder (as a worker whose mount there holds another disk, or none). The 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 from distributed import WorkerPlugin
 
@@ -197,49 +192,7 @@ def test_needs_name_each_shard_weights_file_and_store_once(stage, tasks, ckpts):
         + [("weights", str(ckpts["teacher"])), ("weights", str(ckpts["c0"])), ("store", cfg.labels.store)])
 
 
-@pytest.fixture
-def s3_endpoint(tmp_path, monkeypatch):
-    """A local S3 server (moto's server mode, when ``moto_server`` is on the PATH) with buckets
-    ``labels`` and ``other``; credentials and endpoint in the environment, as a cluster's workers
-    would have them."""
-    server = shutil.which("moto_server")
-    if server is None:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path / "moto.log").open("wb")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    try:
-        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                               allow_bucket_creation=True)
-        for attempt in range(100):
-            try:
-                fs.create_dir("labels")
-                break
-            except OSError:
-                if attempt == 99:
-                    raise
-                time.sleep(0.1)  # the server is starting
-        fs.create_dir("other")
-        try:  # pyarrow writes by multipart upload; moto 5.2.1 fails to complete one (5.2.6 does)
-            with fs.open_output_stream("other/probe") as f:
-                f.write(b"x")
-        except OSError as e:
-            pytest.skip(f"{server}: this moto server cannot complete pyarrow's uploads ({e})")
-        fs.delete_file("other/probe")
-        yield fs
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-
-
-def test_an_s3_store_is_checked_by_the_workers(s3_endpoint):
+def test_an_s3_store_is_checked_by_the_workers(s3):
     """Workers started with the S3 endpoint in their environment see an s3:// store; one that
     reads another bucket under that name is named. Nothing is left in the bucket."""
     with open_cluster(workers=2, threads_per_worker=1, device="cpu", dashboard=False, memory_limit=None,
@@ -252,5 +205,4 @@ def test_an_s3_store_is_checked_by_the_workers(s3_endpoint):
             check_reach(c, [Need("store", "s3://labels/store")])
     assert str(e.value).endswith(f"worker {blind} ({BLIND}): store s3://labels/store: not the client's store: "
                                  "the marker the client just wrote there is missing")
-    left = s3_endpoint.get_file_info(pafs.FileSelector("labels", recursive=True, allow_not_found=True))
-    assert [i.path for i in left if i.type == pafs.FileType.File] == []
+    assert s3.files("labels") == []

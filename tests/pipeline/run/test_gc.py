@@ -142,32 +142,33 @@ def test_gc_collects_a_file_uri_store_like_its_folder(tmp_path):
     assert Path(kept).exists() and not Path(orphan).exists()
 
 
-def test_gc_names_a_remote_store_it_does_not_collect(tmp_path, monkeypatch):
-    """An s3:// store is left alone, said so, and never touched (no filesystem object is built:
-    that could reach for the network)."""
-    from pipeline.labels import paths
-
-    real = paths.resolve
-
-    def local_only(path, *a, **kw):
-        assert not path.startswith("s3://"), "gc built a filesystem for a remote store"
-        return real(path, *a, **kw)
-
-    monkeypatch.setattr(paths, "resolve", local_only)
+def test_gc_of_a_remote_store_removes_only_temp_files_of_killed_writes(s3, tmp_path):
+    """An s3:// store (a local S3 server): its partitions are not collected (no registry, no
+    flock there), said so; its temp objects older than the grace period go; the local store
+    beside it is collected as ever."""
+    store = "s3://labels/store"
+    part = "labels/store/teacher=t/shard=s/epoch=0/v0-d.parquet"
+    temp = "labels/store/teacher=t/shard=s/epoch=0/.tmp-v0-e.parquet.0a1b2c"
+    for key in (part, temp):
+        with s3.fs.open_output_stream(key) as f:
+            f.write(b"x" * 7)
     local = tmp_path / "store"
     orphan = _partition(local, 1)
-    remote = SimpleNamespace(name="r", run_dir=tmp_path / "runs" / "r", labels=SimpleNamespace(store="s3://bucket/labels"))
-    report = collect_garbage([remote, _config(tmp_path, "a", local, [])], grace_s=0)
-    assert report["not_collected"] == ["s3://bucket/labels"]
-    assert _listed(report) == [orphan]  # the local store beside it is still collected
+    remote = SimpleNamespace(name="r", run_dir=tmp_path / "runs" / "r", labels=SimpleNamespace(store=store))
+    young = collect_garbage([remote, _config(tmp_path, "a", local, [])])
+    assert young["not_collected"] == [store] and _listed(young) == [] and young["young"] == 2
+    report = collect_garbage([remote, _config(tmp_path, "a", local, [])], grace_s=0, delete=True)
+    assert report["not_collected"] == [store]
+    assert _listed(report) == sorted([orphan, f"s3://{temp}"]) and report["bytes"] == 11 + 7
+    assert s3.files("labels") == [part]
 
 
-def test_gc_cli_says_a_remote_store_is_not_collected(tmp_path):
+def test_gc_cli_says_a_remote_store_is_not_collected(s3, tmp_path):
     from tests.pipeline.config.cases import write_manifest
     from tests.reliability.helpers import main_in_process, stage
 
     write_manifest(tmp_path / "data")
-    stage(tmp_path / "s3.yaml", labels__store="s3://bucket/labels")
+    stage(tmp_path / "s3.yaml", labels__store="s3://labels/store")
     code, out = main_in_process("gc", "s3.yaml", "--yes", cwd=tmp_path)
     assert code == 0, out
-    assert "not collected: s3://bucket/labels: gc collects local and file:// stores only" in out
+    assert "not collected: s3://labels/store: gc collects the partitions of local and file:// stores only" in out
