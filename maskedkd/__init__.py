@@ -19,6 +19,7 @@ from maskedkd.fidelity import (
     Rung,
     choose_keep,
     fidelity_curve,
+    keep_choice,
     ladder_keeps,
 )
 from maskedkd.flops import saliency_macs, teacher_flops, teacher_macs
@@ -26,7 +27,7 @@ from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_k
 from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
 from maskedkd.policies import POLICIES, needs_saliency, register_policy
-from maskedkd.saliency import cls_attention
+from maskedkd.saliency import cls_attention, saliency_size
 from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "distill_loss",
     "from_logits",
     "kd_loss",
+    "keep_choice",
     "keep_indices",
     "logsumexp_at",
     "masked_forward",
@@ -51,6 +53,7 @@ __all__ = [
     "register_policy",
     "resolve_keep",
     "saliency_on_grid",
+    "saliency_size",
     "select_keep",
     "saliency_macs",
     "teacher_flops",

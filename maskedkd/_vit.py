@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import Attention
+from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
@@ -61,6 +61,33 @@ def num_patches(model: nn.Module) -> int:
 def embed_tokens(vit: VisionTransformer, images):
     """Patch embedding + position embedding on all positions: ``[B, prefix + N, D]``."""
     return vit._pos_embed(vit.patch_embed(images))
+
+
+def embed_tokens_any_size(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """:func:`embed_tokens` for images of any size that is a multiple of the patch size.
+
+    At the model's own size this is :func:`embed_tokens` (the same operations, bit for bit);
+    elsewhere the position embedding is resampled to the images' patch grid as timm's
+    ``dynamic_img_size`` does (``resample_abs_pos_embed``: bicubic, prefix positions unchanged).
+    """
+    pe = vit.patch_embed
+    h, w = images.shape[-2:]
+    if (h, w) == tuple(pe.img_size):
+        return embed_tokens(vit, images)
+    ph, pw = pe.patch_size
+    if h % ph or w % pw:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {ph}x{pw}")
+    x = pe.norm(pe.proj(images).flatten(2).transpose(1, 2))  # PatchEmbed without its size check
+    # in the order the models' own _pos_embed puts them: class, distillation, register tokens
+    tokens = (vit.cls_token, getattr(vit, "dist_token", None), getattr(vit, "reg_token", None))
+    prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
+    if vit.pos_embed is None:
+        return torch.cat(prefix + [x], dim=1)
+    pos = resample_abs_pos_embed(vit.pos_embed, new_size=(h // ph, w // pw), old_size=pe.grid_size,
+                                 num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens)
+    if vit.no_embed_class:  # DeiT-III: patches only carry a position embedding
+        return vit.pos_drop(torch.cat(prefix + [x + pos], dim=1))
+    return vit.pos_drop(torch.cat(prefix + [x], dim=1) + pos)
 
 
 def autocast_enabled(device_type: str) -> bool:

@@ -21,7 +21,7 @@ from maskedkd.keep import keep_indices, resolve_keep
 from maskedkd.masked_forward import masked_forward
 from maskedkd.policies import needs_saliency
 
-__all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "ladder_keeps"]
+__all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "keep_choice", "ladder_keeps"]
 
 DEFAULT_LADDER = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
@@ -104,6 +104,7 @@ def fidelity_curve(
     student_images: torch.Tensor | None = None,
     batch_size: int = 256,
     autocast: Any = None,
+    saliency_scale: float = 1.0,
 ) -> list[Rung]:
     """The masked teacher at each keep of ``keeps``, against the unmasked teacher on the same views.
 
@@ -122,6 +123,8 @@ def fidelity_curve(
         batch_size: views per forward.
         autocast: a reusable context manager entered around each saliency pass and teacher forward (e.g.
             ``torch.autocast('cuda', torch.bfloat16)``); logits are compared in float32.
+        saliency_scale: the student's saliency on a view downscaled by this much
+            (:func:`maskedkd.saliency_on_grid`), as precompute would compute it.
 
     Returns:
         One :class:`Rung` per keep, in the order given. The unmasked forward runs once for all
@@ -142,7 +145,7 @@ def fidelity_curve(
         full_logp.append(F.log_softmax(logits, 1))
     log_p = torch.cat(full_logp)
     macs_full = teacher_macs(teacher, None)
-    sal = saliency_macs(student) if student is not None and needs_saliency(policy) else 0
+    sal = saliency_macs(student, saliency_scale) if student is not None and needs_saliency(policy) else 0
     rungs = []
     for keep in keeps:
         keep = resolve_keep(keep, grid[0] * grid[1], policy)
@@ -156,7 +159,8 @@ def fidelity_curve(
             hi = min(n, lo + batch_size)
             s_img = None if student_images is None else student_images[lo:hi].to(device)
             with ctx:  # saliency under the same autocast as the teacher, as precompute computes it
-                kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img)
+                kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img,
+                                    saliency_scale=saliency_scale)
                 assert kidx is not None  # keep < N here: resolve_keep made N None
                 logits = masked_forward(teacher, teacher_images[lo:hi].to(device), kidx.to(device)).float().cpu()
             pred[lo:hi] = logits.argmax(1)
@@ -175,6 +179,25 @@ def choose_keep(curve: Sequence[Rung], budget: Budget) -> int | None:
     teacher's (the curve's ``keep=None`` rung, when it has one) is never chosen: labelling with the
     full teacher is then cheaper, and needs no saliency pass.
     """
+    return keep_choice(curve, budget)[0]
+
+
+def keep_choice(curve: Sequence[Rung], budget: Budget) -> tuple[int | None, str]:
+    """:func:`choose_keep`'s keep and the reason for it in words (printed, and kept in the run lock).
+
+    The reason says when the full teacher was taken although a keep met the budget: its net cost
+    (teacher + the student's saliency pass) was above the unmasked teacher's.
+    """
     full = next((r.macs for r in curve if r.keep is None), None)
-    ok = [r.keep for r in curve if r.keep is not None and budget.met(r) and (full is None or r.net_macs <= full)]
-    return min(ok) if ok else None
+    within = sorted((r for r in curve if r.keep is not None and budget.met(r)), key=lambda r: int(r.keep or 0))
+    ok = [r for r in within if full is None or r.net_macs <= full]
+    if ok:
+        net = "" if full is None else f", net {ok[0].net_macs / full:.2f}x the full teacher's MACs"
+        return ok[0].keep, f"the smallest keep within the budget ({budget}){net}"
+    if within:
+        r = within[0]
+        assert full is not None  # only the net cap rules out a keep within the budget
+        return None, (f"keep {r.keep} is within the budget ({budget}) but costs {r.net_macs / full:.2f}x "
+                      f"the full teacher's MACs with the student's saliency pass (teacher {r.macs / full:.2f}x + "
+                      f"saliency {r.saliency_macs / full:.2f}x); the full teacher needs no saliency pass")
+    return None, f"no keep within the budget ({budget})"

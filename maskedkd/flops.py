@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from maskedkd._vit import check_maskable
 from maskedkd.keep import resolve_keep
 from maskedkd.masked_forward import masked_forward
-from maskedkd.saliency import cls_attention
+from maskedkd.saliency import cls_attention, saliency_size
 
 __all__ = ["saliency_macs", "teacher_flops", "teacher_macs"]
 
@@ -26,11 +26,11 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
 
 
-def _count(fn, model: nn.Module, batch: int) -> int:
-    """FLOPs of ``fn(model, images)`` on ``batch`` zero images at the model's input size."""
+def _count(fn, model: nn.Module, batch: int, size: tuple[int, int] | None = None) -> int:
+    """FLOPs of ``fn(model, images)`` on ``batch`` zero images at ``size`` (default: the model's input size)."""
     vit = check_maskable(model)
     param = next(vit.parameters())
-    h, w = vit.patch_embed.img_size
+    h, w = vit.patch_embed.img_size if size is None else size
     images = torch.zeros(batch, vit.patch_embed.proj.in_channels, h, w, device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
     with torch.no_grad(), counter:
@@ -72,13 +72,22 @@ def teacher_macs(teacher: nn.Module, keep: int | None) -> int:
     return per_model[keep]
 
 
-_SALIENCY_MACS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+_SALIENCY_MACS: weakref.WeakKeyDictionary[nn.Module, dict[float, int]] = weakref.WeakKeyDictionary()
 
 
-def saliency_macs(student: nn.Module) -> int:
+def saliency_macs(student: nn.Module, scale: float = 1.0) -> int:
     """Multiply-adds of one :func:`maskedkd.cls_attention` per image: what an offline label pays for
-    the student's saliency (online it comes with the training forward). Counted once per model."""
+    the student's saliency (online it comes with the training forward). Counted once per model and scale.
+
+    Args:
+        student: the student (a timm ViT).
+        scale: the saliency pass on a view downscaled to :func:`maskedkd.saliency_size` (counted
+            at that size; the resize itself, which torch's counter does not count, is a few
+            operations per pixel).
+    """
     vit = check_maskable(student)
-    if vit not in _SALIENCY_MACS:
-        _SALIENCY_MACS[vit] = _count(cls_attention, student, 1) // 2
-    return _SALIENCY_MACS[vit]
+    per_model = _SALIENCY_MACS.setdefault(vit, {})
+    if scale not in per_model:
+        size = saliency_size(vit, scale)
+        per_model[scale] = _count(cls_attention, student, 1, size) // 2
+    return per_model[scale]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from maskedkd._vit import unwrap
 from maskedkd.policies import Generator, get_policy, needs_saliency
-from maskedkd.saliency import cls_attention
+from maskedkd.saliency import cls_attention, downscale, saliency_size
 
 __all__ = ["keep_indices", "resolve_keep", "saliency_on_grid", "select_keep"]
 
@@ -68,25 +68,30 @@ def select_keep(
 
 
 def saliency_on_grid(student: nn.Module, images: torch.Tensor, grid: Sequence[int],
-                     host: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                     host: Callable[[torch.Tensor], torch.Tensor] | None = None, scale: float = 1.0) -> torch.Tensor:
     """The student's saliency (:func:`maskedkd.cls_attention`) on the teacher's patch grid.
 
-    A student with another patch grid is resampled onto the teacher's (bilinear between patch
-    centres; both grids cover the same image). The scores come back in float32 on the CPU, so a keep set does not
-    depend on the device or autocast dtype the student ran with (top-k ties break alike).
+    A student with another patch grid (or run on a downscaled view) is resampled onto the
+    teacher's (bilinear between patch centres; both grids cover the same image). The scores come
+    back in float32 on the CPU, so a keep set does not depend on the device or autocast dtype the
+    student ran with (top-k ties break alike).
 
     Args:
         student: a timm ViT (see :func:`maskedkd.masked_forward`), normally in eval mode.
         images: Tensor[B, C, H, W] at the student's input size.
         grid: the teacher's patch grid ``(rows, cols)``.
         host: how the scores come to the CPU (default ``Tensor.cpu``; the caller's one transfer per batch).
+        scale: below 1, the student reads a view downscaled to :func:`maskedkd.saliency_size`
+            (fewer tokens, a cheaper saliency pass; the position embedding is resampled).
 
     Returns:
         float32 Tensor[B, rows * cols] on the CPU.
     """
-    scores = cls_attention(student, images).float()
+    size = saliency_size(student, scale)
+    scores = cls_attention(student, downscale(images, size)).float()
     scores = scores.cpu() if host is None else host(scores)
-    src = tuple(unwrap(student).patch_embed.grid_size)
+    patch = unwrap(student).patch_embed.patch_size
+    src = (size[0] // patch[0], size[1] // patch[1])
     dst = tuple(int(g) for g in grid)
     if src == dst:
         return scores
@@ -103,6 +108,7 @@ def keep_indices(
     student: nn.Module | None = None,
     images: torch.Tensor | None = None,
     host: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    saliency_scale: float = 1.0,
 ) -> torch.Tensor | None:
     """The keep sets of a batch of views over the teacher's patch grid: the one path to them.
 
@@ -115,6 +121,7 @@ def keep_indices(
         student: the student whose saliency ``student``-like policies read (ignored otherwise).
         images: the views rendered at the student's input size (with ``student``).
         host: how the saliency comes to the CPU (:func:`saliency_on_grid`).
+        saliency_scale: the student's view scale for its saliency (:func:`saliency_on_grid`; 1: as rendered).
 
     Returns:
         LongTensor[B, keep] on the CPU, ascending per row, or ``None`` when all patches are kept.
@@ -126,7 +133,7 @@ def keep_indices(
     if needs_saliency(policy):
         if student is None or images is None:
             raise ValueError(f"masking policy {policy!r} reads the student's saliency: give student and images")
-        scores, gens = saliency_on_grid(student, images, grid, host), None
+        scores, gens = saliency_on_grid(student, images, grid, host, saliency_scale), None
     else:
         # only the shape is read; seeded per sample and view, so a row's draw does not depend on its batch
         scores = torch.zeros(len(seeds), n)

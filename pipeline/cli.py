@@ -33,6 +33,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "train": "pipeline.bench.cli:bench_train",
         "precompute": "pipeline.bench.cli:bench_precompute",
         "lock": "pipeline.bench.cli:bench_lock",
+        "saliency": "pipeline.bench.cli:bench_saliency",
     },
     "config": {
         "check": "pipeline.config.cli:config_check",

@@ -40,6 +40,8 @@ The rules in force (each an instance of 2.)
   ``teacher`` stage records a frozen teacher's inputs (plus ``head`` for a pretrained one) and
   ``teacher-finetune`` the start's fingerprint + :func:`trained_teacher_inputs`.
 - ``masking.tolerance``: in a partition's mask fingerprint only when not 0.
+- ``masking.saliency_scale``: in a partition's mask fingerprint, a probe's fingerprint and the
+  precompute inputs only when not 1 and a student's saliency picks the masks.
 - ``compute.decode``: in a partition's view fingerprint only when not ``pil``.
 - TF32 matmuls: in a partition's label fingerprint only when fp32 runs on CUDA.
 """
@@ -180,7 +182,8 @@ def precompute_inputs(cfg, segment: int, tasks: Sequence) -> dict[str, Any]:
             "teacher": t.teacher.fingerprint if t else None,
             "student": t.student.fingerprint if t and t.student else None,
             "policy": cfg.masking.policy, "keep": keep, "tolerance": cfg.masking.tolerance,
-            **unless_default("resize", cfg.data.resize, "pil")}
+            **unless_default("resize", cfg.data.resize, "pil"),
+            **unless_default("saliency_scale", cfg.masking.saliency_scale if t and t.student else 1.0, 1.0)}
 
 
 def online_inputs(cfg, segment: int, teacher) -> dict[str, Any] | None:

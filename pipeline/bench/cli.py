@@ -198,3 +198,36 @@ def bench_lock(shards: int, view_epochs: int, segments: int, repeats: int, one_f
 
     r = bench_lock_run(shards, view_epochs, segments, repeats, one_file)
     _echo(r, as_json, lock_table(r))
+
+
+@click.command("saliency")
+@click.option("--teacher", default="deit_base_patch16_224", show_default=True, help="timm model name of the teacher.")
+@click.option("--student", "students", multiple=True, default=("deit_small_patch16_224", "deit_tiny_patch16_224"),
+              show_default=True, help="timm model name of a student (repeat for several).")
+@click.option("--stages", "stage_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A stage config whose student and teacher (with their kwargs) to count instead (repeatable).")
+@click.option("--keep", default=None, help="Comma-separated teacher patch counts (default: half and a quarter, rounded up).")
+@click.option("--scale", "scales", default="1,0.5", show_default=True,
+              help="Comma-separated saliency scales (masking.saliency_scale): the student's view downscaled by each.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"pair", "scale", "saliency_macs", "keeps", ...}]}.')
+def bench_saliency(teacher: str, students: tuple[str, ...], stage_files: tuple[Path, ...], keep: str | None,
+                   scales: str, as_json: bool) -> None:
+    """The offline saliency pass counted (no timing): the student's saliency MACs per view, its
+    share of the full teacher, and each keep's net cost (teacher + saliency) against full-teacher KD."""
+    try:
+        scale_list = [float(s) for s in scales.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--scale: expected comma-separated numbers, got {scales!r}") from None
+    if not scale_list or any(not 0 < s <= 1 for s in scale_list):
+        raise click.BadParameter(f"--scale: each scale must be in (0, 1], got {scales!r}")
+    from pipeline.bench import saliency  # lazy: the harness imports torch + timm (see the module doc)
+    from pipeline.config import load_config
+
+    if stage_files:
+        cfgs = [load_config(p, check_files=False) for p in stage_files]
+        pairs = [saliency.Pair(c.student.model, c.teacher.model, dict(c.student.kwargs or {}), dict(c.teacher.kwargs or {}),
+                               f"{c.name}: student -> teacher") for c in cfgs]
+    else:
+        pairs = [saliency.Pair(s, teacher, {}, {}, f"{s} -> {teacher}") for s in students]
+    r = saliency.run_bench(pairs, _parse_keep(keep) if keep else None, scale_list)
+    _echo(r, as_json, saliency.saliency_table(r))

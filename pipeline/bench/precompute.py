@@ -11,7 +11,11 @@ teacher dominates as it does in practice:
 - ``repeat_fraction``: an identical second run's wall time over the first's (target <= 0.02);
 - ``changed_fraction`` / ``teacher_forward_fraction``: after a small update of the student, the
   fraction of rows whose keep set changed (computed here, independently, from the student's
-  saliency) and the fraction of rows the precompute ran the teacher on (they must be equal).
+  saliency) and the fraction of rows the precompute ran the teacher on (they must be equal);
+- ``macs``: what the first run's labels cost, counted as the run lock counts them
+  (:func:`pipeline.precompute.costs.net_cost_fields`): the masked teacher's MACs, the student's
+  saliency forwards, spot-checks (none here: no ``keep: auto``, tolerance 0), net, and the net
+  ratio against full-teacher KD (every row through the unmasked teacher).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pipeline.data.shards import read_shard
 from pipeline.errors import ConfigError
 from pipeline.models import create_model
 from pipeline.precompute.cluster import open_cluster
+from pipeline.precompute.costs import net_cost_fields
 from pipeline.precompute.task import autocast_for
 
 
@@ -235,6 +240,7 @@ def _result(s: _Setup, timings: dict[str, Any], *, batch: int, keep: int, img_si
     first = rounds[-1][0][2]
     teacher, student = vit_kwargs(img_size)
     return {
+        "macs": label_macs(s.cfg1, first),
         "efficiency": med((rows / o[0]) / (bare.rows / b[0]) for o, _, b in rounds),
         "scaling_2w": two(lambda o, t: o[0] / t[0]),
         "repeat_fraction": wall_repeat / rounds[-1][0][0],
@@ -276,6 +282,25 @@ def _result(s: _Setup, timings: dict[str, Any], *, batch: int, keep: int, img_si
     }
 
 
+def label_macs(cfg, summary: dict[str, Any]) -> dict[str, Any]:
+    """A first run's label MACs as the run lock records them, per label and in total: teacher-only,
+    saliency, spot-checks, net, the full teacher's, and the two ratios against full-teacher KD."""
+    fields = net_cost_fields(cfg, summary, None)
+    teacher, full = int(summary["teacher_macs"]), fields["full_teacher_macs"]
+    spot = int(fields.get("spot_check_macs", 0))
+    return {"teacher": teacher, "saliency": fields["saliency_macs"], "spot_checks": spot, "net": fields["net_macs"],
+            "full_teacher": full, "rows": int(summary["rows"]), "teacher_ratio": teacher / full,
+            "net_ratio": fields["net_macs"] / full}
+
+
+def macs_line(m: dict[str, Any]) -> str:
+    """A table row of :func:`label_macs`: per-label MACs and the net ratio against full-teacher KD."""
+    per = {k: m[k] / max(1, m["rows"]) / 1e6 for k in ("teacher", "saliency", "spot_checks", "net", "full_teacher")}
+    return (f"| MMACs per label: teacher / saliency / spot-checks / net (full teacher {per['full_teacher']:.3f}) | "
+            f"{per['teacher']:.3f} / {per['saliency']:.3f} / {per['spot_checks']:.3f} / {per['net']:.3f} "
+            f"(teacher-only {m['teacher_ratio']:.3f}x, net {m['net_ratio']:.3f}x full-teacher KD) | net < 1x |")
+
+
 def precompute_table(r: dict) -> str:
     """Markdown of :func:`run_bench`'s record: the measures against their targets."""
     ph = r["phase_seconds_1w"]
@@ -300,6 +325,7 @@ def precompute_table(r: dict) -> str:
         f"({r['seconds']['repeat_1w']:.3f} s / {r['seconds']['first_1w'][-1]:.2f} s) | <= 0.02 |",
         f"| student update: keep sets changed / teacher forwards | {r['changed_fraction']:.4f} / "
         f"{r['teacher_forward_fraction']:.4f} ({r['changed_rows']} / {r['changed_teacher_forwards']} rows) | equal |",
+        *([macs_line(r["macs"])] if "macs" in r else []),  # records written before it have none
         "",
         f"median of {r['repeats']} interleaved rounds; wall seconds: 1 worker {_list(r['seconds']['first_1w'])}, "
         f"2 workers {_list(r['seconds']['first_2w'])}, bare ({r['bare_rows']} rows) {_list(r['seconds']['bare'])}",

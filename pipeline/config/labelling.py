@@ -84,6 +84,9 @@ class MaskingConfig(Section):
     probe_samples: int = Field(512, ge=1, description="With keep: auto, views in the seeded spot-check (across shards).")
     tolerance: int = Field(0, ge=0, description="Reuse stored labels whose keep set differs in at most this many patches.")
     spot_check: int = Field(64, ge=0, description="Reused rows per partition recomputed to report the KL of reuse.")
+    saliency_scale: float = Field(1.0, gt=0, le=1, description=(
+        "The student's saliency pass on its view downscaled by this much (e.g. 0.5: a quarter of the tokens, "
+        "position embedding resampled), scores resampled onto the teacher's patch grid: a cheaper pass, other masks."))
 
     _num_patches: int | None = PrivateAttr(None)
 

@@ -105,6 +105,9 @@ class StageConfig(Section):
         if self.online and m.auto:
             p.append(("masking.keep", "auto is chosen at each milestone before labelling; the online baseline "
                                       "(online: true) has no such step: give a keep"))
+        if self.online and m.saliency_scale != 1:
+            p.append(("masking.saliency_scale", "makes the offline saliency pass cheaper; the online baseline "
+                                                "(online: true) reads the student's view as rendered: leave it at 1"))
         if (tr.kd == "kl" and not self.online and self.labels.topk != "all"
                 and tr.tau not in self.labels.temperatures):
             p.append(("train.tau", f"{tr.tau} is not in labels.temperatures {self.labels.temperatures}; "

@@ -11,21 +11,22 @@ import torch
 from maskedkd import saliency_macs, teacher_macs
 from pipeline.models import create_model
 
-_CACHE: dict[tuple[str, str], int] = {}
+_CACHE: dict[tuple[str, str, float], int] = {}
 
 
-def _counted(kind: str, section) -> int:
-    key = (kind, repr((section.model, sorted(dict(section.kwargs or {}).items()))))
+def _counted(kind: str, section, scale: float = 1.0) -> int:
+    key = (kind, repr((section.model, sorted(dict(section.kwargs or {}).items()))), scale)
     if key not in _CACHE:
         with torch.device("meta"):
             model = create_model(section.model, section.kwargs).eval()
-        _CACHE[key] = saliency_macs(model) if kind == "saliency" else teacher_macs(model, None)
+        _CACHE[key] = saliency_macs(model, scale) if kind == "saliency" else teacher_macs(model, None)
     return _CACHE[key]
 
 
 def saliency_macs_per_view(cfg) -> int:
-    """MACs of one student saliency forward (:func:`maskedkd.saliency_macs`) of the config's student."""
-    return _counted("saliency", cfg.student)
+    """MACs of one student saliency forward (:func:`maskedkd.saliency_macs`) of the config's student,
+    at ``masking.saliency_scale``."""
+    return _counted("saliency", cfg.student, cfg.masking.saliency_scale)
 
 
 def full_teacher_macs_per_view(cfg) -> int:

@@ -52,6 +52,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
                 topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
                 store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
                 precision=cfg.compute.task_precision(), feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
+                saliency_scale=cfg.masking.saliency_scale if keep is not None and needs_saliency(policy) else 1.0,
             )
             fps = task_fingerprints(t)
             path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)

@@ -25,6 +25,7 @@ from maskedkd.views import ViewSpec, shard_views
 from pipeline._fingerprint import sha256_json
 from pipeline.data.manifest import DatasetManifest
 from pipeline.data.shards import Sample, read_shard
+from pipeline.fingerprints import unless_default
 from pipeline.labels.contract import RenderSpec, segment_view_epochs, shard_refs
 from pipeline.precompute.spec import ModelSpec
 from pipeline.precompute.task import autocast_for, load_model
@@ -61,6 +62,7 @@ class ProbeTask:
     batch_size: int = 64
     device: str = "auto"
     precision: str = "fp32"
+    saliency_scale: float = 1.0  # masking.saliency_scale
 
     @property
     def fingerprint(self) -> str:
@@ -73,6 +75,7 @@ class ProbeTask:
             "rows": [[r.shard, r.rows, r.row, r.view_epoch] for r in self.rows],
             "view": [self.view_spec_fingerprint, self.view_seed, *([resize] if resize else [])],
             "policies": list(self.policies), "keeps": list(self.keeps), "precision": self.precision,
+            **unless_default("saliency_scale", self.saliency_scale, 1.0),  # probes recorded before it stay fresh
         })
 
     @property
@@ -118,7 +121,7 @@ def plan_probe(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSp
         segment=segment, rows=tuple(rows), view_spec=spec.to_dict(), view_spec_fingerprint=view_spec_fingerprint(spec),
         view_seed=cfg.views.seed, teacher=teacher, student=student if saliency else None, policies=tuple(policies),
         keeps=tuple(keeps), num_classes=cfg.data.num_classes, batch_size=cfg.compute.batch_size, device=device,
-        precision=cfg.compute.task_precision(),
+        precision=cfg.compute.task_precision(), saliency_scale=cfg.masking.saliency_scale if saliency else 1.0,
     )
 
 
@@ -178,7 +181,8 @@ def run_probe(item: dict) -> dict[str, Any]:
             curve = fidelity_curve(teacher, images["teacher"], labels, t.keeps, policy, seeds=seeds,
                                    student=student if needs_saliency(policy) else None,
                                    student_images=images["student"] if needs_saliency(policy) else None,
-                                   batch_size=t.batch_size, autocast=autocast_for(t.device, t.precision))
+                                   batch_size=t.batch_size, autocast=autocast_for(t.device, t.precision),
+                                   saliency_scale=t.saliency_scale)
         curves[policy] = [r.to_dict() for r in curve]
         masked = [r for r in curve if r.keep is not None]
         # the unmasked reference forward, then each masked rung

@@ -101,6 +101,7 @@ class PartitionTask:
     precision: str = "fp32"
     feed_workers: int | None = None  # decode/render threads (None: the worker's threads)
     decode: str = "pil"  # JPEG decoder: pil, or cuda (nvJPEG: other pixels, part of the view fingerprint)
+    saliency_scale: float = 1.0  # the student's saliency on a downscaled view (masking.saliency_scale)
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     path: str = ""
 
@@ -117,7 +118,8 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
     if t.student is not None:
         student = sha256_json({"weights": t.student.fingerprint, "render": t.student.render.record()})
     # the conditional entries follow pipeline.fingerprints' rule: present only when not the default
-    mask = {"policy": t.policy, "keep": t.keep, "student": student, **unless_default("tolerance", t.tolerance, 0)}
+    mask = {"policy": t.policy, "keep": t.keep, "student": student, **unless_default("tolerance", t.tolerance, 0),
+            **unless_default("saliency_scale", t.saliency_scale, 1.0)}
     return {
         "teacher": teacher,
         "student": student,

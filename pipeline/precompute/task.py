@@ -153,7 +153,8 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
             with torch.inference_mode(), autocast_for(t.device, t.precision):
                 # the saliency's one transfer per batch (keep sets are chosen on the host, device-independent)
                 kidx = keep_indices(t.policy, t.keep, grid=grid, seeds=[views[i].seed for i in idx],
-                                    student=student, images=images, host=functools.partial(host, b=b))
+                                    student=student, images=images, host=functools.partial(host, b=b),
+                                    saliency_scale=t.saliency_scale)
             assert kidx is not None  # t.keep is not None
             rows = keep[idx]
             np.put_along_axis(rows, kidx.numpy(), True, axis=1)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from maskedkd import Rung, choose_keep, ladder_keeps, needs_saliency, resolve_keep
+from maskedkd import Rung, keep_choice, ladder_keeps, needs_saliency, resolve_keep
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import file_record
@@ -79,8 +79,13 @@ def recorded_teacher(ctx: RunContext, name: str = "teacher") -> ModelSpec | None
 
 def chosen_keep(cfg, probe: Mapping[str, Any]) -> int | None:
     """The keep ``masking.budget`` takes from a spot-check's curve (``None``: all patches)."""
+    return auto_keep(cfg, probe)[0]
+
+
+def auto_keep(cfg, probe: Mapping[str, Any]) -> tuple[int | None, str]:
+    """:func:`chosen_keep` and why (:func:`maskedkd.keep_choice`: the budget, or a net cost above the full teacher's)."""
     m = cfg.masking
-    return choose_keep([Rung(**r) for r in probe["curves"][m.policy]], m.budget.budget())
+    return keep_choice([Rung(**r) for r in probe["curves"][m.policy]], m.budget.budget())
 
 
 def plan_precompute(ctx: RunContext, segment: int, teacher: ModelSpec, source_ckpt: Path,
@@ -322,7 +327,8 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
     """Label one segment's views on the cluster; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
     cfg, name, (keep, tasks) = ctx.cfg, stage.name, planned.work
     source, probe = stage.dep(outs, "source"), stage.dep(outs, "probe")
-    shown = fmt_keep(keep, cfg.num_patches) + (f" (auto: {cfg.masking.budget.budget()})" if probe else "")
+    reason = auto_keep(cfg, probe)[1] if probe is not None else None
+    shown = fmt_keep(keep, cfg.num_patches) + (f" (auto: {reason})" if reason else "")
     ctx.say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({cfg.masking.policy}) from {source.name}")
     t0 = time.perf_counter()
     # announced before any task starts and until the lock names them: gc keeps them meanwhile
@@ -339,7 +345,7 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
         summary["keep"] = (cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
         if probe is not None:
             # what choosing the keep cost is part of what these labels cost
-            summary["auto"] = {"budget": str(cfg.masking.budget.budget()), "curve": probe["curves"][cfg.masking.policy],
+            summary["auto"] = {"budget": str(cfg.masking.budget.budget()), "reason": reason, "curve": probe["curves"][cfg.masking.policy],
                                "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
                                "teacher_forwards": probe["teacher_forwards"]}
             summary["teacher_macs"] += probe["teacher_macs"]

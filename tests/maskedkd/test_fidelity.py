@@ -146,3 +146,19 @@ def test_the_probe_reads_saliency_under_the_autocast_precompute_uses(monkeypatch
     fidelity_curve(teacher, images, labels, [4], "student", seeds=seeds, student=student, student_images=images,
                    batch_size=8, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
     assert seen == [True]
+
+
+def test_keep_choice_says_why_the_full_teacher_was_taken():
+    from maskedkd import keep_choice
+
+    def rung(keep, macs, sal, agreement=0.99):
+        return Rung(keep=keep, top1=0.5, agreement=agreement, kl=0.0, macs=macs, saliency_macs=sal)
+
+    full = rung(None, 100, 0)
+    keep, why = keep_choice([rung(8, 50, 60), rung(12, 75, 60), full], Budget(agreement=0.95))
+    assert keep is None and "keep 8 is within the budget (agreement >= 0.95) but costs 1.10x" in why
+    assert "saliency 0.60x" in why and "no saliency pass" in why
+    keep, why = keep_choice([rung(8, 50, 20, agreement=0.5), rung(12, 75, 20), full], Budget(agreement=0.95))
+    assert keep == 12 and why == "the smallest keep within the budget (agreement >= 0.95), net 0.95x the full teacher's MACs"
+    keep, why = keep_choice([rung(8, 50, 20, agreement=0.5), full], Budget(agreement=0.95))
+    assert keep is None and why == "no keep within the budget (agreement >= 0.95)"

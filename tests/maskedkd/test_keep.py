@@ -81,3 +81,18 @@ def test_teacher_macs_are_half_the_flops_and_counted_once(monkeypatch):
     assert teacher_macs(model, 8) == teacher_macs(model, 8)
     with pytest.raises(ValueError, match="keep must be between 1 and 16"):
         teacher_macs(model, 17)
+
+
+@torch.no_grad()
+def test_keep_sets_from_a_downscaled_view_lie_on_the_teachers_grid(images):
+    student = make_model("vit")  # 32 px, 8 px patches: 4 x 4; at 0.5: 2 x 2
+    a = keep_indices("student", 8, grid=(4, 4), seeds=[0, 1, 2], student=student, images=images, saliency_scale=0.5)
+    assert a is not None and a.shape == (3, 8) and int(a.max()) < 16
+    small = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", antialias=True)
+    scores = torch.nn.functional.interpolate(cls_attention(student, small).reshape(3, 1, 2, 2), size=(4, 4),
+                                             mode="bilinear", align_corners=False).reshape(3, 16)
+    assert torch.equal(saliency_on_grid(student, images, (4, 4), scale=0.5), scores)
+    assert torch.equal(a, select_keep(scores, 8))
+    # the random policy reads no student: the scale changes nothing
+    r = keep_indices("random", 8, grid=(4, 4), seeds=[0, 1, 2], saliency_scale=0.5)
+    assert torch.equal(r, keep_indices("random", 8, grid=(4, 4), seeds=[0, 1, 2]))

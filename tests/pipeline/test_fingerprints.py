@@ -160,3 +160,26 @@ def test_a_fine_tune_loads_as_a_frozen_teacher_and_trains_as_a_teacher_from_scra
     retuned = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.25})
     assert fp.teacher_finetune_inputs(retuned, Manifest(), start)["recipe"] != fp.teacher_finetune_inputs(
         tune, Manifest(), start)["recipe"]
+
+
+def test_a_downscaled_saliency_view_changes_only_the_masks_it_picks(root):
+    """``masking.saliency_scale`` (issue 24 item 4): at 1 nothing changes (the pinned variants above);
+    below 1 the mask fingerprint, the probe and the precompute inputs name it, the reuse fingerprints
+    (teacher, shard, view, label) stay, and a policy without a student ignores it."""
+    base, half = config(root, {}), config(root, {"masking.saliency_scale": 0.5})
+    teacher, student = models(base, short=True)
+    t = PartitionTask(shard="train-000000", shard_path="/d/train-000000.tar", shard_sha256="ab" * 32, limit=None,
+                      view_epoch=0, view_spec={}, view_spec_fingerprint="vs", view_seed=0, teacher=teacher,
+                      student=student, policy="student", keep=8, tolerance=0, spot_check=0,
+                      topk=10, temperatures=(1.0,), num_classes=10, store="/s", device="cpu")
+    plain, scaled = task_fingerprints(t), task_fingerprints(replace(t, saliency_scale=0.5))
+    assert plain == PINNED["store_fingerprints"]["base"]["partition"]["plain"]
+    assert {k for k in plain if plain[k] != scaled[k]} == {"mask"}
+    assert task_fingerprints(replace(t, saliency_scale=1.0)) == plain
+    probes = [plan_probe(cfg, 0, manifest=Manifest(), teacher=teacher, student=student, keeps=[8, None],
+                         policies=(policy,)) for cfg in (base, half) for policy in ("student", "random")]
+    assert probes[0].fingerprint != probes[2].fingerprint  # student: the scale is named
+    assert probes[1].fingerprint == probes[3].fingerprint and probes[3].saliency_scale == 1.0  # random: no student
+    tasks = [Task(teacher, student, 8, i) for i in range(2)]
+    assert fp.precompute_inputs(half, 0, tasks) == {**fp.precompute_inputs(base, 0, tasks), "saliency_scale": 0.5}
+    assert "saliency_scale" not in fp.precompute_inputs(half, 0, [Task(teacher, None, None, 0)])

@@ -21,6 +21,9 @@ def test_bench_precompute_json_smoke():
     assert 0 < out["changed_fraction"] == out["teacher_forward_fraction"] < 1
     assert out["changed_rows"] == out["changed_teacher_forwards"] == 96 - out["changed_rows_reused"]
     assert set(out["phase_seconds_1w"]) >= {"read", "render", "student", "teacher", "write"}
+    m = out["macs"]  # the first run's labels: every row computed, one saliency forward each
+    assert m["rows"] == 96 and m["spot_checks"] == 0 and m["net"] == m["teacher"] + m["saliency"] > m["teacher"] > 0
+    assert m["net_ratio"] == m["net"] / m["full_teacher"] and m["teacher_ratio"] < m["net_ratio"] < 1
 
 
 def test_bench_precompute_needs_two_shards():
@@ -79,3 +82,18 @@ def test_unmeasured_two_worker_numbers_print_as_a_dash():
     from pipeline.bench.precompute import dash_or
 
     assert dash_or(None, ".2f") == "-" and dash_or(1.234, ".2f") == "1.23"
+
+
+def test_label_macs_count_the_saliency_pass_beside_the_teacher(tmp_path):
+    from pipeline.bench.precompute import label_macs, macs_line
+    from pipeline.precompute.costs import full_teacher_macs_per_view, saliency_macs_per_view
+    from tests.pipeline.run.test_graph import config
+
+    cfg = config(tmp_path)
+    sal, full = saliency_macs_per_view(cfg), full_teacher_macs_per_view(cfg)
+    m = label_macs(cfg, {"rows": 10, "student_forwards": 10, "teacher_macs": 10 * full // 2})
+    assert m == {"teacher": 10 * full // 2, "saliency": 10 * sal, "spot_checks": 0, "net": 10 * full // 2 + 10 * sal,
+                 "full_teacher": 10 * full, "rows": 10, "teacher_ratio": (10 * full // 2) / (10 * full),
+                 "net_ratio": (10 * full // 2 + 10 * sal) / (10 * full)}
+    row = macs_line(m)
+    assert f"net {m['net_ratio']:.3f}x full-teacher KD" in row and f"teacher-only {m['teacher_ratio']:.3f}x" in row

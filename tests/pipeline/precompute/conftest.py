@@ -32,7 +32,7 @@ ROWS = 2 * SHARD
 
 def stage_doc(*, name: str, data_root: Path, store: Path, teacher_weights: Path, run_dir: Path, policy: str = "student",
               keep: int = 25, tolerance: int = 0, spot_check: int = 64, topk: int | str = 10,
-              epochs: int = 1) -> dict[str, Any]:
+              epochs: int = 1, saliency_scale: float = 1.0) -> dict[str, Any]:
     """The stage document of a precompute test (batch 32, so a shard spans several batches)."""
     return {
         "name": name,
@@ -43,7 +43,8 @@ def stage_doc(*, name: str, data_root: Path, store: Path, teacher_weights: Path,
         "student": {"model": VIT, "kwargs": dict(STUDENT), "init_seed": 0},
         "schedule": {"epochs": epochs},
         "masking": {"policy": policy, "tolerance": tolerance, "spot_check": spot_check,
-                    **({"keep": keep} if policy != "none" else {})},
+                    **({"keep": keep} if policy != "none" else {}),
+                    **({"saliency_scale": saliency_scale} if saliency_scale != 1 else {})},
         "views": {"seed": 0, "pool": "epochs", "scale": [0.6, 1.0], "hflip": 0.5},
         "labels": {"store": str(store), "topk": topk, "temperatures": [1.0]},
         "compute": {"workers": 2, "threads_per_worker": 1, "batch_size": 32, "device": "cpu", "timeout_s": 600,

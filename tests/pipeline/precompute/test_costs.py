@@ -29,3 +29,10 @@ def test_summary_fields_add_saliency_and_keep_teacher_macs_meaning(tmp_path):
     # a fixed keep: no spot-check field; the full teacher (no student forward): no saliency
     fixed = net_cost_fields(cfg, {"rows": 10, "student_forwards": 0, "teacher_macs": 10 * full}, None)
     assert "spot_check_macs" not in fixed and fixed["saliency_macs"] == 0 and fixed["net_macs"] == fixed["full_teacher_macs"]
+
+
+def test_the_saliency_pass_is_counted_at_the_configured_scale(tmp_path):
+    cfg = config(tmp_path)
+    half = config(tmp_path, masking__saliency_scale=0.5)
+    student = create_model(cfg.student.model, cfg.student.kwargs, seed=0).eval()
+    assert saliency_macs_per_view(half) == saliency_macs(student, 0.5) < saliency_macs_per_view(cfg)

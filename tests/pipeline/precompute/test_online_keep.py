@@ -71,3 +71,25 @@ def test_online_student_on_another_grid_is_resampled(ckpts):
     with torch.no_grad():
         want = select_keep(saliency_on_grid(student.eval(), images, (7, 7)), 25)
     assert idx.shape == (3, 25) and torch.equal(idx, want)
+
+
+def test_precompute_picks_masks_from_the_downscaled_view_when_asked(stage, tasks, ckpts):
+    """``masking.saliency_scale: 0.5``: the stored keep sets are the student's saliency on the view
+    downscaled to 16 px (4 x 4 patches), resampled onto the teacher's 7 x 7 grid."""
+    cfg = stage("saliency-half", saliency_scale=0.5)
+    t = replace(tasks(cfg, "c0")[0], device="cpu")
+    assert t.saliency_scale == 0.5
+    run_partition({"task": t})
+    with open_partition(t.path) as part:
+        b = part.read_all(columns=("keys", "keep"))
+    shard = load_shard(ShardRef(t.shard, Path(t.shard_path), SHARD), spec=ViewSpec.from_dict(t.view_spec),
+                       seed=t.view_seed, view_epoch=t.view_epoch)
+    rows = np.arange(24)
+    assert t.student is not None
+    batch = make_batch([(shard, rows)], t.student.render, num_classes=10, soft=False)
+    student = create_model(VIT, STUDENT, weights=ckpts["c0"]).eval()
+    with torch.no_grad():
+        want = select_keep(saliency_on_grid(student, batch.images, (7, 7), scale=0.5), t.keep)
+        full = select_keep(saliency_on_grid(student, batch.images, (7, 7)), t.keep)
+    got = torch.from_numpy(np.nonzero(b.keep.numpy()[rows])[1].reshape(len(rows), t.keep))
+    assert torch.equal(got, want) and not torch.equal(got, full)

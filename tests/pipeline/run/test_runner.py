@@ -414,6 +414,7 @@ def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base,
         # the smallest rung within the budget, all 16 patches when none is
         want = min((r["keep"] for r in curve if r["keep"] is not None and r["agreement"] >= 0.45), default=16)
         assert info["keep"] == want < 16 and info["auto"]["curve"] == curve  # this budget masks (the tiny teacher is frail)
+        assert info["auto"]["reason"].startswith("the smallest keep within the budget (agreement >= 0.45), net ")
         # the spot-check's MACs count in the segment's teacher MACs
         assert info["teacher_macs"] == info["rows_computed"] * info["auto"]["curve"][[r["keep"] for r in curve].index(
             None if want == 16 else want)]["macs"] + probe["teacher_macs"]
