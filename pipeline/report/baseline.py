@@ -16,10 +16,12 @@ from pipeline.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """A finished comparison run: ``label`` names its row, ``epochs`` its (epoch, val top-1)."""
+    """A finished comparison run: ``label`` names its row, ``epochs`` its (epoch, val top-1),
+    ``folder`` its run folder (None: not read from one)."""
 
     label: str
     epochs: list[tuple[int, float]]
+    folder: Path | None = None
 
     @property
     def top1(self) -> float | None:
@@ -60,4 +62,16 @@ def read_baseline(path: str | Path) -> Baseline:
         raise ConfigError(f"--baseline {path}: its run lock records no evaluated epoch")
     config = p / "config.yaml"
     raw = yaml.safe_load(config.read_text()) if config.is_file() else {}
-    return Baseline(_label(raw if isinstance(raw, dict) else {}, p.name), epochs)
+    return Baseline(_label(raw if isinstance(raw, dict) else {}, p.name), epochs, p.resolve())
+
+
+def refuse_own_folder(baseline: Baseline, run_dir: Path) -> None:
+    """Refuse a baseline that is the run itself: a stage file names the run folder of its own
+    ``name``, so the comparison run made from it with ``--set name=...`` is named by its folder.
+
+    Raises:
+        ConfigError: ``baseline`` was read from ``run_dir``.
+    """
+    if baseline.folder is not None and baseline.folder == Path(run_dir).resolve():
+        raise ConfigError(f"--baseline names this run's own folder {run_dir}; give the comparison run's folder "
+                          "(a run of this stage file with --set name=NAME is in runs/NAME)")

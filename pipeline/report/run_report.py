@@ -77,7 +77,8 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
     """A line plot; ``more``: series with x values of their own, ``hline`` / ``vlines``: a labelled
     reference level and labelled x positions."""
     matplotlib.use("Agg")
-    fig, ax = plt.subplots(figsize=(6, 3.6) if more or hline or vlines else (5, 3.2), dpi=100)
+    rich = bool(more or hline or vlines)
+    fig, ax = plt.subplots(figsize=(6, 4.4) if rich else (5, 3.2), dpi=100)
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
     for name, (mx, my) in (more or {}).items():
@@ -91,7 +92,11 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(ax.get_legend_handles_labels()[1]) > 1:
-        ax.legend(fontsize=6)
+        # below the axes when there are reference lines: inside, it hid the teacher's line at the top
+        if rich:
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        else:
+            ax.legend(fontsize=6)
     fig.tight_layout()
 
     def save(f) -> None:
@@ -114,19 +119,23 @@ def _finetune_lines(data: Mapping[str, Any]) -> list[str]:
 
 
 def _student_plot(cfg, data: Mapping[str, Any], out: Path, baseline: Baseline | None) -> bool:
-    """``student_accuracy.png``: val and train top-1 per epoch, the teacher's val top-1 as a line,
-    the milestones marked and the baseline's val curve; False when no epoch was evaluated."""
+    """``student_accuracy.png``: val top-1 per epoch, the teacher's val top-1 as a line, the
+    milestones marked and the baseline's val curve; False when no epoch was evaluated (train
+    top-1 is in the report's table).
+
+    The x axis counts epochs trained: epoch e's evaluation (after it) sits at e + 1, so checkpoint
+    c_i, taken after ``milestones[i]`` epochs, is the line at that count."""
     ep = [e for e in data["epochs"] if "val_top1" in e]
     if not ep:
         return False
     row = row_label(cfg.name, cfg.teacher.model, cfg.train.kd, cfg.online, cfg.masking.policy)
-    more = {f"baseline {baseline.label} val": ([e for e, _ in baseline.epochs], [t for _, t in baseline.epochs])} \
+    more = {f"baseline {baseline.label} val": ([e + 1 for e, _ in baseline.epochs], [t for _, t in baseline.epochs])} \
         if baseline is not None else None
-    teacher = None if data["teacher_top1"] is None else (f"teacher {cfg.teacher.model} val", data["teacher_top1"])
-    _plot(out / "student_accuracy.png", [e["epoch"] for e in ep],
-          {f"{row} val": [e["val_top1"] for e in ep], f"{row} train": [e.get("top1") for e in ep]},
-          "epoch", "val top-1", "Student accuracy", more=more, hline=teacher,
-          vlines=("milestones", [start for start, _ in cfg.schedule.segments()]))
+    teacher = None if data["teacher_top1"] is None else \
+        (f"teacher {cfg.teacher.model} val ({data['teacher_top1']:.3f})", data["teacher_top1"])
+    _plot(out / "student_accuracy.png", [e["epoch"] + 1 for e in ep], {f"{row} val": [e["val_top1"] for e in ep]},
+          "epochs trained", "val top-1", "Student accuracy", more=more, hline=teacher,
+          vlines=("milestones (c_i)", [start for start, _ in cfg.schedule.segments()]))
     return True
 
 
@@ -148,7 +157,9 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
     full = sum(s["full_teacher_macs"] for s in data["segments"])
     lines = [
         f"# Run `{cfg.name}`", "", *headline_lines(data, baseline),
-        f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, "
+        # a cross-entropy-only run (a baseline) has no masks: its masking section is unused
+        ("Config: cross-entropy only (`train.kd: off`: no teacher labels, masking unused), " if cfg.train.kd == "off" else
+         f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, ") +
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
         f"Teacher val top-1: {fmt_number(data['teacher_top1'])}.", "",
@@ -189,7 +200,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
         plot_curves(out / "fidelity_curves.png", {k: v["curve"] for k, v in auto.items()}, n,
                     f"{cfg.name}: masked teacher vs unmasked, per milestone")
         plots.append("fidelity_curves.png")
-    else:
+    elif cfg.train.kd != "off":
         lines += ["No fidelity spot-check in this run (masking.keep is fixed); `mkd-pipeline probe STAGES.yaml "
                   "--milestone I` measures what each keep costs the teacher.", ""]
     lines += [f"![{p}]({p})" for p in plots]

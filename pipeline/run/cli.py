@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -33,13 +34,16 @@ def _runner(stages: str, overrides: tuple[str, ...] = (), **kw):
 
 
 @contextlib.contextmanager
-def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
+def _exclusive(stages: str, overrides: tuple[str, ...] = (), *, check: Callable[[Path], None] | None = None, **kw):
     """A Runner holding ``<run_dir>/.lock`` (flock): one run of a run folder at a time.
 
     A second ``run`` of the same config waits for the first, then reads its run lock and does
-    only what is still stale (usually nothing). Bad configs fail before anything is created.
+    only what is still stale (usually nothing). Bad configs fail before anything is created;
+    ``check(run_dir)`` may refuse the run there too.
     """
     run_dir = _runner(stages, overrides, **kw).run_dir  # validates config and dataset first
+    if check is not None:
+        check(run_dir)
     waiting = f"{run_dir}: another run of this config is in progress; waiting for it to finish"
     with hold_run_folder(run_dir, on_wait=lambda: click.echo(waiting, err=True)):
         runner = _runner(stages, overrides, **kw)  # loads the run lock as the previous holder left it
@@ -60,8 +64,9 @@ def _exclusive(stages: str, overrides: tuple[str, ...] = (), **kw):
 @click.option("--nproc", default=None, type=click.IntRange(1),
               help="Processes per student train stage and teacher fine-tune, under torchrun (overrides compute.nproc; one GPU each on CUDA).")
 @click.option("--baseline", default=None, type=click.Path(exists=True), metavar="RUN_DIR_OR_STAGE_FILE",
-              help="A finished comparison run (e.g. this stage file with --set train.kd=off): its student's top-1 "
-                   "and curve go beside this run's in report.md.")
+              help="A finished comparison run's folder (e.g. runs/NAME after this stage file ran with --set "
+                   "train.kd=off --set name=NAME) or its own stage file: its student's top-1 and curve go beside "
+                   "this run's in report.md.")
 @set_opt
 def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, workers: int | None, dry_run: bool,
             until: str | None, nproc: int | None, baseline: str | None, overrides: tuple[str, ...]) -> None:
@@ -76,10 +81,11 @@ def run_cmd(stages: str, scheduler: str | None, scheduler_file: str | None, work
     if dry_run:
         _print_status(_runner(stages, overrides, scheduler=scheduler, workers=workers).status())
         return
-    from pipeline.report.baseline import read_baseline  # lazy, as in _runner
+    from pipeline.report.baseline import read_baseline, refuse_own_folder  # lazy, as in _runner
 
     compared = read_baseline(baseline) if baseline is not None else None  # before any stage: a bad one fails first
-    with _exclusive(stages, overrides, scheduler=scheduler, workers=workers, nproc=nproc) as runner:
+    check = functools.partial(refuse_own_folder, compared) if compared is not None else None
+    with _exclusive(stages, overrides, check=check, scheduler=scheduler, workers=workers, nproc=nproc) as runner:
         res = runner.run(until=until, baseline=compared)
     ran = [k for k, v in res.stages.items() if v == "ran"]
     click.echo(f"done: {len(ran)} stage(s) ran ({', '.join(ran) or 'none: everything was cached'}); "

@@ -12,6 +12,7 @@ import yaml
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.precompute.costs import full_teacher_macs_per_view
+from pipeline.report import run_report
 from pipeline.report.baseline import read_baseline
 from pipeline.report.run_report import write_report
 from pipeline.run.graph import expand
@@ -111,3 +112,20 @@ def test_run_refuses_a_baseline_without_a_run_lock_before_any_stage(tmp_path, ca
         main(["run", str(tmp_path / "stage.yaml"), "--baseline", str(tmp_path)])
     assert e.value.code == 2 and "no run lock" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_student_figure_counts_epochs_trained_so_milestones_sit_on_their_checkpoints(tmp_path, monkeypatch):
+    cfg = config(tmp_path)  # 4 epochs, milestones [0, 2]
+    drawn = {}
+    monkeypatch.setattr(run_report, "_plot", lambda path, xs, series, *a, **kw: drawn.setdefault(path.name, (xs, series, kw)))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_report(cfg, Lock(infos(full_teacher_macs_per_view(cfg))), out, expand(cfg), read_baseline(write_baseline(tmp_path)))
+    xs, series, kw = drawn["student_accuracy.png"]
+    # epoch e is evaluated after it: at e + 1 epochs trained; c_1 (after 2 epochs) is the line at 2, where
+    # the point of epoch 1 is, and the baseline's points line up with the student's
+    assert xs == [1, 2, 3, 4] and kw["vlines"][1] == [0, 2]
+    assert next(v for k, v in series.items() if k.endswith(" val")) == [0.5, 0.51, 0.6, 0.61]
+    (label, (bx, by)), = kw["more"].items()
+    assert label == "baseline t-ce (cross-entropy only) val" and bx == xs and by == [0.3, 0.5, 0.55, 0.58]
+    assert kw["hline"] == ("teacher vit_tiny_patch16_224 val (0.800)", 0.8)

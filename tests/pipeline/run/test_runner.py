@@ -344,6 +344,33 @@ def test_lag_1_labels_segment_1_from_c0(base, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_finished_cross_entropy_baseline_goes_beside_the_student_in_the_report(base, tmp_path, capsys):
+    c = clone(base, tmp_path)
+    # the comparison run as a user makes it: the same stage file, cross-entropy only, a run folder of its own
+    ce = tmp_path / "ce"
+    code, out = cli("run", str(c.yaml), "--set", "train.kd=off", "--set", "name=t-ce", "--set", f"run_dir={ce}",
+                    capsys=capsys)
+    done = next(line for line in out.splitlines() if line.startswith("done:"))
+    assert code == 0 and "train-1" in done and "precompute" not in done  # no labels for CE only
+    ce_report = (ce / "report.md").read_text()
+    assert "no teacher labels in this run (cross-entropy only)" in ce_report
+    assert "Config: cross-entropy only" in ce_report and "fidelity spot-check" not in ce_report
+    ce_top1 = load_lock(ce / LOCK_NAME)["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    student = lock_of(c.root)["stages"]["train-1"]["info"]["epochs"][-1]["val_top1"]
+    # the KD run's report, rewritten by a cached rerun that names it: both top-1s and the difference
+    code, out = cli("run", str(c.yaml), "--baseline", str(ce), capsys=capsys)
+    assert code == 0 and "everything was cached" in out
+    head = (c.root / "run" / "report.md").read_text().split("## ")[0]
+    assert (f"final val top-1 {student:.4f}; baseline t-ce (cross-entropy only): {ce_top1:.4f}, "
+            f"{100 * (student - ce_top1):+.2f} points.") in head
+    assert "of the full teacher's MACs net" in head
+    # the run's own folder is no comparison (a stage file names its own run folder): refused before any stage
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(c.yaml), "--baseline", str(c.yaml)])
+    assert e.value.code == 2 and "this run's own folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_online_runs_without_precompute_and_counts_teacher_forwards(base, tmp_path, capsys):
     c = clone(base, tmp_path)
     online = write_stage(c.root, c.doc, "online.yaml", online=True)
