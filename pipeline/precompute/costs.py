@@ -37,9 +37,19 @@ def full_teacher_macs_per_view(cfg) -> int:
 def net_cost_fields(cfg, summary: Mapping[str, Any], spot_check_macs: int | None) -> dict[str, int]:
     """A precompute stage's cost fields beside its ``teacher_macs`` (which already includes the
     auto-keep spot-checks): ``saliency_macs`` (student forwards x one saliency forward),
-    ``spot_check_macs`` (only when the spot-check ran), ``net_macs`` (teacher + saliency) and
-    ``full_teacher_macs`` (rows x the unmasked teacher)."""
+    ``spot_check_macs`` (only when the spot-check ran), ``net_macs`` (teacher + saliency + the
+    summary's ``reuse_check_macs``: the teacher re-run on rows reused under ``masking.tolerance``)
+    and ``full_teacher_macs`` (rows x the unmasked teacher)."""
     saliency = int(summary["student_forwards"]) * saliency_macs_per_view(cfg) if summary["student_forwards"] else 0
     spot = {} if spot_check_macs is None else {"spot_check_macs": int(spot_check_macs)}
-    return {"saliency_macs": saliency, **spot, "net_macs": int(summary["teacher_macs"]) + saliency,
+    net = int(summary["teacher_macs"]) + saliency + int(summary.get("reuse_check_macs") or 0)
+    return {"saliency_macs": saliency, **spot, "net_macs": net,
             "full_teacher_macs": int(summary["rows"]) * full_teacher_macs_per_view(cfg)}
+
+
+def recorded_reuse_check_macs(info: Mapping[str, Any]) -> int | None:
+    """A precompute stage's recorded ``reuse_check_macs``; for a lock written before it was recorded,
+    0 when no row was spot-checked under tolerance (nothing was spent), else None (not recorded)."""
+    if "reuse_check_macs" in info:
+        return int(info["reuse_check_macs"])
+    return None if info.get("spot_check_rows") else 0

@@ -18,7 +18,7 @@ from pipeline.precompute.spec import PartitionTask
 from pipeline.precompute.task import run_shard
 
 SUM_FIELDS = ("rows", "rows_computed", "rows_reused", "rows_reused_tolerance", "student_forwards",
-              "teacher_forwards", "teacher_macs", "teacher_macs_saved", "spot_check_rows")
+              "teacher_forwards", "teacher_macs", "teacher_macs_saved", "spot_check_rows", "reuse_check_macs")
 
 
 @contextlib.contextmanager

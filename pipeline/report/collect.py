@@ -10,7 +10,8 @@ Per run it reads: the final student test top-1 (``val_top1`` of the last epoch o
 ``train-i`` stage), teacher MACs spent (precompute ``teacher_macs``, which includes the auto-keep
 spot-checks, plus online ``teacher_macs``), the keep used per milestone and, with ``keep: auto``,
 the spot-check curve it was chosen from, teacher forwards avoided by reuse, wall time (the sum of
-the stages' seconds), the student's saliency forwards' MACs and the net MACs (teacher + saliency) the
+the stages' seconds), the student's saliency forwards' MACs, the teacher's reuse-check MACs (rows
+reused under tolerance re-run) and the net MACs (teacher + saliency + reuse checks) the
 precompute stages recorded (``None`` for a lock written before they were), the teacher's top-1 on
 its masked views per milestone, and, from
 ``<logs>/<config stem>.log`` when present, the load averages written there (``# uptime before:``
@@ -32,6 +33,7 @@ from maskedkd import teacher_macs
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.models import create_model
+from pipeline.precompute.costs import recorded_reuse_check_macs
 
 __all__ = ["RunOutcome", "collect_run", "run_lock_path"]
 
@@ -77,13 +79,17 @@ class RunOutcome:
     num_patches: int = 0
     sizes: str = ""
     saliency_macs: int | None = 0  #: the labels' saliency forwards (None: a labelled segment's lock predates the count)
-    net_macs: int | None = 0  #: spent net: teacher (spot-checks included) + saliency (None: not recorded)
+    net_macs: int | None = 0  #: spent net: teacher (spot-checks included) + saliency + reuse checks (None: not recorded)
+    reuse_check_macs: int | None = 0  #: the teacher re-run on rows reused under tolerance (None: not recorded)
     record: Path | None = None  #: the committed record this outcome was read from (None: from the run folder)
 
     @property
     def net_label_macs(self) -> int | None:
-        """What the labels cost net, reused or not: ``label_macs`` + the saliency forwards (None: not recorded)."""
-        return None if self.saliency_macs is None else self.label_macs + self.saliency_macs
+        """What the labels cost net, reused or not: ``label_macs`` + the saliency forwards + the reuse
+        checks (None: not recorded)."""
+        if self.saliency_macs is None or self.reuse_check_macs is None:
+            return None
+        return self.label_macs + self.saliency_macs + self.reuse_check_macs
 
     @property
     def command(self) -> str:
@@ -212,6 +218,9 @@ def _read_segments(r: RunOutcome, cfg, stages: dict[str, Any], segs: list[tuple[
         r.epoch_top1 += [(int(e["epoch"]), float(e["val_top1"])) for e in tr.get("epochs") or [] if "val_top1" in e]
         r.teacher_macs += int(pre.get("teacher_macs") or 0) + int(tr.get("teacher_macs") or 0)
         r.saliency_macs, r.net_macs = _add(r.saliency_macs, pre, "saliency_macs"), _add(r.net_macs, pre, "net_macs")
+        reuse = recorded_reuse_check_macs(pre)
+        r.reuse_check_macs = None if r.reuse_check_macs is None or reuse is None else r.reuse_check_macs + reuse
+        r.net_macs = None if reuse is None else r.net_macs  # a lock's net_macs without its reuse checks is not net
         r.net_macs = None if r.net_macs is None else r.net_macs + int(tr.get("teacher_macs") or 0)  # online: no saliency pass
         r.teacher_forwards += int(pre.get("teacher_forwards") or 0) + int(tr.get("teacher_forwards") or 0)
         rows = int(pre.get("rows") or 0)

@@ -1,7 +1,7 @@
 """The top of a run's report: the two questions a user asks, answered at a glance. Is the student
 better than without the teacher (its final val top-1, beside a baseline run's when one is given)?
-What did the labels cost net (teacher + the student's saliency forwards + spot-checks, against
-full-teacher KD on the same rows)?"""
+What did the labels cost net (teacher + the student's saliency forwards + spot-checks + the teacher
+re-run on rows reused under tolerance, against full-teacher KD on the same rows)?"""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _share(part: int | None, full: int) -> str:
 def cost_line(segments: list[Mapping[str, Any]]) -> str:
     """The labels' net cost against full-teacher KD on the same rows, with its parts.
 
-    ``net_macs``, ``saliency_macs`` or ``spot_check_macs`` missing from any labelled segment
-    (a lock written before they were recorded) makes that part "not recorded"."""
+    ``net_macs``, ``saliency_macs``, ``spot_check_macs`` or ``reuse_check_macs`` missing from any
+    labelled segment (a lock written before they were recorded) makes that part "not recorded"."""
     full = sum(int(s["full_teacher_macs"]) for s in segments)
     if not full:
         return "**Labels' cost:** no teacher labels in this run (cross-entropy only)."
@@ -46,11 +46,12 @@ def cost_line(segments: list[Mapping[str, Any]]) -> str:
         vals = [s.get(key) for s in segments if s["full_teacher_macs"]]
         return None if any(v is None for v in vals) else sum(int(v or 0) for v in vals)
 
-    net, saliency = total("net_macs"), total("saliency_macs")
+    net, saliency, reuse = total("net_macs"), total("saliency_macs"), total("reuse_check_macs")
     spot = sum(int(s.get("spot_check_macs") or 0) for s in segments)
-    parts = f"teacher {teacher / full:.2f}x + saliency {_share(saliency, full)} + spot-checks {spot / full:.2f}x"
+    parts = (f"teacher {teacher / full:.2f}x + saliency {_share(saliency, full)} + spot-checks {spot / full:.2f}x"
+             f" + reuse checks {_share(reuse, full)}")
     if net is None:
-        return (f"**Labels' cost:** net {NOT_RECORDED} (this run's lock predates the saliency count); teacher MACs "
+        return (f"**Labels' cost:** net {NOT_RECORDED} (this run's lock predates the saliency or reuse-check count); teacher MACs "
                 f"incl. spot-checks {sum(int(s['teacher_macs']) for s in segments) / full:.2f}x of the full teacher's "
                 f"({parts}).")
     verdict = (" That is **more than not masking** (full-teacher KD would have cost less)." if net > full

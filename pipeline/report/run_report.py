@@ -9,7 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from pipeline._atomic import write_atomic
-from pipeline.precompute.costs import full_teacher_macs_per_view
+from pipeline.precompute.costs import full_teacher_macs_per_view, recorded_reuse_check_macs
 from pipeline.report.baseline import Baseline, row_label
 from pipeline.report.fidelity import curve_table, plot_curves
 from pipeline.report.fmt import fmt_number
@@ -34,13 +34,15 @@ def finetune_fields(info: Mapping[str, Any]) -> dict[str, Any]:
 
 def precompute_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     """A milestone row's fields from its precompute stage's lock info (``{}``: no stored labels)."""
+    reuse = recorded_reuse_check_macs(info)
     return {"keep": info.get("keep"), "source": info.get("source"), "rows": int(info.get("rows", 0)),
             "computed": info.get("rows_computed", 0), "reused": info.get("rows_reused", 0),
             "reused_tolerance": info.get("rows_reused_tolerance", 0), "spot_check_kl": info.get("spot_check_kl"),
             "teacher_top1_masked": info.get("teacher_top1_masked"), "label_macs": info.get("teacher_macs", 0),
             # None in a lock written before they were recorded: the report says "not recorded"
             "saliency_macs": info.get("saliency_macs"), "spot_check_macs": info.get("spot_check_macs", (info.get("auto") or {}).get("teacher_macs")),
-            "net_macs": info.get("net_macs"), "precompute_s": info.get("seconds"), "auto": info.get("auto")}
+            "reuse_check_macs": reuse, "net_macs": None if reuse is None else info.get("net_macs"),  # net without it: not net
+            "precompute_s": info.get("seconds"), "auto": info.get("auto")}
 
 
 def train_fields(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from maskedkd import saliency_macs, teacher_macs
 from pipeline.models import create_model
-from pipeline.precompute.costs import full_teacher_macs_per_view, net_cost_fields, saliency_macs_per_view
+from pipeline.precompute.costs import (
+    full_teacher_macs_per_view,
+    net_cost_fields,
+    recorded_reuse_check_macs,
+    saliency_macs_per_view,
+)
 from tests.pipeline.run.test_graph import config
 
 
@@ -36,3 +41,14 @@ def test_the_saliency_pass_is_counted_at_the_configured_scale(tmp_path):
     half = config(tmp_path, masking__saliency_scale=0.5)
     student = create_model(cfg.student.model, cfg.student.kwargs, seed=0).eval()
     assert saliency_macs_per_view(half) == saliency_macs(student, 0.5) < saliency_macs_per_view(cfg)
+
+
+def test_reuse_check_macs_are_in_net_and_old_locks_read(tmp_path):
+    cfg = config(tmp_path)
+    sal = saliency_macs_per_view(cfg)
+    summary = {"rows": 100, "student_forwards": 100, "teacher_macs": 80 * 1000, "reuse_check_macs": 16 * 1000}
+    assert net_cost_fields(cfg, summary, None)["net_macs"] == 80 * 1000 + 100 * sal + 16 * 1000
+    assert recorded_reuse_check_macs(summary) == 16 * 1000
+    # a lock from before the field: nothing spot-checked under tolerance is exactly 0, else unknown
+    assert recorded_reuse_check_macs({"rows": 100, "spot_check_rows": 0}) == recorded_reuse_check_macs({}) == 0
+    assert recorded_reuse_check_macs({"rows": 100, "spot_check_rows": 16}) is None

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from maskedkd import teacher_macs
 from pipeline.labels import list_partitions
 from pipeline.models import create_model
-from tests.pipeline.precompute.conftest import ROWS, STUDENT
+from pipeline.precompute.costs import net_cost_fields, saliency_macs_per_view
+from tests.pipeline.precompute.conftest import ROWS, STUDENT, TEACHER
 from tests.pipeline.precompute.helpers import VIT, keep_sets, read, run
 
 
@@ -38,6 +40,7 @@ def test_each_row_once_and_repeat_computes_nothing(stage, tasks, cluster):
     assert again["cached"] == again["partitions"] == len(ts)
     assert all(r["cached"] for r in again["results"])
     assert again["student_forwards"] == again["teacher_forwards"] == again["rows_computed"] == 0
+    assert first["reuse_check_macs"] == again["reuse_check_macs"] == 0  # nothing reused under tolerance
     assert again["rows"] == 2 * ROWS
     assert [r["sha256"] for r in again["results"]] == [r["sha256"] for r in first["results"]]
 
@@ -79,6 +82,11 @@ def test_tolerance_reuses_near_keep_sets_and_spot_checks(stage, tasks, cluster, 
     assert out["rows_reused_tolerance"] == near
     assert out["spot_check_rows"] == sum(min(16, r["rows_reused_tolerance"]) for r in out["results"])
     assert 0 < out["spot_check_kl"] < math.inf
+    # the spot-check's teacher forwards are counted: checked rows x one masked teacher forward, in net
+    per_view = teacher_macs(create_model(VIT, TEACHER), cfg.masking.keep)
+    assert out["reuse_check_macs"] == out["spot_check_rows"] * per_view > 0
+    net = net_cost_fields(cfg, out, None)["net_macs"]
+    assert net == out["teacher_macs"] + out["student_forwards"] * saliency_macs_per_view(cfg) + out["reuse_check_macs"]
     # rows reused under tolerance record the keep set the teacher really saw (c0's)
     stored = read(new)["keep"]
     old = _keep_sets(ckpts["c0"], new)

@@ -74,6 +74,16 @@ def test_the_main_table_shows_net_costs_beside_teacher_only(tmp_path):
     assert "| 5.0 | 50% | - | - |" in _line(text, "| old lock |")  # a lock without the saliency count: not recorded
 
 
+def test_the_net_columns_count_the_reuse_checks(tmp_path):
+    checked, old = _tuned("checked", 0, 0.7, 7 * 10**9), _tuned("old lock", 0, 0.7, 7 * 10**9)
+    checked.reuse_check_macs = 10**9  # the teacher re-run on rows reused under tolerance
+    old.reuse_check_macs = None  # a lock whose spot-checks ran before they were counted
+    assert checked.net_label_macs == 8 * 10**9 and old.net_label_macs is None
+    text = render_results([checked, old], tmp_path / "page.md")
+    assert "| 5.0 | 50% | 8.0 | 80% |" in _line(text, "| checked |")
+    assert "| 5.0 | 50% | - | - |" in _line(text, "| old lock |")
+
+
 def test_fine_tuned_teachers_state_their_break_even(tmp_path):
     runs = [_tuned("tuned", 0, 0.7, 7 * 10**9), _tuned("tuned", 1, 0.71, 9 * 10**9),
             _tuned("dearer", 0, 0.7, 11 * 10**9), _tuned("unknown", 0, 0.7, None), _run("plain", 0, 0.7)]

@@ -59,7 +59,8 @@ def test_headline_gives_final_top1_and_net_ratio_with_its_parts(tmp_path):
     text = write_report(cfg, Lock(infos(full_teacher_macs_per_view(cfg))), out, expand(cfg)).read_text()
     head = text.split("## ")[0]
     assert "final val top-1 0.6100" in head and "no baseline given" in head
-    assert "0.70x of the full teacher's MACs net (teacher 0.50x + saliency 0.20x + spot-checks 0.00x)" in head
+    assert ("0.70x of the full teacher's MACs net (teacher 0.50x + saliency 0.20x + spot-checks 0.00x + "
+            "reuse checks 0.00x)") in head
     assert "net saving" in head and "more than not masking" not in head
     assert (out / "student_accuracy.png").read_bytes().startswith(b"\x89PNG")
 
@@ -88,6 +89,24 @@ def test_an_old_lock_without_the_saliency_count_renders_not_recorded(tmp_path):
     head = text.split("## ")[0]
     assert "net not recorded" in head and "saliency not recorded" in head
     assert "## Milestones" in text
+
+
+def test_reuse_checks_show_in_the_net_headline_or_make_an_old_net_not_recorded(tmp_path):
+    cfg = config(tmp_path)
+    full = full_teacher_macs_per_view(cfg)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = infos(full)
+    for i in (0, 1):  # 0.05x of the full teacher re-run on 16 rows reused under tolerance
+        lock[f"precompute-{i}"].update(spot_check_rows=16, reuse_check_macs=5 * full, net_macs=75 * full)
+    head = write_report(cfg, Lock(lock), out, expand(cfg)).read_text().split("## ")[0]
+    assert ("0.75x of the full teacher's MACs net (teacher 0.50x + saliency 0.20x + spot-checks 0.00x + "
+            "reuse checks 0.05x)") in head
+    for i in (0, 1):  # a lock from before the field, whose spot-checks ran: its net_macs left them out
+        del lock[f"precompute-{i}"]["reuse_check_macs"]
+    text = write_report(cfg, Lock(lock), out, expand(cfg)).read_text()
+    assert "net not recorded" in text.split("## ")[0] and "reuse checks not recorded" in text.split("## ")[0]
+    assert f"| {20 * full / 1e9:.2f} | not recorded | {100 * full / 1e9:.2f} |" in text
 
 
 def test_a_baseline_without_a_run_lock_is_refused(tmp_path):

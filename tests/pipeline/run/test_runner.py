@@ -24,15 +24,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from maskedkd import teacher_macs
 from maskedkd.digests import render_digest
 from maskedkd.rendering import INTERPOLATIONS
 from pipeline._lock import LOCK_NAME, load_lock
 from pipeline.cli import main
 from pipeline.config import dump_config, load_config, set_fields
 from pipeline.labels import open_partition
+from pipeline.models import create_model
 from pipeline.run.runner import Runner
 
 CLI = str(Path(sys.executable).parent / "mkd-pipeline")
@@ -368,6 +371,26 @@ def test_a_finished_cross_entropy_baseline_goes_beside_the_student_in_the_report
     with pytest.raises(SystemExit) as e:
         main(["run", str(c.yaml), "--baseline", str(c.yaml)])
     assert e.value.code == 2 and "this run's own folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tolerance_reuse_checks_are_counted_in_the_lock_net_and_report(base, tmp_path):
+    # labelling segment 1 again from c0 reuses c1's labels of the same views within tolerance;
+    # the spot-check re-runs the masked teacher on some of those rows, and that is paid for
+    c = clone(base, tmp_path)
+    tol = write_stage(c.root, c.doc, "tol.yaml", schedule__lag=1, masking__tolerance=16, masking__spot_check=8)
+    run_in_process(tol)
+    info = lock_of(c.root)["stages"]["precompute-1"]["info"]
+    assert info["rows_reused_tolerance"] > 0 and info["spot_check_rows"] > 0
+    cfg = load_config(tol)
+    with torch.device("meta"):
+        per_view = teacher_macs(create_model(cfg.teacher.model, cfg.teacher.kwargs), 8)
+    assert info["reuse_check_macs"] == info["spot_check_rows"] * per_view > 0
+    assert info["net_macs"] == info["teacher_macs"] + info["saliency_macs"] + info["reuse_check_macs"]
+    assert lock_of(c.root)["stages"]["precompute-0"]["info"]["reuse_check_macs"] == 0  # labelled fresh: nothing checked
+    head = (c.root / "run" / "report.md").read_text().split("## ")[0]
+    full = sum(lock_of(c.root)["stages"][f"precompute-{i}"]["info"]["full_teacher_macs"] for i in (0, 1))
+    assert f"reuse checks {info['reuse_check_macs'] / full:.2f}x)" in head
 
 
 @pytest.mark.slow
