@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -14,3 +16,17 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def image(seed: int, w: int = 64, h: int = 48) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def photo(w: int, h: int, mode: str = "RGB", fmt: str = "JPEG", seed: int = 0) -> bytes:
+    """Encoded image bytes with photograph-like texture (waves plus noise), so a half-pixel shift
+    of a crop moves most pixels by several levels: ``mode`` L, RGB, RGBA (PNG) or CMYK (JPEG)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    waves = np.stack([128 + 100 * np.sin(xx / 7.0 + c) * np.cos(yy / 11.0 - c) for c in range(3)], -1)
+    pixels = np.clip(waves + rng.normal(0, 25, waves.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    img = img if mode == "RGB" else img.convert(mode)
+    out = io.BytesIO()
+    img.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
