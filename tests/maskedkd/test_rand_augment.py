@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
+from timm.data import auto_augment as aa
 
-from maskedkd.rand_augment import RA_OPS, signed_level
+from maskedkd.rand_augment import RA_OPS, apply_rand_augment, draw_rand_augment, rand_augment_config, signed_level
 from maskedkd.rendering import render
 from maskedkd.views import View
-from tests.maskedkd.helpers import MEAN, image
+from tests.maskedkd.helpers import MEAN, chi2_critical, chi2_homogeneity, image, ks_critical, ks_distance
 
 
 @pytest.mark.parametrize("name", [n for n in RA_OPS if signed_level(n, 5.0, 1.0) is not None])
@@ -49,12 +51,6 @@ def test_draws_match_timms_rand_augment_transform(monkeypatch):
     Tolerances, each at level 1e-3 for fixed seeds: a chi-square of the op frequencies (skipped
     layers a category of their own); per op, a two-sample KS of its first argument.
     """
-    import numpy as np
-    from timm.data import auto_augment as aa
-
-    from maskedkd.rand_augment import apply_rand_augment, draw_rand_augment, rand_augment_config
-    from tests.maskedkd.helpers import chi2_critical, chi2_homogeneity, ks_critical, ks_distance
-
     calls, layers = 12000, 2
     blank = image(0, 4, 4)
     seen: list[tuple[str, tuple]] = []

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from timm.data.random_erasing import RandomErasing
 
-from maskedkd.views import ViewSpec, pixel_box, sample_view
 from maskedkd.view_columns import NO_BOX
+from maskedkd.views import ViewSpec, pixel_box, sample_view
 from tests.maskedkd.helpers import ks_critical, ks_distance
 
 SIZE = 224

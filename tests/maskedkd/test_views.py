@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from maskedkd.rand_augment import RA_OPS
 from maskedkd.views import (
@@ -19,7 +21,7 @@ from maskedkd.views import (
     views_from_columns,
     views_to_columns,
 )
-from tests.maskedkd.helpers import FULL, KEYS
+from tests.maskedkd.helpers import FULL, KEYS, ks_critical, ks_distance
 
 
 def test_sample_view_is_pure():
@@ -144,11 +146,6 @@ def test_crops_match_timms_random_resized_crop(width, height):
     areas lean small (it rejects big areas at extreme aspects: mean area share 0.43) where ours
     stay uniform over the scale range (0.54).
     """
-    from PIL import Image
-    from timm.data.transforms import RandomResizedCropAndInterpolation
-
-    from tests.maskedkd.helpers import ks_critical, ks_distance
-
     n = 20000
     img = Image.new("RGB", (width, height))
     random.seed(0)
