@@ -219,6 +219,12 @@ class RenderSpec:
             return View(key=key, epoch=0, seed=0)
         return View(key=key, epoch=0, seed=0, crop=centre_crop(width, height, self.size, self.crop_pct))
 
+    @property
+    def eval_resize(self) -> str:
+        """Who resizes evaluation views: Pillow under a ``crop_pct`` (timm's eval transform is Pillow's,
+        and ``torch``'s kernels are levels away from it), else ``resize`` (whole-image views as before)."""
+        return "pil" if self.crop_pct is not None else self.resize
+
     @classmethod
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                   interpolation: str = "bicubic") -> "RenderSpec":

@@ -2,8 +2,8 @@
 model with a ``pretrained_cfg`` equals ``timm.data.create_transform(**resolve_data_config(model=m),
 is_training=False)`` to within one level (1/255), on JPEGs and a PNG made here.
 
-The images go through what :func:`pipeline.train.evaluate.evaluate` does to a shard's row:
-:func:`pipeline.data.shards.decode_image`, :meth:`RenderSpec.eval_view` and ``render_batch``;
+The images go through what :func:`pipeline.train.evaluate.evaluate` does to a shard's row
+(:func:`pipeline.data.shards.decode_image`, then :func:`pipeline.train.evaluate.eval_pixels`);
 timm's side gets the decoded image converted to RGB, as its ``ImageDataset`` loads it.
 """
 
@@ -20,6 +20,7 @@ from maskedkd.rendering import render_batch
 from pipeline.config import DataConfig, StudentConfig
 from pipeline.data.shards import decode_image
 from pipeline.labels.contract import RenderSpec, render_spec
+from pipeline.train.evaluate import eval_pixels
 from tests.maskedkd.helpers import photo
 
 # (width, height, mode, format): landscape, portrait, smaller than the crop, grey, CMYK, a PNG with alpha
@@ -32,9 +33,7 @@ DATA = DataConfig.model_validate({"root": "d", "num_classes": 1000}, context={"c
 
 
 def _ours(spec: RenderSpec, data: bytes) -> torch.Tensor:
-    img = decode_image(data)
-    return render_batch([img], [spec.eval_view("k", *img.size)], spec.size, mean=spec.mean, std=spec.std,
-                        interpolation=spec.interpolation, resize=spec.resize)[0]
+    return eval_pixels(spec, [decode_image(data)], ["k"])[0]
 
 
 def _levels(spec: RenderSpec, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,9 +55,12 @@ def model_pair(request):
     return render_spec(DATA, section), create_transform(**config, is_training=False)
 
 
+@pytest.mark.parametrize("resize", ["pil", "torch"])
 @pytest.mark.parametrize("w,h,mode,fmt", IMAGES, ids=lambda v: str(v))
-def test_evaluation_pixels_equal_timms_eval_transform(model_pair, w, h, mode, fmt):
+def test_evaluation_pixels_equal_timms_eval_transform(model_pair, w, h, mode, fmt, resize):
+    """With ``data.resize: torch`` too (stages/imagenet.yaml): evaluation resizes with Pillow as timm does."""
     spec, timm_eval = model_pair
+    spec = dataclasses.replace(spec, resize=resize)
     data = photo(w, h, mode, fmt)
     ours = _ours(spec, data)
     theirs = timm_eval(decode_image(data).convert("RGB"))
