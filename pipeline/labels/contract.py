@@ -15,7 +15,6 @@ Both sides import these rules from here; neither imports the other.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch.nn as nn
 
+from maskedkd.centre_crop import centre_crop
 from maskedkd.digests import resize_digest
 from maskedkd.resize import check_resize
 from maskedkd.views import View, ViewSpec, views_to_columns
@@ -213,14 +213,17 @@ class RenderSpec:
 
     def eval_view(self, key: str, width: int, height: int) -> View:
         """The evaluation view of a ``width x height`` image: the whole image, or with ``crop_pct``
-        timm's centre crop (the largest box of the output's aspect, ``crop_pct`` of it per side,
-        as ``Resize(size / crop_pct)`` + ``CenterCrop(size)`` take it)."""
+        timm's centre crop to the pixel (``Resize(size / crop_pct)`` + ``CenterCrop(size)``,
+        :func:`maskedkd.centre_crop.centre_crop`)."""
         if self.crop_pct is None:
             return View(key=key, epoch=0, seed=0)
-        aspect = self.size[1] / self.size[0]
-        cw, ch = (aspect * height, height) if width / height >= aspect else (width, width / aspect)
-        area = self.crop_pct ** 2 * cw * ch / (width * height)
-        return View(key=key, epoch=0, seed=0, crop=(area, math.log(aspect), 0.5, 0.5))
+        return View(key=key, epoch=0, seed=0, crop=centre_crop(width, height, self.size, self.crop_pct))
+
+    @property
+    def eval_resize(self) -> str:
+        """Who resizes evaluation views: Pillow under a ``crop_pct`` (timm's eval transform is Pillow's,
+        and ``torch``'s kernels are levels away from it), else ``resize`` (whole-image views as before)."""
+        return "pil" if self.crop_pct is not None else self.resize
 
     @classmethod
     def for_model(cls, model: nn.Module, mean: Sequence[float], std: Sequence[float],

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from maskedkd.rendering import render_batch
 from pipeline.data.shards import Sample, read_shard
@@ -33,6 +34,17 @@ def _chunks(refs: Sequence[ShardRef], batch_size: int, rank: int, world: int):
         yield [Sample(s.key, decode_row(ref.path, s.key, s.image), s.label) for ref, s in chunk]
 
 
+def eval_pixels(render: RenderSpec, images: Sequence[Image.Image], keys: Sequence[str]) -> torch.Tensor:
+    """The evaluation views of decoded ``images`` as a model takes them: float32 ``[N, C, H, W]``.
+
+    Whole images, or timm's eval transform to a level under ``render.crop_pct``
+    (:meth:`RenderSpec.eval_view`, :attr:`RenderSpec.eval_resize`).
+    """
+    views = [render.eval_view(key, *image.size) for key, image in zip(keys, images)]
+    return render_batch(images, views, render.size, mean=render.mean, std=render.std,
+                        interpolation=render.interpolation, resize=render.eval_resize)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -47,7 +59,7 @@ def evaluate(
     """Top-1 and mean cross-entropy of ``model`` over the shards' first ``rows`` samples each.
 
     Every image is rendered whole (the View's default full crop, no flip, no augmentation), or
-    centre-cropped by ``render.crop_pct`` (:meth:`RenderSpec.eval_view`), at ``render.size``; works for
+    centre-cropped by ``render.crop_pct`` (:func:`eval_pixels`), at ``render.size``; works for
     students and teachers alike. Runs in eval mode and restores the model's mode after. The model is
     moved to ``device`` (:func:`pipeline.placement.place_model`: in place, and it stays there). The
     sums stay on the device until the end (one transfer). With ``split_ranks`` under an initialised process group every rank
@@ -72,9 +84,7 @@ def evaluate(
     n = 0
     try:
         for chunk in _chunks(shards, batch_size, rank, world):
-            views = [render.eval_view(s.key, *s.image.size) for s in chunk]
-            images = render_batch([s.image for s in chunk], views, render.size, mean=render.mean, std=render.std,
-                                  interpolation=render.interpolation, resize=render.resize)
+            images = eval_pixels(render, [s.image for s in chunk], [s.key for s in chunk])
             labels = torch.tensor([s.label for s in chunk])
             images, labels = to_device(images, device), to_device(labels, device)
             with autocast:
