@@ -26,7 +26,8 @@ def export(stages: str) -> Path:
     """Write the teacher of ``stages`` (already trained) to ``teachers/<name>.safetensors`` + ``.json``."""
     cfg = load_config(stages)
     lock = RunLock(Path(cfg.run_dir) / LOCK_NAME)
-    rec = lock.output("teacher", "weights")
+    stage = "teacher-finetune" if lock.output("teacher-finetune", "weights") else "teacher"
+    rec = lock.output(stage, "weights")
     if rec is None:
         sys.exit(f"{stages}: no trained teacher in {lock.path}; run `mkd-pipeline run {stages} --until teacher` first")
     t = cfg.teacher
@@ -37,7 +38,7 @@ def export(stages: str) -> Path:
     path = OUT / f"{cfg.name}.safetensors"
     save_file(sd, str(path))
     path.chmod(0o644)  # safetensors writes 0600; the file is meant to be committed and shared
-    info = lock.info("teacher")
+    info = lock.info(stage)
     doc = {
         "model": t.model, "kwargs": t.kwargs, "config": str(Path(stages)), "recipe": t.train.model_dump(mode="json"),
         "epochs": len(info.get("epochs") or []), "test_top1": info.get("top1"), "seconds": info.get("seconds"),

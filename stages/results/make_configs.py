@@ -5,10 +5,14 @@ from pathlib import Path
 TEACHERS = {  # committed weights (stages/results/teachers/*.json: config, recipe, sha256)
     "plain": "stages/results/teachers/results-v2-teacher.safetensors",
     "robust": "stages/results/teachers/results-v2-teacher-robust.safetensors",
+    "ft1": "stages/results/teachers/results-v3-teacher-ft1.safetensors",
+    "ft2": "stages/results/teachers/results-v3-teacher-ft2.safetensors",
 }
 TEACHER_TEXT = {
     "plain": "the plain teacher (trained on whole token sequences; test top-1 0.8873)",
     "robust": "the mask-robust teacher (timm patch_drop_rate 0.5 while training; test top-1 0.8882)",
+    "ft1": "the plain teacher fine-tuned 1 epoch with patch_drop_rate 0.5 (stages/results/teacher-v3-ft1.yaml; test top-1 0.8707)",
+    "ft2": "the plain teacher fine-tuned 2 epochs with patch_drop_rate 0.5 (stages/results/teacher-v3-ft2.yaml; test top-1 0.8701)",
 }
 LR = "8.0e-3"  # from the CE-only sweep (rows sweep-lr*-s0 and ce-s0); see RESULTS.md
 
@@ -130,6 +134,9 @@ for t in ("plain", "robust"):
         budget="{agreement: 0.95}", seeds=S3)
     row(f"{t}-auto90", f"{t} teacher: offline auto keep, agreement 0.90", teacher=t, keep="auto",
         budget="{agreement: 0.90}")
+for t in ("ft1", "ft2"):  # issue 24: the plain teacher made mask-robust by a short fine-tune
+    row(f"{t}-mkd50", f"{t} teacher: offline MaskedKD 50%", teacher=t, seeds=S3)
+    row(f"{t}-random50", f"{t} teacher: offline random 50%", teacher=t, policy="random")
 
 if __name__ == "__main__":
     here = Path(__file__).parent
