@@ -21,28 +21,45 @@ from pipeline._atomic import write_atomic
 @click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Results spec (TOML) kept with the experiment: row order, comparisons, targets, its words "
                    "[default: every row alphabetically, no comparisons]. RESULTS.md's: stages/results/results.toml.")
-@click.option("--out", type=click.Path(dir_okay=False), default="RESULTS.md", show_default=True,
-              help="Markdown file to write; the PNGs go beside it.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Markdown file to write; the PNGs go beside it [default: RESULTS.md; none with --record-to].")
 @click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Markdown appended verbatim (the hand-written reading of the numbers; no numbers in it).")
 @click.option("--logs", type=click.Path(file_okay=False), default="runs/logs", show_default=True,
               help="Folder of the run logs (<config stem>.log; their `# uptime` lines give the load averages).")
 @click.option("--probes", type=click.Path(file_okay=False), default="runs/probes", show_default=True,
               help="Folder of `mkd-pipeline probe --json` outputs (<name>.json) to show as curves.")
-def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], spec_path: str | None, out: str, notes: str | None,
-               logs: str, probes: str) -> None:
+@click.option("--records", "records_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of committed run records (<config stem>.json), read for configs without a finished run "
+                   "folder [default: records/ beside each config].")
+@click.option("--record-to", type=click.Path(file_okay=False), default=None,
+              help="Write the record of each config whose run folder holds a finished run into this folder "
+                   "(and no page unless --out is given).")
+def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], spec_path: str | None, out: str | None, notes: str | None,
+               logs: str, probes: str, records_dir: str | None, record_to: str | None) -> None:
     """Build a results page from finished runs: one row per `# Row:` label, seeds averaged.
 
     RESULTS.md: mkd-pipeline report --spec stages/results/results.toml --results stages/results/*.yaml
-    --out RESULTS.md --notes stages/results/NOTES.md
+    --out RESULTS.md --notes stages/results/NOTES.md --probes stages/results/records/probes
+
+    A config without a finished run folder is read from its committed record when there is one
+    (`--record-to DIR` writes them after the runs); the page and this command say which.
     """
-    from pipeline.report import collect, results, spec  # lazy: torch, timm and matplotlib (see the module doc)
+    from pipeline.report import records, results, spec  # lazy: torch, timm and matplotlib (see the module doc)
 
     paths = list(dict.fromkeys([*configs, *more]))
-    runs = [collect.collect_run(p, Path(logs)) for p in paths if Path(p).suffix in (".yaml", ".yml")]
-    outp = Path(out)
+    runs = [records.read_outcome(p, Path(logs), records_dir) for p in paths if Path(p).suffix in (".yaml", ".yml")]
+    if record_to is not None:
+        for r in runs:
+            if r.finished and r.record is None and r.teacher_train is None:
+                click.echo(f"{records.write_record(r, record_to)}: record of {r.config.as_posix()}")
+    if out is None and record_to is not None:
+        return
+    outp = Path(out or "RESULTS.md")
     page = results.render_results(runs, outp, spec.load_spec(spec_path) if spec_path else None,
                                   Path(notes).read_text() if notes else None, notes, probes=Path(probes))
     write_atomic(outp, page.encode())
     done = sum(r.finished for r in runs)
-    click.echo(f"{outp}: {done} of {len(runs)} configs finished")
+    recorded = [r.config.stem for r in runs if r.record is not None]
+    click.echo(f"{outp}: {done} of {len(runs)} configs finished"
+               + (f" ({len(recorded)} read from records: {', '.join(recorded)})" if recorded else ""))

@@ -10,7 +10,9 @@ Per run it reads: the final student test top-1 (``val_top1`` of the last epoch o
 ``train-i`` stage), teacher MACs spent (precompute ``teacher_macs``, which includes the auto-keep
 spot-checks, plus online ``teacher_macs``), the keep used per milestone and, with ``keep: auto``,
 the spot-check curve it was chosen from, teacher forwards avoided by reuse, wall time (the sum of
-the stages' seconds), the teacher's top-1 on its masked views per milestone, and, from
+the stages' seconds), the student's saliency forwards' MACs and the net MACs (teacher + saliency) the
+precompute stages recorded (``None`` for a lock written before they were), the teacher's top-1 on
+its masked views per milestone, and, from
 ``<logs>/<config stem>.log`` when present, the load averages written there (``# uptime before:``
 / ``# uptime after:`` lines).
 """
@@ -31,7 +33,7 @@ from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.models import create_model
 
-__all__ = ["RunOutcome", "collect_run"]
+__all__ = ["RunOutcome", "collect_run", "run_lock_path"]
 
 
 @dataclass
@@ -74,6 +76,14 @@ class RunOutcome:
     teacher_file: dict[str, Any] | None = None  # the committed teacher's metadata (the .json beside its weights)
     num_patches: int = 0
     sizes: str = ""
+    saliency_macs: int | None = 0  #: the labels' saliency forwards (None: a labelled segment's lock predates the count)
+    net_macs: int | None = 0  #: spent net: teacher (spot-checks included) + saliency (None: not recorded)
+    record: Path | None = None  #: the committed record this outcome was read from (None: from the run folder)
+
+    @property
+    def net_label_macs(self) -> int | None:
+        """What the labels cost net, reused or not: ``label_macs`` + the saliency forwards (None: not recorded)."""
+        return None if self.saliency_macs is None else self.label_macs + self.saliency_macs
 
     @property
     def command(self) -> str:
@@ -137,6 +147,13 @@ def _model_line(m) -> str:
             f"patch {k.get('patch_size', '?')} ({m.info().num_patches} patches)")
 
 
+def run_lock_path(path: str | Path) -> Path:
+    """The run lock file the run of the config at ``path`` writes."""
+    cfg = load_config(path, check_files=False)
+    assert cfg.run_dir is not None  # the loader fills it
+    return Path(cfg.run_dir) / "run.lock.json"
+
+
 def collect_run(path: str | Path, logs: Path | None = None) -> RunOutcome:
     """Load one config and read what its run wrote (lock file, run log)."""
     path = Path(path)
@@ -169,7 +186,8 @@ def collect_run(path: str | Path, logs: Path | None = None) -> RunOutcome:
     if not lock_path.is_file():
         return r
     stages = json.loads(lock_path.read_text()).get("stages", {})
-    teacher = stages.get("teacher", {}).get("info", {})
+    # a fine-tune's teacher is the one its own stage wrote
+    teacher = stages.get("teacher-finetune" if cfg.teacher.fine_tuned else "teacher", {}).get("info", {})
     r.teacher_top1 = teacher.get("top1")
     if r.teacher_train is not None:
         r.teacher_train, r.finished = teacher, bool(teacher)
@@ -193,6 +211,8 @@ def _read_segments(r: RunOutcome, cfg, stages: dict[str, Any], segs: list[tuple[
         tr = stages.get(f"train-{i}", {}).get("info", {})
         r.epoch_top1 += [(int(e["epoch"]), float(e["val_top1"])) for e in tr.get("epochs") or [] if "val_top1" in e]
         r.teacher_macs += int(pre.get("teacher_macs") or 0) + int(tr.get("teacher_macs") or 0)
+        r.saliency_macs, r.net_macs = _add(r.saliency_macs, pre, "saliency_macs"), _add(r.net_macs, pre, "net_macs")
+        r.net_macs = None if r.net_macs is None else r.net_macs + int(tr.get("teacher_macs") or 0)  # online: no saliency pass
         r.teacher_forwards += int(pre.get("teacher_forwards") or 0) + int(tr.get("teacher_forwards") or 0)
         rows = int(pre.get("rows") or 0)
         r.rows += rows
@@ -209,3 +229,10 @@ def _read_segments(r: RunOutcome, cfg, stages: dict[str, Any], segs: list[tuple[
         if pre.get("auto"):
             r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
             r.label_macs += int(pre["auto"].get("teacher_macs") or 0)
+
+
+def _add(total: int | None, pre: dict[str, Any], key: str) -> int | None:
+    """``total`` plus a precompute stage's ``key``; None once a stage that labelled rows lacks it."""
+    if total is None or not int(pre.get("rows") or 0):
+        return total
+    return None if pre.get(key) is None else total + int(pre[key])

@@ -25,10 +25,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline._atomic import write_atomic  # noqa: E402
 from pipeline.report.collect import RunOutcome  # noqa: E402
-from pipeline.report.fidelity import curve_table, plot_curves  # noqa: E402
-from pipeline.report.spec import ResultsSpec  # noqa: E402
+from pipeline.report.fidelity import curve_table, kept, plot_curves  # noqa: E402
+from pipeline.report.spec import ResultsSpec, Target  # noqa: E402
 
 __all__ = ["render_results"]
+
+
+def _gmacs(v: float | None, digits: int = 1) -> str:
+    """MACs as GMACs (``-`` when not recorded)."""
+    return "-" if v is None else f"{v / 1e9:.{digits}f}"
 
 
 def _percent(v: float | None) -> str:
@@ -141,36 +146,111 @@ def _teachers_section(students: list[RunOutcome], intro: str) -> list[str]:
         return []
     lines = ["## Teachers", "",
              intro, "",
-             "| weights | trained by | epochs | patch_drop_rate | test top-1 % (at export) | as the rows evaluated it | train min | sha256 |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "| weights | trained by | epochs | patch_drop_rate | test top-1 % (at export) | as the rows evaluated it | train min | fine-tuned from (its top-1 %), GMACs | sha256 |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for w, f in sorted(files.items()):
         rec = f.get("recipe") or {}
         seen = ", ".join(_percent(v) for v in sorted(evaluated.get(w, ()))) or "-"
+        ft = f.get("finetune")
+        tuned = "-" if not ft else f"`{ft.get('from', '?')}` ({_percent(ft.get('start_top1'))}), {_gmacs(ft.get('macs'), 1)}"
         lines.append(f"| `{w}` | `{f.get('config', '?')}` | {f.get('epochs', '?')} | {rec.get('patch_drop_rate', 0.0)} | "
-                     f"{_percent(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | `{str(f.get('sha256', ''))[:16]}…` |")
+                     f"{_percent(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | {tuned} | "
+                     f"`{str(f.get('sha256', ''))[:16]}…` |")
     return lines + [""]
 
 
-def _target(rows: dict[str, list[RunOutcome]], row: str, full: str, max_ratio: float, what: str) -> str | None:
-    """One target line: ``row`` within twice full-KD's seed std of ``full`` at <= ``max_ratio`` of its MACs."""
+def _net_ratio(runs: list[RunOutcome]) -> str:
+    """``, net 0.71x`` (the labels' net MACs against full-teacher KD's, mean over seeds); empty when not recorded."""
+    nets = [r.net_label_macs / r.full_macs for r in runs if r.full_macs and r.net_label_macs is not None]
+    return f", net {statistics.fmean(nets):.2f}x" if nets and len(nets) == len(runs) else ""
+
+
+def _target(rows: dict[str, list[RunOutcome]], row: str, full: str, max_ratio: float | None, what: str) -> tuple[str, bool | None]:
+    """One target line and its verdict (None: not measured or not decidable): ``row`` within twice
+    full-KD's seed std of ``full``, at <= ``max_ratio`` of its teacher MACs when given."""
     ra = [r for r in rows.get(row, []) if r.finished]
     rb = [r for r in rows.get(full, []) if r.finished]
     if not ra or not rb:
-        return f"- {what}: **not measured** (rows not run: {row if not ra else full})."
+        return f"- {what}: **not measured** (no run or record: {row if not ra else full}).", None
     ma, _ = _mean_std([r.top1 for r in ra if r.top1 is not None])
     mb, sb = _mean_std([r.top1 for r in rb if r.top1 is not None])
     ratio = statistics.fmean(r.label_macs / r.full_macs for r in ra if r.full_macs)
+    cost = f"{ratio:.2f}x its teacher MACs (spot-checks included{_net_ratio(ra)})"
     diff = 100 * (ma - mb)
     if sb is None:
-        return f"- {what}: {diff:+.2f} points at {ratio:.2f}x MACs; **not decidable** (full-teacher KD has 1 seed, no std)."
+        return f"- {what}: {diff:+.2f} points at {cost}; **not decidable** (full-teacher KD has 1 seed, no std).", None
     acc_ok = diff >= -2 * 100 * sb
-    cost_ok = ratio <= max_ratio
+    cost_ok = max_ratio is None or ratio <= max_ratio
     verdict = "**met**" if acc_ok and cost_ok else "**missed**"
     why = [] if acc_ok else [f"accuracy {-diff:.2f} points below full-teacher KD, more than twice its seed std ({2 * 100 * sb:.2f})"]
     why += [] if cost_ok else [f"teacher MACs {ratio:.2f}x of full-teacher KD, above {max_ratio:g}x"]
     return (f"- {what}: {verdict}. **{row}** − **{full}** = {diff:+.2f} points (n={len(ra)} vs {len(rb)}; twice full-KD's "
-            f"seed std = {2 * 100 * sb:.2f}) at {ratio:.2f}x its teacher MACs (spot-checks included)"
-            + (f"; missed on: {'; '.join(why)}." if why else "."))
+            f"seed std = {2 * 100 * sb:.2f}) at {cost}"
+            + (f"; missed on: {'; '.join(why)}." if why else ".")), acc_ok and cost_ok
+
+
+def _target_lines(rows: dict[str, list[RunOutcome]], t: Target) -> list[str]:
+    """A target of one row: its line; of several (met when any row meets it): a verdict, then one line per row."""
+    if len(t.rows) == 1:
+        return [_target(rows, t.rows[0], t.full, t.max_ratio, t.what)[0]]
+    got = [_target(rows, row, t.full, t.max_ratio, f"**{row}**") for row in t.rows]
+    met = [row for row, (_, ok) in zip(t.rows, got) if ok]
+    verdict = (f"**met** by {', '.join(met)}" if met else "**missed** by every row" if all(ok is False for _, ok in got)
+               else "**not met yet** (a row not measured or not decidable)")
+    return [f"- {t.what}: {verdict}."] + [f"  {line}" for line, _ in got]
+
+
+def _breakeven_section(page: _Page) -> list[str]:
+    """Rows of a fine-tuned teacher: how many student runs like the row the fine-tune's MACs pay for
+    through the labels' net saving against full-teacher KD on the same training samples."""
+    tuned = [row for row in page.order if any(r.finished and r.kd != "off" and r.teacher_file and r.teacher_file.get("finetune")
+                                              for r in page.rows[row])]
+    if not tuned:
+        return []
+    lines = ["", "## Fine-tuned teachers: break-even (computed)", "",
+             "Each row of a fine-tuned teacher: the fine-tune's MACs (forward + backward on the dropped tokens, from "
+             "the teacher's metadata), the labels' net saving per student run against full-teacher KD on the same "
+             "training samples (full-teacher KD's label MACs − the row's net label MACs, mean over seeds), and "
+             "break-even: fine-tune MACs / that saving, the number of student runs of this length the fine-tune pays for.", "",
+             "| row | teacher | fine-tune GMACs | fine-tune wall min | full-KD label GMACs | net label GMACs | saving GMACs / run | break-even runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in tuned:
+        rs = [r for r in page.rows[row] if r.finished and r.teacher_file]
+        ft = rs[0].teacher_file["finetune"]  # type: ignore[index]
+        full = statistics.fmean(r.full_macs for r in rs)
+        nets = [r.net_label_macs for r in rs]
+        net = None if any(v is None for v in nets) else statistics.fmean(v for v in nets if v is not None)
+        saving = None if net is None else full - net
+        macs = ft.get("macs")
+        if saving is None or macs is None:
+            even = "not recorded"
+        elif saving <= 0:
+            even = "never (the labels cost no less than full-teacher KD's)"
+        else:
+            even = f"{macs / saving:.1f}"
+        lines.append(f"| {row} | `{rs[0].teacher_file['weights']}` | {_gmacs(macs)} | "  # type: ignore[index]
+                     f"{float(ft.get('seconds') or 0) / 60:.1f} | {_gmacs(full)} | {_gmacs(net)} | {_gmacs(saving)} | {even} |")
+    return lines
+
+
+def _probe_summary(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One line per probe: each policy's agreement with the unmasked teacher at the keep nearest half
+    the patches (MaskedKD 50%'s), the probes' details below."""
+    policies = list(dict.fromkeys(p for _, res in found for p in res["curves"]))
+    lines = ["Agreement with the unmasked teacher at the keep nearest half the patches, per policy:", "",
+             "| probe | masks from | views | unmasked top-1 | keep | " + " | ".join(policies) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(policies)]
+    for f, res in found:
+        n = int(res["num_patches"])
+        keeps = {kept(r, n) for curve in res["curves"].values() for r in curve}
+        half = min(keeps, key=lambda k: (abs(k - n / 2), -k)) if keeps else None  # a tie: the larger (25 of 49)
+        cells = []
+        for p in policies:
+            rung = next((r for r in res["curves"].get(p, []) if kept(r, n) == half), None)
+            cells.append("-" if rung is None else f"{rung['agreement']:.3f}")
+        lines.append(f"| {f.stem} | {res['source']} | {res['samples']} | {res['unmasked_top1']:.4f} | "
+                     f"{'-' if half is None else f'{half} of {n}'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> list[str]:
@@ -185,7 +265,7 @@ def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> lis
     lines = [f"## {words['title']}", ""]
     if not found:
         return lines + [words["missing"]]
-    lines += [words["intro"], ""]
+    lines += [words["intro"], "", *_probe_summary(found), ""]
     for f, res in found:
         png = out.with_name(f"results_probe_{f.stem}.png")
         n = int(res["num_patches"])
@@ -195,15 +275,21 @@ def _probe_section(out: Path, probes: Path | None, words: dict[str, str]) -> lis
     return lines
 
 
-def _header(page: _Page, runs: list[RunOutcome], notes_path: str | None) -> list[str]:
+def _header(page: _Page, runs: list[RunOutcome], notes_path: str | None, probes: Path | None) -> list[str]:
     """Title, the command that generated the page, the machine and the sizes of the runs."""
     spec, out, students, finished = page.spec, page.out, page.students, page.finished
     command = ("mkd-pipeline report" + (f" --spec {spec.path}" if spec.path else "") + " --results "
                + " ".join(sorted({str(r.config.parent.as_posix()) + "/*.yaml" for r in runs}))
-               + f" --out {out.as_posix()}" + (f" --notes {notes_path}" if notes_path else ""))
+               + f" --out {out.as_posix()}" + (f" --notes {notes_path}" if notes_path else "")
+               + (f" --probes {probes.as_posix()}" if probes is not None and probes != Path("runs/probes") else ""))
+    recorded = sorted({r.record.parent.as_posix() for r in runs if r.record is not None})
     lines = [f"# {spec.title}", "",
-             f"Generated by `{command}` from the runs' lock files and logs; do not edit by hand."
-             + (f" {spec.how_to_run}" if spec.how_to_run else ""), ""]
+             f"Generated by `{command}` from the runs' lock files and logs"
+             + (f", or, where a run folder is not here, the run's committed record ({', '.join(recorded)})" if recorded else "")
+             + "; do not edit by hand." + (f" {spec.how_to_run}" if spec.how_to_run else ""), ""]
+    if recorded:
+        lines += ["Read from records: " + ", ".join(f"`{r.config.stem}`" for r in sorted(runs, key=page.run_key)
+                                                     if r.record is not None) + ".", ""]
     try:
         uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -240,14 +326,20 @@ def _sweep_section(page: _Page) -> list[str]:
     return lines + [""]
 
 
+def _of_full(part: int | None, r: RunOutcome) -> str:
+    return f"{part / r.full_macs:.0%}" if r.full_macs and part is not None else "-"
+
+
 def _main_cells(done: list[RunOutcome]) -> list[str]:
-    """keep, labels' GMACs, of full-KD, GMACs spent, forwards avoided, wall: per seed."""
+    """keep, labels' GMACs and of full-KD (teacher-only, then net), GMACs spent, forwards avoided, wall: per seed."""
     if not done:
-        return ["-"] * 6
+        return ["-"] * 8
     keeps = " / ".join(dict.fromkeys(r.keep_label for r in done)) if any(r.kd != "off" for r in done) else "-"
     return [keeps,
             " / ".join(f"{r.label_macs / 1e9:.1f}" for r in done),
-            " / ".join(f"{r.label_macs / r.full_macs:.0%}" if r.full_macs else "-" for r in done),
+            " / ".join(_of_full(r.label_macs, r) for r in done),
+            " / ".join(_gmacs(r.net_label_macs) for r in done),
+            " / ".join(_of_full(r.net_label_macs, r) for r in done),
             " / ".join(f"{r.teacher_macs / 1e9:.1f}" for r in done),
             " / ".join(str(r.avoided) for r in done),
             " / ".join(f"{r.seconds / 60:.1f}" for r in done)]
@@ -260,17 +352,20 @@ def _main_table(page: _Page) -> list[str]:
              "seed's value. Keep: patches the teacher saw per milestone (of " + str(max((r.num_patches for r in page.students), default=0))
              + "; auto rows: as chosen, seed by seed). Labels' GMACs: the teacher compute the row's labels cost, reused or "
              "not (rows x MACs at their keep), the auto-keep spot-checks included. Of full-KD: that against full-teacher "
-             "KD on the same training samples (the targets use this). Spent: what this run computed itself (rows another "
+             "KD on the same training samples (the targets use this). Net: the labels' teacher GMACs plus the student's "
+             "saliency forwards that chose the masks (what offline MaskedKD pays beyond the teacher; `-`: the run's lock "
+             "predates that count), and that against full-teacher KD. Spent: what this run computed itself (rows another "
              "run had already labelled cost it nothing). Avoided: teacher forwards the store reused. Wall: sum of the "
-             "stages' seconds (precompute + train), per seed.", "",
-             "| row | top-1 % | keep per milestone | labels' teacher GMACs, per seed | of full-KD, per seed | GMACs spent | forwards avoided | wall min / run | commands |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "stages' seconds (precompute + train), per seed. Commands marked (record): read from the run's committed "
+             "record, its run folder is not here.", "",
+             "| row | top-1 % | keep per milestone | labels' teacher GMACs, per seed | of full-KD, per seed | labels' net GMACs, per seed | net of full-KD, per seed | GMACs spent | forwards avoided | wall min / run | commands |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     sweep, chosen = _sweep(page)
     for row in page.order:
         rs = sorted(page.rows[row], key=lambda r: r.seed)
         if sweep and all(r.kd == "off" and r.lr not in chosen for r in rs):
             continue  # a sweep point at another lr: in the sweep's table above
-        cmds = "<br>".join(f"`{r.command}`" + ("" if r.finished else " (not run)") for r in rs)
+        cmds = "<br>".join(f"`{r.command}`" + (" (not run)" if not r.finished else " (record)" if r.record else "") for r in rs)
         lines.append(f"| {row} | {_acc_cell(rs)} | " + " | ".join(_main_cells([r for r in rs if r.finished])) + f" | {cmds} |")
     return lines
 
@@ -295,9 +390,9 @@ def _kd_matters(page: _Page) -> list[str]:
 
 def _targets_and_comparisons(page: _Page) -> list[str]:
     """The spec's targets (those whose row has configs here) and its pairs (those both run)."""
-    targets = [_target(page.rows, t.row, t.full, t.max_ratio, t.what) for t in page.spec.targets if t.row in page.rows]
+    targets = [line for t in page.spec.targets if any(row in page.rows for row in t.rows) for line in _target_lines(page.rows, t)]
     lines = ["", "## Targets (computed)", ""]
-    lines += [x for x in targets if x] or ["- nothing to compare yet."]
+    lines += targets or ["- nothing to compare yet."]
     lines += _kd_matters(page)
     lines += ["", "## Comparisons (computed)", ""]
     got = [c for c in (_compare(page.rows, a, b) for a, b in page.spec.pairs) if c]
@@ -380,8 +475,8 @@ def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None =
     for r in students:
         rows.setdefault(r.row, []).append(r)
     page = _Page(spec, out, students, rows, sorted(rows, key=spec.row_key), [r for r in students if r.finished])
-    lines = _header(page, runs, notes_path) + _teachers_section(students, spec.teachers) + _sweep_section(page)
-    lines += _main_table(page) + _targets_and_comparisons(page) + _auto_section(page)
+    lines = _header(page, runs, notes_path, probes) + _teachers_section(students, spec.teachers) + _sweep_section(page)
+    lines += _main_table(page) + _breakeven_section(page) + _targets_and_comparisons(page) + _auto_section(page)
     lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _curriculum_section(page)
     if notes:
         lines += ["", notes.rstrip()]

@@ -21,6 +21,7 @@ Keys (all optional)::
 
     [[targets]]              # row within twice the seed std of full at <= max_ratio of its MACs
     row = "..."; full = "..."; max_ratio = 0.7; what = "..."
+    # row = ["a", "b"]: met when any of them meets it; no max_ratio: accuracy only
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ __all__ = ["KDMatters", "ResultsSpec", "Target", "load_spec"]
 
 @dataclass(frozen=True)
 class Target:
-    """``row`` within twice the seed std of ``full`` (full-teacher KD) at <= ``max_ratio`` of its teacher MACs."""
+    """One of ``rows`` within twice the seed std of ``full`` (full-teacher KD), at <= ``max_ratio`` of its
+    teacher MACs when given."""
 
-    row: str
+    rows: tuple[str, ...]
     full: str
-    max_ratio: float
+    max_ratio: float | None
     what: str
 
 
@@ -98,8 +100,12 @@ def load_spec(path: str | Path) -> ResultsSpec:
     _check_keys(str(path), doc, _KEYS)
     targets = []
     for i, t in enumerate(doc.get("targets", [])):
-        _check_keys(f"{path}: targets[{i}]", t, {"row", "full", "max_ratio", "what"}, {"row", "full", "max_ratio", "what"})
-        targets.append(Target(str(t["row"]), str(t["full"]), float(t["max_ratio"]), str(t["what"])))
+        _check_keys(f"{path}: targets[{i}]", t, {"row", "full", "max_ratio", "what"}, {"row", "full", "what"})
+        rows = t["row"] if isinstance(t["row"], list) else [t["row"]]
+        if not rows:
+            raise ConfigError(f"{path}: targets[{i}]: row is a row or a non-empty list of rows")
+        ratio = t.get("max_ratio")
+        targets.append(Target(tuple(map(str, rows)), str(t["full"]), None if ratio is None else float(ratio), str(t["what"])))
     kd = doc.get("kd_matters")
     if kd is not None:
         _check_keys(f"{path}: kd_matters", kd, {"baseline", "min_gain", "teachers"}, {"baseline", "teachers"})

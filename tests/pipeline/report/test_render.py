@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
@@ -42,7 +43,7 @@ def test_without_a_spec_any_runs_give_a_page_in_alphabetical_order(tmp_path):
 def test_a_spec_orders_the_rows_and_computes_its_pairs_and_targets(tmp_path):
     spec = ResultsSpec(path="exp/spec.toml", title="My experiment", how_to_run="Run exp/run.sh first.",
                        rows=("zeta", "alpha"), pairs=(("zeta", "alpha"), ("zeta", "never run")),
-                       targets=(Target("alpha", "zeta", 0.6, "alpha, cheaply"), Target("gone", "zeta", 0.5, "no such row")))
+                       targets=(Target(("alpha",), "zeta", 0.6, "alpha, cheaply"), Target(("gone",), "zeta", 0.5, "no such row")))
     text = render_results(RUNS, tmp_path / "page.md", spec)
     assert text.startswith("# My experiment\n") and "`mkd-pipeline report --spec exp/spec.toml --results" in text
     assert "do not edit by hand. Run exp/run.sh first." in text
@@ -50,3 +51,69 @@ def test_a_spec_orders_the_rows_and_computes_its_pairs_and_targets(tmp_path):
     assert "- **zeta** − **alpha**: +11.00 points (n=2 vs 1)" in text and "never run" not in text
     # alpha: 10 points below zeta, more than twice zeta's std (1.41), at 0.5x its MACs
     assert "- alpha, cheaply: **missed**." in text and "no such row" not in text
+
+
+def _tuned(row: str, seed: int, top1: float, net: int | None, finetune_macs: int = 30 * 10**9) -> RunOutcome:
+    """A finished run whose teacher was fine-tuned: labels 5 GMACs teacher-only, ``net`` with the saliency."""
+    r = _run(row, seed, top1)
+    r.saliency_macs = None if net is None else net - r.label_macs
+    r.teacher_file = {"weights": "t/ft.safetensors", "config": "t/ft.yaml", "epochs": 1, "test_top1": 0.86,
+                      "finetune": {"from": "t/plain.safetensors", "start_top1": 0.88, "macs": finetune_macs, "seconds": 240.0}}
+    return r
+
+
+def _line(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_the_main_table_shows_net_costs_beside_teacher_only(tmp_path):
+    runs = [_tuned("tuned", 0, 0.7, 7 * 10**9), _tuned("old lock", 0, 0.7, None)]
+    text = render_results(runs, tmp_path / "page.md")
+    # teacher-only 5.0 GMACs (50%), net 7.0 (70%) of the 10 GMACs full-teacher KD would cost
+    assert "| 5.0 | 50% | 7.0 | 70% |" in _line(text, "| tuned |")
+    assert "| 5.0 | 50% | - | - |" in _line(text, "| old lock |")  # a lock without the saliency count: not recorded
+
+
+def test_fine_tuned_teachers_state_their_break_even(tmp_path):
+    runs = [_tuned("tuned", 0, 0.7, 7 * 10**9), _tuned("tuned", 1, 0.71, 9 * 10**9),
+            _tuned("dearer", 0, 0.7, 11 * 10**9), _tuned("unknown", 0, 0.7, None), _run("plain", 0, 0.7)]
+    text = render_results(runs, tmp_path / "page.md")
+    section = text.split("## Fine-tuned teachers: break-even (computed)", 1)[1].split("## Targets", 1)[0]
+    # saving per run: 10 - mean(7, 9) = 2 GMACs; 30 GMACs of fine-tune pay for 15 runs
+    assert "| tuned | `t/ft.safetensors` | 30.0 | 4.0 | 10.0 | 8.0 | 2.0 | 15.0 |" in section
+    assert _line(section, "| dearer |").endswith("| never (the labels cost no less than full-teacher KD's) |")
+    assert _line(section, "| unknown |").endswith("| not recorded |")
+    assert "| plain |" not in section  # its teacher was not fine-tuned
+    assert "`t/plain.safetensors` (88.00), 30.0" in _line(text, "| `t/ft.safetensors` |")  # the teachers' table
+    assert "break-even" not in render_results(RUNS, tmp_path / "other.md")
+
+
+def test_a_target_of_several_rows_is_met_when_any_row_meets_it(tmp_path):
+    runs = [_run("full", 0, 0.70), _run("full", 1, 0.72), _run("ft1", 0, 0.60), _run("ft2", 0, 0.705),
+            _run("ft2", 1, 0.715)]
+    spec = ResultsSpec(targets=(Target(("ft1", "ft2"), "full", None, "a short fine-tune"),
+                                Target(("ft1", "never"), "full", None, "only ft1"),
+                                Target(("ft1",), "other full", None, "against a row not run")))
+    text = render_results(runs, tmp_path / "page.md", spec)
+    assert "- a short fine-tune: **met** by ft2." in text
+    assert "  - **ft1**: **missed**." in text and "  - **ft2**: **met**." in text  # accuracy only: no max_ratio
+    assert "- only ft1: **not met yet** (a row not measured or not decidable)." in text
+    assert "  - **never**: **not measured** (no run or record: never)." in text
+    assert "- against a row not run: **not measured** (no run or record: other full)." in text
+
+
+def test_the_probe_section_opens_with_each_probes_agreement_at_half_the_patches(tmp_path):
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    rung = lambda keep, agreement: {"keep": keep, "top1": 0.8, "agreement": agreement, "kl": 0.1, "macs": 10**6}  # noqa: E731
+    for stem, student in (("ft1-m0", 0.61), ("ft1-m4", 0.83)):
+        doc = {"num_patches": 49, "source": f"c{stem[-1]}.pth", "samples": 1000, "unmasked_top1": 0.87,
+               "curves": {"student": [rung(12, 0.3), rung(25, student), rung(None, 1.0)],
+                          "random": [rung(12, 0.5), rung(24, 0.7), rung(25, 0.72)]}}
+        (probes / f"{stem}.json").write_text(json.dumps(doc))
+    text = render_results(RUNS, tmp_path / "page.md", probes=probes)
+    assert "| probe | masks from | views | unmasked top-1 | keep | student | random |" in text
+    assert "| ft1-m0 | c0.pth | 1000 | 0.8700 | 25 of 49 | 0.610 | 0.720 |" in text
+    assert "| ft1-m4 | c4.pth | 1000 | 0.8700 | 25 of 49 | 0.830 | 0.720 |" in text
+    assert "### ft1-m4 (masks from c4.pth, 1000 views" in text and (tmp_path / "results_probe_ft1-m4.png").is_file()
+    assert "--probes " + probes.as_posix() in text.splitlines()[2]

@@ -25,12 +25,23 @@ def _row_labels() -> set[str]:
 def test_the_committed_spec_names_only_rows_of_the_committed_configs():
     spec = load_spec(RESULTS / "results.toml")
     labels = _row_labels()
-    named = set(spec.rows) | {r for pair in spec.pairs for r in pair} | {t.row for t in spec.targets}
+    named = set(spec.rows) | {r for pair in spec.pairs for r in pair} | {r for t in spec.targets for r in t.rows}
     named |= {t.full for t in spec.targets} | {spec.kd_matters.baseline}
     assert named <= labels, sorted(named - labels)
-    assert set(spec.rows) <= labels and len(spec.rows) == 11
+    assert set(spec.rows) <= labels and len(spec.rows) == 15
     assert all(any(r.startswith(prefix) for r in spec.rows) for _, prefix in spec.kd_matters.teachers)
-    assert [t.max_ratio for t in spec.targets] == [0.7, 0.7, 0.7, 0.7, 0.55]
+    assert [t.max_ratio for t in spec.targets] == [0.7, 0.7, 0.7, 0.7, 0.55, None]
+    # issue 24: either fine-tune's MaskedKD 50% against the plain teacher's full-teacher KD
+    assert spec.targets[-1].rows == ("ft1 teacher: offline MaskedKD 50%", "ft2 teacher: offline MaskedKD 50%")
+    assert spec.targets[-1].full == "plain teacher: offline full-teacher KD"
+
+
+def test_a_target_names_one_row_or_several_and_may_leave_out_the_cost_bound(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[[targets]]\nrow = "a"\nfull = "f"\nmax_ratio = 0.5\nwhat = "w"\n'
+                    '[[targets]]\nrow = ["a", "b"]\nfull = "f"\nwhat = "w"\n')
+    one, several = load_spec(path).targets
+    assert (one.rows, one.max_ratio) == (("a",), 0.5) and (several.rows, several.max_ratio) == (("a", "b"), None)
 
 
 def test_rows_follow_the_spec_then_the_alphabet():
@@ -49,7 +60,8 @@ def test_a_partial_probe_table_keeps_the_default_words(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('titel = "x"\n', "unknown key(s) titel"),
-    ('[[targets]]\nrow = "a"\nfull = "b"\nwhat = "w"\n', "targets[0]: missing max_ratio"),
+    ('[[targets]]\nrow = "a"\nwhat = "w"\n', "targets[0]: missing full"),
+    ('[[targets]]\nrow = []\nfull = "b"\nwhat = "w"\n', "targets[0]: row is a row or a non-empty list of rows"),
     ('pairs = [["a", "b", "c"]]\n', "pairs: each pair is [row, other row]"),
     ('[kd_matters]\nbaseline = "CE"\nteachers = [{label = "t"}]\n', "kd_matters.teachers[0]: missing rows"),
     ("rows = [\n", "cannot read the results spec"),
