@@ -6,7 +6,9 @@ the keep sets are the ``random`` policy's (:func:`maskedkd.keep_indices`, seeded
 images the first N of the test split rendered as evaluation renders them (whole image, no flip), so
 the numbers mean what the label store's masked labels mean.
 
-Run:    python stages/results/teacher_robustness.py WEIGHTS [WEIGHTS ...] [--images 2000] [--keep 24]
+Run:    python stages/results/teacher_robustness.py TEACHER [TEACHER ...] [--images 2000] [--keep 24]
+        TEACHER: a weights file, or a stage file already run with ``--until teacher-finetune`` (its
+        run lock names the fine-tuned teacher; ``teacher`` where it has no fine-tune).
         (--images 0: all 10,000 test images; --config: the stage file naming the model, its kwargs
         and the data, default stages/results/teacher-v2.yaml)
 Prints: one row per weights file: unmasked top-1, masked top-1 at keep K of N, agreement.
@@ -22,6 +24,7 @@ import torch
 
 from maskedkd import keep_indices, masked_forward
 from maskedkd.rendering import render_batch
+from pipeline._lock import LOCK_NAME, RunLock
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shards import Sample, read_shard
@@ -30,6 +33,21 @@ from pipeline.models import create_model
 from pipeline.train.stream import derive_seed
 
 CONFIG = Path(__file__).resolve().parent / "teacher-v2.yaml"
+
+
+def weights_of(teacher: str) -> str:
+    """The weights file ``teacher`` names: itself, or the fine-tuned (else loaded) teacher in the run
+    lock of the stage file ``teacher``."""
+    if not teacher.endswith((".yaml", ".yml")):
+        return teacher
+    run_dir = load_config(teacher).run_dir
+    assert run_dir is not None  # filled in by validation (runs/<name>)
+    lock = RunLock(run_dir / LOCK_NAME)
+    rec = lock.output("teacher-finetune", "weights") or lock.output("teacher", "weights")
+    if rec is None:
+        raise SystemExit(f"{teacher}: no teacher in its run lock; run `mkd-pipeline run {teacher} "
+                         f"--until teacher-finetune` first")
+    return str(rec["path"])
 
 
 def batches(cfg, images: int | None, batch_size: int = 250) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,7 +95,8 @@ def measure(weights: str, cfg, *, images: int | None, keep: int, draws: int, see
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("weights", nargs="+", help="teacher weights files (.safetensors or a torch state dict)")
+    p.add_argument("teachers", nargs="+", help="weights files (.safetensors or a torch state dict) or stage files "
+                                               "whose run lock names the (fine-tuned) teacher")
     p.add_argument("--config", default=str(CONFIG), help="stage file naming the teacher model and the data")
     p.add_argument("--images", type=int, default=2000, help="first N test images (0: all)")
     p.add_argument("--keep", type=int, default=24, help="patches kept of the teacher's grid")
@@ -88,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     n = cfg.num_patches
     print(f"| teacher | images | unmasked top-1 | masked top-1 (keep {args.keep}/{n}, random) | agreement |")
     print("|---|---:|---:|---:|---:|")
-    for w in args.weights:
-        r = measure(w, cfg, images=args.images or None, keep=args.keep, draws=args.draws, seed=args.seed)
-        print(f"| {w} | {r['images']} | {r['unmasked']:.4f} | {r['masked']:.4f} | {r['agreement']:.4f} |", flush=True)
+    for teacher in args.teachers:
+        r = measure(weights_of(teacher), cfg, images=args.images or None, keep=args.keep, draws=args.draws, seed=args.seed)
+        print(f"| {teacher} | {r['images']} | {r['unmasked']:.4f} | {r['masked']:.4f} | {r['agreement']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
