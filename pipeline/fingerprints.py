@@ -26,7 +26,9 @@ The rules in force (each an instance of 2.)
 -------------------------------------------
 - ``order_seed`` (train and teacher stages): only where ``train.seed`` differs from ``views.seed``
   (before 0.2 the data order was seeded with the view seed): :func:`order_seed_entry`.
-- ``patch_drop_rate`` (the trained teacher's recipe): only when not 0: :data:`TEACHER_RECIPE_ADDED`.
+- ``patch_drop_rate``, ``full_view_weight``, ``consistency_weight`` (the trained teacher's recipe): only
+  when not 0: :data:`TEACHER_RECIPE_ADDED`; the latter two in a training segment's fingerprint only
+  when not 0 too (:data:`SEGMENT_RECIPE_ADDED`).
 - ``data.resize``: only when not ``pil``: ``resize`` in ``precompute_inputs``; ``render`` in the
   train and teacher inputs (:func:`render_entry`); the resizer in the view fingerprint of
   partitions, probes and training segments (:meth:`pipeline.labels.contract.RenderSpec.resize_record`,
@@ -58,7 +60,10 @@ from pipeline.models import weights_file as resolve_weights_file
 from pipeline.paths import base_name
 
 # Fields of `teacher.train` added after teachers had been trained, with the value that trains as before.
-TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0}
+TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0, "full_view_weight": 0.0, "consistency_weight": 0.0}
+# Fields of a training recipe added after training segments recorded theirs in full (their resume records'
+# fingerprint, :func:`pipeline.train.loop.segment_fingerprint`; ``patch_drop_rate`` was there from the start).
+SEGMENT_RECIPE_ADDED = {"full_view_weight": 0.0, "consistency_weight": 0.0}
 
 
 def unless_default(name: str, value: Any, default: Any) -> dict[str, Any]:

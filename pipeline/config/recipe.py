@@ -81,16 +81,33 @@ class TrainConfig(Section):
 
 
 class TeacherTrainConfig(TrainConfig):
-    """Train the teacher first, as a stage of its own, with cross-entropy only (lam, tau unused)."""
+    """Train the teacher first, as a stage of its own, from the labels only: cross-entropy (and, with the
+    full-view options, a consistency KL between its own two views of a batch); lam, tau unused."""
 
     epochs: int = Field(ge=1, description="Epochs of teacher training.")
     kd: Literal["off"] = Field("off", description="Always off: the teacher learns from labels only.")
     views: ViewsConfig | None = Field(None, description="Views for teacher training; null: the stage's views block.")
     patch_drop_rate: float = Field(0.0, ge=0, lt=1, description="timm's patch_drop_rate while training: drop this share of "
                                    "patch tokens at random, so the teacher learns to tolerate masks (nothing at eval).")
+    full_view_weight: float = Field(0.0, ge=0, description="Also train on the full (undropped) view of each batch: "
+                                    "loss += this x its cross-entropy, so the unmasked accuracy is kept while the "
+                                    "dropped view learns masks (one more forward and backward per step at all "
+                                    "tokens). 0: the dropped view only. Needs patch_drop_rate.")
+    consistency_weight: float = Field(0.0, ge=0, description="loss += this x KL from the full view's prediction (no "
+                                      "gradient through it) into the dropped view's: the dropped view learns to agree "
+                                      "with the unmasked teacher, which is what masked labels need. 0: off. Needs "
+                                      "patch_drop_rate.")
 
     @model_validator(mode="after")
     def _teacher_check(self) -> "TeacherTrainConfig":
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise FieldProblems(("warmup_epochs", f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}"))
+        for name in ("full_view_weight", "consistency_weight"):
+            if getattr(self, name) and not self.patch_drop_rate:
+                raise FieldProblems((name, "needs patch_drop_rate above 0 (the full view is the only view without it)"))
         return self
+
+    @property
+    def trains_full_view(self) -> bool:
+        """Whether each step also runs the full view (for its cross-entropy or as the consistency target)."""
+        return bool(self.full_view_weight or self.consistency_weight)

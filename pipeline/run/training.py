@@ -79,7 +79,8 @@ def train_student(cfg, manifest: DatasetManifest, segment: int, start_ckpt: Path
 
 def train_teacher(cfg, manifest: DatasetManifest, start: Path | None, out: Path, *, name: str, run_dir: Path,
                   device: str, progress: bool, say: Callable[[str, str], None]) -> tuple[Any, dict[str, Any]]:
-    """Train the teacher with ``teacher.train`` into ``out`` (cross-entropy only) in this process (or in
+    """Train the teacher with ``teacher.train`` into ``out`` (cross-entropy; with the full-view options
+    also on the untouched view and a consistency KL, :mod:`pipeline.train.full_view`) in this process (or in
     each torchrun process) as stage ``name``, from the plain checkpoint ``start`` (a fine-tune) or,
     when None, from the recipe's seeded initialisation.
 
@@ -91,8 +92,11 @@ def train_teacher(cfg, manifest: DatasetManifest, start: Path | None, out: Path,
     kwargs = dropping_kwargs(t.kwargs, recipe.patch_drop_rate)
     model = create_model(t.model, kwargs, seed=recipe.seed) if start is None else create_model(t.model, kwargs,
                                                                                                 weights=start)
-    say(name, f"training {t.model} for {recipe.epochs} epochs (cross-entropy only"
-              + (f", patch_drop_rate {recipe.patch_drop_rate})" if recipe.patch_drop_rate else ")"))
+    loss = f"cross-entropy and consistency KL x{recipe.consistency_weight}" if recipe.consistency_weight else \
+        "cross-entropy only"
+    say(name, f"training {t.model} for {recipe.epochs} epochs ({loss}"
+              + (f", patch_drop_rate {recipe.patch_drop_rate}" if recipe.patch_drop_rate else "")
+              + (f", full view x{recipe.full_view_weight}" if recipe.full_view_weight else "") + ")")
     with train_threads(cfg.compute.train_threads), naming_stage(name):  # one process trains: all its cores
         res = train_segment(
             model, shards=shard_refs(manifest, cfg.data.train, cfg.data.subset), spec=views.view_spec(),
@@ -112,9 +116,13 @@ def dropping_kwargs(kwargs, patch_drop_rate: float) -> dict[str, Any]:
 
 def train_step_macs(cfg, images: int) -> int:
     """Multiply-adds of training the teacher on ``images`` image-steps: :data:`TRAIN_STEP_FORWARDS` x the
-    forward of the token-dropped model (maskedkd's counter at timm's kept count, ``int(N * (1 - rate))``)."""
-    t, rate = cfg.teacher, cfg.teacher.train.patch_drop_rate
-    n = cfg.num_patches
+    forward of the token-dropped model (maskedkd's counter at timm's kept count, ``int(N * (1 - rate))``),
+    plus the full view's where the recipe runs it (trained: 3 forwards; a consistency target only: 1)."""
+    t, recipe = cfg.teacher, cfg.teacher.train
+    rate, n = recipe.patch_drop_rate, cfg.num_patches
     keep = None if not rate or n is None else max(1, int(n * (1.0 - rate)))
     model = create_model(t.model, t.kwargs, seed=0).eval()
-    return TRAIN_STEP_FORWARDS * teacher_macs(model, keep) * images
+    per_image = TRAIN_STEP_FORWARDS * teacher_macs(model, keep)
+    if recipe.trains_full_view:
+        per_image += (TRAIN_STEP_FORWARDS if recipe.full_view_weight else 1) * teacher_macs(model, None)
+    return per_image * images

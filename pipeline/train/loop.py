@@ -46,10 +46,12 @@ from pipeline._console import progress_bar
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
+from pipeline.fingerprints import SEGMENT_RECIPE_ADDED, without_defaults
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
+from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
 from pipeline.train.labeled_views import LabeledViews
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
@@ -109,7 +111,8 @@ def segment_fingerprint(*, init: str, shards: Sequence[ShardRef], spec: ViewSpec
         "view": view_spec_fingerprint(spec),
         "seed": seed,
         "epochs": [epochs.start, epochs.stop],
-        "train": {**cfg.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT), "epochs": total_epochs},
+        "train": {**without_defaults(cfg.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT), SEGMENT_RECIPE_ADDED),
+                  "epochs": total_epochs},
         "render": _render_record(render),
         "labels": sorted([k[0], k[1], LabelRef.of(v).path.rsplit("/", 1)[-1], LabelRef.of(v).sha256]
                          for k, v in (labels or {}).items()),
@@ -169,10 +172,15 @@ def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tenso
             cfg: TrainConfig, device: torch.device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser update on ``images`` (``batch`` on the device); returns (loss, correct
     predictions) as tensors on the device, so the step does not wait for the device."""
+    full_weight, consistency_weight = full_view_weights(cfg)
+    targets = batch.targets.to(device, non_blocking=True)
     with autocast():
-        logits = model(images)
-    loss = distill_loss(logits.float(), batch.targets.to(device, non_blocking=True), target, lam=cfg.lam, tau=cfg.tau,
+        logits = model(images)  # the dropped view first: its token masks draw the step's RNG as before
+        full = full_view_logits(model, student, images, full_weight) if full_weight or consistency_weight else None
+    loss = distill_loss(logits.float(), targets, target, lam=cfg.lam, tau=cfg.tau,
                         kind=cfg.kd if cfg.kd != "off" else "kl", ce_weight=cfg.ce_weight)
+    if full is not None:
+        loss = loss + full_view_loss(logits, full, targets, full_weight, consistency_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad:

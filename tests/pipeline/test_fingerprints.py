@@ -23,8 +23,9 @@ import maskedkd.digests as digests
 import pipeline.fingerprints as fp
 import pipeline.labels.contract as contract
 from maskedkd import ladder_keeps
-from pipeline.config import load_config, set_fields
-from pipeline.labels.contract import LabelRef, render_spec, shard_refs
+from maskedkd.views import ViewSpec
+from pipeline.config import TeacherTrainConfig, load_config, set_fields
+from pipeline.labels.contract import LabelRef, RenderSpec, render_spec, shard_refs
 from pipeline.precompute.probe import plan_probe
 from pipeline.precompute.spec import ModelSpec, PartitionTask, task_fingerprints
 from pipeline.train.loop import segment_fingerprint
@@ -143,6 +144,8 @@ def test_unless_default_adds_an_input_only_when_it_is_not_the_default():
     assert fp.without_defaults({"lr": 1, "patch_drop_rate": 0.0}, fp.TEACHER_RECIPE_ADDED) == {"lr": 1}
     assert fp.without_defaults({"lr": 1, "patch_drop_rate": 0.5}, fp.TEACHER_RECIPE_ADDED) == {
         "lr": 1, "patch_drop_rate": 0.5}
+    assert fp.without_defaults({"lr": 1, "full_view_weight": 0.0, "consistency_weight": 1.0},
+                               fp.TEACHER_RECIPE_ADDED) == {"lr": 1, "consistency_weight": 1.0}
     assert fp.order_seed_entry(0, 0) == {} and fp.order_seed_entry(3, 0) == {"order_seed": 3}
 
 
@@ -183,3 +186,32 @@ def test_a_downscaled_saliency_view_changes_only_the_masks_it_picks(root):
     tasks = [Task(teacher, student, 8, i) for i in range(2)]
     assert fp.precompute_inputs(half, 0, tasks) == {**fp.precompute_inputs(base, 0, tasks), "saliency_scale": 0.5}
     assert "saliency_scale" not in fp.precompute_inputs(half, 0, [Task(teacher, None, None, 0)])
+
+
+@pytest.mark.parametrize("field", ["full_view_weight", "consistency_weight"])
+def test_a_full_view_option_enters_the_finetune_inputs_only_when_set(root, field):
+    """Off (0), the fine-tune's recipe hashes as before the option existed (the pinned
+    ``patch_drop`` recipe); set, it is another recipe."""
+    tune = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.5})
+    off = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.5,
+                        f"teacher.train.{field}": 0.0})
+    on = config(root, {"teacher.weights": "{root}/w.pth", "teacher.train.patch_drop_rate": 0.5,
+                       f"teacher.train.{field}": 1.0})
+    start = models(tune)[0]
+    assert fp.teacher_finetune_inputs(off, Manifest(), start) == fp.teacher_finetune_inputs(tune, Manifest(), start)
+    assert fp.teacher_finetune_inputs(on, Manifest(), start)["recipe"] != fp.teacher_finetune_inputs(
+        tune, Manifest(), start)["recipe"]
+
+
+@pytest.mark.parametrize("field", ["full_view_weight", "consistency_weight"])
+def test_a_teacher_training_segment_keeps_its_resume_fingerprint_unless_a_full_view_option_is_set(field):
+    """The value pinned was computed before the options existed: a fine-tune's resume records stay usable."""
+    recipe = dict(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0, batch_size=128, smoothing=0.1, patch_drop_rate=0.5)
+
+    def seg(**extra):
+        return segment_fingerprint(init="i", shards=[], spec=ViewSpec(scale=(0.8, 1.0), hflip=0.5), seed=1,
+                                   epochs=range(0, 2), cfg=TeacherTrainConfig(**recipe, **extra), total_epochs=2,
+                                   render=RenderSpec(28, (0.286,), (0.353,)), labels=None, view_pool=None, online=None)
+
+    assert seg() == seg(**{field: 0.0}) == "dabfca7a0549da7b0762cbbf4824e163a329523bbbf507dd6a80e9f901775b51"
+    assert seg(**{field: 1.0}) != seg()

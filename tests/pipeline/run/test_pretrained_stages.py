@@ -20,6 +20,7 @@ from pipeline.config import load_config
 from pipeline.models import create_model, model_fingerprint, save_checkpoint, state_dict_fingerprint
 from pipeline.run.runner import Runner
 from pipeline.run.stage import Stage
+from pipeline.run.training import train_step_macs
 from tests.pipeline.run.test_runner import BASE_KW, VIT, cli, stage_doc, write_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,3 +217,13 @@ def test_a_finetune_stopped_midway_resumes_from_its_record_and_ends_where_one_ru
     got = again.lock.info("teacher-finetune")
     assert got["resumed"] is not None and got["resumed"]["epoch"] == 0
     assert got["fingerprint"] == want["fingerprint"] and got["image_steps"] == want["image_steps"] == 4 * 16
+
+
+@pytest.mark.parametrize(("extra", "full_forwards"), [({"full_view_weight": 1.0}, 3), ({"consistency_weight": 1.0}, 1)])
+def test_the_finetunes_macs_count_the_full_view_it_trains_or_only_runs(fmnist_small, tmp_path, extra, full_forwards):
+    """The full view trained (its cross-entropy): forward + backward at all 16 patches beside the
+    dropped view's; run only as the consistency target: one forward."""
+    _local_dir(tmp_path / "teacher", {**TEACHER_KW, "num_classes": 5}, seed=1, mean=[0.4], std=[0.3])
+    cfg = load_config(_finetune_config(tmp_path, fmnist_small, **extra))
+    plain = create_model(VIT, {**TEACHER_KW, "num_classes": 10}, seed=0)
+    assert train_step_macs(cfg, 32) == (3 * teacher_macs(plain, 8) + full_forwards * teacher_macs(plain, None)) * 32
