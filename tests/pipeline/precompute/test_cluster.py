@@ -164,7 +164,9 @@ def test_task_that_always_kills_its_worker_is_named(cluster):
     msg = str(err.value)
     assert "shard-000007" in msg and "died 2 times" in msg, msg
     assert err.value.exit_code == 5
-    assert time.monotonic() - t0 < 30
+    # named after two deaths, not left hanging (no task timeout here): the bound only has to tell
+    # those apart; a loaded 2-core machine took 35 s
+    assert time.monotonic() - t0 < 120
 
 
 def test_gpu_request_on_cpu_cluster_fails_fast(cluster):
