@@ -26,9 +26,15 @@ from pipeline.models import create_model, model_fingerprint, read_state_dict
 OUT = Path(__file__).resolve().parent / "teachers"
 
 
+def _repo_relative(path: Path) -> str:
+    """The path from the repository root when it lies inside (the loader makes it absolute; the .json is committed)."""
+    root = Path(__file__).resolve().parents[2]
+    return path.resolve().relative_to(root).as_posix() if path.resolve().is_relative_to(root) else path.as_posix()
+
+
 def finetune_record(teacher, info: dict[str, Any]) -> dict[str, Any]:
     """What a fine-tune started from and cost, from its ``teacher-finetune`` stage's lock info."""
-    start = "pretrained" if teacher.pretrained else Path(str(teacher.weights)).as_posix()
+    start = "pretrained" if teacher.pretrained else _repo_relative(Path(str(teacher.weights)))
     return {"from": start, "start_top1": info.get("start_top1"), "epochs": len(info.get("epochs") or []),
             "macs": info.get("macs"), "image_steps": info.get("image_steps"), "seconds": info.get("seconds"),
             "nproc": info.get("nproc")}
