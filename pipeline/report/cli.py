@@ -56,7 +56,10 @@ def report_cmd(configs: tuple[str, ...], more: tuple[str, ...], spec_path: str |
     if out is None and record_to is not None:
         return
     outp = Path(out or "RESULTS.md")
-    page = results.render_results(runs, outp, spec.load_spec(spec_path) if spec_path else None,
+    sp = spec.load_spec(spec_path) if spec_path else None
+    if sp is not None:
+        runs = [r for r in runs if sp.shows(r.row)]
+    page = results.render_results(runs, outp, sp,
                                   Path(notes).read_text() if notes else None, notes, probes=Path(probes))
     write_atomic(outp, page.encode())
     done = sum(r.finished for r in runs)

@@ -28,12 +28,12 @@ def test_the_committed_spec_names_only_rows_of_the_committed_configs():
     named = set(spec.rows) | {r for pair in spec.pairs for r in pair} | {r for t in spec.targets for r in t.rows}
     named |= {t.full for t in spec.targets} | {spec.kd_matters.baseline}
     assert named <= labels, sorted(named - labels)
-    assert set(spec.rows) <= labels and len(spec.rows) == 15
+    assert set(spec.rows) <= labels and len(spec.rows) == 8 and spec.only_listed  # v3: v2's other rows left out
     assert all(any(r.startswith(prefix) for r in spec.rows) for _, prefix in spec.kd_matters.teachers)
-    assert [t.max_ratio for t in spec.targets] == [0.7, 0.7, 0.7, 0.7, 0.55, None]
+    assert [t.max_ratio for t in spec.targets] == [None, 0.55]
     # issue 24: either fine-tune's MaskedKD 50% against the plain teacher's full-teacher KD
-    assert spec.targets[-1].rows == ("ft1 teacher: offline MaskedKD 50%", "ft2 teacher: offline MaskedKD 50%")
-    assert spec.targets[-1].full == "plain teacher: offline full-teacher KD"
+    assert spec.targets[0].rows == ("ft1 teacher: offline MaskedKD 50%", "ft2 teacher: offline MaskedKD 50%")
+    assert spec.targets[0].full == "plain teacher: offline full-teacher KD"
 
 
 def test_a_target_names_one_row_or_several_and_may_leave_out_the_cost_bound(tmp_path):
@@ -42,6 +42,14 @@ def test_a_target_names_one_row_or_several_and_may_leave_out_the_cost_bound(tmp_
                     '[[targets]]\nrow = ["a", "b"]\nfull = "f"\nwhat = "w"\n')
     one, several = load_spec(path).targets
     assert (one.rows, one.max_ratio) == (("a",), 0.5) and (several.rows, several.max_ratio) == (("a", "b"), None)
+
+
+def test_only_listed_leaves_the_other_rows_out(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text('rows = ["b", "a"]\nonly_listed = true\n')
+    spec = load_spec(path)
+    assert spec.only_listed and spec.shows("a") and not spec.shows("c")
+    assert ResultsSpec(rows=("b",)).shows("c")  # by default every row is shown
 
 
 def test_rows_follow_the_spec_then_the_alphabet():
