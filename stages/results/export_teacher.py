@@ -28,8 +28,8 @@ OUT = Path(__file__).resolve().parent / "teachers"
 
 def _repo_relative(path: Path) -> str:
     """The path from the repository root when it lies inside (the loader makes it absolute; the .json is committed)."""
-    root = Path(__file__).resolve().parents[2]
-    return path.resolve().relative_to(root).as_posix() if path.resolve().is_relative_to(root) else path.as_posix()
+    root, full = Path(__file__).resolve().parents[2], path.resolve()
+    return full.relative_to(root).as_posix() if full.is_relative_to(root) else path.as_posix()
 
 
 def finetune_record(teacher, info: dict[str, Any]) -> dict[str, Any]:
