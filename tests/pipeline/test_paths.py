@@ -20,6 +20,7 @@ from pipeline.data.verify import verify_dataset
 from pipeline.errors import StoreError
 from pipeline.labels import list_partitions, open_partition
 from pipeline.labels.verify import verify_store
+from tests.pipeline.faulty_fs import faulty_resolve
 from tests.pipeline.labels.helpers import write_small
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,35 +32,13 @@ _CHILD = textwrap.dedent(
     """
     import os, signal, sys
     import pipeline.paths as P
+    from tests.pipeline.faulty_fs import faulty_resolve
     from tests.pipeline.labels.helpers import write_small
 
-    def die(*_):
+    def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    class Half:
-        def __init__(self, out):
-            self.out = out
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            self.out.close()
-        def write(self, data):
-            self.out.write(memoryview(data)[: len(data) // 2])
-            die()
-
-    class Killing:
-        def __init__(self, fs):
-            self.fs = fs
-        def __getattr__(self, name):
-            return getattr(self.fs, name)
-        def open_output_stream(self, path):
-            out = self.fs.open_output_stream(path)
-            return Half(out) if sys.argv[2] == "upload" else out
-        def copy_file(self, *a):
-            die()
-
-    real = P.resolve
-    P.resolve = lambda p: (Killing(real(p)[0]), real(p)[1])
+    P.resolve = faulty_resolve(P.resolve, sys.argv[2], die)
     write_small(sys.argv[1])
     """
 )
@@ -89,45 +68,15 @@ def test_a_writer_killed_mid_write_leaves_nothing_verify_accepts(s3, when):
     assert verify_store("s3://labels/store").checked == [PART] and paths.file_sha256(PART) == rerun.sha256
 
 
-class _Cut:
-    """An output stream that takes half the bytes, then fails (a part upload that failed)."""
-
-    def __init__(self, out):
-        self.out = out
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.out.close()  # what pyarrow does, with or without `with`: the cut upload is completed
-
-    def write(self, data):
-        self.out.write(memoryview(data)[: len(data) // 2])
-        raise OSError("connection reset")
-
-
 @pytest.mark.parametrize("where", ["upload", "publish"])
 def test_a_write_failing_midway_leaves_no_object_at_all(s3, monkeypatch, where):
     """An error (not a kill) during the upload or the publishing copy: pyarrow completes a cut
     upload when its stream is closed (so writing the final key directly could publish half a
     file), but here only the temp key gets it, and the writer deletes it."""
-    real = paths.resolve
+    def reset():
+        raise OSError("connection reset")
 
-    class Failing:
-        def __init__(self, fs):
-            self.fs = fs
-
-        def __getattr__(self, name):
-            return getattr(self.fs, name)
-
-        def open_output_stream(self, path):
-            out = self.fs.open_output_stream(path)
-            return _Cut(out) if where == "upload" else out
-
-        def copy_file(self, *a):
-            raise OSError("connection reset")
-
-    monkeypatch.setattr(paths, "resolve", lambda p: (Failing(real(p)[0]), real(p)[1]))
+    monkeypatch.setattr(paths, "resolve", faulty_resolve(paths.resolve, where, reset))
     with pytest.raises(StoreError, match="cannot write the partition .*connection reset"):
         write_small(PART)
     assert s3.files("labels") == []
