@@ -80,8 +80,9 @@ def bipartite_merge(
 
 
 def _attention(attn: Any, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm ``Attention.forward`` step for step, plus ``log(size)`` on each key's logit when tokens
-    were merged; also returns the keys averaged over heads (the merge's similarity metric)."""
+    """timm ``Attention.forward`` step for step (``attn``: a timm ``Attention``, its parts reached by
+    name), plus ``log(size)`` on each key's logit once tokens were merged; also returns the keys
+    averaged over heads (the merge's similarity metric)."""
     b, t, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -103,7 +104,8 @@ def _attention(attn: Any, x: torch.Tensor, size: torch.Tensor | None) -> tuple[t
 
 
 def _block(blk: Any, x: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int):
-    """One timm ``Block`` run from its weights, merging ``r`` tokens between attention and MLP."""
+    """One timm ``Block`` run from its weights (its own modules, called in its order), merging ``r``
+    tokens between attention and MLP; returns ``(x, size)``."""
     out, metric = _attention(blk.attn, blk.norm1(x), size)
     x = x + blk.drop_path1(blk.ls1(out))
     x, size = bipartite_merge(x, size, metric, r, prefix)
