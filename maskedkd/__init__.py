@@ -3,7 +3,8 @@
 Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`POLICIES`
 registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
 sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
-:func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
+:func:`tome_forward` (Token Merging inside the teacher, at a keep's MACs: :func:`tome_schedule`,
+:func:`tome_macs`), :func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
 :func:`from_logits`, :func:`logsumexp_at`), :func:`teacher_flops`, :func:`teacher_macs` and :func:`saliency_macs`, :func:`check_maskable` (which timm models can be
 masked); deterministic views: :class:`ViewSpec`, :func:`sample_view` / :func:`shard_views` ->
 :class:`View` -> :func:`render` / :func:`render_batch`, :func:`mix_target`, the view columns
@@ -22,13 +23,14 @@ from maskedkd.fidelity import (
     keep_choice,
     ladder_keeps,
 )
-from maskedkd.flops import saliency_macs, teacher_flops, teacher_macs
+from maskedkd.flops import forward_macs, saliency_macs, teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
 from maskedkd.policies import POLICIES, needs_saliency, register_policy
 from maskedkd.saliency import cls_attention, saliency_size
 from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
+from maskedkd.tome import token_merged_forward, tome_forward, tome_macs, tome_schedule
 
 __all__ = [
     "DEFAULT_LADDER",
@@ -38,6 +40,7 @@ __all__ = [
     "check_maskable",
     "choose_keep",
     "fidelity_curve",
+    "forward_macs",
     "ladder_keeps",
     "SoftTarget",
     "TopK",
@@ -58,6 +61,10 @@ __all__ = [
     "saliency_macs",
     "teacher_flops",
     "teacher_macs",
+    "token_merged_forward",
+    "tome_forward",
+    "tome_macs",
+    "tome_schedule",
 ]
 
 # Deterministic views (sample_view -> View -> render), shared by precompute and trainer.

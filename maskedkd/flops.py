@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from maskedkd.keep import resolve_keep
 from maskedkd.masked_forward import masked_forward
 from maskedkd.saliency import cls_attention, saliency_size
 
-__all__ = ["saliency_macs", "teacher_flops", "teacher_macs"]
+__all__ = ["forward_macs", "saliency_macs", "teacher_flops", "teacher_macs"]
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -36,6 +37,13 @@ def _count(fn, model: nn.Module, batch: int, size: tuple[int, int] | None = None
     with torch.no_grad(), counter:
         fn(model, images)
     return int(counter.get_total_flops())
+
+
+def forward_macs(fn: Callable[[nn.Module, torch.Tensor], object], model: nn.Module) -> int:
+    """Multiply-adds of ``fn(model, images)`` on one image at the model's input size, counted as
+    :func:`teacher_macs` counts the masked teacher (for another forward of the same model, e.g.
+    :func:`maskedkd.tome_forward`). Not cached: each call runs ``fn`` once."""
+    return _count(fn, model, 1) // 2
 
 
 @torch.no_grad()
