@@ -17,7 +17,7 @@ from pipeline.errors import ComputeError
 def to_channels_last(model: nn.Module, cfg) -> None:
     """Put ``model``'s weights in channels_last memory format (in place) when ``cfg.channels_last``."""
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.to(memory_format=torch.channels_last)
 
 
 def batch_format(images: torch.Tensor, cfg) -> torch.Tensor:
