@@ -130,7 +130,7 @@ def _ema_lines(cfg, data: Mapping[str, Any]) -> list[str]:
     return [f"Student EMA (`train.model_ema`, decay {cfg.train.model_ema_decay}): val top-1 "
             f"{fmt_number(last['ema_val_top1'])} after epoch {last['epoch']}, the trained weights "
             f"{fmt_number(last.get('val_top1'))} (the headline and the milestone checkpoints are the trained "
-            f"weights; the EMA's are `ema-eNNNN.pt` in the run folder).", ""]
+            f"weights; the EMA's are the run folder's `train/ema-eNNNN.pt`).", ""]
 
 
 def _student_plot(cfg, data: Mapping[str, Any], out: Path, baseline: Baseline | None) -> bool:
