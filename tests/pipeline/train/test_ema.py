@@ -32,6 +32,8 @@ def test_off_by_default_and_timms_update_when_on():
     ema.update(model, step=2)  # then decay 0.5: halfway between the EMA and the model
     torch.testing.assert_close(ema.module.head.weight, before["head.weight"] + 1.5)
     assert ema_metrics({"val_top1": 0.5}) == {"ema_val_top1": 0.5}
+    warm = create_ema(model, recipe(model_ema=True, model_ema_warmup=True))
+    assert warm.decay == 0.99996 and warm.get_decay(11) == pytest.approx(1 - 11 ** (-2 / 3))  # timm's warm-up
 
 
 def test_the_ema_is_evaluated_beside_the_model_and_the_checkpoint_stays_the_models(tmp_path, train_shards, labels):
