@@ -29,6 +29,10 @@ The rules in force (each an instance of 2.)
 - ``patch_drop_rate``, ``full_view_weight``, ``consistency_weight`` (the trained teacher's recipe): only
   when not 0: :data:`TEACHER_RECIPE_ADDED`; the latter two in a training segment's fingerprint only
   when not 0 too (:data:`SEGMENT_RECIPE_ADDED`).
+- ``model_ema``, ``model_ema_decay``, ``model_ema_warmup``, ``grad_accum_steps``, ``compile``, ``compile_mode``,
+  ``channels_last`` (any training recipe): each only when not its default (:data:`TRAIN_RECIPE_ADDED`), in the
+  train and teacher stages' recipes and in a training segment's fingerprint. compile and channels_last enter
+  too: they change the float rounding of a step, so a checkpoint is no longer the same bytes.
 - ``data.resize``: only when not ``pil``: ``resize`` in ``precompute_inputs``; ``render`` in the
   train and teacher inputs (:func:`render_entry`); the resizer in the view fingerprint of
   partitions, probes and training segments (:meth:`pipeline.labels.contract.RenderSpec.resize_record`,
@@ -59,11 +63,16 @@ from pipeline.labels.contract import render_spec, shard_refs
 from pipeline.models import weights_file as resolve_weights_file
 from pipeline.paths import base_name
 
+# Fields of every training recipe (`train` and `teacher.train`) added after stages and segments had recorded
+# their recipes in full, with the value that trains as before: DeiT's extras (EMA, accumulation, compile).
+TRAIN_RECIPE_ADDED = {"model_ema": False, "model_ema_decay": 0.99996, "model_ema_warmup": False, "grad_accum_steps": 1,
+                      "compile": False, "compile_mode": None, "channels_last": False}
 # Fields of `teacher.train` added after teachers had been trained, with the value that trains as before.
-TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0, "full_view_weight": 0.0, "consistency_weight": 0.0}
+TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0, "full_view_weight": 0.0, "consistency_weight": 0.0,
+                        **TRAIN_RECIPE_ADDED}
 # Fields of a training recipe added after training segments recorded theirs in full (their resume records'
 # fingerprint, :func:`pipeline.train.loop.segment_fingerprint`; ``patch_drop_rate`` was there from the start).
-SEGMENT_RECIPE_ADDED = {"full_view_weight": 0.0, "consistency_weight": 0.0}
+SEGMENT_RECIPE_ADDED = {"full_view_weight": 0.0, "consistency_weight": 0.0, **TRAIN_RECIPE_ADDED}
 
 
 def unless_default(name: str, value: Any, default: Any) -> dict[str, Any]:
@@ -203,7 +212,7 @@ def train_inputs(cfg, manifest, segment: int, start_ckpt: Path, labels, teacher)
     start, end = cfg.schedule.segments()[segment]
     label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
     inputs = {"start": sha256_file(start_ckpt), "labels": label_fp,
-              "recipe": sha256_json(cfg.train.model_dump(mode="json")),
+              "recipe": sha256_json(without_defaults(cfg.train.model_dump(mode="json"), TRAIN_RECIPE_ADDED)),
               "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
               "data": sha256_json(data_inputs(cfg, manifest)), "online": online_inputs(cfg, segment, teacher),
               **render_entry(cfg.data, cfg.student)}

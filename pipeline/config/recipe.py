@@ -48,6 +48,18 @@ class TrainConfig(Section):
     )
     checkpoint_every: int = Field(200, ge=1, description="Write a resume record every this many updates.")
     amp: bool = Field(True, description="bf16 autocast when training on CUDA (CPU stays float32).")
+    # DeiT's extras (timm's train.py: --model-ema*, --grad-accum-steps, --torchcompile*, --channels-last)
+    model_ema: bool = Field(False, description="Keep an EMA of the weights (timm's ModelEmaV3), updated after each "
+                            "optimizer step and evaluated beside the model (ema_val_top1); the next milestone's "
+                            "checkpoint stays the trained weights.")
+    model_ema_decay: float = Field(0.99996, gt=0, lt=1, description="EMA decay per optimizer step (DeiT: 0.99996).")
+    model_ema_warmup: bool = Field(False, description="ModelEmaV3's decay warm-up (1 - (1 + step)^-2/3, capped at the decay).")
+    grad_accum_steps: int = Field(1, ge=1, description="Batches of batch_size per optimizer step (effective batch: "
+                                  "batch_size x this; the LR schedule and lr_base count optimizer steps).")
+    compile: bool = Field(False, description="torch.compile the model's training forward (checkpoints stay plain).")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
+        None, description="torch.compile mode with compile: true; null: torch's default.")
+    channels_last: bool = Field(False, description="The model and its input batches in channels_last memory format.")
 
     @field_validator("kd", mode="before")
     @classmethod
@@ -68,16 +80,19 @@ class TrainConfig(Section):
             raise FieldProblems(("lr_base", "set lr or lr_base, not both"))
         if self.lr is None and self.lr_base is None:
             self.lr_base = 5e-4  # DeiT / timm default: 5e-4 per 512 samples
+        if self.compile_mode is not None and not self.compile:
+            raise FieldProblems(("compile_mode", "needs compile: true"))
         if self.min_lr > self.learning_rate:
             raise FieldProblems(("min_lr", f"is {self.min_lr}, above the learning rate {self.learning_rate}"))
         return self
 
     @property
     def learning_rate(self) -> float:
-        """The peak learning rate: ``lr``, or ``lr_base * batch_size / lr_base_size``."""
+        """The peak learning rate: ``lr``, or ``lr_base * batch_size * grad_accum_steps / lr_base_size``
+        (timm's train.py scales by the samples of one optimizer step)."""
         if self.lr is not None:
             return self.lr
-        return float(self.lr_base or 5e-4) * self.batch_size / self.lr_base_size
+        return float(self.lr_base or 5e-4) * self.batch_size * self.grad_accum_steps / self.lr_base_size
 
 
 class TeacherTrainConfig(TrainConfig):

@@ -26,8 +26,16 @@ def _student_rows(lock, num_segments: int) -> list[dict[str, Any]]:
     return rows
 
 
+# with train.model_ema only (a run without one keeps its bytes): the EMA's val top-1, beside the model's
+_EMA_COLUMN = "ema_val_top1"
+
+
 def _row(epoch: Mapping[str, Any]) -> dict[str, Any]:
-    return {col: epoch.get(key) for col, key in _COLUMNS.items()}
+    return {**{col: epoch.get(key) for col, key in _COLUMNS.items()}, _EMA_COLUMN: epoch.get(_EMA_COLUMN)}
+
+
+def _columns(first: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    return first + [_EMA_COLUMN] if any(r.get(_EMA_COLUMN) is not None for r in rows) else first
 
 
 def _csv(columns: list[str], rows: Iterable[Mapping[str, Any]]) -> bytes:
@@ -43,13 +51,14 @@ def write_metrics(lock, num_segments: int, run_dir: Path) -> list[Path]:
     """Write ``metrics.csv`` (and ``teacher_metrics.csv``, removed when the teacher was not trained)
     into ``run_dir`` atomically; returns the files written. Same lock, same bytes."""
     student = run_dir / "metrics.csv"
-    cols = ["epoch", "segment", *list(_COLUMNS)[1:]]
-    write_atomic(student, _csv(cols, _student_rows(lock, num_segments)))
+    rows = _student_rows(lock, num_segments)
+    write_atomic(student, _csv(_columns(["epoch", "segment", *list(_COLUMNS)[1:]], rows), rows))
     teacher = run_dir / "teacher_metrics.csv"
     # trained from scratch (`teacher`) or fine-tuned (`teacher-finetune`)
     epochs = lock.info("teacher").get("epochs") or lock.info("teacher-finetune").get("epochs")
     if not epochs:  # weights from a file: nothing trained, nothing left from an earlier config
         teacher.unlink(missing_ok=True)
         return [student]
-    write_atomic(teacher, _csv(list(_COLUMNS), (_row(e) for e in epochs)))
+    rows = [_row(e) for e in epochs]
+    write_atomic(teacher, _csv(_columns(list(_COLUMNS), rows), rows))
     return [student, teacher]

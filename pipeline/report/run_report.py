@@ -120,6 +120,19 @@ def _finetune_lines(data: Mapping[str, Any]) -> list[str]:
             f"counted as 3x the token-dropped forward per image-step), {fmt_number(data['finetune_s'], '.1f')} s.", ""]
 
 
+def _ema_lines(cfg, data: Mapping[str, Any]) -> list[str]:
+    """The EMA of the student (``train.model_ema``) beside the trained weights, at the last epoch
+    that evaluated both; nothing for a run without one."""
+    ep = [e for e in data["epochs"] if "ema_val_top1" in e]
+    if not ep:
+        return []
+    last = ep[-1]
+    return [f"Student EMA (`train.model_ema`, decay {cfg.train.model_ema_decay}): val top-1 "
+            f"{fmt_number(last['ema_val_top1'])} after epoch {last['epoch']}, the trained weights "
+            f"{fmt_number(last.get('val_top1'))} (the headline and the milestone checkpoints are the trained "
+            f"weights; the EMA's are the run folder's `train/ema-eNNNN.pt`).", ""]
+
+
 def _student_plot(cfg, data: Mapping[str, Any], out: Path, baseline: Baseline | None) -> bool:
     """``student_accuracy.png``: val top-1 per epoch, the teacher's val top-1 as a line, the
     milestones marked and the baseline's val curve; False when no epoch was evaluated (train
@@ -165,6 +178,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
         f"Teacher val top-1: {fmt_number(data['teacher_top1'])}.", "",
+        *_ema_lines(cfg, data),
         *_finetune_lines(data),
         "## Student accuracy per epoch", "", "| epoch | val top-1 | val loss | train top-1 | train loss |", "|---:|---:|---:|---:|---:|",
     ]

@@ -238,7 +238,8 @@ def _finetune(ctx: RunContext, name: str, start: Path, path: Path, inputs: dict[
     else:
         res = train_teacher(cfg, ctx.manifest, start, path, name=name, run_dir=run_dir, device=ctx.device,
                             progress=ctx.progress, say=ctx.say)[1]
-    images = res["global_step"] * t.train.batch_size  # every step of the fine-tune, resumed ones included
+    # every batch of the fine-tune, resumed ones included (epochs x batches: optimizer steps x grad_accum_steps)
+    images = res["global_step"] // res["steps_per_epoch"] * res["batches_per_epoch"] * t.train.batch_size
     info = {"fingerprint": model_fingerprint(create_model(t.model, t.kwargs, weights=path), t.model),
             "epochs": res["epochs"], "top1": (res["epochs"][-1] or {}).get("val_top1"),
             "start_top1": ctx.lock.info("teacher").get("top1"), "seconds": time.perf_counter() - t0,
@@ -411,13 +412,12 @@ def run_train(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) ->
                             run_dir=ctx.run_dir, device=ctx.device, progress=ctx.progress, say=ctx.say)
     if cfg.online:
         ctx.result.teacher_forwards += int(res.get("teacher_forwards", 0))
-    # student forwards of this call: the updates done now (not those before a resume) x batch
-    spe, resumed = res["steps_per_epoch"], res.get("resumed")
-    done_before = start * spe if resumed is None else resumed["epoch"] * spe + resumed["position"]
-    ctx.result.student_forwards += max(0, res["global_step"] - done_before) * cfg.train.batch_size
+    # student forwards of this call: the batches trained now (not those before a resume) x batch
+    ctx.result.student_forwards += res["batches_trained"] * cfg.train.batch_size
     info = {k: res.get(k) for k in ("epochs", "global_step", "teacher_forwards", "teacher_macs", "resumed", "seconds")}
     ctx.lock.record(name, planned.inputs, outputs={"checkpoint": file_record(out)}, info=info)
     last = (res["epochs"] or [{}])[-1]
     if "val_top1" in last:
-        ctx.say(name, f"val top-1 {last['val_top1']:.4f}")
+        ema = f" (EMA {last['ema_val_top1']:.4f})" if "ema_val_top1" in last else ""
+        ctx.say(name, f"val top-1 {last['val_top1']:.4f}{ema}")
     return out

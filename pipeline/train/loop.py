@@ -51,8 +51,11 @@ from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
+from pipeline.train.accumulate import Accumulation, no_sync_unless
+from pipeline.train.ema import create_ema, ema_metrics
 from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
 from pipeline.train.labeled_views import LabeledViews
+from pipeline.train.speedups import batch_format, to_channels_last, training_forward
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
 
@@ -169,23 +172,30 @@ class _Online:
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,
-            cfg: TrainConfig, device: torch.device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser update on ``images`` (``batch`` on the device); returns (loss, correct
-    predictions) as tensors on the device, so the step does not wait for the device."""
+            cfg: TrainConfig, device: torch.device, autocast, *, group: tuple[bool, bool, int],
+            ddp: DDP | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's forward and backward on ``images`` (``batch`` on the device), and the optimiser's
+    step when the batch ends its accumulation ``group`` (``(first, last, size)``, see
+    :mod:`pipeline.train.accumulate`); returns (loss, correct predictions) as tensors on the device,
+    so the step does not wait for the device."""
+    first, last, size = group
     full_weight, consistency_weight = full_view_weights(cfg)
     targets = batch.targets.to(device, non_blocking=True)
-    with autocast():
-        logits = model(images)  # the dropped view first: its token masks draw the step's RNG as before
-        full = full_view_logits(model, student, images, full_weight) if full_weight or consistency_weight else None
-    loss = distill_loss(logits.float(), targets, target, lam=cfg.lam, tau=cfg.tau,
-                        kind=cfg.kd if cfg.kd != "off" else "kl", ce_weight=cfg.ce_weight)
-    if full is not None:
-        loss = loss + full_view_loss(logits, full, targets, full_weight, consistency_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.clip_grad:
-        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-    optimizer.step()
+    if first:
+        optimizer.zero_grad(set_to_none=True)
+    with no_sync_unless(last, ddp):
+        with autocast():
+            logits = model(images)  # the dropped view first: its token masks draw the step's RNG as before
+            full = full_view_logits(model, student, images, full_weight) if full_weight or consistency_weight else None
+        loss = distill_loss(logits.float(), targets, target, lam=cfg.lam, tau=cfg.tau,
+                            kind=cfg.kd if cfg.kd != "off" else "kl", ce_weight=cfg.ce_weight)
+        if full is not None:
+            loss = loss + full_view_loss(logits, full, targets, full_weight, consistency_weight)
+        (loss / size if size > 1 else loss).backward()
+    if last:
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+        optimizer.step()
     correct = (logits.detach().argmax(1) == batch.labels.to(device, non_blocking=True)).sum()
     return loss.detach(), correct
 
@@ -274,7 +284,11 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
 
     Returns:
         ``{"checkpoint", "sha256", "epochs": [per-epoch metrics], "global_step", "steps_per_epoch",
-        "teacher_forwards", "teacher_macs", "resumed": {"epoch", "position"} | None, "seconds"}``.
+        "batches_per_epoch", "batches_trained", "teacher_forwards", "teacher_macs", "resumed": {"epoch",
+        "position"} | None, "seconds"}``: ``global_step`` and ``steps_per_epoch`` count optimizer steps,
+        ``position`` and the ``batches_*`` count batches (more than steps with ``train.grad_accum_steps``);
+        ``batches_trained`` only those of this call. With ``train.model_ema`` the evaluated epochs' metrics
+        also hold the EMA's (``ema_val_top1``, ...).
 
     Raises:
         ConfigError: inconsistent arguments (no labels for KD, batch size vs world size, ...).
@@ -294,13 +308,15 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
                                   total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
                                   online=online)
     place_model(student, device, "the student")
+    to_channels_last(student, cfg)
     sync_debug_mode(device)  # MKD_SYNC_DEBUG: the step loop's syncs warn (its reads of the tally are exempt)
-    run = _Run(student, cfg, info, device, online, steps_per_epoch, total_epochs, ResumeStore(run_dir),
+    run = _Run(student, cfg, info, device, online, Accumulation(cfg.grad_accum_steps, steps_per_epoch), total_epochs,
+               ResumeStore(run_dir),
                say=log if (log is not None and info.is_main) else (lambda _m: None), progress=progress)
     resumed = run.resume(segment, init, epochs)
     record = run.record
     if record.done and checkpoint_path.is_file() and sha256_file(checkpoint_path) == record.checkpoint_sha256:
-        return _result(record, steps_per_epoch, resumed, t_start)
+        return _result(record, run, resumed, t_start)
     run.begin()
     partial = dict(record.partial) if info.is_main else {}
     for epoch in range(record.epoch, epochs.stop):
@@ -313,7 +329,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
         run.epoch(stream, epoch, epochs.stop, partial, evaluate)
         partial = {}
     run.finish(epochs.stop, checkpoint_path)
-    return _result(record, steps_per_epoch, resumed, t_start)
+    return _result(record, run, resumed, t_start)
 
 
 def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
@@ -343,15 +359,20 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
 
 
 class _Run:
-    """What a segment's epochs share: the student (DDP-wrapped under torchrun), its optimiser and
-    schedule, the online teacher, and the resume record they advance."""
+    """What a segment's epochs share: the student (DDP-wrapped under torchrun, compiled with
+    ``train.compile``), its optimiser and schedule (per optimizer step: ``accum.updates`` an epoch),
+    its EMA, the online teacher, and the resume record they advance."""
 
     def __init__(self, student: nn.Module, cfg: TrainConfig, info: tdist.DistInfo, device: torch.device,
-                 online: OnlineTeacher | None, steps_per_epoch: int, total_epochs: int, store: ResumeStore, *,
+                 online: OnlineTeacher | None, accum: Accumulation, total_epochs: int, store: ResumeStore, *,
                  say: Callable[[str], None], progress: str | None) -> None:
         self.student, self.cfg, self.info, self.device, self.store = student, cfg, info, device, store
-        self.steps_per_epoch, self.say, self.progress = steps_per_epoch, say, progress
-        self.optimizer, self.scheduler = build_optimizer(student, cfg, steps_per_epoch, total_epochs)
+        self.accum, self.steps_per_epoch, self.say, self.progress = accum, accum.updates, say, progress
+        self.optimizer, self.scheduler = build_optimizer(student, cfg, accum.updates, total_epochs)
+        self.ema = create_ema(student, cfg)  # of the unwrapped student, before DDP (as timm's train.py)
+        self.ema_module = None if self.ema is None else self.ema.module
+        self.batches_trained = 0  # by this call (not before a resume)
+        self.ddp: DDP | None = None
         amp = cfg.amp and device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.online = online
@@ -362,7 +383,9 @@ class _Run:
     def begin(self) -> None:
         """Wrap the student for DDP (under torchrun) and load the online teacher: the segment trains."""
         if self.info.world > 1:
-            self.model = DDP(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = self.ddp = DDP(self.student,
+                                        device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = training_forward(self.model, self.cfg)  # torch.compile after DDP, as timm's train.py
         if self.online is not None:
             self.teacher = _Online(self.online, self.device, self.autocast)
 
@@ -371,7 +394,7 @@ class _Run:
         it starts at); returns where it resumed, or None."""
         record = self.store.load(segment)
         if record is not None:
-            self.store.restore(record, self.student, self.optimizer)
+            self.store.restore(record, self.student, self.optimizer, self.ema_module)
             self.record = record
             self.say(f"resuming at epoch {record.epoch}, batch {record.position} ({record.global_step} updates)")
             return {"epoch": record.epoch, "position": record.position}
@@ -381,6 +404,8 @@ class _Run:
                    boundary is not None)
         if boundary is not None:
             self.optimizer.load_state_dict(boundary)
+        if self.ema_module is not None and start > 0:  # else the EMA starts from the student, as timm's does
+            self.store.load_boundary_ema(start, init, self.ema_module)
         self.record = ResumeRecord(segment=segment, epochs=(start, epochs.stop), epoch=start, position=0,
                                    global_step=start * self.steps_per_epoch,
                                    counters={"teacher_forwards": 0, "teacher_macs": 0})
@@ -395,7 +420,7 @@ class _Run:
             if bad is None:
                 raise NumericError(f"the training loss is not finite on another rank (epoch {epoch}): training "
                                    f"diverged or a label is broken; that rank's error names the step")
-            e, b = divmod(bad[0] - 1, self.steps_per_epoch)
+            e, b = divmod(bad[0] - 1, self.accum.batches)
             raise NumericError(
                 f"the training loss is {bad[1]} at epoch {e}, batch {b} (step {bad[0]}): training diverged or a "
                 f"label is broken; the checkpoints and resume records written before it are intact (lower "
@@ -424,12 +449,14 @@ class _Run:
             # every rank evaluates its share of the split (pipeline.train.evaluate splits by rank)
             self.student.eval()
             metrics.update(evaluate(self.student, epoch))
+            if self.ema_module is not None:  # timm's train.py evaluates its EMA after the model, each epoch
+                metrics.update(ema_metrics(evaluate(self.ema_module, epoch)))
             self.student.train()
         self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         record.history.append(metrics)
         record.epoch, record.position, record.partial = epoch + 1, 0, {}
         if self.info.is_main and record.global_step % cfg.checkpoint_every == 0 and epoch + 1 < end:
-            self.store.save(record, self.student, self.optimizer)
+            self.store.save(record, self.student, self.optimizer, self.ema_module)
 
     def steps(self, stream: LabeledViews, epoch: int, position: int, tally: _Tally) -> None:
         """The epoch's updates from batch ``position`` on, with resume records every ``checkpoint_every`` updates."""
@@ -442,38 +469,46 @@ class _Run:
         batch_iter = iter(batches)
         try:
             for position, batch in enumerate(_unwrapped(batch_iter), start=position):  # noqa: B020 - resumes mid-epoch
-                self.update(batch, epoch, position, tally)
+                stepped = self.update(batch, epoch, position, tally)
                 bar.update(1)
                 done_in_epoch = position + 1
                 if not bar.disable and time.perf_counter() - bar_read >= _BAR_EVERY_S:
                     bar_loss, _, bar_samples = tally.read()
                     bar.set_postfix_str(f"loss {bar_loss / max(bar_samples, 1):.4f}")
                     bar_read = time.perf_counter()
-                if record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
+                if stepped and record.global_step % cfg.checkpoint_every == 0 and done_in_epoch < stream.steps:
                     totals = self.synced(tally, epoch)
                     if info.is_main:
                         record.epoch, record.position = epoch, done_in_epoch
                         record.partial = {"loss_sum": totals[0], "correct": totals[1], "samples": totals[2]}
-                        self.store.save(record, self.student, self.optimizer)
+                        self.store.save(record, self.student, self.optimizer, self.ema_module)
         finally:
             bar.close()  # before the epoch's summary line, which stays
             _close(batch_iter)
 
-    def update(self, batch: Batch, epoch: int, position: int, tally: _Tally) -> None:
-        """One optimiser update on ``batch`` (the online teacher's targets first, when there is one)."""
-        record, info, device = self.record, self.info, self.device
+    def update(self, batch: Batch, epoch: int, position: int, tally: _Tally) -> bool:
+        """Train on ``batch`` (the online teacher's targets first, when there is one): one optimiser
+        update, or a share of one with ``train.grad_accum_steps``; returns whether the optimiser stepped."""
+        record, info, device, accum = self.record, self.info, self.device, self.accum
         self.scheduler.step_update(num_updates=record.global_step)
         torch.manual_seed(derive_seed("step", self.cfg.seed, epoch, position, info.rank))
-        images = batch.images.to(device, non_blocking=True)
+        images = batch_format(batch.images.to(device, non_blocking=True), self.cfg)
         target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
         if self.teacher is not None:
             target = self.teacher(self.student, batch, images)
             record.counters["teacher_forwards"] += len(batch) * info.world
             record.counters["teacher_macs"] += self.teacher.macs_per_image * len(batch) * info.world
+        last = accum.last(position)
         loss, correct = _update(self.model, self.student, self.optimizer, images, batch, target, self.cfg, device,
-                                self.autocast)
-        record.global_step += 1
-        tally.add(loss, correct, len(batch), record.global_step)
+                                self.autocast, group=(accum.first(position), last, accum.group_size(position)),
+                                ddp=self.ddp)
+        if last:
+            record.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.student, step=record.global_step)
+        self.batches_trained += 1
+        tally.add(loss, correct, len(batch), epoch * accum.batches + position + 1)
+        return last
 
     def finish(self, end: int, checkpoint_path: Path) -> None:
         """Rank 0 saves the checkpoint, the boundary's optimiser state and the finished record; all ranks meet."""
@@ -482,20 +517,22 @@ class _Run:
             record.checkpoint = str(checkpoint_path)
             record.checkpoint_sha256 = save_checkpoint(self.student, checkpoint_path)
             self.store.save_boundary(end, state_dict_fingerprint(self.student.state_dict()), record.global_step,
-                                     self.optimizer)
+                                     self.optimizer, self.ema_module)
             record.done = True
-            self.store.save(record, self.student, self.optimizer)
+            self.store.save(record, self.student, self.optimizer, self.ema_module)
         if self.info.world > 1:
             dist.barrier()
 
 
-def _result(record: ResumeRecord, steps_per_epoch: int, resumed: dict | None, t_start: float) -> dict[str, Any]:
+def _result(record: ResumeRecord, run: _Run, resumed: dict | None, t_start: float) -> dict[str, Any]:
     return {
         "checkpoint": record.checkpoint,
         "sha256": record.checkpoint_sha256,
         "epochs": list(record.history),
         "global_step": record.global_step,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": run.steps_per_epoch,
+        "batches_per_epoch": run.accum.batches,
+        "batches_trained": run.batches_trained,
         "teacher_forwards": record.counters.get("teacher_forwards", 0),
         "teacher_macs": record.counters.get("teacher_macs", 0),
         "resumed": resumed,

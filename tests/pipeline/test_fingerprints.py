@@ -215,3 +215,28 @@ def test_a_teacher_training_segment_keeps_its_resume_fingerprint_unless_a_full_v
 
     assert seg() == seg(**{field: 0.0}) == "dabfca7a0549da7b0762cbbf4824e163a329523bbbf507dd6a80e9f901775b51"
     assert seg(**{field: 1.0}) != seg()
+
+
+@pytest.mark.parametrize("field, value", [("model_ema", True), ("model_ema_decay", 0.999), ("model_ema_warmup", True),
+                                          ("grad_accum_steps", 2), ("compile", True), ("channels_last", True)])
+def test_deits_extras_enter_the_recipe_and_the_segment_only_when_set(root, field, value):
+    """Each at its default hashes as before the field existed (the pinned ``base``); set, the train
+    stage, a trained teacher and a training segment are something else."""
+    base = config(root, {})
+    at_default = config(root, {f"train.{field}": fp.TRAIN_RECIPE_ADDED[field],
+                               f"teacher.train.{field}": fp.TRAIN_RECIPE_ADDED[field]})
+    changed = config(root, {f"train.{field}": value, f"teacher.train.{field}": value})
+    teacher, student = models(base, short=True)
+
+    def seg(cfg):
+        return segment_fingerprint(init="i", shards=shard_refs(Manifest(), "train"), spec=cfg.views.view_spec(), seed=0,
+                                   epochs=range(0, 2), cfg=cfg.train, total_epochs=4, render=student.render,
+                                   labels=None, view_pool=None, online=None)
+
+    def recipes(cfg):
+        return (fp.train_inputs(cfg, Manifest(), 0, root / "c0.pth", None, None)["recipe"],
+                fp.trained_teacher_inputs(cfg, Manifest())["recipe"], seg(cfg))
+
+    assert recipes(at_default) == recipes(base)
+    assert all(a != b for a, b in zip(recipes(changed), recipes(base)))
+

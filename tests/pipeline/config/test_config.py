@@ -103,6 +103,8 @@ def test_imagenet_config_validates_without_files(ws, capsys):
     assert cfg.num_patches == 196 and cfg.keep_for_segment(29) == 98
     assert cfg.schedule.segments()[-1] == (290, 300) and len(cfg.schedule.segments()) == 30
     assert cfg.train.learning_rate == pytest.approx(1e-3)
+    # timm's train.py scales lr_base by the samples of one optimizer step: accumulated batches count
+    assert cfg.train.model_copy(update={"grad_accum_steps": 4}).learning_rate == pytest.approx(4e-3)
     spec = cfg.views.view_spec()
     assert spec.auto_augment == "rand-m9-mstd0.5-inc1" and spec.mixup == 0.8 and spec.cutmix == 1.0
     assert spec.reprob == 0.25 and spec.scale == (0.08, 1.0)
@@ -177,6 +179,8 @@ def test_yaml_12_booleans_and_lr_base(ws):
     cfg = load_config(write_doc(ws, text))
     assert cfg.train.kd == "off" and cfg.online is False
     assert cfg.train.learning_rate == pytest.approx(1e-3)
+    # timm's train.py scales lr_base by the samples of one optimizer step: accumulated batches count
+    assert cfg.train.model_copy(update={"grad_accum_steps": 4}).learning_rate == pytest.approx(4e-3)
 
 
 def test_teacher_views_fall_back_to_stage_views(ws):

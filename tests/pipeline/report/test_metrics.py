@@ -37,3 +37,11 @@ def test_one_row_per_epoch_blank_where_not_evaluated_and_same_lock_same_bytes(tm
     lock.record("teacher", {}, info={"top1": 0.25})  # teacher weights from a file: nothing trained
     assert write_metrics(lock, 2, tmp_path) == [tmp_path / "metrics.csv"]
     assert not (tmp_path / "teacher_metrics.csv").exists()
+
+
+def test_a_run_with_an_ema_gets_its_column_and_one_without_keeps_its_bytes(tmp_path):
+    lock = RunLock(tmp_path / "run.lock.json")
+    lock.record("train-0", {}, info={"epochs": [_epoch(0, False), {**_epoch(1, True), "ema_val_top1": 0.3}]})
+    write_metrics(lock, 1, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert [r["ema_val_top1"] for r in rows] == ["", "0.3"]

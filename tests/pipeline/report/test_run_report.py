@@ -148,3 +148,18 @@ def test_the_student_figure_counts_epochs_trained_so_milestones_sit_on_their_che
     (label, (bx, by)), = kw["more"].items()
     assert label == "baseline t-ce (cross-entropy only) val" and bx == xs and by == [0.3, 0.5, 0.55, 0.58]
     assert kw["hline"] == ("teacher vit_tiny_patch16_224 val (0.800)", 0.8)
+
+
+def test_an_ema_run_says_the_emas_top1_beside_the_trained_weights(tmp_path):
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    full = full_teacher_macs_per_view(cfg)
+    plain = write_report(cfg, Lock(infos(full)), out, expand(cfg)).read_text()
+    assert "EMA" not in plain
+    lock = infos(full)
+    lock["train-1"]["epochs"][-1]["ema_val_top1"] = 0.75
+    text = write_report(cfg, Lock(lock), out, expand(cfg)).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Student EMA"))
+    assert "val top-1 0.75" in line and "after epoch 3" in line and "trained weights 0.61" in line
+
