@@ -11,7 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from maskedkd._vit import check_maskable
 from maskedkd.keep import resolve_keep
 from maskedkd.masked_forward import masked_forward
+from maskedkd.policies import is_forward_policy
 from maskedkd.saliency import cls_attention, saliency_size
+from maskedkd.teacher_forward import teacher_forward
 
 __all__ = ["saliency_macs", "teacher_flops", "teacher_macs"]
 
@@ -39,37 +41,42 @@ def _count(fn, model: nn.Module, batch: int, size: tuple[int, int] | None = None
 
 
 @torch.no_grad()
-def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1) -> int:
-    """FLOPs (2 per multiply-add) of one :func:`maskedkd.masked_forward` over ``batch`` images.
+def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1, policy: str = "student") -> int:
+    """FLOPs (2 per multiply-add) of one :func:`maskedkd.teacher_forward` over ``batch`` images.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real forward at the
-    teacher's input size, keeping the first ``keep`` patches (which ones does not change the
-    count). ``keep=None`` (or all patches) counts the full teacher. :func:`teacher_macs` gives
-    MACs per image.
+    teacher's input size: for keep-set policies :func:`maskedkd.masked_forward` keeping the
+    first ``keep`` patches (which ones does not change the count), for forward policies their
+    own forward at ``keep``. ``keep=None`` (or all patches) counts the full teacher.
+    :func:`teacher_macs` gives MACs per image.
     """
     vit = check_maskable(teacher)
     keep = resolve_keep(keep, vit.patch_embed.num_patches)
+    if is_forward_policy(policy):
+        return _count(lambda m, x: teacher_forward(m, x, policy, keep), teacher, batch)
     device = next(vit.parameters()).device
     keep_idx = None if keep is None else torch.arange(keep, device=device).expand(batch, keep)
     return _count(lambda m, x: masked_forward(m, x, keep_idx), teacher, batch)
 
 
 # per model object (weights do not change the count; the model's lifetime bounds the entry's)
-_MACS: weakref.WeakKeyDictionary[nn.Module, dict[int | None, int]] = weakref.WeakKeyDictionary()
+_MACS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int | None], int]] = weakref.WeakKeyDictionary()
 
 
-def teacher_macs(teacher: nn.Module, keep: int | None) -> int:
-    """Multiply-adds of one masked teacher forward per image at ``keep`` (``teacher_flops // 2``).
+def teacher_macs(teacher: nn.Module, keep: int | None, policy: str = "student") -> int:
+    """Multiply-adds of one teacher forward per image at ``keep`` under ``policy`` (``teacher_flops // 2``).
 
-    Counted once per model object and keep (a counted forward costs about one real one).
-    ``keep=None`` or N is the full teacher.
+    Counted once per model object, forward and keep (a counted forward costs about one real
+    one). ``keep=None`` or N is the full teacher whatever the policy; every keep-set policy
+    shares :func:`maskedkd.masked_forward`'s count.
     """
     vit = check_maskable(teacher)
     keep = resolve_keep(keep, vit.patch_embed.num_patches)
+    forward = policy if keep is not None and is_forward_policy(policy) else "masked"
     per_model = _MACS.setdefault(vit, {})
-    if keep not in per_model:
-        per_model[keep] = teacher_flops(teacher, keep) // 2
-    return per_model[keep]
+    if (forward, keep) not in per_model:
+        per_model[forward, keep] = teacher_flops(teacher, keep, policy=policy) // 2
+    return per_model[forward, keep]
 
 
 _SALIENCY_MACS: weakref.WeakKeyDictionary[nn.Module, dict[float, int]] = weakref.WeakKeyDictionary()
