@@ -159,6 +159,8 @@ def test_keep_helpers(ws):
 
 
 def test_forward_and_auto_policies_validate(ws):
+    from maskedkd import FORWARD_POLICIES
+
     doc = copy.deepcopy(BASE)
     doc["masking"] = {"policy": "lowres", "ratio": 0.5}
     cfg = load_config(write_doc(ws, doc))
@@ -166,7 +168,8 @@ def test_forward_and_auto_policies_validate(ws):
     assert not cfg.masking.reads_saliency
     doc["masking"] = {"policy": "auto", "keep": "auto", "budget": {"agreement": 0.9}}
     cfg = load_config(write_doc(ws, doc))
-    assert cfg.masking.auto and cfg.masking.candidates() == ("student", "random", "lowres")
+    assert cfg.masking.auto and cfg.masking.candidates() == ("student", "random", *sorted(FORWARD_POLICIES))
+    assert "lowres" in cfg.masking.candidates()
     assert cfg.masking.reads_saliency
     doc["masking"]["policies"] = ["random", "lowres"]
     cfg = load_config(write_doc(ws, doc))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from maskedkd import Budget, Rung, policy_choice, teacher_forward, teacher_macs
+from maskedkd import FORWARD_POLICIES, Budget, Rung, policy_choice, teacher_forward, teacher_macs
 from maskedkd.rendering import render_batch
 from maskedkd.views import ViewSpec, shard_views
 from pipeline.config import load_config
@@ -83,9 +83,9 @@ def _auto_cfg(tmp_path, dataset, ckpts, policies=None):
 
 
 def test_the_spot_check_measures_lowres_at_net_macs_and_auto_picks_among_policies(tmp_path, dataset, ckpts):
-    cfg = _auto_cfg(tmp_path, dataset, ckpts)
-    assert cfg.masking.candidates() == ("student", "random", "lowres")
+    assert _auto_cfg(tmp_path, dataset, ckpts).masking.candidates() == ("student", "random", *sorted(FORWARD_POLICIES))
     assert "lowres" in probe_policies()
+    cfg = _auto_cfg(tmp_path, dataset, ckpts, ["student", "random", "lowres"])
     manifest = load_manifest(cfg.data.root)
     teacher, student = model_spec(cfg, "teacher", ckpts["teacher"]), model_spec(cfg, "student", ckpts["c0"])
     task = plan_probe(cfg, 0, manifest=manifest, teacher=teacher, student=student, keeps=[12, 25, None],
