@@ -173,12 +173,12 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
     return keep, forwards
 
 
-def _teacher(t: PartitionTask, teacher: torch.nn.Module, images: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
-    """The teacher's float32 logits on ``images`` under the task's policy, ``keep`` their rows' keep sets."""
-    kidx = None
-    if t.keep is not None and not is_forward_policy(t.policy):  # the True columns of the bool keep sets
-        kidx = to_device(pin(torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), t.keep)), t.device), t.device)
-    return teacher_forward(teacher, images, t.policy, t.keep, kidx).float()
+def _kept(t: PartitionTask, keep: np.ndarray) -> torch.Tensor | None:
+    """LongTensor[rows, k] of the True columns of bool keep sets, its copy to the task's device
+    queued (None: all patches, or a forward policy, which has no keep set)."""
+    if t.keep is None or is_forward_policy(t.policy):
+        return None
+    return to_device(pin(torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), t.keep)), t.device), t.device)
 
 
 @dataclass
@@ -461,10 +461,11 @@ def _teacher_rows(t: PartitionTask, teacher: torch.nn.Module, renders: _Renders,
         for start in range(0, len(compute), t.batch_size):
             idx = compute[start:start + t.batch_size]
             images = renders.teacher(idx)  # host work (render wait, staging, queued copy): overlaps batch n-1
+            kidx = _kept(t, keep[idx])
             if pending is not None:
                 collect(pending)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
-                logits = _teacher(t, teacher, images, keep[idx])
+                logits = teacher_forward(teacher, images, t.policy, t.keep, kidx).float()
                 pending = (from_logits(logits, t.topk), logsumexp_at(logits, extra_taus),
                            ~torch.isfinite(logits).all(dim=1))
         if pending is not None:
@@ -494,8 +495,9 @@ def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row)
     rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
     images = renders.teacher(rows)
+    kidx = _kept(t, keep[rows])
     with torch.inference_mode(), autocast_for(t.device, t.precision):
-        fresh = _teacher(t, teacher, images, keep[rows]).cpu()
+        fresh = teacher_forward(teacher, images, t.policy, t.keep, kidx).float().cpu()
     kls = []
     for c, cand in enumerate(cands):
         sel = source[rows] == c
