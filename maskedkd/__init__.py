@@ -1,7 +1,10 @@
 """maskedkd: the MaskedKD method (Son et al., ECCV 2024) as a small torch + timm library.
 
 Public API (stable): :func:`cls_attention`, :func:`select_keep` with the :data:`POLICIES`
-registry, :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
+registry (keep sets) and :data:`FORWARD_POLICIES` (policies that change the teacher's forward:
+``lowres``, ``tome``; :func:`register_forward_policy`, :func:`is_forward_policy`, :func:`policy_names`),
+:func:`teacher_forward` (the teacher under any policy: the one path callers use),
+:func:`policy_choice` (``masking.policy: auto``), :func:`keep_indices` (the one path from a policy, a keep count and a student to keep
 sets) with :func:`resolve_keep` and :func:`saliency_on_grid`, :func:`masked_forward`,
 :func:`tome_forward` (Token Merging inside the teacher, at a keep's MACs: :func:`tome_schedule`,
 :func:`tome_macs`), :func:`kd_loss`, :func:`distill_loss` with :class:`SoftTarget` (:func:`TopK`,
@@ -22,19 +25,30 @@ from maskedkd.fidelity import (
     fidelity_curve,
     keep_choice,
     ladder_keeps,
+    policy_choice,
 )
 from maskedkd.flops import forward_macs, saliency_macs, teacher_flops, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep, saliency_on_grid, select_keep
 from maskedkd.losses import distill_loss, kd_loss
 from maskedkd.masked_forward import masked_forward
-from maskedkd.policies import POLICIES, needs_saliency, register_policy
+from maskedkd.policies import (
+    FORWARD_POLICIES,
+    POLICIES,
+    is_forward_policy,
+    needs_saliency,
+    policy_names,
+    register_forward_policy,
+    register_policy,
+)
 from maskedkd.saliency import cls_attention, saliency_size
 from maskedkd.targets import SoftTarget, TopK, from_logits, logsumexp_at
+from maskedkd.teacher_forward import teacher_forward
 from maskedkd.tome import token_merged_forward, tome_forward, tome_macs, tome_schedule
 
 __all__ = [
     "DEFAULT_LADDER",
     "Budget",
+    "FORWARD_POLICIES",
     "POLICIES",
     "Rung",
     "check_maskable",
@@ -52,7 +66,11 @@ __all__ = [
     "keep_indices",
     "logsumexp_at",
     "masked_forward",
+    "is_forward_policy",
     "needs_saliency",
+    "policy_choice",
+    "policy_names",
+    "register_forward_policy",
     "register_policy",
     "resolve_keep",
     "saliency_on_grid",
@@ -60,6 +78,7 @@ __all__ = [
     "select_keep",
     "saliency_macs",
     "teacher_flops",
+    "teacher_forward",
     "teacher_macs",
     "token_merged_forward",
     "tome_forward",

@@ -90,6 +90,19 @@ def embed_tokens_any_size(vit: VisionTransformer, images: torch.Tensor) -> torch
     return vit.pos_drop(torch.cat(prefix + [x], dim=1) + pos)
 
 
+def forward_tokens(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Embedded tokens ``[B, prefix + n, D]`` -> blocks -> norm -> head: the logits.
+
+    Under autocast the final norm and the head (``forward_head``) run in float32
+    (:func:`fp32_region`), so the logits are float32; the blocks stay in the autocast dtype.
+    """
+    x = vit.norm_pre(vit.patch_drop(x))
+    x = vit.blocks(x)
+    fp32, x = fp32_region(x)
+    with fp32:
+        return vit.forward_head(vit.norm(x))
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type``; False where autocast knows no such device
     (``meta``, which tests use as a second device)."""

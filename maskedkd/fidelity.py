@@ -10,7 +10,7 @@ budget (docs/design.md §2, "Fidelity guard").
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,10 @@ from maskedkd.flops import saliency_macs, teacher_macs
 from maskedkd.keep import keep_indices, resolve_keep
 from maskedkd.masked_forward import masked_forward
 from maskedkd.policies import needs_saliency
+from maskedkd.teacher_forward import teacher_forward
 
-__all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "keep_choice", "ladder_keeps"]
+__all__ = ["DEFAULT_LADDER", "Budget", "Rung", "choose_keep", "fidelity_curve", "keep_choice", "ladder_keeps",
+           "policy_choice"]
 
 DEFAULT_LADDER = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
@@ -108,8 +110,10 @@ def fidelity_curve(
 ) -> list[Rung]:
     """The masked teacher at each keep of ``keeps``, against the unmasked teacher on the same views.
 
-    Keep sets come from :func:`maskedkd.keep_indices` (the same path precompute and the online
-    teacher use), so a rung measures exactly the masks that would be stored.
+    Keep sets come from :func:`maskedkd.keep_indices` and the teacher runs through
+    :func:`maskedkd.teacher_forward` (the same path precompute and the online teacher use), so a
+    rung measures exactly the labels that would be stored; a forward policy (``lowres``) runs its
+    own forward at each keep.
 
     Args:
         teacher: the teacher, in eval mode.
@@ -160,15 +164,15 @@ def fidelity_curve(
             s_img = None if student_images is None else student_images[lo:hi].to(device)
             with ctx:  # saliency under the same autocast as the teacher, as precompute computes it
                 kidx = keep_indices(policy, keep, grid=grid, seeds=seeds[lo:hi], student=student, images=s_img,
-                                    saliency_scale=saliency_scale)
-                assert kidx is not None  # keep < N here: resolve_keep made N None
-                logits = masked_forward(teacher, teacher_images[lo:hi].to(device), kidx.to(device)).float().cpu()
+                                    saliency_scale=saliency_scale)  # None: a forward policy (no keep set)
+                kidx = None if kidx is None else kidx.to(device)
+                logits = teacher_forward(teacher, teacher_images[lo:hi].to(device), policy, keep, kidx).float().cpu()
             pred[lo:hi] = logits.argmax(1)
             p = log_p[lo:hi]
             kl[lo:hi] = (p.exp() * (p - F.log_softmax(logits, 1))).sum(1).clamp_min(0.0)
         rungs.append(Rung(keep=keep, top1=float((pred == labels).float().mean()),
                           agreement=float((pred == full).float().mean()), kl=float(kl.mean()),
-                          macs=teacher_macs(teacher, keep), saliency_macs=sal))
+                          macs=teacher_macs(teacher, keep, policy), saliency_macs=sal))
     return rungs
 
 
@@ -201,3 +205,37 @@ def keep_choice(curve: Sequence[Rung], budget: Budget) -> tuple[int | None, str]
                       f"the full teacher's MACs with the student's saliency pass (teacher {r.macs / full:.2f}x + "
                       f"saliency {r.saliency_macs / full:.2f}x); the full teacher needs no saliency pass")
     return None, f"no keep within the budget ({budget})"
+
+
+def policy_choice(curves: Mapping[str, Sequence[Rung]], budget: Budget) -> tuple[str, int | None, str]:
+    """Among several policies' curves, the one whose :func:`keep_choice` costs the fewest net MACs.
+
+    Each policy takes its own keep by :func:`keep_choice` (the smallest within ``budget`` whose net
+    cost is not above the full teacher's); of those, the lowest :attr:`Rung.net_macs` wins (the
+    full teacher's MACs for a policy that keeps all patches), the first in ``curves`` on a tie.
+
+    Returns:
+        ``(policy, keep, reason)``: the reason names the winner's net cost and every other
+        candidate's, so the run lock says why the others lost.
+    """
+    if not curves:
+        raise ValueError("policy_choice needs the curve of at least one policy")
+    picks = []
+    for policy, curve in curves.items():
+        keep, why = keep_choice(curve, budget)
+        full = next((r.macs for r in curve if r.keep is None), None)
+        rung = next((r for r in curve if r.keep == keep), None)
+        net = rung.net_macs if rung is not None else full
+        picks.append((policy, keep, why, net, full))
+    ranked = sorted(range(len(picks)), key=lambda i: (picks[i][3] is None, picks[i][3] or 0, i))
+    policy, keep, why, net, full = picks[ranked[0]]
+
+    def cost(p: tuple) -> str:
+        k = "all patches" if p[1] is None else f"keep {p[1]}"
+        return f"{p[0]} {k}" + (f" {p[3] / p[4]:.2f}x" if p[3] is not None and p[4] else "")
+
+    others = "; ".join(cost(picks[i]) for i in ranked[1:])
+    head = f"{cost(picks[ranked[0]])} the full teacher's net MACs, the cheapest of the policies within the budget"
+    if keep is None:
+        head = f"no policy is within the budget ({budget}) below the full teacher's cost: {policy} with all patches"
+    return policy, keep, f"{head} ({why})" + (f"; the others: {others}" if others else "")

@@ -3,81 +3,62 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from maskedkd._vit import check_maskable
+from maskedkd.flop_count import count_flops, forward_macs, masked_flops, masked_macs
 from maskedkd.keep import resolve_keep
-from maskedkd.masked_forward import masked_forward
+from maskedkd.policies import is_forward_policy
 from maskedkd.saliency import cls_attention, saliency_size
+from maskedkd.teacher_forward import teacher_forward
 
 __all__ = ["forward_macs", "saliency_macs", "teacher_flops", "teacher_macs"]
 
 
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# torch counts the CUDA SDPA kernels but not the CPU one; attention is ~10% of a ViT's FLOPs.
-_CUSTOM = {}
-if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    _CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
-
-
-def _count(fn, model: nn.Module, batch: int, size: tuple[int, int] | None = None) -> int:
-    """FLOPs of ``fn(model, images)`` on ``batch`` zero images at ``size`` (default: the model's input size)."""
-    vit = check_maskable(model)
-    param = next(vit.parameters())
-    h, w = vit.patch_embed.img_size if size is None else size
-    images = torch.zeros(batch, vit.patch_embed.proj.in_channels, h, w, device=param.device, dtype=param.dtype)
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
-    with torch.no_grad(), counter:
-        fn(model, images)
-    return int(counter.get_total_flops())
-
-
-def forward_macs(fn: Callable[[nn.Module, torch.Tensor], object], model: nn.Module) -> int:
-    """Multiply-adds of ``fn(model, images)`` on one image at the model's input size, counted as
-    :func:`teacher_macs` counts the masked teacher (for another forward of the same model, e.g.
-    :func:`maskedkd.tome_forward`). Not cached: each call runs ``fn`` once."""
-    return _count(fn, model, 1) // 2
-
-
 @torch.no_grad()
-def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1) -> int:
-    """FLOPs (2 per multiply-add) of one :func:`maskedkd.masked_forward` over ``batch`` images.
+def teacher_flops(teacher: nn.Module, keep: int | None, batch: int = 1, policy: str = "student") -> int:
+    """FLOPs (2 per multiply-add) of one :func:`maskedkd.teacher_forward` over ``batch`` images.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real forward at the
-    teacher's input size, keeping the first ``keep`` patches (which ones does not change the
-    count). ``keep=None`` (or all patches) counts the full teacher. :func:`teacher_macs` gives
-    MACs per image.
+    teacher's input size: for keep-set policies :func:`maskedkd.masked_forward` keeping the
+    first ``keep`` patches (which ones does not change the count), for forward policies their
+    own forward at ``keep``. ``keep=None`` (or all patches) counts the full teacher.
+    :func:`teacher_macs` gives MACs per image.
     """
     vit = check_maskable(teacher)
     keep = resolve_keep(keep, vit.patch_embed.num_patches)
-    device = next(vit.parameters()).device
-    keep_idx = None if keep is None else torch.arange(keep, device=device).expand(batch, keep)
-    return _count(lambda m, x: masked_forward(m, x, keep_idx), teacher, batch)
+    if keep is not None and is_forward_policy(policy):
+        def forward(m: nn.Module, x: torch.Tensor) -> object:
+            return teacher_forward(m, x, policy, keep)
+
+        # a policy's first call may prepare per-model state that is not its forward's cost (tome
+        # searches its schedule by counting forwards of its own): counted on the second call
+        count_flops(forward, teacher, 1)
+        return count_flops(forward, teacher, batch)
+    return masked_flops(teacher, keep, batch)
 
 
 # per model object (weights do not change the count; the model's lifetime bounds the entry's)
-_MACS: weakref.WeakKeyDictionary[nn.Module, dict[int | None, int]] = weakref.WeakKeyDictionary()
+_MACS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int | None], int]] = weakref.WeakKeyDictionary()
 
 
-def teacher_macs(teacher: nn.Module, keep: int | None) -> int:
-    """Multiply-adds of one masked teacher forward per image at ``keep`` (``teacher_flops // 2``).
+def teacher_macs(teacher: nn.Module, keep: int | None, policy: str = "student") -> int:
+    """Multiply-adds of one teacher forward per image at ``keep`` under ``policy`` (``teacher_flops // 2``).
 
-    Counted once per model object and keep (a counted forward costs about one real one).
-    ``keep=None`` or N is the full teacher.
+    Counted once per model object, forward and keep (a counted forward costs about one real
+    one). ``keep=None`` or N is the full teacher whatever the policy; every keep-set policy
+    shares :func:`maskedkd.masked_forward`'s count.
     """
     vit = check_maskable(teacher)
     keep = resolve_keep(keep, vit.patch_embed.num_patches)
+    if keep is None or not is_forward_policy(policy):
+        return masked_macs(teacher, keep)
     per_model = _MACS.setdefault(vit, {})
-    if keep not in per_model:
-        per_model[keep] = teacher_flops(teacher, keep) // 2
-    return per_model[keep]
+    if (policy, keep) not in per_model:
+        per_model[policy, keep] = teacher_flops(teacher, keep, policy=policy) // 2
+    return per_model[policy, keep]
 
 
 _SALIENCY_MACS: weakref.WeakKeyDictionary[nn.Module, dict[float, int]] = weakref.WeakKeyDictionary()
@@ -97,5 +78,5 @@ def saliency_macs(student: nn.Module, scale: float = 1.0) -> int:
     per_model = _SALIENCY_MACS.setdefault(vit, {})
     if scale not in per_model:
         size = saliency_size(vit, scale)
-        per_model[scale] = _count(cls_attention, student, 1, size) // 2
+        per_model[scale] = count_flops(cls_attention, student, 1, size) // 2
     return per_model[scale]

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskedkd._vit import unwrap
-from maskedkd.policies import Generator, get_policy, needs_saliency
+from maskedkd.policies import Generator, get_policy, is_forward_policy, needs_saliency
 from maskedkd.saliency import cls_attention, downscale, saliency_size
 
 __all__ = ["keep_indices", "resolve_keep", "saliency_on_grid", "select_keep"]
@@ -124,11 +124,13 @@ def keep_indices(
         saliency_scale: the student's view scale for its saliency (:func:`saliency_on_grid`; 1: as rendered).
 
     Returns:
-        LongTensor[B, keep] on the CPU, ascending per row, or ``None`` when all patches are kept.
+        LongTensor[B, keep] on the CPU, ascending per row, or ``None`` when all patches are kept
+        or ``policy`` is a forward policy (it has no keep set: :func:`maskedkd.teacher_forward`
+        runs it from the policy and keep alone).
     """
     n = int(grid[0]) * int(grid[1])
     keep = resolve_keep(keep, n, policy)
-    if keep is None:
+    if keep is None or is_forward_policy(policy):
         return None
     if needs_saliency(policy):
         if student is None or images is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from maskedkd._vit import autocast_enabled, check_maskable, embed_tokens, fp32_region
+from maskedkd._vit import autocast_enabled, check_maskable, embed_tokens, forward_tokens
 
 __all__ = ["masked_forward"]
 
@@ -48,11 +48,7 @@ def masked_forward(teacher: nn.Module, images: torch.Tensor, keep_idx: torch.Ten
             _check_range(keep_idx, t - p)
         patches = x[:, p:].gather(1, keep_idx.to(x.device).long().unsqueeze(-1).expand(-1, -1, d))
         x = torch.cat([x[:, :p], patches], dim=1)
-    x = vit.norm_pre(vit.patch_drop(x))
-    x = vit.blocks(x)
-    fp32, x = fp32_region(x)  # under autocast: the final norm and the head in float32
-    with fp32:
-        return vit.forward_head(vit.norm(x))
+    return forward_tokens(vit, x)  # under autocast: the final norm and the head in float32
 
 
 def _check_range(keep_idx: torch.Tensor, n: int) -> None:

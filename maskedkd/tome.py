@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from maskedkd._vit import check_maskable, embed_tokens, fp32_region
-from maskedkd.flops import forward_macs, teacher_macs
+from maskedkd.flop_count import forward_macs, masked_macs
 from maskedkd.keep import resolve_keep
 
 __all__ = ["bipartite_merge", "token_merged_forward", "tome_forward", "tome_macs", "tome_schedule"]
@@ -184,9 +184,9 @@ def _matched(teacher: nn.Module, keep: int | None) -> tuple[list[int], int]:
     if keep in per_model:
         return per_model[keep]
     if keep is None:
-        per_model[keep] = ([0] * depth, teacher_macs(teacher, None))
+        per_model[keep] = ([0] * depth, masked_macs(teacher, None))
         return per_model[keep]
-    target = teacher_macs(teacher, keep)
+    target = masked_macs(teacher, keep)
     # MACs fall as the level rises; binary search for the first level at or under the target
     lo, hi = 0, (patches // 2) * depth  # at hi every block merges half its patch tokens
     counted = {lvl: _macs(teacher, _schedule_at(lvl, depth, patches)) for lvl in (lo, hi)}

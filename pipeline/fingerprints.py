@@ -189,13 +189,16 @@ def precompute_inputs(cfg, segment: int, tasks: Sequence) -> dict[str, Any]:
     """
     t = tasks[0] if tasks else None
     keep = cfg.keep_for_segment(segment)
+    policy = cfg.masking.policy
     if keep == "auto" and t is not None:
         keep = f"auto: {fmt_keep(t.keep, cfg.num_patches)}"  # so `status` names the choice that changed
+    if policy == "auto" and t is not None:
+        policy = f"auto: {t.policy}"
     return {"tasks": sha256_json([t.fingerprints for t in tasks]),
             "render": render_digest(cfg.views.view_spec()),
             "teacher": t.teacher.fingerprint if t else None,
             "student": t.student.fingerprint if t and t.student else None,
-            "policy": cfg.masking.policy, "keep": keep, "tolerance": cfg.masking.tolerance,
+            "policy": policy, "keep": keep, "tolerance": cfg.masking.tolerance,
             **unless_default("resize", cfg.data.resize, "pil"),
             **unless_default("saliency_scale", cfg.masking.saliency_scale if t and t.student else 1.0, 1.0)}
 

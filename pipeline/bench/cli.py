@@ -37,8 +37,11 @@ def _parse_keep(value: str) -> list[int]:
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed repeats (median reported).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--policy", default="student", show_default=True,
+              help="A masking policy: keep-set policies run masked_forward on a random keep set; lowres its own forward.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"keep", "img_per_s", "speedup", "gmacs"}, ...]}.')
-def bench_teacher(model_name: str, keep: str, batch: int, repeats: int, device: str, dtype: str, as_json: bool) -> None:
+def bench_teacher(model_name: str, keep: str, batch: int, repeats: int, device: str, dtype: str, policy: str,
+                  as_json: bool) -> None:
     """Masked teacher throughput at each keep count, speedup over the full teacher, GMACs/image.
 
     GMACs are multiply-accumulates counted by torch's FlopCounterMode (the unit the DeiT and
@@ -47,7 +50,7 @@ def bench_teacher(model_name: str, keep: str, batch: int, repeats: int, device: 
     keeps = _parse_keep(keep)
     from pipeline.bench import teacher  # lazy: the harness imports torch + timm (see the module doc)
 
-    result = teacher.run_bench(model_name, keeps, batch, repeats, device, dtype)
+    result = teacher.run_bench(model_name, keeps, batch, repeats, device, dtype, policy)
     click.echo(json.dumps(result) if as_json else teacher.teacher_table(result))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskedkd import cls_attention, masked_forward, select_keep
+from maskedkd import cls_attention, is_forward_policy, select_keep, teacher_forward
 from maskedkd.rendering import render_batch
 from maskedkd.views import ViewSpec, shard_views
 from pipeline.bench.fixtures import (
@@ -101,11 +101,13 @@ class _Bare:
             self.batches.append(images)
         n = teacher.patch_embed.num_patches
         gen = torch.Generator().manual_seed(0)
-        self.idx = [torch.rand(len(b), n, generator=gen).argsort(1)[:, :keep].sort(1).values for b in self.batches]
+        self.policy, self.keep = tasks[0].policy, keep
+        self.idx = [None if is_forward_policy(self.policy) else
+                    torch.rand(len(b), n, generator=gen).argsort(1)[:, :keep].sort(1).values for b in self.batches]
         self.device, self.precision = device, precision
         if device.startswith("cuda"):  # the tasks' copies: pinned host memory, copied without blocking
             self.batches = [b.pin_memory().to(device, non_blocking=True) for b in self.batches]
-            self.idx = [i.to(device) for i in self.idx]
+            self.idx = [None if i is None else i.to(device) for i in self.idx]
         self.teacher = teacher.eval().to(device)
         self.run()  # warm-up
 
@@ -118,7 +120,7 @@ class _Bare:
         t0, c0 = time.perf_counter(), time.thread_time()
         with torch.inference_mode(), autocast_for(self.device, self.precision):
             for b, k in zip(self.batches, self.idx):
-                masked_forward(self.teacher, b, k)
+                teacher_forward(self.teacher, b, self.policy, self.keep, k)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0, time.thread_time() - c0

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from maskedkd import DEFAULT_LADDER, POLICIES, Budget
+from maskedkd import DEFAULT_LADDER, FORWARD_POLICIES, Budget, needs_saliency, policy_names
 from pipeline.config.validation import FieldProblems, Section, did_you_mean, local_or_uri, word_or_count
 
 
@@ -72,7 +72,12 @@ class BudgetConfig(Section):
 class MaskingConfig(Section):
     """Which patches the teacher sees: a policy and how many patches to keep."""
 
-    policy: str = Field("student", description="maskedkd.POLICIES name: student, student_inverse, random, none.")
+    policy: str = Field("student", description=(
+        "A masking policy: student, student_inverse, random, none (keep sets), lowres (the whole view at the keep's "
+        "patch count); or auto: with keep: auto, the candidate of `policies` whose chosen keep costs the fewest net MACs."))
+    policies: list[str] | None = Field(None, min_length=1, description=(
+        "With policy: auto, the candidates the spot-check measures (each one costs a ladder of teacher forwards). "
+        "Default: student, random and every forward policy (lowres, ...)."))
     keep: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = Field(
         None, description="Patches the teacher keeps (98 of 196 = MaskedKD 50%), or 'auto': per milestone, the smallest "
                           "rung of the ladder within the budget, measured on a spot-check of the segment's views.")
@@ -93,8 +98,21 @@ class MaskingConfig(Section):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown masking policy {v!r}{did_you_mean(v, set(POLICIES))}; known: {', '.join(sorted(POLICIES))}")
+        known = [*policy_names(), "auto"]
+        if v not in known:
+            raise ValueError(f"unknown masking policy {v!r}{did_you_mean(v, set(known))}; known: {', '.join(known)}")
+        return v
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, v: list[str] | None) -> list[str] | None:
+        for i, name in enumerate(v or []):
+            if name not in policy_names() or name == "none":
+                known = [p for p in policy_names() if p != "none"]
+                raise ValueError(f"item {i}: {name!r} is not a candidate policy{did_you_mean(name, set(known))}; "
+                                 f"known: {', '.join(known)}")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"has duplicates: {v}")
         return v
 
     @model_validator(mode="after")
@@ -104,6 +122,11 @@ class MaskingConfig(Section):
             raise FieldProblems((given[1], f"give one of keep, ratio or per_milestone, got {' and '.join(given)}"))
         if not given and self.policy != "none":
             raise FieldProblems(("keep", f"policy {self.policy!r} needs keep (patches), ratio or per_milestone"))
+        if self.policies is not None and self.policy != "auto":
+            raise FieldProblems(("policies", "only used with policy: auto"))
+        if self.policy == "auto" and self.keep != "auto":
+            raise FieldProblems(("policy", "auto chooses among policies by the budget rule of keep: auto; set keep: auto "
+                                           "and a budget"))
         if self.keep == "auto":
             if self.policy == "none":
                 raise FieldProblems(("keep", "auto chooses how many patches a policy keeps; policy 'none' keeps all of them"))
@@ -120,6 +143,18 @@ class MaskingConfig(Section):
     def auto(self) -> bool:
         """Whether each milestone's keep is chosen by the fidelity spot-check."""
         return self.keep == "auto"
+
+    def candidates(self) -> tuple[str, ...]:
+        """The policies a milestone may label with: the one configured, or with ``policy: auto`` the
+        ``policies`` (default: student, random and every registered forward policy)."""
+        if self.policy != "auto":
+            return (self.policy,)
+        return tuple(self.policies or ("student", "random", *sorted(FORWARD_POLICIES)))
+
+    @property
+    def reads_saliency(self) -> bool:
+        """Whether any candidate policy reads the student's saliency (the student must be maskable)."""
+        return any(needs_saliency(p) for p in self.candidates())
 
     def keep_for_segment(self, i: int, num_patches: int | None = None) -> int | str:
         """Patches the teacher keeps in segment ``i`` (all of them for policy ``none``; ``"auto"``

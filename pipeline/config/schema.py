@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from maskedkd import needs_saliency, resolve_keep
+from maskedkd import resolve_keep
 from maskedkd.resize import TORCH_INTERPOLATIONS
 from pipeline.config.compute import ComputeConfig
 from pipeline.config.data_views import DataConfig, ViewsConfig
@@ -83,7 +83,7 @@ class StageConfig(Section):
         m = self.masking
         if m.policy != "none" and t.maskable_error:
             p.append(("teacher.model", t.maskable_error))
-        if needs_saliency(m.policy):
+        if m.reads_saliency:
             if s.maskable_error:
                 p.append(("student.model", f"policy {m.policy!r} reads the student's attention: {s.maskable_error}"))
             elif t.grid_size and s.grid_size and t.grid_size != s.grid_size:

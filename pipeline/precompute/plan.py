@@ -16,12 +16,15 @@ from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
     reuse_expect,
+    reused_mask,
+    stored_mask,
     task_fingerprints,
 )
 
 
 def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSpec, student: ModelSpec | None,
-                 device: str, num_classes: int, keep: int | None | str = "config") -> list[PartitionTask]:
+                 device: str, num_classes: int, keep: int | None | str = "config",
+                 policy: str | None = None) -> list[PartitionTask]:
     """The tasks that produce segment ``segment``'s labels, with fingerprints and paths filled in.
 
     Args:
@@ -29,8 +32,12 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
             and when all patches are kept).
         keep: patches kept (``None``: all); ``"config"`` reads ``masking.keep`` (not ``auto``,
             whose keep the runner chooses per milestone from a spot-check).
+        policy: the masking policy (default ``masking.policy``; with ``policy: auto``, the one the
+            runner chose from the spot-check).
     """
-    policy = cfg.masking.policy
+    policy = policy or cfg.masking.policy
+    if policy == "auto":
+        raise ValueError("masking.policy is auto: plan_segment needs the policy the spot-check chose")
     if keep == "config":
         keep = cfg.keep_for_segment(segment)
         if keep == "auto":
@@ -77,6 +84,8 @@ def classify(task: PartitionTask) -> dict[str, Any]:
             continue
         try:
             with open_partition(p, expect=reuse_expect(task.fingerprints)) as part:
+                if stored_mask(part.metadata) != reused_mask(task.policy, task.keep):
+                    continue  # rows run_partition would not reuse (a forward policy's, or keep sets for one)
                 rows, usable = max(rows, part.num_rows), usable + 1
         except StoreError:
             continue

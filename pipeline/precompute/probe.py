@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from maskedkd import fidelity_curve, needs_saliency, teacher_macs
+from maskedkd import FORWARD_POLICIES, fidelity_curve, needs_saliency, teacher_macs
 from maskedkd.digests import view_spec_fingerprint
 from maskedkd.rendering import render_batch
 from maskedkd.views import ViewSpec, shard_views
@@ -32,6 +32,12 @@ from pipeline.precompute.task import autocast_for, load_model
 from pipeline.precompute.worker import worker_device
 
 PROBE_POLICIES = ("student", "random", "student_inverse")
+
+
+def probe_policies() -> tuple[str, ...]:
+    """What ``mkd-pipeline probe`` measures: :data:`PROBE_POLICIES` and every registered forward
+    policy (``lowres``, ...), read when called so a policy registered later is measured too."""
+    return PROBE_POLICIES + tuple(sorted(FORWARD_POLICIES))
 
 
 @dataclass(frozen=True)

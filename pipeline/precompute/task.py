@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from maskedkd import (
     SoftTarget,
     from_logits,
+    is_forward_policy,
     keep_indices,
     logsumexp_at,
-    masked_forward,
     needs_saliency,
+    teacher_forward,
     teacher_macs,
 )
 from maskedkd.views import ViewSpec, shard_views
@@ -54,7 +55,9 @@ from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
     reuse_expect,
+    reused_mask,
     specs_record,
+    stored_mask,
 )
 from pipeline.precompute.worker import get_cached, worker_device
 
@@ -125,11 +128,19 @@ class _Renders:
 
 
 def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent."""
+    """bool [N, P] keep sets over the teacher's patch grid, and the student forwards spent.
+
+    A forward policy below all patches (``lowres``) has no keep set: its rows store an empty one
+    (the teacher saw the whole view, cheapened inside its forward; the partition's mask spec says
+    how), which no keep-set policy ever stores, and :func:`pipeline.precompute.spec.reused_mask`
+    keeps its rows apart from those of keep sets.
+    """
     views = renders.views
     n = len(views)
     if t.keep is None:
         return np.ones((n, n_patches), dtype=bool), 0
+    if is_forward_policy(t.policy):
+        return np.zeros((n, n_patches), dtype=bool), 0
     keep = np.zeros((n, n_patches), dtype=bool)
     forwards = 0
     student = load_model(t.student, t.device) if t.student is not None and needs_saliency(t.policy) else None
@@ -162,9 +173,12 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
     return keep, forwards
 
 
-def _kept(keep: np.ndarray, k: int | None) -> torch.Tensor | None:
-    """LongTensor[rows, k] of the True columns of bool keep sets (None: all patches)."""
-    return None if k is None else torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), k))
+def _kept(t: PartitionTask, keep: np.ndarray) -> torch.Tensor | None:
+    """LongTensor[rows, k] of the True columns of bool keep sets, its copy to the task's device
+    queued (None: all patches, or a forward policy, which has no keep set)."""
+    if t.keep is None or is_forward_policy(t.policy):
+        return None
+    return to_device(pin(torch.from_numpy(np.nonzero(keep)[1].reshape(len(keep), t.keep)), t.device), t.device)
 
 
 @dataclass
@@ -181,11 +195,14 @@ def _candidates(t: PartitionTask, keys: list[str]) -> list[_Stored]:
     """Existing partitions of the same teacher, shard, view and label spec, readable and aligned."""
     out = []
     fp = t.fingerprints
+    mine = reused_mask(t.policy, t.keep)
     for path in paths.related_partitions(t.store, shard=t.shard, view_epoch=t.view_epoch, fingerprints=fp):
         if path == t.path:
             continue
         try:
             with open_partition(path, expect=reuse_expect(fp), expect_keys=keys) as part:
+                if stored_mask(part.metadata) != mine:
+                    continue  # a forward policy's rows serve that policy at that keep only
                 batch = part.read_all(columns=("keep", "target"))
         except StoreError:
             continue  # another label spec, or a damaged file: never reuse what we cannot trust
@@ -340,7 +357,7 @@ def _labels(t: PartitionTask, samples: list[Sample], keys: list[str], spec: View
     compute = np.flatnonzero(~reuse)
     extra_taus = [tau for tau in t.temperatures if float(tau) != 1.0]
     with timer.phase("teacher"):
-        macs_per_row = teacher_macs(teacher, t.keep)
+        macs_per_row = teacher_macs(teacher, t.keep, t.policy)
         fresh, fresh_lse, bad = _teacher_rows(t, teacher, renders, keep, compute, extra_taus)
         if not fresh:
             empty = torch.empty(0, t.num_classes)
@@ -444,13 +461,11 @@ def _teacher_rows(t: PartitionTask, teacher: torch.nn.Module, renders: _Renders,
         for start in range(0, len(compute), t.batch_size):
             idx = compute[start:start + t.batch_size]
             images = renders.teacher(idx)  # host work (render wait, staging, queued copy): overlaps batch n-1
-            kidx = _kept(keep[idx], t.keep)
-            if kidx is not None:
-                kidx = to_device(pin(kidx, t.device), t.device)
+            kidx = _kept(t, keep[idx])
             if pending is not None:
                 collect(pending)
             with torch.inference_mode(), autocast_for(t.device, t.precision):
-                logits = masked_forward(teacher, images, kidx).float()
+                logits = teacher_forward(teacher, images, t.policy, t.keep, kidx).float()
                 pending = (from_logits(logits, t.topk), logsumexp_at(logits, extra_taus),
                            ~torch.isfinite(logits).all(dim=1))
         if pending is not None:
@@ -480,9 +495,9 @@ def _spot_check(t, teacher, renders, keep, inexact, source, cands, macs_per_row)
     rng = np.random.default_rng(int(sha256_json([t.shard, t.view_epoch, t.fingerprints["mask"]])[:16], 16))
     rows = np.sort(rng.choice(inexact, size=min(t.spot_check, len(inexact)), replace=False))
     images = renders.teacher(rows)
-    kidx = _kept(keep[rows], t.keep)
+    kidx = _kept(t, keep[rows])
     with torch.inference_mode(), autocast_for(t.device, t.precision):
-        fresh = masked_forward(teacher, images, None if kidx is None else kidx.to(t.device)).float().cpu()
+        fresh = teacher_forward(teacher, images, t.policy, t.keep, kidx).float().cpu()
     kls = []
     for c, cand in enumerate(cands):
         sel = source[rows] == c

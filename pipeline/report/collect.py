@@ -121,19 +121,19 @@ def _row_comment(path: Path) -> str | None:
 
 
 _TEACHERS: dict[str, Any] = {}
-_MACS: dict[tuple[str, int | None], int] = {}
+_MACS: dict[tuple[str, int | None, str], int] = {}
 
 
-def _macs_per_view(cfg, keep: int | None = None) -> int:
-    """MACs of one teacher forward keeping ``keep`` patches (None or all: the full teacher), by
-    maskedkd.teacher_macs; one model per teacher config, one count per keep."""
+def _macs_per_view(cfg, keep: int | None = None, policy: str = "student") -> int:
+    """MACs of one teacher forward keeping ``keep`` patches under ``policy`` (None or all: the full
+    teacher), by maskedkd.teacher_macs; one model per teacher config, one count per keep and policy."""
     key = json.dumps([cfg.teacher.model, cfg.teacher.kwargs], sort_keys=True, default=repr)
-    if (key, keep) not in _MACS:
+    if (key, keep, policy) not in _MACS:
         if key not in _TEACHERS:
             with torch.device("cpu"):
                 _TEACHERS[key] = create_model(cfg.teacher.model, cfg.teacher.kwargs, seed=0).eval()
-        _MACS[key, keep] = teacher_macs(_TEACHERS[key], keep)
-    return _MACS[key, keep]
+        _MACS[key, keep, policy] = teacher_macs(_TEACHERS[key], keep, policy)
+    return _MACS[key, keep, policy]
 
 
 def _loads(log: Path) -> list[float]:
@@ -234,7 +234,8 @@ def _read_segments(r: RunOutcome, cfg, stages: dict[str, Any], segs: list[tuple[
             r.masked_top1.append((start, float(pre["teacher_top1_masked"])))
         if pre.get("keep") is not None:
             r.used_keeps.append(int(pre["keep"]))
-            r.label_macs += rows * _macs_per_view(cfg, r.used_keeps[-1])
+            policy = (pre.get("auto") or {}).get("policy") or cfg.masking.policy  # policy: auto records its choice
+            r.label_macs += rows * _macs_per_view(cfg, r.used_keeps[-1], policy)
         if pre.get("auto"):
             r.auto.append(dict(pre["auto"], milestone=start, keep=pre.get("keep")))
             r.label_macs += int(pre["auto"].get("teacher_macs") or 0)

@@ -151,7 +151,7 @@ def _dry_run(runner, segment: int) -> None:
     # lazy: `mkd-pipeline --help` imports this module; config + runner (torch, timm) would add 5 s
     from pipeline.precompute.run import dry_run
     from pipeline.run.graph import teacher_source
-    from pipeline.run.stages import chosen_keep, plan_precompute, recorded_teacher
+    from pipeline.run.stages import auto_choice, plan_precompute, recorded_teacher
 
     lag = runner.cfg.schedule.lag
     ckpt = runner.checkpoint(max(0, segment - lag))
@@ -162,16 +162,17 @@ def _dry_run(runner, segment: int) -> None:
                    f"(run `mkd-pipeline run` to create it)")
         return
     keep: int | None | str = "config"
+    policy = None
     if runner.cfg.masking.auto:
         probe = runner.lock.info(stage_name("probe", segment))
         if not probe:
             click.echo(f"segment {segment}: masking.keep is auto and the spot-check has not run yet; it chooses the "
                        f"keep before the labels are planned (run `mkd-pipeline run` or `precompute`)")
             return
-        keep = chosen_keep(runner.cfg, probe)
-        click.echo(f"segment {segment}: keep {keep or runner.cfg.num_patches} chosen by the recorded spot-check "
-                   f"({runner.cfg.masking.budget.budget()})")
-    for row in dry_run(plan_precompute(runner, segment, teacher, ckpt, keep)):
+        policy, keep, _ = auto_choice(runner.cfg, probe)
+        click.echo(f"segment {segment}: keep {keep or runner.cfg.num_patches} ({policy}) chosen by the recorded "
+                   f"spot-check ({runner.cfg.masking.budget.budget()})")
+    for row in dry_run(plan_precompute(runner, segment, teacher, ckpt, keep, policy)):
         extra = f" ({row['rows']} rows)" if row["state"] != "compute" else ""
         click.echo(f"{row['state']:8} {row['shard']} e{row['view_epoch']}{extra}: {row['reason']}")
 
@@ -193,7 +194,8 @@ def probe_cmd(stages: str, milestone: int, samples: int | None, as_json: bool, o
 
     On a seeded sample of segment I's views: the masked teacher's top-1, its top-1 agreement with
     the unmasked teacher and the mean KL(unmasked || masked) at each keep of masking.ladder, for the
-    policies student (checkpoint c_I), random and student_inverse. Prints a table and writes a plot.
+    policies student (checkpoint c_I), random, student_inverse and every forward policy (lowres:
+    the whole view at the keep's patch count). Prints a table and writes a plot.
     """
     scheduler = scheduler_from_flags(scheduler, scheduler_file)
     # with --json, stdout is the JSON alone: the stages' progress lines go to stderr

@@ -25,7 +25,7 @@ from pipeline.config.loader import dump_config
 from pipeline.devices import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.precompute.address import resolve_address
-from pipeline.precompute.probe import PROBE_POLICIES
+from pipeline.precompute.probe import probe_policies
 from pipeline.report.baseline import Baseline
 from pipeline.report.metrics import write_metrics
 from pipeline.report.run_report import write_report
@@ -187,7 +187,7 @@ class Runner(RunContext):
         return [config, *write_metrics(self.lock, len(self.cfg.schedule.segments()), self.run_dir)]
 
     def probe(self, milestone: int, samples: int | None = None,
-              policies: tuple[str, ...] = PROBE_POLICIES) -> dict[str, Any]:
+              policies: tuple[str, ...] | None = None) -> dict[str, Any]:
         """``mkd-pipeline probe``: the fidelity curves of several policies at milestone ``milestone``
         (checkpoint c_I on segment I's views), the teacher and c_0 made first when stale.
 
@@ -208,7 +208,7 @@ class Runner(RunContext):
                 "inputs", {})).fresh):
             raise ConfigError(f"--milestone {milestone}: checkpoint {ckpt} is not trained yet; run "
                               f"`mkd-pipeline run ... --until {maker}` first")
-        task = plan_probe(self, milestone, teacher, ckpt, policies=policies, samples=samples)
+        task = plan_probe(self, milestone, teacher, ckpt, policies=policies or probe_policies(), samples=samples)
         result = run_probe(self, task, f"probe-m{milestone}")  # a Dask key prefix, not a stage of the run
         result.update(milestone=milestone, source=ckpt.name, num_patches=self.cfg.num_patches)
         return result

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from maskedkd import Rung, keep_choice, ladder_keeps, needs_saliency, resolve_keep
+from maskedkd import Rung, keep_choice, ladder_keeps, needs_saliency, policy_choice, resolve_keep
 from pipeline._atomic import write_atomic
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._lock import file_record
@@ -79,31 +79,44 @@ def recorded_teacher(ctx: RunContext, name: str = "teacher") -> ModelSpec | None
 
 def chosen_keep(cfg, probe: Mapping[str, Any]) -> int | None:
     """The keep ``masking.budget`` takes from a spot-check's curve (``None``: all patches)."""
-    return auto_keep(cfg, probe)[0]
+    return auto_choice(cfg, probe)[1]
 
 
 def auto_keep(cfg, probe: Mapping[str, Any]) -> tuple[int | None, str]:
     """:func:`chosen_keep` and why (:func:`maskedkd.keep_choice`: the budget, or a net cost above the full teacher's)."""
+    return auto_choice(cfg, probe)[1:]
+
+
+def auto_choice(cfg, probe: Mapping[str, Any]) -> tuple[str, int | None, str]:
+    """The policy and keep ``masking.budget`` takes from a spot-check, and why: the configured
+    policy's keep (:func:`maskedkd.keep_choice`), or with ``policy: auto`` the candidate whose keep
+    costs the fewest net MACs (:func:`maskedkd.policy_choice`)."""
     m = cfg.masking
-    return keep_choice([Rung(**r) for r in probe["curves"][m.policy]], m.budget.budget())
+    curves = {p: [Rung(**r) for r in probe["curves"][p]] for p in m.candidates()}
+    if m.policy != "auto":
+        return (m.policy, *keep_choice(curves[m.policy], m.budget.budget()))
+    return policy_choice(curves, m.budget.budget())
 
 
 def plan_precompute(ctx: RunContext, segment: int, teacher: ModelSpec, source_ckpt: Path,
-                    keep: int | None | str = "config") -> list[PartitionTask]:
+                    keep: int | None | str = "config", policy: str | None = None) -> list[PartitionTask]:
     """The tasks of segment ``segment``'s labels, masks chosen by ``source_ckpt``.
 
     Args:
         keep: the keep count (``None``: all patches); ``"config"`` takes it from the config,
             which ``masking.keep: auto`` cannot give (the spot-check chooses it: :func:`chosen_keep`).
+        policy: the policy (default ``masking.policy``; with ``policy: auto`` the one the
+            spot-check chose: :func:`auto_choice`).
     """
     cfg = ctx.cfg
+    policy = policy or cfg.masking.policy
     if keep == "config":
         if cfg.masking.auto:
             raise ValueError("masking.keep is auto: give the keep the spot-check chose (chosen_keep)")
-        keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, cfg.masking.policy)
-    student = model_spec(cfg, "student", source_ckpt) if needs_saliency(cfg.masking.policy) else None
+        keep = resolve_keep(cfg.keep_for_segment(segment), cfg.num_patches, policy)
+    student = model_spec(cfg, "student", source_ckpt) if needs_saliency(policy) else None
     return plan_segment(cfg, segment, manifest=ctx.manifest, teacher=teacher, student=student,
-                        device="auto", num_classes=cfg.data.num_classes, keep=keep)
+                        device="auto", num_classes=cfg.data.num_classes, keep=keep, policy=policy)
 
 
 def plan_probe(ctx: RunContext, segment: int, teacher: ModelSpec, source_ckpt: Path, *, policies: tuple[str, ...],
@@ -284,7 +297,7 @@ def run_init(ctx: RunContext, stage: Stage, planned: Planned, outs: Outputs) -> 
 
 def plan_probe_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     task = plan_probe(ctx, stage.index, stage.dep(outs, "teacher"), stage.dep(outs, "source"),
-                      policies=(ctx.cfg.masking.policy,))
+                      policies=ctx.cfg.masking.candidates())
     return Planned(probe_inputs(task), task)
 
 
@@ -302,10 +315,11 @@ def run_probe_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: Outpu
     result["source"] = source.name
     ctx.lock.record(stage.name, planned.inputs, info=result)
     ctx.result.teacher_forwards += result["teacher_forwards"]
-    curve = result["curves"][ctx.cfg.masking.policy]
-    ctx.say(stage.name, f"{len(task.rows)} views, masks from {source.name}: " + ", ".join(
-        f"keep {fmt_keep(r['keep'], ctx.cfg.num_patches)} agreement {r['agreement']:.3f} KL {r['kl']:.3f}"
-        for r in curve))
+    for policy in task.policies:
+        named = f"{policy}: " if len(task.policies) > 1 else ""
+        ctx.say(stage.name, f"{len(task.rows)} views, masks from {source.name}: {named}" + ", ".join(
+            f"keep {fmt_keep(r['keep'], ctx.cfg.num_patches)} agreement {r['agreement']:.3f} KL {r['kl']:.3f}"
+            for r in result["curves"][policy]))
     return result
 
 
@@ -314,9 +328,9 @@ def run_probe_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: Outpu
 
 def plan_precompute_stage(ctx: RunContext, stage: Stage, outs: Outputs) -> Planned:
     cfg, m, probe = ctx.cfg, ctx.cfg.masking, stage.dep(outs, "probe")
-    keep = chosen_keep(cfg, probe) if m.auto else resolve_keep(cfg.keep_for_segment(stage.index), cfg.num_patches,
-                                                               m.policy)
-    tasks = plan_precompute(ctx, stage.index, stage.dep(outs, "teacher"), stage.dep(outs, "source"), keep)
+    policy, keep = auto_choice(cfg, probe)[:2] if m.auto else (
+        m.policy, resolve_keep(cfg.keep_for_segment(stage.index), cfg.num_patches, m.policy))
+    tasks = plan_precompute(ctx, stage.index, stage.dep(outs, "teacher"), stage.dep(outs, "source"), keep, policy)
     return Planned(precompute_inputs(cfg, stage.index, tasks), (keep, tasks))
 
 
@@ -328,9 +342,9 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
     """Label one segment's views on the cluster; returns ``{(shard, view epoch): LabelRef}`` for the trainer."""
     cfg, name, (keep, tasks) = ctx.cfg, stage.name, planned.work
     source, probe = stage.dep(outs, "source"), stage.dep(outs, "probe")
-    reason = auto_keep(cfg, probe)[1] if probe is not None else None
+    policy, _, reason = auto_choice(cfg, probe) if probe is not None else (cfg.masking.policy, keep, None)
     shown = fmt_keep(keep, cfg.num_patches) + (f" (auto: {reason})" if reason else "")
-    ctx.say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({cfg.masking.policy}) from {source.name}")
+    ctx.say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({policy}) from {source.name}")
     t0 = time.perf_counter()
     # announced before any task starts and until the lock names them: gc keeps them meanwhile
     with announce(cfg.labels.store, ctx.lock.path, name, [t.path for t in tasks]):
@@ -346,9 +360,11 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
         summary["keep"] = (cfg.num_patches if keep is None else keep) if tasks else None  # a count, N for all
         if probe is not None:
             # what choosing the keep cost is part of what these labels cost
-            summary["auto"] = {"budget": str(cfg.masking.budget.budget()), "reason": reason, "curve": probe["curves"][cfg.masking.policy],
+            summary["auto"] = {"budget": str(cfg.masking.budget.budget()), "reason": reason, "curve": probe["curves"][policy],
                                "samples": probe["samples"], "teacher_macs": probe["teacher_macs"],
                                "teacher_forwards": probe["teacher_forwards"]}
+            if cfg.masking.policy == "auto":  # which policy, and every candidate's curve it was chosen from
+                summary["auto"].update(policy=policy, curves=probe["curves"])
             summary["teacher_macs"] += probe["teacher_macs"]
         summary.update(net_cost_fields(cfg, summary, probe["teacher_macs"] if probe is not None else None))
         ctx.lock.record(name, planned.inputs, partitions=parts, info=summary)

@@ -35,9 +35,9 @@ from maskedkd import (
     SoftTarget,
     distill_loss,
     keep_indices,
-    masked_forward,
     needs_saliency,
     resolve_keep,
+    teacher_forward,
     teacher_macs,
 )
 from maskedkd.digests import view_spec_fingerprint
@@ -143,7 +143,7 @@ class _Online:
             raise ConfigError(f"masking.keep: must be between 1 and {n}, got {online.keep}") from None
         self.grid = tuple(patch_embed.grid_size)
         self.saliency = self.keep is not None and needs_saliency(online.policy)
-        self.macs_per_image = teacher_macs(self.teacher, self.keep)
+        self.macs_per_image = teacher_macs(self.teacher, self.keep, online.policy)
         self.device = device
 
     @torch.no_grad()
@@ -168,7 +168,7 @@ class _Online:
         if keep_idx is not None:
             keep_idx = to_device(pin(keep_idx, self.device), self.device)
         with self.autocast():
-            return masked_forward(self.teacher, timgs, keep_idx).float()
+            return teacher_forward(self.teacher, timgs, self.cfg.policy, self.keep, keep_idx).float()
 
 
 def _update(model: nn.Module, student: nn.Module, optimizer, images: torch.Tensor, batch: Batch, target,

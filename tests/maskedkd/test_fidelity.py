@@ -162,3 +162,36 @@ def test_keep_choice_says_why_the_full_teacher_was_taken():
     assert keep == 12 and why == "the smallest keep within the budget (agreement >= 0.95), net 0.95x the full teacher's MACs"
     keep, why = keep_choice([rung(8, 50, 20, agreement=0.5), full], Budget(agreement=0.95))
     assert keep is None and why == "no keep within the budget (agreement >= 0.95)"
+
+
+def test_policy_choice_takes_the_cheapest_net_macs_within_the_budget_and_says_why():
+    from maskedkd import policy_choice
+
+    def rung(keep, macs, sal=0, agreement=0.99):
+        return Rung(keep=keep, top1=0.5, agreement=agreement, kl=0.0, macs=macs, saliency_macs=sal)
+
+    full = rung(None, 100)
+    curves = {
+        "student": [rung(25, 50, 20), rung(37, 75, 20), full],  # keep 25 within: net 0.70x with its saliency pass
+        "random": [rung(25, 50, agreement=0.8), rung(37, 75), full],  # keep 25 short: keep 37, 0.75x
+        "lowres": [rung(25, 48), rung(37, 74), full],  # keep 25 within, no saliency pass: 0.48x
+    }
+    policy, keep, why = policy_choice(curves, Budget(agreement=0.95))
+    assert (policy, keep) == ("lowres", 25)
+    assert why == ("lowres keep 25 0.48x the full teacher's net MACs, the cheapest of the policies within the budget "
+                   "(the smallest keep within the budget (agreement >= 0.95), net 0.48x the full teacher's MACs); "
+                   "the others: student keep 25 0.70x; random keep 37 0.75x")
+    # the saliency pass decides: the same teacher MACs, but the student policy pays its student forward
+    same = {"student": [rung(25, 48, 20), full], "random": [rung(25, 48), full]}
+    assert policy_choice(same, Budget(agreement=0.95))[:2] == ("random", 25)
+    # a tie goes to the first candidate
+    assert policy_choice({"random": [rung(25, 48), full], "lowres": [rung(25, 48), full]},
+                         Budget(agreement=0.95))[:2] == ("random", 25)
+    # none within the budget: the full teacher, said so
+    policy, keep, why = policy_choice({"random": [rung(25, 48, agreement=0.5), full],
+                                       "lowres": [rung(25, 48, agreement=0.5), full]}, Budget(agreement=0.95))
+    assert (policy, keep) == ("random", None)
+    assert why.startswith("no policy is within the budget (agreement >= 0.95) below the full teacher's cost: random "
+                          "with all patches (no keep within the budget")
+    with pytest.raises(ValueError, match="at least one policy"):
+        policy_choice({}, Budget(agreement=0.95))

@@ -160,6 +160,24 @@ def test_keep_helpers(ws):
     assert cfg.keep_for_segment(1) == 49
 
 
+def test_forward_and_auto_policies_validate(ws):
+    from maskedkd import FORWARD_POLICIES
+
+    doc = copy.deepcopy(BASE)
+    doc["masking"] = {"policy": "lowres", "ratio": 0.5}
+    cfg = load_config(write_doc(ws, doc))
+    assert cfg.keep_for_segment(0) == round(0.5 * 49) == 24 and cfg.masking.candidates() == ("lowres",)
+    assert not cfg.masking.reads_saliency
+    doc["masking"] = {"policy": "auto", "keep": "auto", "budget": {"agreement": 0.9}}
+    cfg = load_config(write_doc(ws, doc))
+    assert cfg.masking.auto and cfg.masking.candidates() == ("student", "random", *sorted(FORWARD_POLICIES))
+    assert "lowres" in cfg.masking.candidates()
+    assert cfg.masking.reads_saliency
+    doc["masking"]["policies"] = ["random", "lowres"]
+    cfg = load_config(write_doc(ws, doc))
+    assert cfg.masking.candidates() == ("random", "lowres") and not cfg.masking.reads_saliency
+
+
 def test_views_block_covers_every_viewspec_field(ws):
     from maskedkd.views import ViewSpec
 

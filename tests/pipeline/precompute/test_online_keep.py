@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskedkd import saliency_on_grid, select_keep
+from maskedkd import saliency_on_grid, select_keep, teacher_forward, teacher_macs
 from maskedkd.views import ViewSpec
 from pipeline.labels import open_partition
 from pipeline.labels.contract import RenderSpec, ShardRef
@@ -93,3 +93,14 @@ def test_precompute_picks_masks_from_the_downscaled_view_when_asked(stage, tasks
         full = select_keep(saliency_on_grid(student, batch.images, (7, 7)), t.keep)
     got = torch.from_numpy(np.nonzero(b.keep.numpy()[rows])[1].reshape(len(rows), t.keep))
     assert torch.equal(got, want) and not torch.equal(got, full)
+
+
+def test_the_online_lowres_teacher_runs_its_forward_without_the_student(ckpts):
+    online, student = _online(ckpts, "lowres", 16)
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    batch = Batch(images, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), None, [],
+                  teacher_images=images, seeds=[5, 6, 7])
+    assert not online.saliency and online.keep_idx(student, batch, images) is None  # no keep set, no student read
+    assert online.macs_per_image == teacher_macs(online.teacher, 16, "lowres") < teacher_macs(online.teacher, None)
+    with torch.no_grad():
+        assert torch.equal(online(student, batch, images), teacher_forward(online.teacher, images, "lowres", 16))
