@@ -103,15 +103,22 @@ def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
     return f"- **{a}** − **{b}**: {diff:+.2f} points (n={len(ra)} vs {len(rb)}); {verdict}."
 
 
-def _figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> bool:
+def run_name(r: RunOutcome) -> str:
+    """How the page names one run: its row (teacher and policy, as the tables name it) and seed; every
+    figure's legend uses it too, so two rows of one policy, keep and seed still read apart."""
+    return f"{r.row}, seed {r.seed}"
+
+
+def curriculum_figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> list[str]:
+    """Plot each finished run's teacher top-1 on its masked views per milestone; returns the legend's
+    labels (empty: nothing to plot, no file written)."""
     curves = [r for r in runs if r.finished and r.masked_top1]
     if not curves:
-        return False
+        return []
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     for r in curves:
         xs, ys = zip(*r.masked_top1)
-        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--",
-                label=f"{r.policy}, keep {r.keep_label}, seed {r.seed}, milestones {','.join(map(str, xs))}")
+        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=run_name(r))
     if teacher_top1 is not None:
         ax.axhline(teacher_top1, color="k", ls="--", lw=1, label="teacher, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
@@ -121,10 +128,11 @@ def _figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> b
     ax.grid(alpha=0.3)
     ax.set_xticks(sorted({x for r in curves for x, _ in r.masked_top1}))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    labels = ax.get_legend_handles_labels()[1]
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    return True
+    return labels
 
 
 def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
@@ -436,7 +444,7 @@ def _epochs_section(page: _Page) -> list[str]:
              "Where a row gains or loses its accuracy: the student's test top-1 (%) at each evaluation, every finished run.", "",
              "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
     for r in sorted(page.finished, key=page.run_key):
-        lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
+        lines.append(f"| {run_name(r)} | {_series_cells(r.epoch_top1, ep)} |")
     return lines
 
 
@@ -448,7 +456,7 @@ def _curriculum_section(page: _Page) -> list[str]:
     lines = ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
     milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
     t1 = next((r.teacher_top1 for r in page.finished if r.teacher_top1 is not None), None)
-    if not _figure(png, fig_runs, t1):
+    if not curriculum_figure(png, fig_runs, t1):
         return lines + ["not run (time): needs the offline rows."]
     lines += [f"![curriculum]({png.name})", "",
               "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",

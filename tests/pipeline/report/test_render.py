@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
-from pipeline.report.results import render_results
+from pipeline.report.results import curriculum_figure, render_results, run_name
 from pipeline.report.spec import ResultsSpec, Target
 
 
@@ -127,3 +127,15 @@ def test_the_probe_section_opens_with_each_probes_agreement_at_half_the_patches(
     assert "| ft1-m4 | c4.pth | 1000 | 0.8700 | 25 of 49 | 0.830 | 0.720 |" in text
     assert "### ft1-m4 (masks from c4.pth, 1000 views" in text and (tmp_path / "results_probe_ft1-m4.png").is_file()
     assert "--probes " + probes.as_posix() in text.splitlines()[2]
+
+
+def test_the_curriculum_legend_names_each_row_as_the_tables_do(tmp_path):
+    # one policy, keep and seed from two teachers: the legend must still tell the curves apart
+    runs = [_run(row, 0, 0.8) for row in ("plain teacher: offline MaskedKD 50%", "ft1 teacher: offline MaskedKD 50%")]
+    for r in runs:
+        r.masked_top1 = [(0, 0.6), (2, 0.7)]
+    labels = curriculum_figure(tmp_path / "curriculum.png", runs, 0.88)
+    assert labels[:2] == [run_name(r) for r in runs] and len(set(labels)) == len(labels) == 3
+    assert (tmp_path / "curriculum.png").read_bytes().startswith(b"\x89PNG")
+    page = render_results(runs, tmp_path / "RESULTS.md")
+    assert all(f"| {run_name(r)} |" in page for r in runs)  # the per-epoch table names them alike
