@@ -467,6 +467,29 @@ def _curriculum_section(page: _Page) -> list[str]:
                     "(masks from the student checkpoint at that epoch)."]
 
 
+def _relabel_section(page: _Page) -> list[str]:
+    """What incremental recomputation bought: the runs whose milestones re-label views labelled before
+    (a view pool, or a reuse tolerance); none, no section."""
+    runs = [r for r in sorted(page.finished, key=page.run_key)
+            if not r.online and r.rows and (r.pool != "epochs" or r.tolerance)]
+    if not runs:
+        return []
+    lines = ["", "## Re-labelling: what incremental recomputation bought", "",
+             "Runs whose milestones re-label views labelled at an earlier milestone (`views.pool`) or reuse stored "
+             "labels whose keep set differs by at most `masking.tolerance` patches. Rows: labels the run needed over "
+             "all milestones; teacher forwards: rows the teacher computed; reused: rows served from the store, "
+             "exactly (same keep set, or labels that do not depend on the student) or under tolerance; KL: mean "
+             "KL(fresh ‖ reused) of the spot-checked rows reused under tolerance, over milestones.", "",
+             "| run | pool | milestones | tolerance | rows | teacher forwards | reused exactly | reused under tolerance "
+             "| spot-check KL | top-1 % |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        kl = f"{statistics.fmean(r.spot_kl):.4f}" if r.spot_kl else "-"
+        lines.append(f"| {run_name(r)} | {r.pool} | {', '.join(map(str, r.every))} | {r.tolerance} | {r.rows} | "
+                     f"{r.teacher_forwards} | {r.avoided - r.reused_tolerance} | {r.reused_tolerance} | {kl} | "
+                     f"{_percent(r.top1)} |")
+    return lines
+
+
 def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None = None, notes: str | None = None,
                    notes_path: str | None = None, probes: Path | None = None) -> str:
     """The markdown of the results page at ``out`` (its PNGs are written beside it).
@@ -485,7 +508,8 @@ def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None =
     page = _Page(spec, out, students, rows, sorted(rows, key=spec.row_key), [r for r in students if r.finished])
     lines = _header(page, runs, notes_path, probes) + _teachers_section(students, spec.teachers) + _sweep_section(page)
     lines += _main_table(page) + _breakeven_section(page) + _targets_and_comparisons(page) + _auto_section(page)
-    lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _curriculum_section(page)
+    lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _relabel_section(page)
+    lines += _curriculum_section(page)
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

@@ -139,3 +139,16 @@ def test_the_curriculum_legend_names_each_row_as_the_tables_do(tmp_path):
     assert (tmp_path / "curriculum.png").read_bytes().startswith(b"\x89PNG")
     page = render_results(runs, tmp_path / "RESULTS.md")
     assert all(f"| {run_name(r)} |" in page for r in runs)  # the per-epoch table names them alike
+
+
+def test_runs_that_relabel_their_views_show_what_reuse_bought(tmp_path):
+    fresh = _run("every view new", 0, 0.8)
+    fresh.rows, fresh.teacher_forwards = 200, 200
+    assert "## Re-labelling" not in render_results([fresh], tmp_path / "RESULTS.md")  # pool epochs, tolerance 0
+    tol = _run("one view, tolerance 4", 0, 0.79)
+    tol.pool, tol.tolerance, tol.every = "1", 4, [0, 1]
+    tol.rows, tol.teacher_forwards, tol.avoided, tol.reused_tolerance, tol.spot_kl = 200, 130, 70, 60, [0.01, 0.03]
+    page = render_results([fresh, tol], tmp_path / "RESULTS.md")
+    section = page.split("## Re-labelling")[1].split("\n## ")[0]
+    assert f"| {run_name(tol)} | 1 | 0, 1 | 4 | 200 | 130 | 10 | 60 | 0.0200 | 79.00 |" in section
+    assert run_name(fresh) not in section
