@@ -10,6 +10,7 @@ experiment of RESULTS.md keeps its spec in ``stages/results/results.toml``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -109,9 +110,15 @@ def run_name(r: RunOutcome) -> str:
     return f"{r.row}, seed {r.seed}"
 
 
-def curriculum_figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> list[str]:
-    """Plot each finished run's teacher top-1 on its masked views per milestone; returns the legend's
-    labels (empty: nothing to plot, no file written)."""
+def teacher_name(r: RunOutcome) -> str:
+    """The teacher a run loaded as the Teachers table names it (its weights file), or ``teacher``."""
+    return f"teacher {Path(r.teacher_file['weights']).name}" if r.teacher_file else "teacher"
+
+
+def curriculum_figure(path: Path, runs: list[RunOutcome], teachers: dict[str, float]) -> list[str]:
+    """Plot each finished run's teacher top-1 on its masked views per milestone, and each teacher's
+    unmasked top-1 (``teachers``: name -> top-1) as a line; returns the legend's labels (empty: nothing
+    to plot, no file written)."""
     curves = [r for r in runs if r.finished and r.masked_top1]
     if not curves:
         return []
@@ -119,8 +126,8 @@ def curriculum_figure(path: Path, runs: list[RunOutcome], teacher_top1: float | 
     for r in curves:
         xs, ys = zip(*r.masked_top1)
         ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=run_name(r))
-    if teacher_top1 is not None:
-        ax.axhline(teacher_top1, color="k", ls="--", lw=1, label="teacher, unmasked test images")
+    for (name, top1), ls in zip(sorted(teachers.items()), itertools.cycle(("--", ":", "-."))):
+        ax.axhline(top1, color="k", ls=ls, lw=1, label=f"{name}, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
     ax.set_ylabel("teacher top-1 on its (masked) training views")
     ax.set_title("Teacher accuracy on masked views per milestone")
@@ -455,8 +462,8 @@ def _curriculum_section(page: _Page) -> list[str]:
     png = page.out.with_name("results_curriculum.png")
     lines = ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
     milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
-    t1 = next((r.teacher_top1 for r in page.finished if r.teacher_top1 is not None), None)
-    if not curriculum_figure(png, fig_runs, t1):
+    teachers = {teacher_name(r): r.teacher_top1 for r in fig_runs if r.teacher_top1 is not None}
+    if not curriculum_figure(png, fig_runs, teachers):
         return lines + ["not run (time): needs the offline rows."]
     lines += [f"![curriculum]({png.name})", "",
               "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",

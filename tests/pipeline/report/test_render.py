@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
-from pipeline.report.results import curriculum_figure, render_results, run_name
+from pipeline.report.results import curriculum_figure, render_results, run_name, teacher_name
 from pipeline.report.spec import ResultsSpec, Target
 
 
@@ -132,10 +132,12 @@ def test_the_probe_section_opens_with_each_probes_agreement_at_half_the_patches(
 def test_the_curriculum_legend_names_each_row_as_the_tables_do(tmp_path):
     # one policy, keep and seed from two teachers: the legend must still tell the curves apart
     runs = [_run(row, 0, 0.8) for row in ("plain teacher: offline MaskedKD 50%", "ft1 teacher: offline MaskedKD 50%")]
-    for r in runs:
-        r.masked_top1 = [(0, 0.6), (2, 0.7)]
-    labels = curriculum_figure(tmp_path / "curriculum.png", runs, 0.88)
-    assert labels[:2] == [run_name(r) for r in runs] and len(set(labels)) == len(labels) == 3
+    for r, (weights, top1) in zip(runs, (("t/plain.safetensors", 0.887), ("t/ft1.safetensors", 0.871))):
+        r.masked_top1, r.teacher_file, r.teacher_top1 = [(0, 0.6), (2, 0.7)], {"weights": weights}, top1
+    labels = curriculum_figure(tmp_path / "curriculum.png", runs, {teacher_name(r): r.teacher_top1 for r in runs})
+    assert labels[:2] == [run_name(r) for r in runs] and len(set(labels)) == len(labels) == 4
+    # each teacher's unmasked line is named by its weights file, as the Teachers table names it
+    assert labels[2:] == ["teacher ft1.safetensors, unmasked test images", "teacher plain.safetensors, unmasked test images"]
     assert (tmp_path / "curriculum.png").read_bytes().startswith(b"\x89PNG")
     page = render_results(runs, tmp_path / "RESULTS.md")
     assert all(f"| {run_name(r)} |" in page for r in runs)  # the per-epoch table names them alike
