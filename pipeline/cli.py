@@ -34,6 +34,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "precompute": "pipeline.bench.cli:bench_precompute",
         "lock": "pipeline.bench.cli:bench_lock",
         "saliency": "pipeline.bench.cli:bench_saliency",
+        "reuse": "pipeline.bench.cli:bench_reuse",
     },
     "config": {
         "check": "pipeline.config.cli:config_check",

@@ -234,3 +234,37 @@ def bench_saliency(teacher: str, students: tuple[str, ...], stage_files: tuple[P
         pairs = [saliency.Pair(s, teacher, {}, {}, f"{s} -> {teacher}") for s in students]
     r = saliency.run_bench(pairs, _parse_keep(keep) if keep else None, scale_list)
     _echo(r, as_json, saliency.saliency_table(r))
+
+
+@click.command("reuse")
+@click.option("--policy", "policies", multiple=True,
+              help="A masking policy to measure (repeat for several) [default: every registered one].")
+@click.option("--samples", default=1024, show_default=True, type=click.IntRange(1), help="Fashion-MNIST training images.")
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--test-samples", default=500, show_default=True, type=click.IntRange(1), help="Test images (val top-1).")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1), help="Student epochs.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Epochs between milestones.")
+@click.option("--keep", default=25, show_default=True, type=click.IntRange(1), help="Patches kept (of 49).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Dask workers.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write reuse.json and reuse.md (the table) into this folder.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"policy", "variant", "served_share", ...}]}.')
+def bench_reuse(policies: tuple[str, ...], samples: int, shard_size: int, test_samples: int, epochs: int, every: int,
+                keep: int, workers: int, out: Path | None, as_json: bool) -> None:
+    """Per policy, the share of a second student run's labels served from the store: a first run,
+    then on its store one with another student.init_seed and one with another train.lr."""
+    from maskedkd import POLICIES
+
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise click.BadParameter(f"unknown policy {', '.join(unknown)}; known: {', '.join(sorted(POLICIES))}")
+    from pipeline.bench import reuse  # lazy: the harness imports torch, timm and Dask (see the module doc)
+
+    result = reuse.run_bench(samples=samples, shard_size=shard_size, test_samples=test_samples, epochs=epochs,
+                             every=every, keep=keep, policies=policies, workers=workers)
+    table = reuse.reuse_table(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reuse.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "reuse.md").write_text(table)
+    _echo(result, as_json, table)

@@ -71,16 +71,21 @@ def make_imagenet_like_shard(path: Path, n: int, *, seed: int = 0) -> Path:
     return path
 
 
-def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, offset: int = 0) -> DatasetManifest:
+def fashion_mnist_dataset(out: str | Path, samples: int, shard_size: int, *, offset: int = 0,
+                          test_samples: int = 0) -> DatasetManifest:
     """A dataset folder (shards + ``manifest.json``) of ``samples`` real Fashion-MNIST training
-    images starting at ``offset``, as split ``train``; returns its :class:`DatasetManifest`."""
+    images starting at ``offset``, as split ``train`` (and the first ``test_samples`` test images
+    as split ``test``, when not 0); returns its :class:`DatasetManifest`."""
     out = Path(out)
-    images, labels = fashion_mnist_split(FASHION_MNIST_SRC, "train")
-    items = (SourceImage(png_gray8(images[i]), "png", int(labels[i]), f"train[{i}]")
-             for i in range(offset, offset + samples))
     skipped: list[dict] = []
-    split = write_split(out, "train", items, samples, shard_size, skipped)
-    manifest = DatasetManifest(name="fashion-mnist-subset", classes=list(FASHION_MNIST_CLASSES), splits={"train": split},
+    splits = {}
+    for name, n, start in (("train", samples, offset), ("test", test_samples, 0)):
+        if not n:
+            continue
+        images, labels = fashion_mnist_split(FASHION_MNIST_SRC, name)
+        items = (SourceImage(png_gray8(images[i]), "png", int(labels[i]), f"{name}[{i}]") for i in range(start, start + n))
+        splits[name] = write_split(out, name, items, n, shard_size, skipped)
+    manifest = DatasetManifest(name="fashion-mnist-subset", classes=list(FASHION_MNIST_CLASSES), splits=splits,
                                source={"kind": "fashion-mnist", "offset": offset, "samples": samples}, skipped=skipped)
     manifest.save(out)
     return manifest

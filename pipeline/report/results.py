@@ -10,6 +10,7 @@ experiment of RESULTS.md keeps its spec in ``stages/results/results.toml``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -103,17 +104,30 @@ def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
     return f"- **{a}** − **{b}**: {diff:+.2f} points (n={len(ra)} vs {len(rb)}); {verdict}."
 
 
-def _figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> bool:
+def run_name(r: RunOutcome) -> str:
+    """How the page names one run: its row (teacher and policy, as the tables name it) and seed; every
+    figure's legend uses it too, so two rows of one policy, keep and seed still read apart."""
+    return f"{r.row}, seed {r.seed}"
+
+
+def teacher_name(r: RunOutcome) -> str:
+    """The teacher a run loaded as the Teachers table names it (its weights file), or ``teacher``."""
+    return f"teacher {Path(r.teacher_file['weights']).name}" if r.teacher_file else "teacher"
+
+
+def curriculum_figure(path: Path, runs: list[RunOutcome], teachers: dict[str, float]) -> list[str]:
+    """Plot each finished run's teacher top-1 on its masked views per milestone, and each teacher's
+    unmasked top-1 (``teachers``: name -> top-1) as a line; returns the legend's labels (empty: nothing
+    to plot, no file written)."""
     curves = [r for r in runs if r.finished and r.masked_top1]
     if not curves:
-        return False
+        return []
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     for r in curves:
         xs, ys = zip(*r.masked_top1)
-        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--",
-                label=f"{r.policy}, keep {r.keep_label}, seed {r.seed}, milestones {','.join(map(str, xs))}")
-    if teacher_top1 is not None:
-        ax.axhline(teacher_top1, color="k", ls="--", lw=1, label="teacher, unmasked test images")
+        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=run_name(r))
+    for (name, top1), ls in zip(sorted(teachers.items()), itertools.cycle(("--", ":", "-."))):
+        ax.axhline(top1, color="k", ls=ls, lw=1, label=f"{name}, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
     ax.set_ylabel("teacher top-1 on its (masked) training views")
     ax.set_title("Teacher accuracy on masked views per milestone")
@@ -121,10 +135,11 @@ def _figure(path: Path, runs: list[RunOutcome], teacher_top1: float | None) -> b
     ax.grid(alpha=0.3)
     ax.set_xticks(sorted({x for r in curves for x, _ in r.masked_top1}))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    labels = ax.get_legend_handles_labels()[1]
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    return True
+    return labels
 
 
 def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
@@ -436,7 +451,7 @@ def _epochs_section(page: _Page) -> list[str]:
              "Where a row gains or loses its accuracy: the student's test top-1 (%) at each evaluation, every finished run.", "",
              "| run | " + " | ".join(f"epoch {e}" for e in ep) + " |", "|---|" + "---:|" * len(ep)]
     for r in sorted(page.finished, key=page.run_key):
-        lines.append(f"| {r.row}, seed {r.seed} | {_series_cells(r.epoch_top1, ep)} |")
+        lines.append(f"| {run_name(r)} | {_series_cells(r.epoch_top1, ep)} |")
     return lines
 
 
@@ -447,8 +462,8 @@ def _curriculum_section(page: _Page) -> list[str]:
     png = page.out.with_name("results_curriculum.png")
     lines = ["", "## Curriculum: the teacher's accuracy on the views it labelled", ""]
     milestones = sorted({x for r in fig_runs for x, _ in r.masked_top1})
-    t1 = next((r.teacher_top1 for r in page.finished if r.teacher_top1 is not None), None)
-    if not _figure(png, fig_runs, t1):
+    teachers = {teacher_name(r): r.teacher_top1 for r in fig_runs if r.teacher_top1 is not None}
+    if not curriculum_figure(png, fig_runs, teachers):
         return lines + ["not run (time): needs the offline rows."]
     lines += [f"![curriculum]({png.name})", "",
               "| run | " + " | ".join(f"milestone {x}" for x in milestones) + " |",
@@ -457,6 +472,29 @@ def _curriculum_section(page: _Page) -> list[str]:
         lines.append(f"| {r.row} (`{r.policy}`, keep {r.keep_label}, seed {r.seed}) | {_series_cells(r.masked_top1, milestones)} |")
     return lines + ["", "Teacher top-1 (%) on the training views it labelled, with the keep set of each row, per milestone "
                     "(masks from the student checkpoint at that epoch)."]
+
+
+def _relabel_section(page: _Page) -> list[str]:
+    """What incremental recomputation bought: the runs whose milestones re-label views labelled before
+    (a view pool, or a reuse tolerance); none, no section."""
+    runs = [r for r in sorted(page.finished, key=page.run_key)
+            if not r.online and r.rows and (r.pool != "epochs" or r.tolerance)]
+    if not runs:
+        return []
+    lines = ["", "## Re-labelling: what incremental recomputation bought", "",
+             "Runs whose milestones re-label views labelled at an earlier milestone (`views.pool`) or reuse stored "
+             "labels whose keep set differs by at most `masking.tolerance` patches. Rows: labels the run needed over "
+             "all milestones; teacher forwards: rows the teacher computed; reused: rows served from the store, "
+             "exactly (same keep set, or labels that do not depend on the student) or under tolerance; KL: mean "
+             "KL(fresh ‖ reused) of the spot-checked rows reused under tolerance, over milestones.", "",
+             "| run | pool | milestones | tolerance | rows | teacher forwards | reused exactly | reused under tolerance "
+             "| spot-check KL | top-1 % |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        kl = f"{statistics.fmean(r.spot_kl):.4f}" if r.spot_kl else "-"
+        lines.append(f"| {run_name(r)} | {r.pool} | {', '.join(map(str, r.every))} | {r.tolerance} | {r.rows} | "
+                     f"{r.teacher_forwards} | {r.avoided - r.reused_tolerance} | {r.reused_tolerance} | {kl} | "
+                     f"{_percent(r.top1)} |")
+    return lines
 
 
 def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None = None, notes: str | None = None,
@@ -477,7 +515,8 @@ def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None =
     page = _Page(spec, out, students, rows, sorted(rows, key=spec.row_key), [r for r in students if r.finished])
     lines = _header(page, runs, notes_path, probes) + _teachers_section(students, spec.teachers) + _sweep_section(page)
     lines += _main_table(page) + _breakeven_section(page) + _targets_and_comparisons(page) + _auto_section(page)
-    lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _curriculum_section(page)
+    lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _relabel_section(page)
+    lines += _curriculum_section(page)
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

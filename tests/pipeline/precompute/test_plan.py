@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
+from maskedkd import POLICIES, needs_saliency
 from pipeline.config import load_config
 
 
-def _tasks(stage, tasks, tmp_path, *sets):
+def _cfg(stage, tmp_path, *sets):
     stage()  # writes s.yaml
-    return tasks(load_config(tmp_path / "s.yaml", overrides=list(sets)))
+    return load_config(tmp_path / "s.yaml", overrides=list(sets))
+
+
+def _tasks(stage, tasks, tmp_path, *sets):
+    return tasks(_cfg(stage, tmp_path, *sets))
 
 
 def test_auto_precision_is_fp32_on_cpu_and_bf16_on_cuda(stage, tasks, tmp_path):
@@ -29,3 +36,25 @@ def test_a_precision_change_changes_the_label_fingerprint(stage, tasks, tmp_path
         assert {k: v for k, v in a.fingerprints.items() if k != "label"} == \
                {k: v for k, v in b.fingerprints.items() if k != "label"}
     assert _tasks(stage, tasks, tmp_path, "compute.device=cuda")[0].fingerprints == bf16[0].fingerprints
+
+
+def _paths(stage, tasks, tmp_path, student, *sets):
+    return {(t.shard, t.view_epoch): t.path for t in tasks(_cfg(stage, tmp_path, *sets), student)}
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if not needs_saliency(p)])
+def test_a_policy_without_saliency_labels_the_same_partitions_whatever_the_student(stage, tasks, tmp_path, policy):
+    keep = [] if policy == "none" else ["masking.keep=25"]
+    first = _paths(stage, tasks, tmp_path, "c0", f"masking.policy={policy}", *keep, "schedule.epochs=2", "schedule.every=1")
+    # another checkpoint, init seed, learning rate or milestone schedule: the same partitions, served from the store
+    for student, sets in (("c1", ()), ("c0", ("student.init_seed=1",)), ("c0", ("train.lr=0.01",)),
+                          ("c0", ("schedule.every=2",))):
+        again = _paths(stage, tasks, tmp_path, student, f"masking.policy={policy}", *keep, "schedule.epochs=2",
+                       "schedule.every=1", *sets)
+        assert {k: again[k] for k in first} == first, (student, sets)
+
+
+def test_the_students_saliency_labels_other_partitions_for_another_checkpoint(stage, tasks, tmp_path):
+    c0 = _paths(stage, tasks, tmp_path, "c0", "masking.policy=student")
+    c1 = _paths(stage, tasks, tmp_path, "c1", "masking.policy=student")
+    assert c0.keys() == c1.keys() and all(c0[k] != c1[k] for k in c0)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
-from pipeline.report.results import render_results
+from pipeline.report.results import curriculum_figure, render_results, run_name, teacher_name
 from pipeline.report.spec import ResultsSpec, Target
 
 
@@ -127,3 +127,30 @@ def test_the_probe_section_opens_with_each_probes_agreement_at_half_the_patches(
     assert "| ft1-m4 | c4.pth | 1000 | 0.8700 | 25 of 49 | 0.830 | 0.720 |" in text
     assert "### ft1-m4 (masks from c4.pth, 1000 views" in text and (tmp_path / "results_probe_ft1-m4.png").is_file()
     assert "--probes " + probes.as_posix() in text.splitlines()[2]
+
+
+def test_the_curriculum_legend_names_each_row_as_the_tables_do(tmp_path):
+    # one policy, keep and seed from two teachers: the legend must still tell the curves apart
+    runs = [_run(row, 0, 0.8) for row in ("plain teacher: offline MaskedKD 50%", "ft1 teacher: offline MaskedKD 50%")]
+    for r, (weights, top1) in zip(runs, (("t/plain.safetensors", 0.887), ("t/ft1.safetensors", 0.871))):
+        r.masked_top1, r.teacher_file, r.teacher_top1 = [(0, 0.6), (2, 0.7)], {"weights": weights}, top1
+    labels = curriculum_figure(tmp_path / "curriculum.png", runs, {teacher_name(r): r.teacher_top1 for r in runs})
+    assert labels[:2] == [run_name(r) for r in runs] and len(set(labels)) == len(labels) == 4
+    # each teacher's unmasked line is named by its weights file, as the Teachers table names it
+    assert labels[2:] == ["teacher ft1.safetensors, unmasked test images", "teacher plain.safetensors, unmasked test images"]
+    assert (tmp_path / "curriculum.png").read_bytes().startswith(b"\x89PNG")
+    page = render_results(runs, tmp_path / "RESULTS.md")
+    assert all(f"| {run_name(r)} |" in page for r in runs)  # the per-epoch table names them alike
+
+
+def test_runs_that_relabel_their_views_show_what_reuse_bought(tmp_path):
+    fresh = _run("every view new", 0, 0.8)
+    fresh.rows, fresh.teacher_forwards = 200, 200
+    assert "## Re-labelling" not in render_results([fresh], tmp_path / "RESULTS.md")  # pool epochs, tolerance 0
+    tol = _run("one view, tolerance 4", 0, 0.79)
+    tol.pool, tol.tolerance, tol.every = "1", 4, [0, 1]
+    tol.rows, tol.teacher_forwards, tol.avoided, tol.reused_tolerance, tol.spot_kl = 200, 130, 70, 60, [0.01, 0.03]
+    page = render_results([fresh, tol], tmp_path / "RESULTS.md")
+    section = page.split("## Re-labelling")[1].split("\n## ")[0]
+    assert f"| {run_name(tol)} | 1 | 0, 1 | 4 | 200 | 130 | 10 | 60 | 0.0200 | 79.00 |" in section
+    assert run_name(fresh) not in section
