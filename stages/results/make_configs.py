@@ -146,6 +146,15 @@ for t in ("ft1", "ft2"):  # issue 24: the plain teacher made mask-robust by a sh
     # random 50% with the 1-epoch fine-tune landed on full-teacher KD at seed 0: three seeds for it
     row(f"{t}-random50", f"{t} teacher: offline random 50%", teacher=t, policy="random", seeds=S3 if t == "ft1" else (0,))
 
+# Issue 28: the cheapest labels that train as well as the full teacher's, at about 50% net teacher MACs.
+# ToMe (tokens merged inside the teacher) and lowres (the whole view at a 20 x 20 input: 5 x 5 patches)
+# cost what keeping 25 of 49 patches costs and pay no saliency; MaskedKD at keep 17 is its net 50%
+# (0.35x teacher + 0.15x student saliency forward).
+for t in ("plain", "ft1"):
+    row(f"{t}-tome50", f"{t} teacher: offline ToMe at 50% MACs", teacher=t, policy="tome")
+    row(f"{t}-lowres50", f"{t} teacher: offline lowres at 50% MACs", teacher=t, policy="lowres")
+    row(f"{t}-mkdnet50", f"{t} teacher: offline MaskedKD at 50% net MACs (keep 17)", teacher=t, keep="17")
+
 # Restored (issue 28 item 5; not yet run, results.toml lists them commented out): what incremental
 # recomputation buys, and the online baselines. Plain teacher, seed 0, as the v3 rows otherwise.
 # Estimated wall times: from the committed records (stages/results/records/, two rows at a time, load 3-7):
