@@ -74,10 +74,10 @@ class MaskingConfig(Section):
 
     policy: str = Field("student", description=(
         "A masking policy: student, student_inverse, random, none (keep sets), lowres (the whole view at the keep's "
-        "patch count); or auto: with keep: auto, the candidate of `policies` whose chosen keep costs the fewest net MACs."))
+        "patch count), tome (tokens merged inside the teacher at the keep's MACs); or auto: with keep: auto, the candidate of `policies` whose chosen keep costs the fewest net MACs."))
     policies: list[str] | None = Field(None, min_length=1, description=(
         "With policy: auto, the candidates the spot-check measures (each one costs a ladder of teacher forwards). "
-        "Default: student, random and every forward policy (lowres, ...)."))
+        "Default: student, random and every forward policy (lowres, tome)."))
     keep: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = Field(
         None, description="Patches the teacher keeps (98 of 196 = MaskedKD 50%), or 'auto': per milestone, the smallest "
                           "rung of the ladder within the budget, measured on a spot-check of the segment's views.")

@@ -154,6 +154,9 @@ for t in ("plain", "ft1"):
     row(f"{t}-tome50", f"{t} teacher: offline ToMe at 50% MACs", teacher=t, policy="tome")
     row(f"{t}-lowres50", f"{t} teacher: offline lowres at 50% MACs", teacher=t, policy="lowres")
     row(f"{t}-mkdnet50", f"{t} teacher: offline MaskedKD at 50% net MACs (keep 17)", teacher=t, keep="17")
+    # does policy: auto pick the answer the table gives? (the spot-check's agreement rule, not the student's top-1)
+    row(f"{t}-policyauto90", f"{t} teacher: offline policy auto, agreement 0.90", teacher=t, policy="auto", keep="auto",
+        budget="{agreement: 0.90}")
 
 # Restored (issue 28 item 5; not yet run, results.toml lists them commented out): what incremental
 # recomputation buys, and the online baselines. Plain teacher, seed 0, as the v3 rows otherwise.
