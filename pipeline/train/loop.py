@@ -53,6 +53,7 @@ from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_
 from pipeline.train import dist as tdist
 from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
 from pipeline.train.labeled_views import LabeledViews
+from pipeline.train.order import check_order, epoch_steps
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
 
@@ -283,7 +284,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     """
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
-    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world)
+    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec.pairs)
     log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
                epochs.start, epochs.stop - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
                torch.get_num_threads())
@@ -309,7 +310,8 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
                               order_seed=cfg.seed, labels=labels, view_pool=view_pool,
                               tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=int(student.num_classes),  # type: ignore[arg-type]
                               smoothing=cfg.smoothing, rank=info.rank, world=info.world,
-                              teacher_render=online.render if online else None)
+                              teacher_render=online.render if online else None, lanes=cfg.lanes,
+                              interleave=cfg.interleave)
         run.epoch(stream, epoch, epochs.stop, partial, evaluate)
         partial = {}
     run.finish(epochs.stop, checkpoint_path)
@@ -317,7 +319,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
 
 
 def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
-             online: OnlineTeacher | None, world: int) -> tuple[LabelMap | None, int]:
+             online: OnlineTeacher | None, world: int, pairs: bool = False) -> tuple[LabelMap | None, int]:
     """The labels the segment reads (none for ``kd: off``) and its steps per epoch, after refusing
     inconsistent arguments with a :class:`ConfigError`."""
     start, end = epochs.start, epochs.stop
@@ -335,7 +337,8 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
         raise ConfigError("give either stored labels or an online teacher, not both")
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
-    steps_per_epoch = sum(s.rows for s in shards) // cfg.batch_size
+    check_order(cfg.batch_size, cfg.lanes, world, pairs)
+    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, pairs)
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
                           f"training samples")

@@ -1,40 +1,32 @@
 """The trainer's data stream: shards and label partitions in lockstep, views, batches (docs/design.md §2, §6).
 
-One epoch is a pure function of ``(seed, epoch)`` and the shard list:
+Which rows make up each global batch, and which rank takes which, is :mod:`pipeline.train.order`
+(a pure function of ``(seed, epoch)``, the shard list and ``train.lanes`` / ``train.interleave``).
+This module reads and renders what an order names:
 
-1. the shards are visited in a permutation seeded by ``(seed, epoch)``;
-2. each shard is read with :func:`pipeline.data.shards.read_shard` (its first ``ShardRef.rows``
+1. each shard is read with :func:`pipeline.data.shards.read_shard` (its first ``ShardRef.rows``
    samples) and, when KD labels are streamed, its label partition beside it: the partition's
    rows must be the shard's samples in tar order (checked key by key as the samples arrive) and
    its view columns must equal the Views the trainer derives itself with
    :func:`maskedkd.views.shard_views` (:func:`pipeline.labels.contract.check_views`; otherwise
    the labels were computed on other views);
-3. the shard's rows are shuffled by a permutation seeded by ``(seed, epoch, shard name)``;
-4. the rows of all shards, in that order, are cut into global batches of ``batch_size``
-   (the last incomplete batch of the epoch is dropped).
+2. a batch's rows are rendered shard by shard; a mixing partner is a row of the same shard (with
+   ``pair`` / ``elem`` mixing, the adjacent row of the same batch, rendered once for both).
 
 Views depend on the *view epoch* (``epoch mod views.pool``,
-:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself. A mixing
-partner is another row of the same shard, which is held in memory while its rows are used, so
-partners are always at hand.
+:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself.
 
-Data parallel (DDP): the global batch sequence above does not depend on the world size. Rank
-``r`` of ``W`` takes the contiguous slice ``[r * B/W, (r+1) * B/W)`` of every global batch
-(:func:`rank_slice`) and renders and trains on those rows only; with gradients averaged by DDP,
-``W`` processes take the same steps as one (within float tolerance). Every rank reads (and
-hashes) the bytes of every shard it visits, which keeps the order exact for any ``W``, but a
-shard's images are decoded lazily (:class:`LazyImages`): a rank decodes only its own rows and
-their mixing partners, so decoding, the costly part, is split across ranks (and across a
-``DataLoader``'s workers) like rendering and the model.
+A shard's images are decoded lazily (:class:`LazyImages`): a process decodes only the rows it
+renders and their mixing partners, so decoding, the costly part, is split across ranks (and
+across a ``DataLoader``'s workers) like rendering and the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence, cast
+from typing import Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -48,24 +40,9 @@ from pipeline.data.shards import Sample, decode_image, read_shard
 from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
+from pipeline.train.order import derive_seed  # noqa: F401  (public here too: the step seeds of loop.py and tests)
 
 Segment = tuple["LoadedShard", np.ndarray]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The order in which an epoch visits the shards."""
-    return np.random.default_rng(derive_seed("shards", seed, epoch)).permutation(num_shards)
-
-
-def row_order(rows: int, seed: int, epoch: int, shard: str) -> np.ndarray:
-    """The order in which an epoch visits one shard's rows."""
-    return np.random.default_rng(derive_seed("rows", seed, epoch, shard)).permutation(rows)
 
 
 def decode_row(where: str | object, key: str, data: bytes) -> Image.Image:
@@ -191,7 +168,7 @@ def load_shard(
             why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
             raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)"
                             + (f"; skipped {why}" if skipped else ""))
-        views = shard_views(spec, seed, view_epoch, keys)
+        views = shard_views(spec, seed, view_epoch, keys, shard=ref.name)
         target = None
         if batch is not None:
             assert label is not None  # batch comes from its partition
@@ -215,65 +192,6 @@ def _explain_mismatch(ref: ShardRef, label: LabelRef, row: int, expected: str, s
         f"{label.path}: row {row} is key {expected!r}, but shard {ref.path} has {sample.key!r} there: "
         f"the partition's rows are not this shard's samples in tar order"
     )
-
-
-class EpochStream:
-    """The global batches of one epoch, as index plans (nothing rendered yet).
-
-    Each batch is a list of ``(LoadedShard, rows)`` segments whose rows add up to
-    ``batch_size``; shards are loaded lazily through ``loader`` and shards lying wholly before
-    the start batch are not read at all (resume).
-    """
-
-    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], Any], *,
-                 seed: int, epoch: int, batch_size: int) -> None:
-        self.shards = list(shards)
-        self.loader = loader
-        self.seed, self.epoch, self.batch_size = int(seed), int(epoch), int(batch_size)
-
-    def __len__(self) -> int:
-        return sum(s.rows for s in self.shards) // self.batch_size
-
-    def batches(self, start: int = 0) -> Iterator[list[Segment]]:
-        """Global batches ``start, start + 1, ...`` of the epoch."""
-        skip = start * self.batch_size
-        pending: list[Segment] = []
-        need = self.batch_size
-        for si in shard_order(len(self.shards), self.seed, self.epoch):
-            ref = self.shards[si]
-            if skip >= ref.rows:
-                skip -= ref.rows
-                continue
-            shard = self.loader(ref)
-            rows = row_order(ref.rows, self.seed, self.epoch, ref.name)[skip:]
-            skip = 0
-            pos = 0
-            while pos < len(rows):
-                take = min(need, len(rows) - pos)
-                pending.append((shard, rows[pos:pos + take]))
-                pos += take
-                need -= take
-                if need == 0:
-                    yield pending
-                    pending, need = [], self.batch_size
-
-    __iter__ = batches
-
-
-def rank_slice(segments: Sequence[Segment], rank: int, world: int) -> list[Segment]:
-    """Rank ``rank``'s contiguous ``1/world`` of a global batch."""
-    total = sum(len(rows) for _, rows in segments)
-    if total % world:
-        raise ValueError(f"global batch of {total} rows does not split over {world} ranks")
-    per = total // world
-    lo, hi = rank * per, (rank + 1) * per
-    out, pos = [], 0
-    for shard, rows in segments:
-        a, b = max(lo, pos), min(hi, pos + len(rows))
-        if a < b:
-            out.append((shard, rows[a - pos:b - pos]))
-        pos += len(rows)
-    return out
 
 
 def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Tensor:
@@ -314,6 +232,19 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def cat(cls, parts: Sequence["Batch"]) -> "Batch":
+        """One batch of ``parts``' rows in order (a rank's batch from its loader workers' lanes)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        teacher = None if first.teacher is None else SoftTarget.cat([cast(SoftTarget, p.teacher) for p in parts])
+        teacher_images = None if first.teacher_images is None else torch.cat([cast(torch.Tensor, p.teacher_images)
+                                                                               for p in parts])
+        return cls(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                   torch.cat([p.targets for p in parts]), teacher, [s for p in parts for s in p.segments],
+                   teacher_images, [k for p in parts for k in p.keys], [x for p in parts for x in p.seeds])
 
     def detached(self) -> "Batch":
         """The batch without its segments (which hold whole shards): what a loader worker

@@ -80,7 +80,8 @@ def test_a_two_view_epoch_segment_is_one_task_per_shard_with_per_view_epoch_part
     # the shard's rows as maskedkd renders them, independently of the feed: first rows of view epoch 1
     t = singles[1]
     samples = list(read_shard(t.shard_path))
-    views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
+    views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples],
+                        shard=t.shard)
     r = t.teacher.render
     by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
     with ThreadPoolExecutor(2) as pool:

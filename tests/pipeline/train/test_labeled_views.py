@@ -3,13 +3,17 @@ trainer's order through a DataLoader with workers, DDP rank slices, top-K collat
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from maskedkd import kd_loss
 from pipeline import LabeledView, LabeledViews, collate
 from pipeline.errors import StoreError
-from pipeline.train.stream import EpochStream, load_shard
+from pipeline.train.order import EpochOrder
+from pipeline.train.stream import load_shard
+from tests.pipeline.train.helpers import loaded_batches
 
 from .conftest import MIX_SPEC, RENDER, SEED, SPEC, student
 
@@ -23,9 +27,9 @@ def views(shards, labels=None, **kw) -> LabeledViews:
 def test_a_dataloader_with_workers_yields_the_trainers_batches(train_shards, labels):
     ds = views(train_shards, labels)
     assert ds.steps == 384 // 64 and len(ds) == 384 // 64 * 64
-    trainer = EpochStream(train_shards, lambda ref: load_shard(ref, spec=SPEC, seed=SEED, view_epoch=1), seed=3, epoch=1,
-                          batch_size=64)
-    want_keys = [[s.keys[i] for s, rows in b for i in rows] for b in trainer.batches()]
+    trainer = loaded_batches(EpochOrder(train_shards, seed=3, epoch=1, batch_size=64),
+                             lambda ref: load_shard(ref, spec=SPEC, seed=SEED, view_epoch=1))
+    want_keys = [[s.keys[i] for s, rows in b for i in rows] for b in trainer]
     plain = list(ds.loader(num_workers=0))
     assert [b.key for b in plain] == want_keys
     two = list(ds.loader(num_workers=2))
@@ -91,9 +95,12 @@ def test_each_rank_and_each_worker_decodes_only_its_own_rows(train_shards, label
     assert ranks == [(192, 192), (192, 192)], "world size 2: every rank decodes half the images"
     workers = [_decoded(views(train_shards, labels), worker=k, workers=2) for k in (0, 1)]
     assert [d for d, _ in workers] == [r for _, r in workers] and sum(d for d, _ in workers) == 384
-    # mixing partners are decoded too, and only once per rank however many rows mix with them
-    mixed, mixed_rows = _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2))
+    # window mixing: partners are decoded too, and only once per rank however many rows mix with them
+    window = dataclasses.replace(MIX_SPEC, mix_mode="window")
+    mixed, mixed_rows = _decoded(views(train_shards, spec=window, rank=0, world=2))
     assert mixed_rows == 192 < mixed <= 384
+    # pair mixing: every partner is a row of the same rank's batch, nothing more is decoded
+    assert _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2)) == (192, 192)
 
 
 def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels):

@@ -11,8 +11,9 @@ from maskedkd import teacher_flops
 from pipeline.errors import ConfigError
 from pipeline.models import create_model
 from pipeline.train import OnlineTeacher, evaluate, train_segment
-from pipeline.train.stream import EpochStream, load_shard, make_batch
-from tests.pipeline.train.helpers import VIT, write_teacher_labels
+from pipeline.train.order import EpochOrder
+from pipeline.train.stream import load_shard, make_batch
+from tests.pipeline.train.helpers import VIT, loaded_batches, write_teacher_labels
 
 from .conftest import (
     FLIP_SPEC,
@@ -76,7 +77,7 @@ def test_mixup_cutmix_views_with_stored_labels(tmp_path, train_shards):
     mixed = write_teacher_labels(tmp_path / "store", teacher(), train_shards, spec=MIX_SPEC, seed=SEED, view_epochs=[0],
                                  render=RENDER)
     shard = load_shard(train_shards[0], spec=MIX_SPEC, seed=SEED, view_epoch=0)
-    batch = next(iter(EpochStream([train_shards[0]], lambda ref: shard, seed=SEED, epoch=0, batch_size=32)))
+    batch = next(loaded_batches(EpochOrder([train_shards[0]], seed=SEED, epoch=0, batch_size=32), lambda ref: shard))
     b = make_batch(batch, RENDER, num_classes=10, soft=True, smoothing=0.1)
     assert b.targets.shape == (32, 10) and torch.allclose(b.targets.sum(1), torch.ones(32))
     assert any(shard.views[i].partner for _, rows in batch for i in rows)
