@@ -128,3 +128,32 @@ def test_a_worker_reads_ahead_only_the_shards_it_will_use(train_shards, labels):
         assert loaded == sorted(names) and len(loaded) == 1, (k, loaded, names)
         used += loaded
     assert sorted(used) == sorted(s.name for s in train_shards)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_lanes_resume_mid_epoch_exactly_with_or_without_loader_workers(train_shards, labels, world):
+    """Interleaved lanes: batch ``start`` onwards equals the uninterrupted epoch's, for 0 or 2 loader
+    workers (with world 1 the two workers split the rank's two lanes, with world 2 take batches in turn),
+    and the world size 2 ranks make up the world size 1 batch."""
+    def keys(rank, start=0, workers=0):
+        ds = views(train_shards, labels, rank=rank, world=world, lanes=2, interleave=2, batch_size=32)
+        return [b.keys for b in ds.batch_loader(start, num_workers=workers)]
+
+    for rank in range(world):
+        whole = keys(rank)
+        assert len(whole) == 384 // 32 and keys(rank, 5) == whole[5:]
+        assert keys(rank, 5, workers=2) == whole[5:]
+    one = views(train_shards, labels, lanes=2, interleave=2, batch_size=32)
+    assert one.splits_lanes(2) and not views(train_shards, labels, lanes=2, batch_size=32, rank=0, world=2).splits_lanes(2)
+    if world == 2:
+        assert [a + b for a, b in zip(keys(0), keys(1))] == [b.keys for b in one.batches()]
+
+
+def test_every_mixed_rows_partner_is_in_the_same_ranks_batch(train_shards):
+    for world in (1, 2):
+        for rank in range(world):
+            ds = views(train_shards, spec=MIX_SPEC, rank=rank, world=world, lanes=2, interleave=3, batch_size=32)
+            for plan in ds.plans():
+                keys = {shard.keys[i] for shard, rows in plan for i in rows}
+                partners = [shard.views[i].partner for shard, rows in plan for i in rows if shard.views[i].partner]
+                assert partners and set(partners) <= keys
