@@ -215,3 +215,15 @@ def test_a_teacher_training_segment_keeps_its_resume_fingerprint_unless_a_full_v
 
     assert seg() == seg(**{field: 0.0}) == "dabfca7a0549da7b0762cbbf4824e163a329523bbbf507dd6a80e9f901775b51"
     assert seg(**{field: 1.0}) != seg()
+
+
+def test_the_order_and_mix_mode_enter_fingerprints_only_where_they_change_results():
+    """``train.lanes`` / ``train.interleave`` only when not 1; ``views.mix_mode`` only where the views
+    mix and it is not ``window`` (mixing views meant ``window`` before the field existed)."""
+    assert fp.without_defaults({"lr": 1, "lanes": 1, "interleave": 1}, fp.ORDER_ADDED) == {"lr": 1}
+    assert fp.without_defaults({"lr": 1, "lanes": 8, "interleave": 1}, fp.ORDER_ADDED) == {"lr": 1, "lanes": 8}
+    plain = {"seed": 0, "mixup": 0.0, "cutmix": 0.0, "mix_mode": "pair"}
+    assert fp.views_record(plain) == {"seed": 0, "mixup": 0.0, "cutmix": 0.0}
+    window = {"seed": 0, "mixup": 0.8, "cutmix": 1.0, "mix_mode": "window"}
+    assert fp.views_record(window) == {"seed": 0, "mixup": 0.8, "cutmix": 1.0}
+    assert fp.views_record({**window, "mix_mode": "pair"}) == {**window, "mix_mode": "pair"}
