@@ -127,6 +127,9 @@ class LabeledViews(IterableDataset):
                  smoothing: float = 0.0, rank: int | None = None, world: int | None = None,
                  teacher_render: RenderSpec | None = None, lanes: int = 1, interleave: int = 1) -> None:
         super().__init__()
+        self._args = dict(shards=shards, spec=spec, seed=seed, render=render, batch_size=batch_size, order_seed=order_seed,
+                          labels=labels, view_pool=view_pool, tau=tau, num_classes=num_classes, smoothing=smoothing,
+                          rank=rank, world=world, teacher_render=teacher_render, lanes=lanes, interleave=interleave)
         self.shards = list(shards)
         self.spec, self.seed, self.render_spec = spec, int(seed), render
         self.epoch, self.batch_size = int(epoch), int(batch_size)
@@ -218,6 +221,16 @@ class LabeledViews(IterableDataset):
         ds.config = cfg
         return ds
 
+    def for_epoch(self, epoch: int) -> "LabeledViews":
+        """The same run's dataset for another epoch."""
+        other = type(self)(**self._args, epoch=epoch)
+        other.config = self.config
+        return other
+
+    def same_run(self, other: "LabeledViews") -> bool:
+        """Whether ``other`` differs from this dataset in its epoch at most."""
+        return self._args == other._args
+
     # ------------------------------------------------------------------ sizes
 
     @property
@@ -289,16 +302,17 @@ class LabeledViews(IterableDataset):
                 yield [(held[ref.name], rows) for ref, rows in plan]
                 held = {name: shard for name, shard in held.items() if last[name] > n}
 
-    def render(self, segments: Sequence[Segment]) -> Batch:
-        """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch`."""
+    def render(self, segments: Sequence[Segment], uint8: bool = False) -> Batch:
+        """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch` (``uint8``: its
+        images left as uint8 renders, finished by :meth:`~pipeline.train.stream.Batch.images_on`)."""
         return make_batch(segments, self.render_spec, num_classes=self.num_classes or 0, soft=self.soft,
-                          smoothing=self.smoothing, teacher_render=self.teacher_render)
+                          smoothing=self.smoothing, teacher_render=self.teacher_render, uint8=uint8)
 
-    def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1,
-                split_lanes: bool = False) -> Iterator[Batch]:
+    def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1, split_lanes: bool = False,
+                uint8: bool = False) -> Iterator[Batch]:
         """:meth:`plans` rendered, one after the other."""
         for segments in self.plans(start, worker=worker, workers=workers, split_lanes=split_lanes):
-            yield self.render(segments)
+            yield self.render(segments, uint8)
 
     def __iter__(self) -> Iterator[LabeledView]:
         worker, workers = _loader_worker()
@@ -307,12 +321,18 @@ class LabeledViews(IterableDataset):
                 target = None if batch.teacher is None else batch.teacher[j:j + 1]
                 yield LabeledView(batch.images[j], target, batch.targets[j], key)
 
-    def batch_loader(self, start: int = 0, *, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+    def batch_loader(self, start: int = 0, *, num_workers: int = 0, pin_memory: bool = False,
+                     workers: "LoaderWorkers | None" = None) -> Iterable[Batch]:
         """This rank's rendered batches from global batch ``start`` on, in order: what the trainer
-        iterates. With ``num_workers > 0`` they are decoded and rendered in that many ``DataLoader``
-        worker processes (each decoding only its own batches' rows) and arrive
-        :meth:`~pipeline.train.stream.Batch.detached`; ``pin_memory`` pins them for non-blocking
-        copies to a GPU."""
+        iterates (take the images with :meth:`~pipeline.train.stream.Batch.images_on`). With
+        ``num_workers > 0`` they are decoded and rendered in that many ``DataLoader`` worker
+        processes (each decoding only its own batches' rows) and arrive
+        :meth:`~pipeline.train.stream.Batch.detached`, their images as uint8 renders that
+        ``images_on`` normalises, erases and mixes on the device; ``pin_memory`` pins them for
+        non-blocking copies to a GPU. ``workers``: take them from these worker processes, kept
+        across epochs (then ``num_workers`` and ``pin_memory`` are theirs)."""
+        if workers is not None and workers.num_workers > 0:
+            return workers.batches(self, start)
         if num_workers == 0 and not pin_memory:
             return self.batches(start)
         split = self.splits_lanes(num_workers)
@@ -329,21 +349,37 @@ class LabeledViews(IterableDataset):
 
 
 class _BatchDataset(IterableDataset):
-    """One rank's rendered batches from ``start`` on, split across DataLoader workers like :class:`LabeledViews`."""
+    """One rank's rendered batches from ``start`` on, split across DataLoader workers like :class:`LabeledViews`.
 
-    def __init__(self, views: LabeledViews, start: int, split_lanes: bool = False) -> None:
+    With ``where`` (a shared ``[epoch, start]`` tensor) the epoch and start are read from it at
+    each iteration: persistent workers serve every epoch of a segment.
+    """
+
+    def __init__(self, views: LabeledViews, start: int, split_lanes: bool = False,
+                 where: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.views, self.start, self.split_lanes = views, start, split_lanes
+        self.views, self.start, self.split_lanes, self.where = views, start, split_lanes, where
 
     def __iter__(self) -> Iterator[Batch]:
+        views, start = self.views, self.start
+        if self.where is not None:
+            epoch, start = (int(v) for v in self.where)
+            views = views if epoch == views.epoch else views.for_epoch(epoch)
         worker, workers = _loader_worker()
-        for batch in self.views.batches(self.start, worker=worker, workers=workers, split_lanes=self.split_lanes):
-            yield batch.detached() if get_worker_info() is not None else batch  # to another process
+        elsewhere = get_worker_info() is not None  # to another process: uint8, a quarter of float32's bytes
+        for batch in views.batches(start, worker=worker, workers=workers, split_lanes=self.split_lanes, uint8=elsewhere):
+            yield batch.detached() if elsewhere else batch
+
+
+def _whole(parts: Iterator[Batch], workers: int) -> Iterator[Batch]:
+    """Workers' lane parts as whole batches: the loader takes one item from each worker in turn,
+    so ``workers`` consecutive items are the parts of one batch, in lane order."""
+    for first in parts:
+        yield Batch.cat([first] + [next(parts) for _ in range(workers - 1)])
 
 
 class _Joined:
-    """A DataLoader of workers' lane parts, as whole batches: the loader takes one item from each
-    worker in turn, so ``workers`` consecutive items are the parts of one batch, in lane order."""
+    """A DataLoader of workers' lane parts, as whole batches (:func:`_whole`); its workers end with the epoch."""
 
     def __init__(self, loader: DataLoader, workers: int) -> None:
         self.loader, self.workers = loader, workers
@@ -351,11 +387,55 @@ class _Joined:
     def __iter__(self) -> Iterator[Batch]:
         parts = iter(self.loader)
         try:
-            for first in parts:
-                yield Batch.cat([first] + [next(parts) for _ in range(self.workers - 1)])
+            yield from _whole(parts, self.workers)
         finally:
-            if hasattr(parts, "_shutdown_workers"):  # torch's multiprocessing iterator; no public close
-                parts._shutdown_workers()
+            _shutdown(parts)
+
+
+def _shutdown(iterator: object) -> None:
+    if hasattr(iterator, "_shutdown_workers"):  # torch's multiprocessing iterator; no public close
+        iterator._shutdown_workers()
+
+
+class LoaderWorkers:
+    """DataLoader worker processes kept across the epochs of a segment (``persistent_workers``).
+
+    Started by the first epoch's :meth:`LabeledViews.batch_loader` ``(workers=...)``, they read
+    each later epoch and start batch from shared memory when the epoch is iterated, so no epoch
+    pays for starting processes again. A dataset of another run (other than in its epoch) starts
+    new ones. :meth:`close` (or leaving the ``with`` block) ends them.
+    """
+
+    def __init__(self, num_workers: int, pin_memory: bool = False) -> None:
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.where = torch.zeros(2, dtype=torch.int64).share_memory_()  # (epoch, start), read by the workers
+        self.views: LabeledViews | None = None
+        self.loader: DataLoader | None = None
+
+    def batches(self, views: LabeledViews, start: int) -> Iterator[Batch]:
+        """``views``' batches from ``start`` on, from the kept workers."""
+        if self.loader is None or self.views is None or not self.views.same_run(views):
+            self.close()
+            split = views.splits_lanes(self.num_workers)
+            self.loader = DataLoader(_BatchDataset(views, 0, split, self.where), batch_size=None,
+                                     num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=True)
+            self.views = views
+        self.where[0], self.where[1] = views.epoch, start
+        parts = iter(self.loader)
+        split = cast(_BatchDataset, self.loader.dataset).split_lanes
+        return _whole(parts, self.num_workers) if split else (batch for batch in parts)
+
+    def close(self) -> None:
+        """End the worker processes."""
+        if self.loader is not None:
+            _shutdown(getattr(self.loader, "_iterator", None))  # the persistent iterator the loader keeps
+        self.loader = self.views = None
+
+    def __enter__(self) -> "LoaderWorkers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def keys_of(batch: Batch) -> list[str]:
@@ -363,4 +443,4 @@ def keys_of(batch: Batch) -> list[str]:
     return list(batch.keys)
 
 
-__all__ = ["LabeledView", "LabeledViews", "collate", "keys_of"]
+__all__ = ["LabeledView", "LabeledViews", "LoaderWorkers", "collate", "keys_of"]

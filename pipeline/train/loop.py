@@ -52,7 +52,7 @@ from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
 from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
-from pipeline.train.labeled_views import LabeledViews
+from pipeline.train.labeled_views import LabeledViews, LoaderWorkers
 from pipeline.train.order import check_order, epoch_steps
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
@@ -360,6 +360,7 @@ class _Run:
         self.online = online
         self.model: nn.Module = student
         self.teacher: _Online | None = None
+        self.workers = LoaderWorkers(cfg.num_workers, pin_memory=device.type == "cuda")  # kept across the epochs
         self.record: ResumeRecord
 
     def begin(self) -> None:
@@ -438,7 +439,8 @@ class _Run:
         """The epoch's updates from batch ``position`` on, with resume records every ``checkpoint_every`` updates."""
         record, cfg, info = self.record, self.cfg, self.info
         # decoding and rendering in cfg.num_workers loader processes; pinned batches on CUDA
-        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                      workers=self.workers)
         bar = progress_bar(total=stream.steps, initial=position, desc=f"{self.progress} epoch {epoch}", unit="step",
                            enabled=self.progress is not None and info.is_main, leave=False)
         bar_read = -math.inf
@@ -467,7 +469,7 @@ class _Run:
         record, info, device = self.record, self.info, self.device
         self.scheduler.step_update(num_updates=record.global_step)
         torch.manual_seed(derive_seed("step", self.cfg.seed, epoch, position, info.rank))
-        images = batch.images.to(device, non_blocking=True)
+        images = batch.images_on(device)  # uint8 from loader workers: normalised, erased and mixed there
         target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
         if self.teacher is not None:
             target = self.teacher(self.student, batch, images)
@@ -480,6 +482,7 @@ class _Run:
 
     def finish(self, end: int, checkpoint_path: Path) -> None:
         """Rank 0 saves the checkpoint, the boundary's optimiser state and the finished record; all ranks meet."""
+        self.workers.close()
         record = self.record
         if self.info.is_main:
             record.checkpoint = str(checkpoint_path)

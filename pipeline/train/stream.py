@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from maskedkd.mixing import mix_target
-from maskedkd.rendering import render_batch
+from maskedkd.rendering import PixelSpec, finish_views, render_batch, render_batch_pixels, view_erase_fill
 from maskedkd.targets import SoftTarget
 from maskedkd.views import View, ViewSpec, shard_views
 from pipeline.data.shards import Sample, decode_image, read_shard
@@ -194,6 +194,50 @@ def _explain_mismatch(ref: ShardRef, label: LabelRef, row: int, expected: str, s
     )
 
 
+@dataclass
+class Pixels:
+    """One segment's uint8 renders, normalised, erased and mixed where they are used (:meth:`finish`):
+    what a loader worker sends instead of float32 images, a quarter of the bytes.
+
+    Attributes:
+        pixels: uint8 [R, C, H, W]: the segment's rows, then their partners from outside them.
+        views: the R views.
+        rows: how many leading renders are the segment's rows.
+        mean, std: the normalisation.
+        fills: random-erasing fills by position (:func:`maskedkd.rendering.view_erase_fill`), drawn
+            in the worker.
+    """
+
+    pixels: torch.Tensor
+    views: list[View]
+    rows: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fills: dict[int, torch.Tensor]
+
+    def finish(self, device: torch.device | str) -> torch.Tensor:
+        """float32 [rows, C, H, W] on ``device``: bit-identical on CPU to :func:`render_segments`."""
+        fills = {i: f.to(device, non_blocking=True) for i, f in self.fills.items()}
+        return finish_views(self.pixels.to(device, non_blocking=True), self.views, mean=self.mean, std=self.std,
+                            rows=self.rows, fills=fills)
+
+    def pin_memory(self) -> "Pixels":
+        return replace(self, pixels=self.pixels.pin_memory(), fills={i: f.pin_memory() for i, f in self.fills.items()})
+
+
+def segment_pixels(segments: Sequence[Segment], render: RenderSpec) -> list[Pixels]:
+    """:func:`render_segments` up to the uint8 renders, one :class:`Pixels` per segment."""
+    out = []
+    for shard, rows in segments:
+        spec = PixelSpec.create(render.size, render.mean, render.std, render.interpolation, render.resize)
+        pixels, views = render_batch_pixels([shard.images[i] for i in rows], [shard.views[i] for i in rows], spec,
+                                            partners=shard.partner)
+        hw = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        fills = {i: f for i, v in enumerate(views) if (f := view_erase_fill(v, int(pixels.shape[1]), hw)) is not None}
+        out.append(Pixels(pixels, views, len(rows), tuple(render.mean), tuple(render.std), fills))
+    return out
+
+
 def render_segments(segments: Sequence[Segment], render: RenderSpec) -> torch.Tensor:
     """Render the rows' views (mixing partners from their own shard) into ``[B, C, H, W]``."""
     parts = [
@@ -210,7 +254,7 @@ class Batch:
     """One rank's part of a global batch, rendered.
 
     Attributes:
-        images: float32 [b, C, H, W] at the student's size.
+        images: float32 [b, C, H, W] at the student's size; None when ``pixels`` holds them.
         labels: int64 [b], each row's own ground-truth class (for accuracy).
         targets: what cross-entropy is taken against: ``labels``, or soft targets [b, classes]
             with mixing or label smoothing (:func:`maskedkd.mixing.mix_target`).
@@ -219,9 +263,10 @@ class Batch:
         teacher_images: the same views rendered for the online teacher, or None.
         keys: the rows' sample keys.
         seeds: the rows' view seeds (the random masking policy's keep sets derive from them).
+        pixels: the images as uint8 renders still to be finished (:meth:`images_on`), or None.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor
     targets: torch.Tensor
     teacher: SoftTarget | None
@@ -229,9 +274,17 @@ class Batch:
     teacher_images: torch.Tensor | None = None
     keys: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    pixels: list[Pixels] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def images_on(self, device: torch.device | str) -> torch.Tensor:
+        """The student's float32 images on ``device`` (uint8 renders are normalised, erased and mixed there)."""
+        if self.pixels is None:
+            return cast(torch.Tensor, self.images).to(device, non_blocking=True)
+        parts = [p.finish(device) for p in self.pixels]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @classmethod
     def cat(cls, parts: Sequence["Batch"]) -> "Batch":
@@ -242,9 +295,11 @@ class Batch:
         teacher = None if first.teacher is None else SoftTarget.cat([cast(SoftTarget, p.teacher) for p in parts])
         teacher_images = None if first.teacher_images is None else torch.cat([cast(torch.Tensor, p.teacher_images)
                                                                                for p in parts])
-        return cls(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+        images = None if first.images is None else torch.cat([cast(torch.Tensor, p.images) for p in parts])
+        pixels = None if first.pixels is None else [x for p in parts for x in cast(list, p.pixels)]
+        return cls(images, torch.cat([p.labels for p in parts]),
                    torch.cat([p.targets for p in parts]), teacher, [s for p in parts for s in p.segments],
-                   teacher_images, [k for p in parts for k in p.keys], [x for p in parts for x in p.seeds])
+                   teacher_images, [k for p in parts for k in p.keys], [x for p in parts for x in p.seeds], pixels)
 
     def detached(self) -> "Batch":
         """The batch without its segments (which hold whole shards): what a loader worker
@@ -255,16 +310,20 @@ class Batch:
         """The batch in page-locked memory (``DataLoader(pin_memory=True)`` calls this), so that
         copies to the GPU with ``non_blocking=True`` overlap the step."""
         teacher = None if self.teacher is None else self.teacher.pin_memory()
-        return replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+        return replace(self, images=None if self.images is None else self.images.pin_memory(),
+                       pixels=None if self.pixels is None else [p.pin_memory() for p in self.pixels],
+                       labels=self.labels.pin_memory(),
                        targets=self.targets.pin_memory(), teacher=teacher,
                        teacher_images=None if self.teacher_images is None else self.teacher_images.pin_memory())
 
 
 def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: int, soft: bool,
-               smoothing: float = 0.0, teacher_render: RenderSpec | None = None) -> Batch:
+               smoothing: float = 0.0, teacher_render: RenderSpec | None = None, uint8: bool = False) -> Batch:
     """Render a list of segments (also for the online teacher with ``teacher_render``) and gather
-    their labels and teacher targets."""
-    images = render_segments(segments, render)
+    their labels and teacher targets; ``uint8``: the student's images as :class:`Pixels` to finish
+    where they are used (:meth:`Batch.images_on`)."""
+    pixels = segment_pixels(segments, render) if uint8 else None
+    images = None if uint8 else render_segments(segments, render)
     labels = torch.cat([shard.labels[torch.from_numpy(rows)] for shard, rows in segments])
     if soft:
         targets = torch.stack([
@@ -281,7 +340,7 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
     teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
     keys = [shard.keys[i] for shard, rows in segments for i in rows]
     seeds = [shard.views[i].seed for shard, rows in segments for i in rows]
-    return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds)
+    return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds, pixels)
 
 
 class ShardPrefetcher:

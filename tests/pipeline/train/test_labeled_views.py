@@ -11,6 +11,7 @@ import torch
 from maskedkd import kd_loss
 from pipeline import LabeledView, LabeledViews, collate
 from pipeline.errors import StoreError
+from pipeline.train.labeled_views import LoaderWorkers
 from pipeline.train.order import EpochOrder
 from pipeline.train.stream import load_shard
 from tests.pipeline.train.helpers import loaded_batches
@@ -103,14 +104,20 @@ def test_each_rank_and_each_worker_decodes_only_its_own_rows(train_shards, label
     assert _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2)) == (192, 192)
 
 
-def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels):
-    ds = views(train_shards, labels, rank=1, world=2)
+@pytest.mark.parametrize("spec", [SPEC, MIX_SPEC, dataclasses.replace(MIX_SPEC, mix_mode="window", reprob=0.5)])
+def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels, spec):
+    """Workers send uint8 renders (with window mixing also the partners from outside the batch),
+    finished where they are used into the very floats the training process renders itself."""
+    ds = views(train_shards, labels if spec is SPEC else None, rank=1, world=2, spec=spec)
     inline = list(ds.batch_loader(2))
     pooled = list(ds.batch_loader(2, num_workers=2))
     assert len(inline) == len(pooled) == ds.steps - 2
     for a, b in zip(inline, pooled):
         assert a.keys == b.keys and a.seeds == b.seeds and b.segments == []  # the shards stay in the worker
-        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+        assert b.images is None and all(p.pixels.dtype == torch.uint8 for p in b.pixels)
+        torch.testing.assert_close(a.images_on("cpu"), b.images_on("cpu"), rtol=0, atol=0)
+        if spec is not SPEC:
+            continue
         torch.testing.assert_close(a.teacher.logit, b.teacher.logit, rtol=0, atol=0)
         torch.testing.assert_close(a.targets, b.targets, rtol=0, atol=0)
 
@@ -157,3 +164,27 @@ def test_every_mixed_rows_partner_is_in_the_same_ranks_batch(train_shards):
                 keys = {shard.keys[i] for shard, rows in plan for i in rows}
                 partners = [shard.views[i].partner for shard, rows in plan for i in rows if shard.views[i].partner]
                 assert partners and set(partners) <= keys
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_loader_workers_are_kept_across_epochs_and_give_each_epochs_batches(train_shards, labels, lanes):
+    """One set of worker processes serves epochs 1 and 0 (and a resume start) with exactly the
+    batches the training process renders itself; lanes 2: two workers split each batch's lanes."""
+    def make(epoch):
+        return views(train_shards, labels, epoch=epoch, lanes=lanes, interleave=2, batch_size=32)
+
+    with LoaderWorkers(2) as workers:
+        pids = []
+        for epoch, start in ((1, 0), (0, 3), (1, 5)):
+            ds = make(epoch)
+            got = list(ds.batch_loader(start, workers=workers))
+            want = list(ds.batches(start))
+            assert [b.keys for b in got] == [b.keys for b in want] and len(got) == ds.steps - start
+            for a, b in zip(want, got):
+                torch.testing.assert_close(b.images_on("cpu"), a.images, rtol=0, atol=0)
+                torch.testing.assert_close(b.teacher.logit, a.teacher.logit, rtol=0, atol=0)
+            pids.append([w.pid for w in workers.loader._iterator._workers])  # torch's, no public handle
+        assert pids[0] == pids[1] == pids[2], "the same worker processes every epoch"
+        other = views(train_shards, labels, epoch=0, lanes=lanes, interleave=2, batch_size=64)  # another run
+        assert [b.keys for b in other.batch_loader(0, workers=workers)] == [b.keys for b in other.batches()]
+    assert workers.loader is None
