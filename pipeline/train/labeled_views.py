@@ -311,8 +311,14 @@ class LabeledViews(IterableDataset):
     def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1, split_lanes: bool = False,
                 uint8: bool = False) -> Iterator[Batch]:
         """:meth:`plans` rendered, one after the other."""
+        # a row is rendered once an epoch; with window mixing it may still be a later row's partner
+        release = not self.spec.mixes or self.spec.pairs
         for segments in self.plans(start, worker=worker, workers=workers, split_lanes=split_lanes):
-            yield self.render(segments, uint8)
+            batch = self.render(segments, uint8)
+            if release:
+                for shard, rows in segments:
+                    shard.images.release(rows)
+            yield batch
 
     def __iter__(self) -> Iterator[LabeledView]:
         worker, workers = _loader_worker()

@@ -73,8 +73,17 @@ class LazyImages(Sequence[Image.Image]):
     def __len__(self) -> int:
         return len(self._images)
 
+    def release(self, rows: Sequence[int]) -> None:
+        """Forget the rows' images: rows rendered once per epoch (and mixed only within their own
+        batch) are not kept while the shard stays open for its other rows (interleaved shards stay
+        open for many batches)."""
+        for i in rows:
+            self._images[i] = self._encoded[i] = None
+
     def _get(self, i: int) -> Image.Image:
         image = self._images[i]
+        if image is None and self._encoded[i] is None:
+            raise RuntimeError(f"shard {self.where}: row {i} ({self.keys[i]!r}) was released after its render")
         if image is None:
             image = decode_row(self.where, self.keys[i], self._encoded[i])  # type: ignore[arg-type]  # None once decoded only
             self._images[i], self._encoded[i] = image, None
