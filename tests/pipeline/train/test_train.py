@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -152,6 +154,18 @@ def test_render_threads_do_not_change_the_result(tmp_path, train_shards, labels)
     common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, labels=labels, view_pool=2, epochs=range(0, 1))
     a = train_segment(student(), cfg=recipe(batch_size=64, **FAST), total_epochs=1, run_dir=tmp_path / "a", **common)
     b = train_segment(student(), cfg=recipe(batch_size=64, num_workers=2, **FAST), total_epochs=1, run_dir=tmp_path / "b", **common)
+    assert a["sha256"] == b["sha256"]
+
+
+def test_kept_loader_workers_sending_uint8_in_lanes_do_not_change_the_result(tmp_path, train_shards):
+    """Two epochs in lanes with pair mixing and erasing: two loader workers, kept across the epochs
+    and sending uint8 renders finished in the training process, train the same bytes as none."""
+    spec = dataclasses.replace(MIX_SPEC, reprob=0.5)
+    common = dict(shards=train_shards, spec=spec, seed=SEED, render=RENDER, epochs=range(0, 2), total_epochs=2)
+    cfg = dict(batch_size=32, kd="off", lanes=2, interleave=2, smoothing=0.1, **FAST)
+    a = train_segment(student(), cfg=recipe(**cfg), run_dir=tmp_path / "a", **common)
+    b = train_segment(student(), cfg=recipe(num_workers=2, **cfg), run_dir=tmp_path / "b", **common)
+    assert a["global_step"] == b["global_step"] == 2 * 384 // 32
     assert a["sha256"] == b["sha256"]
 
 
