@@ -53,15 +53,16 @@ def _digest_images() -> list[tuple[Image.Image, tuple[float, ...], tuple[float, 
 def _digest_spec(spec: ViewSpec) -> ViewSpec:
     """``spec`` with each part it enables made likely, so 8 views exercise all of them.
 
-    Flip, erasing and mixing fire about every other view, and both mixup and cutmix occur when
-    both are on; a part the spec leaves off stays off, so its code can change freely.
+    Flip, erasing and mixing fire about every other view (every pair mixes with ``pair`` /
+    ``elem`` mixing: 4 pairs of 8 views), and both mixup and cutmix occur when both are on; a
+    part the spec leaves off stays off, so its code can change freely.
     """
     both = spec.mixup > 0 and spec.cutmix > 0
     return dataclasses.replace(
         spec,
         hflip=0.5 if spec.hflip > 0 else 0.0,
         reprob=0.5 if spec.reprob > 0 else 0.0,
-        mix_prob=0.5 if spec.mix_prob > 0 else 0.0,
+        mix_prob=(1.0 if spec.pairs else 0.5) if spec.mix_prob > 0 else 0.0,
         switch_prob=0.5 if both else spec.switch_prob,
         mix_window=len(_DIGEST_KEYS),
     )

@@ -253,13 +253,30 @@ def render_batch(
 ) -> torch.Tensor:
     """Render many views into one ``[N, C, H, W]`` tensor, each exactly as :func:`render` would.
 
-    A partner inside the batch (the usual case when the batch is a block of
+    A partner inside the batch (the usual case: a pair of ``pair`` / ``elem`` mixing, or a block of
     ``spec.mix_window`` samples) is rendered once and reused; others come from ``partners``,
     a mapping or callable ``key -> (image, view)``.
     """
+    spec = PixelSpec.create(size, mean, std, interpolation, resize)
+    pixels, every = render_batch_pixels(images, views, spec, partners=partners)
+    return finish_views(pixels, every, mean=mean, std=std, rows=len(views))
+
+
+def render_batch_pixels(
+    images: Sequence[Image.Image],
+    views: Sequence[View],
+    spec: PixelSpec,
+    *,
+    partners: Mapping[str, tuple[Image.Image, View]] | Callable[[str], tuple[Image.Image, View]] | None = None,
+) -> tuple[torch.Tensor, list[View]]:
+    """:func:`render_batch` up to its uint8 renders: ``(pixels [R, C, H, W] uint8, their R views)``,
+    the batch's views first, then the partners from outside it.
+
+    ``finish_views(pixels, views, mean=, std=, rows=len(batch views))`` on any device then gives
+    :func:`render_batch`'s tensor (what a loader worker sends is a quarter of the float32 bytes).
+    """
     if len(images) != len(views):
         raise ValueError(f"render_batch: {len(images)} images but {len(views)} views")
-    batch = len(views)
     images, views = list(images), list(views)
     inside = {v.key for v in views}
     for view in list(views):
@@ -270,15 +287,20 @@ def render_batch(
             images.append(p_image)
             views.append(p_view)
             inside.add(view.partner)
-    return _render_views(images, views, size, mean, std, interpolation, resize, rows=batch)
+    return _render_uint8(images, views, spec), views
 
 
 def _render_views(images: Sequence[Image.Image], views: Sequence[View], size: int | tuple[int, int],
                   mean: Sequence[float], std: Sequence[float], interpolation: str, resize: str,
                   rows: int) -> torch.Tensor:
     """:func:`render_pixels` of every view, then :func:`finish_views` of the first ``rows``."""
-    spec = PixelSpec.create(size, mean, std, interpolation, resize)
+    pixels = _render_uint8(images, views, PixelSpec.create(size, mean, std, interpolation, resize))
+    return finish_views(pixels, views, mean=mean, std=std, rows=rows)
+
+
+def _render_uint8(images: Sequence[Image.Image], views: Sequence[View], spec: PixelSpec) -> torch.Tensor:
+    """uint8 ``[len(views), C, H, W]``: :func:`render_pixels` of every view."""
     pixels = torch.empty(len(views), spec.channels, *spec.size, dtype=torch.uint8)
     for i, (image, view) in enumerate(zip(images, views)):
         render_pixels(image, view, spec, pixels[i])
-    return finish_views(pixels, views, mean=mean, std=std, rows=rows)
+    return pixels

@@ -12,14 +12,20 @@ it, and either side can render it at its own resolution:
   are normalised or size-free too.
 
 Semantics follow timm (``RandomResizedCropAndInterpolation``, ``rand-m9-mstd0.5-inc1``
-RandAugment, ``RandomErasing``, ``Mixup`` in per-element mode). Deliberate differences, all
+RandAugment, ``RandomErasing``, ``Mixup`` in ``pair`` or ``elem`` mode). Deliberate differences, all
 needed to make a view a pure function of its key:
 
 - an infeasible crop draw (e.g. area 0.95 at ratio 4/3) is clamped to the image edge keeping
   its area, instead of being redrawn up to 10 times with a centre-crop fallback;
 - the random-erasing and cutmix boxes are drawn in normalised output coordinates;
-- the mixing partner is another sample of the same block of ``mix_window`` shard positions
-  (not the flipped batch), and it is rendered with its own view, as timm mixes augmented images.
+- mixing pairs (:func:`mix_pairs`) are drawn per (seed, view epoch, shard): a seeded perfect
+  matching of the shard's rows, a new one every view epoch. The trainer's order keeps each pair
+  adjacent in one global batch and one rank's slice of it (:mod:`pipeline.train.order`), so the
+  pair is mixed from the batch as timm's ``Mixup`` does (the partner's augmented, unmixed
+  pixels), but the partner is a row of the same shard, not the flipped batch, and the per-batch
+  draw of timm's default ``batch`` mode is not offered (labels of a view epoch are reused by
+  epochs that batch its rows differently). ``mix_mode: window`` keeps the first algorithm:
+  partners drawn per row within blocks of ``mix_window`` shard positions.
 
 This module holds the view types and their sampling (the RandAugment and erasing draws come from
 :mod:`maskedkd.rand_augment` and :mod:`maskedkd.random_erasing`, the columns from
@@ -53,6 +59,10 @@ from maskedkd.view_columns import (
 
 # Bump when the meaning of any draw changes: it is part of the spec fingerprint.
 VIEWS_ALGORITHM = 1
+# How mixing partners and draws are made (ViewSpec.mix_mode): "pair" one draw per pair (timm's
+# Mixup(mode="pair")), "elem" one draw per row (mode="elem"), both with partners from
+# mix_pairs; "window": per row, partner drawn within mix_window positions (the first algorithm).
+MIX_MODES = ("pair", "elem", "window")
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,13 @@ class ViewSpec:
         cutmix: cutmix Beta alpha (0 = off).
         mix_prob: probability of mixing a sample when mixup or cutmix is on.
         switch_prob: probability of cutmix over mixup when both are on.
-        mix_window: partners are drawn within aligned blocks of this many shard positions,
-            so a streaming reader needs to hold at most one block.
+        mix_window: ``mix_mode: window`` only: partners are drawn within aligned blocks of this
+            many shard positions.
+        mix_mode: ``pair``: rows are paired (:func:`mix_pairs`) and both rows of a pair mix with
+            each other with one draw of lambda and box (timm ``Mixup(mode="pair")``); ``elem``:
+            the same pairs, one draw per row (``mode="elem"``); ``window``: the first algorithm,
+            a partner per row within ``mix_window`` positions, rendered again (not from the batch).
+            Normalised to ``pair`` when the spec does not mix.
     """
 
     scale: tuple[float, float] = (0.08, 1.0)
@@ -90,6 +105,7 @@ class ViewSpec:
     mix_prob: float = 1.0
     switch_prob: float = 0.5
     mix_window: int = 64
+    mix_mode: str = "pair"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
@@ -111,6 +127,10 @@ class ViewSpec:
             raise ValueError(f"ViewSpec.shift must be in [0, 32767] pixels, got {self.shift}")
         if self.mix_window < 2:
             raise ValueError(f"ViewSpec.mix_window must be >= 2, got {self.mix_window}")
+        if self.mix_mode not in MIX_MODES:
+            raise ValueError(f"ViewSpec.mix_mode must be one of {MIX_MODES}, got {self.mix_mode!r}")
+        if not self.mixes:  # meaningless without mixing: one spec, one fingerprint
+            object.__setattr__(self, "mix_mode", MIX_MODES[0])
         if self.auto_augment is not None:
             rand_augment_config(self.auto_augment)  # fails early on a bad string
 
@@ -120,22 +140,35 @@ class ViewSpec:
         return self.mixup > 0 or self.cutmix > 0
 
     @property
+    def pairs(self) -> bool:
+        """Whether mixing partners are the pairs of :func:`mix_pairs` (the trainer batches them together)."""
+        return self.mixes and self.mix_mode != "window"
+
+    @property
     def ra_layers(self) -> int:
         """How many RandAugment draws each view holds (0 without RandAugment)."""
         return rand_augment_config(self.auto_augment).num_layers if self.auto_augment else 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain JSON-able dict (tuples as lists).
+
+        ``mix_mode`` is left out where it reproduces what specs meant before it existed (no
+        mixing, or ``window``), so their fingerprints and stored labels stay valid.
+        """
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if not self.pairs:
+            del d["mix_mode"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ViewSpec":
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them. A dict without
+        ``mix_mode`` predates it: ``window``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ViewSpec field(s) {unknown}; known: {sorted(names)}")
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        fields: dict[str, Any] = {"mix_mode": "window", **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}}
         return cls(**fields)
 
 
@@ -258,34 +291,59 @@ def _mix_block(position: int, n: int, window: int) -> range:
     return range(start, min(start + window, n))
 
 
-def _draw_mix(spec: ViewSpec, rng: random.Random, key: str, position: int | None,
-              shard_keys: Sequence[str] | None) -> tuple[str, float, tuple[float, float, float, float]]:
-    """``(partner, lam, mix_box)`` of a view of a mixing spec: timm's ``Mixup`` draw, per element.
-
-    Every draw is made, used or not, so e.g. ``mix_prob`` does not move the other views' draws.
-    """
-    if position is None or shard_keys is None:
-        raise ValueError("sample_view: a mixing spec needs position= and shard_keys=")
-    if shard_keys[position] != key:
-        raise ValueError(f"sample_view: shard_keys[{position}] is {shard_keys[position]!r}, not {key!r}")
-    block = _mix_block(position, len(shard_keys), spec.mix_window)
-    others = len(block) - 1
-    slot = rng.randrange(others) if others else 0
+def _draw_lam_box(spec: ViewSpec, rng: random.Random) -> tuple[bool, float, tuple[float, float, float, float]]:
+    """``(mixed, lam, mix_box)``: one draw of timm's ``Mixup`` (mix or not, cutmix or mixup, lambda,
+    box). Every draw is made, used or not, so e.g. ``mix_prob`` does not move the other draws."""
     use_mix = rng.random() < spec.mix_prob
     cutmix = spec.cutmix > 0 and (spec.mixup == 0 or rng.random() < spec.switch_prob)
     alpha = spec.cutmix if cutmix else spec.mixup
     lam = rng.betavariate(alpha, alpha)
     cx, cy = rng.random(), rng.random()
-    if not (others and use_mix):
-        return "", 1.0, NO_BOX
-    partner = shard_keys[block[slot] if block[slot] < position else block[slot + 1]]
+    if not use_mix:
+        return False, 1.0, NO_BOX
     if not cutmix:
-        return partner, lam, NO_BOX
+        return True, lam, NO_BOX
     cut = math.sqrt(1.0 - lam)
     x0, x1 = max(0.0, cx - cut / 2), min(1.0, cx + cut / 2)
     y0, y1 = max(0.0, cy - cut / 2), min(1.0, cy + cut / 2)
     box = (float32_exact(x0), float32_exact(y0), float32_exact(x1), float32_exact(y1))
-    return partner, 1.0 - (box[2] - box[0]) * (box[3] - box[1]), box
+    return True, 1.0 - (box[2] - box[0]) * (box[3] - box[1]), box
+
+
+def _draw_mix(spec: ViewSpec, rng: random.Random, key: str, position: int | None,
+              shard_keys: Sequence[str] | None) -> tuple[str, float, tuple[float, float, float, float]]:
+    """``(partner, lam, mix_box)`` of a view of a ``window`` mixing spec: timm's ``Mixup`` draw, per element."""
+    position, shard_keys = _checked_position(key, position, shard_keys)
+    block = _mix_block(position, len(shard_keys), spec.mix_window)
+    others = len(block) - 1
+    slot = rng.randrange(others) if others else 0
+    mixed, lam, box = _draw_lam_box(spec, rng)
+    if not (others and mixed):
+        return "", 1.0, NO_BOX
+    return shard_keys[block[slot] if block[slot] < position else block[slot + 1]], lam, box
+
+
+def _checked_position(key: str, position: int | None, shard_keys: Sequence[str] | None) -> tuple[int, Sequence[str]]:
+    if position is None or shard_keys is None:
+        raise ValueError("sample_view: a mixing spec needs position= and shard_keys=")
+    if shard_keys[position] != key:
+        raise ValueError(f"sample_view: shard_keys[{position}] is {shard_keys[position]!r}, not {key!r}")
+    return position, shard_keys
+
+
+def mix_pairs(seed: int, epoch: int, shard: str, rows: int) -> np.ndarray:
+    """Each row's mixing partner (a row index, -1 for none) for ``pair`` / ``elem`` mixing.
+
+    A seeded perfect matching of the shard's ``rows`` positions, drawn per ``(seed, view epoch,
+    shard name)``: a pure function of positions, so the trainer's order can keep every pair
+    together in one batch before it reads the shard. With an odd ``rows`` one row is left unpaired.
+    """
+    perm = np.random.default_rng(_view_seed(seed, f"\0pairs\0{shard}\0{int(rows)}", epoch)).permutation(int(rows))
+    partner = np.full(int(rows), -1, dtype=np.int64)
+    even = len(perm) - len(perm) % 2
+    partner[perm[0:even:2]] = perm[1:even:2]
+    partner[perm[1:even:2]] = perm[0:even:2]
+    return partner
 
 
 def sample_view(
@@ -296,6 +354,7 @@ def sample_view(
     *,
     position: int | None = None,
     shard_keys: Sequence[str] | None = None,
+    shard: str = "",
 ) -> View:
     """Draw the view of sample ``key`` for view epoch ``epoch``: a pure function of its arguments.
 
@@ -306,12 +365,27 @@ def sample_view(
         epoch: the view epoch (``epoch mod P`` with a view pool of P).
         position: the sample's index in ``shard_keys``; needed only when ``spec`` mixes.
         shard_keys: keys of the sample's shard in tar order (only the sample's block of
-            ``spec.mix_window`` positions is read); needed only when ``spec`` mixes.
+            ``spec.mix_window`` positions is read with ``mix_mode: window``); needed only when
+            ``spec`` mixes.
+        shard: the shard's name (seeds the pairs of ``pair`` / ``elem`` mixing, :func:`mix_pairs`).
 
     Returns:
-        The view. Mixing partners are chosen within the sample's aligned block
-        ``[position // mix_window * mix_window, ... + mix_window)``.
+        The view. With ``mix_mode: window`` mixing partners are chosen within the sample's
+        aligned block ``[position // mix_window * mix_window, ... + mix_window)``; otherwise
+        this is :func:`shard_views` ``[position]``.
     """
+    if spec.pairs:
+        position, shard_keys = _checked_position(key, position, shard_keys)
+        return shard_views(spec, seed, epoch, shard_keys, shard=shard)[position]
+    view, rng = _draw_view(spec, seed, key, epoch)
+    if not spec.mixes:
+        return view
+    partner, lam, mix_box = _draw_mix(spec, rng, key, position, shard_keys)
+    return dataclasses.replace(view, partner=partner, lam=float32_exact(lam), mix_box=mix_box)
+
+
+def _draw_view(spec: ViewSpec, seed: int, key: str, epoch: int) -> tuple[View, random.Random]:
+    """The view's own draws, unmixed, and its RNG where the mix draw of ``window`` / ``elem`` continues."""
     vseed = _view_seed(seed, key, epoch)
     rng = random.Random(vseed)
     # Draw order is fixed and every component draws even when disabled where that is cheap,
@@ -326,8 +400,7 @@ def sample_view(
     if spec.auto_augment:
         ra_op, ra_mag = draw_rand_augment(rand_augment_config(spec.auto_augment), rng)
     erase = draw_erase_box(rng) if spec.reprob > 0 and rng.random() < spec.reprob else NO_BOX
-    partner, lam, mix_box = _draw_mix(spec, rng, key, position, shard_keys) if spec.mixes else ("", 1.0, NO_BOX)
-    return View(
+    view = View(
         key=key,
         epoch=int(epoch),
         seed=vseed,
@@ -338,16 +411,34 @@ def sample_view(
         ra_mag=ra_mag,
         erase=erase,
         erase_fill=REMODES.index(spec.remode),
-        partner=partner,
-        lam=float32_exact(lam),
-        mix_box=mix_box,
     )
+    return view, rng
 
 
-def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str]) -> list[View]:
-    """The views of all samples of one shard, in tar order (what precompute and trainer call)."""
+def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, shard: str = "") -> list[View]:
+    """The views of all samples of one shard, in tar order (what precompute and trainer call).
+
+    ``shard`` (the shard's name) seeds the pairs of ``pair`` / ``elem`` mixing (:func:`mix_pairs`):
+    with ``pair`` both rows of a pair take one draw (seeded by the pair's first row in tar order),
+    with ``elem`` each row its own, continuing its view's RNG as ``window`` does.
+    """
     if not spec.mixes:
-        return [sample_view(spec, seed, k, epoch) for k in keys]
+        return [_draw_view(spec, seed, k, epoch)[0] for k in keys]
     if len(set(keys)) != len(keys):
         raise ValueError("shard_views: keys must be unique within a shard")
-    return [sample_view(spec, seed, k, epoch, position=i, shard_keys=keys) for i, k in enumerate(keys)]
+    if not spec.pairs:
+        return [sample_view(spec, seed, k, epoch, position=i, shard_keys=keys) for i, k in enumerate(keys)]
+    drawn = [_draw_view(spec, seed, k, epoch) for k in keys]
+    views = [view for view, _ in drawn]
+    for i, j in enumerate(mix_pairs(seed, epoch, shard, len(keys))):
+        if j < 0 or (spec.mix_mode == "pair" and j < i):
+            continue
+        rng = drawn[i][1] if spec.mix_mode == "elem" else random.Random(_view_seed(seed, f"\0pair\0{keys[i]}", epoch))
+        mixed, lam, box = _draw_lam_box(spec, rng)
+        if not mixed:
+            continue
+        lam = float32_exact(lam)
+        views[i] = dataclasses.replace(views[i], partner=keys[j], lam=lam, mix_box=box)
+        if spec.mix_mode == "pair":
+            views[j] = dataclasses.replace(views[j], partner=keys[i], lam=lam, mix_box=box)
+    return views

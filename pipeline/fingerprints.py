@@ -33,6 +33,11 @@ The rules in force (each an instance of 2.)
   ``channels_last`` (any training recipe): each only when not its default (:data:`TRAIN_RECIPE_ADDED`), in the
   train and teacher stages' recipes and in a training segment's fingerprint. compile and channels_last enter
   too: they change the float rounding of a step, so a checkpoint is no longer the same bytes.
+- ``train.lanes``, ``train.interleave`` (the epoch order, issue 26): only when not 1, in the train and
+  teacher recipes and a training segment's fingerprint: :data:`ORDER_ADDED` (part of :data:`TRAIN_RECIPE_ADDED`).
+- ``views.mix_mode``: only where the views mix and it is not ``window`` (the first algorithm, which
+  mixing views followed before the field existed): :func:`views_record`; the same rule in a
+  partition's view fingerprint (:meth:`maskedkd.views.ViewSpec.to_dict`).
 - ``data.resize``: only when not ``pil``: ``resize`` in ``precompute_inputs``; ``render`` in the
   train and teacher inputs (:func:`render_entry`); the resizer in the view fingerprint of
   partitions, probes and training segments (:meth:`pipeline.labels.contract.RenderSpec.resize_record`,
@@ -68,6 +73,14 @@ from pipeline.paths import base_name
 TRAIN_RECIPE_ADDED = {"model_ema": False, "model_ema_decay": 0.99996, "model_ema_warmup": False, "grad_accum_steps": 1,
                       "compile": False, "compile_mode": None, "channels_last": False}
 # Fields of `teacher.train` added after teachers had been trained, with the value that trains as before.
+# Fields of the training recipe added with the epoch order's lanes (issue 26); 1 orders shard after shard.
+ORDER_ADDED = {"lanes": 1, "interleave": 1}
+# Fields of every training recipe (`train` and `teacher.train`) added after stages and segments had recorded
+# their recipes in full, with the value that trains as before: DeiT's extras (EMA, accumulation, compile) and
+# the epoch order's lanes.
+TRAIN_RECIPE_ADDED = {"model_ema": False, "model_ema_decay": 0.99996, "model_ema_warmup": False, "grad_accum_steps": 1,
+                      "compile": False, "compile_mode": None, "channels_last": False, **ORDER_ADDED}
+# Fields of `teacher.train` added after teachers had been trained, with the value that trains as before.
 TEACHER_RECIPE_ADDED = {"patch_drop_rate": 0.0, "full_view_weight": 0.0, "consistency_weight": 0.0,
                         **TRAIN_RECIPE_ADDED}
 # Fields of a training recipe added after training segments recorded theirs in full (their resume records'
@@ -88,6 +101,15 @@ def unless_default(name: str, value: Any, default: Any) -> dict[str, Any]:
 def without_defaults(record: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` without the fields of ``added`` whose value is their default there (see :func:`unless_default`)."""
     return {k: v for k, v in record.items() if not (k in added and v == added[k])}
+
+
+def views_record(views: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``views`` section's dump as fingerprinted: ``mix_mode`` only where the views mix and it is
+    not ``window`` (what mixing meant before the field existed)."""
+    mixes = views.get("mixup", 0) > 0 or views.get("cutmix", 0) > 0
+    if mixes and views.get("mix_mode", "window") != "window":
+        return dict(views)
+    return {k: v for k, v in views.items() if k != "mix_mode"}
 
 
 def order_seed_entry(train_seed: int, views_seed: int) -> dict[str, Any]:
@@ -148,7 +170,7 @@ def teacher_inputs(cfg, manifest) -> dict[str, Any]:
 def trained_teacher_inputs(cfg, manifest) -> dict[str, Any]:
     """What training the teacher reads: its recipe (``teacher.train``), views, data and rendering."""
     t = cfg.teacher
-    views = (t.train.views or cfg.views).model_dump(mode="json")
+    views = views_record((t.train.views or cfg.views).model_dump(mode="json"))
     recipe = without_defaults(t.train.model_dump(mode="json"), TEACHER_RECIPE_ADDED)
     inputs = {"model": t.model, "kwargs": sha256_json(t.kwargs), "recipe": sha256_json(recipe),
               "views": sha256_json(views), "data": sha256_json(data_inputs(cfg, manifest)),
@@ -216,7 +238,7 @@ def train_inputs(cfg, manifest, segment: int, start_ckpt: Path, labels, teacher)
     label_fp = None if labels is None else sha256_json(sorted([list(k), v.sha256] for k, v in labels.items()))
     inputs = {"start": sha256_file(start_ckpt), "labels": label_fp,
               "recipe": sha256_json(without_defaults(cfg.train.model_dump(mode="json"), TRAIN_RECIPE_ADDED)),
-              "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(cfg.views.model_dump(mode="json")),
+              "epochs": [start, end, cfg.schedule.epochs], "views": sha256_json(views_record(cfg.views.model_dump(mode="json"))),
               "data": sha256_json(data_inputs(cfg, manifest)), "online": online_inputs(cfg, segment, teacher),
               **render_entry(cfg.data, cfg.student)}
     return {**inputs, **order_seed_entry(cfg.train.seed, cfg.views.seed)}

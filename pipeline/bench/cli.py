@@ -115,20 +115,25 @@ def bench_data(directory: Path | None, split: str, limit: int, size: int | None,
               "as runs do) and print the ratio to stored.")
 @click.option("--input", "input_only", is_flag=True,
               help="Instead: the input pipeline alone per rank at world size 1 and 2 (gloo) on ImageNet-like "
-                   "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard.")
+                   "JPEG shards at 224 px, decoding own rows (now) vs every image (before); --samples per shard. "
+                   "First counts renders_per_row and shard_bytes_read_per_rank with DeiT's views (input_counts).")
+@click.option("--timing/--no-timing", default=True, show_default=True,
+              help="With --input: also time the ranks (gloo processes); --no-timing: the counts only.")
 @click.option("--trainer-workers", default=0, show_default=True, type=click.IntRange(0),
               help="Also time our trainer with train.num_workers N loader processes (stored-wN), last.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (CUDA: bf16 autocast, train.amp).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [{"mode", "steps_per_s", "vs_off", ...}]}.')
 def bench_train(samples: int, shard_size: int, batch: int, keep: int, repeats: int, threads: int, loader: bool,
-                hash_cost: bool, input_only: bool, trainer_workers: int, device: str, as_json: bool) -> None:
+                hash_cost: bool, input_only: bool, timing: bool, trainer_workers: int, device: str, as_json: bool) -> None:
     """Student steps/s: stored labels vs kd: off (target >= 0.95) vs online MaskedKD, and the
     public dataset through a DataLoader, one run. With --input: the input pipeline per rank."""
     from pipeline.bench import train, train_input  # lazy: the harnesses import torch + timm (see the module doc)
 
     if input_only:
-        result = train_input.run_input_bench(samples=samples, batch=batch, repeats=repeats)
-        _echo(result, as_json, train_input.input_table(result))
+        counts = train_input.input_counts()  # its own shards: a rank's batch slice well under a shard, as on ImageNet
+        result = train_input.run_input_bench(samples=samples, batch=batch, repeats=repeats) if timing else {}
+        table = train_input.counts_table(counts) + ("\n\n" + train_input.input_table(result) if timing else "")
+        _echo({**result, "input_counts": counts}, as_json, table)
         return
     modes = (train.TRAINER_MODES + (tuple(train.LOADER_MODES) if loader else ())
              + (tuple(train.HASH_MODES) if hash_cost else ()) + ((f"stored-w{trainer_workers}",) if trainer_workers else ()))

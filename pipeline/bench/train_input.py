@@ -10,6 +10,12 @@ decoded. ``eager`` decodes every image of every shard a rank reads, as the train
 before decoding was lazy (every rank decoded every shard). ``torch`` is the lazy path with
 ``data.resize: torch`` (the crops resized by torch's uint8 kernels, not Pillow); it streams the
 same stored labels (their content does not change the input pipeline's work).
+
+:func:`input_counts` counts, rather than times, what each rank does in one epoch with DeiT's views
+(RandAugment, erasing, mixup 0.8 / cutmix 1.0) at 224 px, ranks simulated in one process:
+``renders_per_row`` (views rendered per row trained: a mixing partner rendered again counts) and
+``shard_bytes_read_per_rank`` (bytes of shard files the rank reads, as a fraction of the
+dataset's), for ``mix_mode`` ``pair`` in lanes (now) and ``window`` shard after shard (before).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+import maskedkd.rendering as rendering
 from maskedkd.views import ViewSpec
 from pipeline.bench.fixtures import IMAGENET_MEAN, IMAGENET_STD, make_imagenet_like_shard, write_teacher_labels
 from pipeline.labels.contract import RenderSpec, ShardRef
@@ -77,6 +84,71 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
         if p.exitcode:
             raise RuntimeError(f"bench rank process exited with {p.exitcode}")
     return sorted(results, key=lambda r: r["rank"])
+
+
+DEIT_VIEWS = ViewSpec(auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0)
+COUNT_ORDERS = (("pair", 8, 2), ("window", 1, 1))  # (views.mix_mode, train.lanes, train.interleave)
+
+
+def _count_rank(ds: LabeledViews) -> dict[str, Any]:
+    """One epoch of one rank: rows trained, views rendered, shard bytes read."""
+    renders, read = [0], [0]
+    render_pixels, load = rendering.render_pixels, ds.load
+
+    def counting_render(*args: Any, **kwargs: Any) -> None:
+        renders[0] += 1
+        render_pixels(*args, **kwargs)
+
+    def counting_load(ref: ShardRef):  # noqa: ANN202 - a LoadedShard
+        read[0] += os.path.getsize(ref.path)
+        return load(ref)
+
+    rendering.render_pixels, ds.load = counting_render, counting_load  # type: ignore[method-assign]
+    try:
+        rows = 0
+        for plan in ds.plans():
+            ds.render(plan)
+            rows += sum(len(r) for _, r in plan)
+    finally:
+        rendering.render_pixels = render_pixels
+    return {"rows": rows, "renders": renders[0], "bytes": read[0]}
+
+
+def input_counts(samples: int = 64, shards: int = 16, batch: int = 32) -> dict[str, Any]:
+    """Per rank, world size 1 and 2: ``renders_per_row`` and ``shard_bytes_read_per_rank`` (fraction
+    of the dataset's bytes) for one epoch of DeiT's views at 224 px (see the module docstring)."""
+    render = RenderSpec((224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-counts-") as tmp:
+        refs = []
+        for i in range(shards):
+            path = make_imagenet_like_shard(Path(tmp) / f"train-{i:06d}.tar", samples, seed=i)
+            refs.append(ShardRef(path.name.removesuffix(".tar"), path, samples))
+        total = sum(os.path.getsize(r.path) for r in refs)
+        for mode, lanes, interleave in COUNT_ORDERS:
+            spec = replace(DEIT_VIEWS, mix_mode=mode)
+            for world in (1, 2):
+                for rank in range(world):
+                    ds = LabeledViews(refs, spec=spec, seed=0, render=render, epoch=0, batch_size=batch, num_classes=1000,
+                                      rank=rank, world=world, lanes=lanes, interleave=interleave)
+                    c = _count_rank(ds)
+                    out.append({"mix_mode": mode, "lanes": lanes, "interleave": interleave, "world": world, "rank": rank,
+                                "rows": c["rows"], "renders_per_row": c["renders"] / c["rows"],
+                                "shard_bytes_read_per_rank": c["bytes"] / total})
+    return {"samples": samples * shards, "shards": shards, "batch": batch, "counts": out}
+
+
+def counts_table(result: dict) -> str:
+    """Markdown: one line per (order, world size, rank)."""
+    lines = [f"DeiT's views (rand-m9-mstd0.5-inc1, reprob 0.25, mixup 0.8, cutmix 1.0) at 224 px, "
+             f"{result['samples']} ImageNet-like JPEGs in {result['shards']} shards, global batch {result['batch']}, "
+             "one epoch, ranks simulated in one process", "",
+             "| mix_mode | lanes | interleave | world size | rank | rows | renders_per_row | shard_bytes_read_per_rank |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in result["counts"]:
+        lines.append(f"| {c['mix_mode']} | {c['lanes']} | {c['interleave']} | {c['world']} | {c['rank']} | {c['rows']} | "
+                     f"{c['renders_per_row']:.3f} | {c['shard_bytes_read_per_rank']:.3f} |")
+    return "\n".join(lines)
 
 
 def run_input_bench(samples: int = 256, shards: int = 2, batch: int = 64, repeats: int = 1) -> dict[str, Any]:

@@ -129,7 +129,12 @@ class ViewsConfig(Section):
     cutmix: float = Field(0.0, ge=0, description="CutMix Beta alpha (0: off).")
     mix_prob: float = Field(1.0, ge=0, le=1, description="Probability of mixing a sample when mixup/cutmix is on.")
     switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix over Mixup when both are on.")
-    mix_window: int = Field(64, ge=2, description="Mixing partners come from aligned blocks of this many shard positions.")
+    mix_window: int = Field(64, ge=2, description="mix_mode window: partners come from aligned blocks of this many shard positions.")
+    mix_mode: Literal["pair", "elem", "window"] = Field(
+        "pair", description="pair: rows are paired within their shard and batch, one lambda/box per pair (timm Mixup "
+                            "mode 'pair'); elem: the same pairs, one draw per row; window: the first algorithm (a partner "
+                            "per row within mix_window shard positions, rendered again)."
+    )
 
     @field_validator("pool", mode="plain")
     @classmethod

@@ -43,6 +43,14 @@ class TrainConfig(Section):
         0, ge=0, description="DataLoader worker processes decoding and rendering upcoming batches while the model trains "
                              "(0: in the training process)."
     )
+    lanes: int = Field(
+        1, ge=1, description="Lanes of the epoch order: each global batch is one chunk of batch_size/lanes rows of "
+                             "every lane; torchrun ranks take whole lanes (reading only their shards) when their number "
+                             "divides lanes. Not tied to the world size, so neither is the order (pipeline.train.order)."
+    )
+    interleave: int = Field(
+        1, ge=1, description="Shards whose rows the epoch order shuffles together (1: one shard after the other)."
+    )
     eval_every: int = Field(
         1, ge=1, description="Evaluate on data.val every this many epochs, and always at the last epoch of a segment."
     )

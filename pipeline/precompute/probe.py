@@ -148,7 +148,7 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
             samples.append(s)
         keys = [s.key for s in samples]
         for epoch in sorted({r.view_epoch for r in rows}):
-            views = shard_views(spec, t.view_seed, epoch, keys)
+            views = shard_views(spec, t.view_seed, epoch, keys, shard=rows[0].shard)
             by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
             idx = [r.row for r in rows if r.view_epoch == epoch]
             for who in ("teacher", "student"):

@@ -6,19 +6,23 @@
 one-row :class:`maskedkd.SoftTarget`, dense or top-K, ready for :func:`maskedkd.kd_loss`), the
 hard label (or the mixed / smoothed label vector) and the key. :func:`collate` batches them.
 
-The order is the trainer's (:mod:`pipeline.train.stream`): global batches of ``batch_size``
-rows, a pure function of ``(order_seed, epoch)``. The unit of work is one rank's slice of one
-global batch:
+The order is the trainer's (:mod:`pipeline.train.order`): global batches of ``batch_size``
+rows drawn from ``lanes`` lanes of interleaved shards, a pure function of ``(order_seed, epoch)``.
+The unit of work is one rank's slice of one global batch:
 
 - under DDP, rank ``r`` of ``W`` yields its contiguous ``batch_size / W`` rows of every global
-  batch, so the global batch sequence does not depend on the world size;
+  batch (whole lanes when ``W`` divides ``lanes``: it reads only those lanes' shards), so the
+  global batch sequence does not depend on the world size;
 - with ``DataLoader(num_workers=K)``, worker ``k`` renders batches ``k, k + K, ...``; the
   DataLoader takes one batch from each worker in turn, so a loader made by :meth:`loader` (or
   with ``batch_size=local_batch_size`` and :func:`collate`) yields exactly the batches of
   ``num_workers=0``. A worker (and a rank) reads only the shards its batches use, and decodes
   only its own rows of them (and their mixing partners), so K workers (or W ranks) share the
   decoding; in a DataLoader worker the next shard is read (and hashed) in a background thread
-  while the current one is rendered.
+  while the current one is rendered. The trainer's :meth:`LabeledViews.batch_loader` splits a
+  rank's *lanes* across its workers instead when ``K`` divides them (each worker renders its
+  lanes' part of every batch, the parts are concatenated in order), so each shard is read by
+  one worker only.
 
 Our trainer (:func:`pipeline.train.train_segment`) streams through :meth:`LabeledViews.batch_loader`
 (``train.num_workers`` loader processes): the same pairing, checks and order as this dataset's iterator.
@@ -37,19 +41,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskedkd.targets import SoftTarget
-from maskedkd.views import ViewSpec
+from maskedkd.views import ViewSpec, mix_pairs
 from pipeline.errors import ConfigError, StoreError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
-from pipeline.train.stream import (
-    Batch,
-    EpochStream,
-    LoadedShard,
-    Segment,
-    ShardPrefetcher,
-    load_shard,
-    make_batch,
-    rank_slice,
-)
+from pipeline.train.order import EpochOrder, PlanSegment, check_order, epoch_steps, rank_slice
+from pipeline.train.stream import Batch, LoadedShard, Segment, ShardPrefetcher, load_shard, make_batch
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.config.schema import StageConfig
@@ -122,14 +118,18 @@ class LabeledViews(IterableDataset):
         smoothing: label smoothing of the hard label (makes ``label`` a vector).
         rank, world: this process's place under DDP; default: the process group's, else 0 of 1.
         teacher_render: also render each batch for an online teacher (the trainer's baseline).
+        lanes, interleave: ``train.lanes`` and ``train.interleave`` (:mod:`pipeline.train.order`).
     """
 
     def __init__(self, shards: Sequence[ShardRef], *, spec: ViewSpec, seed: int, render: RenderSpec, epoch: int,
                  batch_size: int, order_seed: int | None = None, labels: LabelMap | None = None,
                  view_pool: int | None = None, tau: float = 1.0, num_classes: int | None = None,
                  smoothing: float = 0.0, rank: int | None = None, world: int | None = None,
-                 teacher_render: RenderSpec | None = None) -> None:
+                 teacher_render: RenderSpec | None = None, lanes: int = 1, interleave: int = 1) -> None:
         super().__init__()
+        self._args: dict[str, Any] = dict(shards=shards, spec=spec, seed=seed, render=render, batch_size=batch_size, order_seed=order_seed,
+                          labels=labels, view_pool=view_pool, tau=tau, num_classes=num_classes, smoothing=smoothing,
+                          rank=rank, world=world, teacher_render=teacher_render, lanes=lanes, interleave=interleave)
         self.shards = list(shards)
         self.spec, self.seed, self.render_spec = spec, int(seed), render
         self.epoch, self.batch_size = int(epoch), int(batch_size)
@@ -143,8 +143,10 @@ class LabeledViews(IterableDataset):
             raise ConfigError("mixed or smoothed labels need num_classes")
         if self.batch_size % self.world:
             raise ConfigError(f"train.batch_size {self.batch_size} must be divisible by the world size {self.world}")
+        self.lanes, self.interleave = int(lanes), int(interleave)
+        check_order(self.batch_size, self.lanes, self.world, spec.pairs)
         rows = sum(s.rows for s in self.shards)
-        self.steps = rows // self.batch_size
+        self.steps = epoch_steps(self.shards, self.batch_size, self.lanes, spec.pairs)
         if self.steps < 1:
             raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples")
         self.labels: dict[str, LabelRef] | None = None
@@ -214,9 +216,20 @@ class LabeledViews(IterableDataset):
                  seed=cfg.views.seed, render=render_spec(cfg.data, cfg.student), epoch=epoch,
                  batch_size=batch_size or cfg.train.batch_size, order_seed=cfg.train.seed, labels=labels,
                  view_pool=cfg.views.pool_size, tau=cfg.train.tau if cfg.train.kd == "kl" else 1.0,
-                 num_classes=cfg.data.num_classes, smoothing=cfg.train.smoothing, rank=rank, world=world)
+                 num_classes=cfg.data.num_classes, smoothing=cfg.train.smoothing, rank=rank, world=world,
+                 lanes=cfg.train.lanes, interleave=cfg.train.interleave)
         ds.config = cfg
         return ds
+
+    def for_epoch(self, epoch: int) -> "LabeledViews":
+        """The same run's dataset for another epoch."""
+        other = type(self)(**self._args, epoch=epoch)
+        other.config = self.config
+        return other
+
+    def same_run(self, other: "LabeledViews") -> bool:
+        """Whether ``other`` differs from this dataset in its epoch at most."""
+        return self._args == other._args
 
     # ------------------------------------------------------------------ sizes
 
@@ -237,22 +250,38 @@ class LabeledViews(IterableDataset):
         return load_shard(ref, spec=self.spec, seed=self.seed, view_epoch=self.view_epoch, label=label, tau=self.tau,
                           num_classes=self.num_classes)
 
-    def plans(self, start: int = 0, *, worker: int = 0, workers: int = 1,
-              read_ahead: bool | None = None) -> Iterator[list[Segment]]:
-        """This rank's rows of global batches ``start, start + 1, ...`` (every ``workers``-th from
-        ``start + worker``), their shards loaded; nothing rendered yet (see :meth:`render`).
+    def order(self) -> EpochOrder:
+        """The epoch's global batches as index plans (:class:`pipeline.train.order.EpochOrder`)."""
+        pairs = None
+        if self.spec.pairs:
+            def pairs(ref: ShardRef) -> np.ndarray:
+                return mix_pairs(self.seed, self.view_epoch, ref.name, ref.rows)
+        return EpochOrder(self.shards, seed=self.order_seed, epoch=self.epoch, batch_size=self.batch_size,
+                          lanes=self.lanes, interleave=self.interleave, pairs=pairs)
 
-        Only the shards a yielded batch uses are read, each once: an epoch visits shards one after
-        the other, so a shard no longer in the current batch is never needed again.
+    def splits_lanes(self, workers: int) -> bool:
+        """Whether ``workers`` loader workers split this rank's lanes (each renders its lanes' part of
+        every batch) rather than take whole batches in turn: when they divide the rank's lanes."""
+        return workers > 1 and self.lanes % self.world == 0 and (self.lanes // self.world) % workers == 0
+
+    def plans(self, start: int = 0, *, worker: int = 0, workers: int = 1, read_ahead: bool | None = None,
+              split_lanes: bool = False) -> Iterator[list[Segment]]:
+        """This rank's rows of global batches ``start, start + 1, ...`` (every ``workers``-th from
+        ``start + worker``; with ``split_lanes``, worker ``worker``'s lanes of every one), their
+        shards loaded; nothing rendered yet (see :meth:`render`).
+
+        Only the shards a yielded batch uses are read, each once: a shard is held from the first
+        to the last of this process's batches that use it.
         ``read_ahead``: read the next of them in a background thread; default: in a DataLoader
         worker process only (:class:`pipeline.train.stream.ShardPrefetcher`).
         """
-        def my_slices() -> Iterator[list[tuple[ShardRef, np.ndarray]]]:
-            stream = EpochStream(self.shards, lambda ref: ref, seed=self.order_seed, epoch=self.epoch,
-                                 batch_size=self.batch_size)
-            for n, segments in enumerate(stream.batches(start)):
-                if n % workers == worker:
-                    yield rank_slice(segments, self.rank, self.world)  # type: ignore[misc]  # ShardRefs: the loader is the identity
+        mine: list[list[PlanSegment]] = []
+        for n, segments in enumerate(self.order().batches(start)):
+            if split_lanes:
+                mine.append(rank_slice(rank_slice(segments, self.rank, self.world), worker, workers))
+            elif n % workers == worker:
+                mine.append(rank_slice(segments, self.rank, self.world))
+        last = {ref.name: n for n, plan in enumerate(mine) for ref, _ in plan}
 
         # read ahead in DataLoader worker processes only: in the training process the read's Python
         # work (tar members, image headers) would take the GIL from the step (8-20% of steps/s measured
@@ -262,42 +291,61 @@ class LabeledViews(IterableDataset):
         reader: contextlib.AbstractContextManager[Callable[[ShardRef], LoadedShard]] = contextlib.nullcontext(self.load)
         if read_ahead:
             # the shards this process will load, in order (index arithmetic only): what to read ahead
-            order: list[ShardRef] = []
-            for mine in my_slices():
-                order += [ref for ref, _ in mine if not order or order[-1].name != ref.name]
+            order = list({ref.name: ref for plan in mine for ref, _ in plan}.values())
             reader = ShardPrefetcher(self.load, order)
         held: dict[str, LoadedShard] = {}
         with reader as load:
-            for mine in my_slices():
-                held = {ref.name: held.get(ref.name) or load(ref) for ref, _ in mine}
-                yield [(held[ref.name], rows) for ref, rows in mine]
+            for n, plan in enumerate(mine):
+                for ref, _ in plan:
+                    if ref.name not in held:
+                        held[ref.name] = load(ref)
+                yield [(held[ref.name], rows) for ref, rows in plan]
+                held = {name: shard for name, shard in held.items() if last[name] > n}
 
-    def render(self, segments: Sequence[Segment]) -> Batch:
-        """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch`."""
+    def render(self, segments: Sequence[Segment], uint8: bool = False) -> Batch:
+        """Render a plan from :meth:`plans` into a :class:`pipeline.train.stream.Batch` (``uint8``: its
+        images left as uint8 renders, finished by :meth:`~pipeline.train.stream.Batch.images_on`)."""
         return make_batch(segments, self.render_spec, num_classes=self.num_classes or 0, soft=self.soft,
-                          smoothing=self.smoothing, teacher_render=self.teacher_render)
+                          smoothing=self.smoothing, teacher_render=self.teacher_render, uint8=uint8)
 
-    def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1) -> Iterator[Batch]:
+    def batches(self, start: int = 0, *, worker: int = 0, workers: int = 1, split_lanes: bool = False,
+                uint8: bool = False) -> Iterator[Batch]:
         """:meth:`plans` rendered, one after the other."""
-        for segments in self.plans(start, worker=worker, workers=workers):
-            yield self.render(segments)
+        # a row is rendered once an epoch; with window mixing it may still be a later row's partner
+        release = not self.spec.mixes or self.spec.pairs
+        for segments in self.plans(start, worker=worker, workers=workers, split_lanes=split_lanes):
+            batch = self.render(segments, uint8)
+            if release:
+                for shard, rows in segments:
+                    shard.images.release(rows)
+            yield batch
 
     def __iter__(self) -> Iterator[LabeledView]:
         worker, workers = _loader_worker()
         for batch in self.batches(worker=worker, workers=workers):
+            images = batch.images_on("cpu")
             for j, key in enumerate(keys_of(batch)):
                 target = None if batch.teacher is None else batch.teacher[j:j + 1]
-                yield LabeledView(batch.images[j], target, batch.targets[j], key)
+                yield LabeledView(images[j], target, batch.targets[j], key)
 
-    def batch_loader(self, start: int = 0, *, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+    def batch_loader(self, start: int = 0, *, num_workers: int = 0, pin_memory: bool = False,
+                     workers: "LoaderWorkers | None" = None) -> Iterable[Batch]:
         """This rank's rendered batches from global batch ``start`` on, in order: what the trainer
-        iterates. With ``num_workers > 0`` they are decoded and rendered in that many ``DataLoader``
-        worker processes (each decoding only its own batches' rows) and arrive
-        :meth:`~pipeline.train.stream.Batch.detached`; ``pin_memory`` pins them for non-blocking
-        copies to a GPU."""
+        iterates (take the images with :meth:`~pipeline.train.stream.Batch.images_on`). With
+        ``num_workers > 0`` they are decoded and rendered in that many ``DataLoader`` worker
+        processes (each decoding only its own batches' rows) and arrive
+        :meth:`~pipeline.train.stream.Batch.detached`, their images as uint8 renders that
+        ``images_on`` normalises, erases and mixes on the device; ``pin_memory`` pins them for
+        non-blocking copies to a GPU. ``workers``: take them from these worker processes, kept
+        across epochs (then ``num_workers`` and ``pin_memory`` are theirs)."""
+        if workers is not None and workers.num_workers > 0:
+            return workers.batches(self, start)
         if num_workers == 0 and not pin_memory:
             return self.batches(start)
-        return DataLoader(_BatchDataset(self, start), batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        split = self.splits_lanes(num_workers)
+        loader = DataLoader(_BatchDataset(self, start, split), batch_size=None, num_workers=num_workers,
+                            pin_memory=pin_memory)
+        return _Joined(loader, num_workers) if split else loader
 
     def loader(self, num_workers: int = 0, **kwargs: Any) -> DataLoader:
         """A ``DataLoader`` of this rank's batches in the trainer's order (any ``num_workers``);
@@ -308,16 +356,93 @@ class LabeledViews(IterableDataset):
 
 
 class _BatchDataset(IterableDataset):
-    """One rank's rendered batches from ``start`` on, split across DataLoader workers like :class:`LabeledViews`."""
+    """One rank's rendered batches from ``start`` on, split across DataLoader workers like :class:`LabeledViews`.
 
-    def __init__(self, views: LabeledViews, start: int) -> None:
+    With ``where`` (a shared ``[epoch, start]`` tensor) the epoch and start are read from it at
+    each iteration: persistent workers serve every epoch of a segment.
+    """
+
+    def __init__(self, views: LabeledViews, start: int, split_lanes: bool = False,
+                 where: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.views, self.start = views, start
+        self.views, self.start, self.split_lanes, self.where = views, start, split_lanes, where
 
     def __iter__(self) -> Iterator[Batch]:
+        views, start = self.views, self.start
+        if self.where is not None:
+            epoch, start = (int(v) for v in self.where)
+            views = views if epoch == views.epoch else views.for_epoch(epoch)
         worker, workers = _loader_worker()
-        for batch in self.views.batches(self.start, worker=worker, workers=workers):
-            yield batch.detached() if get_worker_info() is not None else batch  # to another process
+        elsewhere = get_worker_info() is not None  # to another process: uint8, a quarter of float32's bytes
+        for batch in views.batches(start, worker=worker, workers=workers, split_lanes=self.split_lanes, uint8=elsewhere):
+            yield batch.detached() if elsewhere else batch
+
+
+def _whole(parts: Iterator[Batch], workers: int) -> Iterator[Batch]:
+    """Workers' lane parts as whole batches: the loader takes one item from each worker in turn,
+    so ``workers`` consecutive items are the parts of one batch, in lane order."""
+    for first in parts:
+        yield Batch.cat([first] + [next(parts) for _ in range(workers - 1)])
+
+
+class _Joined:
+    """A DataLoader of workers' lane parts, as whole batches (:func:`_whole`); its workers end with the epoch."""
+
+    def __init__(self, loader: DataLoader, workers: int) -> None:
+        self.loader, self.workers = loader, workers
+
+    def __iter__(self) -> Iterator[Batch]:
+        parts = iter(self.loader)
+        try:
+            yield from _whole(parts, self.workers)
+        finally:
+            _shutdown(parts)
+
+
+def _shutdown(iterator: object) -> None:
+    if hasattr(iterator, "_shutdown_workers"):  # torch's multiprocessing iterator; no public close
+        iterator._shutdown_workers()
+
+
+class LoaderWorkers:
+    """DataLoader worker processes kept across the epochs of a segment (``persistent_workers``).
+
+    Started by the first epoch's :meth:`LabeledViews.batch_loader` ``(workers=...)``, they read
+    each later epoch and start batch from shared memory when the epoch is iterated, so no epoch
+    pays for starting processes again. A dataset of another run (other than in its epoch) starts
+    new ones. :meth:`close` (or leaving the ``with`` block) ends them.
+    """
+
+    def __init__(self, num_workers: int, pin_memory: bool = False) -> None:
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.where = torch.zeros(2, dtype=torch.int64).share_memory_()  # (epoch, start), read by the workers
+        self.views: LabeledViews | None = None
+        self.loader: DataLoader | None = None
+
+    def batches(self, views: LabeledViews, start: int) -> Iterator[Batch]:
+        """``views``' batches from ``start`` on, from the kept workers."""
+        if self.loader is None or self.views is None or not self.views.same_run(views):
+            self.close()
+            split = views.splits_lanes(self.num_workers)
+            self.loader = DataLoader(_BatchDataset(views, 0, split, self.where), batch_size=None,
+                                     num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=True)
+            self.views = views
+        self.where[0], self.where[1] = views.epoch, start
+        parts = iter(self.loader)
+        split = cast(_BatchDataset, self.loader.dataset).split_lanes
+        return _whole(parts, self.num_workers) if split else (batch for batch in parts)
+
+    def close(self) -> None:
+        """End the worker processes."""
+        if self.loader is not None:
+            _shutdown(getattr(self.loader, "_iterator", None))  # the persistent iterator the loader keeps
+        self.loader = self.views = None
+
+    def __enter__(self) -> "LoaderWorkers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def keys_of(batch: Batch) -> list[str]:
@@ -325,4 +450,4 @@ def keys_of(batch: Batch) -> list[str]:
     return list(batch.keys)
 
 
-__all__ = ["LabeledView", "LabeledViews", "collate", "keys_of"]
+__all__ = ["LabeledView", "LabeledViews", "LoaderWorkers", "collate", "keys_of"]

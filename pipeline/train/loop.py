@@ -54,7 +54,8 @@ from pipeline.train import dist as tdist
 from pipeline.train.accumulate import Accumulation, no_sync_unless
 from pipeline.train.ema import create_ema, ema_metrics
 from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
-from pipeline.train.labeled_views import LabeledViews
+from pipeline.train.labeled_views import LabeledViews, LoaderWorkers
+from pipeline.train.order import check_order, epoch_steps
 from pipeline.train.speedups import batch_format, to_channels_last, training_forward
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
@@ -297,12 +298,12 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     """
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
-    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world)
+    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec.pairs)
     log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
                epochs.start, epochs.stop - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
                torch.get_num_threads())
     run_dir = Path(run_dir)
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / f"student-e{epochs.stop:04d}.pth"
+    checkpoint_path = Path(checkpoint_path or run_dir / f"student-e{epochs.stop:04d}.pth")
     init = state_dict_fingerprint(student.state_dict())
     segment = segment_fingerprint(init=init, shards=shards, spec=spec, seed=seed, epochs=epochs, cfg=cfg,
                                   total_epochs=total_epochs, render=render, labels=labels, view_pool=view_pool,
@@ -311,8 +312,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     to_channels_last(student, cfg)
     sync_debug_mode(device)  # MKD_SYNC_DEBUG: the step loop's syncs warn (its reads of the tally are exempt)
     run = _Run(student, cfg, info, device, online, Accumulation(cfg.grad_accum_steps, steps_per_epoch), total_epochs,
-               ResumeStore(run_dir),
-               say=log if (log is not None and info.is_main) else (lambda _m: None), progress=progress)
+               ResumeStore(run_dir), say=log if (log is not None and info.is_main) else (lambda _m: None), progress=progress)
     resumed = run.resume(segment, init, epochs)
     record = run.record
     if record.done and checkpoint_path.is_file() and sha256_file(checkpoint_path) == record.checkpoint_sha256:
@@ -325,7 +325,8 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
                               order_seed=cfg.seed, labels=labels, view_pool=view_pool,
                               tau=cfg.tau if cfg.kd == "kl" else 1.0, num_classes=int(student.num_classes),  # type: ignore[arg-type]
                               smoothing=cfg.smoothing, rank=info.rank, world=info.world,
-                              teacher_render=online.render if online else None)
+                              teacher_render=online.render if online else None, lanes=cfg.lanes,
+                              interleave=cfg.interleave)
         run.epoch(stream, epoch, epochs.stop, partial, evaluate)
         partial = {}
     run.finish(epochs.stop, checkpoint_path)
@@ -333,7 +334,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
 
 
 def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
-             online: OnlineTeacher | None, world: int) -> tuple[LabelMap | None, int]:
+             online: OnlineTeacher | None, world: int, pairs: bool = False) -> tuple[LabelMap | None, int]:
     """The labels the segment reads (none for ``kd: off``) and its steps per epoch, after refusing
     inconsistent arguments with a :class:`ConfigError`."""
     start, end = epochs.start, epochs.stop
@@ -351,7 +352,8 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
         raise ConfigError("give either stored labels or an online teacher, not both")
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
-    steps_per_epoch = sum(s.rows for s in shards) // cfg.batch_size
+    check_order(cfg.batch_size, cfg.lanes, world, pairs)
+    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, pairs)
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
                           f"training samples")
@@ -378,6 +380,7 @@ class _Run:
         self.online = online
         self.model: nn.Module = student
         self.teacher: _Online | None = None
+        self.workers = LoaderWorkers(cfg.num_workers, pin_memory=device.type == "cuda")  # kept across the epochs
         self.record: ResumeRecord
 
     def begin(self) -> None:
@@ -462,7 +465,8 @@ class _Run:
         """The epoch's updates from batch ``position`` on, with resume records every ``checkpoint_every`` updates."""
         record, cfg, info = self.record, self.cfg, self.info
         # decoding and rendering in cfg.num_workers loader processes; pinned batches on CUDA
-        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        batches = stream.batch_loader(position, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                      workers=self.workers)
         bar = progress_bar(total=stream.steps, initial=position, desc=f"{self.progress} epoch {epoch}", unit="step",
                            enabled=self.progress is not None and info.is_main, leave=False)
         bar_read = -math.inf
@@ -492,7 +496,8 @@ class _Run:
         record, info, device, accum = self.record, self.info, self.device, self.accum
         self.scheduler.step_update(num_updates=record.global_step)
         torch.manual_seed(derive_seed("step", self.cfg.seed, epoch, position, info.rank))
-        images = batch_format(batch.images.to(device, non_blocking=True), self.cfg)
+        # uint8 from loader workers: normalised, erased and mixed on the device
+        images = batch_format(batch.images_on(device), self.cfg)
         target: SoftTarget | torch.Tensor | None = None if batch.teacher is None else batch.teacher.to(device, non_blocking=True)
         if self.teacher is not None:
             target = self.teacher(self.student, batch, images)
@@ -512,6 +517,7 @@ class _Run:
 
     def finish(self, end: int, checkpoint_path: Path) -> None:
         """Rank 0 saves the checkpoint, the boundary's optimiser state and the finished record; all ranks meet."""
+        self.workers.close()
         record = self.record
         if self.info.is_main:
             record.checkpoint = str(checkpoint_path)

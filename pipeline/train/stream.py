@@ -1,71 +1,48 @@
 """The trainer's data stream: shards and label partitions in lockstep, views, batches (docs/design.md §2, §6).
 
-One epoch is a pure function of ``(seed, epoch)`` and the shard list:
+Which rows make up each global batch, and which rank takes which, is :mod:`pipeline.train.order`
+(a pure function of ``(seed, epoch)``, the shard list and ``train.lanes`` / ``train.interleave``).
+This module reads and renders what an order names:
 
-1. the shards are visited in a permutation seeded by ``(seed, epoch)``;
-2. each shard is read with :func:`pipeline.data.shards.read_shard` (its first ``ShardRef.rows``
+1. each shard is read with :func:`pipeline.data.shards.read_shard` (its first ``ShardRef.rows``
    samples) and, when KD labels are streamed, its label partition beside it: the partition's
    rows must be the shard's samples in tar order (checked key by key as the samples arrive) and
    its view columns must equal the Views the trainer derives itself with
    :func:`maskedkd.views.shard_views` (:func:`pipeline.labels.contract.check_views`; otherwise
    the labels were computed on other views);
-3. the shard's rows are shuffled by a permutation seeded by ``(seed, epoch, shard name)``;
-4. the rows of all shards, in that order, are cut into global batches of ``batch_size``
-   (the last incomplete batch of the epoch is dropped).
+2. a batch's rows are rendered shard by shard; a mixing partner is a row of the same shard (with
+   ``pair`` / ``elem`` mixing, the adjacent row of the same batch, rendered once for both).
 
 Views depend on the *view epoch* (``epoch mod views.pool``,
-:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself. A mixing
-partner is another row of the same shard, which is held in memory while its rows are used, so
-partners are always at hand.
+:func:`pipeline.labels.contract.view_epoch_of`), the order on the epoch itself.
 
-Data parallel (DDP): the global batch sequence above does not depend on the world size. Rank
-``r`` of ``W`` takes the contiguous slice ``[r * B/W, (r+1) * B/W)`` of every global batch
-(:func:`rank_slice`) and renders and trains on those rows only; with gradients averaged by DDP,
-``W`` processes take the same steps as one (within float tolerance). Every rank reads (and
-hashes) the bytes of every shard it visits, which keeps the order exact for any ``W``, but a
-shard's images are decoded lazily (:class:`LazyImages`): a rank decodes only its own rows and
-their mixing partners, so decoding, the costly part, is split across ranks (and across a
-``DataLoader``'s workers) like rendering and the model.
+A shard's images are decoded lazily (:class:`LazyImages`): a process decodes only the rows it
+renders and their mixing partners, so decoding, the costly part, is split across ranks (and
+across a ``DataLoader``'s workers) like rendering and the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence, cast
+from typing import Callable, Sequence, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
 from maskedkd.mixing import mix_target
-from maskedkd.rendering import render_batch
+from maskedkd.rendering import PixelSpec, finish_views, render_batch, render_batch_pixels, view_erase_fill
 from maskedkd.targets import SoftTarget
 from maskedkd.views import View, ViewSpec, shard_views
 from pipeline.data.shards import Sample, decode_image, read_shard
 from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
+from pipeline.train.order import derive_seed  # noqa: F401  (public here too: the step seeds of loop.py and tests)
 
 Segment = tuple["LoadedShard", np.ndarray]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The order in which an epoch visits the shards."""
-    return np.random.default_rng(derive_seed("shards", seed, epoch)).permutation(num_shards)
-
-
-def row_order(rows: int, seed: int, epoch: int, shard: str) -> np.ndarray:
-    """The order in which an epoch visits one shard's rows."""
-    return np.random.default_rng(derive_seed("rows", seed, epoch, shard)).permutation(rows)
 
 
 def decode_row(where: str | object, key: str, data: bytes) -> Image.Image:
@@ -96,8 +73,17 @@ class LazyImages(Sequence[Image.Image]):
     def __len__(self) -> int:
         return len(self._images)
 
+    def release(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Forget the rows' images: rows rendered once per epoch (and mixed only within their own
+        batch) are not kept while the shard stays open for its other rows (interleaved shards stay
+        open for many batches)."""
+        for i in rows:
+            self._images[i] = self._encoded[i] = None
+
     def _get(self, i: int) -> Image.Image:
         image = self._images[i]
+        if image is None and self._encoded[i] is None:
+            raise RuntimeError(f"shard {self.where}: row {i} ({self.keys[i]!r}) was released after its render")
         if image is None:
             image = decode_row(self.where, self.keys[i], self._encoded[i])  # type: ignore[arg-type]  # None once decoded only
             self._images[i], self._encoded[i] = image, None
@@ -191,7 +177,7 @@ def load_shard(
             why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
             raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)"
                             + (f"; skipped {why}" if skipped else ""))
-        views = shard_views(spec, seed, view_epoch, keys)
+        views = shard_views(spec, seed, view_epoch, keys, shard=ref.name)
         target = None
         if batch is not None:
             assert label is not None  # batch comes from its partition
@@ -217,62 +203,47 @@ def _explain_mismatch(ref: ShardRef, label: LabelRef, row: int, expected: str, s
     )
 
 
-class EpochStream:
-    """The global batches of one epoch, as index plans (nothing rendered yet).
+@dataclass
+class Pixels:
+    """One segment's uint8 renders, normalised, erased and mixed where they are used (:meth:`finish`):
+    what a loader worker sends instead of float32 images, a quarter of the bytes.
 
-    Each batch is a list of ``(LoadedShard, rows)`` segments whose rows add up to
-    ``batch_size``; shards are loaded lazily through ``loader`` and shards lying wholly before
-    the start batch are not read at all (resume).
+    Attributes:
+        pixels: uint8 [R, C, H, W]: the segment's rows, then their partners from outside them.
+        views: the R views.
+        rows: how many leading renders are the segment's rows.
+        mean, std: the normalisation.
+        fills: random-erasing fills by position (:func:`maskedkd.rendering.view_erase_fill`), drawn
+            in the worker.
     """
 
-    def __init__(self, shards: Sequence[ShardRef], loader: Callable[[ShardRef], Any], *,
-                 seed: int, epoch: int, batch_size: int) -> None:
-        self.shards = list(shards)
-        self.loader = loader
-        self.seed, self.epoch, self.batch_size = int(seed), int(epoch), int(batch_size)
+    pixels: torch.Tensor
+    views: list[View]
+    rows: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fills: dict[int, torch.Tensor]
 
-    def __len__(self) -> int:
-        return sum(s.rows for s in self.shards) // self.batch_size
+    def finish(self, device: torch.device | str) -> torch.Tensor:
+        """float32 [rows, C, H, W] on ``device``: bit-identical on CPU to :func:`render_segments`."""
+        fills = {i: f.to(device, non_blocking=True) for i, f in self.fills.items()}
+        return finish_views(self.pixels.to(device, non_blocking=True), self.views, mean=self.mean, std=self.std,
+                            rows=self.rows, fills=fills)
 
-    def batches(self, start: int = 0) -> Iterator[list[Segment]]:
-        """Global batches ``start, start + 1, ...`` of the epoch."""
-        skip = start * self.batch_size
-        pending: list[Segment] = []
-        need = self.batch_size
-        for si in shard_order(len(self.shards), self.seed, self.epoch):
-            ref = self.shards[si]
-            if skip >= ref.rows:
-                skip -= ref.rows
-                continue
-            shard = self.loader(ref)
-            rows = row_order(ref.rows, self.seed, self.epoch, ref.name)[skip:]
-            skip = 0
-            pos = 0
-            while pos < len(rows):
-                take = min(need, len(rows) - pos)
-                pending.append((shard, rows[pos:pos + take]))
-                pos += take
-                need -= take
-                if need == 0:
-                    yield pending
-                    pending, need = [], self.batch_size
-
-    __iter__ = batches
+    def pin_memory(self) -> "Pixels":
+        return replace(self, pixels=self.pixels.pin_memory(), fills={i: f.pin_memory() for i, f in self.fills.items()})
 
 
-def rank_slice(segments: Sequence[Segment], rank: int, world: int) -> list[Segment]:
-    """Rank ``rank``'s contiguous ``1/world`` of a global batch."""
-    total = sum(len(rows) for _, rows in segments)
-    if total % world:
-        raise ValueError(f"global batch of {total} rows does not split over {world} ranks")
-    per = total // world
-    lo, hi = rank * per, (rank + 1) * per
-    out, pos = [], 0
+def segment_pixels(segments: Sequence[Segment], render: RenderSpec) -> list[Pixels]:
+    """:func:`render_segments` up to the uint8 renders, one :class:`Pixels` per segment."""
+    out = []
     for shard, rows in segments:
-        a, b = max(lo, pos), min(hi, pos + len(rows))
-        if a < b:
-            out.append((shard, rows[a - pos:b - pos]))
-        pos += len(rows)
+        spec = PixelSpec.create(render.size, render.mean, render.std, render.interpolation, render.resize)
+        pixels, views = render_batch_pixels([shard.images[i] for i in rows], [shard.views[i] for i in rows], spec,
+                                            partners=shard.partner)
+        hw = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        fills = {i: f for i, v in enumerate(views) if (f := view_erase_fill(v, int(pixels.shape[1]), hw)) is not None}
+        out.append(Pixels(pixels, views, len(rows), tuple(render.mean), tuple(render.std), fills))
     return out
 
 
@@ -292,7 +263,7 @@ class Batch:
     """One rank's part of a global batch, rendered.
 
     Attributes:
-        images: float32 [b, C, H, W] at the student's size.
+        images: float32 [b, C, H, W] at the student's size; None when ``pixels`` holds them.
         labels: int64 [b], each row's own ground-truth class (for accuracy).
         targets: what cross-entropy is taken against: ``labels``, or soft targets [b, classes]
             with mixing or label smoothing (:func:`maskedkd.mixing.mix_target`).
@@ -301,9 +272,10 @@ class Batch:
         teacher_images: the same views rendered for the online teacher, or None.
         keys: the rows' sample keys.
         seeds: the rows' view seeds (the random masking policy's keep sets derive from them).
+        pixels: the images as uint8 renders still to be finished (:meth:`images_on`), or None.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor
     targets: torch.Tensor
     teacher: SoftTarget | None
@@ -311,9 +283,32 @@ class Batch:
     teacher_images: torch.Tensor | None = None
     keys: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    pixels: list[Pixels] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def images_on(self, device: torch.device | str) -> torch.Tensor:
+        """The student's float32 images on ``device`` (uint8 renders are normalised, erased and mixed there)."""
+        if self.pixels is None:
+            return cast(torch.Tensor, self.images).to(device, non_blocking=True)
+        parts = [p.finish(device) for p in self.pixels]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @classmethod
+    def cat(cls, parts: Sequence["Batch"]) -> "Batch":
+        """One batch of ``parts``' rows in order (a rank's batch from its loader workers' lanes)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        teacher = None if first.teacher is None else SoftTarget.cat([cast(SoftTarget, p.teacher) for p in parts])
+        teacher_images = None if first.teacher_images is None else torch.cat([cast(torch.Tensor, p.teacher_images)
+                                                                               for p in parts])
+        images = None if first.images is None else torch.cat([cast(torch.Tensor, p.images) for p in parts])
+        pixels = None if first.pixels is None else [x for p in parts for x in cast(list, p.pixels)]
+        return cls(images, torch.cat([p.labels for p in parts]),
+                   torch.cat([p.targets for p in parts]), teacher, [s for p in parts for s in p.segments],
+                   teacher_images, [k for p in parts for k in p.keys], [x for p in parts for x in p.seeds], pixels)
 
     def detached(self) -> "Batch":
         """The batch without its segments (which hold whole shards): what a loader worker
@@ -324,16 +319,20 @@ class Batch:
         """The batch in page-locked memory (``DataLoader(pin_memory=True)`` calls this), so that
         copies to the GPU with ``non_blocking=True`` overlap the step."""
         teacher = None if self.teacher is None else self.teacher.pin_memory()
-        return replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+        return replace(self, images=None if self.images is None else self.images.pin_memory(),
+                       pixels=None if self.pixels is None else [p.pin_memory() for p in self.pixels],
+                       labels=self.labels.pin_memory(),
                        targets=self.targets.pin_memory(), teacher=teacher,
                        teacher_images=None if self.teacher_images is None else self.teacher_images.pin_memory())
 
 
 def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: int, soft: bool,
-               smoothing: float = 0.0, teacher_render: RenderSpec | None = None) -> Batch:
+               smoothing: float = 0.0, teacher_render: RenderSpec | None = None, uint8: bool = False) -> Batch:
     """Render a list of segments (also for the online teacher with ``teacher_render``) and gather
-    their labels and teacher targets."""
-    images = render_segments(segments, render)
+    their labels and teacher targets; ``uint8``: the student's images as :class:`Pixels` to finish
+    where they are used (:meth:`Batch.images_on`)."""
+    pixels = segment_pixels(segments, render) if uint8 else None
+    images = None if uint8 else render_segments(segments, render)
     labels = torch.cat([shard.labels[torch.from_numpy(rows)] for shard, rows in segments])
     if soft:
         targets = torch.stack([
@@ -350,7 +349,7 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
     teacher_images = render_segments(segments, teacher_render) if teacher_render is not None else None
     keys = [shard.keys[i] for shard, rows in segments for i in rows]
     seeds = [shard.views[i].seed for shard, rows in segments for i in rows]
-    return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds)
+    return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds, pixels)
 
 
 class ShardPrefetcher:

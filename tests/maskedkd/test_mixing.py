@@ -27,9 +27,10 @@ def test_mix_target():
     assert plain.tolist() == [0, 0, 0, 1]
 
 
-def _timm_mixup(monkeypatch, x: torch.Tensor, labels: torch.Tensor, seed: int):
-    """timm's per-element ``Mixup`` (DeiT's alphas, smoothing 0.1) of ``x``: mixed pixels, targets,
-    and each row's ``(lam, cutmix box (yl, yh, xl, xh) or None)`` as timm drew them."""
+def _timm_mixup(monkeypatch, x: torch.Tensor, labels: torch.Tensor, seed: int, mode: str = "elem"):
+    """timm's ``Mixup`` in ``mode`` ``elem`` or ``pair`` (DeiT's alphas, smoothing 0.1) of ``x``: mixed
+    pixels, targets, and each row's (``pair``: each first row's) ``(lam, cutmix box (yl, yh, xl, xh)
+    or None)`` as timm drew them."""
     boxes: list[tuple[int, int, int, int]] = []
     draw = timm_mixup.cutmix_bbox_and_lam
 
@@ -39,26 +40,30 @@ def _timm_mixup(monkeypatch, x: torch.Tensor, labels: torch.Tensor, seed: int):
         return box, lam
 
     monkeypatch.setattr(timm_mixup, "cutmix_bbox_and_lam", recording)
-    mixup = timm_mixup.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1, num_classes=10)
+    mixup = timm_mixup.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=0.1, num_classes=10)
     np.random.seed(seed)
     mixed, target = mixup(x.clone(), labels)
     np.random.seed(seed)
-    lams, cutmix = mixup._params_per_elem(len(x))  # the same draws again: which rows timm cut
+    lams, cutmix = mixup._params_per_elem(len(x) if mode == "elem" else len(x) // 2)  # the same draws again
     rows = iter(boxes)
     return mixed, target, [(lam, next(rows) if cut and lam != 1 else None) for lam, cut in zip(lams, cutmix)]
 
 
+@pytest.mark.parametrize("mode", ["elem", "pair"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mixed_pixels_and_targets_equal_timms_mixup(monkeypatch, seed):
-    """Given timm's lambda and box per row and its pairs (row i with row B-1-i), our mix of the
-    normalised renders and our mixed, smoothed targets equal what timm's ``Mixup`` returns."""
+def test_mixed_pixels_and_targets_equal_timms_mixup(monkeypatch, seed, mode):
+    """Given timm's lambda and box per row (``pair``: per pair, both rows alike) and its pairs (row i
+    with row B-1-i), our mix of the normalised renders and our mixed, smoothed targets equal what
+    timm's ``Mixup`` returns."""
     batch, h, w = 8, 32, 24
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (batch,), generator=gen)
     plain = [View(f"k{i}", 0, i) for i in range(batch)]
     x = finish_views(pixels, plain, mean=MEAN, std=STD)
-    mixed, target, draws = _timm_mixup(monkeypatch, x, labels, seed)
+    mixed, target, draws = _timm_mixup(monkeypatch, x, labels, seed, mode)
+    if mode == "pair":  # row B-1-i takes row i's draw
+        draws = draws + draws[::-1]
     views = []
     for i, (lam, box) in enumerate(draws):
         if box is None:
@@ -68,7 +73,8 @@ def test_mixed_pixels_and_targets_equal_timms_mixup(monkeypatch, seed):
             mixbox, lam = (xl / w, yl / h, xh / w, yh / h), 1.0 - (yh - yl) * (xh - xl) / (h * w)
         lam = float(np.float32(lam))  # a view's lam is float32, as timm's
         views.append(dataclasses.replace(plain[i], partner=plain[batch - 1 - i].key, lam=lam, mix_box=mixbox))
-    assert {v.mix_box == NO_BOX for v in views} == {True, False}, "this seed should draw both mixup and cutmix"
+    if mode == "elem":
+        assert {v.mix_box == NO_BOX for v in views} == {True, False}, "this seed should draw both mixup and cutmix"
     ours = finish_views(pixels, views, mean=MEAN, std=STD)
     torch.testing.assert_close(ours, mixed, rtol=0, atol=1e-6)
     our_targets = torch.stack([mix_target(int(labels[i]), int(labels[batch - 1 - i]), v, 10, smoothing=0.1)

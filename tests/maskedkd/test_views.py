@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -15,6 +16,7 @@ from maskedkd.rand_augment import RA_OPS
 from maskedkd.views import (
     View,
     ViewSpec,
+    mix_pairs,
     sample_view,
     shard_views,
     view_columns_layout,
@@ -60,18 +62,42 @@ def test_views_follow_the_spec():
         assert math.isclose(v.lam, 1 - (x1 - x0) * (y1 - y0), abs_tol=1e-6)
 
 
-def test_partner_is_in_the_same_shard_and_window():
+def test_window_partner_is_in_the_same_shard_and_window():
+    window = dataclasses.replace(FULL, mix_mode="window")
     for epoch in range(5):
-        views = shard_views(FULL, 1, epoch, KEYS)
+        views = shard_views(window, 1, epoch, KEYS)
         for pos, view in enumerate(views):
             assert view.partner in KEYS and view.partner != view.key
             assert KEYS.index(view.partner) // FULL.mix_window == pos // FULL.mix_window
-    lonely = shard_views(FULL, 1, 0, KEYS[:33])[32]  # alone in block [32, 33)
+    lonely = shard_views(window, 1, 0, KEYS[:33])[32]  # alone in block [32, 33)
     assert lonely.partner == "" and lonely.lam == 1.0 and lonely.mix_box == (0, 0, 0, 0)
     with pytest.raises(ValueError, match="position= and shard_keys="):
         sample_view(FULL, 0, "k", 0)
     with pytest.raises(ValueError, match="unique"):
         shard_views(FULL, 0, 0, ["a", "b", "a"])
+
+
+@pytest.mark.parametrize("mode", ["pair", "elem"])
+def test_pairs_are_a_matching_drawn_per_view_epoch_and_shard(mode):
+    """Pairs are mutual, new every view epoch and shard; ``pair`` shares one draw per pair (timm's
+    ``Mixup(mode="pair")``), ``elem`` draws per row; an odd shard leaves one row alone."""
+    spec = dataclasses.replace(FULL, mix_mode=mode)
+    keys = KEYS[:33]
+    views = shard_views(spec, 1, 0, keys, shard="s0")
+    partner = mix_pairs(1, 0, "s0", 33)
+    assert sorted(partner.tolist()).count(-1) == 1 and all(partner[j] == i for i, j in enumerate(partner) if j >= 0)
+    for i, view in enumerate(views):
+        assert view.partner == (keys[partner[i]] if partner[i] >= 0 else "")  # mix_prob 1
+        if view.partner and mode == "pair":
+            other = views[partner[i]]
+            assert (other.lam, other.mix_box) == (view.lam, view.mix_box)
+    lams = {v.lam for v in views if v.partner}
+    assert len(lams) == (16 if mode == "pair" else 32)
+    assert sample_view(spec, 1, keys[5], 0, position=5, shard_keys=keys, shard="s0") == views[5]
+    assert not np.array_equal(mix_pairs(1, 1, "s0", 33), partner) and not np.array_equal(mix_pairs(1, 0, "s1", 33), partner)
+    assert ViewSpec.from_dict(spec.to_dict()) == spec
+    assert "mix_mode" not in dataclasses.replace(FULL, mix_mode="window").to_dict()  # old fingerprints hold
+    assert ViewSpec(mix_mode="elem").to_dict() == ViewSpec().to_dict()  # no mixing: no mode
 
 
 def test_columns_round_trip_losslessly():

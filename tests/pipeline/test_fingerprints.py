@@ -240,3 +240,14 @@ def test_deits_extras_enter_the_recipe_and_the_segment_only_when_set(root, field
     assert recipes(at_default) == recipes(base)
     assert all(a != b for a, b in zip(recipes(changed), recipes(base)))
 
+
+def test_the_order_and_mix_mode_enter_fingerprints_only_where_they_change_results():
+    """``train.lanes`` / ``train.interleave`` only when not 1; ``views.mix_mode`` only where the views
+    mix and it is not ``window`` (mixing views meant ``window`` before the field existed)."""
+    assert fp.without_defaults({"lr": 1, "lanes": 1, "interleave": 1}, fp.ORDER_ADDED) == {"lr": 1}
+    assert fp.without_defaults({"lr": 1, "lanes": 8, "interleave": 1}, fp.ORDER_ADDED) == {"lr": 1, "lanes": 8}
+    plain = {"seed": 0, "mixup": 0.0, "cutmix": 0.0, "mix_mode": "pair"}
+    assert fp.views_record(plain) == {"seed": 0, "mixup": 0.0, "cutmix": 0.0}
+    window = {"seed": 0, "mixup": 0.8, "cutmix": 1.0, "mix_mode": "window"}
+    assert fp.views_record(window) == {"seed": 0, "mixup": 0.8, "cutmix": 1.0}
+    assert fp.views_record({**window, "mix_mode": "pair"}) == {**window, "mix_mode": "pair"}

@@ -47,7 +47,8 @@ def keep_sets(student: torch.nn.Module, tasks: Sequence[PartitionTask]) -> np.nd
     student = student.eval()
     for t in tasks:
         samples = list(read_shard(t.shard_path))[: t.limit]
-        views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
+        views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples],
+                            shard=t.shard)
         r = t.student.render
         for i in range(0, len(samples), t.batch_size):
             images = render_batch([s.image for s in samples[i:i + t.batch_size]], views[i:i + t.batch_size], r.size,

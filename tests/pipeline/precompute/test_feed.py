@@ -19,11 +19,13 @@ from maskedkd.views import ViewSpec, shard_views
 from pipeline._fingerprint import sha256_file
 from pipeline.config import load_config
 from pipeline.data.shards import read_shard
+from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import RenderSpec
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
 from pipeline.precompute import feed
 from pipeline.precompute.run import group_by_shard
 from pipeline.precompute.task import run_partition, run_shard
+from pipeline.train.stream import load_shard
 from tests.pipeline.data.helpers import encode, rgb, write_raw_tar
 from tests.pipeline.precompute.conftest import SHARD, stage_doc
 from tests.pipeline.precompute.helpers import run
@@ -80,7 +82,8 @@ def test_a_two_view_epoch_segment_is_one_task_per_shard_with_per_view_epoch_part
     # the shard's rows as maskedkd renders them, independently of the feed: first rows of view epoch 1
     t = singles[1]
     samples = list(read_shard(t.shard_path))
-    views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples])
+    views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples],
+                        shard=t.shard)
     r = t.teacher.render
     by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
     with ThreadPoolExecutor(2) as pool:
@@ -260,3 +263,22 @@ def test_what_nvjpeg_cannot_decode_falls_back_to_pil_and_no_row_is_dropped():
     assert calls == [3, 1, 1, 1]  # the batch, then image by image after it failed
     assert all(s.image.mode in ("RGB", "CMYK") for s in out)
     assert np.array_equal(np.array(out[0].image), np.array(Image.open(__import__("io").BytesIO(jpeg))))
+
+
+def test_the_trainer_derives_the_mixed_views_precompute_labelled(tmp_path, dataset, ckpts, tasks):
+    """The contract with pair mixing: the views a partition stores (partner, lambda, box of each
+    row, pairs drawn per shard and view epoch) are those the trainer derives; other pairs are refused."""
+    cfg = _mixed_stage(tmp_path, dataset, ckpts, "contract", feed_workers=1)
+    spec = cfg.views.view_spec()
+    assert spec.pairs
+    t = replace(tasks(cfg)[0], device="cpu", limit=24)
+    t = replace(t, path=paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=t.view_epoch,
+                                             fingerprints=t.fingerprints))
+    run_partition({"task": t})
+    ref = ShardRef(t.shard, t.shard_path, 24)
+    shard = load_shard(ref, spec=spec, seed=t.view_seed, view_epoch=t.view_epoch, label=LabelRef(t.path), num_classes=10)
+    mixed = [v for v in shard.views if v.partner]
+    assert mixed and all(shard.views[shard.index(v.partner)].partner == v.key for v in mixed)
+    with pytest.raises(StoreError, match="view"):
+        load_shard(ref, spec=replace(spec, mix_mode="elem"), seed=t.view_seed, view_epoch=t.view_epoch,
+                   label=LabelRef(t.path), num_classes=10)

@@ -63,3 +63,16 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
                             num_classes=logits.shape[1], extra_lse=logsumexp_at(logits, taus) if k != "all" else None)
             out[(ref.name, ve)] = path
     return out
+
+
+def loaded_batches(order, load, start: int = 0):
+    """An :class:`pipeline.train.order.EpochOrder`'s global batches with their shards loaded by ``load``
+    (each once, in the order first used)."""
+    shards: dict = {}
+    for batch in order.batches(start):
+        out = []
+        for ref, rows in batch:
+            if ref.name not in shards:
+                shards[ref.name] = load(ref)
+            out.append((shards[ref.name], rows))
+        yield out

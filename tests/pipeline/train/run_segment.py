@@ -27,9 +27,9 @@ def main(job_path: str) -> None:
     if os.environ.get("SLOW_STEP"):
         render, pause = LabeledViews.render, float(os.environ["SLOW_STEP"])
 
-        def slow(self, segments):
+        def slow(self, segments, *args, **kwargs):
             time.sleep(pause)
-            return render(self, segments)
+            return render(self, segments, *args, **kwargs)
 
         LabeledViews.render = slow  # the trainer renders every batch through its dataset
     shards = [ShardRef(n, Path(p), r) for n, p, r in job["shards"]]

@@ -18,8 +18,11 @@ CFG = recipe(batch_size=32, kd="kl", optimizer="sgd", lr=0.05, weight_decay=0.0)
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path, train_shards, labels):
-    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=CFG, total_epochs=1, render=RENDER, model=STUDENT,
+@pytest.mark.parametrize("order", [{}, {"lanes": 2, "interleave": 2}], ids=["shard-after-shard", "lanes"])
+def test_two_processes_train_like_one(tmp_path, train_shards, labels, order):
+    """Also in lanes: each rank then reads only its lane's shards, and the steps are the same."""
+    cfg = CFG.model_copy(update=order)
+    common = dict(shards=train_shards, labels=labels, spec=SPEC, seed=SEED, cfg=cfg, total_epochs=1, render=RENDER, model=STUDENT,
                   model_seed=0, epochs=(0, 1), view_pool=2)
     one = run(write_job(tmp_path / "one.json", run_dir=tmp_path / "one", **common))
     two = run(write_job(tmp_path / "two.json", run_dir=tmp_path / "two", **common), torchrun=2, timeout=180)

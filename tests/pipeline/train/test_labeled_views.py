@@ -3,13 +3,18 @@ trainer's order through a DataLoader with workers, DDP rank slices, top-K collat
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from maskedkd import kd_loss
 from pipeline import LabeledView, LabeledViews, collate
 from pipeline.errors import StoreError
-from pipeline.train.stream import EpochStream, load_shard
+from pipeline.train.labeled_views import LoaderWorkers
+from pipeline.train.order import EpochOrder
+from pipeline.train.stream import load_shard
+from tests.pipeline.train.helpers import loaded_batches
 
 from .conftest import MIX_SPEC, RENDER, SEED, SPEC, student
 
@@ -23,9 +28,9 @@ def views(shards, labels=None, **kw) -> LabeledViews:
 def test_a_dataloader_with_workers_yields_the_trainers_batches(train_shards, labels):
     ds = views(train_shards, labels)
     assert ds.steps == 384 // 64 and len(ds) == 384 // 64 * 64
-    trainer = EpochStream(train_shards, lambda ref: load_shard(ref, spec=SPEC, seed=SEED, view_epoch=1), seed=3, epoch=1,
-                          batch_size=64)
-    want_keys = [[s.keys[i] for s, rows in b for i in rows] for b in trainer.batches()]
+    trainer = loaded_batches(EpochOrder(train_shards, seed=3, epoch=1, batch_size=64),
+                             lambda ref: load_shard(ref, spec=SPEC, seed=SEED, view_epoch=1))
+    want_keys = [[s.keys[i] for s, rows in b for i in rows] for b in trainer]
     plain = list(ds.loader(num_workers=0))
     assert [b.key for b in plain] == want_keys
     two = list(ds.loader(num_workers=2))
@@ -91,19 +96,28 @@ def test_each_rank_and_each_worker_decodes_only_its_own_rows(train_shards, label
     assert ranks == [(192, 192), (192, 192)], "world size 2: every rank decodes half the images"
     workers = [_decoded(views(train_shards, labels), worker=k, workers=2) for k in (0, 1)]
     assert [d for d, _ in workers] == [r for _, r in workers] and sum(d for d, _ in workers) == 384
-    # mixing partners are decoded too, and only once per rank however many rows mix with them
-    mixed, mixed_rows = _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2))
+    # window mixing: partners are decoded too, and only once per rank however many rows mix with them
+    window = dataclasses.replace(MIX_SPEC, mix_mode="window")
+    mixed, mixed_rows = _decoded(views(train_shards, spec=window, rank=0, world=2))
     assert mixed_rows == 192 < mixed <= 384
+    # pair mixing: every partner is a row of the same rank's batch, nothing more is decoded
+    assert _decoded(views(train_shards, spec=MIX_SPEC, rank=0, world=2)) == (192, 192)
 
 
-def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels):
-    ds = views(train_shards, labels, rank=1, world=2)
+@pytest.mark.parametrize("spec", [SPEC, MIX_SPEC, dataclasses.replace(MIX_SPEC, mix_mode="window", reprob=0.5)])
+def test_the_trainers_batch_loader_gives_the_same_batches_from_worker_processes(train_shards, labels, spec):
+    """Workers send uint8 renders (with window mixing also the partners from outside the batch),
+    finished where they are used into the very floats the training process renders itself."""
+    ds = views(train_shards, labels if spec is SPEC else None, rank=1, world=2, spec=spec)
     inline = list(ds.batch_loader(2))
     pooled = list(ds.batch_loader(2, num_workers=2))
     assert len(inline) == len(pooled) == ds.steps - 2
     for a, b in zip(inline, pooled):
         assert a.keys == b.keys and a.seeds == b.seeds and b.segments == []  # the shards stay in the worker
-        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+        assert b.images is None and all(p.pixels.dtype == torch.uint8 for p in b.pixels)
+        torch.testing.assert_close(a.images_on("cpu"), b.images_on("cpu"), rtol=0, atol=0)
+        if spec is not SPEC:
+            continue
         torch.testing.assert_close(a.teacher.logit, b.teacher.logit, rtol=0, atol=0)
         torch.testing.assert_close(a.targets, b.targets, rtol=0, atol=0)
 
@@ -121,3 +135,56 @@ def test_a_worker_reads_ahead_only_the_shards_it_will_use(train_shards, labels):
         assert loaded == sorted(names) and len(loaded) == 1, (k, loaded, names)
         used += loaded
     assert sorted(used) == sorted(s.name for s in train_shards)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_lanes_resume_mid_epoch_exactly_with_or_without_loader_workers(train_shards, labels, world):
+    """Interleaved lanes: batch ``start`` onwards equals the uninterrupted epoch's, for 0 or 2 loader
+    workers (with world 1 the two workers split the rank's two lanes, with world 2 take batches in turn),
+    and the world size 2 ranks make up the world size 1 batch."""
+    def keys(rank, start=0, workers=0):
+        ds = views(train_shards, labels, rank=rank, world=world, lanes=2, interleave=2, batch_size=32)
+        return [b.keys for b in ds.batch_loader(start, num_workers=workers)]
+
+    for rank in range(world):
+        whole = keys(rank)
+        assert len(whole) == 384 // 32 and keys(rank, 5) == whole[5:]
+        assert keys(rank, 5, workers=2) == whole[5:]
+    one = views(train_shards, labels, lanes=2, interleave=2, batch_size=32)
+    assert one.splits_lanes(2) and not views(train_shards, labels, lanes=2, batch_size=32, rank=0, world=2).splits_lanes(2)
+    if world == 2:
+        assert [a + b for a, b in zip(keys(0), keys(1))] == [b.keys for b in one.batches()]
+
+
+def test_every_mixed_rows_partner_is_in_the_same_ranks_batch(train_shards):
+    for world in (1, 2):
+        for rank in range(world):
+            ds = views(train_shards, spec=MIX_SPEC, rank=rank, world=world, lanes=2, interleave=3, batch_size=32)
+            for plan in ds.plans():
+                keys = {shard.keys[i] for shard, rows in plan for i in rows}
+                partners = [shard.views[i].partner for shard, rows in plan for i in rows if shard.views[i].partner]
+                assert partners and set(partners) <= keys
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_loader_workers_are_kept_across_epochs_and_give_each_epochs_batches(train_shards, labels, lanes):
+    """One set of worker processes serves epochs 1 and 0 (and a resume start) with exactly the
+    batches the training process renders itself; lanes 2: two workers split each batch's lanes."""
+    def make(epoch):
+        return views(train_shards, labels, epoch=epoch, lanes=lanes, interleave=2, batch_size=32)
+
+    with LoaderWorkers(2) as workers:
+        pids = []
+        for epoch, start in ((1, 0), (0, 3), (1, 5)):
+            ds = make(epoch)
+            got = list(ds.batch_loader(start, workers=workers))
+            want = list(ds.batches(start))
+            assert [b.keys for b in got] == [b.keys for b in want] and len(got) == ds.steps - start
+            for a, b in zip(want, got):
+                torch.testing.assert_close(b.images_on("cpu"), a.images, rtol=0, atol=0)
+                torch.testing.assert_close(b.teacher.logit, a.teacher.logit, rtol=0, atol=0)
+            pids.append([w.pid for w in workers.loader._iterator._workers])  # torch's, no public handle
+        assert pids[0] == pids[1] == pids[2], "the same worker processes every epoch"
+        other = views(train_shards, labels, epoch=0, lanes=lanes, interleave=2, batch_size=64)  # another run
+        assert [b.keys for b in other.batch_loader(0, workers=workers)] == [b.keys for b in other.batches()]
+    assert workers.loader is None

@@ -15,8 +15,9 @@ from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition, write_partition
 from pipeline.labels.contract import LabelRef, ShardRef
 from pipeline.train import train_segment
-from pipeline.train.stream import EpochStream, load_shard, make_batch, rank_slice
-from tests.pipeline.train.helpers import write_teacher_labels
+from pipeline.train.order import EpochOrder, rank_slice
+from pipeline.train.stream import load_shard, make_batch
+from tests.pipeline.train.helpers import loaded_batches, write_teacher_labels
 
 from .conftest import MIX_SPEC, RENDER, SEED, SPEC, recipe, student, teacher
 
@@ -47,8 +48,9 @@ def _loader(calls):
 
 def test_epoch_order_is_seeded_complete_and_resumable(train_shards):
     def keys(epoch, start=0, calls=None):
-        stream = EpochStream(train_shards, _loader(calls if calls is not None else []), seed=SEED, epoch=epoch, batch_size=50)
-        return [[s.keys[i] for s, rows in batch for i in rows] for batch in stream.batches(start)]
+        order = EpochOrder(train_shards, seed=SEED, epoch=epoch, batch_size=50)
+        return [[s.keys[i] for s, rows in batch for i in rows]
+                for batch in loaded_batches(order, _loader(calls if calls is not None else []), start)]
 
     e0 = keys(0)
     assert len(e0) == 384 // 50 and all(len(b) == 50 for b in e0)
@@ -61,8 +63,8 @@ def test_epoch_order_is_seeded_complete_and_resumable(train_shards):
 
 
 def test_rank_slices_make_up_the_global_batch(train_shards):
-    stream = EpochStream(train_shards, _loader([]), seed=SEED, epoch=0, batch_size=64)
-    for batch in stream.batches():
+    order = EpochOrder(train_shards, seed=SEED, epoch=0, batch_size=64)
+    for batch in loaded_batches(order, _loader([])):
         parts = [make_batch(rank_slice(batch, r, 2), RENDER, num_classes=10, soft=False) for r in range(2)]
         whole = make_batch(batch, RENDER, num_classes=10, soft=False)
         assert torch.equal(torch.cat([p.images for p in parts]), whole.images)

@@ -63,7 +63,7 @@ def test_the_train_stage_sets_the_thread_count(fmnist_small, tmp_path, monkeypat
     def fake_train_segment(model, *, checkpoint_path, **_kw):
         seen.append(torch.get_num_threads())
         shutil.copyfile(c0, checkpoint_path)
-        return {"epochs": [], "global_step": 0, "steps_per_epoch": 1, "resumed": None}
+        return {"epochs": [], "global_step": 0, "steps_per_epoch": 1, "batches_trained": 0, "resumed": None}
 
     monkeypatch.setattr(training_mod, "train_segment", fake_train_segment)
     runner = Runner(load_config(path), progress=False, echo=lambda _s: None)

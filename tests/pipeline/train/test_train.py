@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -11,8 +13,9 @@ from maskedkd import teacher_flops
 from pipeline.errors import ConfigError
 from pipeline.models import create_model
 from pipeline.train import OnlineTeacher, evaluate, train_segment
-from pipeline.train.stream import EpochStream, load_shard, make_batch
-from tests.pipeline.train.helpers import VIT, write_teacher_labels
+from pipeline.train.order import EpochOrder
+from pipeline.train.stream import load_shard, make_batch
+from tests.pipeline.train.helpers import VIT, loaded_batches, write_teacher_labels
 
 from .conftest import (
     FLIP_SPEC,
@@ -76,7 +79,7 @@ def test_mixup_cutmix_views_with_stored_labels(tmp_path, train_shards):
     mixed = write_teacher_labels(tmp_path / "store", teacher(), train_shards, spec=MIX_SPEC, seed=SEED, view_epochs=[0],
                                  render=RENDER)
     shard = load_shard(train_shards[0], spec=MIX_SPEC, seed=SEED, view_epoch=0)
-    batch = next(iter(EpochStream([train_shards[0]], lambda ref: shard, seed=SEED, epoch=0, batch_size=32)))
+    batch = next(loaded_batches(EpochOrder([train_shards[0]], seed=SEED, epoch=0, batch_size=32), lambda ref: shard))
     b = make_batch(batch, RENDER, num_classes=10, soft=True, smoothing=0.1)
     assert b.targets.shape == (32, 10) and torch.allclose(b.targets.sum(1), torch.ones(32))
     assert any(shard.views[i].partner for _, rows in batch for i in rows)
@@ -151,6 +154,18 @@ def test_render_threads_do_not_change_the_result(tmp_path, train_shards, labels)
     common = dict(shards=train_shards, spec=SPEC, seed=SEED, render=RENDER, labels=labels, view_pool=2, epochs=range(0, 1))
     a = train_segment(student(), cfg=recipe(batch_size=64, **FAST), total_epochs=1, run_dir=tmp_path / "a", **common)
     b = train_segment(student(), cfg=recipe(batch_size=64, num_workers=2, **FAST), total_epochs=1, run_dir=tmp_path / "b", **common)
+    assert a["sha256"] == b["sha256"]
+
+
+def test_kept_loader_workers_sending_uint8_in_lanes_do_not_change_the_result(tmp_path, train_shards):
+    """Two epochs in lanes with pair mixing and erasing: two loader workers, kept across the epochs
+    and sending uint8 renders finished in the training process, train the same bytes as none."""
+    spec = dataclasses.replace(MIX_SPEC, reprob=0.5)
+    common = dict(shards=train_shards, spec=spec, seed=SEED, render=RENDER, epochs=range(0, 2), total_epochs=2)
+    cfg = dict(batch_size=32, kd="off", lanes=2, interleave=2, smoothing=0.1, **FAST)
+    a = train_segment(student(), cfg=recipe(**cfg), run_dir=tmp_path / "a", **common)
+    b = train_segment(student(), cfg=recipe(num_workers=2, **cfg), run_dir=tmp_path / "b", **common)
+    assert a["global_step"] == b["global_step"] == 2 * 384 // 32
     assert a["sha256"] == b["sha256"]
 
 

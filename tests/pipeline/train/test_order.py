@@ -1,0 +1,94 @@
+"""The epoch order (pipeline.train.order): shards interleaved in lanes, a pure function of the seed
+and epoch, independent of the world size; pairs kept together; each rank reads its own shards."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from maskedkd.views import mix_pairs
+from pipeline.errors import ConfigError
+from pipeline.labels.contract import ShardRef
+from pipeline.train.order import EpochOrder, epoch_steps, rank_slice
+
+SHARDS = [ShardRef(f"s{i:03d}", f"/nowhere/s{i:03d}.tar", 128) for i in range(32)]  # index arithmetic: nothing read
+
+
+def _keys(batch) -> list[tuple[str, int]]:
+    return [(ref.name, int(r)) for ref, rows in batch for r in rows]
+
+
+def _together(order: EpochOrder) -> set[tuple]:
+    """Every pair of rows that share a global batch."""
+    return {pair for batch in order for pair in itertools.combinations(sorted(_keys(batch)), 2)}
+
+
+def test_two_epochs_do_not_batch_the_same_images_together():
+    """Of the row pairs batched together in epoch 0, the share batched together again in epoch 1:
+    about B/N for a random order (128 / 4096 here); shard after shard it is about a half."""
+    def again(**kw) -> float:
+        e0, e1 = (_together(EpochOrder(SHARDS, seed=5, epoch=e, batch_size=128, **kw)) for e in (0, 1))
+        return len(e0 & e1) / len(e0)
+
+    assert again() > 0.4, "shard after shard (the old order): a batch is about one shard every epoch"
+    assert again(lanes=8, interleave=4) < 2.5 * 128 / 4096
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch_and_visits_rows_once():
+    a = EpochOrder(SHARDS, seed=5, epoch=3, batch_size=128, lanes=8, interleave=4)
+    b = EpochOrder(list(SHARDS), seed=5, epoch=3, batch_size=128, lanes=8, interleave=4)
+    assert [_keys(x) for x in a] == [_keys(x) for x in b]
+    for other in (EpochOrder(SHARDS, seed=5, epoch=4, batch_size=128, lanes=8, interleave=4),
+                  EpochOrder(SHARDS, seed=6, epoch=3, batch_size=128, lanes=8, interleave=4)):
+        assert [_keys(x) for x in other] != [_keys(x) for x in a]
+    flat = [k for batch in a for k in _keys(batch)]
+    assert len(flat) == len(set(flat)) == a.steps * 128 == 4096
+    assert [_keys(x) for x in a.batches(5)] == [_keys(x) for x in a][5:]  # resume: skip whole batches
+    # the old order is the lanes = interleave = 1 case
+    plain = EpochOrder(SHARDS, seed=5, epoch=3, batch_size=100)
+    assert len(plain) == 4096 // 100 and all(len(_keys(x)) == 100 for x in plain)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_each_rank_reads_only_its_lanes_shards(world):
+    order = EpochOrder(SHARDS, seed=1, epoch=2, batch_size=128, lanes=8, interleave=2)
+    read = [set() for _ in range(world)]
+    for batch in order:
+        parts = [rank_slice(batch, r, world) for r in range(world)]
+        assert [k for p in parts for k in _keys(p)] == _keys(batch), "the rank slices make up the global batch"
+        for r, part in enumerate(parts):
+            read[r] |= {ref.name for ref, _ in part}
+    for r in range(world):
+        assert len(read[r]) * 128 / 4096 <= 1 / world + 0.05
+    assert sum(len(x) for x in read) == 32, "no shard is read by two ranks"
+
+
+def test_pairs_stay_adjacent_in_one_lane_chunk_and_one_rank():
+    shards = SHARDS[:12] + [ShardRef("odd", "/nowhere/odd.tar", 37)]
+
+    def pairs(ref):
+        return mix_pairs(0, 1, ref.name, ref.rows)
+
+    order = EpochOrder(shards, seed=2, epoch=0, batch_size=64, lanes=4, interleave=3, pairs=pairs)
+    assert order.steps == epoch_steps(shards, 64, 4, pairs=True)
+    seen = 0
+    for batch in order:
+        for world in (1, 2, 4):
+            for r in range(world):
+                for ref, rows in rank_slice(batch, r, world):
+                    partner = pairs(ref)
+                    assert len(rows) % 2 == 0
+                    assert all(partner[a] == b for a, b in zip(rows[0::2], rows[1::2])), "a pair is two adjacent rows"
+        seen += len(_keys(batch))
+    assert seen == order.steps * 64
+    assert all(pairs(shards[-1])[r] >= 0 for b in order for ref, rows in b if ref.name == "odd" for r in rows), \
+        "an unpaired row sits the epoch out"
+
+
+def test_batch_sizes_that_do_not_split_are_refused():
+    with pytest.raises(ConfigError, match="lanes"):
+        EpochOrder(SHARDS, seed=0, epoch=0, batch_size=100, lanes=8)
+    with pytest.raises(ConfigError, match="even"):
+        EpochOrder(SHARDS, seed=0, epoch=0, batch_size=24, lanes=8, pairs=lambda ref: np.full(ref.rows, -1))
