@@ -82,7 +82,8 @@ def cheapened_figure(path: Path, points: list[CheapenedPoint], baselines: dict[s
     if not points:
         return []
     markers = dict(zip(dict.fromkeys(p.policy for p in points), itertools.cycle(_MARKERS)))
-    colours = dict(zip(dict.fromkeys(p.teacher for p in points), itertools.cycle(plt.get_cmap("tab10").colors)))
+    tab10 = plt.get_cmap("tab10")
+    colours = {t: tab10(i % 10) for i, t in enumerate(dict.fromkeys(p.teacher for p in points))}
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
     for p in points:
         ax.errorbar(100 * p.x, 100 * p.y, xerr=None if p.x_std is None else 100 * p.x_std,

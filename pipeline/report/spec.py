@@ -136,8 +136,8 @@ def load_spec(path: str | Path) -> ResultsSpec:
     cheapest = []
     for i, c in enumerate(doc.get("cheapest", [])):
         _check_keys(f"{path}: cheapest[{i}]", c, {"teacher", "rows", "full"}, {"teacher", "rows", "full"})
-        rows = tuple(map(str, c["rows"])) if isinstance(c["rows"], list) else str(c["rows"])
-        cheapest.append(Cheapest(str(c["teacher"]), rows, str(c["full"])))
+        mine: str | tuple[str, ...] = tuple(map(str, c["rows"])) if isinstance(c["rows"], list) else str(c["rows"])
+        cheapest.append(Cheapest(str(c["teacher"]), mine, str(c["full"])))
     kd = doc.get("kd_matters")
     if kd is not None:
         _check_keys(f"{path}: kd_matters", kd, {"baseline", "min_gain", "teachers"}, {"baseline", "teachers"})
