@@ -24,9 +24,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline._atomic import write_atomic  # noqa: E402
+from pipeline.report.cheapened import cheapened_figure, cheapened_points  # noqa: E402
+from pipeline.report.cheapest import answer_lines  # noqa: E402
 from pipeline.report.collect import RunOutcome  # noqa: E402
 from pipeline.report.fidelity import curve_table, kept, plot_curves  # noqa: E402
+from pipeline.report.figures import save_with_legend  # noqa: E402
+from pipeline.report.fmt import mean_std, percent  # noqa: E402
+from pipeline.report.names import run_name, teacher_name  # noqa: E402
 from pipeline.report.spec import ResultsSpec, Target  # noqa: E402
 
 __all__ = ["render_results"]
@@ -35,11 +39,6 @@ __all__ = ["render_results"]
 def _gmacs(v: float | None, digits: int = 1) -> str:
     """MACs as GMACs (``-`` when not recorded)."""
     return "-" if v is None else f"{v / 1e9:.{digits}f}"
-
-
-def _percent(v: float | None) -> str:
-    """A fraction as a percentage with two decimals (``0.8123`` -> ``81.23``); ``-`` when missing."""
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _cpu_model() -> str:
@@ -71,19 +70,15 @@ class _Page:
         return self.spec.row_key(r.row), r.seed
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
 def _acc_cell(runs: list[RunOutcome]) -> str:
     done = [r.top1 for r in runs if r.finished and r.top1 is not None]
     if not done:
         return "not run (time)"
-    m, s = _mean_std(done)
-    seeds = ", ".join(_percent(v) for v in done)
+    m, s = mean_std(done)
+    seeds = ", ".join(percent(v) for v in done)
     if s is None:
-        return f"{_percent(m)} (1 seed)"
-    return f"{_percent(m)} ± {_percent(s)} (n={len(done)}: {seeds})"
+        return f"{percent(m)} (1 seed)"
+    return f"{percent(m)} ± {percent(s)} (n={len(done)}: {seeds})"
 
 
 def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
@@ -91,8 +86,8 @@ def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
     rb = [r.top1 for r in rows.get(b, []) if r.finished and r.top1 is not None]
     if not ra or not rb:
         return None
-    ma, sa = _mean_std(ra)
-    mb, sb = _mean_std(rb)
+    ma, sa = mean_std(ra)
+    mb, sb = mean_std(rb)
     diff = 100 * (ma - mb)
     sds = [s for s in (sa, sb) if s is not None]
     if sds:
@@ -102,17 +97,6 @@ def _compare(rows: dict[str, list[RunOutcome]], a: str, b: str) -> str | None:
     else:
         verdict = "1 seed each: no seed spread measured, cannot separate from noise"
     return f"- **{a}** − **{b}**: {diff:+.2f} points (n={len(ra)} vs {len(rb)}); {verdict}."
-
-
-def run_name(r: RunOutcome) -> str:
-    """How the page names one run: its row (teacher and policy, as the tables name it) and seed; every
-    figure's legend uses it too, so two rows of one policy, keep and seed still read apart."""
-    return f"{r.row}, seed {r.seed}"
-
-
-def teacher_name(r: RunOutcome) -> str:
-    """The teacher a run loaded as the Teachers table names it (its weights file), or ``teacher``."""
-    return f"teacher {Path(r.teacher_file['weights']).name}" if r.teacher_file else "teacher"
 
 
 def curriculum_figure(path: Path, runs: list[RunOutcome], teachers: dict[str, float]) -> list[str]:
@@ -134,18 +118,13 @@ def curriculum_figure(path: Path, runs: list[RunOutcome], teachers: dict[str, fl
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_xticks(sorted({x for r in curves for x, _ in r.masked_top1}))
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    labels = ax.get_legend_handles_labels()[1]
-    fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
-    return labels
+    return save_with_legend(fig, ax, path)
 
 
 def _series_cells(points: list[tuple[int, float]], columns: list[int]) -> str:
     """Table cells of ``(x, value)`` points under ``columns`` (percent; ``-`` where a run has no such x)."""
     got = dict(points)
-    return " | ".join(_percent(got[x]) if x in got else "-" for x in columns)
+    return " | ".join(percent(got[x]) if x in got else "-" for x in columns)
 
 
 def _teachers_section(students: list[RunOutcome], intro: str) -> list[str]:
@@ -165,11 +144,11 @@ def _teachers_section(students: list[RunOutcome], intro: str) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for w, f in sorted(files.items()):
         rec = f.get("recipe") or {}
-        seen = ", ".join(_percent(v) for v in sorted(evaluated.get(w, ()))) or "-"
+        seen = ", ".join(percent(v) for v in sorted(evaluated.get(w, ()))) or "-"
         ft = f.get("finetune")
-        tuned = "-" if not ft else f"`{ft.get('from', '?')}` ({_percent(ft.get('start_top1'))}), {_gmacs(ft.get('macs'), 1)}"
+        tuned = "-" if not ft else f"`{ft.get('from', '?')}` ({percent(ft.get('start_top1'))}), {_gmacs(ft.get('macs'), 1)}"
         lines.append(f"| `{w}` | `{f.get('config', '?')}` | {f.get('epochs', '?')} | {rec.get('patch_drop_rate', 0.0)} | "
-                     f"{_percent(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | {tuned} | "
+                     f"{percent(f.get('test_top1'))} | {seen} | {float(f.get('seconds') or 0) / 60:.0f} | {tuned} | "
                      f"`{str(f.get('sha256', ''))[:16]}…` |")
     return lines + [""]
 
@@ -187,8 +166,8 @@ def _target(rows: dict[str, list[RunOutcome]], row: str, full: str, max_ratio: f
     rb = [r for r in rows.get(full, []) if r.finished]
     if not ra or not rb:
         return f"- {what}: **not measured** (no run or record: {row if not ra else full}).", None
-    ma, _ = _mean_std([r.top1 for r in ra if r.top1 is not None])
-    mb, sb = _mean_std([r.top1 for r in rb if r.top1 is not None])
+    ma, _ = mean_std([r.top1 for r in ra if r.top1 is not None])
+    mb, sb = mean_std([r.top1 for r in rb if r.top1 is not None])
     ratio = statistics.fmean(r.label_macs / r.full_macs for r in ra if r.full_macs)
     cost = f"{ratio:.2f}x its teacher MACs (spot-checks included{_net_ratio(ra)})"
     diff = 100 * (ma - mb)
@@ -337,7 +316,7 @@ def _sweep_section(page: _Page) -> list[str]:
              "| lr | top-1 % | run |", "|---:|---:|---|"]
     for r in sweep:
         mark = " ← used" if r.lr in chosen else ""
-        lines.append(f"| {r.lr:g}{mark} | " + (_percent(r.top1) if r.finished else "not run") + f" | `{r.command}` |")
+        lines.append(f"| {r.lr:g}{mark} | " + (percent(r.top1) if r.finished else "not run") + f" | `{r.command}` |")
     return lines + [""]
 
 
@@ -391,15 +370,15 @@ def _kd_matters(page: _Page) -> list[str]:
     base = page.rows.get(kd.baseline, []) if kd else []
     if not kd or not any(r.finished for r in base):
         return []
-    base_m, _ = _mean_std([r.top1 for r in base if r.finished and r.top1 is not None])
+    base_m, _ = mean_std([r.top1 for r in base if r.finished and r.top1 is not None])
     lines = []
     for label, prefix in kd.teachers:
         tops = {r.teacher_top1 for r in page.students if r.row.startswith(prefix) and r.teacher_top1 is not None}
         if tops:
             gap = 100 * (max(tops) - base_m)
             lines.append(f"- KD matters ({label} at least {kd.min_gain:g} points above the student trained alone): "
-                         f"{'**met**' if gap >= kd.min_gain else '**missed**'}, teacher {_percent(max(tops))} vs "
-                         f"{kd.baseline} {_percent(base_m)} ({gap:+.2f} points).")
+                         f"{'**met**' if gap >= kd.min_gain else '**missed**'}, teacher {percent(max(tops))} vs "
+                         f"{kd.baseline} {percent(base_m)} ({gap:+.2f} points).")
     return lines
 
 
@@ -474,6 +453,30 @@ def _curriculum_section(page: _Page) -> list[str]:
                     "(masks from the student checkpoint at that epoch)."]
 
 
+def _cheapened_section(page: _Page) -> list[str]:
+    """The paper's figure: per row, the teacher's top-1 on its cheapened views against the student's top-1."""
+    points, left_out = cheapened_points(page.rows, page.order)
+    png = page.out.with_name("results_cheapened.png")
+    lines = ["", "## The teacher on its cheapened views against the student it trains", ""]
+    base = page.spec.kd_matters.baseline if page.spec.kd_matters else None  # the student trained alone, a line
+    base_top1 = [r.top1 for r in page.rows.get(base or "", []) if r.finished and r.top1 is not None]
+    baselines = {base: mean_std(base_top1)[0]} if base and base_top1 else {}
+    if not cheapened_figure(png, points, baselines):
+        return lines + ["not run (time): needs the distilled rows."]
+    lines += [f"![teacher on its views against the student]({png.name})", "",
+              "Per row (mean over its seeds, ± seed std when more than one): the teacher's top-1 on the training views "
+              "it labelled, masked, merged or downsampled as the row's policy does (mean over milestones; *unmasked*: "
+              "a full-teacher row without that record, at the teacher's test top-1), against the student's test top-1 "
+              "after distilling from those labels. Marker: the policy; colour: the teacher.", "",
+              "| row | teacher | policy | teacher top-1 % on its views | student top-1 % | seeds |",
+              "|---|---|---|---:|---:|---:|"]
+    for p in points:
+        x = percent(p.x) + ("" if p.x_std is None else f" ± {percent(p.x_std)}") + (" (unmasked)" if p.unmasked else "")
+        y = percent(p.y) + ("" if p.y_std is None else f" ± {percent(p.y_std)}")
+        lines.append(f"| {p.row} | {p.teacher} | `{p.policy}` | {x} | {y} | {p.seeds} |")
+    return lines + (["", f"Left out (no record of the teacher's top-1 on its views): {'; '.join(left_out)}."] if left_out else [])
+
+
 def _relabel_section(page: _Page) -> list[str]:
     """What incremental recomputation bought: the runs whose milestones re-label views labelled before
     (a view pool, or a reuse tolerance); none, no section."""
@@ -493,7 +496,7 @@ def _relabel_section(page: _Page) -> list[str]:
         kl = f"{statistics.fmean(r.spot_kl):.4f}" if r.spot_kl else "-"
         lines.append(f"| {run_name(r)} | {r.pool} | {', '.join(map(str, r.every))} | {r.tolerance} | {r.rows} | "
                      f"{r.teacher_forwards} | {r.avoided - r.reused_tolerance} | {r.reused_tolerance} | {kl} | "
-                     f"{_percent(r.top1)} |")
+                     f"{percent(r.top1)} |")
     return lines
 
 
@@ -513,8 +516,11 @@ def render_results(runs: list[RunOutcome], out: Path, spec: ResultsSpec | None =
     for r in students:
         rows.setdefault(r.row, []).append(r)
     page = _Page(spec, out, students, rows, sorted(rows, key=spec.row_key), [r for r in students if r.finished])
-    lines = _header(page, runs, notes_path, probes) + _teachers_section(students, spec.teachers) + _sweep_section(page)
-    lines += _main_table(page) + _breakeven_section(page) + _targets_and_comparisons(page) + _auto_section(page)
+    header = _header(page, runs, notes_path, probes)
+    lines = header[:2] + answer_lines(rows, spec.cheapest) + header[2:]  # the answer first, under the title
+    lines += _teachers_section(students, spec.teachers) + _sweep_section(page)
+    lines += _main_table(page) + _breakeven_section(page) + _targets_and_comparisons(page) + _cheapened_section(page)
+    lines += _auto_section(page)
     lines += [""] + _probe_section(out, probes, spec.probe) + _epochs_section(page) + _relabel_section(page)
     lines += _curriculum_section(page)
     if notes:

@@ -23,6 +23,11 @@ Keys (all optional)::
     [[targets]]              # row within twice the seed std of full at <= max_ratio of its MACs
     row = "..."; full = "..."; max_ratio = 0.7; what = "..."
     # row = ["a", "b"]: met when any of them meets it; no max_ratio: accuracy only
+
+    [[cheapest]]             # the page's answer, first under its title, one per teacher: the row
+    teacher = "plain teacher"  # of that teacher cheapest by net MACs whose mean top-1 is within
+    rows = "plain teacher:"    # twice full's seed std of full's mean; rows: a row-name prefix, or
+    full = "plain teacher: offline full-teacher KD"  # a list of the rows themselves
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["KDMatters", "ResultsSpec", "Target", "load_spec"]
+__all__ = ["Cheapest", "KDMatters", "ResultsSpec", "Target", "load_spec"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,21 @@ class Target:
     full: str
     max_ratio: float | None
     what: str
+
+
+@dataclass(frozen=True)
+class Cheapest:
+    """Which of ``teacher``'s rows (``rows``: a row-name prefix, or the rows themselves) is cheapest by
+    net MACs among those within twice the seed std of ``full`` (full-teacher KD)."""
+
+    teacher: str
+    rows: str | tuple[str, ...]
+    full: str
+
+    def has(self, row: str) -> bool:
+        """Whether ``row`` is one of this teacher's cheapened rows (``full`` never is)."""
+        mine = row.startswith(self.rows) if isinstance(self.rows, str) else row in self.rows
+        return mine and row != self.full
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ class ResultsSpec:
     pairs: tuple[tuple[str, str], ...] = ()
     targets: tuple[Target, ...] = ()
     kd_matters: KDMatters | None = None
+    cheapest: tuple[Cheapest, ...] = ()
     probe: dict[str, str] = field(default_factory=lambda: {
         "title": "Probe: what each mask costs the teacher",
         "intro": "`mkd-pipeline probe --json` outputs: the masked teacher's top-1, its top-1 agreement with the "
@@ -86,7 +107,7 @@ class ResultsSpec:
         return (self.rows.index(row) if row in self.rows else len(self.rows), row)
 
 
-_KEYS = {"title", "how_to_run", "teachers", "rows", "only_listed", "pairs", "targets", "kd_matters", "probe"}
+_KEYS = {"title", "how_to_run", "teachers", "rows", "only_listed", "pairs", "targets", "kd_matters", "cheapest", "probe"}
 
 
 def _check_keys(where: str, got: dict[str, Any], allowed: set[str], required: frozenset[str] | set[str] = frozenset()) -> None:
@@ -112,6 +133,11 @@ def load_spec(path: str | Path) -> ResultsSpec:
             raise ConfigError(f"{path}: targets[{i}]: row is a row or a non-empty list of rows")
         ratio = t.get("max_ratio")
         targets.append(Target(tuple(map(str, rows)), str(t["full"]), None if ratio is None else float(ratio), str(t["what"])))
+    cheapest = []
+    for i, c in enumerate(doc.get("cheapest", [])):
+        _check_keys(f"{path}: cheapest[{i}]", c, {"teacher", "rows", "full"}, {"teacher", "rows", "full"})
+        mine: str | tuple[str, ...] = tuple(map(str, c["rows"])) if isinstance(c["rows"], list) else str(c["rows"])
+        cheapest.append(Cheapest(str(c["teacher"]), mine, str(c["full"])))
     kd = doc.get("kd_matters")
     if kd is not None:
         _check_keys(f"{path}: kd_matters", kd, {"baseline", "min_gain", "teachers"}, {"baseline", "teachers"})
@@ -128,4 +154,5 @@ def load_spec(path: str | Path) -> ResultsSpec:
                        teachers=doc.get("teachers", ResultsSpec.teachers), rows=tuple(doc.get("rows", ())),
                        only_listed=bool(doc.get("only_listed", False)),
                        pairs=tuple((str(a), str(b)) for a, b in pairs), targets=tuple(targets), kd_matters=kd,
+                       cheapest=tuple(cheapest),
                        probe={**ResultsSpec().probe, **probe})

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from pipeline.report.collect import RunOutcome
-from pipeline.report.results import curriculum_figure, render_results, run_name, teacher_name
+from pipeline.report.names import run_name, teacher_name
+from pipeline.report.results import curriculum_figure, render_results
 from pipeline.report.spec import ResultsSpec, Target
 
 

@@ -26,14 +26,33 @@ def test_the_committed_spec_names_only_rows_of_the_committed_configs():
     spec = load_spec(RESULTS / "results.toml")
     labels = _row_labels()
     named = set(spec.rows) | {r for pair in spec.pairs for r in pair} | {r for t in spec.targets for r in t.rows}
-    named |= {t.full for t in spec.targets} | {spec.kd_matters.baseline}
+    named |= {t.full for t in spec.targets} | {spec.kd_matters.baseline} | {c.full for c in spec.cheapest}
+    named |= {r for c in spec.cheapest for r in c.rows}
     assert named <= labels, sorted(named - labels)
-    assert set(spec.rows) <= labels and len(spec.rows) == 8 and spec.only_listed  # v3: v2's other rows left out
+    assert set(spec.rows) <= labels and len(spec.rows) == 12 and spec.only_listed  # v4: v3's ft2 rows left out
     assert all(any(r.startswith(prefix) for r in spec.rows) for _, prefix in spec.kd_matters.teachers)
-    assert [t.max_ratio for t in spec.targets] == [None, 0.55]
-    # issue 24: either fine-tune's MaskedKD 50% against the plain teacher's full-teacher KD
+    # issue 28: per teacher, its five cheapened rows, each against the plain teacher's full-teacher KD
+    full = "plain teacher: offline full-teacher KD"
+    assert [c.full for c in spec.cheapest] == [full, full]
+    for c, teacher in zip(spec.cheapest, ("plain teacher:", "ft1 teacher:")):
+        assert len(c.rows) == 5 and all(r.startswith(teacher) and r in spec.rows for r in c.rows)
+        assert all([r, full] in map(list, spec.pairs) for r in c.rows)
+    assert not any(r.startswith("ft2") for r in named)
+
+
+def test_the_archived_v3_spec_still_names_committed_rows():
+    spec = load_spec(RESULTS / "results-v3.toml")
+    assert set(spec.rows) <= _row_labels() and len(spec.rows) == 8 and spec.cheapest == ()
     assert spec.targets[0].rows == ("ft1 teacher: offline MaskedKD 50%", "ft2 teacher: offline MaskedKD 50%")
-    assert spec.targets[0].full == "plain teacher: offline full-teacher KD"
+
+
+def test_a_cheapest_section_names_its_rows_by_prefix_or_by_list(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[[cheapest]]\nteacher = "t"\nrows = "t:"\nfull = "f"\n'
+                    '[[cheapest]]\nteacher = "u"\nrows = ["u: a", "u: b"]\nfull = "f"\n')
+    by_prefix, listed = load_spec(path).cheapest
+    assert by_prefix.rows == "t:" and by_prefix.has("t: a") and not by_prefix.has("u: a")
+    assert listed.rows == ("u: a", "u: b") and listed.has("u: b") and not listed.has("u: c") and not listed.has("f")
 
 
 def test_a_target_names_one_row_or_several_and_may_leave_out_the_cost_bound(tmp_path):
@@ -73,6 +92,7 @@ def test_a_partial_probe_table_keeps_the_default_words(tmp_path):
     ('pairs = [["a", "b", "c"]]\n', "pairs: each pair is [row, other row]"),
     ('[kd_matters]\nbaseline = "CE"\nteachers = [{label = "t"}]\n', "kd_matters.teachers[0]: missing rows"),
     ("rows = [\n", "cannot read the results spec"),
+    ('[[cheapest]]\nteacher = "t"\nrows = "t:"\n', "cheapest[0]: missing full"),
 ])
 def test_a_wrong_spec_names_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "s.toml"
