@@ -55,4 +55,4 @@ def test_policy_auto_labels_with_the_candidate_the_spot_check_chose(fmnist_small
     for part in lock["stages"]["precompute-0"]["partitions"]:
         with open_partition(part["path"]) as p:
             assert p.metadata["specs"]["mask"] == {"policy": chosen, "keep": 8, "tolerance": 0}
-    assert f"({chosen}) from c0.pth" in done.stdout
+    assert f"({chosen}), no student" in done.stdout
