@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskedkd import POLICIES, needs_saliency
+from maskedkd import needs_saliency, policy_names
 from pipeline.config import load_config
 
 
@@ -42,7 +42,7 @@ def _paths(stage, tasks, tmp_path, student, *sets):
     return {(t.shard, t.view_epoch): t.path for t in tasks(_cfg(stage, tmp_path, *sets), student)}
 
 
-@pytest.mark.parametrize("policy", [p for p in POLICIES if not needs_saliency(p)])
+@pytest.mark.parametrize("policy", [p for p in policy_names() if not needs_saliency(p)])
 def test_a_policy_without_saliency_labels_the_same_partitions_whatever_the_student(stage, tasks, tmp_path, policy):
     keep = [] if policy == "none" else ["masking.keep=25"]
     first = _paths(stage, tasks, tmp_path, "c0", f"masking.policy={policy}", *keep, "schedule.epochs=2", "schedule.every=1")
