@@ -258,11 +258,11 @@ def bench_reuse(policies: tuple[str, ...], samples: int, shard_size: int, test_s
                 keep: int, workers: int, out: Path | None, as_json: bool) -> None:
     """Per policy, the share of a second student run's labels served from the store: a first run,
     then on its store one with another student.init_seed and one with another train.lr."""
-    from maskedkd import POLICIES
+    from maskedkd import policy_names
 
-    unknown = [p for p in policies if p not in POLICIES]
+    unknown = [p for p in policies if p not in policy_names()]
     if unknown:
-        raise click.BadParameter(f"unknown policy {', '.join(unknown)}; known: {', '.join(sorted(POLICIES))}")
+        raise click.BadParameter(f"unknown policy {', '.join(unknown)}; known: {', '.join(policy_names())}")
     from pipeline.bench import reuse  # lazy: the harness imports torch, timm and Dask (see the module doc)
 
     result = reuse.run_bench(samples=samples, shard_size=shard_size, test_samples=test_samples, epochs=epochs,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from maskedkd import POLICIES, needs_saliency
+from maskedkd import needs_saliency, policy_names
 from pipeline._lock import LOCK_NAME, RunLock
 from pipeline.bench.fixtures import GRAY, STUDENT, TEACHER, VIT, fashion_mnist_dataset, write_stage
 from pipeline.bench.timing import machine_line
@@ -98,7 +98,7 @@ def run_variant(root: Path, data: Path, store: Path, *, policy: str, variant: st
 def run_bench(*, samples: int, shard_size: int, test_samples: int, epochs: int, every: int, keep: int,
               policies: Sequence[str] | None, workers: int) -> dict[str, Any]:
     """Every policy's three runs (first, another init_seed, another lr) on a store of its own."""
-    policies = list(policies or POLICIES)
+    policies = list(policies or policy_names())
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-reuse-") as tmp:
         root = Path(tmp)
