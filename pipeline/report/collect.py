@@ -222,6 +222,9 @@ def _read_segments(r: RunOutcome, cfg, stages: dict[str, Any], segs: list[tuple[
         r.reuse_check_macs = None if r.reuse_check_macs is None or reuse is None else r.reuse_check_macs + reuse
         r.net_macs = None if reuse is None else r.net_macs  # a lock's net_macs without its reuse checks is not net
         r.net_macs = None if r.net_macs is None else r.net_macs + int(tr.get("teacher_macs") or 0)  # online: no saliency pass
+        # online the teacher's forwards in the loop are the labels (none stored, none reused), and the
+        # student's saliency comes with its training forward
+        r.label_macs += int(tr.get("teacher_macs") or 0)
         r.teacher_forwards += int(pre.get("teacher_forwards") or 0) + int(tr.get("teacher_forwards") or 0)
         rows = int(pre.get("rows") or 0)
         r.rows += rows
