@@ -20,6 +20,6 @@ def save_with_legend(fig: plt.Figure, ax: plt.Axes, path: Path) -> list[str]:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     labels = ax.get_legend_handles_labels()[1]
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    write_atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))  # a long title stays whole
     plt.close(fig)
     return labels

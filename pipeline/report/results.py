@@ -107,9 +107,13 @@ def curriculum_figure(path: Path, runs: list[RunOutcome], teachers: dict[str, fl
     if not curves:
         return []
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
-    for r in curves:
+    # a colour and marker of its own per curve: the default cycle repeats its 10 colours, so two curves
+    # would read alike in the legend
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)]
+    for i, r in enumerate(curves):
         xs, ys = zip(*r.masked_top1)
-        ax.plot(xs, ys, marker="o", ls="-" if r.seed == 0 else "--", label=run_name(r))
+        ax.plot(xs, ys, marker="osD^v<>ph*"[(i // len(colours)) % 10], color=colours[i % len(colours)],
+                ls="-" if r.seed == 0 else "--", label=run_name(r))
     for (name, top1), ls in zip(sorted(teachers.items()), itertools.cycle(("--", ":", "-."))):
         ax.axhline(top1, color="k", ls=ls, lw=1, label=f"{name}, unmasked test images")
     ax.set_xlabel("milestone (student epoch whose masks are used)")
@@ -455,7 +459,10 @@ def _curriculum_section(page: _Page) -> list[str]:
 
 def _cheapened_section(page: _Page) -> list[str]:
     """The paper's figure: per row, the teacher's top-1 on its cheapened views against the student's top-1."""
-    points, left_out = cheapened_points(page.rows, page.order)
+    order = page.order
+    if page.spec.cheapest:  # the fair fight's rows only: the online and re-labelling rows answer other questions
+        order = [row for row in order if any(c.has(row) or row == c.full for c in page.spec.cheapest)]
+    points, left_out = cheapened_points(page.rows, order)
     png = page.out.with_name("results_cheapened.png")
     lines = ["", "## The teacher on its cheapened views against the student it trains", ""]
     base = page.spec.kd_matters.baseline if page.spec.kd_matters else None  # the student trained alone, a line
@@ -467,7 +474,8 @@ def _cheapened_section(page: _Page) -> list[str]:
               "Per row (mean over its seeds, ± seed std when more than one): the teacher's top-1 on the training views "
               "it labelled, masked, merged or downsampled as the row's policy does (mean over milestones; *unmasked*: "
               "a full-teacher row without that record, at the teacher's test top-1), against the student's test top-1 "
-              "after distilling from those labels. Marker: the policy; colour: the teacher.", "",
+              "after distilling from those labels. Marker: the policy; colour: the teacher. Where the spec names the "
+              "answer's rows, only those (each teacher's cheapened rows and its full-teacher KD).", "",
               "| row | teacher | policy | teacher top-1 % on its views | student top-1 % | seeds |",
               "|---|---|---|---:|---:|---:|"]
     for p in points:
