@@ -33,7 +33,7 @@ def die_in_teacher_once(item: dict) -> dict:
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
 
-        task_module.masked_forward = die  # this process is about to die: no need to restore it
+        task_module.teacher_forward = die  # this process is about to die: no need to restore it
     return run_partition(item)
 
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 from PIL import Image
 
-from maskedkd import teacher_macs
+from maskedkd import FORWARD_POLICIES, teacher_macs
 from maskedkd.digests import render_digest
 from maskedkd.rendering import INTERPOLATIONS
 from pipeline._lock import LOCK_NAME, load_lock
@@ -493,12 +493,12 @@ def test_auto_keep_chooses_each_milestones_keep_from_a_recorded_spot_check(base,
 
 
 @pytest.mark.slow
-def test_probe_command_measures_three_policies_at_a_milestone(base, tmp_path, capsys):
+def test_probe_command_measures_every_policy_at_a_milestone(base, tmp_path, capsys):
     c = clone(base, tmp_path)
     code, out = cli("probe", str(c.yaml), "--milestone", "1", "--samples", "48", "--json", capsys=capsys)
     assert code == 0
     res = json.loads(out)  # stdout is the JSON alone (progress lines go to stderr)
-    assert res["source"] == "c1.pth" and res["samples"] == 48 and set(res["curves"]) == {"student", "random", "student_inverse"}
+    assert res["source"] == "c1.pth" and res["samples"] == 48 and set(res["curves"]) == {"student", "random", "student_inverse", *FORWARD_POLICIES}
     for curve in res["curves"].values():
         assert [r["keep"] for r in curve] == [4, 6, 8, 10, 12, 14, None]
         assert curve[-1]["agreement"] == 1.0 and curve[-1]["top1"] == res["unmasked_top1"]
