@@ -63,6 +63,7 @@ VIEWS_ALGORITHM = 1
 # Mixup(mode="pair")), "elem" one draw per row (mode="elem"), both with partners from
 # mix_pairs; "window": per row, partner drawn within mix_window positions (the first algorithm).
 MIX_MODES = ("pair", "elem", "window")
+MAX_REPEATS = 64  # view epochs are int32 columns: v * repeats + r must fit
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class ViewSpec:
         switch_prob: probability of cutmix over mixup when both are on.
         mix_window: ``mix_mode: window`` only: partners are drawn within aligned blocks of this
             many shard positions.
+        repeats: repeated augmentation (DeiT's ``repeats``, timm's ``RepeatAugSampler``): each epoch
+            trains on 1/``repeats`` of the shards, every row ``repeats`` times, each repeat its own
+            view. Repeat ``r`` of view epoch ``v`` is view epoch ``v * repeats + r``
+            (:func:`repeat_view_epochs`); mixing pairs are drawn per ``v``, so a pair is the same in
+            every repeat (only its lambda and box are drawn again) and the trainer's order keeps a
+            row's repeats together.
         mix_mode: ``pair``: rows are paired (:func:`mix_pairs`) and both rows of a pair mix with
             each other with one draw of lambda and box (timm ``Mixup(mode="pair")``); ``elem``:
             the same pairs, one draw per row (``mode="elem"``); ``window``: the first algorithm,
@@ -106,6 +113,7 @@ class ViewSpec:
     switch_prob: float = 0.5
     mix_window: int = 64
     mix_mode: str = "pair"
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
@@ -127,6 +135,8 @@ class ViewSpec:
             raise ValueError(f"ViewSpec.shift must be in [0, 32767] pixels, got {self.shift}")
         if self.mix_window < 2:
             raise ValueError(f"ViewSpec.mix_window must be >= 2, got {self.mix_window}")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise ValueError(f"ViewSpec.repeats must be in [1, {MAX_REPEATS}], got {self.repeats}")
         if self.mix_mode not in MIX_MODES:
             raise ValueError(f"ViewSpec.mix_mode must be one of {MIX_MODES}, got {self.mix_mode!r}")
         if not self.mixes:  # meaningless without mixing: one spec, one fingerprint
@@ -153,11 +163,14 @@ class ViewSpec:
         """Plain JSON-able dict (tuples as lists).
 
         ``mix_mode`` is left out where it reproduces what specs meant before it existed (no
-        mixing, or ``window``), so their fingerprints and stored labels stay valid.
+        mixing, or ``window``), and ``repeats`` where it is 1, so their fingerprints and stored
+        labels stay valid.
         """
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if not self.pairs:
             del d["mix_mode"]
+        if self.repeats == 1:
+            del d["repeats"]
         return d
 
     @classmethod
@@ -331,6 +344,19 @@ def _checked_position(key: str, position: int | None, shard_keys: Sequence[str] 
     return position, shard_keys
 
 
+def repeat_view_epochs(view_epoch: int, repeats: int) -> list[int]:
+    """The view epochs of view epoch ``view_epoch``'s repeats: ``view_epoch * repeats + r``.
+
+    With ``repeats == 1`` that is ``[view_epoch]``: a spec without repeats keeps its view epochs.
+    """
+    return [int(view_epoch) * int(repeats) + r for r in range(int(repeats))]
+
+
+def pairs_epoch(spec: ViewSpec, epoch: int) -> int:
+    """The view epoch whose :func:`mix_pairs` the views of view epoch ``epoch`` use: its repeats share them."""
+    return int(epoch) // spec.repeats
+
+
 def mix_pairs(seed: int, epoch: int, shard: str, rows: int) -> np.ndarray:
     """Each row's mixing partner (a row index, -1 for none) for ``pair`` / ``elem`` mixing.
 
@@ -430,7 +456,7 @@ def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, s
         return [sample_view(spec, seed, k, epoch, position=i, shard_keys=keys) for i, k in enumerate(keys)]
     drawn = [_draw_view(spec, seed, k, epoch) for k in keys]
     views = [view for view, _ in drawn]
-    for i, j in enumerate(mix_pairs(seed, epoch, shard, len(keys))):
+    for i, j in enumerate(mix_pairs(seed, pairs_epoch(spec, epoch), shard, len(keys))):
         if j < 0 or (spec.mix_mode == "pair" and j < i):
             continue
         rng = drawn[i][1] if spec.mix_mode == "elem" else random.Random(_view_seed(seed, f"\0pair\0{keys[i]}", epoch))

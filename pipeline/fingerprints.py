@@ -105,11 +105,12 @@ def without_defaults(record: Mapping[str, Any], added: Mapping[str, Any]) -> dic
 
 def views_record(views: Mapping[str, Any]) -> dict[str, Any]:
     """A ``views`` section's dump as fingerprinted: ``mix_mode`` only where the views mix and it is
-    not ``window`` (what mixing meant before the field existed)."""
+    not ``window`` (what mixing meant before the field existed), ``repeats`` only when not 1."""
+    record = without_defaults(views, {"repeats": 1})
     mixes = views.get("mixup", 0) > 0 or views.get("cutmix", 0) > 0
     if mixes and views.get("mix_mode", "window") != "window":
-        return dict(views)
-    return {k: v for k, v in views.items() if k != "mix_mode"}
+        return record
+    return {k: v for k, v in record.items() if k != "mix_mode"}
 
 
 def order_seed_entry(train_seed: int, views_seed: int) -> dict[str, Any]:

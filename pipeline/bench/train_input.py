@@ -15,7 +15,8 @@ same stored labels (their content does not change the input pipeline's work).
 (RandAugment, erasing, mixup 0.8 / cutmix 1.0) at 224 px, ranks simulated in one process:
 ``renders_per_row`` (views rendered per row trained: a mixing partner rendered again counts) and
 ``shard_bytes_read_per_rank`` (bytes of shard files the rank reads, as a fraction of the
-dataset's), for ``mix_mode`` ``pair`` in lanes (now) and ``window`` shard after shard (before).
+dataset's), for ``mix_mode`` ``pair`` in lanes with DeiT's 3 repeats and without, and ``window`` shard
+after shard (before). With repeats an epoch reads 1/3 of the shards (each row trained 3 times).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 
 
 DEIT_VIEWS = ViewSpec(auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0)
-COUNT_ORDERS = (("pair", 8, 2), ("window", 1, 1))  # (views.mix_mode, train.lanes, train.interleave)
+# (views.mix_mode, train.lanes, train.interleave, views.repeats): DeiT's (with its 3 repeats), lanes without
+# repeats, and the first order (window partners, shard after shard)
+COUNT_ORDERS = (("pair", 8, 2, 3), ("pair", 8, 2, 1), ("window", 1, 1, 1))
 
 
 def _count_rank(ds: LabeledViews) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def _count_rank(ds: LabeledViews) -> dict[str, Any]:
         renders[0] += 1
         render_pixels(*args, **kwargs)
 
-    def counting_load(ref: ShardRef):  # noqa: ANN202 - a LoadedShard
+    def counting_load(ref: ShardRef):  # noqa: ANN202 - the shard's LoadedShards
         read[0] += os.path.getsize(ref.path)
         return load(ref)
 
@@ -125,14 +128,15 @@ def input_counts(samples: int = 64, shards: int = 16, batch: int = 32) -> dict[s
             path = make_imagenet_like_shard(Path(tmp) / f"train-{i:06d}.tar", samples, seed=i)
             refs.append(ShardRef(path.name.removesuffix(".tar"), path, samples))
         total = sum(os.path.getsize(r.path) for r in refs)
-        for mode, lanes, interleave in COUNT_ORDERS:
-            spec = replace(DEIT_VIEWS, mix_mode=mode)
+        for mode, lanes, interleave, repeats in COUNT_ORDERS:
+            spec = replace(DEIT_VIEWS, mix_mode=mode, repeats=repeats)
             for world in (1, 2):
                 for rank in range(world):
                     ds = LabeledViews(refs, spec=spec, seed=0, render=render, epoch=0, batch_size=batch, num_classes=1000,
                                       rank=rank, world=world, lanes=lanes, interleave=interleave)
                     c = _count_rank(ds)
-                    out.append({"mix_mode": mode, "lanes": lanes, "interleave": interleave, "world": world, "rank": rank,
+                    out.append({"mix_mode": mode, "lanes": lanes, "interleave": interleave, "repeats": repeats,
+                                "world": world, "rank": rank,
                                 "rows": c["rows"], "renders_per_row": c["renders"] / c["rows"],
                                 "shard_bytes_read_per_rank": c["bytes"] / total})
     return {"samples": samples * shards, "shards": shards, "batch": batch, "counts": out}
@@ -143,10 +147,12 @@ def counts_table(result: dict) -> str:
     lines = [f"DeiT's views (rand-m9-mstd0.5-inc1, reprob 0.25, mixup 0.8, cutmix 1.0) at 224 px, "
              f"{result['samples']} ImageNet-like JPEGs in {result['shards']} shards, global batch {result['batch']}, "
              "one epoch, ranks simulated in one process", "",
-             "| mix_mode | lanes | interleave | world size | rank | rows | renders_per_row | shard_bytes_read_per_rank |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| mix_mode | lanes | interleave | repeats | world size | rank | rows | renders_per_row | "
+             "shard_bytes_read_per_rank |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in result["counts"]:
-        lines.append(f"| {c['mix_mode']} | {c['lanes']} | {c['interleave']} | {c['world']} | {c['rank']} | {c['rows']} | "
+        lines.append(f"| {c['mix_mode']} | {c['lanes']} | {c['interleave']} | {c['repeats']} | {c['world']} | {c['rank']} | "
+                     f"{c['rows']} | "
                      f"{c['renders_per_row']:.3f} | {c['shard_bytes_read_per_rank']:.3f} |")
     return "\n".join(lines)
 

@@ -135,6 +135,10 @@ class ViewsConfig(Section):
                             "mode 'pair'); elem: the same pairs, one draw per row; window: the first algorithm (a partner "
                             "per row within mix_window shard positions, rendered again)."
     )
+    repeats: int = Field(
+        1, ge=1, le=64, description="Repeated augmentation (DeiT uses 3): each epoch trains on 1/repeats of the shards, "
+                                    "every row repeats times with its own view each, a row's repeats in one batch."
+    )
 
     @field_validator("pool", mode="plain")
     @classmethod

@@ -5,7 +5,9 @@ A label partition is only usable if both sides derive the same things independen
 
 - which rows of which shard (:func:`shard_refs`: the first ``data.subset`` samples of the split,
   in shard order; :attr:`ShardRef.limit` is what the shard fingerprint records);
-- which view epoch a training epoch uses (:func:`view_epoch_of`, :func:`segment_view_epochs`);
+- which view epoch a training epoch uses (:func:`view_epoch_of`, :func:`segment_view_epochs`) and,
+  with repeated augmentation, which shards and repeat view epochs (:func:`epoch_shards`,
+  :func:`epoch_partitions`, :func:`segment_partitions`);
 - which view columns a partition stores and the trainer compares (:func:`store_view_columns`,
   :func:`check_views`);
 - how a model renders a view (:class:`RenderSpec`, :func:`render_spec`).
@@ -15,6 +17,7 @@ Both sides import these rules from here; neither imports the other.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -25,9 +28,9 @@ import torch.nn as nn
 from maskedkd.centre_crop import centre_crop
 from maskedkd.digests import resize_digest
 from maskedkd.resize import check_resize
-from maskedkd.views import View, ViewSpec, views_to_columns
+from maskedkd.views import View, ViewSpec, repeat_view_epochs, views_to_columns
 from pipeline.data.manifest import DatasetManifest
-from pipeline.errors import StoreError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.paths import base_name
 
 if TYPE_CHECKING:  # annotations only: the store's rules do not depend on config parsing (pydantic, timm)
@@ -137,6 +140,55 @@ def view_epoch_of(epoch: int, pool: int | None) -> int:
 def segment_view_epochs(epochs: range, pool: int | None) -> list[int]:
     """The distinct view epochs that ``epochs`` (one segment's) train on, ascending."""
     return sorted({view_epoch_of(e, pool) for e in epochs})
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def epoch_shards(shards: Sequence[ShardRef], seed: int, epoch: int, repeats: int = 1) -> list[ShardRef]:
+    """The shards training epoch ``epoch`` reads: all of them, or with ``repeats`` R (repeated
+    augmentation) one R-th of them, each of whose rows it trains on R times.
+
+    DeiT's ``RASampler`` keeps an epoch at the dataset's size by training on a random third of the
+    images, three times each. Here the third is a set of whole shards, so an epoch reads 1/R of
+    the data and precompute labels only the shards an epoch uses: every R consecutive epochs
+    (``epoch // R``, a cycle) split a permutation of the shards seeded by ``(seed, cycle)`` into R
+    parts, and epoch ``epoch`` takes part ``epoch % R``; a cycle visits every shard once.
+
+    Args:
+        seed: the order seed (``train.seed``).
+
+    Raises:
+        ConfigError: fewer shards than repeats.
+    """
+    if repeats == 1:
+        return list(shards)
+    if len(shards) < repeats:
+        raise ConfigError(f"views.repeats {repeats} needs at least {repeats} training shards, there are {len(shards)}: "
+                          f"an epoch trains on 1/repeats of the shards")
+    perm = np.random.default_rng(derive_seed("repeat-shards", seed, int(epoch) // repeats)).permutation(len(shards))
+    return [shards[int(i)] for i in sorted(perm[int(epoch) % repeats::repeats])]
+
+
+def epoch_partitions(shards: Sequence[ShardRef], epoch: int, *, pool: int | None, spec: ViewSpec,
+                     seed: int) -> list[tuple[ShardRef, int]]:
+    """``(shard, view epoch)`` of every label partition training epoch ``epoch`` reads: each of its
+    :func:`epoch_shards` at each repeat view epoch of its view epoch (:func:`maskedkd.views.repeat_view_epochs`)."""
+    view_epochs = repeat_view_epochs(view_epoch_of(epoch, pool), spec.repeats)
+    return [(ref, v) for ref in epoch_shards(shards, seed, epoch, spec.repeats) for v in view_epochs]
+
+
+def segment_partitions(shards: Sequence[ShardRef], epochs: range, *, pool: int | None, spec: ViewSpec,
+                       seed: int) -> list[tuple[ShardRef, int]]:
+    """The distinct ``(shard, view epoch)`` partitions one segment's ``epochs`` read, in shard order
+    then view epoch: what precompute labels for it. Without repeats every shard at each of
+    :func:`segment_view_epochs`."""
+    wanted = {(ref.name, v) for e in epochs for ref, v in epoch_partitions(shards, e, pool=pool, spec=spec, seed=seed)}
+    view_epochs = sorted({v for _, v in wanted})
+    return [(ref, v) for ref in shards for v in view_epochs if (ref.name, v) in wanted]
 
 
 def store_view_columns(views: Sequence[View], spec: ViewSpec) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from maskedkd import needs_saliency, resolve_keep, view_spec_fingerprint
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import segment_view_epochs, shard_refs
+from pipeline.labels.contract import segment_partitions, shard_refs
 from pipeline.labels.reader import open_partition
 from pipeline.precompute.spec import (
     ModelSpec,
@@ -45,25 +45,27 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
     assert keep is None or isinstance(keep, int), keep
     keep = resolve_keep(keep, cfg.num_patches, policy)  # None: all patches
     spec = cfg.views.view_spec()
-    view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size)
+    refs = shard_refs(manifest, cfg.data.train, cfg.data.subset)
+    # with views.repeats each epoch trains on some shards only: label just those (at each repeat)
+    wanted = segment_partitions(refs, range(*cfg.schedule.segments()[segment]), pool=cfg.views.pool_size, spec=spec,
+                                seed=cfg.train.seed)
     tasks = []
-    for ref in shard_refs(manifest, cfg.data.train, cfg.data.subset):
+    for ref, view_epoch in wanted:
         assert ref.sha256 is not None  # from the manifest
-        for view_epoch in view_epochs:
-            t = PartitionTask(
-                shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
-                limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=view_spec_fingerprint(spec),
-                view_seed=cfg.views.seed, teacher=teacher,
-                student=student if keep is not None and needs_saliency(policy) else None,
-                policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
-                topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
-                store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
-                precision=cfg.compute.task_precision(), feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
-                saliency_scale=cfg.masking.saliency_scale if keep is not None and needs_saliency(policy) else 1.0,
-            )
-            fps = task_fingerprints(t)
-            path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)
-            tasks.append(replace(t, fingerprints=fps, path=path))
+        t = PartitionTask(
+            shard=ref.name, shard_path=str(ref.path), shard_sha256=ref.sha256,
+            limit=ref.limit, view_epoch=view_epoch, view_spec=spec.to_dict(), view_spec_fingerprint=view_spec_fingerprint(spec),
+            view_seed=cfg.views.seed, teacher=teacher,
+            student=student if keep is not None and needs_saliency(policy) else None,
+            policy=policy, keep=keep, tolerance=cfg.masking.tolerance, spot_check=cfg.masking.spot_check,
+            topk=cfg.labels.topk, temperatures=tuple(cfg.labels.temperatures), num_classes=num_classes,
+            store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
+            precision=cfg.compute.task_precision(), feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
+            saliency_scale=cfg.masking.saliency_scale if keep is not None and needs_saliency(policy) else 1.0,
+        )
+        fps = task_fingerprints(t)
+        path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)
+        tasks.append(replace(t, fingerprints=fps, path=path))
     return tasks
 
 

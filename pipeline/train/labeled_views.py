@@ -41,11 +41,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskedkd.targets import SoftTarget
-from maskedkd.views import ViewSpec, mix_pairs
+from maskedkd.views import ViewSpec, mix_pairs, repeat_view_epochs
 from pipeline.errors import ConfigError, StoreError
-from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, view_epoch_of
-from pipeline.train.order import EpochOrder, PlanSegment, check_order, epoch_steps, rank_slice
-from pipeline.train.stream import Batch, LoadedShard, Segment, ShardPrefetcher, load_shard, make_batch
+from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, epoch_shards, view_epoch_of
+from pipeline.train.order import EpochOrder, PlanSegment, check_order, epoch_steps, rank_slice, split_repeats
+from pipeline.train.stream import Batch, LoadedShard, Segment, ShardPrefetcher, load_repeats, make_batch
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.config.schema import StageConfig
@@ -135,6 +135,8 @@ class LabeledViews(IterableDataset):
         self.epoch, self.batch_size = int(epoch), int(batch_size)
         self.order_seed = self.seed if order_seed is None else int(order_seed)
         self.view_epoch = view_epoch_of(self.epoch, view_pool)
+        # with repeated augmentation (views.repeats) each row is trained once per repeat view epoch
+        self.view_epochs = repeat_view_epochs(self.view_epoch, spec.repeats)
         self.tau, self.num_classes, self.smoothing = float(tau), num_classes, float(smoothing)
         self.teacher_render = teacher_render
         self.rank, self.world = _placement(rank, world)
@@ -146,17 +148,19 @@ class LabeledViews(IterableDataset):
         self.lanes, self.interleave = int(lanes), int(interleave)
         check_order(self.batch_size, self.lanes, self.world, spec.pairs)
         rows = sum(s.rows for s in self.shards)
-        self.steps = epoch_steps(self.shards, self.batch_size, self.lanes, spec.pairs)
+        self.steps = epoch_steps(self.shards, self.batch_size, self.lanes, spec.pairs, spec.repeats)
         if self.steps < 1:
-            raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples")
-        self.labels: dict[str, LabelRef] | None = None
+            per_epoch = "" if spec.repeats == 1 else f" an epoch trains on with views.repeats {spec.repeats}"
+            raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples{per_epoch}")
+        self.labels: dict[str, list[LabelRef]] | None = None
         if labels is not None:
             refs = {k: LabelRef.of(v) for k, v in labels.items()}
-            missing = [s.name for s in self.shards if (s.name, self.view_epoch) not in refs]
+            used = epoch_shards(self.shards, self.order_seed, self.epoch, spec.repeats)
+            missing = [(s.name, v) for s in used for v in self.view_epochs if (s.name, v) not in refs]
             if missing:
-                raise StoreError(f"no label partition given for shard {missing[0]!r}, view epoch {self.view_epoch}"
-                                 + (f" (and {len(missing) - 1} more shards)" if len(missing) > 1 else ""))
-            self.labels = {s.name: refs[(s.name, self.view_epoch)] for s in self.shards}
+                raise StoreError(f"no label partition given for shard {missing[0][0]!r}, view epoch {missing[0][1]}"
+                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            self.labels = {s.name: [refs[(s.name, v)] for v in self.view_epochs] for s in used}
         self.config: StageConfig | None = None
 
     @classmethod
@@ -244,11 +248,12 @@ class LabeledViews(IterableDataset):
 
     # ------------------------------------------------------------------ batches
 
-    def load(self, ref: ShardRef) -> LoadedShard:
-        """One shard with its label partition, keys and views checked (:func:`pipeline.train.stream.load_shard`)."""
-        label = None if self.labels is None else self.labels[ref.name]
-        return load_shard(ref, spec=self.spec, seed=self.seed, view_epoch=self.view_epoch, label=label, tau=self.tau,
-                          num_classes=self.num_classes)
+    def load(self, ref: ShardRef) -> list[LoadedShard]:
+        """One shard with its label partitions, keys and views checked, one :class:`LoadedShard` per
+        repeat view epoch (one without repeats; :func:`pipeline.train.stream.load_repeats`)."""
+        labels = [None] * len(self.view_epochs) if self.labels is None else self.labels[ref.name]
+        return load_repeats(ref, spec=self.spec, seed=self.seed, view_epochs=self.view_epochs, labels=labels,
+                            tau=self.tau, num_classes=self.num_classes)
 
     def order(self) -> EpochOrder:
         """The epoch's global batches as index plans (:class:`pipeline.train.order.EpochOrder`)."""
@@ -257,7 +262,7 @@ class LabeledViews(IterableDataset):
             def pairs(ref: ShardRef) -> np.ndarray:
                 return mix_pairs(self.seed, self.view_epoch, ref.name, ref.rows)
         return EpochOrder(self.shards, seed=self.order_seed, epoch=self.epoch, batch_size=self.batch_size,
-                          lanes=self.lanes, interleave=self.interleave, pairs=pairs)
+                          lanes=self.lanes, interleave=self.interleave, pairs=pairs, repeats=self.spec.repeats)
 
     def splits_lanes(self, workers: int) -> bool:
         """Whether ``workers`` loader workers split this rank's lanes (each renders its lanes' part of
@@ -288,18 +293,19 @@ class LabeledViews(IterableDataset):
         # on 28 px images with 2 torch threads)
         if read_ahead is None:
             read_ahead = get_worker_info() is not None
-        reader: contextlib.AbstractContextManager[Callable[[ShardRef], LoadedShard]] = contextlib.nullcontext(self.load)
+        reader: contextlib.AbstractContextManager[Callable[[ShardRef], list[LoadedShard]]] = contextlib.nullcontext(self.load)
         if read_ahead:
             # the shards this process will load, in order (index arithmetic only): what to read ahead
             order = list({ref.name: ref for plan in mine for ref, _ in plan}.values())
             reader = ShardPrefetcher(self.load, order)
-        held: dict[str, LoadedShard] = {}
+        held: dict[str, list[LoadedShard]] = {}
+        repeats = self.spec.repeats
         with reader as load:
             for n, plan in enumerate(mine):
                 for ref, _ in plan:
                     if ref.name not in held:
                         held[ref.name] = load(ref)
-                yield [(held[ref.name], rows) for ref, rows in plan]
+                yield [(held[ref.name][r], part) for ref, rows in plan for r, part in split_repeats(rows, ref.rows, repeats)]
                 held = {name: shard for name, shard in held.items() if last[name] > n}
 
     def render(self, segments: Sequence[Segment], uint8: bool = False) -> Batch:

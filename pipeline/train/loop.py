@@ -298,7 +298,8 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     """
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
-    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec.pairs)
+    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec.pairs,
+                                       spec.repeats)
     log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
                epochs.start, epochs.stop - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
                torch.get_num_threads())
@@ -334,7 +335,8 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
 
 
 def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
-             online: OnlineTeacher | None, world: int, pairs: bool = False) -> tuple[LabelMap | None, int]:
+             online: OnlineTeacher | None, world: int, pairs: bool = False,
+             repeats: int = 1) -> tuple[LabelMap | None, int]:
     """The labels the segment reads (none for ``kd: off``) and its steps per epoch, after refusing
     inconsistent arguments with a :class:`ConfigError`."""
     start, end = epochs.start, epochs.stop
@@ -353,7 +355,7 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
     check_order(cfg.batch_size, cfg.lanes, world, pairs)
-    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, pairs)
+    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, pairs, repeats)
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
                           f"training samples")

@@ -23,26 +23,27 @@ When ``W`` divides ``L`` that is whole lanes, so a rank reads only its lanes' sh
 resuming mid-epoch, never depends on ``W``. Every pair lies within one chunk, so its partner is
 in the same rank's rows of the same batch and is rendered once. With ``L = k = 1`` and no pairs
 this is the order the trainer used before lanes existed (shard after shard).
+
+With repeated augmentation (``views.repeats`` R) an epoch reads only its :func:`epoch_shards
+<pipeline.labels.contract.epoch_shards>` (1/R of them) and each unit of step 2 (a row, or a pair)
+stands for its R repeats, adjacent in the stream (``(a, 0), (b, 0), (a, 1), (b, 1), ...``), so a
+row's repeats are trained in the same global batch where the chunk allows, as DeiT's sampler does.
+A row of repeat ``r`` of a shard of ``n`` rows is written ``r * n + row`` in a plan
+(:func:`split_repeats`). ``N`` is then fixed by the shard list, not by the epoch's draw: R times
+the rows of the smallest ``S // R`` shards (:func:`epoch_rows`), so every epoch has as many batches.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.labels.contract import ShardRef
+from pipeline.labels.contract import ShardRef, derive_seed, epoch_shards
 
 PlanSegment = tuple[ShardRef, np.ndarray]  # a shard and rows of it, in batch order
 PairsOf = Callable[[ShardRef], np.ndarray]  # each row's partner (a row index, -1: none)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
@@ -60,15 +61,35 @@ def stream_rows(shards: Sequence[ShardRef], pairs: bool) -> int:
     return sum(s.rows - (s.rows % 2 if pairs else 0) for s in shards)
 
 
-def lane_rows(shards: Sequence[ShardRef], lanes: int, pairs: bool) -> int:
+def epoch_rows(shards: Sequence[ShardRef], pairs: bool, repeats: int = 1) -> int:
+    """``N``, the rows an epoch trains on: the stream's, or with ``repeats`` R, R times the rows of the
+    ``S // R`` smallest shards (what any epoch's 1/R of the shards holds at least)."""
+    if repeats == 1:
+        return stream_rows(shards, pairs)
+    usable = sorted(s.rows - (s.rows % 2 if pairs else 0) for s in shards)
+    return repeats * sum(usable[:len(shards) // repeats])
+
+
+def lane_rows(shards: Sequence[ShardRef], lanes: int, pairs: bool, repeats: int = 1) -> int:
     """Rows of each lane: ``N // lanes``, even with pairs (a pair never straddles two lanes)."""
-    n = stream_rows(shards, pairs) // lanes
+    n = epoch_rows(shards, pairs, repeats) // lanes
     return n - n % 2 if pairs else n
 
 
-def epoch_steps(shards: Sequence[ShardRef], batch_size: int, lanes: int = 1, pairs: bool = False) -> int:
+def epoch_steps(shards: Sequence[ShardRef], batch_size: int, lanes: int = 1, pairs: bool = False,
+                repeats: int = 1) -> int:
     """Global batches per epoch: the same for every epoch, world size and loader worker count."""
-    return lane_rows(shards, lanes, pairs) // (batch_size // lanes)
+    return lane_rows(shards, lanes, pairs, repeats) // (batch_size // lanes)
+
+
+def split_repeats(rows: np.ndarray, shard_rows: int, repeats: int) -> list[tuple[int, np.ndarray]]:
+    """A plan's rows of one shard as ``(repeat, rows of the shard)``, repeats in order of first
+    appearance, each keeping its rows' order (``repeats == 1``: ``[(0, rows)]``)."""
+    if repeats == 1:
+        return [(0, rows)]
+    rep = rows // shard_rows
+    seen, at = np.unique(rep, return_index=True)
+    return [(int(r), rows[rep == r] % shard_rows) for r in seen[np.argsort(at)]]
 
 
 def check_order(batch_size: int, lanes: int, world: int, pairs: bool) -> None:
@@ -83,12 +104,23 @@ def check_order(batch_size: int, lanes: int, world: int, pairs: bool) -> None:
                           f"mixing (views.mix_mode): a pair stays on one rank")
 
 
+def _repeated(unit_shard: np.ndarray, unit_rows: np.ndarray, sizes: np.ndarray, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """Units ``[U, w]`` (a row, or a pair) as ``(shard index, row)`` in stream order, each unit
+    followed by its other repeats: ``r * n + row`` for a shard of ``n`` rows."""
+    u, w = unit_rows.shape
+    offsets = np.arange(repeats, dtype=np.int64)[None, :, None] * sizes[unit_shard][:, None, None]
+    rows = (unit_rows[:, None, :] + offsets).reshape(-1)
+    return np.repeat(unit_shard, repeats * w), rows
+
+
 def _group(shards: Sequence[ShardRef], group: Sequence[int], seed: int, epoch: int,
-           pairs: PairsOf | None) -> tuple[np.ndarray, np.ndarray]:
+           pairs: PairsOf | None, repeats: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``(shard index, row)`` of one group's rows in stream order."""
+    sizes = np.array([s.rows for s in shards], dtype=np.int64)
     if pairs is None and len(group) == 1:
         ref = shards[group[0]]
-        return np.full(ref.rows, group[0], dtype=np.int64), row_order(ref.rows, seed, epoch, ref.name)
+        rows = row_order(ref.rows, seed, epoch, ref.name)
+        return _repeated(np.full(ref.rows, group[0], dtype=np.int64), rows[:, None], sizes, repeats)
     who, first, second = [], [], []
     for si in group:
         if pairs is None:
@@ -104,9 +136,8 @@ def _group(shards: Sequence[ShardRef], group: Sequence[int], seed: int, epoch: i
     unit_shard, unit_a, unit_b = np.concatenate(who), np.concatenate(first), np.concatenate(second)
     perm = np.random.default_rng(derive_seed("group", seed, epoch, *(shards[i].name for i in group))).permutation(len(unit_a))
     unit_shard, unit_a, unit_b = unit_shard[perm], unit_a[perm], unit_b[perm]
-    if pairs is None:
-        return unit_shard, unit_a
-    return np.repeat(unit_shard, 2), np.stack([unit_a, unit_b], axis=1).reshape(-1)
+    units = unit_a[:, None] if pairs is None else np.stack([unit_a, unit_b], axis=1)
+    return _repeated(unit_shard, units, sizes, repeats)
 
 
 class EpochOrder:
@@ -119,19 +150,22 @@ class EpochOrder:
         lanes, interleave: ``train.lanes`` and ``train.interleave`` (see the module docstring).
         pairs: each shard's mixing pairs for ``pair`` / ``elem`` mixing (:func:`maskedkd.views.mix_pairs`
             of the view epoch); None: rows are independent.
+        repeats: ``views.repeats``: the epoch reads its :func:`~pipeline.labels.contract.epoch_shards`,
+            every row that many times (rows written ``r * n + row``, :func:`split_repeats`).
     """
 
     def __init__(self, shards: Sequence[ShardRef], *, seed: int, epoch: int, batch_size: int, lanes: int = 1,
-                 interleave: int = 1, pairs: PairsOf | None = None) -> None:
-        self.shards = list(shards)
+                 interleave: int = 1, pairs: PairsOf | None = None, repeats: int = 1) -> None:
         self.seed, self.epoch, self.batch_size = int(seed), int(epoch), int(batch_size)
+        self.repeats = int(repeats)
+        self.shards = epoch_shards(shards, self.seed, self.epoch, self.repeats)
         self.lanes, self.interleave = int(lanes), max(1, int(interleave))
         check_order(self.batch_size, self.lanes, 1, pairs is not None)
         self.chunk = self.batch_size // self.lanes
-        self.lane_rows = lane_rows(self.shards, self.lanes, pairs is not None)
+        self.lane_rows = lane_rows(shards, self.lanes, pairs is not None, self.repeats)
         self.steps = self.lane_rows // self.chunk
         order = [int(i) for i in shard_order(len(self.shards), self.seed, self.epoch)]
-        parts = [_group(self.shards, order[g:g + self.interleave], self.seed, self.epoch, pairs)
+        parts = [_group(self.shards, order[g:g + self.interleave], self.seed, self.epoch, pairs, self.repeats)
                  for g in range(0, len(order), self.interleave)]
         self._shard = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         self._row = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence, cast
+from typing import Callable, Generic, Sequence, TypeVar, cast
 
 import numpy as np
 import torch
@@ -64,21 +64,25 @@ class LazyImages(Sequence[Image.Image]):
     ``decoded`` counts the decodes (what a rank or a loader worker actually paid for).
     """
 
-    def __init__(self, where: str | object, keys: Sequence[str], encoded: Sequence[bytes]) -> None:
+    def __init__(self, where: str | object, keys: Sequence[str], encoded: Sequence[bytes], uses: int = 1) -> None:
         self.where, self.keys = str(where), list(keys)
         self._encoded: list[bytes | None] = list(encoded)
         self._images: list[Image.Image | None] = [None] * len(self._encoded)
+        self._left = [int(uses)] * len(self._encoded)  # renders of each row still to come this epoch
         self.decoded = 0
 
     def __len__(self) -> int:
         return len(self._images)
 
     def release(self, rows: Sequence[int] | np.ndarray) -> None:
-        """Forget the rows' images: rows rendered once per epoch (and mixed only within their own
-        batch) are not kept while the shard stays open for its other rows (interleaved shards stay
-        open for many batches)."""
+        """Count one render of each row, and forget a row's image after its last (``uses``: its
+        repeats): rows rendered once per epoch (and mixed only within their own batch) are not
+        kept while the shard stays open for its other rows (interleaved shards stay open for many
+        batches)."""
         for i in rows:
-            self._images[i] = self._encoded[i] = None
+            self._left[i] -= 1
+            if self._left[i] <= 0:
+                self._images[i] = self._encoded[i] = None
 
     def _get(self, i: int) -> Image.Image:
         image = self._images[i]
@@ -144,7 +148,24 @@ def load_shard(
     tau: float = 1.0,
     num_classes: int | None = None,
 ) -> LoadedShard:
-    """Read one shard (and its label partition, in lockstep) for one view epoch.
+    """Read one shard (and its label partition, in lockstep) for one view epoch: :func:`load_repeats` of one."""
+    return load_repeats(ref, spec=spec, seed=seed, view_epochs=[view_epoch], labels=[label], tau=tau,
+                        num_classes=num_classes)[0]
+
+
+def load_repeats(
+    ref: ShardRef,
+    *,
+    spec: ViewSpec,
+    seed: int,
+    view_epochs: Sequence[int],
+    labels: Sequence[LabelRef | None],
+    tau: float = 1.0,
+    num_classes: int | None = None,
+) -> list[LoadedShard]:
+    """Read one shard once (and its label partitions, in lockstep) for several view epochs (a view
+    epoch's repeats, :func:`maskedkd.views.repeat_view_epochs`): one :class:`LoadedShard` each,
+    sharing the images (decoded once, released after their last repeat's render).
 
     Samples :func:`read_shard` cannot use (and, with ``num_classes``, labels outside the classes)
     are skipped; a shard left with fewer than ``ref.rows`` samples is refused, naming them.
@@ -155,42 +176,52 @@ def load_shard(
             the shard's samples in tar order (names the file and the first mismatching key), or
             its views differ from the derived ones.
     """
-    partition = _open_labels(ref, label, view_epoch) if label is not None else None
+    partitions: list = []
     try:
-        batch = partition.read_all(columns=("keys", "target", "view")) if partition is not None else None
-        part_keys = batch.keys if batch is not None else None
+        for label, view_epoch in zip(labels, view_epochs, strict=True):
+            partitions.append(_open_labels(ref, label, view_epoch) if label is not None else None)
+        stored = [p.read_all(columns=("keys", "target", "view")) if p is not None else None for p in partitions]
+        part_keys = stored[0].keys if stored[0] is not None else None
         keys: list[str] = []
         encoded: list[bytes] = []
-        labels: list[int] = []
+        classes: list[int] = []
         skipped: list = []
         # hashed as streamed (a shard changed since its manifest raises before any step uses it);
         # only headers are checked here: each row is decoded where it is rendered (LazyImages)
         for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256,
                                               limit=ref.rows, decode=False)):
             if part_keys is not None and part_keys[i] != sample.key:
-                assert label is not None  # part_keys come from its partition
-                _explain_mismatch(ref, label, i, part_keys[i], sample)
+                _explain_mismatch(ref, cast(LabelRef, labels[0]), i, part_keys[i], sample)
             keys.append(sample.key)
             encoded.append(sample.image)
-            labels.append(sample.label)
+            classes.append(sample.label)
         if len(keys) < ref.rows:
             why = "; ".join(f"{k}: {r}" for k, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
             raise DataError(f"shard {ref.path}: {len(keys)} usable samples, expected at least {ref.rows} (manifest)"
                             + (f"; skipped {why}" if skipped else ""))
-        views = shard_views(spec, seed, view_epoch, keys, shard=ref.name)
-        target = None
-        if batch is not None:
-            assert label is not None  # batch comes from its partition
-            check_views(label.path, batch.view, views, spec, seed)
-            try:
-                target = batch.target_at(tau)
-            except ValueError as e:
-                raise StoreError(f"{label.path}: {e}") from None
+        images = LazyImages(ref.path, keys, encoded, uses=len(view_epochs))
+        truth = torch.tensor(classes, dtype=torch.int64)
+        out = []
+        for view_epoch, label, batch in zip(view_epochs, labels, stored):
+            views = shard_views(spec, seed, view_epoch, keys, shard=ref.name)
+            target = None
+            if batch is not None:
+                assert label is not None  # batch comes from its partition
+                if list(batch.keys) != keys:  # the first partition was checked as the samples arrived
+                    row = next(i for i, (a, b) in enumerate(zip(batch.keys, keys)) if a != b)
+                    raise StoreError(f"{label.path}: row {row} is key {batch.keys[row]!r}, but shard {ref.path} has "
+                                     f"{keys[row]!r} there: the partition's rows are not this shard's samples in tar order")
+                check_views(label.path, batch.view, views, spec, seed)
+                try:
+                    target = batch.target_at(tau)
+                except ValueError as e:
+                    raise StoreError(f"{label.path}: {e}") from None
+            out.append(LoadedShard(ref, view_epoch, keys, images, truth, views, target))
     finally:
-        if partition is not None:
-            partition.close()
-    return LoadedShard(ref, view_epoch, keys, LazyImages(ref.path, keys, encoded), torch.tensor(labels, dtype=torch.int64),
-                       views, target)
+        for p in partitions:
+            if p is not None:
+                p.close()
+    return out
 
 
 def _explain_mismatch(ref: ShardRef, label: LabelRef, row: int, expected: str, sample: Sample) -> None:
@@ -352,7 +383,10 @@ def make_batch(segments: Sequence[Segment], render: RenderSpec, *, num_classes: 
     return Batch(images, labels, targets, teacher, list(segments), teacher_images, keys, seeds, pixels)
 
 
-class ShardPrefetcher:
+T = TypeVar("T")
+
+
+class ShardPrefetcher(Generic[T]):
     """``load(ref)`` with the next shard of ``order`` read in a background thread meanwhile.
 
     ``order`` is the sequence in which this process will ask for shards (its own: a loader worker
@@ -361,7 +395,7 @@ class ShardPrefetcher:
     rendering the current one. A context manager: leaving it drops what was read ahead.
     """
 
-    def __init__(self, load: Callable[[ShardRef], LoadedShard], order: Sequence[ShardRef]) -> None:
+    def __init__(self, load: Callable[[ShardRef], T], order: Sequence[ShardRef]) -> None:
         self.load = load
         self.after = {a.name: b for a, b in itertools.pairwise(order)}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read")
@@ -371,7 +405,7 @@ class ShardPrefetcher:
         ahead, self.ahead = self.ahead, None
         return None if ahead is None else ahead[1]
 
-    def __call__(self, ref: ShardRef) -> LoadedShard:
+    def __call__(self, ref: ShardRef) -> T:
         hit = self.ahead is not None and self.ahead[0] == ref.name
         future = self._drop()
         if future is not None and not hit:  # asked out of order: what was read ahead is not needed
@@ -382,7 +416,7 @@ class ShardPrefetcher:
             self.ahead = (nxt.name, self.pool.submit(self.load, nxt))
         return future.result() if future is not None else self.load(ref)
 
-    def __enter__(self) -> "ShardPrefetcher":
+    def __enter__(self) -> "ShardPrefetcher[T]":
         return self
 
     def __exit__(self, *exc: object) -> None:

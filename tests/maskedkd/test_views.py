@@ -192,3 +192,23 @@ def test_crops_match_timms_random_resized_crop(width, height):
     theirs_area, ours_area = _crop_stats(theirs, width, height)["area"], _crop_stats(ours, width, height)["area"]
     assert ours_area.mean() - theirs_area.mean() > 0.05
     assert ks_distance(ours_area, np.random.default_rng(0).uniform(0.08, 1.0, n)) < ks_critical(n, n)
+
+
+def test_repeats_are_view_epochs_of_their_own_sharing_the_pairs_of_their_view_epoch():
+    from maskedkd.views import repeat_view_epochs
+
+    spec = ViewSpec(mixup=0.8, cutmix=1.0, repeats=3)
+    assert "repeats" not in ViewSpec(mixup=0.8).to_dict(), "repeats 1 keeps the fingerprints of specs before it"
+    assert ViewSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["repeats"] == 3
+    assert repeat_view_epochs(2, 3) == [6, 7, 8] and repeat_view_epochs(2, 1) == [2]
+    keys = [f"k{i:03d}" for i in range(40)]
+    views = [shard_views(spec, 0, e, keys, shard="s") for e in repeat_view_epochs(2, 3)]
+    partners = [[v.partner for v in vs] for vs in views]
+    assert all(partners[0]) and partners[0] == partners[1] == partners[2], "one pairing for the 3 repeats"
+    assert [v.lam for v in views[0]] != [v.lam for v in views[1]], "lambda and box drawn per repeat"
+    assert len({(v.seed, v.crop) for vs in views for v in vs}) == 3 * len(keys), "each repeat its own draws"
+    # without repeats, view epochs 6, 7 and 8 pair anew every epoch
+    plain = ViewSpec(mixup=0.8, cutmix=1.0)
+    assert shard_views(plain, 0, 6, keys, shard="s") != shard_views(plain, 0, 7, keys, shard="s")
+    with pytest.raises(ValueError, match="repeats"):
+        ViewSpec(repeats=0)

@@ -58,3 +58,30 @@ def test_the_students_saliency_labels_other_partitions_for_another_checkpoint(st
     c0 = _paths(stage, tasks, tmp_path, "c0", "masking.policy=student")
     c1 = _paths(stage, tasks, tmp_path, "c1", "masking.policy=student")
     assert c0.keys() == c1.keys() and all(c0[k] != c1[k] for k in c0)
+
+
+def test_with_repeats_precompute_labels_each_epochs_shards_at_each_repeat_and_nothing_more(stage, tasks, tmp_path):
+    """views.repeats 2 over a 2-epoch segment of 2 shards: each epoch trains on one shard, twice (view
+    epochs 2e and 2e + 1), so 4 partitions are labelled, as many as without repeats, and they are
+    exactly those the trainer's dataset of each epoch asks for."""
+    from pipeline.data.manifest import load_manifest
+    from pipeline.labels.contract import render_spec, shard_refs
+    from pipeline.train.labeled_views import LabeledViews
+
+    sets = ("schedule.epochs=2", "schedule.every=2", "views.repeats=2", "train.batch_size=32")
+    cfg = _cfg(stage, tmp_path, *sets)
+    planned = {(t.shard, t.view_epoch): t.path for t in tasks(cfg)}
+    plain = {(t.shard, t.view_epoch) for t in _tasks(stage, tasks, tmp_path, *sets[:2], "train.batch_size=32")}
+    assert len(planned) == len(plain) == 4 and planned.keys() != plain
+    by_shard: dict[str, list[int]] = {}
+    for shard, v in planned:
+        by_shard.setdefault(shard, []).append(v)
+    assert sorted(sorted(v) for v in by_shard.values()) == [[0, 1], [2, 3]], "one shard per epoch, both repeats"
+    refs = shard_refs(load_manifest(cfg.data.root), cfg.data.train, cfg.data.subset)
+    for epoch in (0, 1):
+        ds = LabeledViews(refs, spec=cfg.views.view_spec(), seed=cfg.views.seed, render=render_spec(cfg.data, cfg.student),
+                          epoch=epoch, batch_size=32, order_seed=cfg.train.seed, labels=planned,
+                          view_pool=cfg.views.pool_size, num_classes=10)
+        assert ds.labels is not None and len(ds.labels) == 1 and ds.view_epochs == [2 * epoch, 2 * epoch + 1]
+    # a repeats config is other views: none of its partitions is a plain config's
+    assert not set(planned.values()) & {t.path for t in _tasks(stage, tasks, tmp_path, *sets[:2], "train.batch_size=32")}

@@ -188,3 +188,80 @@ def test_loader_workers_are_kept_across_epochs_and_give_each_epochs_batches(trai
         other = views(train_shards, labels, epoch=0, lanes=lanes, interleave=2, batch_size=64)  # another run
         assert [b.keys for b in other.batch_loader(0, workers=workers)] == [b.keys for b in other.batches()]
     assert workers.loader is None
+
+
+# ------------------------------------------------------------------ repeated augmentation (views.repeats)
+
+REP_SPEC = dataclasses.replace(MIX_SPEC, repeats=3)  # pair mixing, 3 repeats
+
+
+@pytest.fixture(scope="module")
+def repeat_labels(tmp_path_factory, train_shards):
+    """Top-5 partitions of every shard at view epoch 1's three repeat view epochs (3, 4, 5)."""
+    from tests.pipeline.train.helpers import write_teacher_labels
+
+    from .conftest import teacher
+
+    return write_teacher_labels(tmp_path_factory.mktemp("store-rep"), teacher(), train_shards, spec=REP_SPEC, seed=SEED,
+                                view_epochs=[3, 4, 5], render=RENDER, taus=(2.0,))
+
+
+def test_repeats_train_one_shard_in_three_three_views_of_each_row_with_their_own_labels(train_shards, repeat_labels):
+    """DeiT's repeated augmentation: the epoch is as long as without repeats (384 rows), one shard of
+    the three, each row in 3 views of its own (view epochs 3, 4, 5), each with the teacher label
+    computed on that view; a pair mixes in every repeat, with a lambda drawn per repeat."""
+    ds = views(train_shards, repeat_labels, spec=REP_SPEC)
+    assert ds.view_epochs == [3, 4, 5] and ds.steps == 384 // 64
+    seen: dict[str, list] = {}
+    decoded = {}
+    for plan in ds.plans():
+        batch = ds.render(plan)
+        assert batch.teacher is not None and len(batch) == 64
+        for shard, rows in plan:
+            decoded[shard.ref.name] = shard.images
+            for i in rows:
+                seen.setdefault(shard.keys[i], []).append(shard.views[i])
+    assert len(seen) == 128 and all(len(v) == 3 for v in seen.values()), "one shard, every row 3 times"
+    for vs in seen.values():
+        assert sorted(v.epoch for v in vs) == [3, 4, 5] and len({v.seed for v in vs}) == 3
+        partners = {v.partner for v in vs}
+        assert len(partners) == 1 or "" in partners, "a pair is the same in every repeat"
+    lams = [{v.lam for v in vs} for vs in seen.values() if all(v.partner for v in vs)]
+    assert lams and sum(len(x) > 1 for x in lams) > len(lams) // 2, "lambda is drawn again per repeat"
+    (images,) = decoded.values()
+    assert images.decoded == 128, "each image decoded once for its 3 repeats"
+    # the stored labels are the repeat's: a partition of another repeat is refused
+    swapped = dict(repeat_labels)
+    name = ds.order().shards[0].name
+    swapped[(name, 3)], swapped[(name, 4)] = repeat_labels[(name, 4)], repeat_labels[(name, 3)]
+    with pytest.raises(StoreError, match="'view_epoch' is 4, expected 3"):
+        list(views(train_shards, swapped, spec=REP_SPEC).batches())
+    missing = {k: v for k, v in repeat_labels.items() if k != (name, 5)}
+    with pytest.raises(StoreError, match=f"no label partition given for shard '{name}', view epoch 5"):
+        views(train_shards, missing, spec=REP_SPEC)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_repeats_resume_mid_epoch_exactly_with_or_without_loader_workers(train_shards, repeat_labels, world):
+    def keys(rank, start=0, workers=0):
+        ds = views(train_shards, repeat_labels, spec=REP_SPEC, rank=rank, world=world, lanes=2, interleave=2,
+                   batch_size=32)
+        return [(b.keys, b.seeds) for b in ds.batch_loader(start, num_workers=workers)]
+
+    for rank in range(world):
+        whole = keys(rank)
+        assert len(whole) == 384 // 32 and keys(rank, 5) == whole[5:]
+        assert keys(rank, 5, workers=2) == whole[5:]
+    if world == 2:
+        one = views(train_shards, repeat_labels, spec=REP_SPEC, lanes=2, interleave=2, batch_size=32)
+        assert [(a[0] + b[0], a[1] + b[1]) for a, b in zip(keys(0), keys(1))] == [(b.keys, b.seeds) for b in one.batches()]
+
+
+def test_repeats_workers_send_the_same_pixels(train_shards, repeat_labels):
+    ds = views(train_shards, repeat_labels, spec=REP_SPEC, lanes=2, batch_size=32)
+    want = list(ds.batches())
+    got = list(ds.batch_loader(0, num_workers=2))
+    assert [b.keys for b in got] == [b.keys for b in want]
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b.images_on("cpu"), a.images, rtol=0, atol=0)
+        torch.testing.assert_close(b.teacher.logit, a.teacher.logit, rtol=0, atol=0)

@@ -92,3 +92,65 @@ def test_batch_sizes_that_do_not_split_are_refused():
         EpochOrder(SHARDS, seed=0, epoch=0, batch_size=100, lanes=8)
     with pytest.raises(ConfigError, match="even"):
         EpochOrder(SHARDS, seed=0, epoch=0, batch_size=24, lanes=8, pairs=lambda ref: np.full(ref.rows, -1))
+
+
+# ------------------------------------------------------------------ repeated augmentation (views.repeats)
+
+def _units(batch, shards_rows: int) -> list[tuple[str, int, int]]:
+    """``(shard, row, repeat)`` of a plan's rows (rows are written ``repeat * n + row``)."""
+    return [(ref.name, int(r) % shards_rows, int(r) // shards_rows) for ref, rows in batch for r in rows]
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_repeats_train_a_third_of_the_shards_three_times_each_and_a_cycle_visits_every_shard(pairs):
+    """DeiT's RASampler: an epoch is as long as without repeats, made of 1/3 of the images, each 3 times
+    (here whole shards, so only they are read); 3 consecutive epochs visit every shard once."""
+    pair_fn = (lambda ref: mix_pairs(0, 0, ref.name, ref.rows)) if pairs else None
+    plain = EpochOrder(SHARDS[:30], seed=5, epoch=0, batch_size=120, lanes=4, interleave=2, pairs=pair_fn)
+    seen_shards = []
+    for epoch in range(3):
+        order = EpochOrder(SHARDS[:30], seed=5, epoch=epoch, batch_size=120, lanes=4, interleave=2, pairs=pair_fn,
+                           repeats=3)
+        assert len(order) == len(plain) == epoch_steps(SHARDS[:30], 120, 4, pairs, repeats=3)
+        flat = [u for batch in order for u in _units(batch, 128)]
+        assert len(flat) == len(set(flat)), "each (row, repeat) once"
+        shards = {s for s, _, _ in flat}
+        assert len(shards) == 10 and {ref.name for ref in order.shards} == shards
+        seen_shards.append(shards)
+        rows = {}
+        for s, r, rep in flat:
+            rows.setdefault((s, r), set()).add(rep)
+        # all but the rows cut off by the lanes' ends are trained in all 3 repeats
+        assert sum(reps == {0, 1, 2} for reps in rows.values()) >= len(rows) - 3 * 4 * 4
+    assert set().union(*seen_shards) == {s.name for s in SHARDS[:30]}
+    assert sum(len(s) for s in seen_shards) == 30, "a cycle of 3 epochs reads every shard once"
+
+
+def test_a_rows_repeats_share_its_global_batch_and_a_pair_stays_adjacent_in_every_repeat():
+    pair_fn = lambda ref: mix_pairs(0, 0, ref.name, ref.rows)  # noqa: E731
+    order = EpochOrder(SHARDS, seed=2, epoch=4, batch_size=96, lanes=4, pairs=pair_fn, repeats=3)
+    same_batch = total = 0
+    where = {}
+    for b, batch in enumerate(order):
+        for ref, rows in batch:
+            partner = mix_pairs(0, 0, ref.name, ref.rows)
+            r = rows % 128
+            assert all(partner[r[i]] == r[i + 1] for i in range(0, len(r), 2)), "pairs adjacent"
+            assert np.array_equal(rows[0::2] // 128, rows[1::2] // 128), "a pair is of one repeat"
+            for x in rows:
+                where.setdefault((ref.name, int(x) % 128), set()).add(b)
+    for batches in where.values():
+        total += 1
+        same_batch += len(batches) == 1
+    assert same_batch / total > 0.75, "a unit of 6 rows (a pair, 3 repeats) is cut by chunks of 24 rows at most once in 4"
+
+
+def test_repeats_one_is_the_order_without_repeats():
+    a = EpochOrder(SHARDS, seed=5, epoch=3, batch_size=128, lanes=8, interleave=4)
+    b = EpochOrder(SHARDS, seed=5, epoch=3, batch_size=128, lanes=8, interleave=4, repeats=1)
+    assert [_keys(x) for x in a] == [_keys(x) for x in b]
+
+
+def test_repeats_need_as_many_shards():
+    with pytest.raises(ConfigError, match="views.repeats 3 needs at least 3 training shards"):
+        EpochOrder(SHARDS[:2], seed=0, epoch=0, batch_size=8, repeats=3)
