@@ -65,6 +65,8 @@ def _digest_spec(spec: ViewSpec) -> ViewSpec:
         mix_prob=(1.0 if spec.pairs else 0.5) if spec.mix_prob > 0 else 0.0,
         switch_prob=0.5 if both else spec.switch_prob,
         mix_window=len(_DIGEST_KEYS),
+        # a batch-mode mix renders as a pair's: only the draw's seed differs (it needs an epoch order)
+        mix_mode="pair" if spec.mix_mode == "batch" else spec.mix_mode,
     )
 
 

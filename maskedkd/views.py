@@ -12,7 +12,7 @@ it, and either side can render it at its own resolution:
   are normalised or size-free too.
 
 Semantics follow timm (``RandomResizedCropAndInterpolation``, ``rand-m9-mstd0.5-inc1``
-RandAugment, ``RandomErasing``, ``Mixup`` in ``pair`` or ``elem`` mode). Deliberate differences, all
+RandAugment, ``RandomErasing``, ``Mixup`` in ``batch``, ``pair`` or ``elem`` mode). Deliberate differences, all
 needed to make a view a pure function of its key:
 
 - an infeasible crop draw (e.g. area 0.95 at ratio 4/3) is clamped to the image edge keeping
@@ -20,11 +20,11 @@ needed to make a view a pure function of its key:
 - the random-erasing and cutmix boxes are drawn in normalised output coordinates;
 - mixing pairs (:func:`mix_pairs`) are drawn per (seed, view epoch, shard): a seeded perfect
   matching of the shard's rows, a new one every view epoch. The trainer's order keeps each pair
-  adjacent in one global batch and one rank's slice of it (:mod:`pipeline.train.order`), so the
+  adjacent in one global batch and one rank's slice of it (:mod:`pipeline.labels.order`), so the
   pair is mixed from the batch as timm's ``Mixup`` does (the partner's augmented, unmixed
-  pixels), but the partner is a row of the same shard, not the flipped batch, and the per-batch
-  draw of timm's default ``batch`` mode is not offered (labels of a view epoch are reused by
-  epochs that batch its rows differently). ``mix_mode: window`` keeps the first algorithm:
+  pixels), but the partner is a row of the same shard, not the flipped batch; with timm's
+  default ``batch`` mode the draw is the pair's global batch's, which the caller names
+  (:func:`shard_views`'s ``batches``, from the trainer's order). ``mix_mode: window`` keeps the first algorithm:
   partners drawn per row within blocks of ``mix_window`` shard positions.
 
 This module holds the view types and their sampling (the RandAugment and erasing draws come from
@@ -40,7 +40,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -60,9 +60,10 @@ from maskedkd.view_columns import (
 # Bump when the meaning of any draw changes: it is part of the spec fingerprint.
 VIEWS_ALGORITHM = 1
 # How mixing partners and draws are made (ViewSpec.mix_mode): "pair" one draw per pair (timm's
-# Mixup(mode="pair")), "elem" one draw per row (mode="elem"), both with partners from
-# mix_pairs; "window": per row, partner drawn within mix_window positions (the first algorithm).
-MIX_MODES = ("pair", "elem", "window")
+# Mixup(mode="pair")), "elem" one draw per row (mode="elem"), "batch" one draw per global batch
+# (mode="batch", DeiT's), all with partners from mix_pairs; "window": per row, partner drawn within
+# mix_window positions (the first algorithm).
+MIX_MODES = ("pair", "elem", "window", "batch")
 MAX_REPEATS = 64  # view epochs are int32 columns: v * repeats + r must fit
 
 
@@ -96,7 +97,9 @@ class ViewSpec:
         mix_mode: ``pair``: rows are paired (:func:`mix_pairs`) and both rows of a pair mix with
             each other with one draw of lambda and box (timm ``Mixup(mode="pair")``); ``elem``:
             the same pairs, one draw per row (``mode="elem"``); ``window``: the first algorithm,
-            a partner per row within ``mix_window`` positions, rendered again (not from the batch).
+            a partner per row within ``mix_window`` positions, rendered again (not from the batch);
+            ``batch``: the pairs, with one draw per global batch of the trainer's order (timm
+            ``mode="batch"``, DeiT's): views then depend on the order (:func:`shard_views`'s ``batches``).
             Normalised to ``pair`` when the spec does not mix.
     """
 
@@ -441,12 +444,16 @@ def _draw_view(spec: ViewSpec, seed: int, key: str, epoch: int) -> tuple[View, r
     return view, rng
 
 
-def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, shard: str = "") -> list[View]:
+def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, shard: str = "",
+                batches: Sequence[int] | np.ndarray | None = None) -> list[View]:
     """The views of all samples of one shard, in tar order (what precompute and trainer call).
 
-    ``shard`` (the shard's name) seeds the pairs of ``pair`` / ``elem`` mixing (:func:`mix_pairs`):
-    with ``pair`` both rows of a pair take one draw (seeded by the pair's first row in tar order),
-    with ``elem`` each row its own, continuing its view's RNG as ``window`` does.
+    ``shard`` (the shard's name) seeds the pairs of ``pair`` / ``elem`` / ``batch`` mixing
+    (:func:`mix_pairs`): with ``pair`` both rows of a pair take one draw (seeded by the pair's first
+    row in tar order), with ``elem`` each row its own, continuing its view's RNG as ``window`` does,
+    with ``batch`` every pair of a global batch the same one, seeded by the batch's index
+    ``batches[row]`` in the training epoch (``pipeline.labels.order.EpochOrder.batch_of``; ``-1``: the
+    row is not trained, it is not mixed) and the view epoch of which ``epoch`` is a repeat.
     """
     if not spec.mixes:
         return [_draw_view(spec, seed, k, epoch)[0] for k in keys]
@@ -454,17 +461,28 @@ def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, s
         raise ValueError("shard_views: keys must be unique within a shard")
     if not spec.pairs:
         return [sample_view(spec, seed, k, epoch, position=i, shard_keys=keys) for i, k in enumerate(keys)]
+    if spec.mix_mode == "batch" and (batches is None or len(batches) != len(keys)):
+        raise ValueError("shard_views: mix_mode batch needs batches=, each row's global batch (EpochOrder.batch_of)")
     drawn = [_draw_view(spec, seed, k, epoch) for k in keys]
     views = [view for view, _ in drawn]
+    both = spec.mix_mode != "elem"  # one draw for both rows of a pair
     for i, j in enumerate(mix_pairs(seed, pairs_epoch(spec, epoch), shard, len(keys))):
-        if j < 0 or (spec.mix_mode == "pair" and j < i):
+        if j < 0 or (both and j < i):
             continue
-        rng = drawn[i][1] if spec.mix_mode == "elem" else random.Random(_view_seed(seed, f"\0pair\0{keys[i]}", epoch))
+        if spec.mix_mode == "elem":
+            rng = drawn[i][1]
+        elif spec.mix_mode == "batch":
+            b = int(cast(Sequence[int], batches)[i])
+            if b < 0 or int(cast(Sequence[int], batches)[j]) != b:  # not trained (a pair shares its batch)
+                continue
+            rng = random.Random(_view_seed(seed, f"\0batch\0{b}", pairs_epoch(spec, epoch)))
+        else:
+            rng = random.Random(_view_seed(seed, f"\0pair\0{keys[i]}", epoch))
         mixed, lam, box = _draw_lam_box(spec, rng)
         if not mixed:
             continue
         lam = float32_exact(lam)
         views[i] = dataclasses.replace(views[i], partner=keys[j], lam=lam, mix_box=box)
-        if spec.mix_mode == "pair":
+        if both:
             views[j] = dataclasses.replace(views[j], partner=keys[i], lam=lam, mix_box=box)
     return views

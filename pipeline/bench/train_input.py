@@ -15,8 +15,9 @@ same stored labels (their content does not change the input pipeline's work).
 (RandAugment, erasing, mixup 0.8 / cutmix 1.0) at 224 px, ranks simulated in one process:
 ``renders_per_row`` (views rendered per row trained: a mixing partner rendered again counts) and
 ``shard_bytes_read_per_rank`` (bytes of shard files the rank reads, as a fraction of the
-dataset's), for ``mix_mode`` ``pair`` in lanes with DeiT's 3 repeats and without, and ``window`` shard
-after shard (before). With repeats an epoch reads 1/3 of the shards (each row trained 3 times).
+dataset's), for DeiT's views in lanes (``mix_mode`` ``batch``, 3 repeats: an epoch reads 1/3 of the
+shards, each row trained 3 times), ``pair`` mixing in lanes without repeats, and ``window`` shard
+after shard (before).
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def _world(world: int, job: dict, tmp: Path) -> list[dict]:
 
 
 DEIT_VIEWS = ViewSpec(auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0)
-# (views.mix_mode, train.lanes, train.interleave, views.repeats): DeiT's (with its 3 repeats), lanes without
-# repeats, and the first order (window partners, shard after shard)
-COUNT_ORDERS = (("pair", 8, 2, 3), ("pair", 8, 2, 1), ("window", 1, 1, 1))
+# (views.mix_mode, train.lanes, train.interleave, views.repeats): DeiT's (batch mixing, 3 repeats), pair
+# mixing in lanes without repeats, and the first order (window partners, shard after shard)
+COUNT_ORDERS = (("batch", 8, 2, 3), ("pair", 8, 2, 1), ("window", 1, 1, 1))
 
 
 def _count_rank(ds: LabeledViews) -> dict[str, Any]:

@@ -130,10 +130,11 @@ class ViewsConfig(Section):
     mix_prob: float = Field(1.0, ge=0, le=1, description="Probability of mixing a sample when mixup/cutmix is on.")
     switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix over Mixup when both are on.")
     mix_window: int = Field(64, ge=2, description="mix_mode window: partners come from aligned blocks of this many shard positions.")
-    mix_mode: Literal["pair", "elem", "window"] = Field(
+    mix_mode: Literal["pair", "elem", "batch", "window"] = Field(
         "pair", description="pair: rows are paired within their shard and batch, one lambda/box per pair (timm Mixup "
-                            "mode 'pair'); elem: the same pairs, one draw per row; window: the first algorithm (a partner "
-                            "per row within mix_window shard positions, rendered again)."
+                            "mode 'pair'); elem: the same pairs, one draw per row; batch: the same pairs, one draw per "
+                            "global batch (timm's and DeiT's 'batch'; needs pool: epochs); window: the first algorithm (a "
+                            "partner per row within mix_window shard positions, rendered again)."
     )
     repeats: int = Field(
         1, ge=1, le=64, description="Repeated augmentation (DeiT uses 3): each epoch trains on 1/repeats of the shards, "
@@ -167,6 +168,13 @@ class ViewsConfig(Section):
         if v is not None:
             ViewSpec(auto_augment=v)  # its ValueError says what is wrong with the string
         return v
+
+    @model_validator(mode="after")
+    def _batch_mode(self) -> "ViewsConfig":
+        if self.mix_mode == "batch" and (self.mixup > 0 or self.cutmix > 0) and self.pool != "epochs":
+            raise FieldProblems(("mix_mode", f"batch draws a mix per global batch of one epoch, so its views cannot be "
+                                             f"reused by other epochs: it needs pool: epochs (pool is {self.pool})"))
+        return self
 
     @model_validator(mode="after")
     def _spec(self) -> "ViewsConfig":

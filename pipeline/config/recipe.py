@@ -46,7 +46,7 @@ class TrainConfig(Section):
     lanes: int = Field(
         1, ge=1, description="Lanes of the epoch order: each global batch is one chunk of batch_size/lanes rows of "
                              "every lane; torchrun ranks take whole lanes (reading only their shards) when their number "
-                             "divides lanes. Not tied to the world size, so neither is the order (pipeline.train.order)."
+                             "divides lanes. Not tied to the world size, so neither is the order (pipeline.labels.order)."
     )
     interleave: int = Field(
         1, ge=1, description="Shards whose rows the epoch order shuffles together (1: one shard after the other)."

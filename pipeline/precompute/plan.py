@@ -7,10 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 from maskedkd import needs_saliency, resolve_keep, view_spec_fingerprint
+from maskedkd.views import ViewSpec
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import segment_partitions, shard_refs
+from pipeline.labels.contract import ShardRef, segment_partitions, shard_refs
+from pipeline.labels.order import epoch_order
 from pipeline.labels.reader import open_partition
 from pipeline.precompute.spec import (
     ModelSpec,
@@ -49,6 +51,7 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
     # with views.repeats each epoch trains on some shards only: label just those (at each repeat)
     wanted = segment_partitions(refs, range(*cfg.schedule.segments()[segment]), pool=cfg.views.pool_size, spec=spec,
                                 seed=cfg.train.seed)
+    batches = _mix_batches(cfg, refs, spec, wanted)
     tasks = []
     for ref, view_epoch in wanted:
         assert ref.sha256 is not None  # from the manifest
@@ -62,11 +65,31 @@ def plan_segment(cfg, segment: int, *, manifest: DatasetManifest, teacher: Model
             store=cfg.labels.store, batch_size=cfg.compute.batch_size, device=device,
             precision=cfg.compute.task_precision(), feed_workers=cfg.compute.feed_workers, decode=cfg.compute.decode,
             saliency_scale=cfg.masking.saliency_scale if keep is not None and needs_saliency(policy) else 1.0,
+            mix_batches=batches.get((ref.name, view_epoch)),
         )
         fps = task_fingerprints(t)
         path = paths.partition_path(cfg.labels.store, shard=t.shard, view_epoch=view_epoch, fingerprints=fps)
         tasks.append(replace(t, fingerprints=fps, path=path))
     return tasks
+
+
+def _mix_batches(cfg, refs: list[ShardRef], spec: ViewSpec,
+                 wanted: list[tuple[ShardRef, int]]) -> dict[tuple[str, int], tuple[int, ...]]:
+    """With ``mix_mode: batch``, each partition's rows' global batches in the epoch that trains them
+    (the trainer's order, :func:`pipeline.labels.order.epoch_order`); empty otherwise. ``views.pool``
+    is ``epochs`` then (config validation), so a view epoch's repeats belong to one training epoch."""
+    if not (spec.mixes and spec.mix_mode == "batch"):
+        return {}
+    out: dict[tuple[str, int], tuple[int, ...]] = {}
+    for epoch in sorted({v // spec.repeats for _, v in wanted}):
+        order = epoch_order(refs, seed=cfg.train.seed, epoch=epoch, batch_size=cfg.train.batch_size,
+                            lanes=cfg.train.lanes, interleave=cfg.train.interleave, spec=spec, view_seed=cfg.views.seed,
+                            view_epoch=epoch)
+        for ref, v in wanted:
+            if v // spec.repeats == epoch:
+                r = v % spec.repeats
+                out[(ref.name, v)] = tuple(int(b) for b in order.batch_of(ref.name)[r * ref.rows:(r + 1) * ref.rows])
+    return out
 
 
 def classify(task: PartitionTask) -> dict[str, Any]:

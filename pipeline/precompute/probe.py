@@ -149,8 +149,11 @@ def _render_rows(t: ProbeTask) -> tuple[dict[str, torch.Tensor | None], torch.Te
                 break
             samples.append(s)
         keys = [s.key for s in samples]
+        # a sample of views for the teacher's fidelity: batch mixing's per-batch draws (which need the
+        # epoch's order) are stood in for by per-pair draws, the same distribution of lambda and box
+        like = replace(spec, mix_mode="pair") if spec.mix_mode == "batch" else spec
         for epoch in sorted({r.view_epoch for r in rows}):
-            views = shard_views(spec, t.view_seed, epoch, keys, shard=rows[0].shard)
+            views = shard_views(like, t.view_seed, epoch, keys, shard=rows[0].shard)
             by_key = {s.key: (s.image, v) for s, v in zip(samples, views)}
             idx = [r.row for r in rows if r.view_epoch == epoch]
             for who in ("teacher", "student"):

@@ -103,6 +103,8 @@ class PartitionTask:
     feed_workers: int | None = None  # decode/render threads (None: the worker's threads)
     decode: str = "pil"  # JPEG decoder: pil, or cuda (nvJPEG: other pixels, part of the view fingerprint)
     saliency_scale: float = 1.0  # the student's saliency on a downscaled view (masking.saliency_scale)
+    # views.mix_mode batch: each row's global batch in the training epoch (EpochOrder.batch_of), whose draw mixes it
+    mix_batches: tuple[int, ...] | None = None
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     path: str = ""
 
@@ -128,7 +130,9 @@ def task_fingerprints(t: PartitionTask) -> dict[str, str | None]:
         # nvJPEG decodes, and torch resizes, to other pixels than Pillow: recorded only when used, so
         # Pillow-rendered stores keep their paths
         "view": sha256_json({"spec": t.view_spec_fingerprint, "seed": t.view_seed,
-                             **unless_default("decode", t.decode, "pil"), **t.teacher.render.resize_record()}),
+                             **unless_default("decode", t.decode, "pil"), **t.teacher.render.resize_record(),
+                             # batch mixing: the mixes depend on the epoch's order, recorded as its outcome
+                             **({} if t.mix_batches is None else {"mix_batches": sha256_json(list(t.mix_batches))})}),
         "mask": sha256_json(mask),
         # TF32 matmuls give other logits than IEEE fp32: recorded only on CUDA, so CPU stores keep their paths
         "label": sha256_json({"topk": t.topk, "temperatures": sorted(t.temperatures), "dtype": "float16",

@@ -320,7 +320,7 @@ def _compute(t: PartitionTask, samples: list[Sample], result: dict[str, Any], po
     t0 = time.perf_counter()
     keys = [s.key for s in samples]
     spec = ViewSpec.from_dict(t.view_spec)
-    views = shard_views(spec, t.view_seed, t.view_epoch, keys, shard=t.shard)
+    views = shard_views(spec, t.view_seed, t.view_epoch, keys, shard=t.shard, batches=t.mix_batches)
     pixels = EpochPixels([s.image for s in samples], views, _renders_of(t), pool, ahead=2 * t.batch_size,
                          pin=t.device.startswith("cuda"))
     t0 = timer.add("read", t0)

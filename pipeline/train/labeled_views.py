@@ -6,7 +6,7 @@
 one-row :class:`maskedkd.SoftTarget`, dense or top-K, ready for :func:`maskedkd.kd_loss`), the
 hard label (or the mixed / smoothed label vector) and the key. :func:`collate` batches them.
 
-The order is the trainer's (:mod:`pipeline.train.order`): global batches of ``batch_size``
+The order is the trainer's (:mod:`pipeline.labels.order`): global batches of ``batch_size``
 rows drawn from ``lanes`` lanes of interleaved shards, a pure function of ``(order_seed, epoch)``.
 The unit of work is one rank's slice of one global batch:
 
@@ -35,16 +35,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskedkd.targets import SoftTarget
-from maskedkd.views import ViewSpec, mix_pairs, repeat_view_epochs
+from maskedkd.views import ViewSpec, repeat_view_epochs
 from pipeline.errors import ConfigError, StoreError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, epoch_shards, view_epoch_of
-from pipeline.train.order import EpochOrder, PlanSegment, check_order, epoch_steps, rank_slice, split_repeats
+from pipeline.labels.order import EpochOrder, PlanSegment, check_order, epoch_order, epoch_steps, rank_slice, split_repeats
 from pipeline.train.stream import Batch, LoadedShard, Segment, ShardPrefetcher, load_repeats, make_batch
 
 if TYPE_CHECKING:  # annotations only
@@ -118,7 +117,7 @@ class LabeledViews(IterableDataset):
         smoothing: label smoothing of the hard label (makes ``label`` a vector).
         rank, world: this process's place under DDP; default: the process group's, else 0 of 1.
         teacher_render: also render each batch for an online teacher (the trainer's baseline).
-        lanes, interleave: ``train.lanes`` and ``train.interleave`` (:mod:`pipeline.train.order`).
+        lanes, interleave: ``train.lanes`` and ``train.interleave`` (:mod:`pipeline.labels.order`).
     """
 
     def __init__(self, shards: Sequence[ShardRef], *, spec: ViewSpec, seed: int, render: RenderSpec, epoch: int,
@@ -147,6 +146,10 @@ class LabeledViews(IterableDataset):
             raise ConfigError(f"train.batch_size {self.batch_size} must be divisible by the world size {self.world}")
         self.lanes, self.interleave = int(lanes), int(interleave)
         check_order(self.batch_size, self.lanes, self.world, spec.pairs)
+        if spec.mixes and spec.mix_mode == "batch" and view_pool is not None:
+            raise ConfigError(f"views.mix_mode batch draws a mix per global batch of one epoch: it needs views.pool: "
+                              f"epochs, not {view_pool}")
+        self._order: EpochOrder | None = None  # built when first needed, not sent to loader workers
         rows = sum(s.rows for s in self.shards)
         self.steps = epoch_steps(self.shards, self.batch_size, self.lanes, spec.pairs, spec.repeats)
         if self.steps < 1:
@@ -248,21 +251,27 @@ class LabeledViews(IterableDataset):
 
     # ------------------------------------------------------------------ batches
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_order": None}  # a loader worker builds its own (index arithmetic)
+
     def load(self, ref: ShardRef) -> list[LoadedShard]:
         """One shard with its label partitions, keys and views checked, one :class:`LoadedShard` per
         repeat view epoch (one without repeats; :func:`pipeline.train.stream.load_repeats`)."""
         labels = [None] * len(self.view_epochs) if self.labels is None else self.labels[ref.name]
+        batches = None
+        if self.spec.mixes and self.spec.mix_mode == "batch":  # a pair's mix is its global batch's
+            every = self.order().batch_of(ref.name)
+            batches = [every[r * ref.rows:(r + 1) * ref.rows] for r in range(self.spec.repeats)]
         return load_repeats(ref, spec=self.spec, seed=self.seed, view_epochs=self.view_epochs, labels=labels,
-                            tau=self.tau, num_classes=self.num_classes)
+                            tau=self.tau, num_classes=self.num_classes, batches=batches)
 
     def order(self) -> EpochOrder:
-        """The epoch's global batches as index plans (:class:`pipeline.train.order.EpochOrder`)."""
-        pairs = None
-        if self.spec.pairs:
-            def pairs(ref: ShardRef) -> np.ndarray:
-                return mix_pairs(self.seed, self.view_epoch, ref.name, ref.rows)
-        return EpochOrder(self.shards, seed=self.order_seed, epoch=self.epoch, batch_size=self.batch_size,
-                          lanes=self.lanes, interleave=self.interleave, pairs=pairs, repeats=self.spec.repeats)
+        """The epoch's global batches as index plans (:class:`pipeline.labels.order.EpochOrder`)."""
+        if self._order is None:
+            self._order = epoch_order(self.shards, seed=self.order_seed, epoch=self.epoch, batch_size=self.batch_size,
+                                      lanes=self.lanes, interleave=self.interleave, spec=self.spec, view_seed=self.seed,
+                                      view_epoch=self.view_epoch)
+        return self._order
 
     def splits_lanes(self, workers: int) -> bool:
         """Whether ``workers`` loader workers split this rank's lanes (each renders its lanes' part of

@@ -48,6 +48,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.fingerprints import SEGMENT_RECIPE_ADDED, without_defaults
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
+from pipeline.labels.order import check_order, epoch_steps
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
@@ -55,7 +56,6 @@ from pipeline.train.accumulate import Accumulation, no_sync_unless
 from pipeline.train.ema import create_ema, ema_metrics
 from pipeline.train.full_view import full_view_logits, full_view_loss, full_view_weights
 from pipeline.train.labeled_views import LabeledViews, LoaderWorkers
-from pipeline.train.order import check_order, epoch_steps
 from pipeline.train.speedups import batch_format, to_channels_last, training_forward
 from pipeline.train.state import ResumeRecord, ResumeStore
 from pipeline.train.stream import Batch, derive_seed
@@ -298,8 +298,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
     """
     t_start = time.perf_counter()
     info, device = tdist.setup(device)
-    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec.pairs,
-                                       spec.repeats)
+    labels, steps_per_epoch = _checked(cfg, epochs, total_epochs, shards, labels, online, info.world, spec)
     log_.debug("segment epochs %d..%d of %d: %d steps/epoch, batch %d, world %d, device %s, torch threads %d",
                epochs.start, epochs.stop - 1, total_epochs, steps_per_epoch, cfg.batch_size, info.world, device,
                torch.get_num_threads())
@@ -335,8 +334,7 @@ def train_segment(student: nn.Module, *, shards: Sequence[ShardRef], spec: ViewS
 
 
 def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequence[ShardRef], labels: LabelMap | None,
-             online: OnlineTeacher | None, world: int, pairs: bool = False,
-             repeats: int = 1) -> tuple[LabelMap | None, int]:
+             online: OnlineTeacher | None, world: int, spec: ViewSpec) -> tuple[LabelMap | None, int]:
     """The labels the segment reads (none for ``kd: off``) and its steps per epoch, after refusing
     inconsistent arguments with a :class:`ConfigError`."""
     start, end = epochs.start, epochs.stop
@@ -354,8 +352,8 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
         raise ConfigError("give either stored labels or an online teacher, not both")
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
-    check_order(cfg.batch_size, cfg.lanes, world, pairs)
-    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, pairs, repeats)
+    check_order(cfg.batch_size, cfg.lanes, world, spec.pairs)
+    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, spec.pairs, spec.repeats)
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
                           f"training samples")

@@ -1,6 +1,6 @@
 """The trainer's data stream: shards and label partitions in lockstep, views, batches (docs/design.md §2, §6).
 
-Which rows make up each global batch, and which rank takes which, is :mod:`pipeline.train.order`
+Which rows make up each global batch, and which rank takes which, is :mod:`pipeline.labels.order`
 (a pure function of ``(seed, epoch)``, the shard list and ``train.lanes`` / ``train.interleave``).
 This module reads and renders what an order names:
 
@@ -40,7 +40,7 @@ from pipeline.data.shards import Sample, decode_image, read_shard
 from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, check_views
-from pipeline.train.order import derive_seed  # noqa: F401  (public here too: the step seeds of loop.py and tests)
+from pipeline.labels.order import derive_seed  # noqa: F401  (public here too: the step seeds of loop.py and tests)
 
 Segment = tuple["LoadedShard", np.ndarray]
 
@@ -162,10 +162,12 @@ def load_repeats(
     labels: Sequence[LabelRef | None],
     tau: float = 1.0,
     num_classes: int | None = None,
+    batches: Sequence[np.ndarray] | None = None,
 ) -> list[LoadedShard]:
     """Read one shard once (and its label partitions, in lockstep) for several view epochs (a view
     epoch's repeats, :func:`maskedkd.views.repeat_view_epochs`): one :class:`LoadedShard` each,
-    sharing the images (decoded once, released after their last repeat's render).
+    sharing the images (decoded once, released after their last repeat's render). ``batches``: with
+    ``mix_mode: batch``, each view epoch's rows' global batches (:func:`maskedkd.views.shard_views`).
 
     Samples :func:`read_shard` cannot use (and, with ``num_classes``, labels outside the classes)
     are skipped; a shard left with fewer than ``ref.rows`` samples is refused, naming them.
@@ -202,8 +204,9 @@ def load_repeats(
         images = LazyImages(ref.path, keys, encoded, uses=len(view_epochs))
         truth = torch.tensor(classes, dtype=torch.int64)
         out = []
-        for view_epoch, label, batch in zip(view_epochs, labels, stored):
-            views = shard_views(spec, seed, view_epoch, keys, shard=ref.name)
+        for n, (view_epoch, label, batch) in enumerate(zip(view_epochs, labels, stored)):
+            views = shard_views(spec, seed, view_epoch, keys, shard=ref.name,
+                                batches=None if batches is None else batches[n])
             target = None
             if batch is not None:
                 assert label is not None  # batch comes from its partition

@@ -28,9 +28,9 @@ def test_mix_target():
 
 
 def _timm_mixup(monkeypatch, x: torch.Tensor, labels: torch.Tensor, seed: int, mode: str = "elem"):
-    """timm's ``Mixup`` in ``mode`` ``elem`` or ``pair`` (DeiT's alphas, smoothing 0.1) of ``x``: mixed
-    pixels, targets, and each row's (``pair``: each first row's) ``(lam, cutmix box (yl, yh, xl, xh)
-    or None)`` as timm drew them."""
+    """timm's ``Mixup`` in ``mode`` ``elem``, ``pair`` or ``batch`` (DeiT's alphas, smoothing 0.1) of
+    ``x``: mixed pixels, targets, and each row's (``pair``: each first row's; ``batch``: the batch's
+    one) ``(lam, cutmix box (yl, yh, xl, xh) or None)`` as timm drew them."""
     boxes: list[tuple[int, int, int, int]] = []
     draw = timm_mixup.cutmix_bbox_and_lam
 
@@ -44,15 +44,19 @@ def _timm_mixup(monkeypatch, x: torch.Tensor, labels: torch.Tensor, seed: int, m
     np.random.seed(seed)
     mixed, target = mixup(x.clone(), labels)
     np.random.seed(seed)
+    if mode == "batch":
+        lam, cut = mixup._params_per_batch()  # the same draw again
+        return mixed, target, [(lam, boxes[0] if cut else None)]
     lams, cutmix = mixup._params_per_elem(len(x) if mode == "elem" else len(x) // 2)  # the same draws again
     rows = iter(boxes)
     return mixed, target, [(lam, next(rows) if cut and lam != 1 else None) for lam, cut in zip(lams, cutmix)]
 
 
-@pytest.mark.parametrize("mode", ["elem", "pair"])
+@pytest.mark.parametrize("mode", ["elem", "pair", "batch"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mixed_pixels_and_targets_equal_timms_mixup(monkeypatch, seed, mode):
-    """Given timm's lambda and box per row (``pair``: per pair, both rows alike) and its pairs (row i
+    """Given timm's lambda and box per row (``pair``: per pair, both rows alike; ``batch``: one for
+    all rows) and its pairs (row i
     with row B-1-i), our mix of the normalised renders and our mixed, smoothed targets equal what
     timm's ``Mixup`` returns."""
     batch, h, w = 8, 32, 24
@@ -64,6 +68,8 @@ def test_mixed_pixels_and_targets_equal_timms_mixup(monkeypatch, seed, mode):
     mixed, target, draws = _timm_mixup(monkeypatch, x, labels, seed, mode)
     if mode == "pair":  # row B-1-i takes row i's draw
         draws = draws + draws[::-1]
+    if mode == "batch":  # every row takes the batch's draw
+        draws = draws * batch
     views = []
     for i, (lam, box) in enumerate(draws):
         if box is None:

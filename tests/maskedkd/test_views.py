@@ -212,3 +212,29 @@ def test_repeats_are_view_epochs_of_their_own_sharing_the_pairs_of_their_view_ep
     assert shard_views(plain, 0, 6, keys, shard="s") != shard_views(plain, 0, 7, keys, shard="s")
     with pytest.raises(ValueError, match="repeats"):
         ViewSpec(repeats=0)
+
+
+def test_batch_mode_draws_one_mix_per_global_batch():
+    """timm's Mixup(mode="batch"), DeiT's: every pair of a global batch mixes with one lambda and box;
+    the batch index comes from the trainer's order (here given), -1 (not trained) leaves a row unmixed."""
+    spec = ViewSpec(mixup=0.8, cutmix=1.0, mix_mode="batch")
+    keys = [f"k{i:03d}" for i in range(64)]
+    pairs = mix_pairs(0, 5, "s", len(keys))
+    batches = np.full(len(keys), -1)
+    for n, i in enumerate(i for i in range(len(keys)) if pairs[i] > i):
+        batches[i] = batches[pairs[i]] = n % 4 if n < 28 else -1  # 4 batches of 7 pairs, the rest not trained
+    views = shard_views(spec, 0, 5, keys, shard="s", batches=batches)
+    by_batch: dict[int, set] = {}
+    for v, b in zip(views, batches):
+        if b < 0:
+            assert not v.partner and v.lam == 1.0
+        else:
+            by_batch.setdefault(int(b), set()).add((v.lam, v.mix_box))
+    assert sorted(by_batch) == [0, 1, 2, 3] and all(len(d) == 1 for d in by_batch.values())
+    assert len({next(iter(d)) for d in by_batch.values()}) == 4, "each batch its own draw"
+    assert [v.partner for v, b in zip(views, batches) if b >= 0] == [keys[pairs[i]] for i in range(64) if batches[i] >= 0]
+    # the same batch index in another shard draws the same mix: the draw is the batch's
+    other = shard_views(spec, 0, 5, keys, shard="t", batches=np.zeros(64, dtype=int))
+    assert {(v.lam, v.mix_box) for v in other} == by_batch[0]
+    with pytest.raises(ValueError, match="batches="):
+        shard_views(spec, 0, 5, keys, shard="s")

@@ -41,14 +41,15 @@ def test_the_input_counts_show_one_render_per_row_and_half_the_bytes_per_rank():
 
     result = input_counts(samples=4, shards=12, batch=16)
     by = {(c["mix_mode"], c["repeats"], c["world"], c["rank"]): c for c in result["counts"]}
-    assert all(by[("pair", n, w, r)]["renders_per_row"] == 1.0 for n in (1, 3) for w, r in ((1, 0), (2, 0), (2, 1)))
+    assert all(by[(m, n, w, r)]["renders_per_row"] == 1.0 for m, n in (("pair", 1), ("batch", 3))
+               for w, r in ((1, 0), (2, 0), (2, 1)))
     assert by[("pair", 1, 1, 0)]["shard_bytes_read_per_rank"] == 1.0
     assert all(abs(by[("pair", 1, 2, r)]["shard_bytes_read_per_rank"] - 0.5) < 0.06 for r in (0, 1))
-    # DeiT's 3 repeats: an epoch of as many rows reads a third of the shards
-    assert by[("pair", 3, 1, 0)]["rows"] == by[("pair", 1, 1, 0)]["rows"] == 48
-    assert abs(by[("pair", 3, 1, 0)]["shard_bytes_read_per_rank"] - 1 / 3) < 0.02
+    # DeiT's batch mixing and 3 repeats: an epoch of as many rows reads a third of the shards
+    assert by[("batch", 3, 1, 0)]["rows"] == by[("pair", 1, 1, 0)]["rows"] == 48
+    assert abs(by[("batch", 3, 1, 0)]["shard_bytes_read_per_rank"] - 1 / 3) < 0.02
     assert all(by[("window", 1, w, r)]["rows"] == 48 // w for w, r in ((1, 0), (2, 0), (2, 1)))
-    assert "| pair | 8 | 2 | 1 | 2 | 1 |" in counts_table(result)
+    assert "| pair | 8 | 2 | 1 | 2 | 1 |" in counts_table(result) and "| batch | 8 | 2 | 3 | 1 | 0 |" in counts_table(result)
 
 
 def test_hash_cost_times_stored_again_with_every_shard_hashed(one_thread, monkeypatch):

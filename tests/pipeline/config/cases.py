@@ -75,6 +75,13 @@ def set_key(path: str, value: Any) -> Callable[[dict], None]:
     return mutate
 
 
+def set_keys(values: dict[str, Any]) -> Callable[[dict], None]:
+    """An edit of a stage document: set several dotted keys."""
+    def mutate(doc: dict) -> None:
+        set_fields(doc, values)
+    return mutate
+
+
 def drop_key(path: str) -> Callable[[dict], None]:
     """An edit of a stage document: delete the dotted key ``path``."""
     def mutate(doc: dict) -> None:
@@ -105,6 +112,9 @@ MALFORMED: list[tuple[str, Any, list[str]]] = [
     ("missing-section", drop_key("schedule"), ["schedule: required, missing"]),
     ("missing-field", drop_key("data.num_classes"), ["data.num_classes: required"]),
     ("bad-name", set_key("name", "a/b"), ["name: must be a folder name"]),
+    ("batch-mix-pool", set_keys({"views.mix_mode": "batch", "views.mixup": 0.8, "views.pool": 2}),
+     ["views.mix_mode: batch draws a mix per global batch", "it needs pool: epochs (pool is 2)"]),
+    ("repeats-zero", set_key("views.repeats", 0), ["views.repeats: must be greater than or equal to 1"]),
     ("keep-too-big", set_key("masking.keep", 300), ["masking.keep: must be between 1 and 49", "got 300"]),
     ("keep-zero", set_key("masking.keep", 0), ["masking.keep: must be greater than or equal to 1"]),
     ("keep-float", set_key("masking.keep", 2.5), ["masking.keep: must be a valid integer"]),

@@ -85,3 +85,17 @@ def test_with_repeats_precompute_labels_each_epochs_shards_at_each_repeat_and_no
         assert ds.labels is not None and len(ds.labels) == 1 and ds.view_epochs == [2 * epoch, 2 * epoch + 1]
     # a repeats config is other views: none of its partitions is a plain config's
     assert not set(planned.values()) & {t.path for t in _tasks(stage, tasks, tmp_path, *sets[:2], "train.batch_size=32")}
+
+
+def test_batch_mixing_labels_record_the_trainers_batches(stage, tasks, tmp_path):
+    """mix_mode batch: a partition's mixes are its rows' global batches' draws, so precompute derives
+    the trainer's order (train.seed, batch size, lanes): a new batch size is other views, other
+    partitions; pair mixing does not depend on it."""
+    mix = ("views.mixup=0.8", "views.cutmix=1.0")
+    batch32 = _tasks(stage, tasks, tmp_path, *mix, "views.mix_mode=batch", "train.batch_size=32")
+    batch16 = _tasks(stage, tasks, tmp_path, *mix, "views.mix_mode=batch", "train.batch_size=16")
+    assert all(t.mix_batches is not None and len(t.mix_batches) == 96 for t in batch32)
+    assert max(max(t.mix_batches) for t in batch32) == 192 // 32 - 1, "6 batches of 32 an epoch"
+    assert {t.path for t in batch32}.isdisjoint(t.path for t in batch16)
+    pair32, pair16 = (_tasks(stage, tasks, tmp_path, *mix, f"train.batch_size={b}") for b in (32, 16))
+    assert all(t.mix_batches is None for t in pair32) and [t.path for t in pair32] == [t.path for t in pair16]

@@ -66,7 +66,7 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
 
 
 def loaded_batches(order, load, start: int = 0):
-    """An :class:`pipeline.train.order.EpochOrder`'s global batches with their shards loaded by ``load``
+    """An :class:`pipeline.labels.order.EpochOrder`'s global batches with their shards loaded by ``load``
     (each once, in the order first used)."""
     shards: dict = {}
     for batch in order.batches(start):

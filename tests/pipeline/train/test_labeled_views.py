@@ -10,9 +10,9 @@ import torch
 
 from maskedkd import kd_loss
 from pipeline import LabeledView, LabeledViews, collate
-from pipeline.errors import StoreError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.train.labeled_views import LoaderWorkers
-from pipeline.train.order import EpochOrder
+from pipeline.labels.order import EpochOrder
 from pipeline.train.stream import load_shard
 from tests.pipeline.train.helpers import loaded_batches
 
@@ -265,3 +265,28 @@ def test_repeats_workers_send_the_same_pixels(train_shards, repeat_labels):
     for a, b in zip(want, got):
         torch.testing.assert_close(b.images_on("cpu"), a.images, rtol=0, atol=0)
         torch.testing.assert_close(b.teacher.logit, a.teacher.logit, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ mix_mode batch (timm's, DeiT's)
+
+BATCH_SPEC = dataclasses.replace(MIX_SPEC, mix_mode="batch")
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_batch_mixing_draws_one_lambda_and_box_per_global_batch(train_shards, repeats):
+    spec = dataclasses.replace(BATCH_SPEC, repeats=repeats)
+    draws = []
+    for world in (1, 2):
+        per_batch: dict[int, set] = {}
+        for rank in range(world):
+            ds = views(train_shards, spec=spec, view_pool=None, rank=rank, world=world, lanes=2, interleave=2,
+                       batch_size=32)
+            for b, plan in enumerate(ds.plans()):
+                mixed = [shard.views[i] for shard, rows in plan for i in rows]
+                assert all(v.partner for v in mixed), "mix_prob 1: every row of a batch mixes"
+                per_batch.setdefault(b, set()).update((v.lam, v.mix_box) for v in mixed)
+        assert all(len(d) == 1 for d in per_batch.values()), "one draw for the whole global batch, on every rank"
+        draws.append(per_batch)
+    assert draws[0] == draws[1] and len({next(iter(d)) for d in draws[0].values()}) > 1
+    with pytest.raises(ConfigError, match="needs views.pool: epochs"):
+        views(train_shards, spec=spec, view_pool=2)

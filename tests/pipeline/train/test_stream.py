@@ -15,7 +15,7 @@ from pipeline.errors import DataError, StoreError
 from pipeline.labels import open_partition, write_partition
 from pipeline.labels.contract import LabelRef, ShardRef
 from pipeline.train import train_segment
-from pipeline.train.order import EpochOrder, rank_slice
+from pipeline.labels.order import EpochOrder, rank_slice
 from pipeline.train.stream import load_shard, make_batch
 from tests.pipeline.train.helpers import loaded_batches, write_teacher_labels
 

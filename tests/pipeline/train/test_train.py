@@ -13,7 +13,7 @@ from maskedkd import teacher_flops
 from pipeline.errors import ConfigError
 from pipeline.models import create_model
 from pipeline.train import OnlineTeacher, evaluate, train_segment
-from pipeline.train.order import EpochOrder
+from pipeline.labels.order import EpochOrder
 from pipeline.train.stream import load_shard, make_batch
 from tests.pipeline.train.helpers import VIT, loaded_batches, write_teacher_labels
 

@@ -39,6 +39,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from maskedkd.views import ViewSpec, mix_pairs
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import ShardRef, derive_seed, epoch_shards
 
@@ -184,12 +185,40 @@ class EpochOrder:
                 out.append((self.shards[int(si)], rows[who == si]))
         return out
 
+    def batch_of(self, shard: str) -> np.ndarray:
+        """The global batch each row of shard ``shard`` is trained in, ``-1`` where it sits the epoch out:
+        int64 ``[repeats * n]`` over the rows written as in a plan (``r * n + row``); all ``-1`` for a
+        shard the epoch does not read. What ``mix_mode: batch`` draws a pair's lambda and box by."""
+        ref = next((s for s in self.shards if s.name == shard), None)
+        if ref is None:
+            return np.full(0, -1, dtype=np.int64)
+        out = np.full(self.repeats * ref.rows, -1, dtype=np.int64)
+        pos = np.flatnonzero(self._shard == self.shards.index(ref))
+        lane, within = pos // max(self.lane_rows, 1), pos % max(self.lane_rows, 1)
+        b = within // self.chunk
+        used = (lane < self.lanes) & (b < self.steps)
+        out[self._row[pos[used]]] = b[used]
+        return out
+
     def batches(self, start: int = 0) -> Iterator[list[PlanSegment]]:
         """Global batches ``start, start + 1, ...`` of the epoch."""
         for b in range(start, self.steps):
             yield self.batch(b)
 
     __iter__ = batches
+
+
+def epoch_order(shards: Sequence[ShardRef], *, seed: int, epoch: int, batch_size: int, lanes: int, interleave: int,
+                spec: ViewSpec, view_seed: int, view_epoch: int) -> EpochOrder:
+    """The trainer's order of epoch ``epoch`` for views of ``spec`` at view epoch ``view_epoch`` (seeded
+    by ``view_seed``): their mixing pairs kept together and their repeats (what the trainer and, for
+    ``mix_mode: batch``, precompute build)."""
+    pairs = None
+    if spec.pairs:
+        def pairs(ref: ShardRef) -> np.ndarray:
+            return mix_pairs(view_seed, view_epoch, ref.name, ref.rows)
+    return EpochOrder(shards, seed=seed, epoch=epoch, batch_size=batch_size, lanes=lanes, interleave=interleave,
+                      pairs=pairs, repeats=spec.repeats)
 
 
 def rank_slice(segments: Sequence[tuple[object, np.ndarray]], rank: int, world: int) -> list:

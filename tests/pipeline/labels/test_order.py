@@ -1,4 +1,4 @@
-"""The epoch order (pipeline.train.order): shards interleaved in lanes, a pure function of the seed
+"""The epoch order (pipeline.labels.order): shards interleaved in lanes, a pure function of the seed
 and epoch, independent of the world size; pairs kept together; each rank reads its own shards."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from maskedkd.views import mix_pairs
 from pipeline.errors import ConfigError
 from pipeline.labels.contract import ShardRef
-from pipeline.train.order import EpochOrder, epoch_steps, rank_slice
+from pipeline.labels.order import EpochOrder, epoch_steps, rank_slice
 
 SHARDS = [ShardRef(f"s{i:03d}", f"/nowhere/s{i:03d}.tar", 128) for i in range(32)]  # index arithmetic: nothing read
 
@@ -154,3 +154,24 @@ def test_repeats_one_is_the_order_without_repeats():
 def test_repeats_need_as_many_shards():
     with pytest.raises(ConfigError, match="views.repeats 3 needs at least 3 training shards"):
         EpochOrder(SHARDS[:2], seed=0, epoch=0, batch_size=8, repeats=3)
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_batch_of_names_the_global_batch_every_row_is_trained_in(repeats):
+    pair_fn = lambda ref: mix_pairs(0, 0, ref.name, ref.rows)  # noqa: E731
+    shards = [ShardRef(f"s{i:03d}", f"/nowhere/s{i:03d}.tar", 100 + i) for i in range(9)]  # odd sizes: rows left out
+    order = EpochOrder(shards, seed=3, epoch=1, batch_size=64, lanes=4, interleave=2, pairs=pair_fn, repeats=repeats)
+    want: dict[tuple[str, int], int] = {}
+    for b, batch in enumerate(order):
+        for ref, rows in batch:
+            for r in rows:
+                want[(ref.name, int(r))] = b
+    for ref in shards:
+        got = order.batch_of(ref.name)
+        if ref not in order.shards:
+            assert len(got) == 0
+            continue
+        assert len(got) == repeats * ref.rows
+        assert {(ref.name, int(r)): int(b) for r, b in enumerate(got) if b >= 0} == \
+               {k: v for k, v in want.items() if k[0] == ref.name}
+        assert (got < 0).sum() < ref.rows * repeats, "most rows are trained"
