@@ -10,14 +10,12 @@ from maskedkd import needs_saliency, resolve_keep, view_spec_fingerprint
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import segment_view_epochs, shard_refs
+from pipeline.labels.contract import reused_mask, segment_view_epochs, shard_refs, stored_mask
 from pipeline.labels.reader import open_partition
 from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
     reuse_expect,
-    reused_mask,
-    stored_mask,
     task_fingerprints,
 )
 
