@@ -49,7 +49,7 @@ def labels_inspect(path: str, as_json: bool) -> None:
         "fingerprints " + "  ".join(f"{k} {(v or '-')[:12]}" for k, v in sorted(fps.items())),
         "",
         f"teacher top-1 agrees with label   {info['teacher_top1_agreement']:.1%}",
-        f"mean kept fraction                {info['mean_kept_fraction']:.3f}",
+        f"mean kept fraction                {_kept_fraction(info)}",
         "mean top-K probability mass       "
         + ("n/a (all classes stored)" if info["mean_topk_mass"] is None else f"{info['mean_topk_mass']:.3f}"),
         "",
@@ -57,6 +57,16 @@ def labels_inspect(path: str, as_json: bool) -> None:
     ]
     lines += [f"{c['name']:<13} {c['type']:<38} {c['bytes_per_row']:>9.2f}" for c in info["columns"]]
     click.echo("\n".join(lines))
+
+
+def _kept_fraction(info: dict) -> str:
+    """The mean kept fraction, or n/a naming the forward policy whose rows store no keep set."""
+    forward = info["forward_policy"]
+    if forward is None:
+        return f"{info['mean_kept_fraction']:.3f}"
+    return (f"n/a (policy {forward['policy']} keeps no patch set: the teacher saw the whole view, its forward cut "
+            f"to the cost of keep {forward['keep']} of {info['metadata']['layout']['num_patches']} = "
+            f"{forward['keep_fraction']:.3f})")
 
 
 @click.command("verify")

@@ -10,7 +10,9 @@ A label partition is only usable if both sides derive the same things independen
   :func:`epoch_partitions`, :func:`segment_partitions`);
 - which view columns a partition stores and the trainer compares (:func:`store_view_columns`,
   :func:`check_views`);
-- how a model renders a view (:class:`RenderSpec`, :func:`render_spec`).
+- how a model renders a view (:class:`RenderSpec`, :func:`render_spec`);
+- what a partition's ``keep`` column holds, by its mask spec (:func:`reused_mask`,
+  :func:`stored_mask`: a keep set, or an empty one for a forward policy).
 
 Both sides import these rules from here; neither imports the other.
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch.nn as nn
 
+from maskedkd import POLICIES
 from maskedkd.centre_crop import centre_crop
 from maskedkd.digests import resize_digest
 from maskedkd.resize import check_resize
@@ -189,6 +192,24 @@ def segment_partitions(shards: Sequence[ShardRef], epochs: range, *, pool: int |
     wanted = {(ref.name, v) for e in epochs for ref, v in epoch_partitions(shards, e, pool=pool, spec=spec, seed=seed)}
     view_epochs = sorted({v for _, v in wanted})
     return [(ref, v) for ref in shards for v in view_epochs if (ref.name, v) in wanted]
+
+
+def reused_mask(policy: str, keep: int | None) -> tuple[str, int] | None:
+    """What a partition's rows are comparable by: ``None`` for keep sets (any keep-set policy, and
+    every policy with all patches: rows match when their stored keep sets do), ``(policy, keep)``
+    for a forward policy below all patches, whose rows store no keep set and serve exactly that
+    policy at that keep. A name this process does not know as a keep-set policy counts as a
+    forward one, so labels of a policy registered elsewhere are never taken for keep sets."""
+    if keep is None or policy in POLICIES:
+        return None
+    return policy, int(keep)
+
+
+def stored_mask(metadata: dict[str, Any]) -> tuple[str, int] | None:
+    """:func:`reused_mask` of a stored partition, from its metadata's mask spec (partitions without
+    one predate forward policies: keep sets)."""
+    mask = (metadata.get("specs") or {}).get("mask") or {}
+    return reused_mask(mask.get("policy", "student"), mask.get("keep"))
 
 
 def store_view_columns(views: Sequence[View], spec: ViewSpec) -> dict[str, np.ndarray]:

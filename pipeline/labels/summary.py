@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from pipeline.labels.contract import stored_mask
 from pipeline.labels.reader import Partition, open_partition
 
 
@@ -15,6 +16,12 @@ def summarize(path: str) -> dict[str, Any]:
     The statistics stream the whole file: ``teacher_top1_agreement`` (teacher's arg-max equals
     ``label``), ``mean_kept_fraction`` (of the patch grid) and ``mean_topk_mass`` (teacher
     probability held by the K stored classes; None with ``topk: all``).
+
+    A forward policy below all patches (``lowres``, ``tome``) keeps no patch set: the teacher saw
+    the whole view and its forward was cut to the cost of ``keep`` patches, and its rows store an
+    empty ``keep`` column. Its ``mean_kept_fraction`` is None (not 0, which would say the teacher
+    saw nothing), and ``forward_policy`` names the policy, its keep and ``keep / num_patches``
+    (the budget, not patches seen); ``forward_policy`` is None for keep sets.
     """
     with open_partition(path) as partition:
         rows, agree, kept, mass = partition.num_rows, 0, 0.0, 0.0
@@ -28,6 +35,8 @@ def summarize(path: str) -> dict[str, Any]:
         column_bytes = column_bytes_per_row(partition)
         schema = partition.schema
         denominator = max(rows, 1)
+        num_patches = partition.layout.num_patches
+        forward = stored_mask(partition.metadata)
         return {
             "path": path,
             "rows": rows,
@@ -40,7 +49,9 @@ def summarize(path: str) -> dict[str, Any]:
             ],
             "metadata": partition.metadata,
             "teacher_top1_agreement": agree / denominator,
-            "mean_kept_fraction": kept / (denominator * partition.layout.num_patches),
+            "mean_kept_fraction": None if forward is not None else kept / (denominator * num_patches),
+            "forward_policy": None if forward is None else
+            {"policy": forward[0], "keep": forward[1], "keep_fraction": forward[1] / num_patches},
             "mean_topk_mass": None if partition.layout.topk == "all" else mass / denominator,
         }
 

@@ -11,15 +11,13 @@ from maskedkd.views import ViewSpec
 from pipeline.data.manifest import DatasetManifest
 from pipeline.errors import StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import ShardRef, segment_partitions, shard_refs
+from pipeline.labels.contract import ShardRef, reused_mask, segment_partitions, shard_refs, stored_mask
 from pipeline.labels.order import epoch_order
 from pipeline.labels.reader import open_partition
 from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
     reuse_expect,
-    reused_mask,
-    stored_mask,
     task_fingerprints,
 )
 

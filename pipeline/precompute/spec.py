@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskedkd import POLICIES
 from pipeline._fingerprint import sha256_file, sha256_json
 from pipeline._gpu import uses_tf32
 from pipeline._version import __version__
@@ -149,24 +148,6 @@ def reuse_expect(fingerprints: dict[str, str | None]) -> dict[str, Any]:
     fingerprints (``open_partition(path, expect=...)``): same teacher, shard, views and label
     spec; only the mask (student checkpoint, policy, keep) may differ."""
     return {"fingerprints": {k: fingerprints[k] for k in REUSE_FINGERPRINTS}}
-
-
-def reused_mask(policy: str, keep: int | None) -> tuple[str, int] | None:
-    """What a partition's rows are comparable by: ``None`` for keep sets (any keep-set policy, and
-    every policy with all patches: rows match when their stored keep sets do), ``(policy, keep)``
-    for a forward policy below all patches, whose rows store no keep set and serve exactly that
-    policy at that keep. A name this process does not know as a keep-set policy counts as a
-    forward one, so labels of a policy registered elsewhere are never taken for keep sets."""
-    if keep is None or policy in POLICIES:
-        return None
-    return policy, int(keep)
-
-
-def stored_mask(metadata: dict[str, Any]) -> tuple[str, int] | None:
-    """:func:`reused_mask` of a stored partition, from its metadata's mask spec (partitions without
-    one predate forward policies: keep sets)."""
-    mask = (metadata.get("specs") or {}).get("mask") or {}
-    return reused_mask(mask.get("policy", "student"), mask.get("keep"))
 
 
 def specs_record(t: PartitionTask) -> dict[str, Any]:

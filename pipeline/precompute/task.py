@@ -38,7 +38,7 @@ from pipeline._version import __version__
 from pipeline.data.shards import Sample
 from pipeline.errors import DataError, NumericError, StoreError
 from pipeline.labels import paths
-from pipeline.labels.contract import RenderSpec, store_view_columns
+from pipeline.labels.contract import RenderSpec, reused_mask, store_view_columns, stored_mask
 from pipeline.labels.heal import partition_problem, quarantine
 from pipeline.labels.reader import open_partition
 from pipeline.labels.writer import write_partition
@@ -55,9 +55,7 @@ from pipeline.precompute.spec import (
     ModelSpec,
     PartitionTask,
     reuse_expect,
-    reused_mask,
     specs_record,
-    stored_mask,
 )
 from pipeline.precompute.worker import get_cached, worker_device
 
@@ -132,7 +130,7 @@ def _keep_sets(t: PartitionTask, renders: _Renders, n_patches: int, grid: tuple[
 
     A forward policy below all patches (``lowres``) has no keep set: its rows store an empty one
     (the teacher saw the whole view, cheapened inside its forward; the partition's mask spec says
-    how), which no keep-set policy ever stores, and :func:`pipeline.precompute.spec.reused_mask`
+    how), which no keep-set policy ever stores, and :func:`pipeline.labels.contract.reused_mask`
     keeps its rows apart from those of keep sets.
     """
     views = renders.views

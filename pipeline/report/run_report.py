@@ -42,7 +42,9 @@ def precompute_fields(info: Mapping[str, Any]) -> dict[str, Any]:
             # None in a lock written before they were recorded: the report says "not recorded"
             "saliency_macs": info.get("saliency_macs"), "spot_check_macs": info.get("spot_check_macs", (info.get("auto") or {}).get("teacher_macs")),
             "reuse_check_macs": reuse, "net_macs": None if reuse is None else info.get("net_macs"),  # net without it: not net
-            "precompute_s": info.get("seconds"), "auto": info.get("auto")}
+            "precompute_s": info.get("seconds"), "auto": info.get("auto"),
+            # with masking.policy: auto, the policy the runner chose for this milestone (None: not chosen)
+            "policy": (info.get("auto") or {}).get("policy")}
 
 
 def train_fields(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +110,32 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, ylabel: str, tit
     plt.close(fig)
 
 
+def _policy_named(cfg, segments: Sequence[Mapping[str, Any]], quote: str = "`") -> str:
+    """``masking.policy`` as the report names it: with ``policy: auto`` the policy and keep the
+    runner chose (the lock's ``auto.policy`` and ``keep`` of each precompute stage), ``auto → tome
+    (keep 31)``, per milestone where they differ; ``auto`` alone before any milestone chose.
+    ``quote`` wraps each policy name."""
+    auto = f"{quote}auto{quote}"
+    if cfg.masking.policy != "auto":
+        return f"{quote}{cfg.masking.policy}{quote}"
+    chosen = [(s["segment"], f"{quote}{s['policy']}{quote} ({_keep_named(s['keep'], cfg.num_patches)})")
+              for s in segments if s["policy"] is not None]
+    if not chosen:
+        return auto
+    if len({named for _, named in chosen}) == 1:
+        return f"{auto} → {chosen[0][1]}"
+    return f"{auto} → " + ", ".join(f"milestone {i} {named}" for i, named in chosen)
+
+
+def _keep_named(keep: int | None, num_patches: int) -> str:
+    return f"all {num_patches} patches" if keep == num_patches else f"keep {fmt_number(keep, 'd')}"
+
+
+def _chose(segment: Mapping[str, Any]) -> str:
+    """`` (tome)``: the policy ``policy: auto`` chose for a milestone, after its keep in the table."""
+    return "" if segment["policy"] is None else f" ({segment['policy']})"
+
+
 def _gmacs(macs: int | None) -> str:
     return NOT_RECORDED if macs is None else f"{macs / 1e9:.2f}"
 
@@ -143,7 +171,7 @@ def _student_plot(cfg, data: Mapping[str, Any], out: Path, baseline: Baseline | 
     ep = [e for e in data["epochs"] if "val_top1" in e]
     if not ep:
         return False
-    row = row_label(cfg.name, cfg.teacher.model, cfg.train.kd, cfg.online, cfg.masking.policy)
+    row = row_label(cfg.name, cfg.teacher.model, cfg.train.kd, cfg.online, _policy_named(cfg, data["segments"], quote=""))
     more = {f"baseline {baseline.label} val": ([e + 1 for e, _ in baseline.epochs], [t for _, t in baseline.epochs])} \
         if baseline is not None else None
     teacher = None if data["teacher_top1"] is None else \
@@ -163,7 +191,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
     seg = [s for s in data["segments"] if s["teacher_top1_masked"] is not None]
     if seg:
         _plot(out / "teacher_masked_accuracy.png", [s["segment"] for s in seg],
-              {cfg.masking.policy: [s["teacher_top1_masked"] for s in seg]},
+              {_policy_named(cfg, data["segments"], quote=""): [s["teacher_top1_masked"] for s in seg]},
               "milestone", "teacher top-1 on its views", "Teacher accuracy on masked views")
         _plot(out / "rows_reused.png", [s["segment"] for s in seg],
               {"reused": [s["reused"] / max(1, s["rows"]) for s in seg]}, "milestone", "fraction of rows", "Teacher rows reused")
@@ -174,7 +202,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
         f"# Run `{cfg.name}`", "", *headline_lines(data, baseline),
         # a cross-entropy-only run (a baseline) has no masks: its masking section is unused
         ("Config: cross-entropy only (`train.kd: off`: no teacher labels, masking unused), " if cfg.train.kd == "off" else
-         f"Config: policy `{cfg.masking.policy}`, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, ") +
+         f"Config: policy {_policy_named(cfg, data['segments'])}, keep {cfg.keep_for_segment(0)} of {cfg.num_patches} patches, ") +
         f"{cfg.schedule.epochs} epochs, milestones {cfg.schedule.milestones}, lag {cfg.schedule.lag}, "
         f"tolerance {cfg.masking.tolerance}, online {cfg.online}.", "",
         f"Teacher val top-1: {fmt_number(data['teacher_top1'])}.", "",
@@ -191,7 +219,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
               "train s |", "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["segments"]:
         lines.append(
-            f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')} | {fmt_number(s['source'])} | "
+            f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')}{_chose(s)} | {fmt_number(s['source'])} | "
             f"{s['rows']} | {s['computed']} | {s['reused']} | {s['reused_tolerance']} | "
             f"{fmt_number(s['spot_check_kl'], '.2e')} | {fmt_number(s['teacher_top1_masked'])} | "
             f"{s['teacher_macs'] / 1e9:.2f} | {_gmacs(s['saliency_macs'])} | {_gmacs(s['net_macs'])} | "
@@ -200,18 +228,19 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
     ratio = spent / full if full else float("nan")
     lines += ["", f"Teacher compute: {spent / 1e9:.2f} GMACs spent, {full / 1e9:.2f} GMACs for full-teacher KD on the "
               f"same rows ({fmt_number(ratio, '.2%')}).", ""]
-    auto = {f"milestone {s['segment']}": s["auto"] for s in data["segments"] if s.get("auto")}
+    # with policy: auto each milestone's curve is its chosen policy's, named beside it
+    auto = {f"milestone {s['segment']}{_chose(s)}": s["auto"] for s in data["segments"] if s.get("auto")}
     if auto:
         n = cfg.num_patches
         first = next(iter(auto.values()))
         lines += ["## Fidelity spot-check (masking.keep: auto)", "",
                   f"Before each segment was labelled, {first['samples']} seeded views of it went through the unmasked "
-                  f"teacher and the masked teacher at each keep of the ladder (policy `{cfg.masking.policy}`, masks "
+                  f"teacher and the masked teacher at each keep of the ladder (policy {_policy_named(cfg, data['segments'])}, masks "
                   f"from the milestone's checkpoint); the keep marked ← is the smallest within the budget "
                   f"({first['budget']}), all {n} patches when none is. The spot-checks' own teacher MACs are included "
                   f"in the GMACs above.", ""]
         chosen = {label: (None if s["keep"] == n else s["keep"]) for label, s in
-                  ((f"milestone {s['segment']}", s) for s in data["segments"] if s.get("auto"))}
+                  ((f"milestone {s['segment']}{_chose(s)}", s) for s in data["segments"] if s.get("auto"))}
         lines += curve_table({k: v["curve"] for k, v in auto.items()}, n, chosen) + [""]
         plot_curves(out / "fidelity_curves.png", {k: v["curve"] for k, v in auto.items()}, n,
                     f"{cfg.name}: masked teacher vs unmasked, per milestone")

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -35,6 +36,26 @@ def test_inspect_text_and_json(write, data, capsys):
     assert info["mean_kept_fraction"] == pytest.approx(data["keep"].mean())
     assert 0.5 < info["mean_topk_mass"] <= 1.0
     assert info["metadata"]["fingerprints"]["teacher"] and [c["name"] for c in info["columns"]][:2] == ["key", "label"]
+
+
+@pytest.mark.parametrize("policy", ["lowres", "tome"])
+def test_inspect_a_forward_policy_says_its_kept_fraction_is_not_applicable(write, data, metadata, capsys, policy):
+    # a forward policy's rows store an empty keep set (precompute's _keep_sets): the teacher saw the
+    # whole view, so a mean kept fraction of 0 would be false
+    md = {**metadata, "specs": {"mask": {"policy": policy, "keep": 12, "tolerance": 0}}}
+    path = write(metadata=md, keep=np.zeros_like(data["keep"])).path
+    code, out, _ = run(capsys, "labels", "inspect", path, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["mean_kept_fraction"] is None
+    assert info["forward_policy"] == {"policy": policy, "keep": 12, "keep_fraction": pytest.approx(12 / 49)}
+    code, out, _ = run(capsys, "labels", "inspect", path)
+    line = next(x for x in out.splitlines() if x.startswith("mean kept fraction"))
+    assert code == 0 and f"n/a (policy {policy} keeps no patch set" in line and "keep 12 of 49 = 0.245" in line
+    # a keep-set policy's partition, and a forward policy's with all patches, still report the fraction
+    for mask in ({"policy": "student", "keep": 24}, {"policy": policy, "keep": None}):
+        path = write(metadata={**metadata, "specs": {"mask": mask}}).path
+        info = json.loads(run(capsys, "labels", "inspect", path, "--json")[1])
+        assert info["forward_policy"] is None and info["mean_kept_fraction"] == pytest.approx(data["keep"].mean())
 
 
 def test_inspect_all_logits_directory_and_bad_file(write, data, capsys, tmp_path):

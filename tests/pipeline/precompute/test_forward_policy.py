@@ -15,9 +15,10 @@ from maskedkd.views import ViewSpec, shard_views
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shards import read_shard
+from pipeline.labels.contract import reused_mask
 from pipeline.models import create_model
 from pipeline.precompute.probe import plan_probe, probe_policies, run_probe
-from pipeline.precompute.spec import model_spec, reused_mask
+from pipeline.precompute.spec import model_spec
 from pipeline.precompute.task import run_partition
 from pipeline.run.stages import auto_choice
 from tests.pipeline.precompute.conftest import stage_doc

@@ -163,3 +163,35 @@ def test_an_ema_run_says_the_emas_top1_beside_the_trained_weights(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("Student EMA"))
     assert "val top-1 0.75" in line and "after epoch 3" in line and "trained weights 0.61" in line
 
+
+
+def _auto_lock(full: int, chosen: list[tuple[str, int]]) -> dict:
+    """``infos`` of a ``masking.policy: auto`` run whose milestone i chose ``chosen[i]`` (policy,
+    keep), recorded as the runner does: ``auto.policy`` and ``keep`` in the precompute stage's info."""
+    lock = infos(full)
+    for i, (policy, keep) in enumerate(chosen):
+        curve = [{"keep": k, "top1": 0.7, "agreement": 0.95, "kl": 0.1, "macs": k * full // 16, "saliency_macs": 0}
+                 for k in (4, 8, 12)] + [{"keep": None, "top1": 0.8, "agreement": 1.0, "kl": 0.0, "macs": full}]
+        lock[f"precompute-{i}"].update(keep=keep, auto={
+            "budget": "agreement >= 0.9", "reason": "the fewest net MACs", "curve": curve, "samples": 64,
+            "teacher_macs": 0, "teacher_forwards": 0, "policy": policy, "curves": {policy: curve}})
+    return lock
+
+
+def test_policy_auto_names_the_policy_and_keep_the_runner_chose(tmp_path):
+    cfg = config(tmp_path, masking__policy="auto", masking__keep="auto", masking__budget={"agreement": 0.9})
+    full = full_teacher_macs_per_view(cfg)
+    out = tmp_path / "out"
+    out.mkdir()
+    text = write_report(cfg, Lock(_auto_lock(full, [("tome", 8), ("tome", 8)])), out, expand(cfg)).read_text()
+    assert "Config: policy `auto` → `tome` (keep 8), keep auto of 16 patches," in text
+    assert "| 0 | 0-1 | 8 (tome) |" in text and "| 1 | 2-3 | 8 (tome) |" in text
+    assert "| milestone 0 (tome) | 8 ← |" in text and "(policy `auto` → `tome` (keep 8), masks" in text
+    # milestones that chose differently are named one by one (all patches: the full teacher)
+    text = write_report(cfg, Lock(_auto_lock(full, [("tome", 8), ("student", 16)])), out, expand(cfg)).read_text()
+    assert "Config: policy `auto` → milestone 0 `tome` (keep 8), milestone 1 `student` (all 16 patches), keep auto" in text
+    assert "| 1 | 2-3 | 16 (student) |" in text and "| milestone 1 (student) | 16 ← |" in text
+    # a lock that records no choice (nothing labelled yet) still says auto, and a fixed policy is unchanged
+    assert "Config: policy `auto`, keep auto" in write_report(cfg, Lock({}), out, expand(cfg)).read_text()
+    text = write_report(config(tmp_path), Lock(infos(full)), out, expand(config(tmp_path))).read_text()
+    assert "Config: policy `student`, keep 8 of 16 patches," in text and "| 0 | 0-1 | 8 | " in text
