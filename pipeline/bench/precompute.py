@@ -63,7 +63,7 @@ def rendered_batches(tasks: Sequence, who: str, batch: int | None = None) -> Ite
     for t in tasks:
         samples = list(read_shard(t.shard_path))[: t.limit]
         views = shard_views(ViewSpec.from_dict(t.view_spec), t.view_seed, t.view_epoch, [s.key for s in samples],
-                            shard=t.shard)
+                            shard=t.shard, batches=t.mix_batches)
         r, size = getattr(t, who).render, batch or t.batch_size
         for i in range(0, len(samples), size):
             yield t, render_batch([s.image for s in samples[i:i + size]], views[i:i + size], r.size,
