@@ -404,6 +404,9 @@ def sample_view(
         this is :func:`shard_views` ``[position]``.
     """
     if spec.pairs:
+        if spec.mix_mode == "batch":
+            raise ValueError("sample_view: a mix_mode batch view depends on its global batch: draw the shard's "
+                             "views with shard_views(..., batches=EpochOrder.batch_of(shard))")
         position, shard_keys = _checked_position(key, position, shard_keys)
         return shard_views(spec, seed, epoch, shard_keys, shard=shard)[position]
     view, rng = _draw_view(spec, seed, key, epoch)

@@ -151,6 +151,29 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def repeat_parts(shards: Sequence[ShardRef], repeats: int, tiebreak: Sequence[int] | None = None) -> list[list[int]]:
+    """The shards (indices) of each of a cycle's ``repeats`` parts, balanced by rows: the shards, largest
+    first (equal ones in ``tiebreak`` order: each one's rank, default their own order), each go to
+    the part with the fewest rows so far (the lowest part on a tie). The parts' row counts do not
+    depend on ``tiebreak`` (only which of equal shards goes where), so neither does an epoch's
+    length (:func:`pipeline.labels.order.epoch_rows`); they differ by at most one shard's rows.
+
+    Raises:
+        ConfigError: fewer shards than repeats.
+    """
+    if len(shards) < repeats:
+        raise ConfigError(f"views.repeats {repeats} needs at least {repeats} training shards, there are {len(shards)}: "
+                          f"an epoch trains on 1/repeats of the shards")
+    rank = list(range(len(shards))) if tiebreak is None else [int(r) for r in tiebreak]
+    parts: list[list[int]] = [[] for _ in range(repeats)]
+    rows = [0] * repeats
+    for i in sorted(range(len(shards)), key=lambda i: (-shards[i].rows, rank[i])):
+        k = min(range(repeats), key=lambda p: (rows[p], p))
+        parts[k].append(i)
+        rows[k] += shards[i].rows
+    return parts
+
+
 def epoch_shards(shards: Sequence[ShardRef], seed: int, epoch: int, repeats: int = 1) -> list[ShardRef]:
     """The shards training epoch ``epoch`` reads: all of them, or with ``repeats`` R (repeated
     augmentation) one R-th of them, each of whose rows it trains on R times.
@@ -158,8 +181,11 @@ def epoch_shards(shards: Sequence[ShardRef], seed: int, epoch: int, repeats: int
     DeiT's ``RASampler`` keeps an epoch at the dataset's size by training on a random third of the
     images, three times each. Here the third is a set of whole shards, so an epoch reads 1/R of
     the data and precompute labels only the shards an epoch uses: every R consecutive epochs
-    (``epoch // R``, a cycle) split a permutation of the shards seeded by ``(seed, cycle)`` into R
-    parts, and epoch ``epoch`` takes part ``epoch % R``; a cycle visits every shard once.
+    (``epoch // R``, a cycle) split the shards into R parts of about equal rows
+    (:func:`repeat_parts`, equal shards shuffled by ``(seed, cycle)``), and epoch ``epoch`` takes
+    part ``epoch % R``; a cycle visits every shard once. An epoch trains on R times the smallest
+    part's rows, the same every epoch: a larger part's last rows in the epoch's order sit it out
+    (at most one shard's rows, R times).
 
     Args:
         seed: the order seed (``train.seed``).
@@ -169,11 +195,10 @@ def epoch_shards(shards: Sequence[ShardRef], seed: int, epoch: int, repeats: int
     """
     if repeats == 1:
         return list(shards)
-    if len(shards) < repeats:
-        raise ConfigError(f"views.repeats {repeats} needs at least {repeats} training shards, there are {len(shards)}: "
-                          f"an epoch trains on 1/repeats of the shards")
     perm = np.random.default_rng(derive_seed("repeat-shards", seed, int(epoch) // repeats)).permutation(len(shards))
-    return [shards[int(i)] for i in sorted(perm[int(epoch) % repeats::repeats])]
+    rank = np.empty(len(shards), dtype=np.int64)
+    rank[perm] = np.arange(len(shards))
+    return [shards[i] for i in sorted(repeat_parts(shards, repeats, rank.tolist())[int(epoch) % repeats])]
 
 
 def epoch_partitions(shards: Sequence[ShardRef], epoch: int, *, pool: int | None, spec: ViewSpec,
@@ -242,9 +267,14 @@ def check_views(path: str, stored: Mapping[str, np.ndarray], views: Sequence[Vie
             continue
         row = _first_mismatch(got, want)
         shown = got[row] if row < len(got) else "<missing>"
+        hint = ""
+        if spec.mixes and spec.mix_mode == "batch" and name in ("view_partner", "view_lam", "view_mix_box"):
+            hint = (" (views.mix_mode batch: a mix is its global batch's, so precompute and trainer must order the "
+                    "epoch alike: train.seed, train.batch_size, train.lanes, train.interleave as the labels were planned with)")
         raise StoreError(
             f"{path}: row {row} (key {views[row].key!r}): stored {name} = {shown!r}, but the trainer derives "
             f"{want[row]!r} (view seed {seed}, view epoch {views[row].epoch}): the labels were computed on other views"
+            + hint
         )
 
 

@@ -30,7 +30,8 @@ stands for its R repeats, adjacent in the stream (``(a, 0), (b, 0), (a, 1), (b, 
 row's repeats are trained in the same global batch where the chunk allows, as DeiT's sampler does.
 A row of repeat ``r`` of a shard of ``n`` rows is written ``r * n + row`` in a plan
 (:func:`split_repeats`). ``N`` is then fixed by the shard list, not by the epoch's draw: R times
-the rows of the smallest ``S // R`` shards (:func:`epoch_rows`), so every epoch has as many batches.
+the rows of the smallest of the R parts a cycle splits the shards into (:func:`epoch_rows`), so
+every epoch has as many batches.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 
 from maskedkd.views import ViewSpec, mix_pairs
 from pipeline.errors import ConfigError
-from pipeline.labels.contract import ShardRef, derive_seed, epoch_shards
+from pipeline.labels.contract import ShardRef, derive_seed, epoch_shards, repeat_parts
 
 PlanSegment = tuple[ShardRef, np.ndarray]  # a shard and rows of it, in batch order
 PairsOf = Callable[[ShardRef], np.ndarray]  # each row's partner (a row index, -1: none)
@@ -63,12 +64,12 @@ def stream_rows(shards: Sequence[ShardRef], pairs: bool) -> int:
 
 
 def epoch_rows(shards: Sequence[ShardRef], pairs: bool, repeats: int = 1) -> int:
-    """``N``, the rows an epoch trains on: the stream's, or with ``repeats`` R, R times the rows of the
-    ``S // R`` smallest shards (what any epoch's 1/R of the shards holds at least)."""
+    """``N``, the rows an epoch trains on: the stream's, or with ``repeats`` R, R times the stream rows
+    of the smallest of a cycle's R parts (:func:`~pipeline.labels.contract.repeat_parts`: what every
+    epoch's part holds at least)."""
     if repeats == 1:
         return stream_rows(shards, pairs)
-    usable = sorted(s.rows - (s.rows % 2 if pairs else 0) for s in shards)
-    return repeats * sum(usable[:len(shards) // repeats])
+    return repeats * min(stream_rows([shards[i] for i in part], pairs) for part in repeat_parts(shards, repeats))
 
 
 def lane_rows(shards: Sequence[ShardRef], lanes: int, pairs: bool, repeats: int = 1) -> int:
@@ -81,6 +82,19 @@ def epoch_steps(shards: Sequence[ShardRef], batch_size: int, lanes: int = 1, pai
                 repeats: int = 1) -> int:
     """Global batches per epoch: the same for every epoch, world size and loader worker count."""
     return lane_rows(shards, lanes, pairs, repeats) // (batch_size // lanes)
+
+
+def checked_steps(shards: Sequence[ShardRef], batch_size: int, lanes: int = 1, pairs: bool = False,
+                  repeats: int = 1) -> int:
+    """:func:`epoch_steps`, refusing an epoch without a batch with a :class:`ConfigError` that says how
+    many rows an epoch trains on."""
+    steps = epoch_steps(shards, batch_size, lanes, pairs, repeats)
+    if steps < 1:
+        rows, total = epoch_rows(shards, pairs, repeats), sum(s.rows for s in shards)
+        why = f"; views.repeats {repeats}: {repeats} x the smallest of {repeats} parts of the shards" if repeats > 1 else ""
+        of = f" (of {total} samples{why})" if rows != total else ""
+        raise ConfigError(f"train.batch_size {batch_size} is larger than the {rows} rows an epoch trains on{of}")
+    return steps
 
 
 def split_repeats(rows: np.ndarray, shard_rows: int, repeats: int) -> list[tuple[int, np.ndarray]]:

@@ -43,7 +43,7 @@ from maskedkd.targets import SoftTarget
 from maskedkd.views import ViewSpec, repeat_view_epochs
 from pipeline.errors import ConfigError, StoreError
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef, epoch_shards, view_epoch_of
-from pipeline.labels.order import EpochOrder, PlanSegment, check_order, epoch_order, epoch_steps, rank_slice, split_repeats
+from pipeline.labels.order import EpochOrder, PlanSegment, check_order, checked_steps, epoch_order, rank_slice, split_repeats
 from pipeline.train.stream import Batch, LoadedShard, Segment, ShardPrefetcher, load_repeats, make_batch
 
 if TYPE_CHECKING:  # annotations only
@@ -150,11 +150,7 @@ class LabeledViews(IterableDataset):
             raise ConfigError(f"views.mix_mode batch draws a mix per global batch of one epoch: it needs views.pool: "
                               f"epochs, not {view_pool}")
         self._order: EpochOrder | None = None  # built when first needed, not sent to loader workers
-        rows = sum(s.rows for s in self.shards)
-        self.steps = epoch_steps(self.shards, self.batch_size, self.lanes, spec.pairs, spec.repeats)
-        if self.steps < 1:
-            per_epoch = "" if spec.repeats == 1 else f" an epoch trains on with views.repeats {spec.repeats}"
-            raise ConfigError(f"train.batch_size {self.batch_size} is larger than the {rows} training samples{per_epoch}")
+        self.steps = checked_steps(self.shards, self.batch_size, self.lanes, spec.pairs, spec.repeats)
         self.labels: dict[str, list[LabelRef]] | None = None
         if labels is not None:
             refs = {k: LabelRef.of(v) for k, v in labels.items()}
@@ -177,7 +173,8 @@ class LabeledViews(IterableDataset):
                 :class:`pipeline.config.StageConfig`. The run lock is ``<run_dir>/run.lock.json``.
             epoch: a training epoch of the run (``0 .. schedule.epochs - 1``).
             overrides: ``--set``-style overrides, as the run was given them.
-            batch_size: the global batch size; default ``train.batch_size``.
+            batch_size: the global batch size; default ``train.batch_size`` (with ``views.mix_mode: batch``
+                the stored mixes are those of ``train.batch_size``'s batches: another size is refused).
 
         The result's ``config`` attribute holds the stage config (model names, ``train.lam`` ...).
 

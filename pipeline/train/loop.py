@@ -48,7 +48,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, NumericError, PipelineError
 from pipeline.fingerprints import SEGMENT_RECIPE_ADDED, without_defaults
 from pipeline.labels.contract import LabelRef, RenderSpec, ShardRef
-from pipeline.labels.order import check_order, epoch_steps
+from pipeline.labels.order import check_order, checked_steps
 from pipeline.models import save_checkpoint, state_dict_fingerprint
 from pipeline.placement import pin, place_model, sync_debug_mode, to_device, to_host
 from pipeline.train import dist as tdist
@@ -353,11 +353,7 @@ def _checked(cfg: TrainConfig, epochs: range, total_epochs: int, shards: Sequenc
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the world size {world}")
     check_order(cfg.batch_size, cfg.lanes, world, spec.pairs)
-    steps_per_epoch = epoch_steps(shards, cfg.batch_size, cfg.lanes, spec.pairs, spec.repeats)
-    if steps_per_epoch < 1:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {sum(s.rows for s in shards)} "
-                          f"training samples")
-    return labels, steps_per_epoch
+    return labels, checked_steps(shards, cfg.batch_size, cfg.lanes, spec.pairs, spec.repeats)
 
 
 class _Run:

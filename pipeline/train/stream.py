@@ -78,7 +78,8 @@ class LazyImages(Sequence[Image.Image]):
         """Count one render of each row, and forget a row's image after its last (``uses``: its
         repeats): rows rendered once per epoch (and mixed only within their own batch) are not
         kept while the shard stays open for its other rows (interleaved shards stay open for many
-        batches)."""
+        batches). A row whose other repeats another process renders (a lane's chunk or a rank's
+        slice cut between them) is kept until the shard is closed: at most a unit per cut."""
         for i in rows:
             self._left[i] -= 1
             if self._left[i] <= 0:
@@ -147,10 +148,12 @@ def load_shard(
     label: LabelRef | None = None,
     tau: float = 1.0,
     num_classes: int | None = None,
+    batches: np.ndarray | None = None,
 ) -> LoadedShard:
-    """Read one shard (and its label partition, in lockstep) for one view epoch: :func:`load_repeats` of one."""
+    """Read one shard (and its label partition, in lockstep) for one view epoch: :func:`load_repeats` of
+    one (``batches``: its rows' global batches, for ``mix_mode: batch``)."""
     return load_repeats(ref, spec=spec, seed=seed, view_epochs=[view_epoch], labels=[label], tau=tau,
-                        num_classes=num_classes)[0]
+                        num_classes=num_classes, batches=None if batches is None else [batches])[0]
 
 
 def load_repeats(

@@ -175,3 +175,20 @@ def test_batch_of_names_the_global_batch_every_row_is_trained_in(repeats):
         assert {(ref.name, int(r)): int(b) for r, b in enumerate(got) if b >= 0} == \
                {k: v for k, v in want.items() if k[0] == ref.name}
         assert (got < 0).sum() < ref.rows * repeats, "most rows are trained"
+
+
+def test_repeats_balance_the_parts_by_rows_so_a_small_shard_does_not_shrink_every_epoch():
+    """Shards of 1000, 1000, 1000 and 200 rows, 3 repeats: the parts are {1000 + 200}, {1000}, {1000}
+    whatever the seed, so every epoch trains 3 x 1000 rows and a cycle reads every shard once."""
+    from pipeline.labels.contract import epoch_shards
+    from pipeline.labels.order import epoch_rows
+
+    shards = [ShardRef(f"s{i}", f"/nowhere/s{i}.tar", n) for i, n in enumerate([1000, 1000, 200, 1000])]
+    assert epoch_rows(shards, False, 3) == 3000 and epoch_rows(shards, True, 3) == 3000
+    for seed in range(5):
+        parts = [epoch_shards(shards, seed, e, 3) for e in range(3 * seed, 3 * seed + 3)]
+        assert sorted(r.name for p in parts for r in p) == ["s0", "s1", "s2", "s3"]
+        assert sorted(sum(r.rows for r in p) for p in parts) == [1000, 1000, 1200]
+        for e in range(3 * seed, 3 * seed + 3):
+            order = EpochOrder(shards, seed=seed, epoch=e, batch_size=100, repeats=3)
+            assert len(order) == 30 and sum(len(r) for b in order for _, r in b) == 3000

@@ -37,11 +37,12 @@ def fashion_mnist_shards(out: Path, samples: int, shard_size: int, *, split: str
 
 def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Sequence[ShardRef], *, spec, seed: int,
                          view_epochs: Sequence[int], render, k: int | str = 5,
-                         taus: Sequence[float] = ()) -> dict[tuple[str, int], str]:
+                         taus: Sequence[float] = (), batches=None) -> dict[tuple[str, int], str]:
     """The *unmasked* teacher's top-``k`` labels on every shard's views (each shard rendered as one
     batch: test shards are small), written as a precompute would: real fingerprints of the
     teacher, shard and views in the metadata, the mask's says "none". Returns
-    ``{(shard, view_epoch): path}``."""
+    ``{(shard, view_epoch): path}``. ``batches(ref, view_epoch)``: the rows' global batches, for
+    ``mix_mode: batch`` (as precompute's plan derives them)."""
     teacher = teacher.eval()
     fps = {"teacher": model_fingerprint(teacher, VIT), "view": sha256_json({"spec": view_spec_fingerprint(spec), "seed": seed}),
            "mask": sha256_json({"policy": "none"}), "label": sha256_json({"k": k, "taus": list(taus)})}
@@ -49,7 +50,7 @@ def write_teacher_labels(store: str | Path, teacher: torch.nn.Module, shards: Se
     for ref in shards:
         fingerprints = dict(fps, shard=sha256_file(ref.path))
         for ve in view_epochs:
-            sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve)
+            sh = load_shard(ref, spec=spec, seed=seed, view_epoch=ve, batches=None if batches is None else batches(ref, ve))
             images = render_batch(sh.images, sh.views, render.size, mean=render.mean, std=render.std,
                                   interpolation=render.interpolation, partners=sh.partner, resize=render.resize)
             with torch.no_grad():

@@ -290,3 +290,21 @@ def test_batch_mixing_draws_one_lambda_and_box_per_global_batch(train_shards, re
     assert draws[0] == draws[1] and len({next(iter(d)) for d in draws[0].values()}) > 1
     with pytest.raises(ConfigError, match="needs views.pool: epochs"):
         views(train_shards, spec=spec, view_pool=2)
+
+
+def test_batch_mixing_labels_stream_under_their_order_and_another_batch_size_is_refused_naming_why(
+        tmp_path, train_shards):
+    from tests.pipeline.train.helpers import write_teacher_labels
+
+    from .conftest import teacher
+
+    def make(batch_size, labels=None):
+        return views(train_shards, labels, spec=BATCH_SPEC, view_pool=None, batch_size=batch_size, lanes=2)
+
+    order = make(32).order()  # what precompute's plan derives: each row's batch in epoch 1
+    labels = write_teacher_labels(tmp_path / "store", teacher(), train_shards, spec=BATCH_SPEC, seed=SEED,
+                                  view_epochs=[1], render=RENDER, taus=(2.0,),
+                                  batches=lambda ref, ve: order.batch_of(ref.name))
+    assert len(list(make(32, labels).batches())) == 384 // 32
+    with pytest.raises(StoreError, match="views.mix_mode batch: a mix is its global batch's"):
+        list(make(64, labels).batches())

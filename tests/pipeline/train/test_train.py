@@ -108,8 +108,10 @@ def test_bad_arguments_are_config_errors(tmp_path, train_shards, labels):
                   total_epochs=1)
     with pytest.raises(ConfigError, match="no label partitions"):
         train_segment(student(), cfg=recipe(), **common)
-    with pytest.raises(ConfigError, match="larger than the 384 training samples"):
+    with pytest.raises(ConfigError, match="larger than the 384 rows an epoch trains on"):
         train_segment(student(), cfg=recipe(batch_size=512, kd="off"), **common)
+    with pytest.raises(ConfigError, match="views.repeats 4 needs at least 4 training shards, there are 3"):
+        train_segment(student(), cfg=recipe(kd="off"), **{**common, "spec": dataclasses.replace(SPEC, repeats=4)})
     with pytest.raises(ConfigError, match="within 0..1"):
         train_segment(student(), cfg=recipe(kd="off"), **{**common, "epochs": range(0, 2)})
     with pytest.raises(ConfigError, match="the run's epochs must be >= 1"):
