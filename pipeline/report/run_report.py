@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 
+from maskedkd import needs_saliency
 from pipeline._atomic import write_atomic
 from pipeline.precompute.costs import full_teacher_macs_per_view, recorded_reuse_check_macs
 from pipeline.report.baseline import Baseline, row_label
@@ -136,6 +137,15 @@ def _chose(segment: Mapping[str, Any]) -> str:
     return "" if segment["policy"] is None else f" ({segment['policy']})"
 
 
+def _masks_from(cfg, segment: Mapping[str, Any]) -> str:
+    """Whose saliency picked a milestone's masks: its checkpoint, or no student for a policy that reads
+    none (random, lowres, tome, ...) and for all patches."""
+    policy = segment["policy"] or cfg.masking.policy
+    if segment["keep"] is None or segment["keep"] == cfg.num_patches or not needs_saliency(policy):
+        return "no student"
+    return fmt_number(segment["source"])
+
+
 def _gmacs(macs: int | None) -> str:
     return NOT_RECORDED if macs is None else f"{macs / 1e9:.2f}"
 
@@ -219,7 +229,7 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
               "train s |", "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["segments"]:
         lines.append(
-            f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')}{_chose(s)} | {fmt_number(s['source'])} | "
+            f"| {s['segment']} | {s['epochs']} | {fmt_number(s['keep'], 'd')}{_chose(s)} | {_masks_from(cfg, s)} | "
             f"{s['rows']} | {s['computed']} | {s['reused']} | {s['reused_tolerance']} | "
             f"{fmt_number(s['spot_check_kl'], '.2e')} | {fmt_number(s['teacher_top1_masked'])} | "
             f"{s['teacher_macs'] / 1e9:.2f} | {_gmacs(s['saliency_macs'])} | {_gmacs(s['net_macs'])} | "
@@ -233,10 +243,12 @@ def write_report(cfg, lock, out: Path, stages: Sequence, baseline: Baseline | No
     if auto:
         n = cfg.num_patches
         first = next(iter(auto.values()))
+        reads = any(needs_saliency(s["policy"] or cfg.masking.policy) for s in data["segments"] if s.get("auto"))
+        masks = "masks from the milestone's checkpoint" if reads else "which reads no student"
         lines += ["## Fidelity spot-check (masking.keep: auto)", "",
                   f"Before each segment was labelled, {first['samples']} seeded views of it went through the unmasked "
-                  f"teacher and the masked teacher at each keep of the ladder (policy {_policy_named(cfg, data['segments'])}, masks "
-                  f"from the milestone's checkpoint); the keep marked ← is the smallest within the budget "
+                  f"teacher and the masked teacher at each keep of the ladder (policy {_policy_named(cfg, data['segments'])}, "
+                  f"{masks}); the keep marked ← is the smallest within the budget "
                   f"({first['budget']}), all {n} patches when none is. The spot-checks' own teacher MACs are included "
                   f"in the GMACs above.", ""]
         chosen = {label: (None if s["keep"] == n else s["keep"]) for label, s in

@@ -185,12 +185,12 @@ def test_policy_auto_names_the_policy_and_keep_the_runner_chose(tmp_path):
     out.mkdir()
     text = write_report(cfg, Lock(_auto_lock(full, [("tome", 8), ("tome", 8)])), out, expand(cfg)).read_text()
     assert "Config: policy `auto` → `tome` (keep 8), keep auto of 16 patches," in text
-    assert "| 0 | 0-1 | 8 (tome) |" in text and "| 1 | 2-3 | 8 (tome) |" in text
-    assert "| milestone 0 (tome) | 8 ← |" in text and "(policy `auto` → `tome` (keep 8), masks" in text
+    assert "| 0 | 0-1 | 8 (tome) | no student |" in text and "| 1 | 2-3 | 8 (tome) | no student |" in text
+    assert "| milestone 0 (tome) | 8 ← |" in text and "(policy `auto` → `tome` (keep 8), which reads no student)" in text
     # milestones that chose differently are named one by one (all patches: the full teacher)
     text = write_report(cfg, Lock(_auto_lock(full, [("tome", 8), ("student", 16)])), out, expand(cfg)).read_text()
     assert "Config: policy `auto` → milestone 0 `tome` (keep 8), milestone 1 `student` (all 16 patches), keep auto" in text
-    assert "| 1 | 2-3 | 16 (student) |" in text and "| milestone 1 (student) | 16 ← |" in text
+    assert "| 1 | 2-3 | 16 (student) | no student |" in text and "| milestone 1 (student) | 16 ← |" in text
     # a lock that records no choice (nothing labelled yet) still says auto, and a fixed policy is unchanged
     assert "Config: policy `auto`, keep auto" in write_report(cfg, Lock({}), out, expand(cfg)).read_text()
     text = write_report(config(tmp_path), Lock(infos(full)), out, expand(config(tmp_path))).read_text()
