@@ -186,7 +186,8 @@ def load_repeats(
         for label, view_epoch in zip(labels, view_epochs, strict=True):
             partitions.append(_open_labels(ref, label, view_epoch) if label is not None else None)
         stored = [p.read_all(columns=("keys", "target", "view")) if p is not None else None for p in partitions]
-        part_keys = stored[0].keys if stored[0] is not None else None
+        # every partition's rows must be the shard's samples in tar order, checked as they arrive
+        checked = [(cast(LabelRef, label), batch.keys) for label, batch in zip(labels, stored) if batch is not None]
         keys: list[str] = []
         encoded: list[bytes] = []
         classes: list[int] = []
@@ -195,8 +196,9 @@ def load_repeats(
         # only headers are checked here: each row is decoded where it is rendered (LazyImages)
         for i, sample in enumerate(read_shard(ref.path, report=skipped, num_classes=num_classes, sha256=ref.sha256,
                                               limit=ref.rows, decode=False)):
-            if part_keys is not None and part_keys[i] != sample.key:
-                _explain_mismatch(ref, cast(LabelRef, labels[0]), i, part_keys[i], sample)
+            for label, part_keys in checked:
+                if part_keys[i] != sample.key:
+                    _explain_mismatch(ref, label, i, part_keys[i], sample)
             keys.append(sample.key)
             encoded.append(sample.image)
             classes.append(sample.label)
@@ -213,10 +215,6 @@ def load_repeats(
             target = None
             if batch is not None:
                 assert label is not None  # batch comes from its partition
-                if list(batch.keys) != keys:  # the first partition was checked as the samples arrived
-                    row = next(i for i, (a, b) in enumerate(zip(batch.keys, keys)) if a != b)
-                    raise StoreError(f"{label.path}: row {row} is key {batch.keys[row]!r}, but shard {ref.path} has "
-                                     f"{keys[row]!r} there: the partition's rows are not this shard's samples in tar order")
                 check_views(label.path, batch.view, views, spec, seed)
                 try:
                     target = batch.target_at(tau)
