@@ -140,9 +140,10 @@ def view_epoch_of(epoch: int, pool: int | None) -> int:
     return int(epoch) % int(pool)
 
 
-def segment_view_epochs(epochs: range, pool: int | None) -> list[int]:
-    """The distinct view epochs that ``epochs`` (one segment's) train on, ascending."""
-    return sorted({view_epoch_of(e, pool) for e in epochs})
+def segment_view_epochs(epochs: range, pool: int | None, repeats: int = 1) -> list[int]:
+    """The distinct view epochs that ``epochs`` (one segment's) train on, ascending (with ``repeats``,
+    each view epoch's repeats: :func:`maskedkd.views.repeat_view_epochs`)."""
+    return sorted({v for e in epochs for v in repeat_view_epochs(view_epoch_of(e, pool), repeats)})
 
 
 def derive_seed(*parts: object) -> int:
@@ -215,7 +216,7 @@ def segment_partitions(shards: Sequence[ShardRef], epochs: range, *, pool: int |
     then view epoch: what precompute labels for it. Without repeats every shard at each of
     :func:`segment_view_epochs`."""
     wanted = {(ref.name, v) for e in epochs for ref, v in epoch_partitions(shards, e, pool=pool, spec=spec, seed=seed)}
-    view_epochs = sorted({v for _, v in wanted})
+    view_epochs = segment_view_epochs(epochs, pool, spec.repeats)
     return [(ref, v) for ref in shards for v in view_epochs if (ref.name, v) in wanted]
 
 

@@ -26,7 +26,7 @@ from pipeline._fingerprint import sha256_json
 from pipeline.data.manifest import DatasetManifest
 from pipeline.data.shards import Sample, read_shard
 from pipeline.fingerprints import unless_default
-from pipeline.labels.contract import RenderSpec, segment_partitions, shard_refs
+from pipeline.labels.contract import RenderSpec, segment_view_epochs, shard_refs
 from pipeline.precompute.spec import ModelSpec
 from pipeline.precompute.task import autocast_for, load_model
 from pipeline.precompute.worker import worker_device
@@ -119,9 +119,7 @@ def plan_probe(cfg, segment: int, *, manifest: DatasetManifest, teacher: ModelSp
         samples: views in the sample; default ``masking.probe_samples``.
     """
     spec = cfg.views.view_spec()
-    refs = shard_refs(manifest, cfg.data.train, cfg.data.subset)
-    view_epochs = sorted({v for _, v in segment_partitions(refs, range(*cfg.schedule.segments()[segment]),
-                                                           pool=cfg.views.pool_size, spec=spec, seed=cfg.train.seed)})
+    view_epochs = segment_view_epochs(range(*cfg.schedule.segments()[segment]), cfg.views.pool_size, spec.repeats)
     rows = sample_rows(manifest, cfg.data.train, cfg.data.subset, view_epochs,
                        samples or cfg.masking.probe_samples, cfg.views.seed + 7919 * segment)
     saliency = any(needs_saliency(p) for p in policies)

@@ -56,6 +56,7 @@ def test_view_epochs_of_an_epoch_and_of_a_segment():
         view_epoch_of(1, 0)
     assert segment_view_epochs(range(2, 6), 3) == [0, 1, 2]
     assert segment_view_epochs(range(2, 4), None) == [2, 3]
+    assert segment_view_epochs(range(2, 4), None, repeats=3) == [6, 7, 8, 9, 10, 11]  # each view epoch's repeats
 
 
 def test_render_spec_one_shape_for_both_sides():
