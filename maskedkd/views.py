@@ -466,19 +466,21 @@ def shard_views(spec: ViewSpec, seed: int, epoch: int, keys: Sequence[str], *, s
         return [sample_view(spec, seed, k, epoch, position=i, shard_keys=keys) for i, k in enumerate(keys)]
     if spec.mix_mode == "batch" and (batches is None or len(batches) != len(keys)):
         raise ValueError("shard_views: mix_mode batch needs batches=, each row's global batch (EpochOrder.batch_of)")
+    in_batch = cast(Sequence[int], batches)  # read with mix_mode batch only
     drawn = [_draw_view(spec, seed, k, epoch) for k in keys]
     views = [view for view, _ in drawn]
     both = spec.mix_mode != "elem"  # one draw for both rows of a pair
-    for i, j in enumerate(mix_pairs(seed, pairs_epoch(spec, epoch), shard, len(keys))):
+    paired = pairs_epoch(spec, epoch)
+    for i, j in enumerate(mix_pairs(seed, paired, shard, len(keys))):
         if j < 0 or (both and j < i):
             continue
         if spec.mix_mode == "elem":
             rng = drawn[i][1]
         elif spec.mix_mode == "batch":
-            b = int(cast(Sequence[int], batches)[i])
-            if b < 0 or int(cast(Sequence[int], batches)[j]) != b:  # not trained (a pair shares its batch)
+            b = int(in_batch[i])
+            if b < 0 or int(in_batch[j]) != b:  # not trained (a pair shares its batch)
                 continue
-            rng = random.Random(_view_seed(seed, f"\0batch\0{b}", pairs_epoch(spec, epoch)))
+            rng = random.Random(_view_seed(seed, f"\0batch\0{b}", paired))
         else:
             rng = random.Random(_view_seed(seed, f"\0pair\0{keys[i]}", epoch))
         mixed, lam, box = _draw_lam_box(spec, rng)

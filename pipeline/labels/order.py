@@ -122,16 +122,15 @@ def check_order(batch_size: int, lanes: int, world: int, pairs: bool) -> None:
 def _repeated(unit_shard: np.ndarray, unit_rows: np.ndarray, sizes: np.ndarray, repeats: int) -> tuple[np.ndarray, np.ndarray]:
     """Units ``[U, w]`` (a row, or a pair) as ``(shard index, row)`` in stream order, each unit
     followed by its other repeats: ``r * n + row`` for a shard of ``n`` rows."""
-    u, w = unit_rows.shape
+    w = unit_rows.shape[1]
     offsets = np.arange(repeats, dtype=np.int64)[None, :, None] * sizes[unit_shard][:, None, None]
     rows = (unit_rows[:, None, :] + offsets).reshape(-1)
     return np.repeat(unit_shard, repeats * w), rows
 
 
 def _group(shards: Sequence[ShardRef], group: Sequence[int], seed: int, epoch: int,
-           pairs: PairsOf | None, repeats: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """``(shard index, row)`` of one group's rows in stream order."""
-    sizes = np.array([s.rows for s in shards], dtype=np.int64)
+           pairs: PairsOf | None, repeats: int, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(shard index, row)`` of one group's rows in stream order (``sizes``: every shard's rows)."""
     if pairs is None and len(group) == 1:
         ref = shards[group[0]]
         rows = row_order(ref.rows, seed, epoch, ref.name)
@@ -180,7 +179,8 @@ class EpochOrder:
         self.lane_rows = lane_rows(shards, self.lanes, pairs is not None, self.repeats)
         self.steps = self.lane_rows // self.chunk
         order = [int(i) for i in shard_order(len(self.shards), self.seed, self.epoch)]
-        parts = [_group(self.shards, order[g:g + self.interleave], self.seed, self.epoch, pairs, self.repeats)
+        sizes = np.array([s.rows for s in self.shards], dtype=np.int64)
+        parts = [_group(self.shards, order[g:g + self.interleave], self.seed, self.epoch, pairs, self.repeats, sizes)
                  for g in range(0, len(order), self.interleave)]
         self._shard = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         self._row = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
