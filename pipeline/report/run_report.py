@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 
-from maskedkd import needs_saliency
+from maskedkd import needs_saliency, resolve_keep
 from pipeline._atomic import write_atomic
 from pipeline.precompute.costs import full_teacher_macs_per_view, recorded_reuse_check_macs
 from pipeline.report.baseline import Baseline, row_label
@@ -141,7 +141,7 @@ def _masks_from(cfg, segment: Mapping[str, Any]) -> str:
     """Whose saliency picked a milestone's masks: its checkpoint, or no student for a policy that reads
     none (random, lowres, tome, ...) and for all patches."""
     policy = segment["policy"] or cfg.masking.policy
-    if segment["keep"] is None or segment["keep"] == cfg.num_patches or not needs_saliency(policy):
+    if resolve_keep(segment["keep"], cfg.num_patches, policy) is None or not needs_saliency(policy):
         return "no student"
     return fmt_number(segment["source"])
 

@@ -344,8 +344,9 @@ def run_precompute_stage(ctx: RunContext, stage: Stage, planned: Planned, outs: 
     source, probe = stage.dep(outs, "source"), stage.dep(outs, "probe")
     policy, _, reason = auto_choice(cfg, probe) if probe is not None else (cfg.masking.policy, keep, None)
     shown = fmt_keep(keep, cfg.num_patches) + (f" (auto: {reason})" if reason else "")
-    # a policy that reads no saliency labels without the student: naming its checkpoint would mislead
-    masks = f" from {source.name}" if needs_saliency(policy) else ", no student"
+    # a policy that reads no saliency, or all patches, labels without the student (plan_segment passes
+    # none): naming its checkpoint would mislead
+    masks = f" from {source.name}" if keep is not None and needs_saliency(policy) else ", no student"
     ctx.say(name, f"{len(tasks)} partitions, keep {shown if tasks else '-'} ({policy}){masks}")
     t0 = time.perf_counter()
     # announced before any task starts and until the lock names them: gc keeps them meanwhile
